@@ -1,0 +1,20 @@
+"""Transfer strategies. Importing this package registers every built-in strategy."""
+
+from hf_transfer.strategies import full  # noqa: F401
+from hf_transfer.strategies.base import (
+    Strategy,
+    StrategyConfig,
+    available_strategies,
+    build_strategy,
+    register_strategy,
+    strategy_config_class,
+)
+
+__all__ = [
+    "Strategy",
+    "StrategyConfig",
+    "available_strategies",
+    "build_strategy",
+    "register_strategy",
+    "strategy_config_class",
+]

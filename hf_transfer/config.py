@@ -1,0 +1,452 @@
+"""The one typed config schema: defaults, then a YAML file, then `a.b=value` overrides.
+
+Every key is a dataclass field, so an unknown key or a wrong type is an error that names the key,
+where it came from (the file or the command line) and the closest valid key. `strategy` is checked
+against the settings dataclass of the strategy it names (see `hf_transfer.strategies`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from hf_transfer.errors import ConfigError
+from hf_transfer.strategies.base import StrategyConfig, strategy_config_class
+
+RECIPES = ("text_classification", "image_classification", "audio_classification", "speech_recognition")
+
+
+@dataclass
+class DataSource:
+    """One split: a Hub dataset or a local file or folder.
+
+    Attributes:
+        name: Hub dataset id (`stanfordnlp/sst2`) or a local csv/json/jsonl/parquet file or folder.
+        config: Hub dataset configuration name, if it has several.
+        split: Split to load (`train`, `validation`, `test`, or a slice such as `train[:10%]`).
+        revision: Hub dataset revision (branch, tag or commit).
+        encoding: Text encoding of a local csv file (for example `latin-1`).
+    """
+
+    name: str = ""
+    config: str | None = None
+    split: str | None = None
+    revision: str | None = None
+    encoding: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    """The pretrained checkpoint.
+
+    Attributes:
+        name_or_path: Hub model id or local folder.
+        revision: Hub revision (branch, tag or commit) to pin.
+        trust_remote_code: Run code shipped with the checkpoint. Off unless you trust its author.
+    """
+
+    name_or_path: str = ""
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class AugmentationConfig:
+    """Training-split image augmentation (switched off wherever features are cached).
+
+    Attributes:
+        enabled: Turn augmentation on for the training split.
+        random_resized_crop: Scale range lower bound of a random resized crop (1.0 = off).
+        horizontal_flip: Probability of a horizontal flip.
+        rotation_degrees: Maximum absolute rotation in degrees.
+        color_jitter: Strength of brightness/contrast/saturation jitter (0 = off).
+    """
+
+    enabled: bool = False
+    random_resized_crop: float = 0.8
+    horizontal_flip: float = 0.5
+    rotation_degrees: float = 0.0
+    color_jitter: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is read.
+
+    Attributes:
+        train: Training split.
+        eval: Evaluation split; when empty, `eval_fraction` of train is carved out (stratified).
+        test: Optional held-out test split, scored once at the end (`test_*` metrics).
+        text_column: Text column (detected when empty).
+        text_pair_column: Second text column for sentence-pair tasks.
+        label_column: Label column (detected when empty).
+        image_column: Image column (detected when empty).
+        audio_column: Audio column (detected when empty).
+        max_train_samples: Keep at most this many training examples (stratified, seeded).
+        max_eval_samples: Keep at most this many evaluation examples.
+        eval_fraction: Fraction of train used as eval when no eval split is given.
+        max_length: Maximum tokens per text example (longer ones are truncated).
+        group_by_length: Batch texts of similar length together to cut padding.
+        on_bad_file: `skip` unreadable images/audio (counted in the log) or `error`.
+        max_audio_seconds: Cut audio inputs (and Whisper's encoder window) to this many seconds.
+        long_audio: `error` on clips longer than the model's window, or `truncate` them.
+        augmentation: Image augmentation for the training split.
+    """
+
+    train: DataSource = field(default_factory=DataSource)
+    eval: DataSource | None = None
+    test: DataSource | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    image_column: str | None = None
+    audio_column: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    eval_fraction: float = 0.1
+    max_length: int = 256
+    group_by_length: bool = True
+    on_bad_file: Literal["skip", "error"] = "skip"
+    max_audio_seconds: float | None = None
+    long_audio: Literal["error", "truncate"] = "error"
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, evaluation and checkpointing.
+
+    Attributes:
+        epochs: Passes over the training data.
+        max_steps: Stop after this many optimizer steps (overrides `epochs` when set).
+        learning_rate: Base learning rate (AdamW).
+        batch_size: Examples per device per forward pass.
+        eval_batch_size: Examples per device at evaluation (defaults to `batch_size`).
+        gradient_accumulation_steps: Forward passes per optimizer step.
+        weight_decay: AdamW weight decay, never applied to biases and norm weights.
+        warmup_ratio: Fraction of steps spent warming the learning rate up.
+        scheduler: Learning-rate schedule after warm-up.
+        max_grad_norm: Gradient clipping norm (0 = off).
+        mixed_precision: `no`, `fp16` or `bf16` (bf16 also runs on CPU).
+        seed: Seeds data order, dropout and the new head's initialisation.
+        early_stopping_patience: Stop after this many evaluations without improvement (0 = off).
+        early_stopping_threshold: Minimum improvement that counts.
+        metric_for_best_model: Metric that selects the best checkpoint (`f1`, `accuracy`, `loss`, ...).
+        load_best_model_at_end: Save the best evaluated weights, not the last ones.
+        class_weights: `none`, `balanced` (inverse class frequency) or one weight per label.
+        label_smoothing: Cross-entropy label smoothing.
+        eval_strategy: Evaluate each `epoch`, every `eval_steps` (`steps`) or `no`.
+        eval_steps: Steps between evaluations when `eval_strategy` is `steps`.
+        save_strategy: Checkpoint each `epoch`, every `save_steps` (`steps`) or `no`.
+        save_steps: Steps between checkpoints when `save_strategy` is `steps`.
+        save_total_limit: Keep at most this many checkpoints.
+        logging_steps: Steps between training-loss log records.
+        resume_from_checkpoint: `latest` or a checkpoint folder to continue from.
+        report_to: Accelerate trackers (`tensorboard`, ...); empty for none.
+        num_workers: DataLoader worker processes.
+    """
+
+    epochs: float = 3.0
+    max_steps: int | None = None
+    learning_rate: float = 2e-5
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 42
+    early_stopping_patience: int = 0
+    early_stopping_threshold: float = 0.0
+    metric_for_best_model: str = "f1"
+    load_best_model_at_end: bool = True
+    class_weights: Union[Literal["none", "balanced"], list[float]] = "none"
+    label_smoothing: float = 0.0
+    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    eval_steps: int = 100
+    save_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    save_steps: int = 100
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    resume_from_checkpoint: str | None = None
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    num_workers: int = 0
+
+
+@dataclass
+class ExportConfig:
+    """What happens to the finished run.
+
+    Attributes:
+        push_to_hub: Push the exported model to the Hub at the end of training.
+        repo_id: Target Hub repository (`user/name`).
+        private: Create the repository as private.
+        revision: Branch to push to.
+        merge_adapter: Merge a LoRA/IA3 adapter into the weights on export.
+        license: License for the model card when the base model's is unknown.
+    """
+
+    push_to_hub: bool = False
+    repo_id: str | None = None
+    private: bool = False
+    revision: str | None = None
+    merge_adapter: bool = True
+    license: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """A whole run.
+
+    Attributes:
+        recipe: Task family.
+        output_dir: Run folder: model, config, metrics, plots, logs, checkpoints.
+        model: The pretrained checkpoint.
+        data: The data.
+        strategy: How knowledge is transferred (`strategy.name` picks the strategy).
+        training: Optimisation and evaluation.
+        export: Export and push.
+    """
+
+    recipe: Literal[
+        "text_classification", "image_classification", "audio_classification", "speech_recognition"
+    ] = "text_classification"
+    output_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against annotation `tp` and convert it (YAML gives ints for floats, etc.)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        # A plain string is shorthand for a DataSource's name.
+        for arg in args:
+            if dataclasses.is_dataclass(arg) and isinstance(value, str):
+                return arg(name=value)
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except _Mismatch as e:
+                errors.append(e)
+            except ConfigError:
+                raise
+        raise _Mismatch()
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise _Mismatch()
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch()
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, str) and tp is DataSource:
+            return DataSource(name=value)
+        if not isinstance(value, dict):
+            raise _Mismatch()
+        return _build(tp, value, key, source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise _Mismatch()
+    raise _Mismatch()
+
+
+def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
+    """Build dataclass `cls` from mapping `raw`, reporting errors with full dotted keys."""
+    if cls is StrategyConfig or (isinstance(cls, type) and issubclass(cls, StrategyConfig)):
+        name = raw.get("name", "full")
+        try:
+            cls = strategy_config_class(name)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (key '{prefix}.name' in {source})") from None
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in raw.items():
+        full_key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
+            hint = f" Did you mean '{(prefix + '.' if prefix else '') + close[0]}'?" if close else ""
+            valid = ", ".join(names)
+            raise ConfigError(
+                f"Unknown config key '{full_key}' in {source}.{hint} Valid keys here: {valid}."
+            )
+        try:
+            kwargs[k] = _coerce(v, hints[k], full_key, source)
+        except _Mismatch:
+            raise ConfigError(
+                f"Config key '{full_key}' in {source} must be {_type_name(hints[k])}, "
+                f"got {v!r} ({type(v).__name__})."
+            ) from None
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for p in parts[:-1]:
+        child = node.get(p)
+        if isinstance(child, str):  # DataSource shorthand being refined: `data.train.split=...`
+            child = {"name": child}
+        if not isinstance(child, dict):
+            child = {}
+        node[p] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `a.b=value` and parse the value as YAML (so `3`, `1e-4`, `true`, `[1, 2]` are typed)."""
+    if "=" not in text:
+        raise ConfigError(
+            f"Override '{text}' is not of the form key=value (for example training.epochs=2)."
+        )
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"Override '{text}' has no key before '='.")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
+    """Validate a nested mapping into a `TrainConfig`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must hold a mapping of config keys, got {type(raw).__name__}.")
+    return _build(TrainConfig, raw, "", source)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load defaults, then the YAML file, then `a.b=value` overrides, and validate the result.
+
+    Args:
+        path: YAML file, or None for defaults only.
+        overrides: `a.b=value` strings, applied in order.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, or a key or value is wrong.
+    """
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                f"Config file '{path}' does not exist. `hf-transfer ls` lists the shipped configs; "
+                "`hf-transfer cp NAME my_run.yaml` copies one to edit."
+            )
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Config file '{path}' is not valid YAML: {e}") from None
+        source = f"'{path}'"
+        config_from_dict(raw, source)  # errors in the file name the file
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value)
+        config_from_dict(raw, f"command-line override '{text}'")
+    cfg = config_from_dict(raw, source)
+    check_config(cfg, source)
+    return cfg
+
+
+def check_config(cfg: TrainConfig, source: str = "config") -> None:
+    """Checks that span several keys."""
+    if not cfg.model.name_or_path:
+        raise ConfigError(
+            f"model.name_or_path is empty in {source}: set it to a Hub id "
+            "(google-bert/bert-base-uncased) or a local model folder."
+        )
+    if not cfg.data.train.name:
+        raise ConfigError(
+            f"data.train is empty in {source}: set it to a Hub dataset id or a local "
+            "csv/json/jsonl/parquet file or folder."
+        )
+    if not 0.0 < cfg.data.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction must be between 0 and 1, got {cfg.data.eval_fraction}.")
+    t = cfg.training
+    for name in ("batch_size", "gradient_accumulation_steps"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"training.{name} must be at least 1, got {getattr(t, name)}.")
+    if t.learning_rate <= 0:
+        raise ConfigError(f"training.learning_rate must be positive, got {t.learning_rate}.")
+    if t.epochs <= 0 and not t.max_steps:
+        raise ConfigError("training.epochs must be positive (or set training.max_steps).")
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """The config as plain data, ready for YAML."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (it never holds tokens: none are config keys)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

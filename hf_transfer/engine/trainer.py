@@ -1,0 +1,441 @@
+"""The training loop: one Accelerate loop shared by every recipe.
+
+Read top to bottom: build the optimizer from the strategy's layer groups, `accelerator.prepare`,
+then per optimizer step: fetch the accumulation window, backward each micro-batch, clip, step.
+Evaluation gathers predictions with `gather_for_metrics`. Checkpoints hold everything a resumed run
+needs to continue exactly (model, optimizer, scheduler, RNG, data position, strategy schedule).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import ProjectConfiguration
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from hf_transfer.config import TrainConfig
+from hf_transfer.engine.optim import build_param_groups
+from hf_transfer.errors import HFTransferError
+
+logger = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = ("loss", "wer", "cer")
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """Progress that a checkpoint records besides Accelerate's own state."""
+
+    global_step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps already done in `epoch`
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)
+    strategy_state: dict = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def new_accelerator(cfg: TrainConfig, output_dir: Path, find_unused_parameters: bool = False) -> Accelerator:
+    """An Accelerator for this run (mixed precision, trackers, DDP settings)."""
+    # Accelerate keeps process-wide state; a second run in the same process (tests, sweeps) may
+    # use another precision, so the non-distributed part is reset.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    trackers = [t for t in cfg.training.report_to if t and t != "none"]
+    return Accelerator(
+        mixed_precision=cfg.training.mixed_precision,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        kwargs_handlers=handlers,
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def metric_key(name: str, prefix: str = "eval") -> str:
+    return name if name.startswith(f"{prefix}_") else f"{prefix}_{name}"
+
+
+def _is_better(value: float, best: float | None, name: str, threshold: float) -> bool:
+    if best is None:
+        return True
+    if any(name.endswith(s) for s in LOWER_IS_BETTER):
+        return value < best - threshold
+    return value > best + threshold
+
+
+class Trainer:
+    """Trains `model` on `train_dataset` with Accelerate.
+
+    Args:
+        cfg: The run's config.
+        task: The recipe's task (loss, evaluation outputs, metrics).
+        model: The model, already adapted by the strategy (frozen parts, PEFT wrapper).
+        strategy: The transfer strategy (for epoch hooks and LR scales).
+        groups: The model's layer groups.
+        train_dataset: Preprocessed training dataset.
+        eval_dataset: Preprocessed evaluation dataset, or None.
+        collate_fn: Batch builder (dynamic padding).
+        train_sampler: Sampler for the training data with `set_epoch` (seeded per epoch).
+        output_dir: Run folder.
+    """
+
+    def __init__(self, cfg, task, model, strategy, groups, train_dataset, eval_dataset, collate_fn, train_sampler, output_dir):
+        self.cfg = cfg
+        self.tc = cfg.training
+        self.task = task
+        self.strategy = strategy
+        self.groups = groups
+        self.output_dir = Path(output_dir)
+        self.ckpt_dir = self.output_dir / "checkpoints"
+        self.sampler = train_sampler
+        self.collate_fn = collate_fn
+        self.state = TrainerState()
+
+        dynamic = getattr(strategy, "changes_trainable_set", False)
+        self.accelerator = new_accelerator(cfg, self.output_dir, find_unused_parameters=dynamic)
+        acc = self.accelerator
+
+        train_dl = DataLoader(
+            train_dataset,
+            batch_size=self.tc.batch_size,
+            sampler=train_sampler,
+            collate_fn=collate_fn,
+            num_workers=self.tc.num_workers,
+        )
+        eval_dl = None
+        if eval_dataset is not None:
+            eval_dl = DataLoader(
+                eval_dataset,
+                batch_size=self.tc.eval_batch_size or self.tc.batch_size,
+                shuffle=False,
+                collate_fn=collate_fn,
+                num_workers=self.tc.num_workers,
+            )
+
+        scales = strategy.lr_scales(groups)
+        param_groups = build_param_groups(model, groups, scales, self.tc.learning_rate, self.tc.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups, lr=self.tc.learning_rate)
+
+        if dynamic and acc.num_processes > 1:
+            # DDP only all-reduces parameters that require grad when it wraps the model. Wrap it
+            # with every parameter the schedule will ever unfreeze marked trainable, then restore
+            # the current freezing; find_unused_parameters lets frozen ones skip a step safely.
+            flags = {n: p.requires_grad for n, p in model.named_parameters()}
+            for p in model.parameters():
+                p.requires_grad_(True)
+            model, optimizer, train_dl = acc.prepare(model, optimizer, train_dl)
+            for n, p in acc.unwrap_model(model).named_parameters():
+                p.requires_grad_(flags[n])
+        else:
+            model, optimizer, train_dl = acc.prepare(model, optimizer, train_dl)
+        self.eval_dl = acc.prepare(eval_dl) if eval_dl is not None else None
+        self.model, self.optimizer, self.train_dl = model, optimizer, train_dl
+
+        self.steps_per_epoch = max(1, math.ceil(len(train_dl) / self.tc.gradient_accumulation_steps))
+        if self.tc.max_steps:
+            self.total_steps = self.tc.max_steps
+        else:
+            self.total_steps = max(1, math.ceil(self.tc.epochs * self.steps_per_epoch))
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.scheduler = get_scheduler(
+            self.tc.scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=int(self.tc.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        acc.register_for_checkpointing(self.scheduler)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoints(self) -> list[Path]:
+        if not self.ckpt_dir.is_dir():
+            return []
+        found = [p for p in self.ckpt_dir.glob("step_*") if (p / STATE_FILE).is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+    def save_checkpoint(self) -> Path:
+        """Save a resumable checkpoint atomically: written aside, then renamed into place."""
+        acc = self.accelerator
+        final = self.ckpt_dir / f"step_{self.state.global_step}"
+        tmp = self.ckpt_dir / f".tmp_step_{self.state.global_step}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            self.state.strategy_state = self.strategy.state_dict()
+            (tmp / STATE_FILE).write_text(json.dumps(self.state.__dict__, indent=1, default=float))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in self._checkpoints()[: -self.tc.save_total_limit] if self.tc.save_total_limit > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def resolve_checkpoint(self, spec: str) -> Path:
+        if spec == "latest":
+            found = self._checkpoints()
+            if not found:
+                raise HFTransferError(
+                    f"training.resume_from_checkpoint=latest, but '{self.ckpt_dir}' holds no checkpoint. "
+                    "Start without resume_from_checkpoint, or point it at a checkpoint folder."
+                )
+            return found[-1]
+        path = Path(spec)
+        if not (path / STATE_FILE).is_file():
+            raise HFTransferError(
+                f"'{spec}' is not a checkpoint folder (no {STATE_FILE}). Checkpoints are in "
+                f"'{self.ckpt_dir}' as step_N; or use training.resume_from_checkpoint=latest."
+            )
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        saved = json.loads((path / STATE_FILE).read_text())
+        self.state = TrainerState(**saved)
+        self.strategy.load_state_dict(self.state.strategy_state)
+        # Re-apply the schedule's freezing for every epoch already started, so requires_grad
+        # matches what the uninterrupted run had at this point.
+        model = self.accelerator.unwrap_model(self.model)
+        for epoch in range(self.state.epoch + 1):
+            self.strategy.on_epoch_start(epoch, model, self.groups)
+        self.accelerator.load_state(str(path))
+        logger.info("Resumed from %s (step %d, epoch %d)", path, self.state.global_step, self.state.epoch)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, dataloader=None, prefix: str = "eval") -> dict[str, Any]:
+        """Metrics on `dataloader` (the eval split by default), keys prefixed Trainer-style."""
+        dataloader = dataloader if dataloader is not None else self.eval_dl
+        return run_evaluation(self.accelerator, self.model, dataloader, self.task, prefix)
+
+    # ------------------------------------------------------------------ training
+
+    def _log(self, record: dict) -> None:
+        self.state.history.append(record)
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        self.accelerator.log(scalars, step=record.get("step"))
+
+    def _window(self, iterator) -> list:
+        batches = []
+        for _ in range(self.tc.gradient_accumulation_steps):
+            try:
+                batches.append(next(iterator))
+            except StopIteration:
+                break
+        return batches
+
+    def _optimizer_step(self, window: list) -> float:
+        """Backward over one accumulation window and step. Returns the window's mean loss."""
+        acc, model = self.accelerator, self.model
+        # Loss is summed per example and divided by the number of examples in the whole window
+        # across processes, so every example weighs the same whatever the batch sizes (a short
+        # last batch, uneven shards). DDP averages gradients over processes, hence * num_processes.
+        n_local = sum(self.task.num_items(b) for b in window)
+        n_total = acc.reduce(torch.tensor(float(n_local), device=acc.device), reduction="sum").item()
+        loss_total = 0.0
+        for i, batch in enumerate(window):
+            last = i == len(window) - 1
+            ctx = contextlib.nullcontext() if last else acc.no_sync(model)
+            with ctx:
+                loss_sum = self.task.loss(model, batch)
+                acc.backward(loss_sum * acc.num_processes / max(n_total, 1.0))
+            loss_total += loss_sum.detach().float()
+        if self.tc.max_grad_norm and self.tc.max_grad_norm > 0:
+            acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.tc.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_all = acc.reduce(torch.as_tensor(loss_total, device=acc.device).reshape(1), reduction="sum").item()
+        return loss_all / max(n_total, 1.0)
+
+    def _after_eval(self, metrics: dict) -> bool:
+        """Track the best model and early stopping. True when training should stop."""
+        name = metric_key(self.tc.metric_for_best_model)
+        if name not in metrics:
+            raise HFTransferError(
+                f"training.metric_for_best_model='{self.tc.metric_for_best_model}' is not among the "
+                f"evaluation metrics ({', '.join(sorted(k for k in metrics if not k.endswith('matrix')))})."
+            )
+        value = float(metrics[name])
+        if _is_better(value, self.state.best_metric, name, self.tc.early_stopping_threshold):
+            self.state.best_metric = value
+            self.state.best_step = self.state.global_step
+            self.state.evals_without_improvement = 0
+            if self.tc.load_best_model_at_end:
+                self._save_best()
+        else:
+            self.state.evals_without_improvement += 1
+        patience = self.tc.early_stopping_patience
+        if patience and self.state.evals_without_improvement >= patience:
+            logger.info(
+                "Early stopping: %s has not improved for %d evaluations (best %.4f at step %s).",
+                name, patience, self.state.best_metric, self.state.best_step,
+            )
+            self.state.stopped_early = True
+            return True
+        return False
+
+    def _save_best(self) -> None:
+        from safetensors.torch import save_model
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            save_model(acc.unwrap_model(self.model), str(self.ckpt_dir / "best.safetensors"))
+        acc.wait_for_everyone()
+
+    def _load_best(self) -> None:
+        from safetensors.torch import load_model
+
+        path = self.ckpt_dir / "best.safetensors"
+        if path.is_file():
+            load_model(self.accelerator.unwrap_model(self.model), str(path))
+            logger.info("Loaded the best model (step %s, %s=%.4f).", self.state.best_step, self.tc.metric_for_best_model, self.state.best_metric)
+
+    def train(self) -> dict[str, Any]:
+        """Run training. Returns the final metrics (eval_*, train_runtime, ...)."""
+        acc, tc = self.accelerator, self.tc
+        if tc.report_to:
+            acc.init_trackers("hf_transfer", config={"strategy": self.strategy.name, "lr": tc.learning_rate})
+        if tc.resume_from_checkpoint:
+            self.load_checkpoint(self.resolve_checkpoint(tc.resume_from_checkpoint))
+        else:
+            self.strategy.on_epoch_start(0, acc.unwrap_model(self.model), self.groups)
+
+        start = time.time()
+        samples_seen = 0
+        progress = tqdm(
+            total=self.total_steps, initial=self.state.global_step, desc="Training",
+            disable=not acc.is_local_main_process,
+        )
+        self.model.train()
+        try:
+            while self.state.global_step < self.total_steps and not self.state.stopped_early:
+                epoch = self.state.epoch
+                if self.state.step_in_epoch == 0 and epoch > 0:
+                    if self.strategy.on_epoch_start(epoch, acc.unwrap_model(self.model), self.groups):
+                        logger.info("Epoch %d: %s", epoch, self.strategy.describe(acc.unwrap_model(self.model)))
+                self.sampler.set_epoch(epoch)
+                dl = self.train_dl
+                skip = self.state.step_in_epoch * tc.gradient_accumulation_steps
+                if skip:
+                    dl = acc.skip_first_batches(dl, skip)
+                iterator = iter(dl)
+                while self.state.global_step < self.total_steps:
+                    window = self._window(iterator)
+                    if not window:
+                        break
+                    loss = self._optimizer_step(window)
+                    samples_seen += sum(self.task.num_examples(b) for b in window) * acc.num_processes
+                    self.state.global_step += 1
+                    self.state.step_in_epoch += 1
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss:.4f}")
+                    step = self.state.global_step
+                    if step % max(1, tc.logging_steps) == 0 or step == 1:
+                        self._log({"step": step, "epoch": epoch + self.state.step_in_epoch / self.steps_per_epoch,
+                                   "loss": loss, "learning_rate": self.scheduler.get_last_lr()[-1]})
+                    if self.eval_dl is not None and tc.eval_strategy == "steps" and step % tc.eval_steps == 0:
+                        if self._evaluate_and_log(epoch):
+                            break
+                    if tc.save_strategy == "steps" and step % tc.save_steps == 0:
+                        self.save_checkpoint()
+                # End of epoch.
+                finished_epoch = self.state.step_in_epoch >= self.steps_per_epoch or self.state.global_step >= self.total_steps
+                if not self.state.stopped_early and self.eval_dl is not None and tc.eval_strategy == "epoch" and finished_epoch:
+                    self._evaluate_and_log(epoch)
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+                if tc.save_strategy == "epoch" and self.state.global_step < self.total_steps and not self.state.stopped_early:
+                    self.save_checkpoint()
+        except (Exception, KeyboardInterrupt) as e:
+            found = self._checkpoints()
+            where = (f"The last checkpoint, '{found[-1]}', is intact. Resume with the same command plus "
+                     "training.resume_from_checkpoint=latest.") if found else "No checkpoint was saved yet."
+            logger.error("Training stopped at step %d by %s: %s. %s", self.state.global_step, type(e).__name__, e, where)
+            if isinstance(e, HFTransferError):
+                raise type(e)(f"{e} {where}") from e
+            raise
+        finally:
+            progress.close()
+        runtime = time.time() - start
+
+        if self.eval_dl is not None and tc.load_best_model_at_end and self.state.best_step is not None:
+            self._load_best()
+        metrics: dict[str, Any] = {}
+        if self.eval_dl is not None:
+            metrics.update(self.evaluate())
+        metrics.update({
+            "train_runtime": round(runtime, 3),
+            "train_samples_per_second": round(samples_seen / runtime, 3) if runtime > 0 else 0.0,
+            "train_steps": self.state.global_step,
+            "epoch": self.state.epoch,
+        })
+        if self.state.best_step is not None:
+            metrics["best_step"] = self.state.best_step
+        if self.state.stopped_early:
+            metrics["stopped_early"] = True
+        acc.end_training()
+        return metrics
+
+    def _evaluate_and_log(self, epoch: int) -> bool:
+        metrics = self.evaluate()
+        record = {"step": self.state.global_step, "epoch": epoch + self.state.step_in_epoch / self.steps_per_epoch}
+        record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        self._log(record)
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("eval_") and isinstance(v, float) and "_" not in k[5:])
+        logger.info("Step %d: %s", self.state.global_step, summary)
+        return self._after_eval(metrics)
+
+    def unwrapped_model(self):
+        return self.accelerator.unwrap_model(self.model)
+
+
+@torch.no_grad()
+def run_evaluation(accelerator: Accelerator, model, dataloader, task, prefix: str = "eval") -> dict[str, Any]:
+    """Evaluate `model` on a prepared `dataloader`: outputs gathered from every process with
+    `gather_for_metrics` (which drops the duplicates padding the last batch), then the task's
+    metrics, keys prefixed Trainer-style (`eval_accuracy`)."""
+    was_training = model.training
+    model.eval()
+    gathered: dict[str, list[np.ndarray]] = {}
+    for batch in tqdm(dataloader, desc=f"Evaluating ({prefix})", disable=not accelerator.is_local_main_process, leave=False):
+        outputs = task.eval_outputs(model, batch)
+        # Sequence outputs (generated tokens) differ in length between processes: pad first.
+        outputs = {k: accelerator.pad_across_processes(v, dim=1, pad_index=-100) if v.ndim > 1 and k != "logits" else v
+                   for k, v in outputs.items()}
+        outputs = accelerator.gather_for_metrics(outputs)
+        for k, v in outputs.items():
+            gathered.setdefault(k, []).append(v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy())
+    if was_training:
+        model.train()
+    arrays = {k: _concat(v) for k, v in gathered.items()}
+    metrics = task.compute_metrics(arrays)
+    return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    if arrays[0].ndim <= 1:
+        return np.concatenate(arrays)
+    width = max(a.shape[1] for a in arrays)
+    padded = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-100) for a in arrays]
+    return np.concatenate(padded)

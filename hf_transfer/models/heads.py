@@ -1,0 +1,135 @@
+"""Head swap: load a checkpoint with a fresh task head for the dataset's labels."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import AutoConfig
+
+from hf_transfer.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+
+def load_config_checked(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False, **kwargs):
+    """`AutoConfig.from_pretrained` with errors that say what to do."""
+    try:
+        return AutoConfig.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ModelError(
+                f"'{name_or_path}' needs code from its repository to load. Read that code, then set "
+                "model.trust_remote_code=true if you trust it."
+            ) from None
+        raise ModelError(f"Cannot load the config of '{name_or_path}': {e}") from None
+    except OSError as e:
+        raise ModelError(
+            f"Cannot find model '{name_or_path}': not a local folder with a config.json, and not "
+            f"reachable on the Hub ({type(e).__name__}). Check model.name_or_path, model.revision "
+            "and your network (HF_HUB_OFFLINE=1 only reads the local cache)."
+        ) from None
+
+
+def head_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Top-level child modules outside the backbone (`model.base_model_prefix`): the task head."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return {name: m for name, m in model.named_children() if name != prefix}
+
+
+def _reinit(model: nn.Module, module: nn.Module) -> None:
+    for sub in module.modules():
+        if hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+        if isinstance(sub, nn.Linear):
+            # The checkpoint family's own init (e.g. normal(0, initializer_range)) where it has one.
+            std = getattr(model.config, "initializer_range", None)
+            if std is not None:
+                nn.init.normal_(sub.weight, mean=0.0, std=std)
+                if sub.bias is not None:
+                    nn.init.zeros_(sub.bias)
+
+
+def load_for_classification(
+    auto_cls,
+    name_or_path: str,
+    id2label: dict[int, str],
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    from_scratch: bool = False,
+    **config_kwargs,
+) -> nn.Module:
+    """Load `name_or_path` with its head replaced for `id2label`.
+
+    Works whether the checkpoint has no head (a bare backbone), a head for other labels (any
+    number of them), or already the same head (a run being reloaded, kept as is). New weights
+    are logged. With `from_scratch`, the same architecture is built with random weights: the
+    baseline transfer is measured against.
+
+    Args:
+        auto_cls: An `AutoModelFor...` class (sequence, image or audio classification).
+        name_or_path: Hub id or local folder.
+        id2label: Label names by id, from the data.
+        revision: Hub revision.
+        trust_remote_code: Allow code from the checkpoint's repository.
+        from_scratch: Random initialisation instead of the pretrained weights.
+        **config_kwargs: Extra config attributes (e.g. dropout).
+
+    Returns:
+        The model, in train mode.
+    """
+    id2label = {int(k): str(v) for k, v in id2label.items()}
+    label2id = {v: k for k, v in id2label.items()}
+    config = load_config_checked(name_or_path, revision, trust_remote_code)
+    old_labels = dict(getattr(config, "id2label", {}) or {})
+    had_head = any(
+        a.endswith(("ForSequenceClassification", "ForImageClassification", "ForAudioClassification"))
+        for a in (getattr(config, "architectures", None) or [])
+    )
+    config.num_labels = len(id2label)
+    config.id2label = id2label
+    config.label2id = label2id
+    for k, v in config_kwargs.items():
+        setattr(config, k, v)
+    try:
+        if from_scratch:
+            model = auto_cls.from_config(config, trust_remote_code=trust_remote_code)
+            logger.info("Built %s from random initialisation (scratch baseline).", type(model).__name__)
+            return model
+        model, info = auto_cls.from_pretrained(
+            name_or_path,
+            config=config,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+        )
+    except ValueError as e:
+        raise ModelError(
+            f"'{name_or_path}' ({config.model_type}) cannot be loaded as {auto_cls.__name__}: {e}"
+        ) from None
+    new = set(info.get("missing_keys", ())) | {k[0] for k in info.get("mismatched_keys", ())}
+    same_labels = {int(k): str(v) for k, v in old_labels.items()} == id2label
+    if had_head and not same_labels:
+        # Same number of classes but other labels: the checkpoint's head would load silently and
+        # map to the wrong classes. Start the head afresh.
+        for name, module in head_modules(model).items():
+            _reinit(model, module)
+            new |= {f"{name}.{p}" for p, _ in module.named_parameters()}
+    if new:
+        logger.info("New (randomly initialised) weights for the %d labels: %s", len(id2label), ", ".join(sorted(new)))
+    else:
+        logger.info("All weights loaded from %s (head kept: same labels).", name_or_path)
+    model.hf_transfer_new_weights = sorted(new)
+    return model
+
+
+def set_seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (Accelerate's helper also covers CUDA and other devices)."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,140 @@
+"""Strategy base classes and the registry every strategy adds itself to.
+
+A strategy is a small operation on the model's ordered layer groups (see
+`hf_transfer.models.layer_groups`): which groups train, with which learning-rate scale, and how
+that changes across epochs. Each strategy has its own typed settings dataclass, so a typo in
+`strategy.<key>` is caught by the config loader, not silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from hf_transfer.errors import ConfigError
+
+
+@dataclass
+class StrategyConfig:
+    """Settings shared by every strategy.
+
+    Attributes:
+        name: Which strategy runs (`full`, `scratch`, `freeze`, `partial`, ...).
+        layer_lr_decay: Layer-wise (discriminative) learning rates: the group at depth d below
+            the top gets `learning_rate * layer_lr_decay ** d`. 1.0 turns it off.
+        head_lr_multiplier: The new head's learning rate is `learning_rate * head_lr_multiplier`.
+    """
+
+    name: str = "full"
+    layer_lr_decay: float = 1.0
+    head_lr_multiplier: float = 1.0
+
+
+_REGISTRY: dict[str, tuple[type[StrategyConfig], type["Strategy"]]] = {}
+
+
+def register_strategy(name: str, config_cls: type[StrategyConfig]):
+    """Class decorator that makes a strategy selectable as `strategy.name: <name>`."""
+
+    def wrap(cls: type[Strategy]) -> type[Strategy]:
+        cls.name = name
+        cls.config_cls = config_cls
+        _REGISTRY[name] = (config_cls, cls)
+        return cls
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    # Importing the package registers every built-in strategy.
+    import hf_transfer.strategies  # noqa: F401
+
+
+def available_strategies() -> list[str]:
+    """Names of every registered strategy."""
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def strategy_config_class(name: str) -> type[StrategyConfig]:
+    """The settings dataclass for strategy `name`; `ConfigError` with a did-you-mean if unknown."""
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"Unknown strategy.name '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}."
+        )
+    return _REGISTRY[name][0]
+
+
+def build_strategy(config: StrategyConfig) -> "Strategy":
+    """Instantiate the strategy that `config.name` names."""
+    strategy_config_class(config.name)
+    return _REGISTRY[config.name][1](config)
+
+
+class Strategy:
+    """Base strategy: everything trains, one learning rate (the `full` behaviour).
+
+    Subclasses override the hooks below. The engine calls, in order: `apply` once after the
+    model is built; `param_groups` once to build the optimizer (every parameter that may ever
+    train is in some group from the start, so unfreezing later needs no new optimizer);
+    `on_epoch_start` at the start of every epoch.
+    """
+
+    name: ClassVar[str] = "base"
+    config_cls: ClassVar[type[StrategyConfig]] = StrategyConfig
+    #: Build the model from the checkpoint's config with random weights instead of loading them.
+    from_scratch: ClassVar[bool] = False
+    #: The engine trains nothing (the strategy fits its own estimator, e.g. on cached features).
+    trains_with_engine: ClassVar[bool] = True
+
+    def __init__(self, config: StrategyConfig):
+        self.config = config
+
+    def prepare(self, ctx) -> None:
+        """Look at the run (data sizes, task) before the model is built. `ctx` is a `RunContext`."""
+
+    def apply(self, model: nn.Module, groups: list) -> nn.Module:
+        """Freeze or wrap the model before training. Returns the model to train."""
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def lr_scales(self, groups: list) -> list[float]:
+        """Learning-rate multiplier per layer group (bottom to top; head last)."""
+        from hf_transfer.engine.optim import layerwise_lr_scales
+
+        return layerwise_lr_scales(
+            groups, self.config.layer_lr_decay, self.config.head_lr_multiplier
+        )
+
+    def on_epoch_start(self, epoch: int, model: nn.Module, groups: list) -> bool:
+        """Change what trains at the start of `epoch` (0-based). True if anything changed."""
+        return False
+
+    def save_model(self, model: nn.Module, out_dir) -> None:
+        """Write the final model so plain transformers loads it (safetensors)."""
+        model.save_pretrained(out_dir)
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Facts for the log, `metrics.json` and the model card."""
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        return {
+            "strategy": self.name,
+            "trainable_parameters": trainable,
+            "frozen_parameters": total - trainable,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the same schedule."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""

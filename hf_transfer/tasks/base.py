@@ -1,0 +1,207 @@
+"""What a recipe's task supplies to the shared engine, and the classification behaviour all
+classification recipes (text, image, audio) share: loss with class weights, evaluation outputs,
+metrics."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hf_transfer.config import TrainConfig
+from hf_transfer.data import labels as labels_mod
+from hf_transfer.data.labels import LabelSpace
+from hf_transfer.data.sources import load_split
+from hf_transfer.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+_TASKS: dict[str, type["Task"]] = {}
+
+
+def register_task(name: str):
+    """Class decorator: the task behind `recipe: <name>`."""
+
+    def wrap(cls):
+        cls.name = name
+        _TASKS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_task(cfg: TrainConfig) -> "Task":
+    """The task object for `cfg.recipe`."""
+    import hf_transfer.tasks  # noqa: F401  (registers the built-in tasks)
+
+    if cfg.recipe not in _TASKS:
+        raise DataError(f"Recipe '{cfg.recipe}' is not available in this installation (have {sorted(_TASKS)}).")
+    return _TASKS[cfg.recipe](cfg)
+
+
+@dataclass
+class Splits:
+    """Label-encoded splits, before model-specific preprocessing."""
+
+    train: Any
+    eval: Any | None
+    test: Any | None
+
+
+class Task:
+    """Base class: a recipe's data handling, model construction, loss and metrics."""
+
+    name: ClassVar[str] = "task"
+    auto_model_cls: ClassVar[Any] = None
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.processor = None
+
+    # Data -------------------------------------------------------------------------------
+    def load_splits(self) -> Splits:
+        raise NotImplementedError
+
+    def preprocess(self, ds, train: bool):
+        """Model-ready dataset (tokenised / feature-extracted)."""
+        raise NotImplementedError
+
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def lengths(self, ds) -> list[int] | None:
+        """Per-example lengths for length-grouped batching, or None."""
+        return None
+
+    # Model ------------------------------------------------------------------------------
+    def build_model(self, from_scratch: bool = False) -> nn.Module:
+        raise NotImplementedError
+
+    def load_processor(self):
+        raise NotImplementedError
+
+    def save_processor(self, out_dir) -> None:
+        if self.processor is not None:
+            self.processor.save_pretrained(out_dir)
+
+    # Engine hooks -----------------------------------------------------------------------
+    def num_items(self, batch) -> int:
+        """Loss terms in the batch (examples, or label tokens for sequence outputs)."""
+        return int(batch["labels"].shape[0])
+
+    def num_examples(self, batch) -> int:
+        return int(batch["labels"].shape[0])
+
+    def loss(self, model, batch) -> torch.Tensor:
+        """Summed (not averaged) loss over the batch's items."""
+        raise NotImplementedError
+
+    def eval_outputs(self, model, batch) -> dict[str, torch.Tensor]:
+        """Tensors with a batch dimension, gathered across processes for `compute_metrics`."""
+        raise NotImplementedError
+
+    def compute_metrics(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe_data(self, splits: Splits) -> dict[str, Any]:
+        return {}
+
+
+class ClassificationTask(Task):
+    """Shared behaviour of text, image and audio classification."""
+
+    model_input_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__(cfg)
+        self.labels: LabelSpace | None = None
+        self.class_weights: torch.Tensor | None = None
+
+    def input_column(self, ds) -> str:
+        raise NotImplementedError
+
+    def load_splits(self) -> Splits:
+        """Load train/eval/test, find columns, encode labels, carve eval, subsample."""
+        d, seed = self.cfg.data, self.cfg.training.seed
+        train = load_split(d.train, "train")
+        label_col = labels_mod.find_column(
+            train, d.label_column, labels_mod.LABEL_CANDIDATES, "label", "data.label_column"
+        )
+        self.label_column = label_col
+        self.input_col = self.input_column(train)
+        self.labels = labels_mod.label_space_from(train, label_col)
+        train = labels_mod.encode_labels(train, label_col, self.labels, "train")
+        eval_ds = test_ds = None
+        if d.eval is not None and d.eval.name:
+            eval_ds = self._load_other(d.eval, "eval")
+        else:
+            train, eval_ds = labels_mod.stratified_split(train, d.eval_fraction, seed)
+            logger.info("No data.eval given: carved %d eval rows (stratified) from train.", len(eval_ds))
+        if d.test is not None and d.test.name:
+            test_ds = self._load_other(d.test, "test")
+        train = labels_mod.subsample(train, d.max_train_samples, seed)
+        if eval_ds is not None:
+            eval_ds = labels_mod.subsample(eval_ds, d.max_eval_samples, seed)
+        weights = labels_mod.class_weights(train, len(self.labels), self.cfg.training.class_weights)
+        self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
+        if weights is not None:
+            logger.info("Class weights: %s", dict(zip(self.labels.names, [round(w, 4) for w in weights])))
+        counts = np.bincount(np.asarray(train["labels"]), minlength=len(self.labels))
+        logger.info("Labels (%d): %s", len(self.labels), dict(zip(self.labels.names, counts.tolist())))
+        return Splits(train, eval_ds, test_ds)
+
+    def _load_other(self, source, role):
+        ds = load_split(source, role)
+        labels_mod.find_column(ds, self.label_column, (), "label", "data.label_column", role)
+        if self.input_col not in ds.column_names:
+            raise DataError(
+                f"The {role} split has no column '{self.input_col}' (the train split's input column). "
+                f"Its columns are: {', '.join(ds.column_names)}."
+            )
+        return labels_mod.encode_labels(ds, self.label_column, self.labels, role)
+
+    def describe_data(self, splits: Splits) -> dict[str, Any]:
+        info = {"labels": self.labels.names, "train_size": len(splits.train)}
+        if splits.eval is not None:
+            info["eval_size"] = len(splits.eval)
+        if splits.test is not None:
+            info["test_size"] = len(splits.test)
+        return info
+
+    def model_inputs(self, batch) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    def logits(self, model, batch) -> torch.Tensor:
+        return model(**self.model_inputs(batch)).logits
+
+    def loss(self, model, batch) -> torch.Tensor:
+        logits = self.logits(model, batch).float()
+        weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
+        if weight is None:
+            return F.cross_entropy(
+                logits, batch["labels"], reduction="sum", label_smoothing=self.cfg.training.label_smoothing
+            )
+        return self._weighted_sum(logits, batch["labels"], weight)
+
+    def _weighted_sum(self, logits, labels, weight) -> torch.Tensor:
+        # Per-example weighted losses summed: the engine divides by the example count, so class
+        # weights re-weight examples without changing the loss scale's meaning.
+        per = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.cfg.training.label_smoothing)
+        return (per * weight[labels]).sum()
+
+    def eval_outputs(self, model, batch) -> dict[str, torch.Tensor]:
+        logits = self.logits(model, batch).float()
+        per_loss = F.cross_entropy(logits, batch["labels"], reduction="none")
+        return {"predictions": logits.argmax(-1), "references": batch["labels"], "loss": per_loss, "logits": logits}
+
+    def compute_metrics(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        from hf_transfer.metrics.classification import compute_classification_metrics
+
+        metrics = compute_classification_metrics(arrays["predictions"], arrays["references"], self.labels.names)
+        metrics["loss"] = float(np.mean(arrays["loss"])) if len(arrays["loss"]) else float("nan")
+        return metrics

@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny random models built locally, tiny tokenizer files, toy data. Offline."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+
+POSITIVE = "good great excellent wonderful lovely fun brilliant gripping beautiful best amazing".split()
+NEGATIVE = "bad awful terrible boring dull worst poor weak ugly horrible bland".split()
+FILLER = "the a film movie story plot actor acting scene is was it this very really quite".split()
+
+
+def toy_sentences(n: int, seed: int = 0, labels=("negative", "positive")):
+    """Learnable toy sentiment: each sentence holds one or two cue words of its class."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        cues = POSITIVE if label == labels[-1] else NEGATIVE
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 12))]
+        for _ in range(rng.randint(1, 2)):
+            words.insert(rng.randint(0, len(words)), rng.choice(cues))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows) -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def tiny_bert_config(**kw):
+    from transformers import BertConfig
+
+    vocab = sum(1 for _ in open(ASSETS / "tiny-bert" / "vocab.txt"))
+    base = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
+    base.update(kw)
+    return BertConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A bare BERT backbone (no head) with the tiny tokenizer: like a Hub base checkpoint."""
+    import torch
+    from transformers import BertModel
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config()).save_pretrained(out)
+    for f in (ASSETS / "tiny-bert").iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_text_data(tmp_path_factory) -> dict:
+    """train/validation/test csv files of learnable toy sentiment."""
+    d = tmp_path_factory.mktemp("toy-text")
+    return {
+        "train": write_csv(d / "train.csv", toy_sentences(96, seed=1)),
+        "validation": write_csv(d / "validation.csv", toy_sentences(32, seed=2)),
+        "test": write_csv(d / "test.csv", toy_sentences(32, seed=3)),
+        "dir": d,
+    }
+
+
+@pytest.fixture
+def text_overrides(tiny_bert_dir, toy_text_data, tmp_path):
+    """Overrides for a fast text-classification run on the tiny model and toy data."""
+    return [
+        f"model.name_or_path={tiny_bert_dir}",
+        f"data.train={toy_text_data['train']}",
+        f"data.eval={toy_text_data['validation']}",
+        f"output_dir={tmp_path / 'run'}",
+        "training.epochs=2",
+        "training.batch_size=16",
+        "training.learning_rate=0.001",
+        "training.warmup_ratio=0.0",
+        "training.report_to=[]",
+        "training.logging_steps=1",
+    ]
