@@ -23,3 +23,17 @@ def model_cards_dir() -> Path:
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parent.parent / "model_cards"
+
+
+def __getattr__(name):
+    # Lazy public API: `from hf_transfer import load_config, train` without importing torch at
+    # `import hf_transfer` time (keeps `hf-transfer ls` fast).
+    if name in ("load_config", "TrainConfig"):
+        from hf_transfer import config
+
+        return getattr(config, name)
+    if name in ("train", "evaluate", "predict"):
+        from hf_transfer import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'hf_transfer' has no attribute {name!r}")

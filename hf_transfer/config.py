@@ -89,8 +89,13 @@ class DataConfig:
         label_column: Label column (detected when empty).
         image_column: Image column (detected when empty).
         audio_column: Audio column (detected when empty).
+        filter: Keep only rows matching this pandas query, in every split (for example
+            `sentiment != 'neutral' and confidence >= 0.9`).
         max_train_samples: Keep at most this many training examples (stratified, seeded).
         max_eval_samples: Keep at most this many evaluation examples.
+        samples_per_class: Keep at most this many training examples of each class (few-shot
+            setups such as 8 or 64 per class; also balances a skewed set).
+        eval_samples_per_class: The same for the evaluation split.
         eval_fraction: Fraction of train used as eval when no eval split is given.
         max_length: Maximum tokens per text example (longer ones are truncated).
         group_by_length: Batch texts of similar length together to cut padding.
@@ -108,8 +113,11 @@ class DataConfig:
     label_column: str | None = None
     image_column: str | None = None
     audio_column: str | None = None
+    filter: str | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    samples_per_class: int | None = None
+    eval_samples_per_class: int | None = None
     eval_fraction: float = 0.1
     max_length: int = 256
     group_by_length: bool = True
@@ -276,7 +284,15 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
                 raise
         raise _Mismatch()
     if origin is Literal:
-        if value in typing.get_args(tp):
+        choices = typing.get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads an unquoted `no` / `off` as False: map it back to the choice meant.
+            spelled = [c for c in choices if isinstance(c, str) and c.lower() in
+                       (("no", "false", "off", "none") if value is False else ("yes", "true", "on"))]
+            if len(spelled) == 1:
+                return spelled[0]
+            raise _Mismatch()
+        if value in choices:
             return value
         raise _Mismatch()
     if origin is list:
@@ -303,6 +319,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-4` (no dot) as a string; accept what float() accepts.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise _Mismatch()
     if tp is str:
         if isinstance(value, str):

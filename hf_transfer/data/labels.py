@@ -150,6 +150,19 @@ def subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Datase
     return ds.shuffle(seed=seed).select(range(n))
 
 
+def per_class(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+    """At most `n` rows of each class, drawn reproducibly by `seed`."""
+    if n is None:
+        return ds
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(ds["labels"])
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep.extend(rng.permutation(idx)[:n].tolist())
+    return ds.select(sorted(keep))
+
+
 def class_weights(ds: datasets.Dataset, num_labels: int, setting) -> list[float] | None:
     """Per-class loss weights: None, inverse frequency (`balanced`), or the list given."""
     if setting in (None, "none"):
@@ -166,3 +179,27 @@ def class_weights(ds: datasets.Dataset, num_labels: int, setting) -> list[float]
             "(in id order: see id2label in the log). Give one weight per label."
         )
     return [float(w) for w in weights]
+
+
+def apply_filter(ds: datasets.Dataset, expression: str | None, role: str) -> datasets.Dataset:
+    """Rows of `ds` for which the pandas query `expression` holds (`data.filter`)."""
+    if not expression:
+        return ds
+    import pandas as pd
+
+    def keep(batch):
+        # datasets hands a lazy batch object; materialise it as plain columns for pandas.
+        frame = pd.DataFrame({k: list(batch[k]) for k in batch.keys()})
+        return frame.eval(expression).astype(bool).tolist()
+
+    try:
+        out = ds.filter(keep, batched=True, desc="Filtering")
+    except Exception as e:  # pandas raises several types for a bad expression
+        raise DataError(
+            f"data.filter {expression!r} cannot be applied to the {role} split ({type(e).__name__}: {e}). "
+            f"Columns are: {', '.join(ds.column_names)}."
+        ) from None
+    if len(out) == 0:
+        raise DataError(f"data.filter {expression!r} keeps no rows of the {role} split ({len(ds)} rows before).")
+    logger.info("data.filter kept %d of %d %s rows.", len(out), len(ds), role)
+    return out

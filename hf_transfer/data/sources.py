@@ -9,6 +9,7 @@ import datasets
 
 from hf_transfer.config import DataSource
 from hf_transfer.errors import DataError
+from hf_transfer.paths import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def load_split(source: DataSource, role: str = "train") -> datasets.Dataset:
             be reached.
     """
     split = source.split or _DEFAULT_SPLITS[role]
-    name = source.name
+    name = resolve(source.name)
     path = Path(name).expanduser()
     if path.exists():
         ds = _load_folder(path, split, source) if path.is_dir() else _load_file(path, source)

@@ -9,12 +9,14 @@ from torch import nn
 from transformers import AutoConfig
 
 from hf_transfer.errors import ModelError
+from hf_transfer.paths import resolve
 
 logger = logging.getLogger(__name__)
 
 
 def load_config_checked(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False, **kwargs):
     """`AutoConfig.from_pretrained` with errors that say what to do."""
+    name_or_path = resolve(name_or_path)
     try:
         return AutoConfig.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, **kwargs
@@ -81,6 +83,7 @@ def load_for_classification(
     Returns:
         The model, in train mode.
     """
+    name_or_path = resolve(name_or_path)
     id2label = {int(k): str(v) for k, v in id2label.items()}
     label2id = {v: k for k, v in id2label.items()}
     config = load_config_checked(name_or_path, revision, trust_remote_code)

@@ -128,7 +128,7 @@ class ClassificationTask(Task):
     def load_splits(self) -> Splits:
         """Load train/eval/test, find columns, encode labels, carve eval, subsample."""
         d, seed = self.cfg.data, self.cfg.training.seed
-        train = load_split(d.train, "train")
+        train = labels_mod.apply_filter(load_split(d.train, "train"), d.filter, "train")
         label_col = labels_mod.find_column(
             train, d.label_column, labels_mod.LABEL_CANDIDATES, "label", "data.label_column"
         )
@@ -144,8 +144,9 @@ class ClassificationTask(Task):
             logger.info("No data.eval given: carved %d eval rows (stratified) from train.", len(eval_ds))
         if d.test is not None and d.test.name:
             test_ds = self._load_other(d.test, "test")
-        train = labels_mod.subsample(train, d.max_train_samples, seed)
+        train = labels_mod.subsample(labels_mod.per_class(train, d.samples_per_class, seed), d.max_train_samples, seed)
         if eval_ds is not None:
+            eval_ds = labels_mod.per_class(eval_ds, d.eval_samples_per_class, seed)
             eval_ds = labels_mod.subsample(eval_ds, d.max_eval_samples, seed)
         weights = labels_mod.class_weights(train, len(self.labels), self.cfg.training.class_weights)
         self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
@@ -156,7 +157,7 @@ class ClassificationTask(Task):
         return Splits(train, eval_ds, test_ds)
 
     def _load_other(self, source, role):
-        ds = load_split(source, role)
+        ds = labels_mod.apply_filter(load_split(source, role), self.cfg.data.filter, role)
         labels_mod.find_column(ds, self.label_column, (), "label", "data.label_column", role)
         if self.input_col not in ds.column_names:
             raise DataError(

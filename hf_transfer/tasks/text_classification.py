@@ -7,6 +7,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from hf_transfer.data import labels as labels_mod
 from hf_transfer.data.text import tokenize_split
 from hf_transfer.errors import ModelError
+from hf_transfer.paths import resolve
 from hf_transfer.models.heads import load_for_classification
 from hf_transfer.tasks.base import ClassificationTask, register_task
 
@@ -28,7 +29,7 @@ class TextClassificationTask(ClassificationTask):
         m = self.cfg.model
         try:
             self.processor = AutoTokenizer.from_pretrained(
-                m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code
+                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code
             )
         except (OSError, ValueError) as e:
             raise ModelError(f"Cannot load the tokenizer of '{m.name_or_path}': {e}") from None

