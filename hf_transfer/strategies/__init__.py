@@ -1,6 +1,11 @@
 """Transfer strategies. Importing this package registers every built-in strategy."""
 
 from hf_transfer.strategies import full  # noqa: F401
+from hf_transfer.strategies import freeze  # noqa: F401
+from hf_transfer.strategies import partial  # noqa: F401
+from hf_transfer.strategies import gradual_unfreeze  # noqa: F401
+from hf_transfer.strategies import lp_ft  # noqa: F401
+from hf_transfer.strategies import auto  # noqa: F401
 from hf_transfer.strategies.base import (
     Strategy,
     StrategyConfig,

@@ -1,0 +1,413 @@
+"""`auto`: pick a transfer strategy from the target data size and a measured source similarity.
+
+The rule is the classic data-size x similarity table (target = the labelled training examples
+after the eval carve-out and `data.max_train_samples`; similarity = how close the pretrained
+checkpoint's domain is to the target task):
+
+| training examples          | similarity | choice                                                   |
+| -------------------------- | ---------- | -------------------------------------------------------- |
+| small, < 100               | high       | `feature_extraction` (if registered, else `freeze`)      |
+| small, < 100               | low        | `partial`, top 2 blocks (light fine-tuning)              |
+| medium, 100 .. 10,000      | high       | `partial`, top half of the blocks                        |
+| medium, 100 .. 10,000      | low        | `full`                                                   |
+| large, > 10,000            | high       | `full`                                                   |
+| large, > 10,000            | low        | `full`, with a note recommending a `scratch` comparison  |
+
+How similarity is measured (`strategy.similarity: measure`, the default), in `prepare`: the
+pretrained model is built with its new head, and up to `measure_examples` training examples
+(seeded sample) go through the frozen backbone. The features are its last hidden state,
+mean-pooled over positions (padding masked out) or over the spatial grid of a convolutional
+model. A logistic regression on standardised features is scored by stratified k-fold
+cross-validation (k = min(5, smallest class count)), so every score is on held-out examples. Its
+balanced accuracy `b` against chance `1/K` (K classes) gives the
+normalised separability `s = clip((b - 1/K) / (1 - 1/K), 0, 1)`: 0 = the frozen features carry
+nothing about the labels, 1 = perfectly separable. `s >= similarity_threshold` (default 0.5, i.e.
+balanced accuracy halfway from chance to perfect; 0.75 for two classes) counts as high.
+
+Linear separability of frozen features is a proxy for "source and target are similar" in the
+same spirit as transferability scores (LogME, H-score): it asks whether the checkpoint already
+represents what the target labels depend on. With fewer than 2 examples in some class nothing can
+be held out; similarity is then taken as high (the checkpoint was chosen for this kind of data)
+and the reason says so. Users who know better set `strategy.similarity: high` or `low`, which
+skips the measurement.
+
+`auto` then builds the chosen strategy with the same `layer_lr_decay` and `head_lr_multiplier`
+and delegates every hook to it (composition): what trains, learning-rate scales, the epoch
+schedule, saving, resume state. `describe()` (merged into `metrics.json`) and the log record
+`auto_choice`, `auto_reason`, `auto_similarity` (high/low), `auto_similarity_score` (the measured
+`s`, or None when given), `auto_balanced_accuracy`, `auto_train_size` and `auto_size_band`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from hf_transfer.errors import ConfigError, HFTransferError
+from hf_transfer.strategies._groups import num_blocks
+from hf_transfer.strategies.base import (
+    Strategy,
+    StrategyConfig,
+    available_strategies,
+    build_strategy,
+    register_strategy,
+    strategy_config_class,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Fewer training examples than this is "small".
+SMALL_BELOW = 100
+#: More training examples than this is "large"; SMALL_BELOW .. LARGE_ABOVE inclusive is "medium".
+LARGE_ABOVE = 10_000
+
+
+@dataclass
+class AutoConfig(StrategyConfig):
+    """Settings of `auto` (choose the strategy from data size and measured similarity).
+
+    Attributes:
+        name: `auto`.
+        similarity: `measure` (default) estimates how well the frozen pretrained features separate
+            the target labels; `high` or `low` states it and skips the measurement.
+        similarity_threshold: Normalised separability (0 = chance, 1 = perfect) at or above which
+            the similarity counts as high.
+        measure_examples: At most this many training examples (a seeded sample) are embedded for
+            the measurement.
+        measure_batch_size: Batch size of the feature pass.
+    """
+
+    name: str = "auto"
+    similarity: Literal["measure", "high", "low"] = "measure"
+    similarity_threshold: float = 0.5
+    measure_examples: int = 400
+    measure_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.similarity_threshold <= 1.0:
+            raise ConfigError(
+                f"strategy.similarity_threshold must be in [0, 1], got {self.similarity_threshold!r}."
+            )
+        if self.measure_examples < 4:
+            raise ConfigError(f"strategy.measure_examples must be >= 4, got {self.measure_examples!r}.")
+        if self.measure_batch_size < 1:
+            raise ConfigError(f"strategy.measure_batch_size must be >= 1, got {self.measure_batch_size!r}.")
+
+
+@dataclass
+class AutoChoice:
+    """What `choose_strategy` decided.
+
+    Attributes:
+        name: The chosen strategy.
+        settings: Its strategy-specific settings (e.g. `trainable_layers`).
+        size_band: `small`, `medium` or `large`.
+        similarity: `high` or `low`.
+        reason: One sentence for the log and metrics.
+    """
+
+    name: str
+    settings: dict[str, Any]
+    size_band: str
+    similarity: str
+    reason: str
+
+
+def size_band(train_size: int) -> str:
+    """`small` (< 100), `medium` (100 .. 10,000) or `large` (> 10,000)."""
+    if train_size < SMALL_BELOW:
+        return "small"
+    if train_size > LARGE_ABOVE:
+        return "large"
+    return "medium"
+
+
+def choose_strategy(train_size: int, similarity: str, available: list[str] | None = None) -> AutoChoice:
+    """The table in the module docstring, as a function.
+
+    Args:
+        train_size: Labelled training examples.
+        similarity: `high` or `low`.
+        available: Registered strategy names (defaults to `available_strategies()`); decides
+            whether `feature_extraction` can be chosen.
+
+    Returns:
+        The choice, with its reason.
+    """
+    if similarity not in ("high", "low"):
+        raise ValueError(f"similarity must be 'high' or 'low', got {similarity!r}")
+    available = available_strategies() if available is None else available
+    band = size_band(train_size)
+    where = f"{train_size} training examples ({band}) and {similarity} similarity"
+    if band == "small" and similarity == "high":
+        if "feature_extraction" in available:
+            return AutoChoice("feature_extraction", {}, band, similarity,
+                              f"{where}: frozen features with a classic classifier (feature extraction).")
+        return AutoChoice("freeze", {}, band, similarity,
+                          f"{where}: feature extraction (linear probe on the frozen backbone; "
+                          "feature_extraction is not installed).")
+    if band == "small":
+        return AutoChoice("partial", {"trainable_layers": 2}, band, similarity,
+                          f"{where}: light fine-tuning of the top 2 blocks.")
+    if band == "medium" and similarity == "high":
+        return AutoChoice("partial", {"trainable_fraction": 0.5}, band, similarity,
+                          f"{where}: fine-tune the top half of the blocks.")
+    if band == "medium":
+        return AutoChoice("full", {}, band, similarity, f"{where}: fine-tune every layer.")
+    if similarity == "high":
+        return AutoChoice("full", {}, band, similarity, f"{where}: fine-tune every layer.")
+    return AutoChoice("full", {}, band, similarity,
+                      f"{where}: fine-tune every layer; with this much data from a distant domain, "
+                      "also train strategy.name=scratch and compare (negative transfer).")
+
+
+# ----------------------------------------------------------------------------------- measuring
+
+
+def separability(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float | None, float | None]:
+    """How well a logistic regression separates `labels` from `features`, on held-out folds.
+
+    Returns:
+        `(score, balanced_accuracy)`: score = `(b - 1/K) / (1 - 1/K)` clipped to [0, 1]; both None
+        when fewer than 2 classes or a class with fewer than 2 examples leaves nothing to hold out.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2 or counts.min() < 2:
+        return None, None
+    folds = int(min(5, counts.min()))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    pred = cross_val_predict(clf, np.asarray(features, dtype=np.float64), labels, cv=cv)
+    bacc = float(balanced_accuracy_score(labels, pred))
+    chance = 1.0 / len(counts)
+    score = float(np.clip((bacc - chance) / (1.0 - chance), 0.0, 1.0))
+    return score, bacc
+
+
+def _pool(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One vector per example from a head input of any rank."""
+    if x.ndim == 2:
+        return x
+    if x.ndim == 3:  # (batch, positions, hidden)
+        if mask is not None and mask.ndim == 2 and mask.shape[:2] == x.shape[:2]:
+            m = mask.to(x.dtype).unsqueeze(-1)
+            return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return x.mean(1)
+    if x.ndim == 4:  # (batch, channels, h, w)
+        return x.mean((2, 3))
+    return x.reshape(x.shape[0], -1)
+
+
+@torch.no_grad()
+def frozen_features(model: nn.Module, batches, model_inputs) -> np.ndarray:
+    """Frozen pretrained features, one row per example: the last hidden state, mean-pooled over
+    positions (padding masked out when the batch has an attention mask of matching length) or over
+    the spatial grid for convolutional models.
+
+    Args:
+        model: The pretrained model (with its new head, which is not used).
+        batches: Iterable of collated batches.
+        model_inputs: `batch -> kwargs` for the model (drops the labels).
+    """
+    device = next(model.parameters()).device
+    rows = []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs(batch).items()}
+            hidden = getattr(model(**inputs, output_hidden_states=True), "hidden_states", None)
+            if not hidden:
+                raise HFTransferError(
+                    f"strategy 'auto' cannot measure similarity with {type(model).__name__}: it returns "
+                    "no hidden states. Set strategy.similarity to high or low."
+                )
+            rows.append(_pool(hidden[-1].float(), inputs.get("attention_mask")).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(rows)
+
+
+@dataclass
+class Measurement:
+    """Result of `measure_similarity`."""
+
+    score: float | None
+    balanced_accuracy: float | None
+    examples: int
+    classes: int
+
+
+def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed: int = 0) -> Measurement:
+    """Normalised linear separability of the target labels in the frozen pretrained features.
+
+    Args:
+        ctx: The run context (`ctx.task` builds the model and batches, `ctx.splits.train` is the
+            label-encoded training split with a `labels` column).
+        max_examples: Sample at most this many training examples (seeded).
+        batch_size: Batch size of the feature pass.
+        seed: Sampling and cross-validation seed.
+    """
+    from torch.utils.data import DataLoader
+
+    task, train = ctx.task, ctx.splits.train
+    n = min(len(train), max_examples)
+    sample = train.shuffle(seed=seed).select(range(n)) if n < len(train) else train
+    labels = np.asarray(sample["labels"])
+    model = task.build_model()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    data = task.preprocess(sample, train=False)
+    dl = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
+    model_inputs = getattr(task, "model_inputs", None) or (lambda b: {k: v for k, v in b.items() if k != "labels"})
+    feats = frozen_features(model, dl, model_inputs)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    score, bacc = separability(feats, labels, seed)
+    return Measurement(score, bacc, n, len(np.unique(labels)))
+
+
+# ----------------------------------------------------------------------------------- strategy
+
+
+@register_strategy("auto", AutoConfig)
+class Auto(Strategy):
+    """Choose a strategy in `prepare` (see the module docstring), then delegate every hook to it."""
+
+    def __init__(self, config: AutoConfig):
+        super().__init__(config)
+        self.delegate: Strategy | None = None
+        self.choice: AutoChoice | None = None
+        self.train_size: int | None = None
+        self.measurement: Measurement | None = None
+        self.note = ""
+
+    # Class-level flags the engine and run.py read come from the chosen strategy.
+    @property
+    def from_scratch(self) -> bool:  # type: ignore[override]
+        return bool(self.delegate is not None and self.delegate.from_scratch)
+
+    @property
+    def trains_with_engine(self) -> bool:  # type: ignore[override]
+        return self.delegate is None or self.delegate.trains_with_engine
+
+    @property
+    def changes_trainable_set(self) -> bool:
+        return bool(getattr(self.delegate, "changes_trainable_set", False))
+
+    def _chosen(self) -> Strategy:
+        if self.delegate is None:
+            raise HFTransferError("strategy 'auto' chooses its strategy in prepare(ctx); call prepare first.")
+        return self.delegate
+
+    def __getattr__(self, name: str):
+        # Hooks only some strategies have (feature_extraction's `fit`, ...) come from the delegate.
+        delegate = self.__dict__.get("delegate")
+        if delegate is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(delegate, name)
+
+    def prepare(self, ctx) -> None:
+        c = self.config
+        self.train_size = len(ctx.splits.train)
+        if c.similarity == "measure":
+            seed = getattr(getattr(getattr(ctx, "cfg", None), "training", None), "seed", 0)
+            self.measurement = measure_similarity(ctx, c.measure_examples, c.measure_batch_size, seed)
+            m = self.measurement
+            if m.score is None:
+                similarity = "high"
+                self.note = (" Similarity could not be measured (a class has fewer than 2 examples); "
+                             "assumed high.")
+            else:
+                similarity = "high" if m.score >= c.similarity_threshold else "low"
+                self.note = (f" Measured separability {m.score:.3f} (balanced accuracy {m.balanced_accuracy:.3f}, "
+                             f"{m.classes} classes, {m.examples} examples; threshold {c.similarity_threshold}).")
+        else:
+            similarity = c.similarity
+            self.note = " Similarity given by strategy.similarity."
+        self.choice = choose_strategy(self.train_size, similarity)
+        self.delegate = build_strategy(self._delegate_config(self.choice))
+        logger.info("auto: chose '%s': %s%s", self.choice.name, self.choice.reason, self.note)
+        if self.choice.size_band == "large" and similarity == "low":
+            logger.warning("auto: %s", self.choice.reason)
+        self.delegate.prepare(ctx)
+
+    def _delegate_config(self, choice: AutoChoice) -> StrategyConfig:
+        cls = strategy_config_class(choice.name)
+        names = {f.name for f in dataclasses.fields(cls)}
+        shared = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(StrategyConfig)}
+        kwargs = {k: v for k, v in {**shared, **choice.settings}.items() if k in names}
+        kwargs["name"] = choice.name
+        return cls(**kwargs)
+
+    def apply(self, model: nn.Module, groups: list) -> nn.Module:
+        delegate = self._chosen()
+        wanted = getattr(delegate.config, "trainable_layers", None)
+        if self.choice.name == "partial" and wanted is not None and wanted > num_blocks(groups):
+            # "Top 2 blocks" on a one-block model means every block.
+            delegate.config.trainable_layers = num_blocks(groups)
+            self.note += f" The model has only {num_blocks(groups)} block(s): all of them train."
+        return delegate.apply(model, groups)
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        info = self._chosen().describe(model)
+        m = self.measurement
+
+        def rounded(x):
+            return None if x is None else round(x, 4)
+
+        info.update({
+            "strategy": "auto",
+            "auto_choice": self.choice.name,
+            "auto_reason": self.choice.reason + self.note,
+            "auto_similarity": self.choice.similarity,
+            "auto_similarity_score": rounded(m.score) if m else None,
+            "auto_balanced_accuracy": rounded(m.balanced_accuracy) if m else None,
+            "auto_train_size": self.train_size,
+            "auto_size_band": self.choice.size_band,
+        })
+        return info
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"auto_choice": self.choice.name if self.choice else None,
+                "delegate": self._chosen().state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        saved = state.get("auto_choice")
+        if saved and self.choice is not None and saved != self.choice.name:
+            logger.warning("auto: the checkpoint was trained with '%s', but this run chose '%s'.",
+                           saved, self.choice.name)
+        self._chosen().load_state_dict(state.get("delegate") or {})
+
+
+def _delegating(name: str):
+    def method(self, *args, **kwargs):
+        return getattr(self._chosen(), name)(*args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = f"Delegates `{name}` to the chosen strategy."
+    return method
+
+
+# Every other public hook of the base class (lr_scales, on_epoch_start, save_model, and any hook
+# added to Strategy later) goes to the chosen strategy, not to the base default.
+for _name, _member in inspect.getmembers(Strategy, inspect.isfunction):
+    if not _name.startswith("_") and _name not in Auto.__dict__:
+        setattr(Auto, _name, _delegating(_name))

@@ -1,0 +1,498 @@
+"""Transfer strategies on tiny random BERT / ViT / Whisper classifiers built from configs (offline).
+
+The matrix drives a few AdamW steps through the same path the engine takes (`apply`, `lr_scales`,
+`build_param_groups`, `on_epoch_start`) with synthetic batches, then checks bit for bit which
+parameters moved. End-to-end runs go through `hf_transfer.run.train` on the conftest toy data.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as T
+from safetensors.torch import load_file
+
+from hf_transfer.config import load_config
+from hf_transfer.engine.optim import build_param_groups
+from hf_transfer.errors import ConfigError, ModelError
+from hf_transfer.models.layer_groups import layer_groups
+from hf_transfer.strategies import available_strategies, build_strategy, strategy_config_class
+from hf_transfer.strategies._groups import groups_at_depth
+from hf_transfer.strategies.auto import choose_strategy, separability, size_band
+
+from conftest import ASSETS, NEGATIVE, POSITIVE, tiny_bert_config, toy_sentences, write_csv
+
+# ----------------------------------------------------------------------------- tiny models
+
+LAYERS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+
+
+def bert_model():
+    return T.BertForSequenceClassification(T.BertConfig(vocab_size=100, **LAYERS))
+
+
+def bert_batch(g):
+    return {"input_ids": torch.randint(0, 100, (4, 8), generator=g),
+            "attention_mask": torch.ones(4, 8, dtype=torch.long),
+            "labels": torch.randint(0, 2, (4,), generator=g)}
+
+
+def vit_model():
+    return T.ViTForImageClassification(T.ViTConfig(image_size=32, patch_size=8, num_labels=2, **LAYERS))
+
+
+def vit_batch(g):
+    return {"pixel_values": torch.randn(4, 3, 32, 32, generator=g), "labels": torch.randint(0, 2, (4,), generator=g)}
+
+
+def whisper_model():
+    cfg = T.WhisperConfig(
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=37, decoder_ffn_dim=37, vocab_size=100, num_mel_bins=8, max_source_positions=16,
+        max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
+        num_labels=2, classifier_proj_size=16,
+    )
+    return T.WhisperForAudioClassification(cfg)
+
+
+def whisper_batch(g):
+    # The encoder wants 2 * max_source_positions input frames.
+    return {"input_features": torch.randn(4, 8, 32, generator=g), "labels": torch.randint(0, 2, (4,), generator=g)}
+
+
+MODELS = {"bert": (bert_model, bert_batch), "vit": (vit_model, vit_batch), "whisper": (whisper_model, whisper_batch)}
+
+# Group names bottom to top, per model (from layer_groups).
+GROUP_NAMES = {
+    "bert": ["embeddings", "encoder.layer.0", "encoder.layer.1", "pooler", "head"],
+    "vit": ["embeddings", "layers.0", "layers.1", "layernorm", "head"],
+    "whisper": ["encoder.stem", "encoder.layers.0", "encoder.layers.1", "encoder.layer_norm", "head"],
+}
+# Which groups train at epochs 0, 1, 2 (indices into GROUP_NAMES: 0 stem, 1 block0, 2 block1, 3 top, 4 head).
+SCHEDULES = {
+    "full": [{0, 1, 2, 3, 4}] * 3,
+    "freeze": [{4}] * 3,
+    "partial": [{2, 3, 4}] * 3,  # default trainable_layers=2 is overridden to 1 below
+    "gradual_unfreeze": [{4}, {2, 3, 4}, {1, 2, 3, 4}],
+    "lp_ft": [{4}, {0, 1, 2, 3, 4}, {0, 1, 2, 3, 4}],
+}
+SETTINGS = {"partial": {"trainable_layers": 1}}
+
+
+def make_strategy(name, **kw):
+    cls = strategy_config_class(name)
+    return build_strategy(cls(name=name, **{**SETTINGS.get(name, {}), **kw}))
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def flags(model):
+    return {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+def trainable_groups(groups):
+    return {i for i, g in enumerate(groups) if any(p.requires_grad for p in g.parameters())}
+
+
+def drive(model_key, strategy, epochs=3, steps=2, lr=1e-2, seed=0):
+    """Engine-like loop: apply, optimizer from lr_scales, on_epoch_start, AdamW steps."""
+    build, batch = MODELS[model_key]
+    torch.manual_seed(seed)
+    model = build()
+    before = snapshot(model)
+    model_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    groups = layer_groups(model)
+    model = strategy.apply(model, groups)
+    optimizer = torch.optim.AdamW(
+        build_param_groups(model, groups, strategy.lr_scales(groups), lr, 0.01), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    per_epoch = []
+    model.train()
+    for epoch in range(epochs):
+        strategy.on_epoch_start(epoch, model, groups)
+        per_epoch.append(trainable_groups(groups))
+        for _ in range(steps):
+            b = batch(g)
+            labels = b.pop("labels")
+            F.cross_entropy(model(**b).logits, labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return SimpleNamespace(model=model, groups=groups, before=before, optimizer=optimizer,
+                           per_epoch=per_epoch, model_frozen=model_frozen)
+
+
+# ----------------------------------------------------------------------------- the matrix
+
+
+@pytest.mark.parametrize("model_key", list(MODELS))
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_strategy_matrix_changes_exactly_the_trained_groups(name, model_key):
+    r = drive(model_key, make_strategy(name))
+    assert [g.name for g in r.groups] == GROUP_NAMES[model_key]
+    assert r.per_epoch == SCHEDULES[name]
+    trained = set().union(*SCHEDULES[name])
+    if model_key == "whisper":
+        assert r.model_frozen == {"encoder.embed_positions.weight"}
+    # Parameters the architecture freezes itself (Whisper's sinusoidal positions) stay frozen
+    # under the freezing strategies. `full` uses the base Strategy.apply, which today sets
+    # requires_grad on every parameter, so they are not checked there.
+    after = dict(r.model.named_parameters())
+    for i, grp in enumerate(r.groups):
+        for pname in grp.param_names:
+            if name == "full" and pname in r.model_frozen:
+                continue
+            same = torch.equal(after[pname], r.before[pname])
+            if i in trained and pname not in r.model_frozen:
+                assert not same, f"{name}/{model_key}: {pname} ({grp.name}) should have trained"
+            else:
+                assert same, f"{name}/{model_key}: {pname} ({grp.name}) should be bit-identical"
+
+
+def expected_scales(decay, head_mult):
+    # depth below the top: stem 3, block0 2, block1 1, top 0, head 0 (x head_mult)
+    return {0: decay**3, 1: decay**2, 2: decay, 3: 1.0, 4: head_mult}
+
+
+@pytest.mark.parametrize("model_key", ["bert", "whisper"])
+@pytest.mark.parametrize("name", ["full", "freeze", "partial", "gradual_unfreeze", "lp_ft"])
+def test_layer_lr_decay_and_head_multiplier_set_each_group_lr(name, model_key):
+    base = 1e-3
+    r = drive(model_key, make_strategy(name, layer_lr_decay=0.5, head_lr_multiplier=10.0), epochs=1, steps=1, lr=base)
+    scales = expected_scales(0.5, 10.0)
+    by_name = {n: i for i, n in enumerate(GROUP_NAMES[model_key])}
+    seen = set()
+    for pg in r.optimizer.param_groups:
+        gname = pg["name"].removesuffix(".no_decay")
+        assert pg["lr"] == pytest.approx(base * scales[by_name[gname]], rel=1e-12), pg["name"]
+        assert pg["lr_scale"] == pytest.approx(scales[by_name[gname]])
+        seen.add(gname)
+    assert seen == set(GROUP_NAMES[model_key])  # every group (frozen ones too) is in the optimizer
+    n_opt = sum(len(pg["params"]) for pg in r.optimizer.param_groups)
+    assert n_opt == len(list(r.model.parameters()))
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def names_at(strategy, epochs, model_key="bert"):
+    model = MODELS[model_key][0]()
+    groups = layer_groups(model)
+    strategy.apply(model, groups)
+    out = []
+    for e in epochs:
+        strategy.on_epoch_start(e, model, groups)
+        out.append(sorted(GROUP_NAMES[model_key].index(g.name) for g in groups
+                          if any(p.requires_grad for p in g.parameters())))
+    return out
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({}, [[4], [2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]),
+    ({"unfreeze_every": 2}, [[4], [4], [2, 3, 4], [2, 3, 4], [1, 2, 3, 4]]),
+    ({"blocks_per_step": 2}, [[4], [1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]),
+    ({"milestones": [2, 3]}, [[4], [4], [2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]),
+])
+def test_gradual_unfreeze_schedule(settings, expected):
+    assert names_at(make_strategy("gradual_unfreeze", **settings), range(5)) == expected
+
+
+def test_lp_ft_schedule_and_partial_fraction():
+    assert names_at(make_strategy("lp_ft", probe_epochs=2), range(4)) == [[4], [4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    assert names_at(make_strategy("partial", trainable_layers=2), [0]) == [[1, 2, 3, 4]]
+    assert names_at(make_strategy("partial", trainable_layers=0), [0]) == [[4]]
+    assert names_at(make_strategy("partial", trainable_fraction=0.5), [0]) == [[2, 3, 4]]
+
+
+def test_on_epoch_start_reports_changes_only_and_is_idempotent():
+    s = make_strategy("gradual_unfreeze")
+    model = bert_model()
+    groups = layer_groups(model)
+    s.apply(model, groups)
+    assert s.on_epoch_start(0, model, groups) is False  # apply already set epoch 0
+    assert s.on_epoch_start(1, model, groups) is True
+    assert s.on_epoch_start(1, model, groups) is False
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    # Replaying earlier epochs and coming back gives the same set (derived from the epoch alone).
+    s.on_epoch_start(0, model, groups)
+    assert s.on_epoch_start(1, model, groups) is True
+    assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+    assert type(s).changes_trainable_set is True
+    assert getattr(make_strategy("partial"), "changes_trainable_set", False) is False
+
+
+@pytest.mark.parametrize("name, settings", [("gradual_unfreeze", {}), ("gradual_unfreeze", {"milestones": [1, 2]}),
+                                            ("lp_ft", {"probe_epochs": 2})])
+def test_resume_keeps_the_schedule(name, settings):
+    first = make_strategy(name, **settings)
+    m1 = bert_model()
+    g1 = layer_groups(m1)
+    first.apply(m1, g1)
+    for e in range(3):
+        first.on_epoch_start(e, m1, g1)
+    state = json.loads(json.dumps(first.state_dict()))  # as trainer_state.json stores it
+    flags1 = {n: p.requires_grad for n, p in m1.named_parameters()}
+
+    # What Trainer.load_checkpoint does: fresh model + apply, load_state_dict, replay epochs 0..2.
+    second = make_strategy(name, **settings)
+    m2 = bert_model()
+    g2 = layer_groups(m2)
+    second.apply(m2, g2)
+    second.load_state_dict(state)
+    for e in range(3):
+        second.on_epoch_start(e, m2, g2)
+    assert {n: p.requires_grad for n, p in m2.named_parameters()} == flags1
+    assert second.state_dict() == state
+    # The uninterrupted run and the resumed one agree on the next epoch too.
+    assert first.on_epoch_start(3, m1, g1) == second.on_epoch_start(3, m2, g2)
+    assert flags(m1) == flags(m2)
+
+
+def test_groups_at_depth_two_towers_whisper_seq2seq():
+    # Whisper seq2seq: encoder stem/blocks/top, decoder stem/blocks/top, tied head (no head group).
+    model = T.WhisperForConditionalGeneration(whisper_model().config)
+    groups = layer_groups(model)
+    names = [g.name for g in groups_at_depth(groups, 3)]
+    assert names[0] == "encoder.layers.1" and "decoder.stem" in names and "encoder.stem" not in names
+    with pytest.raises(ModelError, match="no separate head group"):
+        make_strategy("freeze").apply(model, groups)
+
+
+def test_partial_rejects_more_layers_than_blocks():
+    model = bert_model()
+    with pytest.raises(ConfigError, match="only 2 blocks"):
+        make_strategy("partial", trainable_layers=3).apply(model, layer_groups(model))
+    with pytest.raises(ConfigError, match="trainable_layers"):
+        load_config(None, ["model.name_or_path=x", "data.train=y", "strategy.name=partial",
+                           "strategy.trainable_layers=-1"])
+    with pytest.raises(ConfigError, match="milestones"):
+        load_config(None, ["model.name_or_path=x", "data.train=y", "strategy.name=gradual_unfreeze",
+                           "strategy.milestones=[3, 1]"])
+
+
+# ----------------------------------------------------------------------------- auto
+
+
+@pytest.mark.parametrize("n, sim, name, settings", [
+    (50, "high", "freeze", {}),
+    (99, "low", "partial", {"trainable_layers": 2}),
+    (100, "high", "partial", {"trainable_fraction": 0.5}),
+    (10_000, "low", "full", {}),
+    (10_001, "high", "full", {}),
+    (50_000, "low", "full", {}),
+])
+def test_auto_table(n, sim, name, settings):
+    choice = choose_strategy(n, sim, available=["freeze", "partial", "full"])
+    assert (choice.name, choice.settings) == (name, settings)
+    assert choice.size_band == size_band(n)
+    if n > 10_000 and sim == "low":
+        assert "scratch" in choice.reason
+    assert choose_strategy(50, "high", available=["feature_extraction"]).name == "feature_extraction"
+
+
+def test_separability_score():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    separable = rng.normal(size=(120, 8)) + np.eye(3, 8)[y] * 6
+    score, bacc = separability(separable, y)
+    assert score > 0.95 and bacc > 0.95
+    score, _ = separability(rng.normal(size=(120, 8)), y)
+    assert score < 0.3
+    assert separability(rng.normal(size=(3, 4)), np.array([0, 0, 1])) == (None, None)
+
+
+@pytest.fixture(scope="module")
+def related_bert_dir(tmp_path_factory):
+    """A tiny BERT 'pretrained on a related task': the cue words carry a sentiment direction."""
+    import shutil
+
+    from transformers import AutoTokenizer, BertModel
+
+    out = tmp_path_factory.mktemp("related-bert")
+    tok = AutoTokenizer.from_pretrained(ASSETS / "tiny-bert")
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config())
+    emb = model.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        for words, sign in ((POSITIVE, 1.0), (NEGATIVE, -1.0)):
+            emb[tok.convert_tokens_to_ids([t for w in words for t in tok.tokenize(w)]), :8] = 2.0 * sign
+    model.save_pretrained(out)
+    for f in (ASSETS / "tiny-bert").iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+
+
+def auto_prepare(model_dir, train_csv, tmp_path, *extra):
+    from hf_transfer.run import RunContext
+    from hf_transfer.tasks import get_task
+
+    cfg = load_config(None, [f"model.name_or_path={model_dir}", f"data.train={train_csv}",
+                             f"output_dir={tmp_path / 'run'}", "strategy.name=auto", *extra])
+    task = get_task(cfg)
+    task.load_processor()
+    splits = task.load_splits()
+    strategy = build_strategy(cfg.strategy)
+    strategy.prepare(RunContext(cfg, task, splits, tmp_path))
+    return strategy, task
+
+
+def test_auto_measures_high_similarity_on_a_related_checkpoint(related_bert_dir, toy_text_data, tmp_path):
+    s, task = auto_prepare(related_bert_dir, toy_text_data["train"], tmp_path)
+    assert s.choice.similarity == "high" and s.measurement.score >= 0.9
+    expected = "feature_extraction" if "feature_extraction" in available_strategies() else "freeze"
+    assert s.choice.name == expected and s.choice.size_band == "small"
+    model = task.build_model()
+    groups = layer_groups(model)
+    model = s.apply(model, groups)
+    info = s.describe(model)
+    assert info["strategy"] == "auto" and info["auto_choice"] == expected
+    assert info["auto_similarity"] == "high" and info["auto_train_size"] == s.train_size
+    assert info["auto_similarity_score"] == pytest.approx(s.measurement.score, abs=1e-4)
+    assert "Measured separability" in info["auto_reason"]
+    json.dumps(info)  # metrics.json-ready
+
+
+def test_auto_measures_low_similarity_on_random_labels(related_bert_dir, tmp_path):
+    import random
+
+    rows = toy_sentences(96, seed=1)
+    rng = random.Random(0)
+    for r in rows:
+        r["label"] = rng.choice(["negative", "positive"])
+    s, task = auto_prepare(related_bert_dir, write_csv(tmp_path / "random.csv", rows), tmp_path)
+    assert s.choice.similarity == "low" and s.measurement.score < 0.5
+    assert (s.choice.name, s.choice.settings) == ("partial", {"trainable_layers": 2})
+    # Delegation: the chosen partial strategy does the freezing and the LR scales.
+    model = task.build_model()
+    groups = layer_groups(model)
+    s.apply(model, groups)
+    assert trainable_groups(groups) == {1, 2, 3, 4}
+    assert s.lr_scales(groups) == s.delegate.lr_scales(groups)
+    assert s.on_epoch_start(1, model, groups) is False
+    assert s.changes_trainable_set is False and s.from_scratch is False and s.trains_with_engine is True
+    assert s.state_dict()["auto_choice"] == "partial"
+
+
+def test_auto_similarity_override_skips_measuring(tmp_path):
+    cfg_cls = strategy_config_class("auto")
+    s = build_strategy(cfg_cls(name="auto", similarity="low", layer_lr_decay=0.8))
+    ctx = SimpleNamespace(splits=SimpleNamespace(train=range(20_000)), cfg=None)
+    s.prepare(ctx)  # no model is built: there is no task in this context
+    assert s.choice.name == "full" and "scratch" in s.choice.reason
+    assert s.delegate.config.layer_lr_decay == 0.8
+    model = bert_model()
+    groups = layer_groups(model)
+    s.apply(model, groups)
+    info = s.describe(model)
+    assert info["auto_similarity_score"] is None and info["frozen_parameters"] == 0
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _base_weights(tiny_bert_dir):
+    return {f"bert.{k}": v for k, v in load_file(str(Path(tiny_bert_dir) / "model.safetensors")).items()}
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("freeze", []),
+    ("gradual_unfreeze", ["training.load_best_model_at_end=false"]),
+])
+def test_end_to_end_frozen_backbone_is_saved_unchanged(name, extra, text_overrides, tiny_bert_dir, tmp_path):
+    from hf_transfer.run import train
+
+    cfg = load_config(None, text_overrides + [f"strategy.name={name}", "training.save_strategy=no", *extra])
+    metrics = train(cfg)
+    out = Path(cfg.output_dir)
+    saved = load_file(str(out / "model.safetensors"))
+    base = _base_weights(tiny_bert_dir)
+    # Epochs 0-1: freeze trains the head only; gradual_unfreeze adds layer.1 + pooler in epoch 1.
+    moving = ("bert.encoder.layer.1.", "bert.pooler.") if name == "gradual_unfreeze" else ()
+    for k, v in base.items():
+        if k.startswith(moving):
+            assert not torch.equal(saved[k], v), k
+        else:
+            assert torch.equal(saved[k], v), k
+    assert not torch.equal(saved["classifier.weight"], torch.zeros_like(saved["classifier.weight"]))
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["strategy"] == name and metrics["strategy"] == name
+    assert written["trainable_parameters"] > 0 and written["frozen_parameters"] > 0
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_gradual_unfreeze_two_cpu_processes(text_overrides, tiny_bert_dir, tmp_path):
+    """Two CPU (gloo) processes: both ranks end bit-identical, and the block unfrozen in epoch 2 trained."""
+    dump = tmp_path / "ranks"
+    script = Path(__file__).parent / "ddp_train_dump.py"
+    overrides = text_overrides + [
+        "strategy.name=gradual_unfreeze", "training.epochs=3", "training.batch_size=8",
+        "training.save_strategy=no", "training.load_best_model_at_end=false",
+    ]
+    env = {**os.environ, "HF_TRANSFER_TEST_DUMP": str(dump), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # `accelerate launch --cpu --num_processes 2` starts several CPU processes only through MPI;
+    # torchrun's environment plus ACCELERATE_USE_CPU makes Accelerate pick MULTI_CPU with gloo.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), *overrides]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    r0 = torch.load(dump / "rank0.pt")
+    r1 = torch.load(dump / "rank1.pt")
+    assert r0["world_size"] == r1["world_size"] == 2
+    s0, s1 = r0["state_dict"], r1["state_dict"]
+    assert s0.keys() == s1.keys()
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), f"ranks differ at {k}"
+    base = _base_weights(tiny_bert_dir)
+    for k, v in base.items():
+        if k.startswith("bert.embeddings."):
+            assert torch.equal(s0[k], v), k  # never unfrozen in 3 epochs
+        elif k.startswith(("bert.encoder.layer.0.", "bert.encoder.layer.1.", "bert.pooler.")):
+            assert not torch.equal(s0[k], v), k  # layer.0 unfrozen at epoch 2, layer.1 at epoch 1
+    # Rank 0's saved run folder holds the same weights.
+    saved = load_file(str(Path(load_config(None, overrides).output_dir) / "model.safetensors"))
+    assert all(torch.equal(saved[k], s0[k]) for k in saved)
+
+
+@pytest.mark.parametrize("similarity", ["low", "measure"])
+def test_auto_end_to_end(similarity, text_overrides, related_bert_dir, tmp_path):
+    """`auto` through run.train: the choice lands in metrics.json and the delegate does the work."""
+    from hf_transfer.run import train
+
+    cfg = load_config(None, text_overrides + [
+        f"model.name_or_path={related_bert_dir}", "strategy.name=auto", f"strategy.similarity={similarity}",
+        "training.epochs=1", "training.save_strategy=no"])
+    train(cfg)
+    out = Path(cfg.output_dir)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["strategy"] == "auto" and written["auto_train_size"] == 96
+    if similarity == "low":
+        assert written["auto_choice"] == "partial" and written["auto_similarity_score"] is None
+        moving = ("bert.encoder.", "bert.pooler.")  # top 2 blocks of 2 + pooler train
+    else:
+        expected = "feature_extraction" if "feature_extraction" in available_strategies() else "freeze"
+        assert written["auto_choice"] == expected and written["auto_similarity_score"] >= 0.9
+        moving = ()
+    assert "eval_accuracy" in written
+    base = {f"bert.{k}": v for k, v in load_file(str(related_bert_dir / "model.safetensors")).items()}
+    saved = load_file(str(out / "model.safetensors"))
+    for k, v in base.items():
+        assert torch.equal(saved[k], v) != k.startswith(moving), k
