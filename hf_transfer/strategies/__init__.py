@@ -6,6 +6,10 @@ from hf_transfer.strategies import partial  # noqa: F401
 from hf_transfer.strategies import gradual_unfreeze  # noqa: F401
 from hf_transfer.strategies import lp_ft  # noqa: F401
 from hf_transfer.strategies import auto  # noqa: F401
+from hf_transfer.strategies import lora  # noqa: F401
+from hf_transfer.strategies import ia3  # noqa: F401
+from hf_transfer.strategies import adapter  # noqa: F401
+from hf_transfer.strategies import feature_extraction  # noqa: F401
 from hf_transfer.strategies.base import (
     Strategy,
     StrategyConfig,

@@ -1,0 +1,233 @@
+"""`feature_extraction`: head-input features, the on-disk cache, classic classifiers, and a run
+folder that predicts exactly like the fitted classifier."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from transformers import AutoModelForSequenceClassification
+
+from hf_transfer.config import load_config
+from hf_transfer.models.layer_groups import layer_groups
+from hf_transfer.run import train
+from hf_transfer.strategies import feature_extraction as fe
+from hf_transfer.strategies.feature_extraction import (
+    EstimatorClassifier,
+    FeatureExtractionConfig,
+    HeadInputCapture,
+    LinearProbe,
+    attach_feature_classifier,
+    fit_classifier,
+    locate_head_input,
+    write_into_head,
+)
+
+
+def _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache, *extra):
+    return [
+        f"model.name_or_path={tiny_bert_dir}",
+        f"data.train={toy_text_data['train']}",
+        f"data.eval={toy_text_data['validation']}",
+        f"output_dir={tmp_path / 'run'}",
+        "training.report_to=[]",
+        "strategy.name=feature_extraction",
+        f"strategy.cache_dir={cache}",
+        *extra,
+    ]
+
+
+def _eval_batches(run_dir, toy_text_data):
+    """Tokenised eval split, in order, with labels: what `hf-transfer evaluate` feeds the model."""
+    cfg = load_config(run_dir / "config.yaml")
+    from hf_transfer.tasks import get_task
+
+    task = get_task(cfg)
+    task.load_processor()
+    splits = task.load_splits()
+    data = task.preprocess(splits.eval, train=False)
+    return [task.collate([data[i] for i in range(s, min(s + 16, len(data)))]) for s in range(0, len(data), 16)]
+
+
+# --------------------------------------------------------------------------- classifiers
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_logistic_regression_probe_equals_sklearn_predict_proba(num_labels):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % num_labels
+    X = rng.normal(size=(120, 8)) * 5 + 3 + y[:, None] * rng.normal(size=8)
+    probe = fit_classifier(FeatureExtractionConfig(C=0.5), X, y, num_labels)
+    assert isinstance(probe, LinearProbe) and probe.weight.shape == (num_labels, 8)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=1000, random_state=0)).fit(X, y)
+    Xt = rng.normal(size=(40, 8)) * 5 + 3
+    np.testing.assert_allclose(np.exp(probe.log_proba(Xt)), reference.predict_proba(Xt), atol=1e-6)
+    np.testing.assert_array_equal(probe.predict(Xt), reference.predict(Xt))
+    # The same numbers from a torch linear layer holding the probe (the model's head).
+    head = torch.nn.Linear(8, num_labels)
+    assert write_into_head(head, probe)
+    probs = head(torch.as_tensor(Xt, dtype=torch.float32)).softmax(-1).detach().numpy()
+    np.testing.assert_allclose(probs, reference.predict_proba(Xt), atol=1e-5)
+
+
+def test_svm_and_knn_cover_every_label_and_knn_loss_is_finite():
+    rng = np.random.default_rng(1)
+    y = np.array([0, 2] * 20)  # label 1 never seen in training
+    X = rng.normal(size=(40, 4)) + y[:, None]
+    for kind in ("svm", "knn"):
+        clf = fit_classifier(FeatureExtractionConfig(classifier=kind, k=3), X, y, 3)
+        assert isinstance(clf, EstimatorClassifier)
+        assert clf.logits(X).shape == (40, 3)
+        assert set(clf.predict(X)) <= {0, 2}
+    knn = fit_classifier(FeatureExtractionConfig(classifier="knn", k=3), X, y, 3)
+    assert np.isfinite(knn.log_proba(X)).all()
+    assert fit_classifier(FeatureExtractionConfig(classifier="svm"), X, y, 3).log_proba(X) is None
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_TRANSFER_CACHE", raising=False)
+    assert fe.cache_root(None).parts[-3:] == (".cache", "hf_transfer", "features")
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "env"))
+    assert fe.cache_root(None) == tmp_path / "env" / "features"
+    assert fe.cache_root(str(tmp_path / "mine")) == tmp_path / "mine"
+
+
+# --------------------------------------------------------------------------- head input
+
+
+def _tiny(cls, config_cls, **kw):
+    torch.manual_seed(0)
+    base = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                vocab_size=100, num_labels=3)
+    base.update(kw)
+    return cls(config_cls(**base)).eval()
+
+
+def test_features_are_what_the_head_sees():
+    ids = torch.randint(5, 100, (4, 9))
+    # BERT: one linear head; its input is the pooler output.
+    bert = _tiny(T.BertForSequenceClassification, T.BertConfig)
+    spec = locate_head_input(bert, layer_groups(bert))
+    assert spec.linear == "classifier"
+    with HeadInputCapture(bert, spec) as cap, torch.no_grad():
+        bert(input_ids=ids)
+        x, mode = cap.features()
+        assert mode == "none"
+        torch.testing.assert_close(x, bert.bert(input_ids=ids).pooler_output)
+    # RoBERTa: classifier.dense + out_proj take the whole sequence; text pooling = first token.
+    roberta = _tiny(T.RobertaForSequenceClassification, T.RobertaConfig, max_position_embeddings=40)
+    spec = locate_head_input(roberta, layer_groups(roberta))
+    assert spec.linear is None and spec.candidates == ["classifier"]
+    with HeadInputCapture(roberta, spec) as cap, torch.no_grad():
+        roberta(input_ids=ids)
+        x, mode = cap.features()
+        assert mode == "first_token"
+        torch.testing.assert_close(x, roberta.roberta(input_ids=ids).last_hidden_state[:, 0])
+    # DistilBERT: pre_classifier is the head's entry; its input is the [CLS] hidden state.
+    distil = T.DistilBertForSequenceClassification(T.DistilBertConfig(
+        dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100, num_labels=3)).eval()
+    spec = locate_head_input(distil, layer_groups(distil))
+    assert spec.linear is None and set(spec.candidates) == {"pre_classifier", "classifier"}
+    with HeadInputCapture(distil, spec) as cap, torch.no_grad():
+        distil(input_ids=ids)
+        x, _ = cap.features()
+        assert cap.module_name == "pre_classifier"
+        torch.testing.assert_close(x, distil.distilbert(input_ids=ids).last_hidden_state[:, 0])
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+@pytest.mark.parametrize("classifier", ["logistic_regression", "linear"])
+def test_run_folder_predicts_exactly_like_the_fitted_classifier(classifier, tiny_bert_dir, toy_text_data, tmp_path):
+    metrics = train(load_config(None, _overrides(
+        tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", f"strategy.classifier={classifier}",
+        "strategy.epochs=30")))
+    out = tmp_path / "run"
+    info = json.loads((out / fe.SPEC_FILE).read_text())
+    assert info["head_written"] and info["module"] == "classifier" and info["pooling"] == "none"
+    assert not (out / fe.CLASSIFIER_FILE).exists()
+    assert metrics["head_written"] and metrics["feature_cache_hit"] is False
+    for key in ("eval_accuracy", "eval_f1", "eval_loss", "train_runtime", "train_samples_per_second"):
+        assert key in metrics, key
+    assert metrics["eval_accuracy"] >= 0.6
+
+    # Plain transformers, nothing from hf_transfer: same predictions and log loss as the fit.
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in _eval_batches(out, toy_text_data):
+            labels.append(batch.pop("labels"))
+            logits.append(model(**batch).logits)
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    accuracy = (logits.argmax(-1) == labels).float().mean().item()
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert accuracy == pytest.approx(metrics["eval_accuracy"])
+    # The float32 head against the float64 fit. The tiny random model's pooler outputs vary by
+    # ~3e-4 around means of ~0.1, so the folded scaler makes float32 cancel ~300x: 1e-4, not 1e-7.
+    assert loss == pytest.approx(metrics["eval_loss"], abs=1e-4)
+
+    if classifier == "logistic_regression":
+        # And the probabilities are scikit-learn's predict_proba on the cached features.
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        cached = sorted((tmp_path / "cache").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        train_x, train_y, meta = fe.load_cached(cached[0])
+        eval_x, eval_y, _ = fe.load_cached(cached[1])
+        assert meta["role"] == "train" and torch.equal(eval_y, labels)
+        reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=42))
+        reference.fit(train_x.double().numpy(), train_y.numpy())
+        expected = reference.predict_proba(eval_x.double().numpy())
+        np.testing.assert_allclose(logits.softmax(-1).numpy(), expected, atol=1e-4)
+        np.testing.assert_array_equal(logits.argmax(-1).numpy(), expected.argmax(1))
+
+
+def test_second_identical_run_reads_the_cache_and_never_runs_the_backbone(
+        tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache)))
+    assert first["feature_cache_hit"] is False
+    assert len(list(cache.glob("*.safetensors"))) == 2  # train and eval
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone ran although the features were cached")
+
+    monkeypatch.setattr(fe, "extract_features", no_backbone)
+    second = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache)))
+    assert second["feature_cache_hit"] is True
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")} == stamps
+    same = [k for k in first if k.startswith("eval_")]
+    assert {k: first[k] for k in same} == {k: second[k] for k in same}
+
+    # Anything the features depend on changes the key: here the tokenisation length.
+    monkeypatch.undo()
+    third = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache, "data.max_length=8")))
+    assert third["feature_cache_hit"] is False
+    assert len(list(cache.glob("*.safetensors"))) == 4
+
+
+def test_svm_is_saved_beside_the_model_and_used_when_the_run_is_loaded(tiny_bert_dir, toy_text_data, tmp_path):
+    metrics = train(load_config(None, _overrides(
+        tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", "strategy.classifier=svm")))
+    out = tmp_path / "run"
+    info = json.loads((out / fe.SPEC_FILE).read_text())
+    assert info["head_written"] is False and (out / fe.CLASSIFIER_FILE).is_file()
+    assert metrics["eval_loss"] == 0.0  # no probabilities: documented
+    model = attach_feature_classifier(out, AutoModelForSequenceClassification.from_pretrained(out).eval())
+    assert isinstance(model, fe.FeatureClassifierModel) and model.config.num_labels == 2
+    correct = total = 0
+    with torch.no_grad():
+        for batch in _eval_batches(out, toy_text_data):
+            labels = batch.pop("labels")
+            correct += (model(**batch).logits.argmax(-1) == labels).sum().item()
+            total += len(labels)
+    assert correct / total == pytest.approx(metrics["eval_accuracy"])
+
