@@ -1,0 +1,86 @@
+"""`hf-transfer export` and `hf-transfer push`, added to the main parser by `hf_transfer.cli`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def _log_to_console() -> None:
+    from hf_transfer.run import setup_logging
+
+    setup_logging(None)
+    logging.getLogger("hf_transfer").setLevel(logging.INFO)
+
+
+def cmd_export(args) -> int:
+    from hf_transfer.export.card import validate_card
+    from hf_transfer.export.export import export_run
+
+    _log_to_console()
+    out = export_run(args.run_dir, args.out_dir, merge_adapter=args.merge, baseline=args.baseline,
+                     license=args.license, language=args.language, repo_id=args.repo_id)
+    print(f"Exported to {out} (reload check passed):")
+    for p in sorted(out.iterdir()):
+        print(f"  {p.name:32s} {p.stat().st_size:>12,d} bytes")
+    problems = validate_card(out / "README.md")
+    if problems:
+        print("The model card needs fixing before `hf-transfer push` accepts it:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+    return 0
+
+
+def cmd_push(args) -> int:
+    from hf_transfer.export.push import push_run
+
+    _log_to_console()
+    result = push_run(args.run_dir, args.repo_id, private=args.private, revision=args.revision,
+                      commit_message=args.commit_message, export_dir=args.export_dir,
+                      merge_adapter=args.merge, baseline=args.baseline, license=args.license,
+                      language=args.language)
+    where = f"{result.repo_id}@{result.revision}"
+    if result.commit_url is None:
+        print(f"{where} already holds this model: nothing uploaded ({len(result.unchanged)} files unchanged).")
+        return 0
+    print(f"Pushed to {where}: {result.commit_url}")
+    print(f"  uploaded ({len(result.uploaded)}): {', '.join(result.uploaded) or '-'}")
+    if result.deleted:
+        print(f"  deleted stale ({len(result.deleted)}): {', '.join(result.deleted)}")
+    print(f"  unchanged ({len(result.unchanged)}): {', '.join(result.unchanged) or '-'}")
+    return 0
+
+
+def _card_options(p) -> None:
+    merge = p.add_mutually_exclusive_group()
+    merge.add_argument("--merge", dest="merge", action="store_true", default=None,
+                       help="for LoRA/IA3/adapter runs: ship merged weights (plain transformers)")
+    merge.add_argument("--no-merge", dest="merge", action="store_false",
+                       help="for LoRA/IA3/adapter runs: ship the PEFT adapter unmerged (loads with peft on the "
+                            "base model). Default: the run's strategy.merge / export.merge_adapter")
+    p.add_argument("--baseline", metavar="RUN",
+                   help="scratch-baseline run folder (or metrics JSON) for the card's results table")
+    p.add_argument("--license", metavar="ID",
+                   help="licence id for the card (apache-2.0, mit, ...) when the base model's is unknown")
+    p.add_argument("--language", metavar="CODE", action="append",
+                   help="language code for the card (en, ja, ...); repeat for several")
+
+
+def add_commands(subparsers) -> None:
+    """Add `export` and `push` to the `hf-transfer` sub-command parser."""
+    e = subparsers.add_parser("export", help="write a Hub-ready folder (weights, processor, card) for a run and check it reloads")
+    e.add_argument("run_dir")
+    e.add_argument("out_dir")
+    _card_options(e)
+    e.add_argument("--repo-id", help="the Hub repository it is meant for (named in the card's usage snippet)")
+    e.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("push", help="export a finished run and push it to the Hub (no retraining)")
+    p.add_argument("run_dir")
+    p.add_argument("--repo-id", required=True, help="target repository, user/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", metavar="BRANCH", help="branch to push to (created if missing)")
+    p.add_argument("--commit-message", metavar="TEXT")
+    p.add_argument("--export-dir", help="where to export first (default RUN_DIR/export)")
+    _card_options(p)
+    p.set_defaults(func=cmd_push)
