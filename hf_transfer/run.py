@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,10 @@ def setup_logging(log_file: Path | None = None, main_process: bool = True) -> No
 
 def _is_main() -> bool:
     from accelerate.state import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState().is_main_process
+    # Same device choice as the Accelerator made later (`accelerate launch --cpu` sets this).
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -80,6 +83,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if main:
         save_config(cfg, out / "config.yaml")
     logger.info("Run folder: %s", out.resolve())
+    if cfg.export.push_to_hub:
+        from hf_transfer.export.push import check_push_settings
+
+        check_push_settings(cfg)  # no repo_id, token or licence: fail before training, not after
 
     set_seed_all(cfg.training.seed)
     task = get_task(cfg)
@@ -110,6 +117,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     metrics.update(task.describe_data(splits))
     if main:
         _write_metrics(out, metrics)
+        if cfg.export.push_to_hub:
+            from hf_transfer.export.push import maybe_push_after_training
+
+            maybe_push_after_training(cfg, out)
     return metrics
 
 
@@ -122,6 +133,9 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
     sampler = EpochSampler(len(train_ds), cfg.training.seed, lengths, cfg.training.batch_size)
     trainer = Trainer(cfg, task, model, strategy, groups, train_ds, eval_ds, task.collate, sampler, out)
     metrics = trainer.train()
+    acc = trainer.accelerator
+    device = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    metrics["hardware"] = f"{acc.num_processes} x {device}" if acc.num_processes > 1 else device
     if splits.test is not None:
         test_ds = task.preprocess(splits.test, train=False)
         dl = trainer.accelerator.prepare(DataLoader(
@@ -138,6 +152,8 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
 
         plot_training_curves(trainer.state.history, out / "training_curves.png")
         (out / "history.json").write_text(json.dumps(trainer.state.history, indent=1))
+    acc.wait_for_everyone()
+    acc.end_training()
     metrics["_model"] = final
     return metrics
 

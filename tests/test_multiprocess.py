@@ -1,4 +1,5 @@
-"""Two processes on CPU (gloo) through `accelerate launch`: same weights on every rank."""
+"""Two processes on CPU (gloo) through `accelerate launch`: same weights on every rank, for plain
+fine-tuning and for gradual unfreezing (parameters unfrozen after DDP wrapped the model)."""
 
 import os
 import subprocess
@@ -12,30 +13,68 @@ from safetensors.torch import load_file
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(overrides, nproc=2, timeout=900):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(nproc),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *overrides]
+    """`accelerate launch` with several CPU processes: the torchrun launcher (`--multi_gpu`) plus
+    ACCELERATE_USE_CPU, which makes Accelerate use gloo on CPU (`--cpu` alone needs MPI)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               ACCELERATE_USE_CPU="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(SCRIPT), *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
-@pytest.mark.slow
-def test_two_processes_end_with_identical_weights(text_overrides, tmp_path, tiny_bert_dir):
-    out = tmp_path / "ddp"
-    overrides = [o for o in text_overrides if not o.startswith("output_dir=")] + [
-        f"output_dir={out}", "training.epochs=2", "training.batch_size=8", "training.save_strategy=no"]
-    launch(overrides)
+def rank_weights(out):
     r0 = load_file(str(out / "rank0_of2.safetensors"))
     r1 = load_file(str(out / "rank1_of2.safetensors"))
     assert r0.keys() == r1.keys()
     for k in r0:
-        assert torch.equal(r0[k], r1[k]), k
-    # And training did something: the weights moved away from the checkpoint.
+        assert torch.equal(r0[k], r1[k]), f"ranks differ at {k}"
+    return r0
+
+
+def base_weights(tiny_bert_dir):
     from transformers import BertModel
 
-    base = BertModel.from_pretrained(tiny_bert_dir).state_dict()
-    key = "encoder.layer.0.attention.self.query.weight"
-    assert not torch.equal(r0[f"bert.{key}"], base[key])
+    return {f"bert.{k}": v for k, v in BertModel.from_pretrained(tiny_bert_dir).state_dict().items()}
+
+
+def common(text_overrides, out):
+    return [o for o in text_overrides if not o.startswith("output_dir=")] + [
+        f"output_dir={out}", "training.batch_size=8", "training.save_strategy=no"]
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_identical_weights(text_overrides, tmp_path, tiny_bert_dir):
+    out = tmp_path / "ddp"
+    launch(common(text_overrides, out) + ["training.epochs=2"])
+    weights = rank_weights(out)
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(weights[key], base_weights(tiny_bert_dir)[key])  # it trained
+    saved = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(saved[k], weights[k]) for k in saved)
     assert (out / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_gradual_unfreeze_under_ddp(text_overrides, tmp_path, tiny_bert_dir):
+    """Blocks unfrozen in epochs 1 and 2 train, identically on both ranks (they are all-reduced)."""
+    out = tmp_path / "gradual"
+    launch(common(text_overrides, out) + ["strategy.name=gradual_unfreeze", "training.epochs=3",
+                                          "training.load_best_model_at_end=false"])
+    weights = rank_weights(out)
+    for k, v in base_weights(tiny_bert_dir).items():
+        if k.startswith("bert.embeddings."):
+            assert torch.equal(weights[k], v), k  # never unfrozen in 3 epochs
+        elif k.startswith(("bert.encoder.layer.0.", "bert.encoder.layer.1.", "bert.pooler.")):
+            assert not torch.equal(weights[k], v), k  # layer.1 unfrozen at epoch 1, layer.0 at epoch 2

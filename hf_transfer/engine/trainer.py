@@ -119,6 +119,9 @@ class Trainer:
             sampler=train_sampler,
             collate_fn=collate_fn,
             num_workers=self.tc.num_workers,
+            # Each new DataLoader iterator draws a seed from this generator; without one it would
+            # draw from the global RNG and shift dropout after a resume.
+            generator=torch.Generator().manual_seed(self.tc.seed),
         )
         eval_dl = None
         if eval_dataset is not None:
@@ -128,6 +131,7 @@ class Trainer:
                 shuffle=False,
                 collate_fn=collate_fn,
                 num_workers=self.tc.num_workers,
+                generator=torch.Generator().manual_seed(self.tc.seed),
             )
 
         scales = strategy.lr_scales(groups)
@@ -217,6 +221,13 @@ class Trainer:
         for epoch in range(self.state.epoch + 1):
             self.strategy.on_epoch_start(epoch, model, self.groups)
         self.accelerator.load_state(str(path))
+        # The best weights so far live beside the checkpoints; bring them along when resuming
+        # from another run folder's checkpoint.
+        best = path.parent / "best.safetensors"
+        own = self.ckpt_dir / "best.safetensors"
+        if best.is_file() and best.resolve() != own.resolve() and self.accelerator.is_main_process:
+            own.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(best, own)
         logger.info("Resumed from %s (step %d, epoch %d)", path, self.state.global_step, self.state.epoch)
 
     # ------------------------------------------------------------------ evaluation
@@ -334,7 +345,11 @@ class Trainer:
                 if self.state.step_in_epoch == 0 and epoch > 0:
                     if self.strategy.on_epoch_start(epoch, acc.unwrap_model(self.model), self.groups):
                         logger.info("Epoch %d: %s", epoch, self.strategy.describe(acc.unwrap_model(self.model)))
+                # Accelerate's loader re-seeds its sampler from its own iteration counter each time
+                # it is iterated; set that counter too, so a resumed run draws this epoch's order.
                 self.sampler.set_epoch(epoch)
+                if hasattr(self.train_dl, "set_epoch"):
+                    self.train_dl.set_epoch(epoch)
                 dl = self.train_dl
                 skip = self.state.step_in_epoch * tc.gradient_accumulation_steps
                 if skip:
@@ -394,7 +409,10 @@ class Trainer:
             metrics["best_step"] = self.state.best_step
         if self.state.stopped_early:
             metrics["stopped_early"] = True
-        acc.end_training()
+        # Close the trackers only: `end_training` would also tear down the process group, which
+        # the caller still needs for the test split and the final save.
+        for tracker in acc.trackers:
+            tracker.finish()
         return metrics
 
     def _evaluate_and_log(self, epoch: int) -> bool:

@@ -101,9 +101,11 @@ class Strategy:
         """Look at the run (data sizes, task) before the model is built. `ctx` is a `RunContext`."""
 
     def apply(self, model: nn.Module, groups: list) -> nn.Module:
-        """Freeze or wrap the model before training. Returns the model to train."""
-        for p in model.parameters():
-            p.requires_grad_(True)
+        """Freeze or wrap the model before training. Returns the model to train.
+
+        The base trains what the model trains: parameters a model keeps fixed by design (such as
+        Whisper's sinusoidal position table) stay fixed.
+        """
         return model
 
     def lr_scales(self, groups: list) -> list[float]:
