@@ -91,6 +91,8 @@ class DataConfig:
         audio_column: Audio column (detected when empty).
         filter: Keep only rows matching this pandas query, in every split (for example
             `sentiment != 'neutral' and confidence >= 0.9`).
+        seed: Seed for carving the eval split and subsampling (defaults to training.seed); fix it
+            to compare several training seeds on the same examples.
         max_train_samples: Keep at most this many training examples (stratified, seeded).
         max_eval_samples: Keep at most this many evaluation examples.
         samples_per_class: Keep at most this many training examples of each class (few-shot
@@ -114,6 +116,7 @@ class DataConfig:
     image_column: str | None = None
     audio_column: str | None = None
     filter: str | None = None
+    seed: int | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     samples_per_class: int | None = None

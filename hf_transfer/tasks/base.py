@@ -127,7 +127,8 @@ class ClassificationTask(Task):
 
     def load_splits(self) -> Splits:
         """Load train/eval/test, find columns, encode labels, carve eval, subsample."""
-        d, seed = self.cfg.data, self.cfg.training.seed
+        d = self.cfg.data
+        seed = d.seed if d.seed is not None else self.cfg.training.seed
         train = labels_mod.apply_filter(load_split(d.train, "train"), d.filter, "train")
         label_col = labels_mod.find_column(
             train, d.label_column, labels_mod.LABEL_CANDIDATES, "label", "data.label_column"
