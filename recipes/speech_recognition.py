@@ -1,0 +1,39 @@
+"""Speech recognition recipe: Whisper (any size) fine-tuned sequence to sequence, scored by
+generation with WER and CER (eval_wer, eval_cer; lower is better).
+
+    python recipes/speech_recognition.py --config recipes/configs/whisper/cards_asr_partial.yaml training.epochs=1
+
+Data: a Hub audio dataset with a transcript column, a local folder with a metadata.csv
+(file_name, transcription), or a csv/jsonl of audio paths and transcripts (data.audio_column,
+data.text_column). Strategies: full; partial with trainable_layers = the decoder's layer count
+(the frozen-encoder recipe: decoder blocks train, encoder and token embeddings stay frozen); lora;
+scratch as the baseline. Transcribe files with a finished run:
+
+    hf-transfer predict runs/my-asr-run clip1.wav clip2.flac
+
+From another repository, the same in a few lines:
+
+    from hf_transfer import load_config, train
+    metrics = train(load_config("my_run.yaml", ["recipe=speech_recognition"]))
+"""
+
+import argparse
+import json
+
+from hf_transfer.config import load_config
+from hf_transfer.run import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config")
+    parser.add_argument("overrides", nargs="*", help="a.b=value overrides")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides + ["recipe=speech_recognition"])
+    metrics = train(cfg)
+    print(json.dumps({k: v for k, v in metrics.items()
+                      if k.startswith(("eval_", "test_")) and isinstance(v, float)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
