@@ -1,6 +1,7 @@
 """Task families behind the recipes. Importing registers the built-in ones."""
 
 from hf_transfer.tasks import audio_classification  # noqa: F401
+from hf_transfer.tasks import image_classification  # noqa: F401
 from hf_transfer.tasks import speech_recognition  # noqa: F401
 from hf_transfer.tasks import text_classification  # noqa: F401
 from hf_transfer.tasks.base import ClassificationTask, Task, get_task, register_task

@@ -1,0 +1,280 @@
+"""Image classification: any `AutoModelForImageClassification` checkpoint (ViT, DeiT, Swin,
+ConvNeXt, ResNet, EfficientNet, a converted EfficientNet-Lite0, ...).
+
+Images are preprocessed by the checkpoint's own image processor (`AutoImageProcessor`), so size
+and normalisation match pretraining whatever size the files are. Data comes from a Hub image
+dataset, a local image folder (one folder per class, see `hf_transfer.data.image`), or a
+csv/json/jsonl file of paths and labels (relative paths are read against the file's folder).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from hf_transfer.data import labels as labels_mod
+from hf_transfer.data.image import (
+    IMAGE_CANDIDATES,
+    Augmenter,
+    ImageClassificationDataset,
+    check_images,
+    collate_images,
+    load_image,
+    process_image,
+)
+from hf_transfer.errors import DataError, ModelError
+from hf_transfer.models.heads import load_for_classification
+from hf_transfer.paths import resolve
+from hf_transfer.tasks.base import ClassificationTask, Splits, register_task
+
+logger = logging.getLogger(__name__)
+
+
+def _source_dir(source) -> Path | None:
+    """The folder relative image paths in a local csv/json file are read against (None for the Hub)."""
+    if source is None or not source.name:
+        return None
+    path = Path(resolve(source.name)).expanduser()
+    if path.is_dir():
+        return path.resolve()  # a folder of train.csv / validation.csv ...: the folder itself
+    if path.is_file():
+        return path.resolve().parent
+    return None
+
+
+def _resolve_paths(batch: dict, column: str, base: str) -> dict:
+    out = []
+    for value in batch[column]:
+        if value is None or not str(value).strip():
+            out.append(None)
+            continue
+        p = Path(str(value).strip()).expanduser()
+        out.append(str(p if p.is_absolute() else Path(base) / p))
+    return {column: out}
+
+
+def keep_frozen_parameters(model) -> list[str]:
+    """Turn the parameters a model says must never train into buffers; return their names.
+
+    A converted EfficientNet-Lite0 carries neutralised squeeze-and-excite blocks that must stay
+    exactly as they are (`hf_transfer.importers.efficientnet_lite`). Strategies set
+    `requires_grad` themselves and the optimizer places every parameter, so a flag would not
+    survive; a buffer is out of reach of both, yet is saved under the same name, so the run folder
+    still loads with plain transformers (where these become parameters again).
+    """
+    from hf_transfer.importers.efficientnet_lite import frozen_parameter_names
+
+    names = frozen_parameter_names(model)
+    for name in names:
+        module_path, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_path)
+        value = getattr(module, attr).detach().clone()
+        delattr(module, attr)
+        module.register_buffer(attr, value, persistent=True)
+    if names:
+        logger.info("Kept %d squeeze-and-excite parameters frozen (as buffers): the converted Lite0 has none.",
+                    len(names))
+    return names
+
+
+def fix_batchnorm_momentum(model) -> float | None:
+    """Give EfficientNet's batch norms a PyTorch-convention momentum; return the new value (or None).
+
+    transformers' EfficientNet passes the TF-convention `batch_norm_momentum` (0.99: keep 99% of
+    the running statistics) straight to `nn.BatchNorm2d`, where momentum is the weight of the *new*
+    batch: the running statistics become those of the last training batch (often a short one), and
+    a fine-tuned Lite0 evaluated at chance on Fashion-MNIST. The literal translation, 0.01, suits
+    long ImageNet runs; fine-tuning runs are a few dozen steps, over which 0.01 leaves the running
+    statistics half-way from the source domain's. PyTorch's default 0.1 (also timm's and
+    torchvision's EfficientNets') settles within them: full fine-tuning of Lite0 on 10 images per
+    class went from 0.52 (0.01) to 0.59 (0.1) test accuracy. The config records the new value, so
+    the run folder keeps it.
+    """
+    config = model.config
+    momentum = getattr(config, "batch_norm_momentum", None)
+    if config.model_type != "efficientnet" or momentum is None or momentum <= 0.5:
+        return None
+    fixed = 0.1
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.momentum == momentum:
+            module.momentum = fixed
+    config.batch_norm_momentum = fixed
+    logger.info("EfficientNet batch_norm_momentum %s is TF's convention; using PyTorch's %s.", momentum, fixed)
+    return fixed
+
+
+def fix_scratch_init(model) -> None:
+    """Repair transformers' random initialisation of EfficientNet for the `scratch` baseline.
+
+    Its `_init_weights` draws convolution *and batch-norm scale* weights from N(0, 0.02), like
+    linear layers. Norm scales near 0 multiply activations by ~0.02 at every norm (about 1e-27 at
+    the head), so the training loss stays at log(num_labels) and the baseline is no baseline. The
+    reference EfficientNet initialisation is used instead: He-normal (fan-out) convolutions, norms
+    at scale 1 and shift 0. Other architectures keep their own initialisation.
+    """
+    if model.config.model_type != "efficientnet":
+        return
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out")
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine:
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+    logger.info("Scratch EfficientNet: He-normal convolutions, batch norms at scale 1 (transformers draws "
+                "both from N(0, 0.02)).")
+
+
+@register_task("image_classification")
+class ImageClassificationTask(ClassificationTask):
+    """An image in, one label out. Augmentation on the training split only."""
+
+    auto_model_cls = AutoModelForImageClassification
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        #: Unreadable images skipped, by split (`train`, `eval`, `test`): their paths or `row N`.
+        self.skipped_files: dict[str, list[str]] = {}
+        self._augmenter = Augmenter.from_config(cfg.data.augmentation)
+        self._augmentation_off_reason: str | None = None
+        self._empty_like: dict[str, torch.Tensor] | None = None
+
+    # Data -------------------------------------------------------------------------------
+    def input_column(self, ds) -> str:
+        d = self.cfg.data
+        if d.image_column:
+            return labels_mod.find_column(ds, d.image_column, (), "image", "data.image_column")
+        image_features = [c for c, f in ds.features.items() if isinstance(f, datasets.Image)]
+        if len(image_features) == 1:
+            return image_features[0]
+        return labels_mod.find_column(ds, None, IMAGE_CANDIDATES, "image", "data.image_column")
+
+    def load_splits(self) -> Splits:
+        """The shared loading, then every image checked once (see `hf_transfer.data.image`)."""
+        splits = super().load_splits()
+        d = self.cfg.data
+        train_dir = _source_dir(d.train)
+        dirs = {
+            "train": train_dir,
+            "eval": _source_dir(d.eval) if d.eval is not None and d.eval.name else train_dir,
+            "test": _source_dir(d.test),
+        }
+        checked = {}
+        for role, ds in (("train", splits.train), ("eval", splits.eval), ("test", splits.test)):
+            if ds is None:
+                checked[role] = None
+                continue
+            ds = self._image_column(ds, role, dirs[role])
+            checked[role], self.skipped_files[role] = check_images(ds, self.input_col, role, d.on_bad_file)
+        if self.skipped_files.get("train"):
+            self._recount(checked["train"])
+        return Splits(checked["train"], checked["eval"], checked["test"])
+
+    def _image_column(self, ds, role: str, base: Path | None):
+        """The image column as `Image(decode=False)`: decoding stays lazy and under our control."""
+        col = self.input_col
+        feature = ds.features[col]
+        if isinstance(feature, datasets.Image):
+            return ds.cast_column(col, datasets.Image(decode=False)) if feature.decode else ds
+        if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+            if base is not None:
+                ds = ds.map(_resolve_paths, batched=True, fn_kwargs={"column": col, "base": str(base)},
+                            desc=f"Resolving {role} image paths")
+            return ds.cast_column(col, datasets.Image(decode=False))
+        raise DataError(
+            f"Column '{col}' of the {role} split holds {feature}, not images or image paths. Set "
+            "data.image_column to the column with the images (or their file paths)."
+        )
+
+    def _recount(self, train) -> None:
+        """Class weights and counts again, after unreadable training images were dropped."""
+        weights = labels_mod.class_weights(train, len(self.labels), self.cfg.training.class_weights)
+        self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
+        counts = np.bincount(np.asarray(train["labels"]), minlength=len(self.labels))
+        logger.info("Labels after skipping unreadable images: %s", dict(zip(self.labels.names, counts.tolist())))
+        gone = [n for n, c in zip(self.labels.names, counts) if c == 0]
+        if gone:
+            logger.warning("No readable training image is left for class(es): %s.", ", ".join(gone))
+
+    def augmentation_active(self, train: bool) -> bool:
+        """Whether `preprocess(ds, train)` augments: training split, enabled, features not cached."""
+        return (
+            train
+            and self.cfg.data.augmentation.enabled
+            and self._augmentation_off_reason is None
+            and not self._augmenter.is_identity
+        )
+
+    def disable_augmentation(self, reason: str) -> None:
+        """Switch augmentation off for this run, e.g. by a strategy that caches features once."""
+        if self.cfg.data.augmentation.enabled and self._augmentation_off_reason is None:
+            logger.info("Augmentation off: %s.", reason)
+        self._augmentation_off_reason = reason
+
+    def preprocess(self, ds, train: bool):
+        """A lazy torch dataset; augmented only when `augmentation_active(train)`, else deterministic."""
+        augment = self._augmenter if self.augmentation_active(train) else None
+        if augment is not None:
+            logger.info("Training augmentation: %s", augment.describe())
+        return ImageClassificationDataset(ds, self.input_col, self.processor, augment, self.cfg.data.on_bad_file)
+
+    def collate(self, features):
+        return collate_images(features, self._empty_like)
+
+    def describe_data(self, splits: Splits) -> dict[str, Any]:
+        info = super().describe_data(splits)
+        info["skipped_files"] = {role: len(names) for role, names in self.skipped_files.items()}
+        return info
+
+    # Model ------------------------------------------------------------------------------
+    def load_processor(self):
+        m = self.cfg.model
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(
+                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(
+                f"Cannot load the image processor of '{m.name_or_path}' ({type(e).__name__}: {e}). An image "
+                "checkpoint needs a preprocessor_config.json (its resize and normalisation settings)."
+            ) from None
+        # Shapes for a batch in which every image failed to decode (see collate_images).
+        self._empty_like = process_image(self.processor, Image.new("RGB", (32, 32)))
+        return self.processor
+
+    def build_model(self, from_scratch: bool = False):
+        m = self.cfg.model
+        model = load_for_classification(
+            self.auto_model_cls, m.name_or_path, self.labels.id2label, revision=m.revision,
+            trust_remote_code=m.trust_remote_code, from_scratch=from_scratch,
+        )
+        if from_scratch:
+            fix_scratch_init(model)
+        if from_scratch and getattr(model.config, "squeeze_excite_neutralised", False):
+            # A random-init Lite0 must lack SE blocks too, or the baseline is another network.
+            from hf_transfer.importers.efficientnet_lite import neutralise_squeeze_excite
+
+            neutralise_squeeze_excite(model)
+        keep_frozen_parameters(model)
+        fix_batchnorm_momentum(model)
+        return model
+
+    def predict_inputs(self, paths: list[str]):
+        """Model inputs for image files (any size or mode), as the checkpoint's processor makes them."""
+        images = []
+        for path in paths:
+            try:
+                images.append(load_image(str(path)))
+            except Exception as e:
+                raise DataError(f"Cannot read image '{path}' ({type(e).__name__}: {e}).") from None
+        out = self.processor(images=images, return_tensors="pt")
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
