@@ -124,6 +124,9 @@ def cmd_layers(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    from hf_transfer.paths import resolve
+
+    args.src = resolve(args.src)
     if args.kind == "efficientnet-lite":
         from hf_transfer.importers.efficientnet_lite import convert_efficientnet_lite
 

@@ -105,6 +105,9 @@ class DataConfig:
         max_audio_seconds: Cut audio inputs (and Whisper's encoder window) to this many seconds.
         long_audio: `error` on clips longer than the model's window, or `truncate` them.
         augmentation: Image augmentation for the training split.
+        language: Spoken language for speech recognition with a multilingual Whisper (`en`, `ja`, ...).
+        asr_task: Whisper's task token: `transcribe`, or `translate` into English.
+        text_normalization: Normalisation before WER/CER: `basic`, `none` or `whisper_english`.
     """
 
     train: DataSource = field(default_factory=DataSource)
@@ -128,6 +131,9 @@ class DataConfig:
     max_audio_seconds: float | None = None
     long_audio: Literal["error", "truncate"] = "error"
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    language: str | None = None
+    asr_task: Literal["transcribe", "translate"] = "transcribe"
+    text_normalization: Literal["basic", "none", "whisper_english"] = "basic"
 
 
 @dataclass
@@ -162,6 +168,7 @@ class TrainingConfig:
         resume_from_checkpoint: `latest` or a checkpoint folder to continue from.
         report_to: Accelerate trackers (`tensorboard`, ...); empty for none.
         num_workers: DataLoader worker processes.
+        generation_num_beams: Beams for generation at evaluation (speech recognition).
     """
 
     epochs: float = 3.0
@@ -191,6 +198,7 @@ class TrainingConfig:
     resume_from_checkpoint: str | None = None
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     num_workers: int = 0
+    generation_num_beams: int = 1
 
 
 @dataclass

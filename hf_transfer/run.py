@@ -233,6 +233,8 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1) -> list[dict
     task = get_task(cfg)
     task.load_processor()
     model = _load_run_model(run_dir, task)
+    if hasattr(task, "predict"):  # tasks whose output is not one label (transcription)
+        return task.predict(model, inputs, top_k=top_k)
     id2label = model.config.id2label
     results = []
     with torch.no_grad():

@@ -68,6 +68,11 @@ def _split_file(folder: Path, split: str) -> Path | None:
 def _load_folder(folder: Path, split: str, source: DataSource) -> datasets.Dataset:
     files = [p for p in folder.rglob("*") if p.is_file()]
     exts = {p.suffix.lower() for p in files}
+    if exts & _AUDIO_EXT:
+        # An audiofolder may carry metadata.csv files (transcripts): the audio loader reads them.
+        from hf_transfer.data.audio import load_audio_folder
+
+        return load_audio_folder(folder, split)
     if exts & set(_BUILDERS):
         path = _split_file(folder, split)
         if path is None:
@@ -85,10 +90,6 @@ def _load_folder(folder: Path, split: str, source: DataSource) -> datasets.Datas
         from hf_transfer.data.image import load_image_folder
 
         return load_image_folder(folder, split)
-    if exts & _AUDIO_EXT:
-        from hf_transfer.data.audio import load_audio_folder
-
-        return load_audio_folder(folder, split)
     raise DataError(
         f"Folder '{folder}' holds no data files (csv, json, jsonl, parquet), images or audio."
     )
@@ -135,6 +136,11 @@ def load_split(source: DataSource, role: str = "train") -> datasets.Dataset:
         if split not in ds:
             raise DataError(f"data.{role}: '{name}' has no split '{split}' (has {list(ds)}).")
         ds = ds[split]
+    for column, feature in ds.features.items():
+        if isinstance(feature, datasets.Audio) and feature.decode:
+            # datasets decodes audio through torchcodec + FFmpeg; hf_transfer decodes the raw
+            # bytes itself (soundfile + soxr), so keep them undecoded.
+            ds = ds.cast_column(column, datasets.Audio(decode=False))
     if len(ds) == 0:
         raise DataError(f"data.{role}: split '{split}' of '{name}' is empty. Point it at data with rows.")
     logger.info("Loaded %s split '%s' from %s: %d rows", role, split, name, len(ds))

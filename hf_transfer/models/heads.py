@@ -37,9 +37,18 @@ def load_config_checked(name_or_path: str, revision: str | None = None, trust_re
 
 
 def head_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Top-level child modules outside the backbone (`model.base_model_prefix`): the task head."""
-    prefix = getattr(model, "base_model_prefix", "")
-    return {name: m for name, m in model.named_children() if name != prefix}
+    """Top-level child modules that make up the task head (the layer groups' `head` group).
+
+    Not simply "children other than `base_model_prefix`": some classifiers (Whisper's) hold their
+    backbone under another name.
+    """
+    from hf_transfer.models.layer_groups import layer_groups
+
+    head_params = {n for g in layer_groups(model) if g.kind == "head" for n in g.param_names}
+    return {
+        name: m for name, m in model.named_children()
+        if any(f"{name}.{p}" in head_params for p, _ in m.named_parameters())
+    }
 
 
 def _reinit(model: nn.Module, module: nn.Module) -> None:
@@ -89,7 +98,7 @@ def load_for_classification(
     config = load_config_checked(name_or_path, revision, trust_remote_code)
     old_labels = dict(getattr(config, "id2label", {}) or {})
     had_head = any(
-        a.endswith(("ForSequenceClassification", "ForImageClassification", "ForAudioClassification"))
+        a.endswith("Classification")
         for a in (getattr(config, "architectures", None) or [])
     )
     config.num_labels = len(id2label)

@@ -203,6 +203,8 @@ def _pool(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if x.ndim == 2:
         return x
     if x.ndim == 3:  # (batch, positions, hidden)
+        if mask is not None and mask.ndim == 2 and mask.shape[1] == 2 * x.shape[1]:
+            mask = mask[:, ::2]  # Whisper: one mask entry per mel frame, two frames per position
         if mask is not None and mask.ndim == 2 and mask.shape[:2] == x.shape[:2]:
             m = mask.to(x.dtype).unsqueeze(-1)
             return (x * m).sum(1) / m.sum(1).clamp(min=1.0)

@@ -25,9 +25,9 @@ do not apply. What works: `full`; `partial` with `trainable_layers` = the number
 and final norm and keeps the encoder *and* the token embeddings frozen (the frozen-encoder recipe);
 `lora`; `scratch` as the baseline.
 
-Settings not yet in the config schema are read with defaults: `data.language` (multilingual
-checkpoints; default English), `data.asr_task` (`transcribe`), `data.text_normalization`
-(`basic`), `training.generation_num_beams` (1). `data.max_length` caps label and generated tokens.
+Settings: `data.language` (multilingual checkpoints; default English), `data.asr_task`
+(`transcribe` or `translate`), `data.text_normalization` (`basic`, `none`, `whisper_english`),
+`training.generation_num_beams` (1). `data.max_length` caps label and generated tokens.
 """
 
 from __future__ import annotations
@@ -57,12 +57,6 @@ logger = logging.getLogger(__name__)
 
 TASKS = ("transcribe", "translate")
 DEFAULT_LANGUAGE = "english"
-
-
-def _setting(section, name: str, default):
-    """A config setting that the schema may not have yet (see the module docstring)."""
-    value = getattr(section, name, None)
-    return default if value is None else value
 
 
 def core_model(model):
@@ -99,8 +93,8 @@ class SpeechRecognitionTask(Task):
         self.skipped_files: dict[str, list[tuple[str, str]]] = {}
         self.truncated_files: dict[str, int] = {}
         self.truncated_labels: dict[str, int] = {}
-        self.normalization = _setting(cfg.data, "text_normalization", "basic")
-        self.num_beams = int(_setting(cfg.training, "generation_num_beams", 1))
+        self.normalization = cfg.data.text_normalization
+        self.num_beams = int(cfg.training.generation_num_beams)
 
     # Processor ---------------------------------------------------------------------------
     def load_processor(self):
@@ -152,8 +146,8 @@ class SpeechRecognitionTask(Task):
 
     def _set_language_and_task(self) -> None:
         d, tok = self.cfg.data, self.tokenizer
-        language = _setting(d, "language", None)
-        task = _setting(d, "asr_task", None)
+        language = d.language
+        task = d.asr_task
         if task is not None and task not in TASKS:
             raise ConfigError(f"data.asr_task must be one of {', '.join(TASKS)}, got {task!r}.")
         if not self.multilingual:
