@@ -74,6 +74,9 @@ _LITE0_CONFIG = dict(
     image_size=224,
     dropout_rate=0.2,
     drop_connect_rate=0.2,
+    # transformers hands this straight to nn.BatchNorm2d, where it is the weight of the new batch:
+    # PyTorch's 0.1, not TF's 0.99 (which would make fine-tuning forget the running statistics).
+    batch_norm_momentum=0.1,
 )
 
 # TF EfficientNet-Lite preprocessing: (x - 127) / 128 on 0..255 pixels.
