@@ -170,7 +170,8 @@ def test_lora_run_saves_a_folder_that_reloads_like_the_trained_model(tiny_bert_d
     monkeypatch.setattr(Lora, "apply", spy_apply)
     monkeypatch.setattr(Lora, "save_model", spy_save)
     out = tmp_path / "run"
-    metrics = train(load_config(None, _lora_overrides(tiny_bert_dir, toy_text_data, out, "training.save_strategy=no")))
+    metrics = train(load_config(None, _lora_overrides(tiny_bert_dir, toy_text_data, out, "training.save_strategy=no",
+                                                      "training.epochs=1")))
     assert metrics["peft_method"] == "lora" and metrics["modules_to_save"] == ["classifier"]
 
     trained = seen["model"].eval()

@@ -43,8 +43,12 @@ class IA3(PeftStrategy):
         from peft import IA3Config
 
         c = self.config
-        if c.feedforward_modules is not None:
+        if c.feedforward_modules is not None and c.target_modules:
             feedforward = list(c.feedforward_modules)
+        elif c.feedforward_modules is not None:
+            # Default targets are full names: pick those the given names or suffixes match.
+            given = list(c.feedforward_modules)
+            feedforward = [t for t in target_modules if any(t == f or t.endswith("." + f) for f in given)]
         elif c.target_modules:
             feedforward = []
         else:
