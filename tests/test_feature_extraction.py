@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 from hf_transfer.config import load_config
 from hf_transfer.models.layer_groups import layer_groups
-from hf_transfer.run import train
+from hf_transfer.run import evaluate, train
 from hf_transfer.strategies import feature_extraction as fe
 from hf_transfer.strategies.feature_extraction import (
     EstimatorClassifier,
@@ -156,6 +156,7 @@ def test_run_folder_predicts_exactly_like_the_fitted_classifier(classifier, tiny
     for key in ("eval_accuracy", "eval_f1", "eval_loss", "train_runtime", "train_samples_per_second"):
         assert key in metrics, key
     assert metrics["eval_accuracy"] >= 0.6
+    assert evaluate(out, split="eval")["eval_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-4)
 
     # Plain transformers, nothing from hf_transfer: same predictions and log loss as the fit.
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from hf_transfer.config import load_config
 from hf_transfer.models.layer_groups import layer_groups
-from hf_transfer.run import train
+from hf_transfer.run import evaluate, train
 from hf_transfer.strategies import build_strategy, strategy_config_class
 from hf_transfer.strategies._peft import ADAPTER_DIR, default_target_modules, head_module_names
 from hf_transfer.strategies.lora import Lora
@@ -140,6 +140,15 @@ def test_target_modules_override_and_describe():
     assert 0 < info["trainable_parameters"] < info["frozen_parameters"]
 
 
+def test_ia3_feedforward_names_select_among_default_targets():
+    model, _ = _build("bert")
+    wrapped = _strategy("ia3", feedforward_modules=["output.dense"]).apply(model, layer_groups(model))
+    shapes = {n.split(".ia3_l")[0].split("layer.0.")[-1]: tuple(p.shape)
+              for n, p in wrapped.named_parameters() if "ia3_l" in n and "layer.0." in n}
+    # Keys and values are scaled on their outputs, the feed-forward output layer on its input (37).
+    assert shapes == {"attention.self.key": (32, 1), "attention.self.value": (32, 1), "output.dense": (1, 37)}
+
+
 # --------------------------------------------------------------------------- whole runs
 
 
@@ -173,6 +182,8 @@ def test_lora_run_saves_a_folder_that_reloads_like_the_trained_model(tiny_bert_d
     metrics = train(load_config(None, _lora_overrides(tiny_bert_dir, toy_text_data, out, "training.save_strategy=no",
                                                       "training.epochs=1")))
     assert metrics["peft_method"] == "lora" and metrics["modules_to_save"] == ["classifier"]
+    # `hf-transfer evaluate` reads the merged root with plain transformers: the same metrics.
+    assert evaluate(out, split="eval")["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
 
     trained = seen["model"].eval()
     changed = {n for n, p in trained.named_parameters() if not torch.equal(p, seen["initial"][n])}
