@@ -169,6 +169,9 @@ class TrainingConfig:
         report_to: Accelerate trackers (`tensorboard`, ...); empty for none.
         num_workers: DataLoader worker processes.
         generation_num_beams: Beams for generation at evaluation (speech recognition).
+        cache_frozen_prefix: For `freeze` and `partial`: run the frozen lower blocks once per
+            example and train only the top on their cached outputs (needs no augmentation; BERT
+            family and ViT/DeiT encoders).
     """
 
     epochs: float = 3.0
@@ -199,6 +202,7 @@ class TrainingConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     num_workers: int = 0
     generation_num_beams: int = 1
+    cache_frozen_prefix: bool = False
 
 
 @dataclass

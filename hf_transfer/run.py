@@ -130,8 +130,25 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
     train_ds = task.preprocess(splits.train, train=True)
     eval_ds = task.preprocess(splits.eval, train=False) if splits.eval is not None else None
     lengths = task.lengths(train_ds) if cfg.data.group_by_length else None
+    collate = task.collate
+    if cfg.training.cache_frozen_prefix:
+        from hf_transfer.models.layer_groups import layer_groups
+        from hf_transfer.strategies.prefix_cache import (
+            first_trainable_group, prefix_cache_blocker, prefix_cached_training)
+
+        reason = ("the trainable set changes during training" if getattr(strategy, "changes_trainable_set", False)
+                  else prefix_cache_blocker(model, groups, first_trainable_group(groups), cfg.data.augmentation.enabled))
+        if reason is None:
+            # The frozen part runs once per example; only the trainable top runs every epoch.
+            model, train_ds, eval_ds, collate = prefix_cached_training(
+                model, groups, train_ds, eval_ds, task,
+                batch_size=cfg.training.eval_batch_size or cfg.training.batch_size)
+            groups = layer_groups(model)
+            logger.info("Frozen-prefix cache on: the frozen blocks ran once; training the top only.")
+        else:
+            logger.info("Frozen-prefix cache off: %s.", reason)
     sampler = EpochSampler(len(train_ds), cfg.training.seed, lengths, cfg.training.batch_size)
-    trainer = Trainer(cfg, task, model, strategy, groups, train_ds, eval_ds, task.collate, sampler, out)
+    trainer = Trainer(cfg, task, model, strategy, groups, train_ds, eval_ds, collate, sampler, out)
     metrics = trainer.train()
     acc = trainer.accelerator
     device = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
@@ -191,7 +208,10 @@ def _load_run_model(run_dir: Path, task):
             f"'{run_dir}' has no trained model yet ({e}). Did training finish? Resume it with "
             "training.resume_from_checkpoint=latest."
         ) from None
-    return model.eval()
+    # svm / knn / multi-module-head feature-extraction runs keep their classifier beside the model.
+    from hf_transfer.strategies.feature_extraction import attach_feature_classifier
+
+    return attach_feature_classifier(run_dir, model).eval()
 
 
 def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:

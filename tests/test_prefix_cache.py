@@ -175,3 +175,43 @@ def test_engine_trains_the_cached_top_like_the_uncached_model(text_overrides, tm
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
     assert cached["eval_accuracy"] == pytest.approx(plain["eval_accuracy"])
     assert cached["eval_loss"] == pytest.approx(plain["eval_loss"], abs=1e-5)
+
+
+def test_cache_frozen_prefix_through_train(text_overrides, tmp_path):
+    """`training.cache_frozen_prefix` wires the cache into a normal run: same weights as without it,
+    and the run folder still loads with plain transformers."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_transfer.config import load_config
+    from hf_transfer.run import train
+
+    common = [o for o in text_overrides if not o.startswith("output_dir=")] + [
+        "strategy.name=partial", "strategy.trainable_layers=1", "training.save_strategy=no",
+        "training.max_steps=4", "training.load_best_model_at_end=false"]
+    # Frozen blocks in eval mode either way would be needed for exact equality with dropout on.
+    import transformers
+
+    orig = transformers.BertConfig.__init__
+
+    def no_dropout(self, *a, **kw):
+        orig(self, *a, **kw)
+        self.hidden_dropout_prob = 0.0
+        self.attention_probs_dropout_prob = 0.0
+
+    transformers.BertConfig.__init__ = no_dropout
+    try:
+        cached = train(load_config(None, common + [f"output_dir={tmp_path / 'cached'}", "training.cache_frozen_prefix=true"]))
+        plain = train(load_config(None, common + [f"output_dir={tmp_path / 'plain'}"]))
+    finally:
+        transformers.BertConfig.__init__ = orig
+    a, b = load_file(str(tmp_path / "cached" / "model.safetensors")), load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    assert cached["eval_accuracy"] == pytest.approx(plain["eval_accuracy"])
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "cached")
+    assert "Frozen-prefix cache on" in (tmp_path / "cached" / "train.log").read_text()
+    assert json.loads((tmp_path / "cached" / "metrics.json").read_text())["eval_accuracy"] == cached["eval_accuracy"]

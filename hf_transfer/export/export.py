@@ -368,6 +368,13 @@ def export_run(
     """
     run = RunFolder.load(run_dir)
     out = Path(out_dir)
+    if (run.path / "classifier.joblib").is_file():
+        # Plain transformers would load the backbone with an untrained head: refuse, not mislead.
+        raise ExportError(
+            f"'{run.path}' predicts through a scikit-learn classifier (classifier.joblib: svm, knn, or a "
+            "multi-layer head) that plain transformers cannot load. Export a run trained with "
+            "strategy.classifier=logistic_regression or linear on a single-linear head, or another strategy."
+        )
     if out.resolve() == run.path.resolve():
         raise ExportError("The export folder must not be the run folder itself; give another OUT_DIR.")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_export(out))):
