@@ -56,7 +56,6 @@ def setup_logging(log_file: Path | None = None, main_process: bool = True) -> No
         fh.setFormatter(fmt)
         fh._hf_transfer = True
         root.addHandler(fh)
-    root.propagate = False
 
 
 def _is_main() -> bool:

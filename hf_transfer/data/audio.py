@@ -43,6 +43,7 @@ import datasets
 import numpy as np
 import torch
 
+from hf_transfer.data.folders import split_root
 from hf_transfer.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -54,11 +55,6 @@ AUDIO_CANDIDATES = ("audio", "audio_path", "audio_file", "file_name", "filename"
 TRANSCRIPT_CANDIDATES = (
     "text", "transcription", "transcript", "sentence", "normalized_text", "raw_transcription", "raw_text",
 )
-SPLIT_ALIASES = {
-    "train": ("train", "training"),
-    "validation": ("validation", "valid", "val", "dev", "eval"),
-    "test": ("test", "testing"),
-}
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.json")
 #: A clip whose peak stays below this level (dB full scale) counts as silent: -60 dBFS is a peak
 #: of 0.001, about 33 steps of 16-bit audio; no usable recording of speech or sound is that quiet.
@@ -79,19 +75,6 @@ def _audio_files(folder: Path) -> list[Path]:
         p for p in folder.rglob("*")
         if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and _visible(p, folder)
     )
-
-
-def _split_folders(folder: Path) -> dict[str, Path]:
-    """Canonical split name -> subfolder, when `folder` is laid out in split folders (has `train/`)."""
-    by_name = {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and _visible(p, folder)}
-    found = {}
-    for split, aliases in SPLIT_ALIASES.items():
-        for alias in aliases:
-            if alias in by_name:
-                found[split] = by_name[alias]
-                break
-    # A class folder may be called "test"; only a train folder makes the layout a split layout.
-    return found if "train" in found else {}
 
 
 def _read_metadata(path: Path) -> list[dict]:
@@ -136,24 +119,7 @@ def load_audio_folder(folder: str | Path, split: str = "train") -> datasets.Data
         DataError: The split folder is missing, the metadata lacks `file_name`, or no clip is found.
     """
     folder = Path(folder)
-    split_name = split.split("[", 1)[0].strip().lower()
-    if split_name != split.strip().lower():
-        raise DataError(
-            f"Split slices such as '{split}' are not supported for audio folders; use "
-            "data.max_train_samples / data.max_eval_samples instead."
-        )
-    splits = _split_folders(folder)
-    if splits:
-        canonical = next((s for s, aliases in SPLIT_ALIASES.items() if split_name in aliases), split_name)
-        if canonical not in splits:
-            raise DataError(
-                f"Audio folder '{folder}' has split folders ({', '.join(p.name for p in splits.values())}) "
-                f"but none for split '{split}'. Add '{folder / canonical}', or leave that split empty "
-                "(an empty data.eval carves data.eval_fraction out of train)."
-            )
-        root = splits[canonical]
-    else:
-        root = folder
+    root = split_root(folder, split, "Audio")
     metadata = next((root / n for n in METADATA_FILES if (root / n).is_file()), None)
     if metadata is not None:
         return _from_metadata(root, metadata)

@@ -37,18 +37,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from hf_transfer.data.folders import split_root
 from hf_transfer.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_CANDIDATES = ("image", "img", "path", "file", "filepath", "image_path")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-# Split subfolder names accepted for each split (the same aliases as data files in `sources`).
-SPLIT_ALIASES = {
-    "train": ("train", "training"),
-    "validation": ("validation", "valid", "val", "dev", "eval"),
-    "test": ("test", "testing"),
-}
 # Side of the reduced JPEG decode used by the up-front check: small and fast, still reads every byte.
 _CHECK_DRAFT_SIZE = (64, 64)
 
@@ -67,18 +62,6 @@ def _image_files(folder: Path) -> list[Path]:
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
-
-
-def _split_folders(folder: Path) -> dict[str, Path]:
-    """Canonical split name -> subfolder, for the split subfolders `folder` holds."""
-    found = {}
-    by_name = {p.name.lower(): p for p in _visible_dirs(folder)}
-    for split, aliases in SPLIT_ALIASES.items():
-        for alias in aliases:
-            if alias in by_name:
-                found[split] = by_name[alias]
-                break
-    return found
 
 
 def load_image_folder(folder: str | Path, split: str = "train") -> datasets.Dataset:
@@ -108,24 +91,7 @@ def load_image_folder(folder: str | Path, split: str = "train") -> datasets.Data
         DataError: The split subfolder is missing, or no class folder holds an image.
     """
     folder = Path(folder)
-    split_name = split.split("[", 1)[0].strip().lower()
-    if split_name != split.strip().lower():
-        raise DataError(
-            f"Split slices such as '{split}' are not supported for image folders; use "
-            "data.max_train_samples / data.max_eval_samples instead."
-        )
-    splits = _split_folders(folder)
-    if splits:
-        canonical = next((s for s, aliases in SPLIT_ALIASES.items() if split_name in aliases), split_name)
-        if canonical not in splits:
-            raise DataError(
-                f"Image folder '{folder}' has split subfolders ({', '.join(p.name for p in splits.values())}) "
-                f"but none for split '{split}'. Add '{folder / canonical}', or leave that split empty "
-                "(an empty data.eval carves data.eval_fraction out of train)."
-            )
-        root = splits[canonical]
-    else:
-        root = folder
+    root = split_root(folder, split, "Image")
     paths, labels, classes, empty = [], [], [], []
     for class_dir in _visible_dirs(root):
         files = _image_files(class_dir)

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hf_transfer.errors import ConfigError
-from hf_transfer.strategies._peft import PeftStrategy, PeftStrategyConfig
 from hf_transfer.strategies.base import register_strategy
+from hf_transfer.strategies.lora import Lora, LoraSettings
 
 
 @dataclass
-class AdapterSettings(PeftStrategyConfig):
+class AdapterSettings(LoraSettings):
     """Settings of `adapter`.
 
     Attributes:
@@ -43,24 +42,9 @@ class AdapterSettings(PeftStrategyConfig):
     alpha: float = 32.0
     dropout: float = 0.1
 
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ConfigError(f"strategy.r must be at least 1, got {self.r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"strategy.dropout must be in [0, 1), got {self.dropout}.")
-
 
 @register_strategy("adapter", AdapterSettings)
-class Adapter(PeftStrategy):
+class Adapter(Lora):
     """Parallel bottleneck adapters on the feed-forward sublayer (PEFT `LoraConfig`)."""
 
     default_roles = ("ffn_in", "ffn_out")
-
-    def peft_config(self, model, groups, target_modules, modules_to_save):
-        from peft import LoraConfig
-
-        c = self.config
-        return LoraConfig(
-            r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=target_modules,
-            modules_to_save=modules_to_save or None, bias="none",
-        )
