@@ -30,7 +30,7 @@ from hf_transfer.run import train  # noqa: E402
 
 # strategy -> extra overrides (beyond strategy.name)
 STRATEGIES: dict[str, list[str]] = {
-    "scratch": ["training.learning_rate=1e-3", "training.epochs=8"],
+    "scratch": ["training.learning_rate=3e-4"],  # and twice the epochs: see run_one
     "feature_extraction": [],
     "freeze": ["training.learning_rate=5e-3"],
     "partial": ["strategy.trainable_layers=2", "training.learning_rate=2e-4"],
@@ -54,6 +54,8 @@ def run_one(strategy: str, size: int, seed: int, eval_per_class: int, epochs: in
         f"training.seed={seed}", "data.seed=0", f"training.epochs={epochs}", "training.report_to=[]",
         "training.save_strategy=no", f"output_dir={workdir}/{strategy}-{size}-{seed}",
     ] + extra
+    if strategy == "scratch":
+        overrides.append(f"training.epochs={2 * epochs}")
     cfg = load_config(resolve_config_path("minilm/tweets_full"), overrides)
     start = time.time()
     m = train(cfg)
@@ -69,8 +71,21 @@ def main() -> None:
     p.add_argument("--eval-per-class", type=int, default=150)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--json", help="also write raw results here")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="print one table from the --json files of several runs (for example one per seed, run in parallel)")
     args = p.parse_args()
     results: dict = {}
+    if args.merge:
+        for path in args.merge:
+            with open(path) as f:
+                for key, runs in json.load(f).items():
+                    strategy, size = key.rsplit("@", 1)
+                    results.setdefault((strategy, int(size)), []).extend(runs)
+        args.sizes = sorted({k[1] for k in results})
+        args.strategies = [s for s in STRATEGIES if any((s, n) in results for n in args.sizes)]
+        args.seeds = sorted({len(v) for v in results.values()})
+        print_table(results, args)
+        return
     with tempfile.TemporaryDirectory() as work:
         for size in args.sizes:
             for strategy in args.strategies:
@@ -79,28 +94,36 @@ def main() -> None:
                     results.setdefault((strategy, size), []).append(r)
                     print(f"[{strategy} n={size} seed={seed}] acc={r['accuracy']:.3f} f1={r['f1']:.3f} "
                           f"time={r['time']:.1f}s {r['choice'] or ''}", flush=True)
+    print_table(results, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{k[0]}@{k[1]}": v for k, v in results.items()}, f, indent=1)
+
+
+def print_table(results: dict, args) -> None:
+    seeds = {size: max(len(v) for (s, n), v in results.items() if n == size) for size in args.sizes}
     print(f"\n## MiniLM-L6 on tweets (positive vs negative), eval {2 * args.eval_per_class} held-out tweets, "
-          f"{len(args.seeds)} seeds, {args.epochs} epochs (scratch: see STRATEGIES)")
+          f"seeds per size {seeds}, {args.epochs} epochs (scratch: twice that, see STRATEGIES)")
     header = "| strategy | " + " | ".join(f"n={s} accuracy | n={s} macro-F1 | n={s} s/run" for s in args.sizes) + " |"
     print(header)
     print("|" + "---|" * (1 + 3 * len(args.sizes)))
     for strategy in args.strategies:
         cells = []
         for size in args.sizes:
-            rs = results[(strategy, size)]
+            rs = results.get((strategy, size))
+            if not rs:
+                cells += ["not run"] * 3
+                continue
             acc = [r["accuracy"] for r in rs]
             f1 = [r["f1"] for r in rs]
             sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
             cells += [f"{statistics.mean(acc):.3f} ± {sd(acc):.3f}", f"{statistics.mean(f1):.3f} ± {sd(f1):.3f}",
                       f"{statistics.mean(r['time'] for r in rs):.0f}"]
         label = strategy
-        choices = {r["choice"] for size in args.sizes for r in results[(strategy, size)] if r["choice"]}
+        choices = {r["choice"] for size in args.sizes for r in results.get((strategy, size), []) if r["choice"]}
         if choices:
             label += f" (chose {', '.join(sorted(choices))})"
         print(f"| {label} | " + " | ".join(cells) + " |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({f"{k[0]}@{k[1]}": v for k, v in results.items()}, f, indent=1)
 
 
 if __name__ == "__main__":
