@@ -260,7 +260,9 @@ class Trainer:
         # across processes, so every example weighs the same whatever the batch sizes (a short
         # last batch, uneven shards). DDP averages gradients over processes, hence * num_processes.
         n_local = sum(self.task.num_items(b) for b in window)
-        n_total = acc.reduce(torch.tensor(float(n_local), device=acc.device), reduction="sum").item()
+        n_total = float(n_local)
+        if acc.num_processes > 1:
+            n_total = acc.reduce(torch.tensor(n_total, device=acc.device), reduction="sum").item()
         loss_total = 0.0
         for i, batch in enumerate(window):
             last = i == len(window) - 1
@@ -270,12 +272,13 @@ class Trainer:
                 acc.backward(loss_sum * acc.num_processes / max(n_total, 1.0))
             loss_total += loss_sum.detach().float()
         if self.tc.max_grad_norm and self.tc.max_grad_norm > 0:
-            acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.tc.max_grad_norm)
+            acc.clip_grad_norm_(self._trainable, self.tc.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_all = acc.reduce(torch.as_tensor(loss_total, device=acc.device).reshape(1), reduction="sum").item()
-        return loss_all / max(n_total, 1.0)
+        if acc.num_processes > 1:
+            loss_total = acc.reduce(torch.as_tensor(loss_total, device=acc.device).reshape(1), reduction="sum")
+        return float(loss_total) / max(n_total, 1.0)
 
     def _after_eval(self, metrics: dict) -> bool:
         """Track the best model and early stopping. True when training should stop."""
@@ -347,6 +350,7 @@ class Trainer:
                         logger.info("Epoch %d: %s", epoch, self.strategy.describe(acc.unwrap_model(self.model)))
                 # Accelerate's loader re-seeds its sampler from its own iteration counter each time
                 # it is iterated; set that counter too, so a resumed run draws this epoch's order.
+                self._trainable = [p for p in self.model.parameters() if p.requires_grad]
                 self.sampler.set_epoch(epoch)
                 if hasattr(self.train_dl, "set_epoch"):
                     self.train_dl.set_epoch(epoch)
@@ -364,7 +368,7 @@ class Trainer:
                     self.state.global_step += 1
                     self.state.step_in_epoch += 1
                     progress.update(1)
-                    progress.set_postfix(loss=f"{loss:.4f}")
+                    progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     step = self.state.global_step
                     if step % max(1, tc.logging_steps) == 0 or step == 1:
                         self._log({"step": step, "epoch": epoch + self.state.step_in_epoch / self.steps_per_epoch,
