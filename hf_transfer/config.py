@@ -169,6 +169,8 @@ class TrainingConfig:
         report_to: Accelerate trackers (`tensorboard`, ...); empty for none.
         num_workers: DataLoader worker processes.
         generation_num_beams: Beams for generation at evaluation (speech recognition).
+        recalibrate_batchnorm: After training, recompute batch-norm running statistics over the
+            training data with the final weights (CNNs; gives short scratch runs a fair evaluation).
         cache_frozen_prefix: For `freeze` and `partial`: run the frozen lower blocks once per
             example and train only the top on their cached outputs (needs no augmentation; BERT
             family and ViT/DeiT encoders).
@@ -203,6 +205,7 @@ class TrainingConfig:
     num_workers: int = 0
     generation_num_beams: int = 1
     cache_frozen_prefix: bool = False
+    recalibrate_batchnorm: bool = False
 
 
 @dataclass

@@ -141,3 +141,22 @@ def test_weight_decay_groups_and_layerwise_lr(tiny_bert_dir):
             no_decay = n.endswith("bias") or "LayerNorm" in n
             assert (g["weight_decay"] == 0.0) == no_decay, n
         assert g["lr"] == pytest.approx(1e-3 * g["lr_scale"])
+
+
+def test_recalibrate_batchnorm_gives_exact_statistics():
+    from hf_transfer.engine.trainer import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3, momentum=0.9))
+    data = [torch.randn(8, 4) * 3 + 1 for _ in range(5)]
+    with torch.no_grad():
+        feats = torch.cat([model[0](x) for x in data])
+    model.eval()
+    assert recalibrate_batchnorm(model, data, model) == 1
+    bn = model[1]
+    assert torch.allclose(bn.running_mean, feats.mean(0), atol=1e-5)
+    # Cumulative average of per-batch unbiased variances, as BatchNorm accumulates them.
+    per_batch = torch.stack([model[0](x).var(0, unbiased=True) for x in data]).detach()
+    assert torch.allclose(bn.running_var, per_batch.mean(0), atol=1e-5)
+    assert bn.momentum == 0.9 and not model.training
+    assert recalibrate_batchnorm(torch.nn.Linear(2, 2), data, lambda b: None) == 0

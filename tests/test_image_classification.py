@@ -317,3 +317,31 @@ def test_scratch_lite0_is_neutralised_and_se_stays_frozen(image_folder, tmp_path
             assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
             logits = model.train()(pixel_values=torch.randn(4, 3, 32, 32)).logits  # batch statistics
             assert logits.std() > 1e-3
+
+
+def test_recalibrate_batchnorm_on_a_cnn(image_folder, tmp_path):
+    """`training.recalibrate_batchnorm` on a tiny ResNet: the saved running statistics are the
+    exact average over the training data, not the lagging momentum average."""
+    from safetensors.torch import load_file
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    from hf_transfer.run import train
+
+    ckpt = tmp_path / "tiny-resnet"
+    torch.manual_seed(0)
+    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                              num_labels=3)).save_pretrained(ckpt)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(ckpt)
+    runs = {}
+    for flag in ("false", "true"):
+        cfg = load_config(None, _overrides(ckpt, image_folder, tmp_path / flag, "training.max_steps=3",
+                                           f"training.recalibrate_batchnorm={flag}",
+                                           "training.load_best_model_at_end=false"))
+        train(cfg)
+        runs[flag] = load_file(str(tmp_path / flag / "run" / "model.safetensors"))
+    key = next(k for k in runs["true"] if k.endswith("running_mean"))
+    assert not torch.allclose(runs["true"][key], runs["false"][key])
+    # Same weights either way: recalibration only touches the statistics.
+    weight = next(k for k in runs["true"] if k.endswith("convolution.weight"))
+    assert torch.equal(runs["true"][weight], runs["false"][weight])
+    assert "Recalibrated the running statistics" in (tmp_path / "true" / "run" / "train.log").read_text()

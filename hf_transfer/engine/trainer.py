@@ -400,6 +400,11 @@ class Trainer:
 
         if self.eval_dl is not None and tc.load_best_model_at_end and self.state.best_step is not None:
             self._load_best()
+        if tc.recalibrate_batchnorm:
+            self.sampler.set_epoch(self.state.epoch)
+            n = recalibrate_batchnorm(self.unwrapped_model(), self.train_dl,
+                                      lambda batch: self.task.loss(self.model, batch), self.accelerator)
+            logger.info("Recalibrated the running statistics of %d batch-norm layers over the training data.", n)
         metrics: dict[str, Any] = {}
         if self.eval_dl is not None:
             metrics.update(self.evaluate())
@@ -453,6 +458,35 @@ def run_evaluation(accelerator: Accelerator, model, dataloader, task, prefix: st
     arrays = {k: _concat(v) for k, v in gathered.items()}
     metrics = task.compute_metrics(arrays)
     return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, batches, forward, accelerator: Accelerator | None = None) -> int:
+    """Recompute every batch norm's running statistics over `batches` with the current weights.
+
+    "Precise BN": after a short, high-learning-rate run (a scratch baseline, typically) the
+    running averages lag behind the weights and evaluation suffers. The statistics are reset and
+    accumulated as an exact average (momentum None) over one pass in train mode, averaged across
+    processes. Returns the number of batch-norm layers recalibrated.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for batch in batches:
+        forward(batch)
+    model.train(was_training)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+        if accelerator is not None and accelerator.num_processes > 1:
+            m.running_mean.copy_(accelerator.reduce(m.running_mean, reduction="mean"))
+            m.running_var.copy_(accelerator.reduce(m.running_var, reduction="mean"))
+    return len(bns)
 
 
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
