@@ -47,15 +47,9 @@ def _one_thread():
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (Whisper's byte-level BPE alphabet)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return bytes_to_unicode()
 
 
 def build_tiny_whisper(out: Path, multilingual: bool = False, seed: int = 0) -> Path:

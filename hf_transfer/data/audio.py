@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from hf_transfer.data.folders import split_root
+from hf_transfer.data.labels import find_column
 from hf_transfer.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -185,45 +186,15 @@ def _from_metadata(root: Path, metadata: Path) -> datasets.Dataset:
 def find_audio_column(ds: datasets.Dataset, given: str | None, role: str = "train") -> str:
     """The audio column: the one given, else the only `datasets.Audio` column, else the first of
     `AUDIO_CANDIDATES` present (in that priority order)."""
-    cols = list(ds.column_names)
-    if given:
-        if given not in cols:
-            raise DataError(
-                f"Audio column '{given}' (from data.audio_column) is not in the {role} split. Its "
-                f"columns are: {', '.join(cols)}. Set data.audio_column to one of them."
-            )
-        return given
     audio = [c for c, f in ds.features.items() if isinstance(f, datasets.Audio)]
-    if len(audio) == 1:
+    if not given and len(audio) == 1:
         return audio[0]
-    lowered = {c.lower(): c for c in cols}
-    for cand in AUDIO_CANDIDATES:
-        if cand in lowered:
-            return lowered[cand]
-    raise DataError(
-        f"No audio column found in the {role} split (looked for an Audio feature and for "
-        f"{', '.join(AUDIO_CANDIDATES)}). Its columns are: {', '.join(cols)}. Set data.audio_column."
-    )
+    return find_column(ds, given, AUDIO_CANDIDATES, "audio", "data.audio_column", role, first_match=True)
 
 
 def find_transcript_column(ds: datasets.Dataset, given: str | None, role: str = "train") -> str:
     """The transcript column: the one given, else the first of `TRANSCRIPT_CANDIDATES` present."""
-    cols = list(ds.column_names)
-    if given:
-        if given not in cols:
-            raise DataError(
-                f"Transcript column '{given}' (from data.text_column) is not in the {role} split. Its "
-                f"columns are: {', '.join(cols)}. Set data.text_column to one of them."
-            )
-        return given
-    lowered = {c.lower(): c for c in cols}
-    for cand in TRANSCRIPT_CANDIDATES:
-        if cand in lowered:
-            return lowered[cand]
-    raise DataError(
-        f"No transcript column found in the {role} split (looked for {', '.join(TRANSCRIPT_CANDIDATES)}). "
-        f"Its columns are: {', '.join(cols)}. Set data.text_column to the column with the transcripts."
-    )
+    return find_column(ds, given, TRANSCRIPT_CANDIDATES, "transcript", "data.text_column", role, first_match=True)
 
 
 def source_dir(source) -> Path | None:

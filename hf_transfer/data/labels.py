@@ -24,8 +24,10 @@ def find_column(
     what: str,
     key: str,
     role: str = "train",
+    first_match: bool = False,
 ) -> str:
-    """The column holding `what`: the one given, else the single candidate present.
+    """The column holding `what`: the one given, else the single candidate present (or, with
+    `first_match`, the first candidate present, the candidates being in priority order).
 
     Raises:
         DataError: The given column is missing, or detection finds none or several.
@@ -40,7 +42,7 @@ def find_column(
         return given
     lowered = {c.lower(): c for c in cols}
     found = [lowered[c] for c in candidates if c in lowered]
-    if len(found) == 1:
+    if len(found) == 1 or (found and first_match):
         return found[0]
     if not found:
         raise DataError(

@@ -115,14 +115,7 @@ def word_error_rate(predictions: Sequence[str], references: Sequence[str]) -> fl
         TypeError: If a single string is passed instead of a list.
         ValueError: If the two lists differ in length.
     """
-    _check_pairs(predictions, references)
-    edits = ref_units = hyp_units = 0
-    for prediction, reference in zip(predictions, references):
-        hyp_words, ref_words = prediction.split(), reference.split()
-        edits += edit_distance(ref_words, hyp_words)
-        ref_units += len(ref_words)
-        hyp_units += len(hyp_words)
-    return _corpus_rate(edits, ref_units, hyp_units)
+    return _corpus_error_rate(predictions, references, str.split)
 
 
 def character_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -143,13 +136,18 @@ def character_error_rate(predictions: Sequence[str], references: Sequence[str]) 
         TypeError: If a single string is passed instead of a list.
         ValueError: If the two lists differ in length.
     """
+    return _corpus_error_rate(predictions, references, lambda text: " ".join(text.split()))
+
+
+def _corpus_error_rate(predictions, references, units) -> float:
+    """Total edits over total reference units, `units` splitting a transcript into words or characters."""
     _check_pairs(predictions, references)
     edits = ref_units = hyp_units = 0
     for prediction, reference in zip(predictions, references):
-        hyp_chars, ref_chars = " ".join(prediction.split()), " ".join(reference.split())
-        edits += edit_distance(ref_chars, hyp_chars)
-        ref_units += len(ref_chars)
-        hyp_units += len(hyp_chars)
+        hyp, ref = units(prediction), units(reference)
+        edits += edit_distance(ref, hyp)
+        ref_units += len(ref)
+        hyp_units += len(hyp)
     return _corpus_rate(edits, ref_units, hyp_units)
 
 
