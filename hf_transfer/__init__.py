@@ -25,6 +25,16 @@ def model_cards_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "model_cards"
 
 
+def _load_builtin_plugins() -> None:
+    """Register the built-in tasks and strategies with the config loader.
+
+    The package root wires the layers together: `hf_transfer.config` is plain data and never
+    imports the strategies or tasks that extend it, so the first validation asks for them here.
+    """
+    import hf_transfer.strategies  # noqa: F401
+    import hf_transfer.tasks  # noqa: F401
+
+
 def __getattr__(name):
     # Lazy public API: `from hf_transfer import load_config, train` without importing torch at
     # `import hf_transfer` time (keeps `hf-transfer ls` fast).
@@ -37,3 +47,8 @@ def __getattr__(name):
 
         return getattr(run, name)
     raise AttributeError(f"module 'hf_transfer' has no attribute {name!r}")
+
+
+from hf_transfer import config as _config  # noqa: E402  (after the helpers above: config needs none)
+
+_config.set_builtin_loader(_load_builtin_plugins)

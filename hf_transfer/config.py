@@ -13,14 +13,90 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import yaml
 
 from hf_transfer.errors import ConfigError
-from hf_transfer.strategies.base import StrategyConfig, strategy_config_class
 
-RECIPES = ("text_classification", "image_classification", "audio_classification", "speech_recognition")
+@dataclass
+class StrategyConfig:
+    """Settings shared by every strategy (each strategy extends it with its own dataclass).
+
+    Attributes:
+        name: Which strategy runs (`full`, `scratch`, `freeze`, `partial`, ...).
+        layer_lr_decay: Layer-wise (discriminative) learning rates: the group at depth d below
+            the top gets `learning_rate * layer_lr_decay ** d`. 1.0 turns it off.
+        head_lr_multiplier: The new head's learning rate is `learning_rate * head_lr_multiplier`.
+    """
+
+    name: str = "full"
+    layer_lr_decay: float = 1.0
+    head_lr_multiplier: float = 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# What higher layers register. The config is plain data and imports none of them: strategies add
+# their settings class (`register_strategy`), tasks their recipe name (`register_task`), other
+# packages cross-key checks. `hf_transfer/__init__.py` installs the loader that imports the
+# built-in ones the first time a config is validated.
+
+_STRATEGY_SETTINGS: dict[str, type[StrategyConfig]] = {}
+_RECIPES: list[str] = []
+_CHECKS: list[Callable[[Any, str], None]] = []
+_builtin_loader: Callable[[], None] | None = None
+
+
+def set_builtin_loader(loader: Callable[[], None]) -> None:
+    """Install the function that imports (and so registers) the built-in strategies and tasks."""
+    global _builtin_loader
+    _builtin_loader = loader
+
+
+def _load_builtins() -> None:
+    global _builtin_loader
+    loader, _builtin_loader = _builtin_loader, None
+    if loader is not None:
+        loader()
+
+
+def register_strategy_settings(name: str, settings_cls: type[StrategyConfig]) -> None:
+    """Make `strategy.name: <name>` valid, checked against `settings_cls`."""
+    _STRATEGY_SETTINGS[name] = settings_cls
+
+
+def register_recipe(name: str) -> None:
+    """Make `recipe: <name>` valid."""
+    if name not in _RECIPES:
+        _RECIPES.append(name)
+
+
+def register_check(check: Callable[[Any, str], None]) -> None:
+    """Add a `check(cfg, source)` that `check_config` runs (raise `ConfigError` on a problem)."""
+    if check not in _CHECKS:
+        _CHECKS.append(check)
+
+
+def available_recipes() -> list[str]:
+    """Every registered recipe name, in registration order (the one list of recipes)."""
+    _load_builtins()
+    return list(_RECIPES)
+
+
+def _did_you_mean(value: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def strategy_settings_class(name: str) -> type[StrategyConfig]:
+    """The settings dataclass registered for strategy `name`; `ConfigError` with a did-you-mean."""
+    _load_builtins()
+    if name not in _STRATEGY_SETTINGS:
+        known = sorted(_STRATEGY_SETTINGS)
+        raise ConfigError(
+            f"Unknown strategy.name '{name}'.{_did_you_mean(name, known)} Available: {', '.join(known)}."
+        )
+    return _STRATEGY_SETTINGS[name]
 
 
 @dataclass
@@ -243,9 +319,7 @@ class TrainConfig:
         export: Export and push.
     """
 
-    recipe: Literal[
-        "text_classification", "image_classification", "audio_classification", "speech_recognition"
-    ] = "text_classification"
+    recipe: str = "text_classification"
     output_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -358,7 +432,7 @@ def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
     if cls is StrategyConfig or (isinstance(cls, type) and issubclass(cls, StrategyConfig)):
         name = raw.get("name", "full")
         try:
-            cls = strategy_config_class(name)
+            cls = strategy_settings_class(name)
         except ConfigError as e:
             raise ConfigError(f"{e} (key '{prefix}.name' in {source})") from None
     hints = typing.get_type_hints(cls)
@@ -418,7 +492,14 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
     """Validate a nested mapping into a `TrainConfig`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source} must hold a mapping of config keys, got {type(raw).__name__}.")
-    return _build(TrainConfig, raw, "", source)
+    cfg = _build(TrainConfig, raw, "", source)
+    recipes = available_recipes()
+    if recipes and cfg.recipe not in recipes:  # empty only when no task package is installed
+        raise ConfigError(
+            f"Unknown recipe '{cfg.recipe}' in {source}.{_did_you_mean(cfg.recipe, recipes)} "
+            f"Available: {', '.join(recipes)}."
+        )
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -480,6 +561,9 @@ def check_config(cfg: TrainConfig, source: str = "config") -> None:
         raise ConfigError(f"training.learning_rate must be positive, got {t.learning_rate}.")
     if t.epochs <= 0 and not t.max_steps:
         raise ConfigError("training.epochs must be positive (or set training.max_steps).")
+    _load_builtins()
+    for check in _CHECKS:
+        check(cfg, source)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

@@ -7,7 +7,7 @@ import sys
 
 
 def _log_to_console() -> None:
-    from hf_transfer.run import setup_logging
+    from hf_transfer.utils import setup_logging
 
     setup_logging(None)
     logging.getLogger("hf_transfer").setLevel(logging.INFO)

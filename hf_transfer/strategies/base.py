@@ -8,29 +8,12 @@ that changes across epochs. Each strategy has its own typed settings dataclass, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
 
+from hf_transfer.config import StrategyConfig, register_strategy_settings
 from hf_transfer.errors import ConfigError
-
-
-@dataclass
-class StrategyConfig:
-    """Settings shared by every strategy.
-
-    Attributes:
-        name: Which strategy runs (`full`, `scratch`, `freeze`, `partial`, ...).
-        layer_lr_decay: Layer-wise (discriminative) learning rates: the group at depth d below
-            the top gets `learning_rate * layer_lr_decay ** d`. 1.0 turns it off.
-        head_lr_multiplier: The new head's learning rate is `learning_rate * head_lr_multiplier`.
-    """
-
-    name: str = "full"
-    layer_lr_decay: float = 1.0
-    head_lr_multiplier: float = 1.0
-
 
 _REGISTRY: dict[str, tuple[type[StrategyConfig], type["Strategy"]]] = {}
 
@@ -42,6 +25,7 @@ def register_strategy(name: str, config_cls: type[StrategyConfig]):
         cls.name = name
         cls.config_cls = config_cls
         _REGISTRY[name] = (config_cls, cls)
+        register_strategy_settings(name, config_cls)  # so the config loader validates `strategy.*`
         return cls
 
     return wrap
@@ -110,8 +94,6 @@ class Strategy:
 
     def lr_scales(self, groups: list) -> list[float]:
         """Learning-rate multiplier per layer group (bottom to top; head last)."""
-        from hf_transfer.engine.optim import layerwise_lr_scales
-
         return layerwise_lr_scales(
             groups, self.config.layer_lr_decay, self.config.head_lr_multiplier
         )
@@ -140,3 +122,33 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
+
+
+def layerwise_lr_scales(groups: list, decay: float = 1.0, head_multiplier: float = 1.0) -> list[float]:
+    """Learning-rate scale per layer group, bottom to top.
+
+    Group at depth d below the top gets `decay ** d` (timm's layer decay): the head and the final
+    norm/pooler ("top" groups) are depth 0, the last block depth 1, ..., the stem deepest. The
+    head is further multiplied by `head_multiplier`.
+
+    Args:
+        groups: Layer groups from `layer_groups(model)`, ordered bottom to top.
+        decay: Per-depth factor (1.0 = same LR everywhere).
+        head_multiplier: Extra factor for the head group.
+
+    Returns:
+        One scale per group.
+    """
+    scales = []
+    n_deep = 0
+    for g in reversed(groups):
+        if g.kind in ("head", "top"):
+            depth = 0
+        else:
+            n_deep += 1
+            depth = n_deep
+        scale = decay**depth
+        if g.kind == "head":
+            scale *= head_multiplier
+        scales.append(scale)
+    return list(reversed(scales))

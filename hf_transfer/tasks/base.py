@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_transfer.config import TrainConfig
+from hf_transfer.config import TrainConfig, register_recipe
 from hf_transfer.data import labels as labels_mod
 from hf_transfer.data.labels import LabelSpace
 from hf_transfer.data.sources import load_split
@@ -30,6 +30,7 @@ def register_task(name: str):
     def wrap(cls):
         cls.name = name
         _TASKS[name] = cls
+        register_recipe(name)  # `recipe: <name>` now validates
         return cls
 
     return wrap

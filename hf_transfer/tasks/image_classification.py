@@ -30,6 +30,12 @@ from hf_transfer.data.image import (
     process_image,
 )
 from hf_transfer.errors import DataError, ModelError
+from hf_transfer.models.families.efficientnet import (  # noqa: F401  (re-exported: older import path)
+    fix_batchnorm_momentum,
+    fix_scratch_init,
+    keep_frozen_parameters,
+    neutralise_squeeze_excite,
+)
 from hf_transfer.models.heads import load_for_classification
 from hf_transfer.paths import resolve
 from hf_transfer.tasks.base import ClassificationTask, Splits, register_task
@@ -58,80 +64,6 @@ def _resolve_paths(batch: dict, column: str, base: str) -> dict:
         p = Path(str(value).strip()).expanduser()
         out.append(str(p if p.is_absolute() else Path(base) / p))
     return {column: out}
-
-
-def keep_frozen_parameters(model) -> list[str]:
-    """Turn the parameters a model says must never train into buffers; return their names.
-
-    A converted EfficientNet-Lite0 carries neutralised squeeze-and-excite blocks that must stay
-    exactly as they are (`hf_transfer.importers.efficientnet_lite`). Strategies set
-    `requires_grad` themselves and the optimizer places every parameter, so a flag would not
-    survive; a buffer is out of reach of both, yet is saved under the same name, so the run folder
-    still loads with plain transformers (where these become parameters again).
-    """
-    from hf_transfer.importers.efficientnet_lite import frozen_parameter_names
-
-    names = frozen_parameter_names(model)
-    for name in names:
-        module_path, _, attr = name.rpartition(".")
-        module = model.get_submodule(module_path)
-        value = getattr(module, attr).detach().clone()
-        delattr(module, attr)
-        module.register_buffer(attr, value, persistent=True)
-    if names:
-        logger.info("Kept %d squeeze-and-excite parameters frozen (as buffers): the converted Lite0 has none.",
-                    len(names))
-    return names
-
-
-def fix_batchnorm_momentum(model) -> float | None:
-    """Give EfficientNet's batch norms a PyTorch-convention momentum; return the new value (or None).
-
-    transformers' EfficientNet passes the TF-convention `batch_norm_momentum` (0.99: keep 99% of
-    the running statistics) straight to `nn.BatchNorm2d`, where momentum is the weight of the *new*
-    batch: the running statistics become those of the last training batch (often a short one), and
-    a fine-tuned Lite0 evaluated at chance on Fashion-MNIST. The literal translation, 0.01, suits
-    long ImageNet runs; fine-tuning runs are a few dozen steps, over which 0.01 leaves the running
-    statistics half-way from the source domain's. PyTorch's default 0.1 (also timm's and
-    torchvision's EfficientNets') settles within them: full fine-tuning of Lite0 on 10 images per
-    class went from 0.52 (0.01) to 0.59 (0.1) test accuracy. The config records the new value, so
-    the run folder keeps it.
-    """
-    config = model.config
-    momentum = getattr(config, "batch_norm_momentum", None)
-    if config.model_type != "efficientnet" or momentum is None or momentum <= 0.5:
-        return None
-    fixed = 0.1
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.momentum == momentum:
-            module.momentum = fixed
-    config.batch_norm_momentum = fixed
-    logger.info("EfficientNet batch_norm_momentum %s is TF's convention; using PyTorch's %s.", momentum, fixed)
-    return fixed
-
-
-def fix_scratch_init(model) -> None:
-    """Repair transformers' random initialisation of EfficientNet for the `scratch` baseline.
-
-    Its `_init_weights` draws convolution *and batch-norm scale* weights from N(0, 0.02), like
-    linear layers. Norm scales near 0 multiply activations by ~0.02 at every norm (about 1e-27 at
-    the head), so the training loss stays at log(num_labels) and the baseline is no baseline. The
-    reference EfficientNet initialisation is used instead: He-normal (fan-out) convolutions, norms
-    at scale 1 and shift 0. Other architectures keep their own initialisation.
-    """
-    if model.config.model_type != "efficientnet":
-        return
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out")
-                if module.bias is not None:
-                    module.bias.zero_()
-            elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine:
-                module.weight.fill_(1.0)
-                module.bias.zero_()
-    logger.info("Scratch EfficientNet: He-normal convolutions, batch norms at scale 1 (transformers draws "
-                "both from N(0, 0.02)).")
 
 
 @register_task("image_classification")
@@ -261,8 +193,6 @@ class ImageClassificationTask(ClassificationTask):
             fix_scratch_init(model)
         if from_scratch and getattr(model.config, "squeeze_excite_neutralised", False):
             # A random-init Lite0 must lack SE blocks too, or the baseline is another network.
-            from hf_transfer.importers.efficientnet_lite import neutralise_squeeze_excite
-
             neutralise_squeeze_excite(model)
         keep_frozen_parameters(model)
         fix_batchnorm_momentum(model)

@@ -1,0 +1,1 @@
+"""Architecture-specific fixes, one module per model family (`efficientnet`, ...)."""
