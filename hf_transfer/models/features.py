@@ -1,0 +1,681 @@
+"""Frozen features, one place: forward to a layer (or several), pool as the checkpoint was trained
+to be pooled, batch over a split on Accelerate's device, and cache on disk.
+
+Every consumer of frozen features (`feature_extraction`, `auto`'s similarity measure, ranking,
+shift reports...) goes through `FeatureExtractor` and `extract`.
+
+**Pooling convention** (`FeatureSpec.pooling="auto"`), decided once per model, reported by
+`FeatureExtractor.describe()["source"]`:
+
+- *sentence-transformers folder* (`modules.json` with a `Pooling` module): pooled exactly as
+  sentence-transformers pools (`1_Pooling/config.json`: mean, cls, max, lasttoken,
+  mean_sqrt_len_tokens, weightedmean, several concatenated), L2-normalised when a `Normalize` module
+  follows. An unreadable pooling config is logged and falls back to the masked mean.
+- *other text encoders*: the mean over real tokens (padding masked out), unless the checkpoint has
+  a **trained pooler**: its `config.architectures` names a `*ForSequenceClassification` (a
+  classifier, whose pooler was trained on a sentence task) and the pooler's weights came from the
+  checkpoint (not newly initialised). Then the pooler output. (A bare `BertModel` checkpoint such
+  as all-MiniLM-L6-v2 has `pooler.dense` weights that were never trained for sentences.)
+- *images*: what the head reads: the backbone's pooler output when it has one (CNNs: the pooled
+  map; ConvNeXt: pooled and normed; Swin/BEiT: their token mean), else the [CLS] token after the
+  final layer norm (ViT, DeiT). Intermediate layers: [CLS] for token sequences, the spatial mean
+  for feature maps.
+- *audio*: the mean over real frames (Whisper: the feature extractor's mel-frame mask, two mel
+  frames per encoder position; wav2vec2-style: the model's own feature-vector mask).
+- `pooling="head_input"`: the input of the model's head module, whatever the architecture (the
+  generic fallback; a sequence there is pooled by its first token for text, the mean otherwise).
+
+**Layers.** Layer 0 is the embeddings' output, 1..L the blocks' outputs; layer L is the backbone's
+own output (`last_hidden_state`, after any final norm). `"last"` = L; `"mean"` = every layer 1..L,
+pooled each, then averaged (`combine="mean"`) or concatenated (`combine="concat"`); explicit
+indices may be negative (-1 = L). An index the model lacks is a `ConfigError` at construction,
+before any forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hf_transfer.errors import ConfigError, ModelError
+from hf_transfer.models import feature_cache as fc
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("auto", "mean", "cls", "max", "last_token", "pooler", "head_input")
+#: sentence-transformers' pooling mode names -> ours.
+_ST_MODES = {"mean": "mean", "cls": "cls", "max": "max", "lasttoken": "last_token",
+             "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean": "weightedmean"}
+_ST_LEGACY = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+              "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+              "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features: layers, how several layers combine, pooling, normalisation.
+
+    Attributes:
+        layers: `"last"`, `"mean"` (every block's output, 1..L) or explicit indices (0 = embeddings).
+        combine: `"mean"` or `"concat"` when several layers are read.
+        pooling: `"auto"` (the checkpoint's convention, module docstring) or one of `mean`, `cls`,
+            `max`, `last_token`, `pooler`, `head_input`.
+        normalize: L2-normalise the pooled vector; None = the checkpoint's convention.
+    """
+
+    layers: str | tuple[int, ...] = "last"
+    combine: str = "mean"
+    pooling: str = "auto"
+    normalize: bool | None = None
+
+    def __post_init__(self) -> None:
+        layers = self.layers
+        if isinstance(layers, (list, tuple)):
+            if not layers or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in layers):
+                raise ConfigError(f"strategy.layers must be 'last', 'mean' or a list of layer indices, got {layers!r}.")
+            object.__setattr__(self, "layers", tuple(int(i) for i in layers))
+        elif isinstance(layers, int) and not isinstance(layers, bool):
+            object.__setattr__(self, "layers", (int(layers),))
+        elif layers not in ("last", "mean"):
+            raise ConfigError(f"strategy.layers must be 'last', 'mean' or a list of layer indices, got {layers!r}.")
+        if self.combine not in ("mean", "concat"):
+            raise ConfigError(f"strategy.combine must be 'mean' or 'concat', got {self.combine!r}.")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"strategy.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
+        if self.pooling in ("pooler", "head_input") and self.layers != "last":
+            raise ConfigError(f"pooling={self.pooling!r} reads one place in the model: use layers='last'.")
+
+
+@dataclass
+class Features:
+    """Pooled features of one split: `X` (N, d) float32, `y` (N,) int64 or None without labels."""
+
+    X: np.ndarray
+    y: np.ndarray | None
+    info: dict = field(default_factory=dict)
+    cache_hit: bool = False
+
+
+# ----------------------------------------------------------------------------- model knowledge
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside Accelerate (DDP, compile) and PEFT / prefix-cache wrappers."""
+    from accelerate.utils import extract_model_from_parallel
+
+    base = extract_model_from_parallel(model)
+    for _ in range(8):  # wrappers can nest; stop when get_base_model() returns the same object
+        getter = getattr(base, "get_base_model", None)
+        inner = getter() if callable(getter) else None
+        if not isinstance(inner, nn.Module) or inner is base:
+            break
+        base = inner
+    return base
+
+
+def find_head(model: nn.Module) -> list[str]:
+    """Top-level module names of the task head (the layer groups' `head` group), in model order."""
+    from hf_transfer.models.layer_groups import layer_groups
+
+    base = unwrap_model(model)
+    try:
+        head_params = {n for g in layer_groups(base) if g.kind == "head" for n in g.param_names}
+    except ModelError:
+        return []
+    return [name for name, m in base.named_children()
+            if any(f"{name}.{p}" in head_params for p, _ in m.named_parameters())]
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The module whose forward gives the hidden states: the encoder of an encoder-decoder
+    (Whisper), else transformers' `base_model` (the model itself when it is bare)."""
+    base = unwrap_model(model)
+    if getattr(getattr(base, "config", None), "is_encoder_decoder", False) and callable(getattr(base, "get_encoder", None)):
+        return base.get_encoder()
+    return getattr(base, "base_model", base)
+
+
+def count_layers(model: nn.Module) -> int | None:
+    """Number of blocks (hidden layers after the embeddings), or None when not found."""
+    from hf_transfer.models.layer_groups import layer_groups
+
+    base = unwrap_model(model)
+    config = getattr(base, "config", None)
+    if getattr(config, "is_encoder_decoder", False) and getattr(config, "encoder_layers", None):
+        return int(config.encoder_layers)
+    try:
+        return sum(1 for g in layer_groups(base) if g.kind == "block") or None
+    except ModelError:
+        return None
+
+
+def read_sentence_transformers(folder: str | Path | None) -> dict | None:
+    """The pooling a sentence-transformers folder declares, or None when `folder` is not one.
+
+    Returns:
+        `{"modes": (...), "normalize": bool, "include_prompt": bool, "error": str | None,
+        "dense": bool}`; `error` says why the pooling config could not be read (then `modes` is
+        the masked-mean fallback).
+    """
+    if not folder:
+        return None
+    path = Path(folder)
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    out = {"modes": ("mean",), "normalize": False, "include_prompt": True, "error": None, "dense": False}
+    try:
+        entries = json.loads(modules_file.read_text())
+        types = [str(e.get("type", "")) for e in entries]
+        pooling = next((e for e in entries if str(e.get("type", "")).endswith("Pooling")), None)
+    except (ValueError, AttributeError, TypeError) as e:
+        out["error"] = f"modules.json is unreadable ({e})"
+        return out
+    out["normalize"] = any(t.endswith("Normalize") for t in types)
+    out["dense"] = any(t.endswith("Dense") for t in types)
+    if pooling is None:
+        out["error"] = "modules.json lists no Pooling module"
+        return out
+    config_file = path / str(pooling.get("path", "1_Pooling")) / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+        mode = config.get("pooling_mode")
+        if mode is None:
+            mode = tuple(m for k, m in _ST_LEGACY.items() if config.get(k)) or ("mean",)
+        modes = (mode,) if isinstance(mode, str) else tuple(mode)
+        unknown = [m for m in modes if m not in _ST_MODES]
+        if unknown or not modes:
+            raise ValueError(f"unknown pooling mode(s) {unknown}")
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        out["error"] = f"{config_file} is unreadable ({e})"
+        return out
+    out["modes"] = tuple(_ST_MODES[m] for m in modes)
+    out["include_prompt"] = bool(config.get("include_prompt", True))
+    return out
+
+
+def has_trained_pooler(model: nn.Module, name_or_path: str | None = None) -> bool:
+    """The rule in the module docstring: a `*ForSequenceClassification` checkpoint whose pooler
+    weights were loaded (not newly initialised), and not one of our own feature-extraction runs."""
+    base = unwrap_model(model)
+    archs = getattr(getattr(base, "config", None), "architectures", None) or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in archs):
+        return False
+    pooler = getattr(backbone_of(base), "pooler", None)
+    if not isinstance(pooler, nn.Module) or not any(True for _ in pooler.parameters()):
+        return False
+    if name_or_path and any((Path(name_or_path) / f).is_file() for f in ("feature_classifier.json", "config_setfit.json")):
+        return False  # the head was fitted on features, the pooler never trained
+    new = getattr(base, "hf_transfer_new_weights", None) or []
+    return not any(".pooler." in f".{n}" for n in new)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def _first_real(mask: torch.Tensor) -> torch.Tensor:
+    return mask.to(torch.int).argmax(dim=1)
+
+
+def pool_tokens(x: torch.Tensor, mode: str, mask: torch.Tensor | None) -> torch.Tensor:
+    """One vector per example from (B, T, d) token states, as sentence-transformers pools them."""
+    if mask is None or mask.shape[:2] != x.shape[:2]:
+        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+    m = mask.unsqueeze(-1).to(x.dtype)
+    if mode == "cls":
+        return x.gather(1, _first_real(mask).view(-1, 1, 1).expand(-1, 1, x.shape[-1])).squeeze(1)
+    if mode == "max":
+        return x.masked_fill(m == 0, float("-inf")).max(dim=1).values
+    if mode in ("mean", "mean_sqrt_len_tokens"):
+        count = m.sum(dim=1).clamp(min=1e-9)
+        return (x * m).sum(dim=1) / (count if mode == "mean" else count.sqrt())
+    if mode == "weightedmean":
+        w = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype).view(1, -1, 1)
+        w = m * (w - _first_real(mask).view(-1, 1, 1).to(x.dtype))
+        return (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9)
+    if mode == "last_token":
+        values, idx = mask.flip(1).max(1)
+        idx = torch.where(values == 0, x.shape[1] - 1, idx)
+        pos = (x.shape[1] - idx - 1).view(-1, 1, 1).expand(-1, 1, x.shape[-1])
+        return (x * m).gather(1, pos).squeeze(1)
+    raise ConfigError(f"Unknown token pooling {mode!r}.")
+
+
+def pool_map(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """One vector per example from a (B, C, H, W) feature map."""
+    if mode in ("mean", "auto"):
+        return x.flatten(2).mean(-1)
+    if mode == "max":
+        return x.flatten(2).amax(-1)
+    raise ConfigError(f"pooling={mode!r} does not apply to a convolutional feature map; use mean or max.")
+
+
+# ----------------------------------------------------------------------------- head input
+
+
+@dataclass
+class HeadInput:
+    """Where head-input features come from: the input of the first head module called.
+
+    Attributes:
+        candidates: Head modules whose input may be the features.
+        linear: The head's only parametrised module when it is one `nn.Linear`, else None.
+        pooling: How a sequence there becomes a vector: `auto` (first token for text, as those
+            heads do, the mean otherwise), `first_token` or `mean`.
+        text: Whether the inputs are text.
+    """
+
+    candidates: list[str]
+    linear: str | None
+    pooling: str = "auto"
+    text: bool = True
+
+    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """One vector per example, and the pooling applied (`none`, `first_token`, `mean`, `spatial_mean`)."""
+        if x.ndim == 2:
+            return x, "none"
+        if x.ndim == 3:
+            mode = self.pooling if self.pooling in ("first_token", "mean") else ("first_token" if self.text else "mean")
+            return (x[:, 0], mode) if mode == "first_token" else (x.mean(1), mode)
+        return x.flatten(2).mean(-1), "spatial_mean"
+
+
+def locate_head_input(model: nn.Module, pooling: str = "auto", text: bool = True) -> HeadInput:
+    """The module(s) whose input is the head's feature vector.
+
+    Raises:
+        ModelError: The model has no head.
+    """
+    heads = find_head(model)
+    if not heads:
+        raise ModelError(
+            "Head-input features need a task head to read them from, and this model has none (a bare "
+            "backbone or an output layer tied to the embeddings)."
+        )
+    base = unwrap_model(model)
+    linears = [n for h in heads for n, m in base.get_submodule(h).named_modules()
+               if any(True for _ in m.parameters(recurse=False))]
+    if len(heads) == 1 and linears == [""] and isinstance(base.get_submodule(heads[0]), nn.Linear):
+        return HeadInput([heads[0]], heads[0], pooling, text)
+    return HeadInput(heads, None, pooling, text)
+
+
+class HeadInputCapture:
+    """Context manager: forward pre-hooks that keep the input of the first head module called."""
+
+    def __init__(self, model: nn.Module, spec: HeadInput, detach: bool = True):
+        self.model = unwrap_model(model)
+        self.spec = spec
+        self.detach = detach
+        self.value: torch.Tensor | None = None
+        self.module_name: str | None = None
+        self._handles: list = []
+
+    def __enter__(self) -> HeadInputCapture:
+        for name in self.spec.candidates:
+            module = self.model.get_submodule(name)
+            self._handles.append(module.register_forward_pre_hook(self._hook(name), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def hook(module, args, kwargs):
+            if self.value is None:
+                x = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
+                self.value, self.module_name = (x.detach() if self.detach else x), name
+
+        return hook
+
+    def reset(self) -> None:
+        self.value = None
+
+    def features(self) -> tuple[torch.Tensor, str]:
+        """The pooled float32 features of the last forward pass, and the pooling applied."""
+        if self.value is None:
+            raise ModelError(
+                f"The model's forward pass never called its head ({', '.join(self.spec.candidates)}), "
+                "so there are no features to read."
+            )
+        x, mode = self.spec.pool(self.value)
+        return x.float(), mode
+
+
+# ----------------------------------------------------------------------------- the extractor
+
+
+class FeatureExtractor:
+    """Pooled (B, d) float32 features of `model` per the checkpoint's convention (module docstring).
+
+    Args:
+        model: A transformers model (with or without head; PEFT/Accelerate wrappers are seen through).
+        modality: `text`, `image` or `audio`.
+        spec: Layers, combination, pooling, normalisation.
+        name_or_path: The checkpoint's folder or Hub id (`pkg://` resolved): where a
+            sentence-transformers `modules.json` is looked for. Default: the model's config's.
+
+    Raises:
+        ConfigError: A layer index the model does not have, or a pooling that does not apply.
+    """
+
+    def __init__(self, model: nn.Module, *, modality: str, spec: FeatureSpec = FeatureSpec(),
+                 name_or_path: str | None = None):
+        if modality not in ("text", "image", "audio"):
+            raise ConfigError(f"modality must be text, image or audio, got {modality!r}.")
+        self.model = model
+        self.modality = modality
+        self.spec = spec
+        base = unwrap_model(model)
+        self.name_or_path = name_or_path or getattr(getattr(base, "config", None), "_name_or_path", None) or None
+        folder = self._local_folder(self.name_or_path)
+        self.num_layers = count_layers(base)
+        self.layer_indices = self._check_layers()
+        self.sentence_transformers = read_sentence_transformers(folder) if modality == "text" else None
+        self.pooling, self.normalize, self.source = self._convention(base, folder)
+        self._head_input = (locate_head_input(base, "auto", modality == "text")
+                            if self.pooling == ("head_input",) else None)
+
+    @staticmethod
+    def _local_folder(name_or_path: str | None) -> str | None:
+        from hf_transfer.paths import resolve
+
+        if not name_or_path:
+            return None
+        try:
+            path = resolve(str(name_or_path))
+        except Exception:  # a pkg:// package not installed: no local folder to read conventions from
+            return None
+        return path if Path(path).is_dir() else None
+
+    def _check_layers(self) -> tuple[int, ...] | None:
+        layers, n = self.spec.layers, self.num_layers
+        if layers == "last":
+            return None
+        if n is None:
+            raise ConfigError(
+                f"strategy.layers={layers!r} needs the model's block list, and {type(unwrap_model(self.model)).__name__} "
+                "has none that hf_transfer can find. Use layers: last."
+            )
+        if layers == "mean":
+            return tuple(range(1, n + 1))
+        bad = [i for i in layers if not -(n + 1) <= i <= n]
+        if bad:
+            raise ConfigError(
+                f"strategy.layers names layer(s) {bad}, but this model has {n} layers: valid indices are "
+                f"0 (the embeddings' output) to {n} (the last block), or -1 .. -{n + 1} counted from the end."
+            )
+        return tuple(i % (n + 1) for i in layers)
+
+    def _convention(self, base: nn.Module, folder: str | None) -> tuple[tuple[str, ...], bool, str]:
+        """(pooling modes, normalize, why) for this model and spec."""
+        spec, st = self.spec, self.sentence_transformers
+        normalize = spec.normalize
+        if st is not None and st["error"]:
+            logger.warning("The sentence-transformers folder %s: %s. Falling back to the mean over real tokens.",
+                           folder, st["error"])
+        if st is not None and st["dense"]:
+            logger.warning("The sentence-transformers folder %s has a Dense module after pooling; hf_transfer "
+                           "reads the pooled vector before it.", folder)
+        if normalize is None:
+            normalize = bool(st and st["normalize"] and not st["error"])
+        if spec.pooling != "auto":
+            return (spec.pooling,), normalize, f"pooling={spec.pooling} set explicitly"
+        if self.modality == "text":
+            if st is not None and not st["error"]:
+                why = "sentence-transformers folder (1_Pooling/config.json" + (", Normalize" if st["normalize"] else "") + ")"
+                return st["modes"], normalize, why
+            if st is not None:
+                return ("mean",), normalize, f"sentence-transformers pooling config unreadable ({st['error']}): masked mean"
+            if spec.layers == "last" and has_trained_pooler(base, folder):
+                return ("pooler",), normalize, "text classifier checkpoint with a trained pooler"
+            return ("mean",), normalize, "text encoder without a trained pooler: mean over real tokens"
+        if self.modality == "image":
+            return ("auto",), normalize, ("image: the backbone's pooled output when it has one (CNNs), "
+                                          "else [CLS] after the final norm (ViT/DeiT)")
+        return ("mean",), normalize, "audio: mean over real frames"
+
+    def describe(self) -> dict:
+        """What the features are and why: pooling, layers, normalisation, source."""
+        layers = self.spec.layers if isinstance(self.spec.layers, str) else list(self.spec.layers)
+        return {"pooling": "+".join(self.pooling), "layers": layers, "combine": self.spec.combine,
+                "normalize": self.normalize, "modality": self.modality, "source": self.source}
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def __call__(self, inputs: dict) -> torch.Tensor:
+        """Pooled features of one batch (differentiable: no `no_grad` inside)."""
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        if self._head_input is not None:
+            with HeadInputCapture(self.model, self._head_input, detach=False) as cap:
+                self.model(**inputs)
+                x, _ = cap.features()
+            return self._finish([x])
+        backbone = backbone_of(self.model)
+        base = unwrap_model(self.model)
+        mask = inputs.get("attention_mask")
+        call = dict(inputs)
+        if getattr(getattr(base, "config", None), "is_encoder_decoder", False):
+            main = getattr(base, "main_input_name", "input_features")
+            call = {main: inputs[main]}
+        want_all = self.layer_indices is not None
+        out = backbone(**call, output_hidden_states=want_all)
+        last = out[0] if not hasattr(out, "last_hidden_state") else out.last_hidden_state
+        pooler = getattr(out, "pooler_output", None)
+        if self.pooling == ("pooler",):
+            if pooler is None:
+                raise ConfigError(f"pooling='pooler': {type(backbone).__name__} returns no pooler output.")
+            return self._finish([pooler.flatten(1)])
+        if want_all:
+            hidden = list(out.hidden_states)
+            hidden[-1] = last  # layer L is the backbone's own output (after any final norm)
+            if len(hidden) - 1 != self.num_layers:
+                raise ModelError(f"{type(backbone).__name__} returned {len(hidden) - 1} hidden layers, expected {self.num_layers}.")
+            chosen = [(hidden[i], i == len(hidden) - 1) for i in self.layer_indices]
+        else:
+            chosen = [(last, True)]
+        return self._finish([self._pool(x, is_last, pooler, mask, backbone) for x, is_last in chosen])
+
+    def _frame_mask(self, x: torch.Tensor, mask, backbone) -> torch.Tensor | None:
+        if mask is None or self.modality != "audio" or mask.shape[1] == x.shape[1]:
+            return mask
+        if getattr(getattr(backbone, "config", None), "model_type", None) == "whisper":
+            from hf_transfer.models.whisper import frame_mask
+
+            return frame_mask(mask, x.shape[1])
+        getter = getattr(backbone, "_get_feature_vector_attention_mask", None)
+        return getter(x.shape[1], mask) if callable(getter) else None
+
+    def _pool(self, x, is_last: bool, pooler, mask, backbone) -> torch.Tensor:
+        if x.ndim == 2:
+            return x
+        if self.pooling == ("auto",):  # images: what the head reads
+            if is_last and pooler is not None:
+                return pooler.flatten(1)
+            if x.ndim == 4:
+                return pool_map(x, "mean")
+            return x[:, 0] if pooler is None else x.mean(1)
+        if x.ndim == 4:
+            return torch.cat([pool_map(x, m) for m in self.pooling], dim=-1)
+        mask = self._frame_mask(x, mask, backbone)
+        return torch.cat([pool_tokens(x, m, mask) for m in self.pooling], dim=-1)
+
+    def _finish(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        if len(pooled) == 1:
+            x = pooled[0]
+        elif self.spec.combine == "concat":
+            x = torch.cat(pooled, dim=-1)
+        else:
+            dims = {p.shape[-1] for p in pooled}
+            if len(dims) > 1:
+                raise ConfigError(f"strategy.layers: the chosen layers have different widths {sorted(dims)}; "
+                                  "use combine: concat.")
+            x = torch.stack(pooled).mean(0)
+        x = x.float()
+        return nn.functional.normalize(x, p=2, dim=-1) if self.normalize else x
+
+
+# ----------------------------------------------------------------------------- over a split
+
+
+def default_device():
+    """Accelerate's device for this process (respects `accelerate launch --cpu` and multi-GPU ranks)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+
+
+def key_parts_for(extractor: FeatureExtractor, task, autocast: torch.dtype | None = None) -> dict:
+    """Everything the features of a split depend on except its content (the dataset fingerprint)."""
+    cfg = getattr(task, "cfg", None)
+    model = unwrap_model(extractor.model)
+    return {
+        "format": fc.FEATURE_FORMAT,
+        "recipe": getattr(cfg, "recipe", None),
+        "model": extractor.name_or_path,
+        "revision": getattr(getattr(cfg, "model", None), "revision", None),
+        "weights": fc.state_digest(model, set(find_head(model))),
+        "config": fc.model_config_dict(model),
+        "data": fc.data_settings(cfg),
+        "processor": fc.processor_digest(task),
+        "features": extractor.describe(),
+        "precision": str(autocast) if autocast is not None else "no",
+    }
+
+
+def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, device=None, cache: bool = True,
+            cache_dir: str | None = None, key_parts: dict | None = None,
+            autocast: torch.dtype | None = None) -> Features:
+    """Features of split `ds` (evaluation preprocessing, no grad), read from or written to the cache.
+
+    Args:
+        extractor: The features to compute.
+        task: Preprocessing, collate and `model_inputs`.
+        ds: A label-encoded split (`labels` column optional).
+        batch_size: Examples per forward pass.
+        device: Default: Accelerate's device for this process.
+        cache: Read and write the disk cache (only for datasets with a fingerprint).
+        cache_dir: Cache folder (default `feature_cache.cache_root()`).
+        key_parts: Extra entries for the cache key (they override the defaults of `key_parts_for`).
+        autocast: Mixed-precision dtype on accelerators (part of the key).
+    """
+    from accelerate.state import PartialState
+    from torch.utils.data import DataLoader
+
+    fingerprint = getattr(ds, "_fingerprint", None)
+    path = None
+    if cache and fingerprint is not None:
+        parts = {**key_parts_for(extractor, task, autocast), **(key_parts or {}), "dataset": fingerprint}
+        path = fc.cache_root(cache_dir) / f"{fc.feature_key(parts)}.safetensors"
+        cached = fc.load_cached(path)
+        if cached is not None and len(cached[0]) == len(ds):
+            X, y, meta = cached
+            logger.info("Features (%d) read from the cache: %s", len(ds), path)
+            return Features(X.float().numpy(), None if y is None else y.numpy().astype(np.int64),
+                            {**meta, "cache_path": str(path)}, True)
+    device = device if device is not None else default_device()
+    t0 = time.time()
+    model = extractor.model
+    was_training = model.training
+    model.eval().to(device)
+    data = task.preprocess(ds, train=False)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=task.collate,
+                        generator=torch.Generator())
+    pick = getattr(task, "model_inputs", None) or (lambda b: {k: v for k, v in b.items() if k != "labels"})
+    feats, labels = [], []
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                if "labels" in batch:
+                    labels.append(torch.as_tensor(batch["labels"]).cpu())
+                inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in pick(batch).items()}
+                with torch.autocast(device_type=torch.device(device).type, dtype=autocast, enabled=autocast is not None):
+                    feats.append(extractor(inputs).float().cpu())
+    finally:
+        model.train(was_training)
+    X = torch.cat(feats) if feats else torch.zeros(0, 0)
+    y = torch.cat(labels).long() if labels and len(labels) == len(feats) else None
+    info = {**extractor.describe(), "seconds": round(time.time() - t0, 3), "dim": int(X.shape[1]) if X.ndim == 2 else 0}
+    logger.info("Features: %d x %d in %.1f s (%s, layers %s, %s).", X.shape[0], info["dim"], info["seconds"],
+                info["pooling"], info["layers"], info["source"])
+    if path is not None and PartialState().is_main_process:
+        fc.save_cached(path, X, y, info)
+        info["cache_path"] = str(path)
+    return Features(X.numpy(), None if y is None else y.numpy(), info, False)
+
+
+MODALITY = {"text_classification": "text", "image_classification": "image",
+            "audio_classification": "audio", "speech_recognition": "audio"}
+
+
+def spec_from_settings(settings: Any) -> FeatureSpec:
+    """A FeatureSpec from a strategy config's `layers`, `combine`, `pooling`, `normalize` (those it has)."""
+    kw = {k: getattr(settings, k) for k in ("layers", "combine", "pooling", "normalize") if hasattr(settings, k)}
+    if isinstance(kw.get("layers"), list):
+        kw["layers"] = tuple(kw["layers"])
+    if kw.get("pooling") not in POOLINGS:
+        kw.pop("pooling", None)
+    return FeatureSpec(**kw)
+
+
+def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = None, spec: FeatureSpec | None = None,
+                        max_examples: int | None = None, seed: int = 0, extra: dict | None = None,
+                        batch_size: int | None = None) -> dict[str, Features]:
+    """Build the task and the pretrained model of a TrainConfig, and extract features.
+
+    Args:
+        cfg: The run config (data, model, recipe; `strategy.layers/pooling/cache_dir/use_cache`
+            when it has them).
+        roles: Splits to embed among `train`, `eval`, `test` (absent ones are skipped).
+        name_or_path: Another checkpoint than `cfg.model.name_or_path`.
+        spec: Default: from `cfg.strategy`'s settings.
+        max_examples: A seeded sample of at most this many rows per split.
+        seed: Sampling seed.
+        extra: More datasets by name (e.g. `{"target": ds}`, labels optional; same columns as train).
+        batch_size: Default: `training.eval_batch_size` or `training.batch_size`.
+
+    Returns:
+        Features by role / extra name.
+    """
+    import copy
+
+    from hf_transfer.tasks import get_task
+
+    cfg = copy.deepcopy(cfg)
+    if name_or_path:
+        cfg.model.name_or_path = name_or_path
+    task = get_task(cfg)
+    task.load_processor()
+    splits = task.load_splits()
+    model = task.build_model()
+    strategy = getattr(cfg, "strategy", None)
+    extractor = FeatureExtractor(model, modality=MODALITY.get(cfg.recipe, "text"),
+                                 spec=spec or spec_from_settings(strategy), name_or_path=cfg.model.name_or_path)
+    bs = batch_size or cfg.training.eval_batch_size or cfg.training.batch_size
+    sets = {role: getattr(splits, role, None) for role in roles}
+    sets.update(extra or {})
+    out = {}
+    for name, ds in sets.items():
+        if ds is None:
+            continue
+        if max_examples is not None and len(ds) > max_examples:
+            ds = ds.shuffle(seed=seed).select(range(max_examples))
+        out[name] = extract(extractor, task, ds, batch_size=bs, cache=getattr(strategy, "use_cache", True),
+                            cache_dir=getattr(strategy, "cache_dir", None))
+    return out
+
+
+__all__ = ["FeatureSpec", "FeatureExtractor", "Features", "extract", "features_for_config", "unwrap_model",
+           "find_head", "backbone_of", "HeadInput", "HeadInputCapture", "locate_head_input", "pool_tokens",
+           "read_sentence_transformers", "has_trained_pooler", "default_device"]
