@@ -247,6 +247,15 @@ class TrainingConfig:
         generation_num_beams: Beams for generation at evaluation (speech recognition).
         recalibrate_batchnorm: After training, recompute batch-norm running statistics over the
             training data with the final weights (CNNs; gives short scratch runs a fair evaluation).
+        gradient_checkpointing: Recompute each block's activations in backward instead of keeping
+            them (non-reentrant, correct with frozen layers and adapters): less memory, more time.
+        distributed: `auto` (whatever `accelerate launch` set up; DDP for several processes),
+            `ddp`, `fsdp` (sharded, `use_orig_params`, one unit per block) or `deepspeed` (ZeRO,
+            config generated from these settings). See docs/distributed.md.
+        fsdp_state_dict_type: FSDP checkpoint format: `sharded` (each process writes its shard)
+            or `full` (gathered on the main process).
+        deepspeed_zero_stage: DeepSpeed ZeRO stage, 2 (optimizer state and gradients sharded) or
+            3 (parameters too).
         cache_frozen_prefix: For `freeze` and `partial`: run the frozen lower blocks once per
             example and train only the top on their cached outputs (needs no augmentation; BERT
             family and ViT/DeiT encoders).
@@ -282,6 +291,10 @@ class TrainingConfig:
     generation_num_beams: int = 1
     cache_frozen_prefix: bool = False
     recalibrate_batchnorm: bool = False
+    gradient_checkpointing: bool = False
+    distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
+    fsdp_state_dict_type: Literal["sharded", "full"] = "sharded"
+    deepspeed_zero_stage: Literal[2, 3] = 2
 
 
 @dataclass

@@ -86,6 +86,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         from hf_transfer.export.push import check_push_settings
 
         check_push_settings(cfg)  # no repo_id, token or licence: fail before training, not after
+    from hf_transfer.engine.distributed import check_mixed_precision
+
+    check_mixed_precision(cfg.training.mixed_precision)  # fp16 without a GPU: fail before loading anything
 
     set_seed_all(cfg.training.seed)
     task = get_task(cfg)
@@ -112,7 +115,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         metrics = strategy.fit(ctx, model, groups)
     else:
         metrics = _train_with_engine(cfg, task, splits, strategy, model, groups, out)
-    metrics.update(strategy.describe(metrics.pop("_model", model)))
+    described = metrics.pop("_described", None)  # FSDP: counted on the gathered weights
+    metrics.update(described or strategy.describe(metrics.pop("_model", model)))
+    metrics.pop("_model", None)
     metrics.update(task.describe_data(splits))
     if main:
         _write_metrics(out, metrics)
@@ -161,8 +166,14 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
     acc = trainer.accelerator
     acc.wait_for_everyone()
     final = trainer.unwrapped_model()
+    from hf_transfer.engine.distributed import full_weights, uses_fsdp
+
+    with full_weights(acc, trainer.model):  # FSDP: full weights gathered on every process
+        if uses_fsdp(acc):
+            metrics["_described"] = strategy.describe(final)
+        if acc.is_main_process:
+            strategy.save_model(final, out)
     if acc.is_main_process:
-        strategy.save_model(final, out)
         task.save_processor(out)
         from hf_transfer.metrics.plots import plot_training_curves
 

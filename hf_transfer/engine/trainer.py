@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hf_transfer.config import TrainConfig
+from hf_transfer.engine.distributed import precision_that_ran as dist_precision
 from hf_transfer.engine.optim import build_param_groups
 from hf_transfer.errors import HFTransferError
 
@@ -52,21 +53,31 @@ class TrainerState:
     stopped_early: bool = False
 
 
-def new_accelerator(cfg: TrainConfig, output_dir: Path, find_unused_parameters: bool = False) -> Accelerator:
-    """An Accelerator for this run (mixed precision, trackers, DDP settings)."""
+def new_accelerator(cfg: TrainConfig, output_dir: Path, find_unused_parameters: bool = False,
+                    groups: list | None = None) -> Accelerator:
+    """An Accelerator for this run (mixed precision, trackers, DDP settings). With the model's layer
+    groups (training), also `training.distributed`'s FSDP / DeepSpeed plugin and the precision
+    check (`hf_transfer.engine.distributed`)."""
+    from hf_transfer.engine.distributed import accelerator_plugins, finish_accelerator
+
     # Accelerate keeps process-wide state; a second run in the same process (tests, sweeps) may
     # use another precision, so the non-distributed part is reset.
     AcceleratorState._reset_state()
     GradientState._reset_state()
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
     trackers = [t for t in cfg.training.report_to if t and t != "none"]
-    return Accelerator(
+    plugins = accelerator_plugins(cfg.training, groups) if groups is not None else {}
+    acc = Accelerator(
         mixed_precision=cfg.training.mixed_precision,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         kwargs_handlers=handlers,
         step_scheduler_with_optimizer=False,
+        **plugins,
     )
+    if groups is not None:
+        finish_accelerator(acc, cfg.training, plugins)
+    return acc
 
 
 def metric_key(name: str, prefix: str = "eval") -> str:
@@ -110,8 +121,13 @@ class Trainer:
         self.state = TrainerState()
 
         dynamic = getattr(strategy, "changes_trainable_set", False)
-        self.accelerator = new_accelerator(cfg, self.output_dir, find_unused_parameters=dynamic)
+        self.accelerator = new_accelerator(cfg, self.output_dir, find_unused_parameters=dynamic, groups=groups)
         acc = self.accelerator
+        from hf_transfer.engine import distributed as dist
+
+        # Gradient checkpointing (non-reentrant; FSDP's own under FSDP), before wrapping.
+        self.gradient_checkpointing = dist.prepare_model(acc, self.tc, model, dynamic)
+        self._deepspeed = dist.uses_deepspeed(acc)
 
         train_dl = DataLoader(
             train_dataset,
@@ -266,10 +282,15 @@ class Trainer:
         loss_total = 0.0
         for i, batch in enumerate(window):
             last = i == len(window) - 1
-            ctx = contextlib.nullcontext() if last else acc.no_sync(model)
+            ctx = contextlib.nullcontext() if last or self._deepspeed else acc.no_sync(model)
+            if self._deepspeed:
+                # DeepSpeed steps at the boundary Accelerate tells it, and divides the loss by its
+                # accumulation steps, which this window's normalisation already did.
+                acc.gradient_state._set_sync_gradients(last)
             with ctx:
                 loss_sum = self.task.loss(model, batch)
-                acc.backward(loss_sum * acc.num_processes / max(n_total, 1.0))
+                scale = self.tc.gradient_accumulation_steps if self._deepspeed else 1
+                acc.backward(loss_sum * (acc.num_processes * scale) / max(n_total, 1.0))
             loss_total += loss_sum.detach().float()
         if self.tc.max_grad_norm and self.tc.max_grad_norm > 0:
             acc.clip_grad_norm_(self._trainable, self.tc.max_grad_norm)
@@ -310,19 +331,25 @@ class Trainer:
     def _save_best(self) -> None:
         from safetensors.torch import save_model
 
+        from hf_transfer.engine.distributed import full_weights
+
         acc = self.accelerator
         acc.wait_for_everyone()
-        if acc.is_main_process:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            save_model(acc.unwrap_model(self.model), str(self.ckpt_dir / "best.safetensors"))
+        with full_weights(acc, self.model):  # FSDP: gathered on every process
+            if acc.is_main_process:
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                save_model(acc.unwrap_model(self.model), str(self.ckpt_dir / "best.safetensors"))
         acc.wait_for_everyone()
 
     def _load_best(self) -> None:
         from safetensors.torch import load_model
 
+        from hf_transfer.engine.distributed import full_weights
+
         path = self.ckpt_dir / "best.safetensors"
         if path.is_file():
-            load_model(self.accelerator.unwrap_model(self.model), str(path))
+            with full_weights(self.accelerator, self.model, writeback=True):
+                load_model(self.accelerator.unwrap_model(self.model), str(path))
             logger.info("Loaded the best model (step %s, %s=%.4f).", self.state.best_step, self.tc.metric_for_best_model, self.state.best_metric)
 
     def train(self) -> dict[str, Any]:
@@ -412,6 +439,9 @@ class Trainer:
             "train_runtime": round(runtime, 3),
             "train_samples_per_second": round(samples_seen / runtime, 3) if runtime > 0 else 0.0,
             "train_steps": self.state.global_step,
+            "mixed_precision": dist_precision(acc),
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "distributed": acc.distributed_type.value,
             "epoch": self.state.epoch,
         })
         if self.state.best_step is not None:
