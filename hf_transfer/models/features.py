@@ -619,6 +619,16 @@ MODALITY = {"text_classification": "text", "image_classification": "image",
             "audio_classification": "audio", "speech_recognition": "audio"}
 
 
+#: `cfg -> task`, registered by the tasks package (a layer above; it registers itself here).
+_TASK_FACTORY = None
+
+
+def register_task_factory(factory) -> None:
+    """Called by `hf_transfer.tasks`: how `features_for_config` builds a task from a config."""
+    global _TASK_FACTORY
+    _TASK_FACTORY = factory
+
+
 def spec_from_settings(settings: Any) -> FeatureSpec:
     """A FeatureSpec from a strategy config's `layers`, `combine`, `pooling`, `normalize` (those it has)."""
     kw = {k: getattr(settings, k) for k in ("layers", "combine", "pooling", "normalize") if hasattr(settings, k)}
@@ -650,12 +660,13 @@ def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = Non
     """
     import copy
 
-    from hf_transfer.tasks import get_task
-
+    if _TASK_FACTORY is None:
+        raise ModelError("features_for_config needs the tasks registered: import hf_transfer.tasks first "
+                         "(load_config does it).")
     cfg = copy.deepcopy(cfg)
     if name_or_path:
         cfg.model.name_or_path = name_or_path
-    task = get_task(cfg)
+    task = _TASK_FACTORY(cfg)
     task.load_processor()
     splits = task.load_splits()
     model = task.build_model()

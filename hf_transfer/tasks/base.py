@@ -45,6 +45,13 @@ def get_task(cfg: TrainConfig) -> "Task":
     return _TASKS[cfg.recipe](cfg)
 
 
+# models.features.features_for_config builds tasks from configs; models sits below tasks, so the
+# factory is handed down rather than imported up.
+from hf_transfer.models.features import register_task_factory as _register_task_factory  # noqa: E402
+
+_register_task_factory(get_task)
+
+
 @dataclass
 class Splits:
     """Label-encoded splits, before model-specific preprocessing."""
