@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.set_defaults(func=cmd_convert)
 
     _add_export_commands(sub)
+    from hf_transfer.study.cli import add_commands as add_study_commands
+
+    add_study_commands(sub)  # compare
     return p
 
 

@@ -174,6 +174,9 @@ class DataConfig:
         samples_per_class: Keep at most this many training examples of each class (few-shot
             setups such as 8 or 64 per class; also balances a skewed set).
         eval_samples_per_class: The same for the evaluation split.
+        train_indices: Train on exactly these rows of the training pool (positions after
+            `filter` and the eval carve-out, before `samples_per_class` / `max_train_samples`).
+            `hf-transfer compare` writes them, so that its nested subsamples are explicit.
         eval_fraction: Fraction of train used as eval when no eval split is given.
         max_length: Maximum tokens per text example (longer ones are truncated).
         group_by_length: Batch texts of similar length together to cut padding.
@@ -200,6 +203,7 @@ class DataConfig:
     max_eval_samples: int | None = None
     samples_per_class: int | None = None
     eval_samples_per_class: int | None = None
+    train_indices: list[int] | None = None
     eval_fraction: float = 0.1
     max_length: int = 256
     group_by_length: bool = True

@@ -205,3 +205,23 @@ def apply_filter(ds: datasets.Dataset, expression: str | None, role: str) -> dat
         raise DataError(f"data.filter {expression!r} keeps no rows of the {role} split ({len(ds)} rows before).")
     logger.info("data.filter kept %d of %d %s rows.", len(out), len(ds), role)
     return out
+
+
+def select_indices(ds: datasets.Dataset, indices: list[int] | None, key: str = "data.train_indices") -> datasets.Dataset:
+    """The rows of `ds` at `indices` (in that order), or `ds` itself when `indices` is None.
+
+    Raises:
+        DataError: An index is outside the split or repeated.
+    """
+    if indices is None:
+        return ds
+    bad = [i for i in indices if not 0 <= i < len(ds)]
+    if bad:
+        raise DataError(
+            f"{key} holds {len(bad)} positions outside the training pool of {len(ds)} rows (for example "
+            f"{bad[0]}). The pool changed (data file, data.filter, data.eval_fraction or data.seed): "
+            "recompute the indices."
+        )
+    if len(set(indices)) != len(indices):
+        raise DataError(f"{key} repeats some positions: each row may be selected once.")
+    return ds.select(indices)

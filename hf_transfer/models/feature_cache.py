@@ -26,7 +26,7 @@ FEATURE_FORMAT = 2
 # data.* settings that select rows: the split's datasets fingerprint already covers them.
 DATA_SELECTION_KEYS = frozenset({
     "train", "eval", "test", "filter", "max_train_samples", "max_eval_samples", "samples_per_class",
-    "eval_samples_per_class", "eval_fraction", "group_by_length", "augmentation",
+    "eval_samples_per_class", "eval_fraction", "group_by_length", "augmentation", "train_indices",
 })
 
 

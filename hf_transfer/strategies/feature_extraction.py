@@ -73,7 +73,7 @@ ABSENT_CLASS_LOGIT = -1e4
 # data.* settings that select rows: the split's datasets fingerprint already covers them.
 _DATA_SELECTION_KEYS = frozenset({
     "train", "eval", "test", "filter", "max_train_samples", "max_eval_samples", "samples_per_class",
-    "eval_samples_per_class", "eval_fraction", "group_by_length", "augmentation",
+    "eval_samples_per_class", "eval_fraction", "group_by_length", "augmentation", "train_indices",
 })
 
 

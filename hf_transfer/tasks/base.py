@@ -153,6 +153,7 @@ class ClassificationTask(Task):
             logger.info("No data.eval given: carved %d eval rows (stratified) from train.", len(eval_ds))
         if d.test is not None and d.test.name:
             test_ds = self._load_other(d.test, "test")
+        train = labels_mod.select_indices(train, d.train_indices)
         train = labels_mod.subsample(labels_mod.per_class(train, d.samples_per_class, seed), d.max_train_samples, seed)
         if eval_ds is not None:
             eval_ds = labels_mod.per_class(eval_ds, d.eval_samples_per_class, seed)
