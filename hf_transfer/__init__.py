@@ -1,28 +1,8 @@
 """hf_transfer: transfer learning for Hugging Face checkpoints."""
 
-from pathlib import Path
+from hf_transfer.paths import model_cards_dir, recipes_dir  # noqa: F401  (public helpers)
 
 __version__ = "0.1.0"
-
-
-def recipes_dir() -> Path:
-    """Folder holding the shipped recipe scripts and `configs/`.
-
-    Inside a wheel the recipes live at `hf_transfer/recipes`; in a source checkout or an
-    editable install they are the repository's top-level `recipes/`.
-    """
-    packaged = Path(__file__).parent / "recipes"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "recipes"
-
-
-def model_cards_dir() -> Path:
-    """Folder holding the model card templates (same lookup as `recipes_dir`)."""
-    packaged = Path(__file__).parent / "model_cards"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "model_cards"
 
 
 def _load_builtin_plugins() -> None:
@@ -31,6 +11,7 @@ def _load_builtin_plugins() -> None:
     The package root wires the layers together: `hf_transfer.config` is plain data and never
     imports the strategies or tasks that extend it, so the first validation asks for them here.
     """
+    import hf_transfer.domain  # noqa: F401  (adaptation and stages checks, recipe masked_lm)
     import hf_transfer.strategies  # noqa: F401
     import hf_transfer.tasks  # noqa: F401
 
@@ -49,6 +30,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'hf_transfer' has no attribute {name!r}")
 
 
-from hf_transfer import config as _config  # noqa: E402  (after the helpers above: config needs none)
+from hf_transfer.registry import set_builtin_loader as _set_builtin_loader  # noqa: E402
 
-_config.set_builtin_loader(_load_builtin_plugins)
+_set_builtin_loader(_load_builtin_plugins)

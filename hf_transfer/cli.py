@@ -50,10 +50,16 @@ def resolve_config_path(name: str) -> Path:
 
 def cmd_train(args) -> int:
     from hf_transfer.config import load_config
-    from hf_transfer.run import train
 
+    if getattr(args, "accelerate_config", None):  # re-run this command under `accelerate launch`
+        from hf_transfer.engine.distributed import launch_with_accelerate
+
+        args.config_path = resolve_config_path(args.config)
+        return launch_with_accelerate(args)
     cfg = load_config(resolve_config_path(args.config), args.overrides)
-    metrics = train(cfg)
+    from hf_transfer.run import train  # torch and friends: only once the config is valid
+
+    metrics = train(cfg, overwrite=args.overwrite)
     from accelerate.state import PartialState
 
     if PartialState().is_main_process:
@@ -86,11 +92,22 @@ def cmd_ls(args) -> int:
     for p in sorted(root.glob("*.py")):
         if not p.name.startswith("_"):
             print(f"  {p.stem:28s} {p}")
-    print("Configs (copy with `hf-transfer cp NAME FILE`):")
+    print("Configs (run with `hf-transfer train NAME`, copy with `hf-transfer cp NAME FILE`):")
     for name, path in shipped_configs().items():
-        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-        print(f"  {name:28s} {first.lstrip('# ').strip()}")
+        print(f"  {name:28s} {_config_summary(path)}")
     return 0
+
+
+def _config_summary(path: Path) -> str:
+    """A config's first comment line that describes it (its leading command line is skipped: it
+    may name scripts, such as bench/ data preparation, that only a source checkout has)."""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("# ").strip()
+        if text and not text.startswith(("hf-transfer ", "python ", "accelerate ")):
+            return text
+    return ""
 
 
 def cmd_cp(args) -> int:
@@ -106,18 +123,73 @@ def cmd_cp(args) -> int:
     return 0
 
 
+# Task heads `hf-transfer layers` picks between, in this order of preference, with the
+# transformers mapping (model_type -> class name) that says which model types have one.
+_LAYERS_AUTO_CLASSES = (
+    ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"),
+    ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"),
+    ("AutoModelForAudioClassification", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES"),
+    ("AutoModelForSpeechSeq2Seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
+    ("AutoModelForCTC", "MODEL_FOR_CTC_MAPPING_NAMES"),
+)
+
+
+def detect_auto_class(config) -> tuple[str, str]:
+    """The transformers Auto class a checkpoint's config calls for, and why.
+
+    Its `architectures` first (a `ViTForImageClassification` is an image classifier), then the
+    first task above that its `model_type` supports (a bare `ViTModel` backbone: image).
+    """
+    from transformers.models.auto import modeling_auto
+
+    mappings = [(auto, getattr(modeling_auto, table, {})) for auto, table in _LAYERS_AUTO_CLASSES]
+    for arch in getattr(config, "architectures", None) or []:
+        for auto, mapping in mappings:
+            if arch in mapping.values():
+                return auto, f"its architecture {arch}"
+    for auto, mapping in mappings:
+        if config.model_type in mapping:
+            return auto, f"model_type '{config.model_type}'"
+    return "AutoModel", f"model_type '{config.model_type}' has none of the task heads hf-transfer trains"
+
+
+def _auto_class_named(name: str):
+    import transformers
+
+    known = sorted(n for n in dir(transformers) if n.startswith("AutoModel"))
+    if name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+        raise HFTransferError(
+            f"--auto-class {name!r} is not a transformers Auto class. "
+            + (f"Did you mean: {', '.join(close)}? " if close else "")
+            + "Common ones: " + ", ".join(a for a, _ in _LAYERS_AUTO_CLASSES) + "."
+        )
+    return getattr(transformers, name)
+
+
 def cmd_layers(args) -> int:
     from hf_transfer.models.heads import load_config_checked
     from hf_transfer.models.layer_groups import format_layer_groups, layer_groups
+    from hf_transfer.paths import check_model_path
 
-    import transformers
-
+    if args.auto_class:
+        auto = _auto_class_named(args.auto_class)
+    check_model_path(args.model, key="MODEL")
     config = load_config_checked(args.model, args.revision, args.trust_remote_code)
-    auto = getattr(transformers, args.auto_class)
+    if not args.auto_class:
+        args.auto_class, why = detect_auto_class(config)
+        auto = _auto_class_named(args.auto_class)
+        print(f"{args.auto_class} (from {why}; --auto-class picks another)")
     try:
         model = auto.from_config(config, trust_remote_code=args.trust_remote_code)
     except ValueError as e:
-        raise HFTransferError(f"'{args.model}' cannot be built as {args.auto_class}: {e}") from None
+        first = str(e).split("\n")[0].split(". Should be one of")[0].split("Model type should be one of")[0]
+        raise HFTransferError(
+            f"'{args.model}' ({config.model_type}) cannot be built as {args.auto_class}: {first.strip()} "
+            f"For this checkpoint hf-transfer would use {detect_auto_class(config)[0]}."
+        ) from None
     print(f"{type(model).__name__} ({config.model_type}) from {args.model}")
     print(format_layer_groups(layer_groups(model)))
     return 0
@@ -140,12 +212,20 @@ def cmd_convert(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hf_transfer import __version__
+
     p = argparse.ArgumentParser(prog="hf-transfer", description="Transfer learning for Hugging Face checkpoints.")
+    p.add_argument("--version", action="version", version=f"hf-transfer {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a run from a config (file or shipped name) plus key=value overrides")
     t.add_argument("config", help="YAML file, or a shipped config name such as bert/sst2_full")
     t.add_argument("overrides", nargs="*", help="a.b=value overrides, e.g. training.epochs=1 output_dir=runs/x")
+    t.add_argument("--accelerate-config", metavar="FILE",
+                   help="run under `accelerate launch --config_file FILE` (recipes/accelerate/*.yaml: "
+                        "several GPUs, FSDP, DeepSpeed, several nodes); see docs/distributed.md")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a finished or interrupted run already in output_dir (refused otherwise)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics of a finished run on its eval and test splits")
@@ -170,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     la = sub.add_parser("layers", help="print a model's layer groups with parameter counts")
     la.add_argument("model", help="Hub id or local folder (only the config is read)")
-    la.add_argument("--auto-class", default="AutoModelForSequenceClassification",
-                    help="transformers Auto class to build (AutoModelForImageClassification, ...)")
+    la.add_argument("--auto-class", default=None,
+                    help="transformers Auto class to build (default: detected from the config's "
+                         "architectures / model_type; AutoModelForImageClassification, ...)")
     la.add_argument("--revision")
     la.add_argument("--trust-remote-code", action="store_true")
     la.set_defaults(func=cmd_layers)
@@ -186,7 +267,70 @@ def build_parser() -> argparse.ArgumentParser:
     from hf_transfer.study.cli import add_commands as add_study_commands
 
     add_study_commands(sub)  # compare
+    _add_domain_commands(sub)  # shift, pretrain
+    from hf_transfer.selection.cli import add_commands as add_selection_commands
+
+    add_selection_commands(sub)  # rank, plan
     return p
+
+
+# Domain shift and continued pretraining (hf_transfer.domain) ----------------------------------
+def cmd_pretrain(args) -> int:
+    from hf_transfer.config import load_config
+
+    overrides = list(args.overrides)
+    if not any(o.split("=", 1)[0].strip() == "recipe" for o in overrides):
+        overrides.insert(0, "recipe=masked_lm")
+    cfg = load_config(resolve_config_path(args.config), overrides)
+    if cfg.recipe != "masked_lm":
+        from hf_transfer.errors import ConfigError
+
+        raise ConfigError(f"`hf-transfer pretrain` trains recipe masked_lm; the config says recipe {cfg.recipe}. "
+                          "Remove the recipe key (or use `hf-transfer train`).")
+    from hf_transfer.run import train
+
+    metrics = train(cfg, overwrite=args.overwrite)
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:
+        shown = {k: v for k, v in metrics.items() if k in ("eval_loss", "eval_perplexity", "eval_accuracy")}
+        print(json.dumps(shown, indent=2))
+        print(f"Pretrained checkpoint: {cfg.output_dir}")
+        print(f"Fine-tune it: hf-transfer train YOUR_RUN.yaml model.name_or_path={cfg.output_dir}")
+    return 0
+
+
+def cmd_shift(args) -> int:
+    from hf_transfer.config import load_config
+    from hf_transfer.domain.shift import shift_report
+
+    overrides = list(args.overrides) + [f"data.target={args.target}"]
+    cfg = load_config(resolve_config_path(args.config), overrides)
+    report = shift_report(cfg, args.output_dir, max_examples=args.max_examples, permutations=args.permutations,
+                          seed=args.seed)
+    print(report["verdict"])
+    print(f"Report: {report['files']['markdown']}")
+    return 0  # a shift is a finding, not a failure
+
+
+def _add_domain_commands(sub) -> None:
+    """`shift` and `pretrain` (hf_transfer.domain)."""
+    s = sub.add_parser("shift", help="measure the domain shift between the training data and a target set")
+    s.add_argument("config", help="the run's YAML config (model, recipe, data.train)")
+    s.add_argument("--target", required=True, help="target data: csv/jsonl/parquet file or folder, labels optional")
+    s.add_argument("-o", "--output-dir", default=None, help="where shift.json, shift.md and the plot go "
+                   "(default: <output_dir>/shift)")
+    s.add_argument("--max-examples", type=int, default=2000, help="examples per side (seeded subsample)")
+    s.add_argument("--permutations", type=int, default=500, help="permutations for the MMD p-value")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("overrides", nargs="*", help="a.b=value config overrides")
+    s.set_defaults(func=cmd_shift)
+
+    p = sub.add_parser("pretrain", help="continued masked-LM pretraining on unlabelled in-domain text")
+    p.add_argument("config", help="YAML config: model.name_or_path (an encoder) and data.train (texts)")
+    p.add_argument("overrides", nargs="*", help="a.b=value overrides")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+    p.set_defaults(func=cmd_pretrain)
 
 
 def _add_export_commands(sub) -> None:
@@ -198,11 +342,38 @@ def _add_export_commands(sub) -> None:
     export_cli.add_commands(sub)
 
 
+def recipe_main(recipe: str, description: str | None = None, argv: list[str] | None = None) -> int:
+    """The entry point of every `recipes/<recipe>.py` script: `--config` takes a file or a shipped
+    config's short name (`bert/sst2_full`), from any working folder, plus `a.b=value` overrides;
+    errors print as one line, like `hf-transfer train`.
+
+    Usage in a recipe script::
+
+        if __name__ == "__main__":
+            sys.exit(recipe_main("text_classification", __doc__))
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file, or a shipped config name such as bert/sst2_full")
+    parser.add_argument("overrides", nargs="*", help="a.b=value overrides, e.g. training.epochs=1 output_dir=runs/x")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished or interrupted run already in output_dir (refused otherwise)")
+    args = parser.parse_args(argv)
+    args.overrides = [*args.overrides, f"recipe={recipe}"]
+    return _handled(cmd_train, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    return _handled(args.func, args)
+
+
+def _handled(func, args) -> int:
+    """Run a command: user errors as one line (exit 2), Ctrl-C (130), a closed pipe quietly."""
     try:
-        return args.func(args)
+        rc = func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return rc
     except HFTransferError as e:
         logging.getLogger("hf_transfer").debug("error", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
@@ -210,6 +381,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`hf-transfer ls | head`): stop quietly, as Unix tools do."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 if __name__ == "__main__":

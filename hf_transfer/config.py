@@ -8,16 +8,26 @@ against the settings dataclass of the strategy it names (see `hf_transfer.strate
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Union
+from typing import Any, Literal, Union
 
 import yaml
 
+from hf_transfer.config_parsing import Rules, build, parse_override, set_dotted  # noqa: F401
 from hf_transfer.errors import ConfigError
+from hf_transfer.registry import (  # noqa: F401  (re-exported: registration hooks live in registry)
+    _CHECKS,
+    _did_you_mean,
+    _load_builtins,
+    available_recipes,
+    register_check,
+    register_recipe,
+    register_strategy_settings,
+    set_builtin_loader,
+    strategy_settings_class,
+)
 
 @dataclass
 class StrategyConfig:
@@ -33,70 +43,6 @@ class StrategyConfig:
     name: str = "full"
     layer_lr_decay: float = 1.0
     head_lr_multiplier: float = 1.0
-
-
-# ----------------------------------------------------------------------------------------------
-# What higher layers register. The config is plain data and imports none of them: strategies add
-# their settings class (`register_strategy`), tasks their recipe name (`register_task`), other
-# packages cross-key checks. `hf_transfer/__init__.py` installs the loader that imports the
-# built-in ones the first time a config is validated.
-
-_STRATEGY_SETTINGS: dict[str, type[StrategyConfig]] = {}
-_RECIPES: list[str] = []
-_CHECKS: list[Callable[[Any, str], None]] = []
-_builtin_loader: Callable[[], None] | None = None
-
-
-def set_builtin_loader(loader: Callable[[], None]) -> None:
-    """Install the function that imports (and so registers) the built-in strategies and tasks."""
-    global _builtin_loader
-    _builtin_loader = loader
-
-
-def _load_builtins() -> None:
-    global _builtin_loader
-    loader, _builtin_loader = _builtin_loader, None
-    if loader is not None:
-        loader()
-
-
-def register_strategy_settings(name: str, settings_cls: type[StrategyConfig]) -> None:
-    """Make `strategy.name: <name>` valid, checked against `settings_cls`."""
-    _STRATEGY_SETTINGS[name] = settings_cls
-
-
-def register_recipe(name: str) -> None:
-    """Make `recipe: <name>` valid."""
-    if name not in _RECIPES:
-        _RECIPES.append(name)
-
-
-def register_check(check: Callable[[Any, str], None]) -> None:
-    """Add a `check(cfg, source)` that `check_config` runs (raise `ConfigError` on a problem)."""
-    if check not in _CHECKS:
-        _CHECKS.append(check)
-
-
-def available_recipes() -> list[str]:
-    """Every registered recipe name, in registration order (the one list of recipes)."""
-    _load_builtins()
-    return list(_RECIPES)
-
-
-def _did_you_mean(value: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-def strategy_settings_class(name: str) -> type[StrategyConfig]:
-    """The settings dataclass registered for strategy `name`; `ConfigError` with a did-you-mean."""
-    _load_builtins()
-    if name not in _STRATEGY_SETTINGS:
-        known = sorted(_STRATEGY_SETTINGS)
-        raise ConfigError(
-            f"Unknown strategy.name '{name}'.{_did_you_mean(name, known)} Available: {', '.join(known)}."
-        )
-    return _STRATEGY_SETTINGS[name]
 
 
 @dataclass
@@ -187,6 +133,11 @@ class DataConfig:
         language: Spoken language for speech recognition with a multilingual Whisper (`en`, `ja`, ...).
         asr_task: Whisper's task token: `transcribe`, or `translate` into English.
         text_normalization: Normalisation before WER/CER: `basic`, `none` or `whisper_english`.
+        target: Unlabelled (or labelled) data from the target domain, in the same form as train:
+            used by `adaptation.name` (dann, adabn) and `data.normalize_from: target`.
+        normalize_from: Image normalisation mean/std: the checkpoint's (`checkpoint`), or
+            recomputed from the `target` images (saved with the run's image processor).
+        mlm_probability: Masked-LM pretraining (`hf-transfer pretrain`): share of tokens masked.
     """
 
     train: DataSource = field(default_factory=DataSource)
@@ -214,6 +165,9 @@ class DataConfig:
     language: str | None = None
     asr_task: Literal["transcribe", "translate"] = "transcribe"
     text_normalization: Literal["basic", "none", "whisper_english"] = "basic"
+    target: DataSource | None = None
+    normalize_from: Literal["checkpoint", "target"] = "checkpoint"
+    mlm_probability: float = 0.15
 
 
 @dataclass
@@ -221,9 +175,15 @@ class TrainingConfig:
     """Optimisation, evaluation and checkpointing.
 
     Attributes:
-        epochs: Passes over the training data.
-        max_steps: Stop after this many optimizer steps (overrides `epochs` when set).
-        learning_rate: Base learning rate (AdamW).
+        epochs: Passes over the training data. Unset: 3, raised to whole epochs until the run
+            has `min_steps` optimizer steps (see `hf_transfer.engine.budget`).
+        max_steps: Stop after this many optimizer steps (overrides `epochs` when set; -1 or
+            null = unset, as in transformers' Trainer).
+        min_steps: At least this many optimizer steps (epochs raised to reach it). Unset: 50 when
+            `epochs` is unset, off when `epochs` is given; 0 turns it off.
+        learning_rate: Base learning rate (AdamW). Unset: the strategy's own default (full 5e-5,
+            partial 1e-4, freeze 3e-3, lora 1e-3, ...; `hf_transfer.engine.budget`). The values
+            used and where each came from are in `metrics.json` under `budget`.
         batch_size: Examples per device per forward pass.
         eval_batch_size: Examples per device at evaluation (defaults to `batch_size`).
         gradient_accumulation_steps: Forward passes per optimizer step.
@@ -251,6 +211,11 @@ class TrainingConfig:
         generation_num_beams: Beams for generation at evaluation (speech recognition).
         recalibrate_batchnorm: After training, recompute batch-norm running statistics over the
             training data with the final weights (CNNs; gives short scratch runs a fair evaluation).
+        cache_frozen_prefix: For `freeze` and `partial`: run the frozen lower blocks once per
+            example and train only the top on their cached outputs (needs no augmentation; BERT
+            family and ViT/DeiT encoders). The frozen blocks run once, in eval mode, so their
+            dropout is gone: training matches the uncached run only with dropout off below the
+            cut (the trainable top keeps its dropout). Evaluation is unchanged.
         gradient_checkpointing: Recompute each block's activations in backward instead of keeping
             them (non-reentrant, correct with frozen layers and adapters): less memory, more time.
         distributed: `auto` (whatever `accelerate launch` set up; DDP for several processes),
@@ -260,14 +225,12 @@ class TrainingConfig:
             or `full` (gathered on the main process).
         deepspeed_zero_stage: DeepSpeed ZeRO stage, 2 (optimizer state and gradients sharded) or
             3 (parameters too).
-        cache_frozen_prefix: For `freeze` and `partial`: run the frozen lower blocks once per
-            example and train only the top on their cached outputs (needs no augmentation; BERT
-            family and ViT/DeiT encoders).
     """
 
-    epochs: float = 3.0
+    epochs: float | None = None
     max_steps: int | None = None
-    learning_rate: float = 2e-5
+    min_steps: int | None = None
+    learning_rate: float | None = None
     batch_size: int = 16
     eval_batch_size: int | None = None
     gradient_accumulation_steps: int = 1
@@ -300,6 +263,10 @@ class TrainingConfig:
     fsdp_state_dict_type: Literal["sharded", "full"] = "sharded"
     deepspeed_zero_stage: Literal[2, 3] = 2
 
+    def __post_init__(self):
+        if self.max_steps == -1:  # transformers' spelling of "unset"
+            self.max_steps = None
+
 
 @dataclass
 class ExportConfig:
@@ -323,186 +290,84 @@ class ExportConfig:
 
 
 @dataclass
+class AdaptationConfig:
+    """Domain adaptation towards `data.target` (orthogonal to `strategy.name`).
+
+    Attributes:
+        name: `none`; `dann` (gradient-reversal domain classifier on the pooled features the head
+            reads, unlabelled target batches interleaved with the source batches); `adabn`
+            (batch-norm statistics recomputed on the target data after training; CNNs).
+        lambda_max: DANN: final weight of the reversed domain gradient; the weight ramps as
+            lambda_max * (2 / (1 + exp(-gamma * p)) - 1), p = training progress from 0 to 1.
+        gamma: DANN: steepness of that ramp (10 in Ganin et al. 2016).
+        domain_hidden_size: DANN: hidden width of the domain classifier (0 = a linear classifier).
+        domain_lr_multiplier: DANN: the domain classifier's learning rate over the base rate.
+        target_batch_size: DANN: target examples per source batch (defaults to training.batch_size).
+        max_target_samples: Use at most this many target examples (seeded subsample).
+    """
+
+    name: Literal["none", "dann", "adabn"] = "none"
+    lambda_max: float = 1.0
+    gamma: float = 10.0
+    domain_hidden_size: int = 256
+    domain_lr_multiplier: float = 10.0
+    target_batch_size: int | None = None
+    max_target_samples: int | None = None
+
+
+@dataclass
 class TrainConfig:
     """A whole run.
 
     Attributes:
         recipe: Task family.
         output_dir: Run folder: model, config, metrics, plots, logs, checkpoints.
+        overwrite_output_dir: Replace a finished or interrupted run already in `output_dir`
+            (otherwise refused unless resuming; `--overwrite` on the command line).
         model: The pretrained checkpoint.
         data: The data.
         strategy: How knowledge is transferred (`strategy.name` picks the strategy).
         training: Optimisation and evaluation.
         export: Export and push.
+        adaptation: Domain adaptation towards `data.target` (`adaptation.name`).
+        stages: Partial configs (data, strategy, training, ...) trained in order, each from the
+            previous stage's body with a fresh head; a stage may carry a `name`.
     """
 
     recipe: str = "text_classification"
     output_dir: str = "runs/default"
+    overwrite_output_dir: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    stages: list[Any] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------
-# Loading and validation
+# Loading and validation (the generic machinery is `hf_transfer.config_parsing`)
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
+def _choose_class(cls: type, raw: dict, prefix: str, source: str) -> type:
+    if isinstance(cls, type) and issubclass(cls, StrategyConfig):
+        name = raw.get("name", "full")
+        try:
+            return strategy_settings_class(name)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (key '{prefix}.name' in {source})") from None
+    return cls
 
 
-class _Mismatch(Exception):
-    pass
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check `value` against annotation `tp` and convert it (YAML gives ints for floats, etc.)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        # A plain string is shorthand for a DataSource's name.
-        for arg in args:
-            if dataclasses.is_dataclass(arg) and isinstance(value, str):
-                return arg(name=value)
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, source)
-            except _Mismatch as e:
-                errors.append(e)
-            except ConfigError:
-                raise
-        raise _Mismatch()
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if isinstance(value, bool):
-            # YAML 1.1 reads an unquoted `no` / `off` as False: map it back to the choice meant.
-            spelled = [c for c in choices if isinstance(c, str) and c.lower() in
-                       (("no", "false", "off", "none") if value is False else ("yes", "true", "on"))]
-            if len(spelled) == 1:
-                return spelled[0]
-            raise _Mismatch()
-        if value in choices:
-            return value
-        raise _Mismatch()
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch()
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, str) and tp is DataSource:
-            return DataSource(name=value)
-        if not isinstance(value, dict):
-            raise _Mismatch()
-        return _build(tp, value, key, source)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads `1e-4` (no dot) as a string; accept what float() accepts.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _Mismatch()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise _Mismatch()
-    raise _Mismatch()
+_RULES = Rules(shorthand=(DataSource,), choose_class=_choose_class)
 
 
 def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
-    """Build dataclass `cls` from mapping `raw`, reporting errors with full dotted keys."""
-    if cls is StrategyConfig or (isinstance(cls, type) and issubclass(cls, StrategyConfig)):
-        name = raw.get("name", "full")
-        try:
-            cls = strategy_settings_class(name)
-        except ConfigError as e:
-            raise ConfigError(f"{e} (key '{prefix}.name' in {source})") from None
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for k, v in raw.items():
-        full_key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in names:
-            close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
-            hint = f" Did you mean '{(prefix + '.' if prefix else '') + close[0]}'?" if close else ""
-            valid = ", ".join(names)
-            raise ConfigError(
-                f"Unknown config key '{full_key}' in {source}.{hint} Valid keys here: {valid}."
-            )
-        try:
-            kwargs[k] = _coerce(v, hints[k], full_key, source)
-        except _Mismatch:
-            raise ConfigError(
-                f"Config key '{full_key}' in {source} must be {_type_name(hints[k])}, "
-                f"got {v!r} ({type(v).__name__})."
-            ) from None
-    return cls(**kwargs)
+    return build(cls, raw, prefix, source, _RULES)
 
 
-def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = raw
-    for p in parts[:-1]:
-        child = node.get(p)
-        if isinstance(child, str):  # DataSource shorthand being refined: `data.train.split=...`
-            child = {"name": child}
-        if not isinstance(child, dict):
-            child = {}
-        node[p] = child
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split `a.b=value` and parse the value as YAML (so `3`, `1e-4`, `true`, `[1, 2]` are typed)."""
-    if "=" not in text:
-        raise ConfigError(
-            f"Override '{text}' is not of the form key=value (for example training.epochs=2)."
-        )
-    key, _, value = text.partition("=")
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"Override '{text}' has no key before '='.")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return key, parsed
+_set_dotted = set_dotted  # older name, still imported by callers
 
 
 def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
@@ -563,6 +428,13 @@ def check_config(cfg: TrainConfig, source: str = "config") -> None:
             f"model.name_or_path is empty in {source}: set it to a Hub id "
             "(google-bert/bert-base-uncased) or a local model folder."
         )
+    if cfg.stages:
+        # A staged config is checked stage by stage, each merged with the top level (the check
+        # that does it is registered by hf_transfer.domain.stages).
+        _load_builtins()
+        for check in _CHECKS:
+            check(cfg, source)
+        return
     if not cfg.data.train.name:
         raise ConfigError(
             f"data.train is empty in {source}: set it to a Hub dataset id or a local "
@@ -574,10 +446,19 @@ def check_config(cfg: TrainConfig, source: str = "config") -> None:
     for name in ("batch_size", "gradient_accumulation_steps"):
         if getattr(t, name) < 1:
             raise ConfigError(f"training.{name} must be at least 1, got {getattr(t, name)}.")
-    if t.learning_rate <= 0:
+    if t.learning_rate is not None and t.learning_rate <= 0:
         raise ConfigError(f"training.learning_rate must be positive, got {t.learning_rate}.")
-    if t.epochs <= 0 and not t.max_steps:
-        raise ConfigError("training.epochs must be positive (or set training.max_steps).")
+    if t.max_steps is not None and t.max_steps != -1 and t.max_steps < 1:
+        raise ConfigError(
+            f"training.max_steps must be a positive number of optimizer steps, or -1 / null for unset "
+            f"(train for training.epochs), got {t.max_steps}."
+        )
+    if t.min_steps is not None and t.min_steps < 0:
+        raise ConfigError(f"training.min_steps must be 0 (off) or more, got {t.min_steps}.")
+    if t.epochs is not None and not math.isfinite(t.epochs):
+        raise ConfigError(f"training.epochs must be a finite number, got {t.epochs}.")
+    if t.epochs is not None and t.epochs <= 0 and not (t.max_steps and t.max_steps > 0):
+        raise ConfigError(f"training.epochs must be positive (or set training.max_steps), got {t.epochs}.")
     _load_builtins()
     for check in _CHECKS:
         check(cfg, source)
@@ -589,5 +470,8 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (it never holds tokens: none are config keys)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (it never holds tokens: none are config keys), atomically:
+    an interrupted write leaves the previous file, never half of one."""
+    from hf_transfer.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

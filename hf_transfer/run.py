@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ from torch.utils.data import DataLoader
 from hf_transfer.config import TrainConfig, load_config, save_config
 from hf_transfer.data.text import EpochSampler
 from hf_transfer.errors import HFTransferError
-from hf_transfer.models.heads import set_seed_all
 from hf_transfer.strategies import build_strategy
 from hf_transfer.tasks import get_task
+from hf_transfer.utils import set_seed_all, setup_logging  # noqa: F401  (setup_logging: old import path)
 
 logger = logging.getLogger("hf_transfer")
 
@@ -38,26 +37,6 @@ class RunContext:
         self.output_dir = output_dir
 
 
-def setup_logging(log_file: Path | None = None, main_process: bool = True) -> None:
-    """Log to the console (main process) and to `log_file`."""
-    root = logging.getLogger("hf_transfer")
-    root.setLevel(logging.INFO)
-    for h in list(root.handlers):
-        if getattr(h, "_hf_transfer", False):
-            root.removeHandler(h)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    if main_process:
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(fmt)
-        console._hf_transfer = True
-        root.addHandler(console)
-    if log_file is not None:
-        fh = logging.FileHandler(log_file)
-        fh.setFormatter(fmt)
-        fh._hf_transfer = True
-        root.addHandler(fh)
-
-
 def _is_main() -> bool:
     from accelerate.state import PartialState
     from accelerate.utils import parse_flag_from_env
@@ -66,21 +45,35 @@ def _is_main() -> bool:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     """Train a run from a validated config and write its run folder.
+
+    Args:
+        cfg: The run's config.
+        overwrite: Replace a finished (or interrupted) run in `cfg.output_dir` (also
+            `overwrite_output_dir: true` in the config). Without it, such a folder is refused
+            unless the run resumes (`training.resume_from_checkpoint`).
 
     Returns:
         The final metrics, also written to `<output_dir>/metrics.json`.
     """
-    from hf_transfer.engine.trainer import Trainer
+    from hf_transfer.config import check_config
+    from hf_transfer.files import check_output_dir, clear_previous_run
+    from hf_transfer.paths import check_model_path
     from hf_transfer.models.layer_groups import layer_groups
 
+    check_config(cfg)  # a config built in Python has not been through load_config's checks
+    if cfg.stages:  # intermediate domains: one run per stage, in subfolders (hf_transfer.domain.stages)
+        from hf_transfer.domain.stages import train_stages
+
+        return train_stages(cfg, train, overwrite=overwrite)
+    check_model_path(cfg.model.name_or_path)
     out = Path(cfg.output_dir)
+    overwrite = overwrite or getattr(cfg, "overwrite_output_dir", False)
+    check_output_dir(out, overwrite, resuming=bool(cfg.training.resume_from_checkpoint))
     main = _is_main()
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out / "train.log" if main else None, main)
-    if main:
-        save_config(cfg, out / "config.yaml")
     logger.info("Run folder: %s", out.resolve())
     if cfg.export.push_to_hub:
         from hf_transfer.export.push import check_push_settings
@@ -94,6 +87,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     task = get_task(cfg)
     task.load_processor()
     splits = task.load_splits()
+    if cfg.data.normalize_from == "target":
+        from hf_transfer.domain.adabn import normalize_from_target
+
+        normalize_from_target(cfg, task)
     strategy = build_strategy(cfg.strategy)
     ctx = RunContext(cfg, task, splits, out)
     strategy.prepare(ctx)
@@ -107,6 +104,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if adapted is not model:
         groups = layer_groups(adapted)
     model = adapted
+    from hf_transfer.domain import check_adaptation
+
+    check_adaptation(cfg, strategy, model)  # adabn without batch norm, dann with feature extraction
+    # Config, data and model are valid: only now does this run take over the folder. A rerun that
+    # failed above left the previous run's config.yaml (and everything else) as it was.
+    if main:
+        if overwrite and not cfg.training.resume_from_checkpoint:
+            removed = clear_previous_run(out)
+            if removed:
+                logger.info("--overwrite: removed the previous run's %s.", ", ".join(removed))
+        save_run_config(cfg, out)
     info = strategy.describe(model)
     logger.info("Strategy %s: %s trainable / %s frozen parameters", strategy.name,
                 f"{info['trainable_parameters']:,}", f"{info['frozen_parameters']:,}")
@@ -118,14 +126,37 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     described = metrics.pop("_described", None)  # FSDP: counted on the gathered weights
     metrics.update(described or strategy.describe(metrics.pop("_model", model)))
     metrics.pop("_model", None)
+    metrics["strategy_summary"] = strategy.summary()  # the card reads it from metrics.json
     metrics.update(task.describe_data(splits))
     if main:
         _write_metrics(out, metrics)
+        from hf_transfer.files import respect_umask
+
+        for p in out.iterdir():  # safetensors writes 600: the user's umask decides (644 under 022)
+            if p.name != "checkpoints":
+                respect_umask(p)
         if cfg.export.push_to_hub:
             from hf_transfer.export.push import maybe_push_after_training
 
             maybe_push_after_training(cfg, out)
     return metrics
+
+
+def save_run_config(cfg: TrainConfig, out: Path) -> None:
+    """Write `config.yaml` atomically, local data paths made absolute, so that `evaluate` and
+    `export` read the same files from any working folder."""
+    import copy
+
+    from hf_transfer.config import DataSource
+
+    saved = copy.deepcopy(cfg)
+    for role in ("train", "eval", "test", "target"):
+        source = getattr(saved.data, role)
+        if isinstance(source, DataSource) and source.name and not source.name.startswith("pkg://"):
+            path = Path(source.name).expanduser()
+            if not path.is_absolute() and path.exists():
+                source.name = str(path.resolve())
+    save_config(saved, out / "config.yaml")
 
 
 def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[str, Any]:
@@ -140,7 +171,7 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
         from hf_transfer.strategies.prefix_cache import (
             first_trainable_group, prefix_cache_blocker, prefix_cached_training)
 
-        reason = ("the trainable set changes during training" if getattr(strategy, "changes_trainable_set", False)
+        reason = ("the trainable set changes during training" if strategy.changes_trainable_set
                   else prefix_cache_blocker(model, groups, first_trainable_group(groups), cfg.data.augmentation.enabled))
         if reason is None:
             # The frozen part runs once per example; only the trainable top runs every epoch.
@@ -152,7 +183,10 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
         else:
             logger.info("Frozen-prefix cache off: %s.", reason)
     sampler = EpochSampler(len(train_ds), cfg.training.seed, lengths, cfg.training.batch_size)
-    trainer = Trainer(cfg, task, model, strategy, groups, train_ds, eval_ds, collate, sampler, out)
+    from hf_transfer.domain import build_adaptation_hook
+
+    hook = build_adaptation_hook(cfg, task, model, train_ds, collate)  # None unless adaptation.name is set
+    trainer = Trainer(cfg, task, model, strategy, groups, train_ds, eval_ds, collate, sampler, out, hook=hook)
     metrics = trainer.train()
     acc = trainer.accelerator
     device = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
@@ -210,18 +244,59 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return load_config(path)
 
 
-def _load_run_model(run_dir: Path, task):
-    try:
-        model = task.auto_model_cls.from_pretrained(run_dir)
-    except OSError as e:
-        raise HFTransferError(
-            f"'{run_dir}' has no trained model yet ({e}). Did training finish? Resume it with "
-            "training.resume_from_checkpoint=latest."
-        ) from None
-    # svm / knn / multi-module-head feature-extraction runs keep their classifier beside the model.
-    from hf_transfer.strategies.feature_extraction import attach_feature_classifier
+_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                  "pytorch_model.bin.index.json")
 
-    return attach_feature_classifier(run_dir, model).eval()
+
+def open_finished_run(run_dir: str | Path) -> TrainConfig:
+    """The config of a run folder that holds a trained model, checked before anything loads.
+
+    The run's `model.trust_remote_code` travels with it (its `config.yaml`): a run trained with
+    remote code is evaluated, predicted and exported with it too, and the log says that code runs.
+
+    Raises:
+        HFTransferError: Not a run folder, or training never finished (no model saved yet).
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if not (run_dir / "config.json").is_file() or not any((run_dir / w).is_file() for w in _MODEL_WEIGHTS):
+        ckpts = sorted((run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
+        state = (f"It holds checkpoints ({', '.join(p.name for p in ckpts)}) of a run that was interrupted: "
+                 f"finish it with `hf-transfer train {run_dir / 'config.yaml'} "
+                 "training.resume_from_checkpoint=latest`." if ckpts else
+                 "No checkpoint was saved either: train it again.")
+        raise HFTransferError(f"'{run_dir}' has no trained model yet (training did not finish). {state}")
+    if cfg.model.trust_remote_code:
+        logger.warning("model.trust_remote_code=true in %s: code shipped with the model will run.",
+                       run_dir / "config.yaml")
+    return cfg
+
+
+def _load_run_model(run_dir: Path, task):
+    from hf_transfer.files import check_weights
+
+    remote = task.cfg.model.trust_remote_code
+    try:
+        model = task.auto_model_cls.from_pretrained(run_dir, trust_remote_code=remote)
+    except Exception as e:
+        check_weights(run_dir)  # a damaged weights file: say which
+        if isinstance(e, (OSError, ValueError)):
+            raise HFTransferError(f"The model in '{run_dir}' does not load: {type(e).__name__}: {e}") from None
+        raise
+    # A strategy that keeps part of the model beside it (a feature-extraction run's scikit-learn
+    # classifier) registered a loader that puts it back.
+    from hf_transfer.run_folder import RunFolder, apply_model_loaders
+
+    return apply_model_loaders(RunFolder(run_dir), model).eval()
+
+
+def _run_labels(run_dir: Path) -> list[str] | None:
+    """Label names in id order from the run's saved model config, or None."""
+    try:
+        id2label = json.loads((run_dir / "config.json").read_text()).get("id2label") or {}
+        return [str(id2label[str(i)]) for i in range(len(id2label))] or None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
@@ -229,12 +304,15 @@ def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
     from hf_transfer.engine.trainer import new_accelerator, run_evaluation
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    cfg.model.name_or_path = str(run_dir)
     setup_logging(None)
+    cfg = open_finished_run(run_dir)
+    cfg.model.name_or_path = str(run_dir)
     set_seed_all(cfg.training.seed)
     task = get_task(cfg)
     task.load_processor()
+    # Load only the splits evaluated (train only when the eval split is carved from it).
+    task.only_roles = {"eval": ("eval",), "test": ("test",), "auto": ("eval", "test")}[split]
+    task.known_labels = _run_labels(run_dir)
     splits = task.load_splits()
     model = _load_run_model(run_dir, task)
     acc = new_accelerator(cfg, run_dir)
@@ -258,24 +336,10 @@ def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
 def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1) -> list[dict[str, Any]]:
     """Predict labels for raw inputs (texts, or image/audio file paths, by recipe)."""
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    setup_logging(None)
+    cfg = open_finished_run(run_dir)
     cfg.model.name_or_path = str(run_dir)
     task = get_task(cfg)
     task.load_processor()
     model = _load_run_model(run_dir, task)
-    if hasattr(task, "predict"):  # tasks whose output is not one label (transcription)
-        return task.predict(model, inputs, top_k=top_k)
-    id2label = model.config.id2label
-    results = []
-    with torch.no_grad():
-        batch = task.predict_inputs(inputs)
-        probs = model(**batch).logits.float().softmax(-1)
-        for text, p in zip(inputs, probs):
-            scores, ids = p.topk(min(top_k, p.numel()))
-            results.append({
-                "input": text,
-                "label": id2label[int(ids[0])],
-                "score": round(float(scores[0]), 4),
-                "top": [{"label": id2label[int(i)], "score": round(float(s), 4)} for s, i in zip(scores, ids)],
-            })
-    return results
+    return task.predict(model, inputs, top_k=top_k)

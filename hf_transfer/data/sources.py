@@ -17,10 +17,11 @@ logger = logging.getLogger(__name__)
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus"}
-_DEFAULT_SPLITS = {"train": "train", "eval": "validation", "test": "test"}
+_DEFAULT_SPLITS = {"train": "train", "eval": "validation", "test": "test", "target": "train"}
 
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
+    """`name` is a local path, not a Hub dataset id: the rule `load_split` applies."""
     p = Path(name)
     return (
         name.startswith((".", "/", "~"))
@@ -28,6 +29,9 @@ def _looks_local(name: str) -> bool:
         or name.count("/") > 1
         or p.exists()
     )
+
+
+_looks_local = looks_local  # older private name
 
 
 def _load_file(path: Path, source: DataSource) -> datasets.Dataset:
@@ -43,15 +47,48 @@ def _load_file(path: Path, source: DataSource) -> datasets.Dataset:
             kwargs["sep"] = "\t"
         if source.encoding:
             kwargs["encoding"] = source.encoding
+    _check_not_empty(path, builder)
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"Cannot decode '{path}' as UTF-8 ({e.reason}). Set its encoding, for example "
-            f"data.<split>.encoding=latin-1."
-        ) from None
-    except Exception as e:  # datasets wraps parser errors in several exception types
-        raise DataError(f"Cannot read '{path}' as {builder}: {e}") from None
+    except Exception as e:  # datasets wraps parser errors (DatasetGenerationError ...): find the cause
+        cause = _cause(e, UnicodeDecodeError)
+        if cause is not None:
+            raise DataError(
+                f"Cannot decode '{path}' as {source.encoding or 'UTF-8'} ({cause.reason} at byte "
+                f"{cause.start}). Set its encoding, for example data.<split>.encoding=latin-1 "
+                "(`encoding: latin-1` under that split in the YAML)."
+            ) from None
+        if "corresponds to no data" in str(e):
+            raise DataError(f"'{path}' has no data rows (only a header?). Point the split at a file with rows.") from None
+        raise DataError(f"Cannot read '{path}' as {builder}: {type(e).__name__}: {e}") from None
+
+
+def _cause(e: BaseException, kind: type) -> BaseException | None:
+    """`e` or the first exception in its cause/context chain that is a `kind`."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _check_not_empty(path: Path, builder: str) -> None:
+    """An empty file, or a csv with a header and no rows: say so (datasets' messages do not)."""
+    if path.stat().st_size == 0:
+        raise DataError(f"'{path}' is empty (0 bytes). Point the split at a file with data.")
+    if builder != "csv":
+        return
+    lines = 0
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                lines += 1
+                if lines > 1:
+                    return
+    what = "only a header line" if lines == 1 else "only blank lines"
+    raise DataError(f"'{path}' has {what} and no data rows. Point the split at a file with rows.")
 
 
 def _split_file(folder: Path, split: str) -> Path | None:
@@ -114,7 +151,7 @@ def load_split(source: DataSource, role: str = "train") -> datasets.Dataset:
     path = Path(name).expanduser()
     if path.exists():
         ds = _load_folder(path, split, source) if path.is_dir() else _load_file(path, source)
-    elif _looks_local(name):
+    elif looks_local(name):
         raise DataError(
             f"data.{role}: local path '{name}' does not exist. Check the path (relative paths are "
             f"resolved from '{Path.cwd()}'), or give a Hub dataset id such as stanfordnlp/sst2."

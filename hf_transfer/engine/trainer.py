@@ -28,9 +28,11 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hf_transfer.config import TrainConfig
+from hf_transfer.engine.budget import resolve_budget, resolve_learning_rate
 from hf_transfer.engine.distributed import precision_that_ran as dist_precision
 from hf_transfer.engine.optim import build_param_groups
 from hf_transfer.errors import HFTransferError
+from hf_transfer.quiet import progress_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class TrainerState:
     history: list[dict] = field(default_factory=list)
     strategy_state: dict = field(default_factory=dict)
     stopped_early: bool = False
+    # Training seconds of earlier processes of this run (up to the checkpoint resumed from).
+    train_runtime: float = 0.0
 
 
 def new_accelerator(cfg: TrainConfig, output_dir: Path, find_unused_parameters: bool = False,
@@ -92,6 +96,40 @@ def _is_better(value: float, best: float | None, name: str, threshold: float) ->
     return value > best + threshold
 
 
+class EngineHook:
+    """Extra behaviour plugged into the training loop; the default does nothing.
+
+    Domain adaptation uses it (`hf_transfer.domain`): DANN adds a domain classifier trained with
+    the model, interleaves target batches with the source batches and adds the domain loss; AdaBN
+    recomputes batch-norm statistics on target data once training ends. Keeping these behind one
+    small interface keeps the loop below free of special cases.
+    """
+
+    #: Learning-rate multiplier for the parameters of `extra_modules`.
+    lr_multiplier: float = 1.0
+
+    def extra_modules(self) -> list[torch.nn.Module]:
+        """Modules trained alongside the model (own optimizer group, prepared and checkpointed)."""
+        return []
+
+    def setup(self, trainer: "Trainer", modules: list[torch.nn.Module]) -> None:
+        """After `accelerator.prepare`; `modules` are the prepared `extra_modules`."""
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int, batches_done: int) -> None:
+        """Start of an epoch (`batches_done` micro-batches of it already ran: a resumed run)."""
+
+    def loss(self, trainer: "Trainer", batch) -> torch.Tensor:
+        """Summed training loss of one micro-batch (the engine divides by the item count)."""
+        return trainer.task.loss(trainer.model, batch)
+
+    def log_values(self, trainer: "Trainer") -> dict[str, float]:
+        """Extra values for the training log record (averaged since the last record)."""
+        return {}
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        """After the best weights are loaded, before the final evaluation and save."""
+
+
 class Trainer:
     """Trains `model` on `train_dataset` with Accelerate.
 
@@ -106,9 +144,11 @@ class Trainer:
         collate_fn: Batch builder (dynamic padding).
         train_sampler: Sampler for the training data with `set_epoch` (seeded per epoch).
         output_dir: Run folder.
+        hook: Extra behaviour in the loop (`EngineHook`), e.g. domain adaptation.
     """
 
-    def __init__(self, cfg, task, model, strategy, groups, train_dataset, eval_dataset, collate_fn, train_sampler, output_dir):
+    def __init__(self, cfg, task, model, strategy, groups, train_dataset, eval_dataset, collate_fn, train_sampler,
+                 output_dir, hook: EngineHook | None = None):
         self.cfg = cfg
         self.tc = cfg.training
         self.task = task
@@ -119,8 +159,9 @@ class Trainer:
         self.sampler = train_sampler
         self.collate_fn = collate_fn
         self.state = TrainerState()
+        self.hook = hook if hook is not None else EngineHook()
 
-        dynamic = getattr(strategy, "changes_trainable_set", False)
+        dynamic = strategy.changes_trainable_set
         self.accelerator = new_accelerator(cfg, self.output_dir, find_unused_parameters=dynamic, groups=groups)
         acc = self.accelerator
         from hf_transfer.engine import distributed as dist
@@ -151,8 +192,14 @@ class Trainer:
             )
 
         scales = strategy.lr_scales(groups)
-        param_groups = build_param_groups(model, groups, scales, self.tc.learning_rate, self.tc.weight_decay)
-        optimizer = torch.optim.AdamW(param_groups, lr=self.tc.learning_rate)
+        lr, _ = resolve_learning_rate(self.tc, strategy)
+        param_groups = build_param_groups(model, groups, scales, lr, self.tc.weight_decay)
+        extra_modules = self.hook.extra_modules()
+        # First, so the last group stays the model's head (the learning rate the log reports).
+        param_groups[:0] = [{"params": list(module.parameters()), "weight_decay": self.tc.weight_decay,
+                             "lr": lr * self.hook.lr_multiplier, "lr_scale": self.hook.lr_multiplier,
+                             "name": f"hook.{i}"} for i, module in enumerate(extra_modules)]
+        optimizer = torch.optim.AdamW(param_groups, lr=lr)
 
         if dynamic and acc.num_processes > 1:
             # DDP only all-reduces parameters that require grad when it wraps the model. Wrap it
@@ -167,18 +214,21 @@ class Trainer:
         else:
             model, optimizer, train_dl = acc.prepare(model, optimizer, train_dl)
         self.eval_dl = acc.prepare(eval_dl) if eval_dl is not None else None
+        extra_modules = [acc.prepare(m) for m in extra_modules]
+        self._hook_params = [p for m in extra_modules for p in m.parameters()]
+        self.hook.setup(self, extra_modules)
         self.model, self.optimizer, self.train_dl = model, optimizer, train_dl
 
         self.steps_per_epoch = max(1, math.ceil(len(train_dl) / self.tc.gradient_accumulation_steps))
-        if self.tc.max_steps:
-            self.total_steps = self.tc.max_steps
-        else:
-            self.total_steps = max(1, math.ceil(self.tc.epochs * self.steps_per_epoch))
-        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        # Learning rate, steps and warm-up from the settings, or derived from the data size and
+        # the strategy where unset (`hf_transfer.engine.budget`); recorded in metrics.json.
+        self.budget = resolve_budget(self.tc, strategy, self.steps_per_epoch)
+        self.total_steps = self.budget.total_steps
+        self.num_epochs = self.budget.epochs
         self.scheduler = get_scheduler(
             self.tc.scheduler,
             optimizer=optimizer,
-            num_warmup_steps=int(self.tc.warmup_ratio * self.total_steps),
+            num_warmup_steps=self.budget.warmup_steps,
             num_training_steps=self.total_steps,
         )
         acc.register_for_checkpointing(self.scheduler)
@@ -200,9 +250,15 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        # Every process writes into `tmp` (its RNG state, FSDP shards): all must finish before the
+        # main process renames it.
+        acc.wait_for_everyone()
         if acc.is_main_process:
             self.state.strategy_state = self.strategy.state_dict()
+            before = self.state.train_runtime
+            self.state.train_runtime = before + (time.time() - self._start if getattr(self, "_start", None) else 0.0)
             (tmp / STATE_FILE).write_text(json.dumps(self.state.__dict__, indent=1, default=float))
+            self.state.train_runtime = before
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in self._checkpoints()[: -self.tc.save_total_limit] if self.tc.save_total_limit > 0 else []:
@@ -288,7 +344,7 @@ class Trainer:
                 # accumulation steps, which this window's normalisation already did.
                 acc.gradient_state._set_sync_gradients(last)
             with ctx:
-                loss_sum = self.task.loss(model, batch)
+                loss_sum = self.hook.loss(self, batch)
                 scale = self.tc.gradient_accumulation_steps if self._deepspeed else 1
                 acc.backward(loss_sum * (acc.num_processes * scale) / max(n_total, 1.0))
             loss_total += loss_sum.detach().float()
@@ -356,17 +412,17 @@ class Trainer:
         """Run training. Returns the final metrics (eval_*, train_runtime, ...)."""
         acc, tc = self.accelerator, self.tc
         if tc.report_to:
-            acc.init_trackers("hf_transfer", config={"strategy": self.strategy.name, "lr": tc.learning_rate})
+            acc.init_trackers("hf_transfer", config={"strategy": self.strategy.name, "lr": self.budget.learning_rate})
         if tc.resume_from_checkpoint:
             self.load_checkpoint(self.resolve_checkpoint(tc.resume_from_checkpoint))
         else:
             self.strategy.on_epoch_start(0, acc.unwrap_model(self.model), self.groups)
 
-        start = time.time()
+        start = self._start = time.time()
         samples_seen = 0
         progress = tqdm(
             total=self.total_steps, initial=self.state.global_step, desc="Training",
-            disable=not acc.is_local_main_process,
+            disable=not acc.is_local_main_process or progress_disabled(),
         )
         self.model.train()
         try:
@@ -377,12 +433,13 @@ class Trainer:
                         logger.info("Epoch %d: %s", epoch, self.strategy.describe(acc.unwrap_model(self.model)))
                 # Accelerate's loader re-seeds its sampler from its own iteration counter each time
                 # it is iterated; set that counter too, so a resumed run draws this epoch's order.
-                self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+                self._trainable = [p for p in self.model.parameters() if p.requires_grad] + self._hook_params
                 self.sampler.set_epoch(epoch)
                 if hasattr(self.train_dl, "set_epoch"):
                     self.train_dl.set_epoch(epoch)
                 dl = self.train_dl
                 skip = self.state.step_in_epoch * tc.gradient_accumulation_steps
+                self.hook.on_epoch_start(self, epoch, skip)
                 if skip:
                     dl = acc.skip_first_batches(dl, skip)
                 iterator = iter(dl)
@@ -399,7 +456,8 @@ class Trainer:
                     step = self.state.global_step
                     if step % max(1, tc.logging_steps) == 0 or step == 1:
                         self._log({"step": step, "epoch": epoch + self.state.step_in_epoch / self.steps_per_epoch,
-                                   "loss": loss, "learning_rate": self.scheduler.get_last_lr()[-1]})
+                                   "loss": loss, "learning_rate": self.scheduler.get_last_lr()[-1],
+                                   **self.hook.log_values(self)})
                     if self.eval_dl is not None and tc.eval_strategy == "steps" and step % tc.eval_steps == 0:
                         if self._evaluate_and_log(epoch):
                             break
@@ -407,11 +465,14 @@ class Trainer:
                         self.save_checkpoint()
                 # End of epoch.
                 finished_epoch = self.state.step_in_epoch >= self.steps_per_epoch or self.state.global_step >= self.total_steps
+                # Epochs raised to reach min_steps: evaluate / checkpoint every k-th epoch and the last.
+                due = (epoch + 1) % self.budget.epochs_per_eval == 0 or self.state.global_step >= self.total_steps
+                finished_epoch = finished_epoch and due
                 if not self.state.stopped_early and self.eval_dl is not None and tc.eval_strategy == "epoch" and finished_epoch:
                     self._evaluate_and_log(epoch)
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
-                if tc.save_strategy == "epoch" and self.state.global_step < self.total_steps and not self.state.stopped_early:
+                if tc.save_strategy == "epoch" and due and self.state.global_step < self.total_steps and not self.state.stopped_early:
                     self.save_checkpoint()
         except (Exception, KeyboardInterrupt) as e:
             found = self._checkpoints()
@@ -432,16 +493,21 @@ class Trainer:
             n = recalibrate_batchnorm(self.unwrapped_model(), self.train_dl,
                                       lambda batch: self.task.loss(self.model, batch), self.accelerator)
             logger.info("Recalibrated the running statistics of %d batch-norm layers over the training data.", n)
+        self.hook.on_train_end(self)
         metrics: dict[str, Any] = {}
         if self.eval_dl is not None:
             metrics.update(self.evaluate())
         metrics.update({
-            "train_runtime": round(runtime, 3),
+            # A resumed run: total over every process that trained it (up to the checkpoint each
+            # stopped at), and this process's part (what the throughput below is measured on).
+            "train_runtime": round(self.state.train_runtime + runtime, 3),
+            "train_runtime_this_process": round(runtime, 3),
             "train_samples_per_second": round(samples_seen / runtime, 3) if runtime > 0 else 0.0,
             "train_steps": self.state.global_step,
             "mixed_precision": dist_precision(acc),
             "gradient_checkpointing": self.gradient_checkpointing,
             "distributed": acc.distributed_type.value,
+            "budget": self.budget.as_dict(),
             "epoch": self.state.epoch,
         })
         if self.state.best_step is not None:
@@ -475,7 +541,8 @@ def run_evaluation(accelerator: Accelerator, model, dataloader, task, prefix: st
     was_training = model.training
     model.eval()
     gathered: dict[str, list[np.ndarray]] = {}
-    for batch in tqdm(dataloader, desc=f"Evaluating ({prefix})", disable=not accelerator.is_local_main_process, leave=False):
+    for batch in tqdm(dataloader, desc=f"Evaluating ({prefix})", leave=False,
+                      disable=not accelerator.is_local_main_process or progress_disabled()):
         outputs = task.eval_outputs(model, batch)
         # Sequence outputs (generated tokens) differ in length between processes: pad first.
         outputs = {k: accelerator.pad_across_processes(v, dim=1, pad_index=-100) if v.ndim > 1 and k != "logits" else v
