@@ -30,3 +30,23 @@ def resolve(name: str) -> str:
     if not path.exists():
         raise HFTransferError(f"'{name}': '{path}' does not exist in the installed package '{package}'.")
     return str(path)
+
+
+def recipes_dir() -> Path:
+    """Folder holding the shipped recipe scripts and `configs/`.
+
+    Inside a wheel the recipes live at `hf_transfer/recipes`; in a source checkout or an
+    editable install they are the repository's top-level `recipes/`.
+    """
+    packaged = Path(__file__).parent / "recipes"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def model_cards_dir() -> Path:
+    """Folder holding the model card templates (same lookup as `recipes_dir`)."""
+    packaged = Path(__file__).parent / "model_cards"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "model_cards"
