@@ -10,19 +10,18 @@ import transformers as T
 from transformers import AutoModelForSequenceClassification
 
 from hf_transfer.config import load_config
-from hf_transfer.models.layer_groups import layer_groups
 from hf_transfer.run import evaluate, train
 from hf_transfer.strategies import feature_extraction as fe
 from hf_transfer.strategies.feature_extraction import (
     EstimatorClassifier,
     FeatureExtractionConfig,
-    HeadInputCapture,
     LinearProbe,
     attach_feature_classifier,
     fit_classifier,
-    locate_head_input,
     write_into_head,
 )
+from hf_transfer.models import features as features_mod
+from hf_transfer.models.features import HeadInputCapture, locate_head_input
 
 
 def _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache, *extra):
@@ -112,7 +111,7 @@ def test_features_are_what_the_head_sees():
     ids = torch.randint(5, 100, (4, 9))
     # BERT: one linear head; its input is the pooler output.
     bert = _tiny(T.BertForSequenceClassification, T.BertConfig)
-    spec = locate_head_input(bert, layer_groups(bert))
+    spec = locate_head_input(bert)
     assert spec.linear == "classifier"
     with HeadInputCapture(bert, spec) as cap, torch.no_grad():
         bert(input_ids=ids)
@@ -121,7 +120,7 @@ def test_features_are_what_the_head_sees():
         torch.testing.assert_close(x, bert.bert(input_ids=ids).pooler_output)
     # RoBERTa: classifier.dense + out_proj take the whole sequence; text pooling = first token.
     roberta = _tiny(T.RobertaForSequenceClassification, T.RobertaConfig, max_position_embeddings=40)
-    spec = locate_head_input(roberta, layer_groups(roberta))
+    spec = locate_head_input(roberta)
     assert spec.linear is None and spec.candidates == ["classifier"]
     with HeadInputCapture(roberta, spec) as cap, torch.no_grad():
         roberta(input_ids=ids)
@@ -131,7 +130,7 @@ def test_features_are_what_the_head_sees():
     # DistilBERT: pre_classifier is the head's entry; its input is the [CLS] hidden state.
     distil = T.DistilBertForSequenceClassification(T.DistilBertConfig(
         dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100, num_labels=3)).eval()
-    spec = locate_head_input(distil, layer_groups(distil))
+    spec = locate_head_input(distil)
     assert spec.linear is None and set(spec.candidates) == {"pre_classifier", "classifier"}
     with HeadInputCapture(distil, spec) as cap, torch.no_grad():
         distil(input_ids=ids)
@@ -145,12 +144,13 @@ def test_features_are_what_the_head_sees():
 
 @pytest.mark.parametrize("classifier", ["logistic_regression", "linear"])
 def test_run_folder_predicts_exactly_like_the_fitted_classifier(classifier, tiny_bert_dir, toy_text_data, tmp_path):
+    # pooling=pooler: BERT's head reads the pooler output, so the fit can live in the head itself.
     metrics = train(load_config(None, _overrides(
         tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", f"strategy.classifier={classifier}",
-        "strategy.epochs=30")))
+        "strategy.epochs=30", "strategy.pooling=pooler", "strategy.C=1.0")))
     out = tmp_path / "run"
     info = json.loads((out / fe.SPEC_FILE).read_text())
-    assert info["head_written"] and info["module"] == "classifier" and info["pooling"] == "none"
+    assert info["head_written"] and info["layout"] == "head" and info["features"]["pooling"] == "pooler"
     assert not (out / fe.CLASSIFIER_FILE).exists()
     assert metrics["head_written"] and metrics["feature_cache_hit"] is False
     for key in ("eval_accuracy", "eval_f1", "eval_loss", "train_runtime", "train_samples_per_second"):
@@ -182,7 +182,7 @@ def test_run_folder_predicts_exactly_like_the_fitted_classifier(classifier, tiny
         cached = sorted((tmp_path / "cache").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
         train_x, train_y, meta = fe.load_cached(cached[0])
         eval_x, eval_y, _ = fe.load_cached(cached[1])
-        assert meta["role"] == "train" and torch.equal(eval_y, labels)
+        assert torch.equal(eval_y, labels)
         reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=42))
         reference.fit(train_x.double().numpy(), train_y.numpy())
         expected = reference.predict_proba(eval_x.double().numpy())
@@ -201,8 +201,9 @@ def test_second_identical_run_reads_the_cache_and_never_runs_the_backbone(
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone ran although the features were cached")
 
-    monkeypatch.setattr(fe, "extract_features", no_backbone)
-    second = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache)))
+    monkeypatch.setattr(features_mod.FeatureExtractor, "__call__", no_backbone)
+    second = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache,
+                                                f"output_dir={tmp_path / 'run2'}")))
     assert second["feature_cache_hit"] is True
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")} == stamps
     same = [k for k in first if k.startswith("eval_")]
@@ -210,7 +211,8 @@ def test_second_identical_run_reads_the_cache_and_never_runs_the_backbone(
 
     # Anything the features depend on changes the key: here the tokenisation length.
     monkeypatch.undo()
-    third = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache, "data.max_length=8")))
+    third = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache, "data.max_length=8",
+                                               f"output_dir={tmp_path / 'run3'}")))
     assert third["feature_cache_hit"] is False
     assert len(list(cache.glob("*.safetensors"))) == 4
 
@@ -220,7 +222,8 @@ def test_svm_is_saved_beside_the_model_and_used_when_the_run_is_loaded(tiny_bert
         tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", "strategy.classifier=svm")))
     out = tmp_path / "run"
     info = json.loads((out / fe.SPEC_FILE).read_text())
-    assert info["head_written"] is False and (out / fe.CLASSIFIER_FILE).is_file()
+    # Masked-mean features (the tiny BERT has no trained pooler) are not the head's input.
+    assert info["head_written"] is False and info["layout"] == "setfit" and (out / fe.SETFIT_HEAD_FILE).is_file()
     assert metrics["eval_loss"] == 0.0  # no probabilities: documented
     model = attach_feature_classifier(out, AutoModelForSequenceClassification.from_pretrained(out).eval())
     assert isinstance(model, fe.FeatureClassifierModel) and model.config.num_labels == 2
@@ -232,3 +235,81 @@ def test_svm_is_saved_beside_the_model_and_used_when_the_run_is_loaded(tiny_bert
             total += len(labels)
     assert correct / total == pytest.approx(metrics["eval_accuracy"])
 
+
+
+# --------------------------------------------------------------------------- layouts, C selection
+
+
+def test_setfit_layout_loads_in_setfit_and_in_hf_transfer_alike(tiny_bert_dir, toy_text_data, tmp_path):
+    """Mean-pooled text features are not BERT's head input: the run is a SetFit folder."""
+    from setfit import SetFitModel
+
+    from hf_transfer.run import predict
+
+    metrics = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache")))
+    out = tmp_path / "run"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["run_layout"] == "setfit" and written["feature_pooling"] == "mean"
+    assert written["C"] > 0
+    assert "cross-validation" in written["C_selection"] and written["cv_folds"] == 5
+    for f in ("modules.json", "1_Pooling/config.json", "model_head.pkl", "config_setfit.json"):
+        assert (out / f).is_file(), f
+    assert evaluate(out, split="eval")["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
+
+    texts = ["a great and wonderful film", "the worst and most boring plot"]
+    ours = predict(out, texts, top_k=2)
+    setfit = SetFitModel.from_pretrained(str(out), device="cpu")
+    assert setfit.labels == ["negative", "positive"]
+    assert list(setfit.predict(texts)) == [r["label"] for r in ours]
+    probs = setfit.predict_proba(texts)
+    probs = probs.numpy() if hasattr(probs, "numpy") else np.asarray(probs)
+    for row, p in zip(ours, probs):
+        by_label = {t["label"]: t["score"] for t in row["top"]}
+        assert by_label["positive"] == pytest.approx(float(p[1]), abs=1e-3)
+
+
+def test_several_layers_are_saved_beside_the_model_and_reloaded(tiny_bert_dir, toy_text_data, tmp_path):
+    metrics = train(load_config(None, _overrides(
+        tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", "strategy.layers=mean", "strategy.combine=concat")))
+    out = tmp_path / "run"
+    info = json.loads((out / fe.SPEC_FILE).read_text())
+    assert info["layout"] == "beside" and info["feature_dim"] == 64 and (out / fe.CLASSIFIER_FILE).is_file()
+    assert not (out / "modules.json").exists()
+    assert evaluate(out, split="eval")["eval_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-4)
+
+
+def test_a_layer_the_model_lacks_fails_before_any_feature_is_computed(tiny_bert_dir, toy_text_data, tmp_path,
+                                                                      monkeypatch):
+    from hf_transfer.errors import ConfigError
+
+    def no_extract(*a, **k):
+        raise AssertionError("features were computed")
+
+    monkeypatch.setattr(fe, "extract", no_extract)
+    with pytest.raises(ConfigError, match="this model has 2 layers"):
+        train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache",
+                                           "strategy.layers=[5]")))
+
+
+def test_C_is_cross_validated_and_falls_back_with_a_single_example_class():
+    from hf_transfer.models.probe import C_GRID, FALLBACK_C, choose_C
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    X = rng.normal(size=(40, 20)) + y[:, None] * 0.8
+    probe = fit_classifier(FeatureExtractionConfig(), X, y, 2)
+    assert probe.selection["C"] in C_GRID and probe.selection["cv_folds"] == 5
+    C, record = choose_C(X, y)
+    assert C == probe.selection["C"]
+    one = np.array([0, 0, 0, 1])
+    probe = fit_classifier(FeatureExtractionConfig(), rng.normal(size=(4, 3)), one, 2)
+    assert probe.selection["C"] == FALLBACK_C and "single" in probe.selection["C_selection"]
+
+
+def test_linear_probe_as_sklearn_predicts_the_same_probabilities():
+    rng = np.random.default_rng(2)
+    for k in (2, 3):
+        y = np.arange(60) % k
+        X = rng.normal(size=(60, 5)) + y[:, None]
+        probe = fit_classifier(FeatureExtractionConfig(C=1.0), X, y, k)
+        np.testing.assert_allclose(probe.to_sklearn().predict_proba(X), np.exp(probe.log_proba(X)), atol=1e-8)

@@ -445,6 +445,18 @@ class FeatureExtractor:
                                           "else [CLS] after the final norm (ViT/DeiT)")
         return ("mean",), normalize, "audio: mean over real frames"
 
+    @classmethod
+    def from_description(cls, model: nn.Module, desc: dict, *, name_or_path: str | None = None) -> FeatureExtractor:
+        """The extractor a saved `describe()` dict names (a run folder's), whatever conventions say now."""
+        layers = desc.get("layers", "last")
+        layers = tuple(layers) if isinstance(layers, list) else layers
+        modes = tuple(str(desc.get("pooling", "auto")).split("+"))
+        fx = cls(model, modality=desc.get("modality", "text"), name_or_path=name_or_path,
+                 spec=FeatureSpec(layers=layers, combine=desc.get("combine", "mean"), normalize=bool(desc.get("normalize"))))
+        fx.pooling, fx.source = modes, f"as saved: {desc.get('source', '')}"
+        fx._head_input = locate_head_input(model, "auto", fx.modality == "text") if modes == ("head_input",) else None
+        return fx
+
     def describe(self) -> dict:
         """What the features are and why: pooling, layers, normalisation, source."""
         layers = self.spec.layers if isinstance(self.spec.layers, str) else list(self.spec.layers)

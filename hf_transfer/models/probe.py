@@ -1,0 +1,294 @@
+"""Classic classifiers on frozen features: fitting, choosing the regularisation, scoring.
+
+`logistic_regression` (default) and `linear` give a `LinearProbe`: `logits = X @ W.T + b` on the
+raw features (any standardisation folded in), exactly what a linear head computes, so it can be
+written into one or handed to scikit-learn as a plain `LogisticRegression`. `svm` and `knn` give
+an `EstimatorClassifier` around a scikit-learn pipeline.
+
+**Choosing C.** With `C` unset, `logistic_regression` picks it from `C_GRID` by stratified k-fold
+cross-validation on the training features (k = min(5, smallest class count), scaler fitted inside
+each fold, mean log loss on the held-out folds; ties go to the stronger regularisation). With a
+class of a single example nothing can be held out: C falls back to `FALLBACK_C`, and the
+selection record says so. `svm` uses `FALLBACK_C` when unset.
+
+**Loss.** `log_proba` gives the per-example log loss: exact for the linear classifiers; for `knn`
+the log of its neighbour-vote probabilities clipped at `PROBA_FLOOR`; None for `svm`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hf_transfer.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: Probabilities are clipped here before the log, so a zero-vote class costs a finite loss.
+PROBA_FLOOR = 1e-7
+#: Logit of a class the training split never had: its probability is 0 in float32.
+ABSENT_CLASS_LOGIT = -1e4
+#: Candidate inverse regularisation strengths for cross-validation (log-spaced, 1e-4 .. 1e3).
+C_GRID = tuple(float(c) for c in np.logspace(-4, 3, 15))
+#: C when it cannot be cross-validated (scikit-learn's default).
+FALLBACK_C = 1.0
+MAX_FOLDS = 5
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+class LinearProbe:
+    """A linear classifier on raw features: `logits = X @ weight.T + bias`, one row per label."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, kind: str, selection: dict | None = None):
+        self.weight = np.asarray(weight, dtype=np.float64)
+        self.bias = np.asarray(bias, dtype=np.float64)
+        self.kind = kind
+        self.selection = selection or {}
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64) @ self.weight.T + self.bias
+
+    def log_proba(self, X: np.ndarray) -> np.ndarray:
+        return _log_softmax(self.logits(X))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.logits(X).argmax(1)
+
+    def num_parameters(self) -> int:
+        return int(self.weight.size + self.bias.size)
+
+    def to_sklearn(self):
+        """A fitted scikit-learn `LogisticRegression` whose `predict_proba` is this probe's softmax
+        (what a SetFit folder's `model_head.pkl` holds; loads without hf_transfer)."""
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression()
+        k = self.weight.shape[0]
+        lr.classes_ = np.arange(k)
+        if k == 2:  # scikit-learn's binary form: one row, sigmoid(z) = softmax of the two rows
+            lr.coef_ = (self.weight[1] - self.weight[0])[None, :]
+            lr.intercept_ = np.array([self.bias[1] - self.bias[0]])
+        else:
+            lr.coef_, lr.intercept_ = self.weight.copy(), self.bias.copy()
+        lr.n_features_in_ = self.weight.shape[1]
+        lr.n_iter_ = np.array([0])
+        return lr
+
+
+class EstimatorClassifier:
+    """A scikit-learn estimator (or pipeline) over all `num_labels` labels."""
+
+    def __init__(self, estimator, num_labels: int, kind: str, selection: dict | None = None):
+        self.estimator = estimator
+        self.num_labels = num_labels
+        self.kind = kind
+        self.selection = selection or {}
+
+    def _expand(self, columns: np.ndarray, fill: float) -> np.ndarray:
+        out = np.full((columns.shape[0], self.num_labels), fill, dtype=np.float64)
+        out[:, np.asarray(self.estimator.classes_, dtype=np.int64)] = columns
+        return out
+
+    def log_proba(self, X: np.ndarray) -> np.ndarray | None:
+        if not hasattr(self.estimator, "predict_proba"):
+            return None
+        p = self._expand(self.estimator.predict_proba(X), 0.0)
+        return np.log(np.clip(p, PROBA_FLOOR, 1.0))
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """Log-probabilities when the estimator has them, else its decision function."""
+        logp = self.log_proba(X)
+        if logp is not None:
+            return logp
+        d = np.asarray(self.estimator.decision_function(X), dtype=np.float64)
+        if d.ndim == 1:  # binary: positive means classes_[1]
+            d = np.stack([-d / 2, d / 2], axis=1)
+        return self._expand(d, ABSENT_CLASS_LOGIT)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator.predict(X), dtype=np.int64)
+
+    def num_parameters(self) -> int:
+        est = self.estimator[-1] if hasattr(self.estimator, "steps") else self.estimator
+        if hasattr(est, "coef_") and not callable(getattr(est, "coef_", None)):
+            try:
+                return int(np.asarray(est.coef_).size + np.asarray(est.intercept_).size)
+            except (AttributeError, ValueError):
+                pass
+        return 0
+
+    def to_sklearn(self):
+        return self.estimator
+
+
+def _scaler(X: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+    if not standardize:
+        return np.zeros(X.shape[1]), np.ones(X.shape[1])
+    from sklearn.preprocessing import StandardScaler
+
+    s = StandardScaler().fit(X)
+    return s.mean_, s.scale_
+
+
+def _fold(weight_z: np.ndarray, bias_z: np.ndarray, mean: np.ndarray, scale: np.ndarray):
+    """Weights on standardised features -> the same classifier on raw features."""
+    weight = weight_z / scale
+    return weight, bias_z - weight @ mean
+
+
+def _full_rows(weight: np.ndarray, bias: np.ndarray, classes: np.ndarray, num_labels: int):
+    """Rows for every label; labels absent from training get zero weight and a very low bias."""
+    W = np.zeros((num_labels, weight.shape[1]))
+    b = np.full(num_labels, ABSENT_CLASS_LOGIT)
+    W[classes], b[classes] = weight, bias
+    return W, b
+
+
+def choose_C(X: np.ndarray, y: np.ndarray, *, standardize: bool = True, class_weight: dict | None = None,
+             max_iter: int = 1000, seed: int = 0, grid: tuple[float, ...] = C_GRID) -> tuple[float, dict]:
+    """C for a logistic regression by stratified cross-validation (module docstring).
+
+    Returns:
+        `(C, record)`; the record (`C`, `C_selection`, `cv_folds`, `cv_log_loss`) goes to metrics.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    _, counts = np.unique(y, return_counts=True)
+    folds = int(min(MAX_FOLDS, counts.min()))
+    if folds < 2:
+        return FALLBACK_C, {"C": FALLBACK_C, "C_selection": "default (a class has a single training example)",
+                            "cv_folds": 0}
+    steps = [StandardScaler()] if standardize else []
+    pipe = make_pipeline(*steps, LogisticRegression(max_iter=max_iter, class_weight=class_weight, random_state=seed))
+    search = GridSearchCV(pipe, {"logisticregression__C": list(grid)}, scoring="neg_log_loss",
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed), refit=False, n_jobs=None)
+    search.fit(X, y)
+    scores = np.asarray(search.cv_results_["mean_test_score"])
+    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])  # ties: the smaller C
+    C = float(grid[best])
+    return C, {"C": C, "C_selection": f"{folds}-fold stratified cross-validation (log loss)",
+               "cv_folds": folds, "cv_log_loss": round(float(-scores[best]), 4)}
+
+
+def fit_classifier(c, X: np.ndarray, y: np.ndarray, num_labels: int, class_weights: np.ndarray | None = None,
+                   seed: int = 0, weight_decay: float = 0.0, label_smoothing: float = 0.0):
+    """Fit the classifier `c.classifier` on features `X` (N, d) and labels `y`.
+
+    Args:
+        c: Settings with `classifier`, `C` (None: cross-validated), `max_iter`, `svm_kernel`, `k`,
+            `standardize`, `epochs`, `lr`, `batch_size` (the `feature_extraction` config).
+
+    Returns:
+        A `LinearProbe` (`logistic_regression`, `linear`) or an `EstimatorClassifier`, with
+        `.selection` saying how C was chosen.
+    """
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DataError(
+            f"The training split has a single label ({int(classes[0])}): a classifier needs at "
+            "least two. Check data.train and data.label_column."
+        )
+    cw = {int(i): float(class_weights[i]) for i in classes} if class_weights is not None else None
+
+    if c.classifier == "logistic_regression":
+        from sklearn.linear_model import LogisticRegression
+
+        if c.C is None:
+            C, selection = choose_C(X, y, standardize=c.standardize, class_weight=cw, max_iter=c.max_iter, seed=seed)
+        else:
+            C, selection = float(c.C), {"C": float(c.C), "C_selection": "given (strategy.C)"}
+        mean, scale = _scaler(X, c.standardize)
+        lr = LogisticRegression(C=C, max_iter=c.max_iter, class_weight=cw, random_state=seed)
+        lr.fit((X - mean) / scale, y)
+        coef, intercept = lr.coef_, lr.intercept_
+        if coef.shape[0] == 1:  # binary: z = w.x + b for classes_[1]; softmax([-z/2, z/2]) = sigmoid(z)
+            coef = np.concatenate([-coef / 2, coef / 2])
+            intercept = np.concatenate([-intercept / 2, intercept / 2])
+        W, b = _fold(coef, intercept, mean, scale)
+        return LinearProbe(*_full_rows(W, b, lr.classes_, num_labels), kind=c.classifier, selection=selection)
+
+    if c.classifier == "linear":
+        mean, scale = _scaler(X, c.standardize)
+        W, b = _train_linear(c, (X - mean) / scale, y, num_labels, class_weights, seed, weight_decay, label_smoothing)
+        return LinearProbe(*_fold(W, b, mean, scale), kind=c.classifier)
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    selection: dict[str, Any] = {}
+    if c.classifier == "svm":
+        from sklearn.svm import SVC, LinearSVC
+
+        C = FALLBACK_C if c.C is None else float(c.C)
+        selection = {"C": C, "C_selection": "given (strategy.C)" if c.C is not None else "default"}
+        if c.svm_kernel == "linear":
+            est = LinearSVC(C=C, class_weight=cw, max_iter=c.max_iter, random_state=seed)
+        else:
+            est = SVC(C=C, kernel="rbf", class_weight=cw, max_iter=-1, random_state=seed)
+    else:
+        from sklearn.neighbors import KNeighborsClassifier
+
+        est = KNeighborsClassifier(n_neighbors=min(c.k, len(y)))
+    steps = [StandardScaler(), est] if c.standardize else [est]
+    pipe = make_pipeline(*steps).fit(X, y)
+    return EstimatorClassifier(pipe, num_labels, kind=c.classifier, selection=selection)
+
+
+def _train_linear(c, Z, y, num_labels, class_weights, seed, weight_decay, label_smoothing):
+    """A torch linear layer trained with AdamW on (standardised) features. Returns (W, b)."""
+    # One thread: the matrices are tiny, and thread hand-offs cost more than the arithmetic
+    # (10x slower with two threads on a busy machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(seed)
+        Zt = torch.as_tensor(Z, dtype=torch.float32)
+        yt = torch.as_tensor(y, dtype=torch.long)
+        layer = nn.Linear(Zt.shape[1], num_labels)
+        with torch.no_grad():  # seeded init, independent of the global RNG
+            bound = 1.0 / max(1, Zt.shape[1]) ** 0.5
+            layer.weight.uniform_(-bound, bound, generator=g)
+            layer.bias.zero_()
+        opt = torch.optim.AdamW(layer.parameters(), lr=c.lr, weight_decay=weight_decay)
+        weight = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        for _ in range(c.epochs):
+            order = torch.randperm(len(yt), generator=g)
+            for i in range(0, len(yt), c.batch_size):
+                idx = order[i:i + c.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss_fn(layer(Zt[idx]), yt[idx]).backward()
+                opt.step()
+        return layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def classifier_metrics(clf, X: np.ndarray, y: np.ndarray, task, prefix: str) -> dict[str, Any]:
+    """The task's metrics for `clf` on features `X`, keys prefixed (`eval_accuracy`)."""
+    preds = clf.predict(X)
+    logp = clf.log_proba(X)
+    loss = -logp[np.arange(len(y)), y] if logp is not None else np.zeros(len(y))
+    metrics = task.compute_metrics({"predictions": preds, "references": np.asarray(y), "loss": loss})
+    return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+
+def write_into_head(linear: nn.Linear, probe: LinearProbe) -> bool:
+    """Copy a linear probe into the head's linear layer. False when the shapes do not fit."""
+    if linear.bias is None or tuple(linear.weight.shape) != probe.weight.shape:
+        return False
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(probe.weight, dtype=linear.weight.dtype))
+        linear.bias.copy_(torch.as_tensor(probe.bias, dtype=linear.bias.dtype))
+    return True
