@@ -29,6 +29,9 @@ def setup_logging(log_file: Path | None = None, main_process: bool = True) -> No
     for h in list(root.handlers):
         if getattr(h, "_hf_transfer", False):
             root.removeHandler(h)
+    from hf_transfer.quiet import quiet_libraries
+
+    quiet_libraries()  # no LOAD REPORT tables; no progress-bar escapes off a terminal
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     if main_process:
         console = logging.StreamHandler(sys.stderr)

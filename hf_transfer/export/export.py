@@ -25,8 +25,10 @@ from typing import Any
 import torch
 
 from hf_transfer.errors import ExportError
-from hf_transfer.export.card import IMAGES, Family, RunFolder, build_card, model_hub_id, validate_card
+from hf_transfer.export.card import build_card, recipe_of
+from hf_transfer.export.card_checks import model_hub_id, validate_card
 from hf_transfer.paths import resolve
+from hf_transfer.run_folder import FEATURE_CLASSIFIER_FILE, RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -72,19 +74,21 @@ def _is_export(folder: Path) -> bool:
     return "hf-transfer" in tags
 
 
-def _auto_class(family: Family, config) -> Any:
+def _auto_class(run: RunFolder) -> Any:
     import transformers
 
-    name = family.auto_class
-    if family.recipe == "speech_recognition" and not getattr(config, "is_encoder_decoder", False):
-        name = "AutoModelForCTC"
-    return getattr(transformers, name)
+    return getattr(transformers, recipe_of(run).auto_class)
+
+
+def _remote(run: RunFolder) -> dict:
+    """`trust_remote_code=True` for runs trained with it (their config.yaml says so), else nothing."""
+    return {"trust_remote_code": True} if run.config.model.trust_remote_code else {}
 
 
 def _load_base(run: RunFolder, auto, **kwargs):
     name = resolve(run.base_name)
     try:
-        return auto.from_pretrained(name, revision=run.base_revision, **kwargs)
+        return auto.from_pretrained(name, revision=run.base_revision, **kwargs, **_remote(run))
     except (OSError, ValueError) as e:
         raise ExportError(
             f"Cannot load the base model '{run.base_name}' to check the adapter against it: {e}"
@@ -109,12 +113,9 @@ def _load_peft(run: RunFolder, adapter_dir: Path, auto):
 
 def load_run_model(run: RunFolder):
     """The model a run folder holds, as a plain transformers model (an adapter-only run is merged)."""
-    from transformers import AutoConfig
-
     if _matching(run.path, WEIGHT_FILES) or (run.path / "pytorch_model.bin").is_file():
-        config = AutoConfig.from_pretrained(run.path)
         try:
-            return _auto_class(run.family, config).from_pretrained(run.path).eval()
+            return _auto_class(run).from_pretrained(run.path, **_remote(run)).eval()
         except (OSError, ValueError) as e:
             raise ExportError(f"The run's model in '{run.path}' does not load: {e}") from None
     adapter = run.adapter_dir
@@ -123,8 +124,7 @@ def load_run_model(run: RunFolder):
             f"'{run.path}' holds no trained model (no model.safetensors, no adapter). Did training "
             "finish? Resume it with training.resume_from_checkpoint=latest."
         )
-    base_cfg = AutoConfig.from_pretrained(resolve(run.base_name), revision=run.base_revision)
-    return _load_peft(run, adapter, _auto_class(run.family, base_cfg)).merge_and_unload().eval()
+    return _load_peft(run, adapter, _auto_class(run)).merge_and_unload().eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,13 +137,13 @@ def _eval_texts(run: RunFolder, n: int = 4) -> list[str] | list[tuple[str, str]]
 
     from hf_transfer.data.labels import TEXT_CANDIDATES
 
-    data = run.config.get("data") or {}
+    data = run.config.data
     for role in ("eval", "train"):
         src = run.source(role)
         if not src:
             continue
         try:
-            path = Path(resolve(str(src["name"]))).expanduser()
+            path = Path(resolve(src.name)).expanduser()
         except Exception:
             continue
         if not path.is_file():
@@ -152,7 +152,7 @@ def _eval_texts(run: RunFolder, n: int = 4) -> list[str] | list[tuple[str, str]]
         try:
             if suffix in (".csv", ".tsv"):
                 df = pd.read_csv(path, nrows=n, sep="\t" if suffix == ".tsv" else ",",
-                                 encoding=src.get("encoding") or "utf-8")
+                                 encoding=src.encoding or "utf-8")
             elif suffix == ".jsonl":
                 df = pd.read_json(path, lines=True, nrows=n)
             elif suffix == ".parquet":
@@ -161,11 +161,11 @@ def _eval_texts(run: RunFolder, n: int = 4) -> list[str] | list[tuple[str, str]]
                 continue
         except Exception:
             continue
-        col = data.get("text_column") or next((c for c in TEXT_CANDIDATES if c in df.columns), None)
+        col = data.text_column or next((c for c in TEXT_CANDIDATES if c in df.columns), None)
         if col not in df.columns:
             continue
         texts = [str(t) for t in df[col].tolist()]
-        pair = data.get("text_pair_column")
+        pair = data.text_pair_column
         if pair and pair in df.columns:
             return list(zip(texts, [str(t) for t in df[pair].tolist()]))
         return texts
@@ -182,9 +182,9 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
         if recipe == "text_classification":
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(folder)
+            tok = AutoTokenizer.from_pretrained(folder, **_remote(run))
             rows = _eval_texts(run)
-            limit = min(int((run.config.get("data") or {}).get("max_length") or 512),
+            limit = min(int(run.config.data.max_length or 512),
                         int(getattr(config, "max_position_embeddings", 0) or 512))
             if rows and isinstance(rows[0], tuple):
                 a, b = zip(*rows)
@@ -195,13 +195,13 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
             from PIL import Image
             from transformers import AutoImageProcessor
 
-            proc = AutoImageProcessor.from_pretrained(folder)
+            proc = AutoImageProcessor.from_pretrained(folder, **_remote(run))
             images = [Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)),
                       Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))).convert("RGB")]
             return {"pixel_values": proc(images, return_tensors="pt")["pixel_values"]}
         from transformers import AutoFeatureExtractor
 
-        fe = AutoFeatureExtractor.from_pretrained(folder)
+        fe = AutoFeatureExtractor.from_pretrained(folder, **_remote(run))
         sr = int(getattr(fe, "sampling_rate", 16000))
         t = np.arange(sr, dtype=np.float32) / sr
         clips = [0.1 * rng.standard_normal(sr).astype(np.float32), 0.5 * np.sin(2 * math.pi * 440 * t).astype(np.float32)]
@@ -242,20 +242,16 @@ def verify_export(run_dir: str | Path, export_dir: str | Path, atol: float = DEF
         ExportError: The folder does not load, its label names differ from the run's, or its
             logits differ beyond tolerance.
     """
-    from transformers import AutoConfig
-
-    run = RunFolder.load(run_dir)
+    run = RunFolder.open(run_dir, error=ExportError)
     folder = Path(export_dir)
     reference = load_run_model(run)
     inputs = _probe_inputs(run, folder, reference.config)
     unmerged = (folder / "adapter_config.json").is_file()
     try:
         if unmerged:
-            base_cfg = AutoConfig.from_pretrained(resolve(run.base_name), revision=run.base_revision)
-            exported = _load_peft(run, folder, _auto_class(run.family, base_cfg)).eval()
+            exported = _load_peft(run, folder, _auto_class(run)).eval()
         else:
-            config = AutoConfig.from_pretrained(folder)
-            exported = _auto_class(run.family, config).from_pretrained(folder).eval()
+            exported = _auto_class(run).from_pretrained(folder, **_remote(run)).eval()
     except (OSError, ValueError, RuntimeError) as e:
         how = "peft on its base model" if unmerged else "plain transformers"
         raise ExportError(f"The export in '{folder}' does not load with {how}: {e}") from None
@@ -327,8 +323,8 @@ def merge_setting(run: RunFolder, merge_adapter: bool | None = None) -> bool:
     `strategy.merge` (PEFT strategies) or `export.merge_adapter` is false."""
     if merge_adapter is not None:
         return merge_adapter
-    strategy_merge = run.strategy.get("merge")
-    export_merge = (run.config.get("export") or {}).get("merge_adapter")
+    strategy_merge = getattr(run.config.strategy, "merge", None)  # PEFT strategies' setting
+    export_merge = run.config.export.merge_adapter
     return strategy_merge is not False and export_merge is not False
 
 
@@ -366,9 +362,9 @@ def export_run(
         ExportError: Not a finished run, `out_dir` is not replaceable, or the export does not
             reload to the run's model.
     """
-    run = RunFolder.load(run_dir)
+    run = RunFolder.open(run_dir, error=ExportError)
     out = Path(out_dir)
-    if (run.path / "classifier.joblib").is_file():
+    if (run.path / FEATURE_CLASSIFIER_FILE).is_file():
         # Plain transformers would load the backbone with an untrained head: refuse, not mislead.
         raise ExportError(
             f"'{run.path}' predicts through a scikit-learn classifier (classifier.joblib: svm, knn, or a "
@@ -386,6 +382,9 @@ def export_run(
     merged = merge_adapter or adapter is None
     if not merge_adapter and adapter is None:
         logger.warning("The run has no PEFT adapter: exporting its full weights (--no-merge has no effect).")
+    if _remote(run):
+        logger.warning("model.trust_remote_code=true in the run's config.yaml: the model's own code "
+                       "(its *.py files) will run to check the export, and ships with it.")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -393,7 +392,9 @@ def export_run(
         if merged:
             weights = _matching(run.path, WEIGHT_FILES)
             if weights:
-                for f in _matching(run.path, MODEL_CONFIG_FILES) + weights:
+                # A remote-code model ships its code (configuration_*.py, modeling_*.py) too.
+                code = _matching(run.path, ("*.py",)) if _remote(run) else []
+                for f in _matching(run.path, MODEL_CONFIG_FILES) + weights + code:
                     shutil.copyfile(f, tmp / f.name)
             else:  # adapter-only run, or .bin weights: save merged safetensors
                 load_run_model(run).save_pretrained(tmp)
@@ -403,13 +404,16 @@ def export_run(
             _write_adapter(run, adapter, tmp)
         for f in _matching(run.path, PROCESSOR_FILES):
             shutil.copyfile(f, tmp / f.name)
-        images = tuple(i for i in IMAGES if (run.path / i).is_file())
+        images = run.images()
         for name in images:
             shutil.copyfile(run.path / name, tmp / name)
         card = build_card(run.path, merged=merged, repo_id=repo_id, model_name=None if repo_id else out.name,
                           baseline=baseline, license=license, language=language, images=images)
         card.save(tmp / "README.md")
         verify_export(run.path, tmp, atol=atol)
+        from hf_transfer.files import respect_umask
+
+        respect_umask(tmp)  # mkdtemp's 700 and safetensors' 600 would follow the rename
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

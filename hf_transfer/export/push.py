@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_transfer.errors import ExportError
-from hf_transfer.export.card import IMAGES, RunFolder, build_card, resolve_license, validate_card
+from hf_transfer.run_folder import IMAGES, RunFolder
+from hf_transfer.export.card import build_card, resolve_license
+from hf_transfer.export.card_checks import validate_card
 from hf_transfer.export.export import (
     ADAPTER_FILES,
     MODEL_CONFIG_FILES,
@@ -236,7 +238,7 @@ def push_run(
         validate_repo_id(repo_id)
     except HFValidationError as e:
         raise ExportError(f"--repo-id '{repo_id}' is not a Hub repository id (user/name): {e}") from None
-    run = RunFolder.load(run_dir)
+    run = RunFolder.open(run_dir, error=ExportError)
     out = Path(export_dir) if export_dir is not None else run.path / "export"
     retry = _retry_command(run_dir, repo_id, private, revision, merge_adapter, baseline, license, language,
                            export_dir)
@@ -327,8 +329,6 @@ def check_push_settings(cfg) -> None:
     from huggingface_hub import get_token
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from hf_transfer.config import config_to_dict
-
     repo_id = cfg.export.repo_id
     if not repo_id:
         raise ExportError("export.push_to_hub is true but export.repo_id is empty: set it to user/name.")
@@ -343,7 +343,7 @@ def check_push_settings(cfg) -> None:
             "export.push_to_hub is true but no Hugging Face token is set: log in with "
             "`hf auth login` or set HF_TOKEN before training."
         )
-    run = RunFolder(Path(cfg.output_dir), config_to_dict(cfg), {})
+    run = RunFolder(cfg.output_dir, config=cfg, error=ExportError)
     if not resolve_license(run)[0]:
         raise ExportError(
             "export.push_to_hub is true but the base model's licence is unknown: set export.license "

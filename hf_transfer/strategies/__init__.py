@@ -10,6 +10,7 @@ from hf_transfer.strategies import lora  # noqa: F401
 from hf_transfer.strategies import ia3  # noqa: F401
 from hf_transfer.strategies import adapter  # noqa: F401
 from hf_transfer.strategies import feature_extraction  # noqa: F401
+from hf_transfer.run_folder import register_model_loader
 from hf_transfer.strategies.base import (
     Strategy,
     StrategyConfig,
@@ -18,6 +19,15 @@ from hf_transfer.strategies.base import (
     register_strategy,
     strategy_config_class,
 )
+
+
+
+def _attach_feature_classifier(run, model):
+    # svm / knn / multi-module-head feature-extraction runs keep their classifier beside the model.
+    return feature_extraction.attach_feature_classifier(run.path, model)
+
+
+register_model_loader(_attach_feature_classifier)
 
 __all__ = [
     "Strategy",

@@ -12,8 +12,9 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from hf_transfer.config import StrategyConfig, register_strategy_settings
+from hf_transfer.config import StrategyConfig
 from hf_transfer.errors import ConfigError
+from hf_transfer.registry import register_strategy_settings
 
 _REGISTRY: dict[str, tuple[type[StrategyConfig], type["Strategy"]]] = {}
 
@@ -75,8 +76,12 @@ class Strategy:
     config_cls: ClassVar[type[StrategyConfig]] = StrategyConfig
     #: Build the model from the checkpoint's config with random weights instead of loading them.
     from_scratch: ClassVar[bool] = False
-    #: The engine trains nothing (the strategy fits its own estimator, e.g. on cached features).
+    #: The engine trains nothing: `fit(ctx, model, groups)` fits the strategy's own estimator
+    #: (e.g. on cached features) and returns the run's metrics.
     trains_with_engine: ClassVar[bool] = True
+    #: What trains changes between epochs (`on_epoch_start`): DDP must then wrap every parameter
+    #: that will ever train, and the frozen-prefix cache cannot be used.
+    changes_trainable_set: ClassVar[bool] = False
 
     def __init__(self, config: StrategyConfig):
         self.config = config
@@ -98,6 +103,14 @@ class Strategy:
             groups, self.config.layer_lr_decay, self.config.head_lr_multiplier
         )
 
+    def fit(self, ctx, model: nn.Module, groups: list) -> dict[str, Any]:
+        """Train without the engine (only when `trains_with_engine` is False); returns the metrics.
+
+        The run folder's model is written here too; `metrics["_model"]` may hand back the model
+        that `describe` should count.
+        """
+        raise NotImplementedError(f"strategy {self.name} trains with the engine")
+
     def on_epoch_start(self, epoch: int, model: nn.Module, groups: list) -> bool:
         """Change what trains at the start of `epoch` (0-based). True if anything changed."""
         return False
@@ -105,6 +118,12 @@ class Strategy:
     def save_model(self, model: nn.Module, out_dir) -> None:
         """Write the final model so plain transformers loads it (safetensors)."""
         model.save_pretrained(out_dir)
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the strategy's docstring: the model card's one-line description."""
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0].rstrip(".") + "." if doc else ""
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Facts for the log, `metrics.json` and the model card."""

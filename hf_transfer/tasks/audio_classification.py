@@ -74,7 +74,9 @@ class AutoAudioClassifier:
         return AutoModelForAudioClassification.from_pretrained(name_or_path, *args, **kwargs)
 
 
-@register_task("audio_classification")
+@register_task("audio_classification", pipeline_tag="audio-classification", task_name="Audio Classification",
+               auto_class="AutoModelForAudioClassification", metrics=("accuracy", "f1"),
+               example_input="path/to/audio.wav")
 class AudioClassificationTask(ClassificationTask):
     """A clip in, one label out."""
 

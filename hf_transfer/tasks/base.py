@@ -13,24 +13,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_transfer.config import TrainConfig, register_recipe
+from hf_transfer.config import TrainConfig
 from hf_transfer.data import labels as labels_mod
 from hf_transfer.data.labels import LabelSpace
 from hf_transfer.data.sources import load_split
 from hf_transfer.errors import DataError
+from hf_transfer.registry import RecipeInfo, register_recipe
 
 logger = logging.getLogger(__name__)
 
 _TASKS: dict[str, type["Task"]] = {}
 
 
-def register_task(name: str):
-    """Class decorator: the task behind `recipe: <name>`."""
+def register_task(name: str, **facts):
+    """Class decorator: the task behind `recipe: <name>`.
+
+    `facts` are `RecipeInfo` fields (Hub pipeline tag, loader class, headline metrics, ...): the
+    one place export and the model card learn about a recipe.
+    """
 
     def wrap(cls):
         cls.name = name
         _TASKS[name] = cls
-        register_recipe(name)  # `recipe: <name>` now validates
+        register_recipe(name, RecipeInfo(name, **facts))  # `recipe: <name>` now validates
         return cls
 
     return wrap
@@ -119,6 +124,19 @@ class Task:
     def describe_data(self, splits: Splits) -> dict[str, Any]:
         return {}
 
+    def model_inputs(self, batch) -> dict[str, torch.Tensor]:
+        """What the model's forward takes from a collated batch (everything but the labels)."""
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    # Prediction -------------------------------------------------------------------------
+    def predict_inputs(self, inputs: list[str]) -> dict[str, torch.Tensor]:
+        """Model inputs for raw inputs (texts, or image/audio file paths)."""
+        raise NotImplementedError
+
+    def predict(self, model, inputs: list[str], top_k: int = 1) -> list[dict[str, Any]]:
+        """One result dict per input (`hf-transfer predict`)."""
+        raise NotImplementedError
+
 
 class ClassificationTask(Task):
     """Shared behaviour of text, image and audio classification."""
@@ -184,8 +202,21 @@ class ClassificationTask(Task):
             info["test_size"] = len(splits.test)
         return info
 
-    def model_inputs(self, batch) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in batch.items() if k != "labels"}
+    def predict(self, model, inputs: list[str], top_k: int = 1) -> list[dict[str, Any]]:
+        """The `top_k` labels and their probabilities for each raw input."""
+        id2label = model.config.id2label
+        results = []
+        with torch.no_grad():
+            probs = model(**self.predict_inputs(inputs)).logits.float().softmax(-1)
+        for item, p in zip(inputs, probs):
+            scores, ids = p.topk(min(top_k, p.numel()))
+            results.append({
+                "input": item,
+                "label": id2label[int(ids[0])],
+                "score": round(float(scores[0]), 4),
+                "top": [{"label": id2label[int(i)], "score": round(float(s), 4)} for s, i in zip(scores, ids)],
+            })
+        return results
 
     def logits(self, model, batch) -> torch.Tensor:
         return model(**self.model_inputs(batch)).logits

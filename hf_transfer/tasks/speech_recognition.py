@@ -74,7 +74,9 @@ def _generator(model):
     return model
 
 
-@register_task("speech_recognition")
+@register_task("speech_recognition", pipeline_tag="automatic-speech-recognition",
+               task_name="Automatic Speech Recognition", auto_class="AutoModelForSpeechSeq2Seq",
+               metrics=("wer", "cer"), lower_is_better=True, example_input="path/to/audio.wav")
 class SpeechRecognitionTask(Task):
     """Audio in, transcript out (Whisper encoder-decoder)."""
 
