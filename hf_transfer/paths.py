@@ -32,6 +32,30 @@ def resolve(name: str) -> str:
     return str(path)
 
 
+def looks_local(name: str) -> bool:
+    """A name that can only be a local path, never a Hub id (`org/name`): absolute, `./`, `../`,
+    `~`, a Windows drive, or more than one `/`."""
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or name in (".", "..")
+        or (len(name) > 2 and name[1] == ":" and name[2] in "/\\")
+        or name.count("/") > 1
+        or "\\" in name
+    )
+
+
+def check_model_path(name: str, key: str = "model.name_or_path") -> str:
+    """`resolve(name)`, and a clear error for a local model path that does not exist (instead of
+    the Hub client's "cannot connect to huggingface.co" for a path it took for a repository id)."""
+    resolved = resolve(name)
+    if isinstance(resolved, str) and looks_local(resolved) and not Path(resolved).expanduser().exists():
+        raise HFTransferError(
+            f"{key}: the local path '{name}' does not exist (relative paths are read from "
+            f"'{Path.cwd()}'). Give an existing model folder or a Hub id such as google-bert/bert-base-uncased."
+        )
+    return resolved
+
+
 def recipes_dir() -> Path:
     """Folder holding the shipped recipe scripts and `configs/`.
 

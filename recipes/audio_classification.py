@@ -1,7 +1,7 @@
 """Audio classification recipe: any AutoModelForAudioClassification checkpoint (the Whisper encoder,
 wav2vec2, HuBERT, WavLM, AST), a new head for your classes, a transfer strategy.
 
-    python recipes/audio_classification.py --config recipes/configs/whisper/digits_cls_full.yaml training.epochs=1
+    python recipes/audio_classification.py --config whisper/digits_cls_full training.epochs=1
 
 Data: a Hub audio dataset (decoded with soundfile, no torchcodec needed), a local folder with one
 folder per class (optionally inside train/ validation/ test/), or a csv/jsonl of audio paths and
@@ -18,23 +18,9 @@ From another repository, the same in a few lines:
     metrics = train(load_config("my_run.yaml", ["recipe=audio_classification", "strategy.name=lora"]))
 """
 
-import argparse
-import json
+import sys
 
-from hf_transfer.config import load_config
-from hf_transfer.run import train
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config")
-    parser.add_argument("overrides", nargs="*", help="a.b=value overrides")
-    args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides + ["recipe=audio_classification"])
-    metrics = train(cfg)
-    print(json.dumps({k: v for k, v in metrics.items()
-                      if k.startswith(("eval_", "test_")) and isinstance(v, float)}, indent=2))
-
+from hf_transfer.cli import recipe_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(recipe_main("audio_classification", __doc__))

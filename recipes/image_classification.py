@@ -2,7 +2,7 @@
 ConvNeXt, ResNet, EfficientNet, a converted EfficientNet-Lite0), a new head for your classes, a
 transfer strategy.
 
-    python recipes/image_classification.py --config recipes/configs/vit/beans_full.yaml training.epochs=1
+    python recipes/image_classification.py --config vit/beans_full training.epochs=1
 
 Data: a Hub image dataset, a local folder with one folder per class (optionally inside train/
 validation/ test/), or a csv/jsonl of image paths and labels (data.image_column, data.label_column).
@@ -15,23 +15,9 @@ From another repository, the same in a few lines:
     metrics = train(load_config("my_run.yaml", ["recipe=image_classification", "strategy.name=lora"]))
 """
 
-import argparse
-import json
+import sys
 
-from hf_transfer.config import load_config
-from hf_transfer.run import train
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config")
-    parser.add_argument("overrides", nargs="*", help="a.b=value overrides")
-    args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides + ["recipe=image_classification"])
-    metrics = train(cfg)
-    print(json.dumps({k: v for k, v in metrics.items()
-                      if k.startswith(("eval_", "test_")) and isinstance(v, float)}, indent=2))
-
+from hf_transfer.cli import recipe_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(recipe_main("image_classification", __doc__))

@@ -1,7 +1,7 @@
 """Speech recognition recipe: Whisper (any size) fine-tuned sequence to sequence, scored by
 generation with WER and CER (eval_wer, eval_cer; lower is better).
 
-    python recipes/speech_recognition.py --config recipes/configs/whisper/cards_asr_partial.yaml training.epochs=1
+    python recipes/speech_recognition.py --config whisper/cards_asr_partial training.epochs=1
 
 Data: a Hub audio dataset with a transcript column, a local folder with a metadata.csv
 (file_name, transcription), or a csv/jsonl of audio paths and transcripts (data.audio_column,
@@ -17,23 +17,9 @@ From another repository, the same in a few lines:
     metrics = train(load_config("my_run.yaml", ["recipe=speech_recognition"]))
 """
 
-import argparse
-import json
+import sys
 
-from hf_transfer.config import load_config
-from hf_transfer.run import train
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config")
-    parser.add_argument("overrides", nargs="*", help="a.b=value overrides")
-    args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides + ["recipe=speech_recognition"])
-    metrics = train(cfg)
-    print(json.dumps({k: v for k, v in metrics.items()
-                      if k.startswith(("eval_", "test_")) and isinstance(v, float)}, indent=2))
-
+from hf_transfer.cli import recipe_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(recipe_main("speech_recognition", __doc__))

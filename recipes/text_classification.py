@@ -1,6 +1,6 @@
 """Text classification recipe: a BERT-family checkpoint, a new head, a transfer strategy.
 
-    python recipes/text_classification.py --config recipes/configs/bert/sst2_full.yaml training.epochs=1
+    python recipes/text_classification.py --config bert/sst2_full training.epochs=1
 
 From another repository, the same in a few lines:
 
@@ -9,22 +9,9 @@ From another repository, the same in a few lines:
     metrics = train(cfg)
 """
 
-import argparse
-import json
+import sys
 
-from hf_transfer.config import load_config
-from hf_transfer.run import train
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config")
-    parser.add_argument("overrides", nargs="*", help="a.b=value overrides")
-    args = parser.parse_args()
-    cfg = load_config(args.config, args.overrides + ["recipe=text_classification"])
-    metrics = train(cfg)
-    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, float)}, indent=2))
-
+from hf_transfer.cli import recipe_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(recipe_main("text_classification", __doc__))

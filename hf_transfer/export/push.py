@@ -250,9 +250,15 @@ def push_run(
                                         license=license, language=language))
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
+        note = ""
+        if not license and any(p.startswith(("No license", "license")) for p in problems):
+            # The retry must carry the licence the card lacks, or it fails the same way.
+            retry = _retry_command(run_dir, repo_id, private, revision, merge_adapter, baseline, "apache-2.0",
+                                   language, export_dir)
+            note = "\n(apache-2.0 is an example: give the licence the base model and your data allow.)"
         raise ExportError(
             f"The model card would be refused by the Hub, so nothing was exported or uploaded:\n{listed}\n"
-            f"Fix it, then run:\n  {retry}"
+            f"Fix it, then run:\n  {retry}{note}"
         )
     # 2. Export and reload check; the written card is checked once more.
     export_run(run.path, out, merge_adapter=merge_adapter, baseline=baseline, license=license,

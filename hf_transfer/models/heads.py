@@ -16,7 +16,9 @@ logger = logging.getLogger(__name__)
 
 def load_config_checked(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False, **kwargs):
     """`AutoConfig.from_pretrained` with errors that say what to do."""
-    name_or_path = resolve(name_or_path)
+    from hf_transfer.paths import check_model_path
+
+    name_or_path = check_model_path(name_or_path)
     try:
         return AutoConfig.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, **kwargs
@@ -120,9 +122,17 @@ def load_for_classification(
             output_loading_info=True,
         )
     except ValueError as e:
+        from hf_transfer.files import check_weights
+
+        check_weights(name_or_path)  # a damaged weights file: name it
         raise ModelError(
             f"'{name_or_path}' ({config.model_type}) cannot be loaded as {auto_cls.__name__}: {e}"
         ) from None
+    except Exception:
+        from hf_transfer.files import check_weights
+
+        check_weights(name_or_path)  # a truncated download or copy: name the file, not a traceback
+        raise
     new = set(info.get("missing_keys", ())) | {k[0] for k in info.get("mismatched_keys", ())}
     same_labels = {int(k): str(v) for k, v in old_labels.items()} == id2label
     if had_head and not same_labels:
@@ -137,4 +147,3 @@ def load_for_classification(
         logger.info("All weights loaded from %s (head kept: same labels).", name_or_path)
     model.hf_transfer_new_weights = sorted(new)
     return model
-
