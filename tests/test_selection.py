@@ -1,0 +1,242 @@
+"""Checkpoint selection: transferability metrics against direct formulas, `rank` (failing and
+wrong-modality candidates, reports), `random:` candidates, and `plan` writing a config that trains."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hf_transfer.errors import HFTransferError
+from hf_transfer.selection import metrics as M
+
+
+def _features(n=60, d=8, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    X = rng.normal(size=(n, d)) + 0.8 * np.eye(classes, d)[y] * 3
+    return X, y
+
+
+# ----------------------------------------------------------------------------------- direct formulas
+
+
+def direct_logme(X, y):
+    """You et al. 2021, written out: A = alpha I + beta F^T F, m = beta A^-1 F^T t, fixed point."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    out = []
+    for k in np.unique(y):
+        t = (y == k).astype(np.float64)
+        alpha, beta = 1.0, 1.0
+        for _ in range(1000):
+            A = alpha * np.eye(d) + beta * X.T @ X
+            m = beta * np.linalg.solve(A, X.T @ t)
+            gamma = sum(beta * s / (alpha + beta * s) for s in np.linalg.eigvalsh(X.T @ X))
+            alpha_new = gamma / (m @ m)
+            beta_new = (n - gamma) / np.sum((X @ m - t) ** 2)
+            done = abs(alpha_new / beta_new - alpha / beta) <= 1e-10 * alpha / beta
+            alpha, beta = alpha_new, beta_new
+            if done:
+                break
+        A = alpha * np.eye(d) + beta * X.T @ X
+        m = beta * np.linalg.solve(A, X.T @ t)
+        evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - beta / 2 * np.sum((X @ m - t) ** 2)
+                    - alpha / 2 * m @ m - np.linalg.slogdet(A)[1] / 2 - n / 2 * np.log(2 * np.pi))
+        out.append(evidence / n)
+    return float(np.mean(out))
+
+
+def direct_hscore(X, y, shrink=None):
+    """Bao et al. 2019: tr(cov(f)^-1 cov(E[f|y])); optionally with a given Ledoit-Wolf shrinkage."""
+    X = np.asarray(X, dtype=np.float64)
+    X = X - X.mean(0)
+    n, d = X.shape
+    cov_f = sum(np.outer(x, x) for x in X) / n
+    g = np.stack([X[y == label].mean(0) for label in y])
+    cov_g = sum(np.outer(v, v) for v in g) / n
+    if shrink is None:
+        return float(np.trace(np.linalg.pinv(cov_f) @ cov_g))
+    mu = np.trace(cov_f) / d
+    shrunk = (1 - shrink) * cov_f + shrink * mu * np.eye(d)
+    return float(np.trace(np.linalg.inv(shrunk) @ ((1 - shrink) * cov_g)))
+
+
+def ledoit_wolf_shrinkage(X):
+    """Ledoit & Wolf (2004): min(1, b^2 / d^2) for centred X."""
+    X = np.asarray(X, dtype=np.float64)
+    X = X - X.mean(0)
+    n, p = X.shape
+    S = X.T @ X / n
+    mu = np.trace(S) / p
+    d2 = np.sum((S - mu * np.eye(p)) ** 2) / p
+    b2 = sum(np.sum((np.outer(x, x) - S) ** 2) for x in X) / p / n**2
+    return min(1.0, b2 / d2)
+
+
+@pytest.mark.parametrize("shape", [(60, 8), (12, 40)])  # more examples than dimensions, and fewer
+def test_logme_equals_the_direct_formula(shape):
+    X, y = _features(*shape)
+    assert M.logme(X, y) == pytest.approx(direct_logme(X, y), rel=1e-6, abs=1e-8)
+
+
+def test_logme_prefers_informative_features():
+    X, y = _features(200, 16)
+    noise = np.random.default_rng(1).normal(size=X.shape)
+    assert M.logme(X, y) > M.logme(noise, y)
+
+
+@pytest.mark.parametrize("shape", [(60, 8), (40, 20)])
+def test_hscore_equals_the_direct_formula(shape):
+    X, y = _features(*shape)
+    assert M.hscore_raw(X, y) == pytest.approx(direct_hscore(X, y), rel=1e-6)
+    shrink = ledoit_wolf_shrinkage(X)
+    assert 0 < shrink < 1
+    assert M.hscore(X, y) == pytest.approx(direct_hscore(X, y, shrink), rel=1e-6)
+
+
+def test_knn_leave_one_out_is_one_on_a_separable_set_and_excludes_the_example_itself():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 10)
+    centres = np.array([[10, 0, 0], [0, 10, 0], [0, 0, 10]], dtype=float)
+    X = centres[y] + rng.normal(scale=0.1, size=(30, 3))
+    assert M.knn_loo_accuracy(X, y) == 1.0
+    # Each point alone in its class: its only same-class neighbour is itself, which is left out.
+    assert M.knn_loo_accuracy(centres, np.array([0, 1, 2]), k=1) == 0.0
+
+
+def test_unknown_metric_and_bad_input_are_errors():
+    with pytest.raises(ValueError, match="unknown transferability metric"):
+        M.score("leep", np.zeros((3, 2)), np.array([0, 1, 0]))
+    with pytest.raises(ValueError, match="NaN"):
+        M.logme(np.full((3, 2), np.nan), np.array([0, 1, 0]))
+
+
+# ----------------------------------------------------------------------------------- rank / plan
+
+
+def _config(tiny_bert_dir, toy_text_data, tmp_path, *extra):
+    from hf_transfer.config import load_config
+
+    return load_config(None, [
+        f"model.name_or_path={tiny_bert_dir}", f"data.train={toy_text_data['train']}",
+        f"data.eval={toy_text_data['validation']}", f"output_dir={tmp_path / 'run'}",
+        "training.report_to=[]", "training.save_strategy=no", "training.batch_size=32",
+        f"strategy.name=full", *extra])
+
+
+@pytest.fixture
+def feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
+
+
+def test_rank_names_a_failing_candidate_and_still_ranks_the_others(tiny_bert_dir, toy_text_data, tmp_path, feature_cache):
+    from hf_transfer.selection.rank import rank_candidates, write_report
+
+    cfg = _config(tiny_bert_dir, toy_text_data, tmp_path)
+    bad = str(tmp_path / "no-such-model")
+    report = rank_candidates(cfg, [str(tiny_bert_dir), bad, f"random:{tiny_bert_dir}"], repeats=3)
+    assert [r.name for r in report.failed] == [bad]
+    assert bad in report.failed[0].error and "could not be loaded" in report.failed[0].error
+    ranked = report.ranked
+    assert {r.name for r in ranked} == {str(tiny_bert_dir), f"random:{tiny_bert_dir}"}
+    for r in ranked:
+        assert set(r.scores) == {"knn", "logme", "hscore"} and sorted(r.ranks.values()) != []
+        assert r.family == "bert" and r.parameters > 0 and r.examples == 96
+        assert r.licence == "unknown" and "check the terms" in r.licence_warning
+        assert r.seconds_per_1000 is not None and len(r.repeats["knn"]) == 3
+    assert set(report.stability) == {"knn", "logme", "hscore"}
+    jpath, mpath = write_report(report, tmp_path / "out")
+    data = json.loads(jpath.read_text())
+    assert data["default_metric"] == report.default_metric and len(data["candidates"]) == 3
+    text = mpath.read_text()
+    assert "could not be ranked" in text and bad in text and "Stability" in text
+
+
+def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import BertModel
+
+    from hf_transfer.selection.candidates import resolve_candidate
+
+    from conftest import tiny_bert_config
+
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
+    # A "pretrained" model whose weights differ from a seed-0 initialisation.
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(tiny_bert_dir, pretrained)
+    torch.manual_seed(123)
+    BertModel(tiny_bert_config()).save_pretrained(pretrained)
+    tiny_bert_dir = pretrained
+    folder = resolve_candidate(f"random:{tiny_bert_dir}")
+    assert resolve_candidate(f"random:{tiny_bert_dir}") == folder  # made once
+    from pathlib import Path
+
+    folder = Path(folder)
+    assert (folder / "vocab.txt").read_text() == (tiny_bert_dir / "vocab.txt").read_text()
+    assert json.loads((folder / "config.json").read_text())["hidden_size"] == 32
+    a = load_file(folder / "model.safetensors")
+    b = load_file(tiny_bert_dir / "model.safetensors")
+    key = next(k for k in a if k.endswith("word_embeddings.weight"))
+    assert a[key].shape == b[key].shape and not np.allclose(a[key].numpy(), b[key].numpy())
+
+
+def test_candidate_of_another_modality_is_refused_before_any_forward_pass(tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
+    from transformers import ViTConfig
+
+    import hf_transfer.models.features as features
+    from hf_transfer.selection.rank import rank_candidates
+
+    vit = tmp_path / "tiny-vit"
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+              image_size=16, patch_size=8).save_pretrained(vit)
+    monkeypatch.setattr(features, "features_for_config", lambda *a, **k: pytest.fail("forward pass ran"))
+    cfg = _config(tiny_bert_dir, toy_text_data, tmp_path)
+    with pytest.raises(HFTransferError) as info:
+        rank_candidates(cfg, [str(tiny_bert_dir), str(vit)])
+    msg = str(info.value)
+    assert str(vit) in msg and "image" in msg and "text_classification" in msg
+
+
+def test_licence_from_the_card_and_non_commercial_warning(tmp_path):
+    from hf_transfer.selection.candidates import licence_warning, read_licence
+
+    (tmp_path / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# card\n")
+    assert read_licence(str(tmp_path), "x") == "cc-by-nc-4.0"
+    assert "commercial" in licence_warning("cc-by-nc-4.0")
+    assert licence_warning("apache-2.0") is None
+    assert read_licence(str(tmp_path / "nothing"), str(tmp_path / "nothing")) == "unknown"
+
+
+@pytest.mark.slow  # rank + plan + a training run: about 50 s on 2 shared cores
+def test_rank_and_plan_commands_write_their_files_and_the_plan_trains(tiny_bert_dir, toy_text_data, tmp_path,
+                                                                       feature_cache):
+    import yaml
+
+    from hf_transfer.cli import main
+
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "recipe": "text_classification", "output_dir": str(tmp_path / "run"),
+        "model": {"name_or_path": str(tiny_bert_dir)},
+        "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
+        "training": {"report_to": [], "save_strategy": "no", "batch_size": 32},
+    }))
+    candidates = f"{tiny_bert_dir},random:{tiny_bert_dir}"
+    assert main(["rank", str(cfg_path), "--candidates", candidates, "--repeats", "2", "-o", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "rank.json").is_file() and (tmp_path / "r" / "rank.md").is_file()
+
+    planned = tmp_path / "planned.yaml"
+    assert main(["plan", str(cfg_path), "--candidates", candidates, "-o", str(planned)]) == 0
+    text = planned.read_text()
+    assert text.startswith(f"# hf-transfer train {planned}")
+    for word in ("checkpoint:", "similarity:", "strategy:"):
+        assert f"# {word}" in text
+    raw = yaml.safe_load(text)
+    assert raw["strategy"]["name"] in ("feature_extraction", "partial", "full", "freeze")
+    assert main(["train", str(planned)]) == 0
+    assert (tmp_path / "run-planned" / "metrics.json").is_file()
