@@ -34,7 +34,6 @@ before any forward pass.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -47,16 +46,20 @@ from torch import nn
 
 from hf_transfer.errors import ConfigError, ModelError
 from hf_transfer.models import feature_cache as fc
+from hf_transfer.models.anatomy import (  # noqa: F401  (part of this module's API)
+    HeadInput,
+    HeadInputCapture,
+    backbone_of,
+    count_layers,
+    find_head,
+    locate_head_input,
+    unwrap_model,
+)
+from hf_transfer.models.pooling import has_trained_pooler, pool_map, pool_tokens, read_sentence_transformers
 
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("auto", "mean", "cls", "max", "last_token", "pooler", "head_input")
-#: sentence-transformers' pooling mode names -> ours.
-_ST_MODES = {"mean": "mean", "cls": "cls", "max": "max", "lasttoken": "last_token",
-             "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean": "weightedmean"}
-_ST_LEGACY = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-              "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-              "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 
 
 @dataclass(frozen=True)
@@ -102,254 +105,6 @@ class Features:
     y: np.ndarray | None
     info: dict = field(default_factory=dict)
     cache_hit: bool = False
-
-
-# ----------------------------------------------------------------------------- model knowledge
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside Accelerate (DDP, compile) and PEFT / prefix-cache wrappers."""
-    from accelerate.utils import extract_model_from_parallel
-
-    base = extract_model_from_parallel(model)
-    for _ in range(8):  # wrappers can nest; stop when get_base_model() returns the same object
-        getter = getattr(base, "get_base_model", None)
-        inner = getter() if callable(getter) else None
-        if not isinstance(inner, nn.Module) or inner is base:
-            break
-        base = inner
-    return base
-
-
-def find_head(model: nn.Module) -> list[str]:
-    """Top-level module names of the task head (the layer groups' `head` group), in model order."""
-    from hf_transfer.models.layer_groups import layer_groups
-
-    base = unwrap_model(model)
-    try:
-        head_params = {n for g in layer_groups(base) if g.kind == "head" for n in g.param_names}
-    except ModelError:
-        return []
-    return [name for name, m in base.named_children()
-            if any(f"{name}.{p}" in head_params for p, _ in m.named_parameters())]
-
-
-def backbone_of(model: nn.Module) -> nn.Module:
-    """The module whose forward gives the hidden states: the encoder of an encoder-decoder
-    (Whisper), else transformers' `base_model` (the model itself when it is bare)."""
-    base = unwrap_model(model)
-    if getattr(getattr(base, "config", None), "is_encoder_decoder", False) and callable(getattr(base, "get_encoder", None)):
-        return base.get_encoder()
-    return getattr(base, "base_model", base)
-
-
-def count_layers(model: nn.Module) -> int | None:
-    """Number of blocks (hidden layers after the embeddings), or None when not found."""
-    from hf_transfer.models.layer_groups import layer_groups
-
-    base = unwrap_model(model)
-    config = getattr(base, "config", None)
-    if getattr(config, "is_encoder_decoder", False) and getattr(config, "encoder_layers", None):
-        return int(config.encoder_layers)
-    try:
-        return sum(1 for g in layer_groups(base) if g.kind == "block") or None
-    except ModelError:
-        return None
-
-
-def read_sentence_transformers(folder: str | Path | None) -> dict | None:
-    """The pooling a sentence-transformers folder declares, or None when `folder` is not one.
-
-    Returns:
-        `{"modes": (...), "normalize": bool, "include_prompt": bool, "error": str | None,
-        "dense": bool}`; `error` says why the pooling config could not be read (then `modes` is
-        the masked-mean fallback).
-    """
-    if not folder:
-        return None
-    path = Path(folder)
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return None
-    out = {"modes": ("mean",), "normalize": False, "include_prompt": True, "error": None, "dense": False}
-    try:
-        entries = json.loads(modules_file.read_text())
-        types = [str(e.get("type", "")) for e in entries]
-        pooling = next((e for e in entries if str(e.get("type", "")).endswith("Pooling")), None)
-    except (ValueError, AttributeError, TypeError) as e:
-        out["error"] = f"modules.json is unreadable ({e})"
-        return out
-    out["normalize"] = any(t.endswith("Normalize") for t in types)
-    out["dense"] = any(t.endswith("Dense") for t in types)
-    if pooling is None:
-        out["error"] = "modules.json lists no Pooling module"
-        return out
-    config_file = path / str(pooling.get("path", "1_Pooling")) / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-        mode = config.get("pooling_mode")
-        if mode is None:
-            mode = tuple(m for k, m in _ST_LEGACY.items() if config.get(k)) or ("mean",)
-        modes = (mode,) if isinstance(mode, str) else tuple(mode)
-        unknown = [m for m in modes if m not in _ST_MODES]
-        if unknown or not modes:
-            raise ValueError(f"unknown pooling mode(s) {unknown}")
-    except (OSError, ValueError, AttributeError, TypeError) as e:
-        out["error"] = f"{config_file} is unreadable ({e})"
-        return out
-    out["modes"] = tuple(_ST_MODES[m] for m in modes)
-    out["include_prompt"] = bool(config.get("include_prompt", True))
-    return out
-
-
-def has_trained_pooler(model: nn.Module, name_or_path: str | None = None) -> bool:
-    """The rule in the module docstring: a `*ForSequenceClassification` checkpoint whose pooler
-    weights were loaded (not newly initialised), and not one of our own feature-extraction runs."""
-    base = unwrap_model(model)
-    archs = getattr(getattr(base, "config", None), "architectures", None) or []
-    if not any(str(a).endswith("ForSequenceClassification") for a in archs):
-        return False
-    pooler = getattr(backbone_of(base), "pooler", None)
-    if not isinstance(pooler, nn.Module) or not any(True for _ in pooler.parameters()):
-        return False
-    if name_or_path and any((Path(name_or_path) / f).is_file() for f in ("feature_classifier.json", "config_setfit.json")):
-        return False  # the head was fitted on features, the pooler never trained
-    new = getattr(base, "hf_transfer_new_weights", None) or []
-    return not any(".pooler." in f".{n}" for n in new)
-
-
-# ----------------------------------------------------------------------------- pooling
-
-
-def _first_real(mask: torch.Tensor) -> torch.Tensor:
-    return mask.to(torch.int).argmax(dim=1)
-
-
-def pool_tokens(x: torch.Tensor, mode: str, mask: torch.Tensor | None) -> torch.Tensor:
-    """One vector per example from (B, T, d) token states, as sentence-transformers pools them."""
-    if mask is None or mask.shape[:2] != x.shape[:2]:
-        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-    m = mask.unsqueeze(-1).to(x.dtype)
-    if mode == "cls":
-        return x.gather(1, _first_real(mask).view(-1, 1, 1).expand(-1, 1, x.shape[-1])).squeeze(1)
-    if mode == "max":
-        return x.masked_fill(m == 0, float("-inf")).max(dim=1).values
-    if mode in ("mean", "mean_sqrt_len_tokens"):
-        count = m.sum(dim=1).clamp(min=1e-9)
-        return (x * m).sum(dim=1) / (count if mode == "mean" else count.sqrt())
-    if mode == "weightedmean":
-        w = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype).view(1, -1, 1)
-        w = m * (w - _first_real(mask).view(-1, 1, 1).to(x.dtype))
-        return (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9)
-    if mode == "last_token":
-        values, idx = mask.flip(1).max(1)
-        idx = torch.where(values == 0, x.shape[1] - 1, idx)
-        pos = (x.shape[1] - idx - 1).view(-1, 1, 1).expand(-1, 1, x.shape[-1])
-        return (x * m).gather(1, pos).squeeze(1)
-    raise ConfigError(f"Unknown token pooling {mode!r}.")
-
-
-def pool_map(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """One vector per example from a (B, C, H, W) feature map."""
-    if mode in ("mean", "auto"):
-        return x.flatten(2).mean(-1)
-    if mode == "max":
-        return x.flatten(2).amax(-1)
-    raise ConfigError(f"pooling={mode!r} does not apply to a convolutional feature map; use mean or max.")
-
-
-# ----------------------------------------------------------------------------- head input
-
-
-@dataclass
-class HeadInput:
-    """Where head-input features come from: the input of the first head module called.
-
-    Attributes:
-        candidates: Head modules whose input may be the features.
-        linear: The head's only parametrised module when it is one `nn.Linear`, else None.
-        pooling: How a sequence there becomes a vector: `auto` (first token for text, as those
-            heads do, the mean otherwise), `first_token` or `mean`.
-        text: Whether the inputs are text.
-    """
-
-    candidates: list[str]
-    linear: str | None
-    pooling: str = "auto"
-    text: bool = True
-
-    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """One vector per example, and the pooling applied (`none`, `first_token`, `mean`, `spatial_mean`)."""
-        if x.ndim == 2:
-            return x, "none"
-        if x.ndim == 3:
-            mode = self.pooling if self.pooling in ("first_token", "mean") else ("first_token" if self.text else "mean")
-            return (x[:, 0], mode) if mode == "first_token" else (x.mean(1), mode)
-        return x.flatten(2).mean(-1), "spatial_mean"
-
-
-def locate_head_input(model: nn.Module, pooling: str = "auto", text: bool = True) -> HeadInput:
-    """The module(s) whose input is the head's feature vector.
-
-    Raises:
-        ModelError: The model has no head.
-    """
-    heads = find_head(model)
-    if not heads:
-        raise ModelError(
-            "Head-input features need a task head to read them from, and this model has none (a bare "
-            "backbone or an output layer tied to the embeddings)."
-        )
-    base = unwrap_model(model)
-    linears = [n for h in heads for n, m in base.get_submodule(h).named_modules()
-               if any(True for _ in m.parameters(recurse=False))]
-    if len(heads) == 1 and linears == [""] and isinstance(base.get_submodule(heads[0]), nn.Linear):
-        return HeadInput([heads[0]], heads[0], pooling, text)
-    return HeadInput(heads, None, pooling, text)
-
-
-class HeadInputCapture:
-    """Context manager: forward pre-hooks that keep the input of the first head module called."""
-
-    def __init__(self, model: nn.Module, spec: HeadInput, detach: bool = True):
-        self.model = unwrap_model(model)
-        self.spec = spec
-        self.detach = detach
-        self.value: torch.Tensor | None = None
-        self.module_name: str | None = None
-        self._handles: list = []
-
-    def __enter__(self) -> HeadInputCapture:
-        for name in self.spec.candidates:
-            module = self.model.get_submodule(name)
-            self._handles.append(module.register_forward_pre_hook(self._hook(name), with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def _hook(self, name: str):
-        def hook(module, args, kwargs):
-            if self.value is None:
-                x = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
-                self.value, self.module_name = (x.detach() if self.detach else x), name
-
-        return hook
-
-    def reset(self) -> None:
-        self.value = None
-
-    def features(self) -> tuple[torch.Tensor, str]:
-        """The pooled float32 features of the last forward pass, and the pooling applied."""
-        if self.value is None:
-            raise ModelError(
-                f"The model's forward pass never called its head ({', '.join(self.spec.candidates)}), "
-                "so there are no features to read."
-            )
-        x, mode = self.spec.pool(self.value)
-        return x.float(), mode
 
 
 # ----------------------------------------------------------------------------- the extractor

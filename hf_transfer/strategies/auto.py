@@ -15,9 +15,10 @@ checkpoint's domain is to the target task):
 
 How similarity is measured (`strategy.similarity: measure`, the default), in `prepare`: the
 pretrained model is built with its new head, and up to `measure_examples` training examples
-(seeded sample) go through the frozen backbone. The features are its last hidden state,
-mean-pooled over positions (padding masked out) or over the spatial grid of a convolutional
-model. A logistic regression on standardised features is scored by stratified k-fold
+(seeded sample) go through the frozen backbone. The features are `models.features`' (the
+checkpoint's own pooling convention and `strategy.layers`, the same features `feature_extraction`
+then uses, read from its cache when the sample is the whole training split), on Accelerate's
+device. A logistic regression on standardised features is scored by stratified k-fold
 cross-validation (k = min(5, smallest class count)), so every score is on held-out examples. Its
 balanced accuracy `b` against chance `1/K` (K classes) gives the
 normalised separability `s = clip((b - 1/K) / (1 - 1/K), 0, 1)`: 0 = the frozen features carry
@@ -44,13 +45,13 @@ import dataclasses
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import numpy as np
-import torch
 from torch import nn
 
 from hf_transfer.errors import ConfigError, HFTransferError
+from hf_transfer.models.features import MODALITY, FeatureExtractor, extract, spec_from_settings
 from hf_transfer.strategies._groups import num_blocks
 from hf_transfer.strategies.base import (
     Strategy,
@@ -82,6 +83,11 @@ class AutoConfig(StrategyConfig):
         measure_examples: At most this many training examples (a seeded sample) are embedded for
             the measurement.
         measure_batch_size: Batch size of the feature pass.
+        layers: Which layers the features read (`last`, `mean`, or indices); passed on to
+            `feature_extraction` when it is chosen.
+        combine: `mean` or `concat` for several layers.
+        pooling: `auto` (the checkpoint's convention) or an explicit pooling.
+        normalize: L2-normalise the features; unset = the checkpoint's convention.
     """
 
     name: str = "auto"
@@ -89,6 +95,10 @@ class AutoConfig(StrategyConfig):
     similarity_threshold: float = 0.5
     measure_examples: int = 400
     measure_batch_size: int = 32
+    layers: Union[Literal["last", "mean"], list[int]] = "last"
+    combine: Literal["mean", "concat"] = "mean"
+    pooling: Literal["auto", "mean", "cls", "max", "last_token", "pooler", "head_input"] = "auto"
+    normalize: bool | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.similarity_threshold <= 1.0:
@@ -99,6 +109,7 @@ class AutoConfig(StrategyConfig):
             raise ConfigError(f"strategy.measure_examples must be >= 4, got {self.measure_examples!r}.")
         if self.measure_batch_size < 1:
             raise ConfigError(f"strategy.measure_batch_size must be >= 1, got {self.measure_batch_size!r}.")
+        spec_from_settings(self)  # layers / combine / pooling checked before any data is read
 
 
 @dataclass
@@ -198,52 +209,6 @@ def separability(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tup
     return score, bacc
 
 
-def _pool(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """One vector per example from a head input of any rank."""
-    if x.ndim == 2:
-        return x
-    if x.ndim == 3:  # (batch, positions, hidden)
-        if mask is not None and mask.ndim == 2 and mask.shape[1] == 2 * x.shape[1]:
-            mask = mask[:, ::2]  # Whisper: one mask entry per mel frame, two frames per position
-        if mask is not None and mask.ndim == 2 and mask.shape[:2] == x.shape[:2]:
-            m = mask.to(x.dtype).unsqueeze(-1)
-            return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return x.mean(1)
-    if x.ndim == 4:  # (batch, channels, h, w)
-        return x.mean((2, 3))
-    return x.reshape(x.shape[0], -1)
-
-
-@torch.no_grad()
-def frozen_features(model: nn.Module, batches, model_inputs) -> np.ndarray:
-    """Frozen pretrained features, one row per example: the last hidden state, mean-pooled over
-    positions (padding masked out when the batch has an attention mask of matching length) or over
-    the spatial grid for convolutional models.
-
-    Args:
-        model: The pretrained model (with its new head, which is not used).
-        batches: Iterable of collated batches.
-        model_inputs: `batch -> kwargs` for the model (drops the labels).
-    """
-    device = next(model.parameters()).device
-    rows = []
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs(batch).items()}
-            hidden = getattr(model(**inputs, output_hidden_states=True), "hidden_states", None)
-            if not hidden:
-                raise HFTransferError(
-                    f"strategy 'auto' cannot measure similarity with {type(model).__name__}: it returns "
-                    "no hidden states. Set strategy.similarity to high or low."
-                )
-            rows.append(_pool(hidden[-1].float(), inputs.get("attention_mask")).cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(rows)
-
-
 @dataclass
 class Measurement:
     """Result of `measure_similarity`."""
@@ -254,7 +219,8 @@ class Measurement:
     classes: int
 
 
-def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed: int = 0) -> Measurement:
+def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed: int = 0,
+                       settings: Any = None) -> Measurement:
     """Normalised linear separability of the target labels in the frozen pretrained features.
 
     Args:
@@ -263,24 +229,20 @@ def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed:
         max_examples: Sample at most this many training examples (seeded).
         batch_size: Batch size of the feature pass.
         seed: Sampling and cross-validation seed.
+        settings: Where `layers`, `combine`, `pooling`, `normalize` come from (the auto config).
     """
-    from torch.utils.data import DataLoader
-
     task, train = ctx.task, ctx.splits.train
     n = min(len(train), max_examples)
     sample = train.shuffle(seed=seed).select(range(n)) if n < len(train) else train
+    cfg = getattr(ctx, "cfg", None)
+    recipe = getattr(cfg, "recipe", "text_classification")
+    extractor = FeatureExtractor(task.build_model(), modality=MODALITY.get(recipe, "text"),
+                                 spec=spec_from_settings(settings),
+                                 name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None))
+    feats = extract(extractor, task, sample, batch_size=batch_size)
+    del extractor
     labels = np.asarray(sample["labels"])
-    model = task.build_model()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    data = task.preprocess(sample, train=False)
-    dl = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
-    model_inputs = getattr(task, "model_inputs", None) or (lambda b: {k: v for k, v in b.items() if k != "labels"})
-    feats = frozen_features(model, dl, model_inputs)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    score, bacc = separability(feats, labels, seed)
+    score, bacc = separability(feats.X.astype(np.float64), labels, seed)
     return Measurement(score, bacc, n, len(np.unique(labels)))
 
 
@@ -329,7 +291,7 @@ class Auto(Strategy):
         self.train_size = len(ctx.splits.train)
         if c.similarity == "measure":
             seed = getattr(getattr(getattr(ctx, "cfg", None), "training", None), "seed", 0)
-            self.measurement = measure_similarity(ctx, c.measure_examples, c.measure_batch_size, seed)
+            self.measurement = measure_similarity(ctx, c.measure_examples, c.measure_batch_size, seed, c)
             m = self.measurement
             if m.score is None:
                 similarity = "high"
@@ -353,6 +315,8 @@ class Auto(Strategy):
         cls = strategy_config_class(choice.name)
         names = {f.name for f in dataclasses.fields(cls)}
         shared = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(StrategyConfig)}
+        # The features the measurement read are the ones feature_extraction then fits on.
+        shared.update({k: getattr(self.config, k) for k in ("layers", "combine", "pooling", "normalize")})
         kwargs = {k: v for k, v in {**shared, **choice.settings}.items() if k in names}
         kwargs["name"] = choice.name
         return cls(**kwargs)

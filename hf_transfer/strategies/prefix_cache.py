@@ -48,6 +48,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from hf_transfer.models.features import unwrap_model
+
 logger = logging.getLogger(__name__)
 
 #: Encoders whose forward takes cached hidden states this way (each is covered by a test).
@@ -77,7 +79,7 @@ def prefix_cache_blocker(model: nn.Module, groups: list, first_trainable: int | 
         first_trainable: Index in `groups` of the first group that trains (the cut).
         augmentation: Whether the training data is augmented.
     """
-    if callable(getattr(model, "get_base_model", None)):
+    if unwrap_model(model) is not model:
         return "the model is wrapped (PEFT adapters)"
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -291,15 +293,25 @@ class PrefixCachedModel(nn.Module):
         if not plan.text:
             inputs.pop("attention_mask", None)
         inputs[plan.input_kwarg] = prefix_hidden_states
-
-        def from_cache(*args, **kwargs):
-            return prefix_hidden_states
-
-        def pass_through(*args, **kwargs):
-            return _first_tensor(args, kwargs)
-
-        with _patched_forward(plan.stem, from_cache), _patched_forward(plan.blocks[:plan.frozen_blocks], pass_through):
+        with cached_prefix(plan, prefix_hidden_states):
             return self.model(**inputs)
+
+
+@contextmanager
+def cached_prefix(plan: PrefixPlan, prefix_hidden_states: torch.Tensor):
+    """While inside, the model's stem returns `prefix_hidden_states` and its frozen blocks pass
+    them through, so a forward call given them as `plan.input_kwarg` runs only the blocks above the
+    cut (what `PrefixCachedModel.forward` does; also for callers that run the backbone themselves,
+    such as a feature extractor)."""
+
+    def from_cache(*args, **kwargs):
+        return prefix_hidden_states
+
+    def pass_through(*args, **kwargs):
+        return _first_tensor(args, kwargs)
+
+    with _patched_forward(plan.stem, from_cache), _patched_forward(plan.blocks[:plan.frozen_blocks], pass_through):
+        yield
 
 
 def hold_eval_mode(modules: Iterable[nn.Module]) -> None:
