@@ -31,10 +31,15 @@ class RunContext:
     """What a strategy may look at before and after the model is built."""
 
     def __init__(self, cfg: TrainConfig, task, splits, output_dir: Path):
+        from hf_transfer.engine.trainer import Trainer
+
         self.cfg = cfg
         self.task = task
         self.splits = splits
         self.output_dir = output_dir
+        #: The engine's trainer, for a strategy whose `fit` trains with it (strategies sit beside
+        #: the engine in the layering and do not import it).
+        self.trainer_cls = Trainer
 
 
 def _is_main() -> bool:

@@ -113,6 +113,11 @@ class RunFolder:
     def __init__(self, path: str | Path, config: TrainConfig | None = None,
                  error: type[HFTransferError] = HFTransferError):
         self.path = Path(path)
+        self.config_path = self.path / CONFIG_FILE
+        self.metrics_path = self.path / METRICS_FILE
+        self.history_path = self.path / HISTORY_FILE
+        self.checkpoints_dir = self.path / CHECKPOINTS_DIR
+        self.baseline_path = self.path / BASELINE_FILE
         self._error = error
         if config is not None:
             self.__dict__["config"] = config
@@ -135,26 +140,6 @@ class RunFolder:
         return run
 
     # Paths ------------------------------------------------------------------------------------
-    @property
-    def config_path(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def history_path(self) -> Path:
-        return self.path / HISTORY_FILE
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / CHECKPOINTS_DIR
-
-    @property
-    def baseline_path(self) -> Path:
-        return self.path / BASELINE_FILE
-
     def images(self) -> tuple[str, ...]:
         """The card images this run wrote."""
         return tuple(i for i in IMAGES if (self.path / i).is_file())

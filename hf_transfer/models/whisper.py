@@ -163,3 +163,26 @@ def set_feature_extractor_window(feature_extractor, whole_seconds: int) -> None:
     fe.chunk_length = int(whole_seconds)
     fe.n_samples = int(whole_seconds) * fe.sampling_rate
     fe.nb_max_frames = fe.n_samples // fe.hop_length
+
+
+def fit_window(feature_extractor, max_audio_seconds: float | None) -> tuple[int, int, str]:
+    """Set a Whisper feature extractor's window for `data.max_audio_seconds`.
+
+    Returns:
+        (encoder positions to keep, most audio samples per clip, where that limit comes from, for
+        messages about clips that are too long).
+    """
+    fe = feature_extractor
+    rate = int(fe.sampling_rate)
+    full_seconds = fe.n_samples // rate
+    if max_audio_seconds is not None and max_audio_seconds < full_seconds:
+        whole, positions = window_positions(max_audio_seconds, rate)
+        set_feature_extractor_window(fe, whole)
+        where = f"data.max_audio_seconds={max_audio_seconds:g} (encoder window {whole} s)"
+    else:
+        positions = fe.nb_max_frames // MEL_FRAMES_PER_POSITION
+        where = f"the Whisper encoder's {full_seconds} s window"
+    max_samples = int(fe.n_samples)
+    if max_audio_seconds is not None:
+        max_samples = min(max_samples, int(round(max_audio_seconds * rate)))
+    return positions, max_samples, where

@@ -1,16 +1,15 @@
-"""`adapter`: small bottleneck modules beside each block's feed-forward layers (PEFT LoRA).
+"""`lora_ffn` (also spelled `adapter`): LoRA beside each block's feed-forward layers (PEFT).
 
-Bottleneck adapters (Houlsby et al. 2019) insert a down-projection to a small width, a
-nonlinearity and an up-projection into every block. PEFT 0.21 has no such adapter: its methods
-either re-parametrise weights (LoRA and its variants, OFT, ...), rescale activations (IA3) or
-add prompts; PEANuT's small network acts on the *weights*, not the activations, and ShadowPEFT
-targets decoder-only language models. So `adapter` uses PEFT's LoRA layer placed where adapters
-work best, as a *parallel adapter* on the feed-forward sublayer (He et al. 2022, "Towards a
-Unified View of Parameter-Efficient Transfer Learning"): a down-projection `A` to `r` and a
-zero-initialised up-projection `B` beside each feed-forward linear layer. He et al. show this
+What it is, named plainly: PEFT's LoRA layer on the feed-forward sublayer, which is the *parallel
+adapter* of He et al. 2022 ("Towards a Unified View of Parameter-Efficient Transfer Learning"): a
+down-projection `A` to `r` and a zero-initialised up-projection `B` beside each feed-forward
+linear layer. It is not a Houlsby bottleneck adapter (no nonlinearity between the projections):
+PEFT 0.21 has none, and the AdapterHub `adapters` library is not a dependency. He et al. show this
 linear bottleneck performs like the nonlinear one at the same place and width; being linear it
-merges into the weights, so the run folder stays a plain transformers model, and it keeps
-PEFT's save, load and resume support. The new head trains in full.
+merges into the weights, so the run folder stays a plain transformers model, and it keeps PEFT's
+save, load and resume support. The new head trains in full.
+
+`adapter` is kept as an alias so that existing configs keep working; both names train the same.
 """
 
 from __future__ import annotations
@@ -22,29 +21,31 @@ from hf_transfer.strategies.lora import Lora, LoraSettings
 
 
 @dataclass
-class AdapterSettings(LoraSettings):
-    """Settings of `adapter`.
+class LoraFfnSettings(LoraSettings):
+    """Settings of `lora_ffn` / `adapter`: those of `lora`, with adapters on the feed-forward
+    layers by default (`target_modules` empty: BERT `intermediate.dense`/`output.dense`, ViT
+    `mlp.fc1`/`mlp.fc2`, Whisper `fc1`/`fc2`, wav2vec2 `feed_forward.*_dense`), a wider bottleneck
+    (`r` 16, `alpha` 32)."""
 
-    Attributes:
-        name: `adapter`.
-        r: Bottleneck width of each adapter.
-        alpha: Scale numerator: the adapter's output is multiplied by `alpha / r`.
-        dropout: Dropout on the adapter's input during training.
-        target_modules: Modules to put adapters beside (full names or suffixes). Empty: both
-            feed-forward linear layers of every block (BERT `intermediate.dense`/`output.dense`,
-            ViT `mlp.fc1`/`mlp.fc2`, Whisper `fc1`/`fc2`, wav2vec2 `feed_forward.*_dense`).
-        merge: What `export` ships: the merged model (true) or the adapter alone (false). The run
-            folder always holds both (merged weights at the root, the adapter under `adapter/`).
-    """
-
-    name: str = "adapter"
+    name: str = "lora_ffn"
     r: int = 16
     alpha: float = 32.0
-    dropout: float = 0.1
+
+
+@register_strategy("lora_ffn", LoraFfnSettings)
+class LoraFfn(Lora):
+    """LoRA on the feed-forward layers: parallel adapters (PEFT `LoraConfig`)."""
+
+    default_roles = ("ffn_in", "ffn_out")
+
+
+@dataclass
+class AdapterSettings(LoraFfnSettings):
+    """Settings of `adapter`, the alias of `lora_ffn`."""
+
+    name: str = "adapter"
 
 
 @register_strategy("adapter", AdapterSettings)
-class Adapter(Lora):
-    """Parallel bottleneck adapters on the feed-forward sublayer (PEFT `LoraConfig`)."""
-
-    default_roles = ("ffn_in", "ffn_out")
+class Adapter(LoraFfn):
+    """Parallel bottleneck adapters on the feed-forward sublayer (alias of `lora_ffn`; PEFT `LoraConfig`)."""

@@ -32,8 +32,7 @@ from hf_transfer.models.heads import load_config_checked, load_for_classificatio
 from hf_transfer.models.whisper import (
     WhisperForMaskedAudioClassification,
     cut_encoder_window,
-    set_feature_extractor_window,
-    window_positions,
+    fit_window,
 )
 from hf_transfer.paths import resolve
 from hf_transfer.tasks.base import ClassificationTask, Splits, register_task
@@ -74,13 +73,12 @@ class AutoAudioClassifier:
         return AutoModelForAudioClassification.from_pretrained(name_or_path, *args, **kwargs)
 
 
-@register_task("audio_classification", pipeline_tag="audio-classification", task_name="Audio Classification",
-               auto_class="AutoModelForAudioClassification", metrics=("accuracy", "f1"),
-               example_input="path/to/audio.wav")
+@register_task("audio_classification", "audio-classification", example_input="path/to/audio.wav")
 class AudioClassificationTask(ClassificationTask):
     """A clip in, one label out."""
 
     auto_model_cls = AutoAudioClassifier
+    hub_auto_class = "AutoModelForAudioClassification"
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -183,17 +181,7 @@ class AudioClassificationTask(ClassificationTask):
         rate = int(fe.sampling_rate)
         max_samples, where = None, ""
         if _is_whisper_fe(fe):
-            full_seconds = fe.n_samples // rate
-            if d.max_audio_seconds is not None and d.max_audio_seconds < full_seconds:
-                whole, self.whisper_positions = window_positions(d.max_audio_seconds, rate)
-                set_feature_extractor_window(fe, whole)
-                where = f"data.max_audio_seconds={d.max_audio_seconds:g} (encoder window {whole} s)"
-            else:
-                self.whisper_positions = fe.nb_max_frames // 2
-                where = f"the Whisper encoder's {full_seconds} s window"
-            max_samples = int(fe.n_samples)
-            if d.max_audio_seconds is not None and d.max_audio_seconds < max_samples / rate:
-                max_samples = int(round(d.max_audio_seconds * rate))
+            self.whisper_positions, max_samples, where = fit_window(fe, d.max_audio_seconds)
         elif d.max_audio_seconds is not None:
             max_samples = int(round(d.max_audio_seconds * rate))
             where = f"data.max_audio_seconds={d.max_audio_seconds:g}"

@@ -25,17 +25,23 @@ logger = logging.getLogger(__name__)
 _TASKS: dict[str, type["Task"]] = {}
 
 
-def register_task(name: str, **facts):
+def register_task(name: str, pipeline_tag: str = "", *, example_input: str = "",
+                  metrics: tuple[str, ...] = ("accuracy", "f1"), lower_is_better: bool = False):
     """Class decorator: the task behind `recipe: <name>`.
 
-    `facts` are `RecipeInfo` fields (Hub pipeline tag, loader class, headline metrics, ...): the
-    one place export and the model card learn about a recipe.
+    The Hub facts given here (and the class's `hub_auto_class`, else its `auto_model_cls`) are
+    registered as the recipe's `RecipeInfo`: the one place export and the model card learn about
+    a recipe.
     """
 
     def wrap(cls):
         cls.name = name
         _TASKS[name] = cls
-        register_recipe(name, RecipeInfo(name, **facts))  # `recipe: <name>` now validates
+        auto = cls.hub_auto_class or getattr(cls.auto_model_cls, "__name__", "")
+        register_recipe(name, RecipeInfo(  # `recipe: <name>` now validates
+            name, pipeline_tag=pipeline_tag, task_name=pipeline_tag.replace("-", " ").title(),
+            auto_class=auto, metrics=tuple(metrics), lower_is_better=lower_is_better,
+            example_input=example_input))
         return cls
 
     return wrap
@@ -71,6 +77,9 @@ class Task:
 
     name: ClassVar[str] = "task"
     auto_model_cls: ClassVar[Any] = None
+    #: The transformers class a user loads the trained model with, when `auto_model_cls` is a
+    #: wrapper of hf_transfer's own.
+    hub_auto_class: ClassVar[str] = ""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

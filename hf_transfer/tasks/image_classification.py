@@ -66,9 +66,7 @@ def _resolve_paths(batch: dict, column: str, base: str) -> dict:
     return {column: out}
 
 
-@register_task("image_classification", pipeline_tag="image-classification", task_name="Image Classification",
-               auto_class="AutoModelForImageClassification", metrics=("accuracy", "f1"),
-               example_input="path/to/image.jpg")
+@register_task("image_classification", "image-classification", example_input="path/to/image.jpg")
 class ImageClassificationTask(ClassificationTask):
     """An image in, one label out. Augmentation on the training split only."""
 

@@ -49,7 +49,7 @@ from hf_transfer.data import labels as labels_mod
 from hf_transfer.data.sources import load_split
 from hf_transfer.errors import ConfigError, DataError, ModelError
 from hf_transfer.models.heads import load_config_checked
-from hf_transfer.models.whisper import cut_encoder_window, set_feature_extractor_window, window_positions
+from hf_transfer.models.whisper import cut_encoder_window, fit_window
 from hf_transfer.paths import resolve
 from hf_transfer.tasks.base import Splits, Task, register_task
 
@@ -74,9 +74,8 @@ def _generator(model):
     return model
 
 
-@register_task("speech_recognition", pipeline_tag="automatic-speech-recognition",
-               task_name="Automatic Speech Recognition", auto_class="AutoModelForSpeechSeq2Seq",
-               metrics=("wer", "cer"), lower_is_better=True, example_input="path/to/audio.wav")
+@register_task("speech_recognition", "automatic-speech-recognition", metrics=("wer", "cer"),
+               lower_is_better=True, example_input="path/to/audio.wav")
 class SpeechRecognitionTask(Task):
     """Audio in, transcript out (Whisper encoder-decoder)."""
 
@@ -126,18 +125,8 @@ class SpeechRecognitionTask(Task):
         self.multilingual = bool(multilingual) if multilingual is not None else config.vocab_size >= 51865
         self._set_language_and_task()
 
-        fe, rate = self.feature_extractor, int(self.feature_extractor.sampling_rate)
-        full_seconds = fe.n_samples // rate
-        where = f"the Whisper encoder's {full_seconds} s window"
-        if d.max_audio_seconds is not None and d.max_audio_seconds < full_seconds:
-            whole, self.whisper_positions = window_positions(d.max_audio_seconds, rate)
-            set_feature_extractor_window(fe, whole)
-            where = f"data.max_audio_seconds={d.max_audio_seconds:g} (encoder window {whole} s)"
-        else:
-            self.whisper_positions = fe.nb_max_frames // 2
-        max_samples = int(fe.n_samples)
-        if d.max_audio_seconds is not None:
-            max_samples = min(max_samples, int(round(d.max_audio_seconds * rate)))
+        rate = int(self.feature_extractor.sampling_rate)
+        self.whisper_positions, max_samples, where = fit_window(self.feature_extractor, d.max_audio_seconds)
         self.window = audio_mod.AudioWindow(rate, max_samples, where, d.long_audio, d.on_bad_file)
 
         prefix = len(self.tokenizer.prefix_tokens)

@@ -12,9 +12,7 @@ from hf_transfer.models.heads import load_for_classification
 from hf_transfer.tasks.base import ClassificationTask, register_task
 
 
-@register_task("text_classification", pipeline_tag="text-classification", task_name="Text Classification",
-               auto_class="AutoModelForSequenceClassification", metrics=("accuracy", "f1"),
-               example_input="This was a wonderful film.")
+@register_task("text_classification", "text-classification", example_input="This was a wonderful film.")
 class TextClassificationTask(ClassificationTask):
     """Tokenised text in, one label out; dynamic padding and length-grouped batches."""
 
