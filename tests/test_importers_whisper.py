@@ -24,6 +24,13 @@ from hf_transfer.importers.ctranslate2_whisper import (
     read_ctranslate2_model,
 )
 
+def _load_audio_16k(path):
+    """Mono float32 at 16 kHz, decoded the way the library reads audio."""
+    from hf_transfer.data.audio import read_audio
+
+    return read_audio(str(path), 16_000)
+
+
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 CLIP_0870 = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav"
 TRANSCRIPT_0870 = (
@@ -348,7 +355,7 @@ def test_load_audio_resamples_to_mono_16k(tmp_path):
     t = np.arange(44_100) / 44_100
     stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1) * 0.5
     sf.write(tmp_path / "a.wav", stereo, 44_100)
-    audio = ct2w._load_audio_16k(tmp_path / "a.wav")
+    audio = _load_audio_16k(tmp_path / "a.wav")
     assert audio.dtype == np.float32 and audio.ndim == 1
     assert abs(len(audio) - 16_000) <= 1
 
@@ -376,7 +383,7 @@ def test_tiny_en_transcribes_librivox_0870(tiny_en):
     _, out = tiny_en
     model = WhisperForConditionalGeneration.from_pretrained(out).eval()
     processor = WhisperProcessor.from_pretrained(out)
-    features = processor(ct2w._load_audio_16k(CLIP_0870), sampling_rate=16_000, return_tensors="pt").input_features
+    features = processor(_load_audio_16k(CLIP_0870), sampling_rate=16_000, return_tensors="pt").input_features
     with torch.inference_mode():
         ids = model.generate(features, do_sample=False, num_beams=1)
     text = processor.batch_decode(ids, skip_special_tokens=True)[0]
@@ -412,7 +419,7 @@ def test_tiny_en_matches_ctranslate2(tiny_en):
 
     src, out = tiny_en
     processor = WhisperProcessor.from_pretrained(out)
-    features = processor(ct2w._load_audio_16k(CLIP_0870), sampling_rate=16_000, return_tensors="np").input_features
+    features = processor(_load_audio_16k(CLIP_0870), sampling_rate=16_000, return_tensors="np").input_features
     reference = ctranslate2.models.Whisper(str(src), device="cpu", compute_type="float32")
     ct2_ids = reference.generate(ctranslate2.StorageView.from_array(features.astype(np.float32)), [[50257, 50362]])[0]
     model = WhisperForConditionalGeneration.from_pretrained(out).eval()
