@@ -39,7 +39,7 @@ def cmd_compare(args) -> int:
     config = resolve_config_path(args.config)
     study = plan_study(config, args.overrides, strategies=args.strategies, sizes=args.sizes, seeds=args.seeds,
                        per_class=args.per_class, baselines=args.baselines, sets=args.sets, jobs=args.jobs,
-                       out_dir=args.output_dir, metric=args.metric)
+                       out_dir=args.output_dir, metric=args.metric, config_name=args.config)
     print(f"Study {study.out_dir}: {len(study.cells)} cells "
           f"({len(study.labels) + len(study.baselines)} strategies/baselines x {len(study.sizes)} sizes x "
           f"{len(study.seeds)} seeds), eval split {study.pool['eval_size']} rows.", flush=True)

@@ -40,9 +40,9 @@ import numpy as np
 import yaml
 
 from hf_transfer.config import (
-    TrainConfig, _set_dotted, check_config, config_from_dict, config_to_dict, load_config,
-    parse_override, save_config,
+    TrainConfig, check_config, config_from_dict, config_to_dict, load_config, save_config,
 )
+from hf_transfer.config_parsing import parse_override, set_dotted
 from hf_transfer.errors import ConfigError, HFTransferError
 from hf_transfer.study import cells as cells_mod
 from hf_transfer.study.cells import BASELINES
@@ -107,7 +107,7 @@ class Study:
 
 def parse_int_list(text: str | list, option: str) -> list[int]:
     """`8,64,512` -> [8, 64, 512]; duplicates removed, order kept."""
-    items = text if isinstance(text, list) else [t for t in str(text).replace(" ", "").split(",") if t]
+    items = list(text) if isinstance(text, (list, tuple)) else [t for t in str(text).replace(" ", "").split(",") if t]
     if not items:
         raise ConfigError(f"{option} is empty: give comma-separated integers, e.g. {option} 8,64.")
     out: list[int] = []
@@ -122,7 +122,7 @@ def parse_int_list(text: str | list, option: str) -> list[int]:
 
 
 def parse_name_list(text: str | list, option: str) -> list[str]:
-    items = text if isinstance(text, list) else [t.strip() for t in str(text).split(",")]
+    items = list(text) if isinstance(text, (list, tuple)) else [t.strip() for t in str(text).split(",")]
     out = []
     for t in items:
         if t and t not in out:
@@ -243,7 +243,7 @@ def _cell_config(base: TrainConfig, strategy: str, sets: list[str], indices: lis
         raw["strategy"] = {"name": strategy}
     for text in sets:
         key, value = parse_override(text)
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     raw["data"].update(samples_per_class=None, max_train_samples=None, train_indices=indices, seed=data_seed)
     raw["training"]["seed"] = seed
     raw["output_dir"] = str(out)
@@ -299,7 +299,7 @@ def format_command(config: str, overrides: list[str], strategies: list[str], siz
 
 def plan_study(config: str | Path, overrides: list[str] | None = None, *, strategies, sizes, seeds=(0,),
                per_class: bool = False, baselines=(), sets: list[str] | None = None, jobs: int = 1,
-               out_dir: str | Path | None = None, metric: str = "accuracy") -> Study:
+               out_dir: str | Path | None = None, metric: str = "accuracy", config_name: str | None = None) -> Study:
     """Check everything and plan every cell; nothing runs.
 
     Raises:
@@ -347,11 +347,11 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
 
     pool_labels, names, pool = _load_pool(base, data_seed)
     check_sizes(pool_labels, sizes, per_class, names)
-    command = format_command(str(config), overrides, labels, sizes, seeds, per_class, baselines, set_items,
+    command = format_command(config_name or str(config), overrides, labels, sizes, seeds, per_class, baselines, set_items,
                              jobs, str(out), metric)
     identity = _drop(config_to_dict(base), _CELL_KEYS)
     identity["data"]["seed"] = data_seed
-    record = {"command": command, "config_file": str(config), "overrides": overrides, "per_class": per_class,
+    record = {"command": command, "config_file": config_name or str(config), "overrides": overrides, "per_class": per_class,
               "data_seed": data_seed, "pool": pool, "labels": names, "config": identity,
               "plan": {"strategies": labels, "baselines": baselines, "sizes": sizes, "seeds": seeds,
                        "sets": set_items, "metric": metric}}

@@ -262,9 +262,13 @@ def verdict_lines(verdict: dict, per_class: bool) -> list[str]:
             lines.append(f"- **NEGATIVE TRANSFER** {_size_name(n['size'], per_class)}: {n['strategy']} is {n['reason']}: "
                          f"{_fmt(n['mean'])} against {_fmt(n['reference_mean'])}{sure}.")
     else:
-        lines.append("- No negative-transfer alarm: every pretrained strategy is above scratch"
-                     + (f" and every fine-tuning strategy above the frozen baseline ({verdict['frozen_reference']})"
-                        if verdict["frozen_reference"] else "") + ".")
+        checks = []
+        if verdict["scratch"]:
+            checks.append("every pretrained strategy is above scratch")
+        if verdict["frozen_reference"]:
+            checks.append(f"every fine-tuning strategy is above the frozen baseline ({verdict['frozen_reference']})")
+        lines.append("- No negative-transfer alarm: " + " and ".join(checks) + "." if checks else
+                     "- Negative transfer not checked: no scratch cells and no frozen baseline.")
     return lines
 
 

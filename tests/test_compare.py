@@ -1,0 +1,296 @@
+"""`hf-transfer compare`: nested stratified subsamples, interval arithmetic, verdicts, resume, bad input."""
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from hf_transfer.cli import main
+from hf_transfer.errors import ConfigError, HFTransferError
+from hf_transfer.study import plan_study, run_study
+from hf_transfer.study.report import verdicts
+from hf_transfer.study.sampling import nested_subsamples, stratified_order
+from hf_transfer.study.stats import paired_difference, summarize, t_critical
+
+
+# ------------------------------------------------------------------------------------------------
+# Subsamples
+
+
+def test_per_class_subsamples_are_nested_balanced_and_seeded():
+    labels = np.array([0] * 30 + [1] * 50 + [2] * 20)
+    np.random.default_rng(0).shuffle(labels)
+    a = nested_subsamples(labels, [2, 8, 16], seed=0, per_class=True)
+    for k, idx in a.items():
+        assert np.bincount(labels[idx], minlength=3).tolist() == [k, k, k]
+        assert len(set(idx)) == len(idx)
+    assert set(a[2]) <= set(a[8]) <= set(a[16])
+    assert nested_subsamples(labels, [2, 8, 16], seed=0, per_class=True) == a  # reproducible
+    b = nested_subsamples(labels, [8], seed=1, per_class=True)
+    assert b[8] != a[8]
+    # A size's set does not depend on which other sizes are asked for.
+    assert nested_subsamples(labels, [8], seed=0, per_class=True)[8] == a[8]
+
+
+def test_total_subsamples_are_nested_and_stratified():
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    np.random.default_rng(1).shuffle(labels)
+    sizes = [3, 10, 50, 200, 1000]
+    subs = nested_subsamples(labels, sizes, seed=3, per_class=False)
+    share = np.bincount(labels) / len(labels)
+    for small, large in zip(sizes, sizes[1:]):
+        assert set(subs[small]) <= set(subs[large])
+    for n, idx in subs.items():
+        counts = np.bincount(labels[idx], minlength=3)
+        assert counts.sum() == n and counts.min() >= 1  # every class present
+        # Within a row of the proportional share, once every class's share is at least one row
+        # (below that, the one-row-per-class rule moves up to K - 1 rows).
+        tolerance = 1.5 if (n * share).min() >= 1 else len(share) - 1
+        assert np.all(np.abs(counts - n * share) <= tolerance), (n, counts, n * share)
+    order = stratified_order(labels, seed=3)
+    assert sorted(order.tolist()) == list(range(len(labels)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Intervals
+
+
+@pytest.mark.parametrize("values", [[0.7, 0.75], [0.61, 0.66, 0.64], [0.9, 0.8, 0.85, 0.87, 0.91]])
+def test_interval_matches_scipy(values):
+    s = summarize(values)
+    x = np.asarray(values)
+    low, high = scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x))
+    assert s.mean == pytest.approx(x.mean())
+    assert s.sd == pytest.approx(x.std(ddof=1))
+    assert (s.low, s.high) == pytest.approx((low, high))
+    # By hand, with tabulated critical values.
+    table = {1: 12.7062, 2: 4.3027, 4: 2.7764}
+    half = table[len(x) - 1] * x.std(ddof=1) / math.sqrt(len(x))
+    assert s.half_width == pytest.approx(half, rel=1e-4)
+
+
+def test_one_value_has_no_interval_and_paired_difference_pairs_by_seed():
+    s = summarize([0.5])
+    assert s.n == 1 and math.isnan(s.sd) and not s.has_interval
+    assert t_critical(2) == pytest.approx(4.302653, rel=1e-6)
+    d = paired_difference({0: 0.8, 1: 0.9, 2: 0.7, 5: 0.1}, {0: 0.6, 1: 0.65, 2: 0.55})
+    diffs = np.array([0.2, 0.25, 0.15])
+    low, high = scipy_stats.t.interval(0.95, 2, loc=diffs.mean(), scale=scipy_stats.sem(diffs))
+    assert d.n == 3 and (d.mean, d.low, d.high) == pytest.approx((diffs.mean(), low, high))
+
+
+# ------------------------------------------------------------------------------------------------
+# Verdicts on a constructed table
+
+
+def _rows(label, runs, size, values, kind="train", chosen=""):
+    return [{"strategy": label, "runs": runs, "kind": kind, "size": size, "seed": s, "chosen": chosen,
+             "eval_accuracy": v} for s, v in enumerate(values)]
+
+
+def test_verdicts_negative_transfer_and_transfer_beyond_interval():
+    rows = (_rows("scratch", "scratch", 8, [0.60, 0.62, 0.61]) + _rows("full", "full", 8, [0.50, 0.52, 0.49])
+            + _rows("partial", "partial", 8, [0.80, 0.83, 0.81]) + _rows("lora", "lora", 8, [0.66, 0.67, 0.65])
+            + _rows("feature_extraction", "feature_extraction", 8, [0.62, 0.63, 0.60])
+            + _rows("logreg", "logreg", 8, [0.70, 0.71, 0.69], kind="logreg")
+            + _rows("auto", "auto", 8, [0.64, 0.64, 0.64], chosen="feature_extraction")
+            + _rows("scratch", "scratch", 64, [0.70, 0.72, 0.71]) + _rows("full", "full", 64, [0.90, 0.91, 0.92]))
+    v = verdicts(rows, "accuracy")
+    assert v["scratch"] == "scratch" and v["frozen_reference"] == "logreg"
+    best = {b["size"]: b for b in v["best"]}
+    assert best[8]["strategy"] == "partial" and best[64]["strategy"] == "full"
+    vs = {(t["strategy"], t["size"]): t for t in v["transfer_vs_scratch"]}
+    assert vs[("partial", 8)]["beats_scratch_beyond_interval"]
+    assert vs[("full", 64)]["beats_scratch_beyond_interval"]
+    assert not vs[("full", 8)]["beats_scratch_beyond_interval"]
+    assert vs[("full", 8)]["gain"] == pytest.approx(np.mean([0.50, 0.52, 0.49]) - np.mean([0.60, 0.62, 0.61]))
+    alarms = {(n["strategy"], n["size"], n["against"]) for n in v["negative_transfer"]}
+    # full at 8 is worse than scratch (beyond the interval) and than the frozen baseline;
+    # lora is above scratch but below the frozen baseline; partial and full at 64 are fine;
+    # feature_extraction (frozen itself) and auto (which chose it) are not judged against the frozen baseline.
+    assert alarms == {("full", 8, "scratch"), ("full", 8, "logreg"), ("lora", 8, "logreg")}
+    worse = next(n for n in v["negative_transfer"] if n["strategy"] == "full" and n["against"] == "scratch")
+    assert worse["beyond_interval"]
+
+
+def test_verdicts_lower_is_better_metric():
+    rows = [dict(r, eval_loss=r.pop("eval_accuracy")) for r in
+            _rows("scratch", "scratch", 8, [0.5, 0.52]) + _rows("full", "full", 8, [0.7, 0.72])]
+    v = verdicts(rows, "loss", higher_is_better=False)
+    assert v["best"][0]["strategy"] == "scratch"
+    assert [(n["strategy"], n["against"]) for n in v["negative_transfer"]] == [("full", "scratch")]
+    assert v["transfer_vs_scratch"][0]["gain"] == pytest.approx(-0.2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: clear errors before any run
+
+
+@pytest.fixture
+def study_config(tmp_path, tiny_bert_dir, toy_text_data, monkeypatch):
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "recipe": "text_classification",
+        "model": {"name_or_path": str(tiny_bert_dir)},
+        "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003, "warmup_ratio": 0.0,
+                     "report_to": [], "save_strategy": "no"},
+    }))
+    return cfg
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategies", "ful,scratch", "--sizes", "4"], "Did you mean 'full'"),
+    (["--strategies", "full", "--sizes", "4", "--baselines", "logrg"], "Did you mean 'logreg'"),
+    (["--strategies", "logreg", "--sizes", "4"], "--baselines logreg"),
+    (["--strategies", "full", "--sizes", "4", "--jobs", "0"], "--jobs must be at least 1"),
+    (["--strategies", "full", "--sizes", "49", "--per-class"], "more than class"),
+    (["--strategies", "full", "--sizes", "97"], "more than the training pool holds (96 rows"),
+    (["--strategies", "full", "--sizes", "1"], "fewer than the 2 classes"),
+    (["--strategies", "full", "--sizes", "4,x"], "'x' is not one"),
+    (["--strategies", "full", "--sizes", "4", "--set", "fulll:training.epochs=2"], "Did you mean 'full'"),
+    (["--strategies", "full", "--sizes", "4", "--set", "full:training.epoch=2"], "training.epochs"),
+])
+def test_bad_input_fails_before_any_run(study_config, tmp_path, capsys, args, message):
+    out = tmp_path / "study-out"
+    assert main(["compare", str(study_config), *args, "-o", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "cells").exists()
+
+
+def test_setfit_baseline_needs_the_package(study_config, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "setfit" else real(name, *a))
+    with pytest.raises(HFTransferError, match="setfit package, which is not installed"):
+        plan_study(study_config, strategies="full", sizes="4", baselines="setfit", out_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_setfit_baseline_is_text_only(tmp_path, monkeypatch):
+    from hf_transfer.study.compare import check_baselines
+    from hf_transfer.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.recipe = "image_classification"
+    with pytest.raises(HFTransferError, match="text only"):
+        check_baselines(["setfit"], cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end on the tiny model: a study, its files, a rerun that skips, a killed cell, a new config
+
+
+def _cell_mtimes(study):
+    return {c.dir.name: (c.dir / "metrics.json").stat().st_mtime_ns for c in study.cells}
+
+
+def test_study_end_to_end_resume_and_refusals(study_config, tmp_path):
+    out = tmp_path / "study"
+    kw = dict(strategies="scratch", sizes="4,8", per_class=True, seeds="0,1", out_dir=out)
+    study = plan_study(study_config, **kw)
+    assert len(study.cells) == 4 and not out.exists()  # planning writes nothing
+    lines = []
+    report = run_study(study, echo=lines.append)
+    assert report["finished"] == 4 and not report["failed_cells"]
+    assert len([x for x in lines if x.startswith("[")]) == 4 and "ETA" in lines[0]
+    for name in ("study.csv", "study.md", "study.json", "study.png", "study.yaml"):
+        assert (out / name).is_file(), name
+    rows = (out / "study.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("strategy,runs,kind,size,per_class,seed,train_size,seconds")
+    # The same eval split everywhere; nested, balanced training sets per seed.
+    for seed in (0, 1):
+        cfgs = {c.size: yaml.safe_load((c.dir / "cell.yaml").read_text()) for c in study.cells
+                if c.seed == seed and c.label == "scratch"}
+        assert set(cfgs[4]["data"]["train_indices"]) < set(cfgs[8]["data"]["train_indices"])
+    metrics = [json.loads((c.dir / "metrics.json").read_text()) for c in study.cells]
+    assert {m["eval_size"] for m in metrics} == {32}
+    assert sorted({m["train_size"] for m in metrics}) == [8, 16]
+    saved = json.loads((out / "study.json").read_text())
+    assert {b["size"] for b in saved["verdicts"]["best"]} == {4, 8}
+    assert "Verdicts" in (out / "study.md").read_text()
+
+    # Second invocation: every cell skipped.
+    before = _cell_mtimes(study)
+    lines = []
+    start = time.perf_counter()
+    run_study(plan_study(study_config, **kw), echo=lines.append)
+    assert time.perf_counter() - start < 10
+    assert _cell_mtimes(study) == before
+    assert lines[0].startswith("4 of 4 cells already finished")
+
+    # A killed cell (no metrics.json, a half-written folder): only it runs again.
+    killed = study.cells[2]
+    (killed.dir / "metrics.json").unlink()
+    (killed.dir / "study_cell.json").unlink()
+    lines = []
+    run_study(plan_study(study_config, **kw), echo=lines.append)
+    after = _cell_mtimes(study)
+    assert [k for k in after if after[k] != before[k]] == [killed.dir.name]
+    assert lines[0].startswith("3 of 4 cells already finished")
+
+    # Another config in the same folder is refused; so is a finished cell with other settings.
+    with pytest.raises(ConfigError, match="different config .*training.epochs"):
+        plan_study(study_config, ["training.epochs=2"], **kw)
+    with pytest.raises(ConfigError, match="finished with other settings"):
+        plan_study(study_config, sets=["scratch:training.learning_rate=0.01"], **kw)
+    # More seeds and sizes with the same config extend the study.
+    bigger = plan_study(study_config, **{**kw, "seeds": "0,1,2"})
+    assert len(bigger.cells) == 6
+
+
+def test_negative_transfer_alarm_end_to_end(tmp_path, tiny_bert_dir, toy_text_data, monkeypatch):
+    """A "pretrained" checkpoint made useless (every embedding zero: all inputs look alike) against
+    scratch: its frozen features score chance while scratch learns the toy task."""
+    import shutil
+
+    import torch
+    from transformers import BertModel
+
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "broken-pretrained"
+    model = BertModel.from_pretrained(tiny_bert_dir)
+    with torch.no_grad():
+        for p in model.embeddings.parameters():
+            p.zero_()
+    model.save_pretrained(bad)
+    for f in tiny_bert_dir.iterdir():
+        if not (bad / f.name).exists():
+            shutil.copy(f, bad / f.name)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "recipe": "text_classification", "model": {"name_or_path": str(bad)},
+        "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
+        "training": {"epochs": 8, "batch_size": 16, "learning_rate": 0.003, "warmup_ratio": 0.0,
+                     "report_to": [], "save_strategy": "no"},
+    }))
+    study = plan_study(cfg, strategies="feature_extraction,scratch", sizes="48", per_class=True, seeds="0,1",
+                       out_dir=tmp_path / "study")
+    report = run_study(study, echo=lambda _: None)
+    alarms = report["verdicts"]["negative_transfer"]
+    assert [(a["strategy"], a["against"]) for a in alarms] == [("feature_extraction", "scratch")]
+    assert alarms[0]["mean"] == pytest.approx(0.5) and alarms[0]["reference_mean"] > 0.75
+    assert "NEGATIVE TRANSFER" in (tmp_path / "study" / "study.md").read_text()
+
+
+@pytest.mark.slow
+def test_worker_processes_and_baselines(study_config, tmp_path, capsys):
+    """--jobs 2: cells in worker processes; logreg and setfit baselines on the same splits."""
+    out = tmp_path / "study"
+    rc = main(["compare", str(study_config), "--strategies", "feature_extraction", "--sizes", "4",
+               "--per-class", "--seeds", "0,1", "--baselines", "logreg,setfit", "--set", "setfit:num_iterations=2",
+               "--jobs", "2", "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    rows = (out / "study.csv").read_text().splitlines()
+    assert len(rows) == 7
+    for cell in (out / "cells").iterdir():
+        m = json.loads((cell / "metrics.json").read_text())
+        assert m["train_size"] == 8 and m["eval_size"] == 32, cell.name
+    assert "| logreg |" in printed and "| setfit |" in printed
