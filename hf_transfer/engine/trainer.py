@@ -9,16 +9,12 @@ needs to continue exactly (model, optimizer, scheduler, RNG, data position, stra
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState, GradientState
@@ -28,8 +24,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hf_transfer.config import TrainConfig
+from hf_transfer.engine.checkpoints import STATE_FILE, Checkpointing, TrainerState  # noqa: F401  (re-exported)
 from hf_transfer.engine.budget import resolve_budget, resolve_learning_rate
 from hf_transfer.engine.distributed import precision_that_ran as dist_precision
+from hf_transfer.engine.evaluation import recalibrate_batchnorm, run_evaluation  # noqa: F401  (re-exported)
 from hf_transfer.engine.optim import build_param_groups
 from hf_transfer.errors import HFTransferError
 from hf_transfer.quiet import progress_disabled
@@ -37,24 +35,6 @@ from hf_transfer.quiet import progress_disabled
 logger = logging.getLogger(__name__)
 
 LOWER_IS_BETTER = ("loss", "wer", "cer")
-STATE_FILE = "trainer_state.json"
-
-
-@dataclass
-class TrainerState:
-    """Progress that a checkpoint records besides Accelerate's own state."""
-
-    global_step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0  # optimizer steps already done in `epoch`
-    best_metric: float | None = None
-    best_step: int | None = None
-    evals_without_improvement: int = 0
-    history: list[dict] = field(default_factory=list)
-    strategy_state: dict = field(default_factory=dict)
-    stopped_early: bool = False
-    # Training seconds of earlier processes of this run (up to the checkpoint resumed from).
-    train_runtime: float = 0.0
 
 
 def new_accelerator(cfg: TrainConfig, output_dir: Path, find_unused_parameters: bool = False,
@@ -130,7 +110,7 @@ class EngineHook:
         """After the best weights are loaded, before the final evaluation and save."""
 
 
-class Trainer:
+class Trainer(Checkpointing):
     """Trains `model` on `train_dataset` with Accelerate.
 
     Args:
@@ -233,75 +213,6 @@ class Trainer:
         )
         acc.register_for_checkpointing(self.scheduler)
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def _checkpoints(self) -> list[Path]:
-        if not self.ckpt_dir.is_dir():
-            return []
-        found = [p for p in self.ckpt_dir.glob("step_*") if (p / STATE_FILE).is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
-
-    def save_checkpoint(self) -> Path:
-        """Save a resumable checkpoint atomically: written aside, then renamed into place."""
-        acc = self.accelerator
-        final = self.ckpt_dir / f"step_{self.state.global_step}"
-        tmp = self.ckpt_dir / f".tmp_step_{self.state.global_step}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        # Every process writes into `tmp` (its RNG state, FSDP shards): all must finish before the
-        # main process renames it.
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            self.state.strategy_state = self.strategy.state_dict()
-            before = self.state.train_runtime
-            self.state.train_runtime = before + (time.time() - self._start if getattr(self, "_start", None) else 0.0)
-            (tmp / STATE_FILE).write_text(json.dumps(self.state.__dict__, indent=1, default=float))
-            self.state.train_runtime = before
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            for old in self._checkpoints()[: -self.tc.save_total_limit] if self.tc.save_total_limit > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
-
-    def resolve_checkpoint(self, spec: str) -> Path:
-        if spec == "latest":
-            found = self._checkpoints()
-            if not found:
-                raise HFTransferError(
-                    f"training.resume_from_checkpoint=latest, but '{self.ckpt_dir}' holds no checkpoint. "
-                    "Start without resume_from_checkpoint, or point it at a checkpoint folder."
-                )
-            return found[-1]
-        path = Path(spec)
-        if not (path / STATE_FILE).is_file():
-            raise HFTransferError(
-                f"'{spec}' is not a checkpoint folder (no {STATE_FILE}). Checkpoints are in "
-                f"'{self.ckpt_dir}' as step_N; or use training.resume_from_checkpoint=latest."
-            )
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        saved = json.loads((path / STATE_FILE).read_text())
-        self.state = TrainerState(**saved)
-        self.strategy.load_state_dict(self.state.strategy_state)
-        # Re-apply the schedule's freezing for every epoch already started, so requires_grad
-        # matches what the uninterrupted run had at this point.
-        model = self.accelerator.unwrap_model(self.model)
-        for epoch in range(self.state.epoch + 1):
-            self.strategy.on_epoch_start(epoch, model, self.groups)
-        self.accelerator.load_state(str(path))
-        # The best weights so far live beside the checkpoints; bring them along when resuming
-        # from another run folder's checkpoint.
-        best = path.parent / "best.safetensors"
-        own = self.ckpt_dir / "best.safetensors"
-        if best.is_file() and best.resolve() != own.resolve() and self.accelerator.is_main_process:
-            own.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(best, own)
-        logger.info("Resumed from %s (step %d, epoch %d)", path, self.state.global_step, self.state.epoch)
-
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, dataloader=None, prefix: str = "eval") -> dict[str, Any]:
@@ -383,30 +294,6 @@ class Trainer:
             self.state.stopped_early = True
             return True
         return False
-
-    def _save_best(self) -> None:
-        from safetensors.torch import save_model
-
-        from hf_transfer.engine.distributed import full_weights
-
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        with full_weights(acc, self.model):  # FSDP: gathered on every process
-            if acc.is_main_process:
-                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-                save_model(acc.unwrap_model(self.model), str(self.ckpt_dir / "best.safetensors"))
-        acc.wait_for_everyone()
-
-    def _load_best(self) -> None:
-        from safetensors.torch import load_model
-
-        from hf_transfer.engine.distributed import full_weights
-
-        path = self.ckpt_dir / "best.safetensors"
-        if path.is_file():
-            with full_weights(self.accelerator, self.model, writeback=True):
-                load_model(self.accelerator.unwrap_model(self.model), str(path))
-            logger.info("Loaded the best model (step %s, %s=%.4f).", self.state.best_step, self.tc.metric_for_best_model, self.state.best_metric)
 
     def train(self) -> dict[str, Any]:
         """Run training. Returns the final metrics (eval_*, train_runtime, ...)."""
@@ -531,64 +418,3 @@ class Trainer:
 
     def unwrapped_model(self):
         return self.accelerator.unwrap_model(self.model)
-
-
-@torch.no_grad()
-def run_evaluation(accelerator: Accelerator, model, dataloader, task, prefix: str = "eval") -> dict[str, Any]:
-    """Evaluate `model` on a prepared `dataloader`: outputs gathered from every process with
-    `gather_for_metrics` (which drops the duplicates padding the last batch), then the task's
-    metrics, keys prefixed Trainer-style (`eval_accuracy`)."""
-    was_training = model.training
-    model.eval()
-    gathered: dict[str, list[np.ndarray]] = {}
-    for batch in tqdm(dataloader, desc=f"Evaluating ({prefix})", leave=False,
-                      disable=not accelerator.is_local_main_process or progress_disabled()):
-        outputs = task.eval_outputs(model, batch)
-        # Sequence outputs (generated tokens) differ in length between processes: pad first.
-        outputs = {k: accelerator.pad_across_processes(v, dim=1, pad_index=-100) if v.ndim > 1 and k != "logits" else v
-                   for k, v in outputs.items()}
-        outputs = accelerator.gather_for_metrics(outputs)
-        for k, v in outputs.items():
-            gathered.setdefault(k, []).append(v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy())
-    if was_training:
-        model.train()
-    arrays = {k: _concat(v) for k, v in gathered.items()}
-    metrics = task.compute_metrics(arrays)
-    return {f"{prefix}_{k}": v for k, v in metrics.items()}
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, batches, forward, accelerator: Accelerator | None = None) -> int:
-    """Recompute every batch norm's running statistics over `batches` with the current weights.
-
-    "Precise BN": after a short, high-learning-rate run (a scratch baseline, typically) the
-    running averages lag behind the weights and evaluation suffers. The statistics are reset and
-    accumulated as an exact average (momentum None) over one pass in train mode, averaged across
-    processes. Returns the number of batch-norm layers recalibrated.
-    """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return 0
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    for batch in batches:
-        forward(batch)
-    model.train(was_training)
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-        if accelerator is not None and accelerator.num_processes > 1:
-            m.running_mean.copy_(accelerator.reduce(m.running_mean, reduction="mean"))
-            m.running_var.copy_(accelerator.reduce(m.running_var, reduction="mean"))
-    return len(bns)
-
-
-def _concat(arrays: list[np.ndarray]) -> np.ndarray:
-    if arrays[0].ndim <= 1:
-        return np.concatenate(arrays)
-    width = max(a.shape[1] for a in arrays)
-    padded = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-100) for a in arrays]
-    return np.concatenate(padded)
