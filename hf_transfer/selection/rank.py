@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_transfer.errors import HFTransferError
+from hf_transfer.errors import ConfigError, DataError, HFTransferError
 from hf_transfer.selection.candidates import CandidateError, CandidateInfo, inspect_candidate
 from hf_transfer.selection.metrics import METRICS
 
@@ -227,6 +227,8 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
             feats = features_for_config(cfg, ("train",), name_or_path=r.path, spec=spec,
                                         max_examples=max_examples, seed=seed)["train"]
             wall = time.time() - t0
+        except (DataError, ConfigError):
+            raise  # the data or the config is wrong, not this candidate: every candidate would fail
         except HFTransferError as e:
             r.error = f"candidate '{r.name}' could not be loaded: {e}"
             logger.error("%s", r.error)
