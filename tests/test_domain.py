@@ -329,3 +329,17 @@ def test_stage_config_errors_name_the_stage(tiny_bert_dir, toy_text_data, tmp_pa
                                                {"training": {"epochz": 2}}]}))
     with pytest.raises(ConfigError, match=r"epochz.* in stages\[1\] of"):
         load_config(path)
+
+
+@pytest.mark.slow
+def test_dann_under_two_processes_keeps_ranks_identical(text_overrides, tmp_path, unlabelled_target):
+    """Two CPU processes (gloo): target batches sharded like source batches, one forward per
+    micro-batch, the domain classifier all-reduced: every rank ends with the same weights."""
+    from test_multiprocess import common, launch, rank_weights
+
+    out = tmp_path / "ddp_dann"
+    launch(common(text_overrides, out) + ["training.epochs=2", "adaptation.name=dann",
+                                          f"data.target={unlabelled_target}"])
+    rank_weights(out)
+    history = json.loads((out / "history.json").read_text())
+    assert any("domain_accuracy" in r for r in history)
