@@ -1,0 +1,447 @@
+"""`contrastive`: SetFit-style few-shot training: contrastive pairs on the body, then a classifier.
+
+SetFit (Tunstall et al. 2022) first fine-tunes a sentence encoder so that examples of the same
+class embed close together and examples of different classes far apart, then fits a logistic
+regression on the embeddings. This strategy does the same on hf_transfer's engine, with three
+changes that make it cost a fraction of SetFit's time:
+
+1. **A pair budget.** `num_pairs` pairs are sampled, half positive (two examples of one class,
+   the class drawn uniformly), half negative (two classes drawn uniformly, one example of each);
+   within a class every distinct pair is used once before any repeats. Unset, the budget is
+   `pairs_per_example x N` (SetFit's 20 iterations give 40 x N), at least `min_pairs` and at most
+   `max_pairs`, so many classes or many examples never blow up the number of pairs.
+2. **Only the top blocks train** (`trainable_layers`, as in `partial`; the embeddings and the
+   blocks below stay frozen), and the frozen prefix runs **once per example**
+   (`cache_prefix`, on by default; the frozen-prefix cache of `training.cache_frozen_prefix`).
+3. **Each distinct example in a batch of pairs is encoded once**: a batch of 16 pairs needs at
+   most 32 encodings, often far fewer when the data is small.
+
+The loss is SetFit's `CosineSimilarityLoss`: the squared difference between the cosine of the two
+pooled embeddings and the target (1 for a positive pair, 0 for a negative one). Embeddings follow
+the checkpoint's convention (`models.features.FeatureExtractor`: a sentence-transformers folder's
+pooling, the masked mean otherwise). Training runs on the shared engine (Accelerate: mixed
+precision, several processes, checkpoints and exact resume), one pass over the pairs by default
+(`training.epochs` / `max_steps` change it), learning rate 1e-4 unless `training.learning_rate`
+is set. Then the classifier is fitted on the trained body's features exactly as in
+`feature_extraction` (`models.probe`: logistic regression with C chosen by cross-validation by
+default), and the run folder is written as a feature-extraction run: a SetFit model folder for
+sentence-transformers-compatible features (`setfit.SetFitModel.from_pretrained(run_dir)` loads
+it), which `hf-transfer evaluate` / `predict` read too.
+
+**Bad input, before anything trains.** Fewer than two classes is an error. A class with a single
+training example has no positive pair: an error by default; with
+`single_example_classes: negatives_only` it takes part in negative pairs only (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from hf_transfer.errors import ConfigError, DataError
+from hf_transfer.strategies._groups import (
+    check_non_negative, check_positive, groups_at_depth, num_blocks, set_trainable, trainable_group_names)
+from hf_transfer.strategies.base import Strategy, register_strategy
+from hf_transfer.strategies.feature_extraction import FeatureExtractionConfig
+
+logger = logging.getLogger(__name__)
+
+#: Above this many distinct pairs in a class, positives are drawn at random instead of from the
+#: enumerated list (enumerating every pair of a large class costs memory for nothing).
+_ENUMERATE_LIMIT = 200_000
+
+
+@dataclass
+class ContrastiveConfig(FeatureExtractionConfig):
+    """Settings of `contrastive` (SetFit-style pairs, then a classifier on the trained features).
+
+    The classifier and feature settings are those of `feature_extraction` (`classifier`, `C`,
+    `standardize`, `layers`, `combine`, `pooling`, `normalize`, ...).
+
+    Attributes:
+        name: `contrastive`.
+        trainable_layers: Blocks, counted from the top, that the pairs train (as in `partial`).
+        trainable_fraction: When set (0 < f <= 1), the top `ceil(f * blocks)` blocks train instead.
+        num_pairs: Pairs to sample. Unset: `pairs_per_example` x training examples, clipped to
+            [`min_pairs`, `max_pairs`].
+        pairs_per_example: Pairs per training example when `num_pairs` is unset.
+        min_pairs: Fewest pairs when `num_pairs` is unset.
+        max_pairs: Most pairs when `num_pairs` is unset.
+        single_example_classes: A class with one training example: `error` (default), or
+            `negatives_only` (it appears in negative pairs only; logged).
+        cache_prefix: Run the frozen blocks once per example and train on their cached outputs
+            (BERT family; off or impossible: the whole model runs every step).
+    """
+
+    name: str = "contrastive"
+    trainable_layers: int = 2
+    trainable_fraction: float | None = None
+    num_pairs: int | None = None
+    pairs_per_example: int = 20
+    min_pairs: int = 256
+    max_pairs: int = 2000
+    single_example_classes: Literal["error", "negatives_only"] = "error"
+    cache_prefix: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self.trainable_layers, "trainable_layers")
+        if self.trainable_fraction is not None and not 0.0 < self.trainable_fraction <= 1.0:
+            raise ConfigError(f"strategy.trainable_fraction must be in (0, 1], got {self.trainable_fraction!r}.")
+        for key in ("pairs_per_example", "min_pairs", "max_pairs"):
+            check_positive(getattr(self, key), key)
+        if self.num_pairs is not None:
+            check_positive(self.num_pairs, "num_pairs")
+        if self.min_pairs > self.max_pairs:
+            raise ConfigError(f"strategy.min_pairs={self.min_pairs} is above strategy.max_pairs={self.max_pairs}.")
+
+
+# ----------------------------------------------------------------------------------- pairs
+
+
+def pair_budget(c: ContrastiveConfig, num_examples: int) -> int:
+    """How many pairs to sample for `num_examples` training examples."""
+    if c.num_pairs is not None:
+        return int(c.num_pairs)
+    return int(min(c.max_pairs, max(c.min_pairs, c.pairs_per_example * num_examples)))
+
+
+def check_labels(labels: np.ndarray, names: list[str] | None = None, mode: str = "error") -> list[int]:
+    """Raise a clear `DataError` when pairs cannot be formed. Returns the single-example classes."""
+    names = names or []
+    values, counts = np.unique(labels, return_counts=True)
+    if len(values) < 2:
+        which = names[int(values[0])] if len(values) and int(values[0]) < len(names) else (values.tolist() or "none")
+        raise DataError(
+            f"strategy contrastive needs at least two classes in the training split; it has "
+            f"{len(values)} ({which}). Check data.train, data.label_column and data.filter."
+        )
+    singles = [int(v) for v, n in zip(values, counts) if n < 2]
+    if singles and mode == "error":
+        shown = ", ".join(repr(names[v]) if v < len(names) else str(v) for v in singles)
+        raise DataError(
+            f"strategy contrastive: class(es) {shown} have a single training example, so no positive "
+            "pair can be formed for them. Add examples, drop the class (data.filter), or set "
+            "strategy.single_example_classes=negatives_only to use them in negative pairs only."
+        )
+    if len(values) - len(singles) < 1:
+        raise DataError("strategy contrastive: no class has two training examples, so there is no positive pair.")
+    return singles
+
+
+def sample_pairs(labels: np.ndarray, num_pairs: int, seed: int = 0) -> np.ndarray:
+    """`num_pairs` pairs `(i, j, target)` over example indices (module docstring, point 1).
+
+    Positives: the class uniformly among those with two or more examples, then the class's next
+    distinct pair (each class's pairs shuffled and used in turn, so all are used before any
+    repeats). Negatives: two distinct classes uniformly, then one example of each. Half the pairs
+    are positive (the odd one out negative), in random order.
+
+    Returns:
+        A float64 array (num_pairs, 3): left index, right index, target (1.0 or 0.0).
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    members = {int(c): np.flatnonzero(labels == c) for c in classes}
+    pos_classes = [c for c, m in members.items() if len(m) >= 2]
+    n_pos = num_pairs // 2
+    n_neg = num_pairs - n_pos
+    out = np.empty((num_pairs, 3), dtype=np.float64)
+    # Positives, class-balanced.
+    picks = rng.choice(len(pos_classes), size=n_pos) if pos_classes else np.empty(0, dtype=int)
+    cursor: dict[int, int] = {}
+    cycles: dict[int, np.ndarray] = {}
+    for k, ci in enumerate(picks):
+        c = pos_classes[int(ci)]
+        m = members[c]
+        if len(m) * (len(m) - 1) // 2 > _ENUMERATE_LIMIT:
+            a, b = rng.choice(m, size=2, replace=False)
+        else:
+            if c not in cycles or cursor[c] >= len(cycles[c]):
+                iu = np.triu_indices(len(m), k=1)
+                cycles[c] = rng.permutation(np.stack([m[iu[0]], m[iu[1]]], 1))
+                cursor[c] = 0
+            a, b = cycles[c][cursor[c]]
+            cursor[c] += 1
+        out[k] = (a, b, 1.0)
+    # Negatives, balanced over class pairs.
+    all_classes = list(members)
+    for k in range(n_pos, num_pairs):
+        c1, c2 = rng.choice(len(all_classes), size=2, replace=False)
+        out[k] = (rng.choice(members[all_classes[c1]]), rng.choice(members[all_classes[c2]]), 0.0)
+    return out[rng.permutation(num_pairs)]
+
+
+class PairDataset(Dataset):
+    """Pairs over an example dataset; collated by `PairCollator`."""
+
+    def __init__(self, pairs: np.ndarray):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> tuple[int, int, float]:
+        i, j, t = self.pairs[k]
+        return int(i), int(j), float(t)
+
+
+class PairCollator:
+    """A batch of pairs -> the distinct examples it touches (collated by the task's collator,
+    labels dropped) plus `pair_left`, `pair_right` (positions among them) and `pair_target`."""
+
+    def __init__(self, examples, collate):
+        self.examples = examples
+        self.collate = collate
+
+    def __call__(self, items: list[tuple[int, int, float]]) -> dict[str, torch.Tensor]:
+        uniq = sorted({i for a, b, _ in items for i in (a, b)})
+        where = {i: n for n, i in enumerate(uniq)}
+        batch = dict(self.collate([self.examples[i] for i in uniq]))
+        batch.pop("labels", None)
+        batch["pair_left"] = torch.tensor([where[a] for a, _, _ in items], dtype=torch.long)
+        batch["pair_right"] = torch.tensor([where[b] for _, b, _ in items], dtype=torch.long)
+        batch["pair_target"] = torch.tensor([t for _, _, t in items], dtype=torch.float32)
+        return batch
+
+
+class PairEncoder(nn.Module):
+    """The model as the engine trains it: inputs -> pooled embeddings (B, d).
+
+    With a prefix plan, `prefix_hidden_states` (cached outputs of the frozen blocks) enter above
+    the cut (`prefix_cache.cached_prefix`); otherwise the whole model runs.
+    """
+
+    def __init__(self, model: nn.Module, extractor, plan=None):
+        super().__init__()
+        self.model = model
+        self.extractor = extractor
+        self.plan = plan
+
+    def get_base_model(self) -> nn.Module:
+        return self.model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, **inputs) -> torch.Tensor:
+        from hf_transfer.strategies.prefix_cache import HIDDEN_KEY, cached_prefix
+
+        hidden = inputs.pop(HIDDEN_KEY, None)
+        if hidden is None:
+            return self.extractor(inputs)
+        if not self.plan.text:
+            inputs.pop("attention_mask", None)
+        inputs[self.plan.input_kwarg] = hidden
+        with cached_prefix(self.plan, hidden):
+            return self.extractor(inputs)
+
+
+class PairTask:
+    """What the engine needs from a task, for batches of pairs: SetFit's cosine-similarity loss."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def num_items(self, batch) -> int:
+        return int(batch["pair_target"].shape[0])
+
+    num_examples = num_items
+
+    def loss(self, model, batch) -> torch.Tensor:
+        """Summed squared error between cos(left, right) and the target (1 same class, 0 not)."""
+        inputs = {k: v for k, v in batch.items() if not k.startswith("pair_")}
+        emb = model(**inputs).float()
+        cos = nn.functional.cosine_similarity(emb[batch["pair_left"]], emb[batch["pair_right"]], dim=-1)
+        return ((cos - batch["pair_target"].to(cos.dtype)) ** 2).sum()
+
+
+# ----------------------------------------------------------------------------------- strategy
+
+
+@register_strategy("contrastive", ContrastiveConfig)
+class Contrastive(Strategy):
+    """SetFit-style contrastive pairs on the top blocks, then a classifier on the features."""
+
+    trains_with_engine = False
+    #: One pass over the sampled pairs; the pair budget already fits the data (engine.budget).
+    default_epochs = 1.0
+    default_min_steps = 0
+    default_learning_rate = 1e-4
+
+    def __init__(self, config: ContrastiveConfig):
+        super().__init__(config)
+        self._groups: list | None = None
+        self._info: dict[str, Any] = {}
+        self._singles: list[int] = []
+
+    # -- before the model ---------------------------------------------------------------------
+
+    def prepare(self, ctx) -> None:
+        task, splits = ctx.task, ctx.splits
+        labels = np.asarray(splits.train["labels"])
+        names = list(task.labels.names) if getattr(task, "labels", None) is not None else None
+        self._singles = check_labels(labels, names, self.config.single_example_classes)
+        if self._singles:
+            logger.warning("contrastive: %d class(es) with a single training example take part in negative "
+                           "pairs only (strategy.single_example_classes=negatives_only).", len(self._singles))
+
+    def trainable_blocks(self, groups: list) -> int:
+        total = num_blocks(groups)
+        if self.config.trainable_fraction is not None:
+            return max(1, math.ceil(self.config.trainable_fraction * total))
+        return self.config.trainable_layers
+
+    def apply(self, model: nn.Module, groups: list) -> nn.Module:
+        """Train the top `trainable_layers` blocks only: the head and the pooler are not in the loss."""
+        total = num_blocks(groups)
+        k = self.trainable_blocks(groups)
+        if k > total:
+            raise ConfigError(
+                f"strategy.trainable_layers={k}, but this model has only {total} blocks. Use 1 to {total} "
+                "(`hf-transfer layers MODEL` lists them)."
+            )
+        if k == 0:
+            raise ConfigError("strategy.trainable_layers=0 trains nothing with the pairs: that is "
+                              "strategy.name=feature_extraction.")
+        keep_frozen = frozenset(id(p) for p in model.parameters() if not p.requires_grad)
+        chosen = {id(g) for g in groups_at_depth(groups, k) if g.kind == "block"}
+        set_trainable(model, groups, lambda g: id(g) in chosen, keep_frozen)
+        self._groups = groups
+        logger.info("contrastive: trainable groups: %s", ", ".join(trainable_group_names(groups)))
+        return model
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        info = super().describe(model)
+        if self._groups is not None:
+            info["trainable_groups"] = trainable_group_names(self._groups)
+        info.update(self._info)
+        return info
+
+    # -- training -----------------------------------------------------------------------------
+
+    def fit(self, ctx, model: nn.Module, groups: list) -> dict[str, Any]:
+        """Pairs on the engine, then the classifier on the trained features; writes the run folder."""
+        from hf_transfer.data.text import EpochSampler
+        from hf_transfer.models.feature_run import save_feature_run, setfit_compatible
+        from hf_transfer.models.features import MODALITY, FeatureExtractor, default_device, extract, spec_from_settings
+        from hf_transfer.models.layer_groups import layer_groups
+        from hf_transfer.models.probe import classifier_metrics, fit_classifier
+        from hf_transfer.strategies.prefix_cache import (
+            build_prefix_cache, first_trainable_group, plan_prefix, prefix_cache_blocker)
+
+        c, cfg, task, splits = self.config, ctx.cfg, ctx.task, ctx.splits
+        out = Path(ctx.output_dir)
+        start = time.time()
+        labels = np.asarray(splits.train["labels"])
+        n_pairs = pair_budget(c, len(labels))
+        pairs = sample_pairs(labels, n_pairs, seed=cfg.training.seed)
+        extractor = FeatureExtractor(model, modality=MODALITY[cfg.recipe], spec=spec_from_settings(c),
+                                     name_or_path=cfg.model.name_or_path)
+
+        examples = task.preprocess(splits.train, train=True)
+        collate = task.collate
+        plan = None
+        if c.cache_prefix or cfg.training.cache_frozen_prefix:
+            reason = prefix_cache_blocker(model, groups, first_trainable_group(groups), cfg.data.augmentation.enabled)
+            if reason is None:
+                plan = plan_prefix(model, groups, first_trainable_group(groups))
+                device = default_device()
+                model.to(device)
+                t0 = time.time()
+                examples = build_prefix_cache(
+                    model, plan, task.preprocess(splits.train, train=False), task.collate,
+                    batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
+                    model_inputs=getattr(task, "model_inputs", None), device=device)
+                from hf_transfer.strategies.prefix_cache import collate_prefix
+
+                collate = collate_prefix
+                logger.info("contrastive: frozen prefix (%d of %d blocks) cached for %d examples in %.1f s.",
+                            plan.frozen_blocks, len(plan.blocks), len(examples), time.time() - t0)
+            else:
+                logger.info("contrastive: frozen-prefix cache off: %s.", reason)
+
+        encoder = PairEncoder(model, extractor, plan)
+        pair_ds = PairDataset(pairs)
+        sampler = EpochSampler(len(pair_ds), cfg.training.seed, None, cfg.training.batch_size)
+        trainer = ctx.trainer_cls(cfg, PairTask(task), encoder, self, layer_groups(encoder), pair_ds, None,
+                          PairCollator(examples, collate), sampler, out)
+        logger.info("contrastive: %d pairs (%d positive) over %d examples, %d optimizer steps.",
+                    n_pairs, int(pairs[:, 2].sum()), len(labels), trainer.total_steps)
+        train_metrics = trainer.train()
+        acc = trainer.accelerator
+        body_seconds = time.time() - start
+
+        # The classifier on the trained body's features (never cached: the weights are new).
+        model = trainer.unwrapped_model().model
+        model.eval()
+        device = acc.device
+        bs = cfg.training.eval_batch_size or cfg.training.batch_size
+        fx = FeatureExtractor(model, modality=extractor.modality, spec=extractor.spec,
+                              name_or_path=cfg.model.name_or_path)
+        feats = {}
+        for role, ds in (("train", splits.train), ("eval", splits.eval), ("test", splits.test)):
+            if ds is not None:
+                f = extract(fx, task, ds, batch_size=bs, device=device, cache=False)
+                feats[role] = (f.X.astype(np.float64), f.y)
+        X, y = feats["train"]
+        num_labels = len(task.labels) if getattr(task, "labels", None) is not None else int(y.max()) + 1
+        cw = getattr(task, "class_weights", None)
+        clf = fit_classifier(c, X, y, num_labels, cw.numpy() if cw is not None else None, seed=cfg.training.seed,
+                             weight_decay=cfg.training.weight_decay, label_smoothing=cfg.training.label_smoothing)
+        metrics: dict[str, Any] = {}
+        for role in ("eval", "test"):
+            if role in feats:
+                metrics.update(classifier_metrics(clf, *feats[role], task, role))
+        runtime = time.time() - start
+        described = fx.describe()
+        layout = "setfit" if setfit_compatible(fx) else "beside"
+        history = trainer.state.history
+        losses = [r["loss"] for r in history if "loss" in r]
+        self._info = {
+            "contrastive_pairs": n_pairs,
+            "contrastive_positive_pairs": int(pairs[:, 2].sum()),
+            "contrastive_steps": trainer.state.global_step,
+            "contrastive_first_loss": round(float(losses[0]), 5) if losses else None,
+            "contrastive_last_loss": round(float(losses[-1]), 5) if losses else None,
+            "contrastive_prefix_cached": plan is not None,
+            "contrastive_single_example_classes": len(self._singles),
+            "feature_dim": int(X.shape[1]),
+            "classifier_parameters": clf.num_parameters(),
+            "feature_pooling": described["pooling"],
+            "feature_layers": described["layers"],
+            "feature_normalize": described["normalize"],
+            "feature_source": described["source"],
+            "run_layout": layout,
+            **dict(getattr(clf, "selection", {}) or {}),
+        }
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            record = {k: v for k, v in self._info.items() if not k.startswith("contrastive_")}
+            save_feature_run(out, model, task, clf, fx, head_written=False, labels=list(task.labels.names),
+                             max_length=getattr(cfg.data, "max_length", None), record=record)
+            import json
+
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+        acc.wait_for_everyone()
+        acc.end_training()
+        metrics.update({
+            "train_runtime": round(runtime, 3),
+            "contrastive_seconds": round(body_seconds, 3),
+            "train_steps": trainer.state.global_step,
+            "budget": train_metrics.get("budget"),
+            "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
+        })
+        metrics["_model"] = model
+        return metrics

@@ -1,0 +1,162 @@
+"""`contrastive`: pair sampling with a budget, what trains, the cosine loss, the SetFit-compatible
+run folder, resume, and the errors raised before anything trains."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_transfer.config import load_config
+from hf_transfer.engine.trainer import Trainer
+from hf_transfer.errors import DataError
+from hf_transfer.run import predict, train
+from hf_transfer.strategies.contrastive import ContrastiveConfig, check_labels, pair_budget, sample_pairs
+
+FAST = ["strategy.name=contrastive", "strategy.C=1.0", "strategy.num_pairs=96"]
+
+
+def cfg_for(text_overrides, tmp_path, name, *extra):
+    base = [o for o in text_overrides if not o.startswith(("output_dir=", "training.epochs="))]
+    return load_config(None, base + [f"output_dir={tmp_path / name}", *FAST, *extra])
+
+
+# ------------------------------------------------------------------------------ pairs
+
+
+def test_pairs_respect_the_budget_and_balance_classes():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 3)
+    pairs = sample_pairs(labels, 301, seed=0)
+    assert pairs.shape == (301, 3)
+    pos, neg = pairs[pairs[:, 2] == 1], pairs[pairs[:, 2] == 0]
+    assert len(pos) == 150 and len(neg) == 151
+    i, j = pos[:, 0].astype(int), pos[:, 1].astype(int)
+    assert (labels[i] == labels[j]).all() and (i != j).all()
+    per_class = Counter(labels[i].tolist())
+    assert set(per_class) == {0, 1, 2} and min(per_class.values()) > 30  # uniform over classes, not sizes
+    # The 3-example class has 3 distinct pairs: each is used before any is used again.
+    small = Counter(tuple(sorted(p)) for p in zip(i[labels[i] == 2], j[labels[i] == 2]))
+    assert len(small) == 3 and max(small.values()) - min(small.values()) <= 1
+    a, b = neg[:, 0].astype(int), neg[:, 1].astype(int)
+    assert (labels[a] != labels[b]).all()
+    assert (sample_pairs(labels, 301, seed=0) == pairs).all()  # seeded
+
+
+def test_budget_is_capped_whatever_the_data_size_and_class_count():
+    c = ContrastiveConfig()
+    assert pair_budget(c, 16) == 320                     # 20 per example
+    assert pair_budget(c, 4) == c.min_pairs              # at least min_pairs
+    assert pair_budget(c, 100_000) == c.max_pairs        # never more than max_pairs
+    assert pair_budget(ContrastiveConfig(num_pairs=50), 100_000) == 50
+    labels = np.repeat(np.arange(500), 3)                # 500 classes: pairs stay at the budget
+    pairs = sample_pairs(labels, pair_budget(c, len(labels)), seed=1)
+    assert len(pairs) == c.max_pairs
+
+
+def test_single_example_class_and_single_class_are_clear_errors():
+    with pytest.raises(DataError, match="'rare'.*single training example.*negatives_only"):
+        check_labels(np.array([0, 0, 1, 1, 2]), ["a", "b", "rare"])
+    assert check_labels(np.array([0, 0, 1, 1, 2]), mode="negatives_only") == [2]
+    with pytest.raises(DataError, match="at least two classes"):
+        check_labels(np.array([1, 1, 1]), ["a", "b"])
+
+
+def test_single_example_class_fails_before_training(text_overrides, tmp_path):
+    import csv
+
+    rows = list(csv.DictReader(open([o for o in text_overrides if o.startswith("data.train=")][0].split("=", 1)[1])))
+    rows.append({"text": "a lonely neutral sentence", "label": "neutral"})
+    path = tmp_path / "train_single.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    cfg = cfg_for(text_overrides, tmp_path, "single", f"data.train={path}", "data.eval=null")
+    with pytest.raises(DataError, match="'neutral'.*single training example"):
+        train(cfg)
+    assert not (tmp_path / "single" / "model.safetensors").exists()
+    assert not (tmp_path / "single" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def pair_loss(run_dir, cfg, state: dict) -> float:
+    """SetFit's cosine loss over the run's pairs, with the body weights `state`."""
+    import pandas as pd
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_transfer.strategies.contrastive import pair_budget
+
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+    model.load_state_dict(state, strict=False)
+    tok = AutoTokenizer.from_pretrained(run_dir)
+    data = pd.read_csv(cfg.data.train.name)
+    labels = data["label"].astype("category").cat.codes.to_numpy()
+    pairs = sample_pairs(labels, pair_budget(cfg.strategy, len(labels)), seed=cfg.training.seed)
+    with torch.no_grad():
+        batch = tok(list(data["text"]), padding=True, return_tensors="pt")
+        h = model.bert(**batch).last_hidden_state
+        m = batch["attention_mask"].unsqueeze(-1).float()
+        emb = (h * m).sum(1) / m.sum(1)
+    i, j, t = torch.as_tensor(pairs[:, 0]).long(), torch.as_tensor(pairs[:, 1]).long(), torch.as_tensor(pairs[:, 2])
+    return float(((torch.cosine_similarity(emb[i], emb[j]) - t.float()) ** 2).mean())
+
+
+@pytest.mark.slow
+def test_only_the_chosen_top_blocks_move_and_the_loss_falls(text_overrides, tiny_bert_dir, tmp_path):
+    from transformers import BertModel
+
+    cfg = cfg_for(text_overrides, tmp_path, "run", "strategy.trainable_layers=1", "strategy.num_pairs=480",
+                  "training.learning_rate=0.003")
+    metrics = train(cfg)
+    before = {f"bert.{k}": v for k, v in BertModel.from_pretrained(tiny_bert_dir).state_dict().items()}
+    after = load_file(str(tmp_path / "run" / "model.safetensors"))
+    moved = {k for k in before if k in after and not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("bert.encoder.layer.1.") for k in moved)  # top block only
+    assert any(k.startswith("bert.encoder.layer.1.") and "weight" in k for k in moved)
+    assert metrics["trainable_groups"] == ["encoder.layer.1"]
+    assert metrics["contrastive_pairs"] == 480 and metrics["train_steps"] == 30
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[0]["loss"] > 0
+    # The cosine loss over every training pair, pretrained body against trained body.
+    assert pair_loss(tmp_path / "run", cfg, after) < 0.8 * pair_loss(tmp_path / "run", cfg, before)
+    assert metrics["eval_accuracy"] >= 0.75
+    assert metrics["budget"]["sources"]["learning_rate"] == "training.learning_rate"
+
+
+def test_run_folder_loads_with_setfit_and_predicts_like_hf_transfer(text_overrides, tmp_path):
+    setfit = pytest.importorskip("setfit")
+    metrics = train(cfg_for(text_overrides, tmp_path, "run"))
+    assert metrics["run_layout"] == "setfit" and metrics["contrastive_prefix_cached"] is True
+    assert metrics["budget"]["sources"]["learning_rate"] == "training.learning_rate"
+    texts = ["a great and wonderful film", "the worst , most boring plot", "lovely acting", "dull and bland"]
+    ours = [r["label"] for r in predict(tmp_path / "run", texts)]
+    model = setfit.SetFitModel.from_pretrained(str(tmp_path / "run"))
+    assert list(model.predict(texts)) == ours
+
+
+@pytest.mark.slow
+def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, monkeypatch):
+    extra = ("training.save_strategy=steps", "training.save_steps=3")
+    original = Trainer._optimizer_step
+
+    def failing(self, window):
+        if self.state.global_step == 4:
+            raise RuntimeError("simulated crash")
+        return original(self, window)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg_for(text_overrides, tmp_path, "run", *extra))
+    assert (tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.json").is_file()
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    resumed = train(cfg_for(text_overrides, tmp_path, "run", *extra, "training.resume_from_checkpoint=latest"))
+    straight = train(cfg_for(text_overrides, tmp_path, "straight", *extra))
+    assert resumed["train_steps"] == straight["train_steps"] == 6
+    a = load_file(str(tmp_path / "run" / "model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert resumed["eval_accuracy"] == straight["eval_accuracy"]
