@@ -156,6 +156,15 @@ class ClassificationTask(Task):
         super().__init__(cfg)
         self.labels: LabelSpace | None = None
         self.class_weights: torch.Tensor | None = None
+        #: Set by `evaluate` before `load_splits`: the splits wanted and the run's label names. A
+        #: separate eval or test split is then scored without reading the training data; an eval
+        #: split carved from train still loads train, to carve exactly the same rows.
+        self.only_roles: tuple[str, ...] | None = None
+        self.known_labels: list[str] | None = None
+
+    def drop_unusable_rows(self, ds, role: str):
+        """Rows the task cannot use, dropped and counted (text: blank or missing texts)."""
+        return ds
 
     def input_column(self, ds) -> str:
         raise NotImplementedError
@@ -164,12 +173,17 @@ class ClassificationTask(Task):
         """Load train/eval/test, find columns, encode labels, carve eval, subsample."""
         d = self.cfg.data
         seed = d.seed if d.seed is not None else self.cfg.training.seed
+        carved = not (d.eval is not None and d.eval.name)
+        if (self.only_roles is not None and self.known_labels and "train" not in self.only_roles
+                and not ("eval" in self.only_roles and carved)):
+            return self._load_without_train(seed)
         train = labels_mod.apply_filter(load_split(d.train, "train"), d.filter, "train")
         label_col = labels_mod.find_column(
             train, d.label_column, labels_mod.LABEL_CANDIDATES, "label", "data.label_column"
         )
         self.label_column = label_col
         self.input_col = self.input_column(train)
+        train = self.drop_unusable_rows(train, "train")
         self.labels = labels_mod.label_space_from(train, label_col)
         train = labels_mod.encode_labels(train, label_col, self.labels, "train")
         eval_ds = test_ds = None
@@ -193,18 +207,44 @@ class ClassificationTask(Task):
         logger.info("Labels (%d): %s", len(self.labels), dict(zip(self.labels.names, counts.tolist())))
         return Splits(train, eval_ds, test_ds)
 
+    def _load_without_train(self, seed: int) -> Splits:
+        """The eval and/or test splits alone, columns detected on them, labels the run's."""
+        d = self.cfg.data
+        self.labels = LabelSpace(list(self.known_labels))
+        out: dict[str, Any] = {"eval": None, "test": None}
+        for role in ("eval", "test"):
+            source = getattr(d, role)
+            if role not in self.only_roles or source is None or not source.name:
+                continue
+            ds = labels_mod.apply_filter(load_split(source, role), d.filter, role)
+            if not hasattr(self, "input_col"):
+                self.label_column = labels_mod.find_column(
+                    ds, d.label_column, labels_mod.LABEL_CANDIDATES, "label", "data.label_column", role)
+                self.input_col = self.input_column(ds)
+            out[role] = self._encode_other(ds, role)
+        if out["eval"] is not None:
+            out["eval"] = labels_mod.subsample(
+                labels_mod.per_class(out["eval"], d.eval_samples_per_class, seed), d.max_eval_samples, seed)
+        return Splits(None, out["eval"], out["test"])
+
     def _load_other(self, source, role):
         ds = labels_mod.apply_filter(load_split(source, role), self.cfg.data.filter, role)
+        return self._encode_other(ds, role)
+
+    def _encode_other(self, ds, role):
         labels_mod.find_column(ds, self.label_column, (), "label", "data.label_column", role)
         if self.input_col not in ds.column_names:
             raise DataError(
                 f"The {role} split has no column '{self.input_col}' (the train split's input column). "
                 f"Its columns are: {', '.join(ds.column_names)}."
             )
+        ds = self.drop_unusable_rows(ds, role)
         return labels_mod.encode_labels(ds, self.label_column, self.labels, role)
 
     def describe_data(self, splits: Splits) -> dict[str, Any]:
-        info = {"labels": self.labels.names, "train_size": len(splits.train)}
+        info = {"labels": self.labels.names}
+        if splits.train is not None:
+            info["train_size"] = len(splits.train)
         if splits.eval is not None:
             info["eval_size"] = len(splits.eval)
         if splits.test is not None:
