@@ -255,6 +255,17 @@ def test_truncated_run_weights_name_the_file(finished_run, tmp_path):
         evaluate(run)
 
 
+def test_truncated_weights_stop_export_with_the_file_named(finished_run, tmp_path):
+    from hf_transfer.export.export import export_run
+
+    run = _copy_run(finished_run[0], tmp_path / "run")
+    weights = run / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size - 10)
+    with pytest.raises(ModelError, match=r"model\.safetensors' is damaged"):
+        export_run(run, tmp_path / "export", license="mit")
+
+
 def test_truncated_base_weights_name_the_file(tiny_bert_dir, toy_text_data, tmp_path):
     base = tmp_path / "base"
     shutil.copytree(tiny_bert_dir, base)
@@ -388,6 +399,25 @@ def test_evaluate_reproduces_an_eval_split_carved_from_train(tiny_bert_dir, toy_
     assert metrics["eval_size"] == 24
     assert got["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
     assert got["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
+
+
+# ------------------------------------------------------------------ 16. one process, said so
+
+def test_launch_that_fell_back_to_one_process_is_reported(monkeypatch, caplog):
+    import torch
+
+    from hf_transfer.run import warn_if_launch_fell_back_to_one_process
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")  # what `accelerate launch --num_processes 2` sets
+    monkeypatch.setenv("MASTER_PORT", "29500")          # without --multi_gpu on a CPU machine
+    with caplog.at_level(logging.WARNING, logger="hf_transfer"):
+        warned = warn_if_launch_fell_back_to_one_process()
+    assert warned == (not torch.cuda.is_available())
+    if warned:
+        assert "runs this one process only" in caplog.text and "--multi_gpu" in caplog.text
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a real multi-process launch
+    assert not warn_if_launch_fell_back_to_one_process()
 
 
 # ------------------------------------------------------------------ 17. permissions

@@ -116,7 +116,12 @@ def load_run_model(run: RunFolder):
     if _matching(run.path, WEIGHT_FILES) or (run.path / "pytorch_model.bin").is_file():
         try:
             return _auto_class(run).from_pretrained(run.path, **_remote(run)).eval()
-        except (OSError, ValueError) as e:
+        except Exception as e:
+            from hf_transfer.files import check_weights
+
+            check_weights(run.path)  # a truncated model.safetensors: name it
+            if not isinstance(e, (OSError, ValueError)):
+                raise
             raise ExportError(f"The run's model in '{run.path}' does not load: {e}") from None
     adapter = run.adapter_dir
     if adapter is None:
