@@ -170,7 +170,7 @@ def run_one(model_dir: Path, paths: dict, strategy: str, n: int, seed: int, work
     cfg = config_from_dict(raw, f"bench {strategy} {n}/class seed {seed}")
     check_config(cfg)
     start = time.time()
-    metrics = train(cfg)
+    metrics = train(cfg, overwrite=True)  # a rerun of the bench replaces its runs
     seconds = time.time() - start
     precise = precise_bn_accuracy(cfg, out) if strategy != "feature_extraction" else None
     for f in out.glob("*.safetensors"):  # keep metrics and logs, not 14 MB of weights per run

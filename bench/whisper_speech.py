@@ -195,7 +195,7 @@ def train_run(overrides: list[str]) -> tuple[dict, float]:
     from hf_transfer.run import train
 
     start = time.time()
-    metrics = train(load_config(None, overrides + COMMON))
+    metrics = train(load_config(None, overrides + COMMON), overwrite=True)  # reruns replace their runs
     return metrics, time.time() - start
 
 

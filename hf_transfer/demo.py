@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for title, overrides in runs.items():
             print(f"\n=== {title} ===", flush=True)
-            results[title] = train(load_config(path, overrides + args.overrides))
+            # The demo owns its folders: a second `make demo` replaces the first one's runs.
+            results[title] = train(load_config(path, overrides + args.overrides), overwrite=True)
     except HFTransferError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
