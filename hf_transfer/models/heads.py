@@ -44,13 +44,9 @@ def head_modules(model: nn.Module) -> dict[str, nn.Module]:
     Not simply "children other than `base_model_prefix`": some classifiers (Whisper's) hold their
     backbone under another name.
     """
-    from hf_transfer.models.layer_groups import layer_groups
+    from hf_transfer.models.anatomy import find_head
 
-    head_params = {n for g in layer_groups(model) if g.kind == "head" for n in g.param_names}
-    return {
-        name: m for name, m in model.named_children()
-        if any(f"{name}.{p}" in head_params for p, _ in m.named_parameters())
-    }
+    return {name: model.get_submodule(name) for name in find_head(model)}
 
 
 def _reinit(model: nn.Module, module: nn.Module) -> None:

@@ -45,6 +45,7 @@ from typing import Any
 from torch import nn
 
 from hf_transfer.errors import ModelError
+from hf_transfer.models.anatomy import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -161,19 +162,7 @@ class _Tower:
     block_params: dict[str, list[tuple[str, nn.Parameter]]] = field(default_factory=dict)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    base = model
-    # Loop because wrappers can nest; stop when get_base_model() returns the same object.
-    for _ in range(8):
-        getter = getattr(base, "get_base_model", None)
-        if not callable(getter):
-            break
-        inner = getter()
-        if not isinstance(inner, nn.Module) or inner is base:
-            break
-        base = inner
-    return base
+_unwrap = unwrap_model  # the one unwrap (models.anatomy): PEFT, prefix-cache and Accelerate wrappers
 
 
 def _is_under(name: str, path: str) -> bool:

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from hf_transfer.errors import ConfigError, ModelError
+from hf_transfer.models.anatomy import unwrap_model
 from hf_transfer.strategies.base import Strategy, StrategyConfig
 
 logger = logging.getLogger(__name__)
@@ -145,9 +146,7 @@ def _guess_role(rel: str) -> str | None:
     return None
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    getter = getattr(model, "get_base_model", None)
-    return getter() if callable(getter) else model
+_unwrap = unwrap_model  # the one unwrap (models.anatomy)
 
 
 def block_linear_roles(model: nn.Module, groups: list) -> list[tuple[str, str | None]]:
