@@ -16,15 +16,16 @@ entry of the folder, including `best.safetensors`, as a checkpoint.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate.logging import get_logger
+
 from hf_transfer.errors import HFTransferError
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # Accelerate's: the main process logs, once
 
 STATE_FILE = "trainer_state.json"
 

@@ -9,7 +9,6 @@ needs to continue exactly (model, optimizer, scheduler, RNG, data position, stra
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -32,7 +32,9 @@ from hf_transfer.engine.optim import build_param_groups
 from hf_transfer.errors import HFTransferError
 from hf_transfer.quiet import progress_disabled
 
-logger = logging.getLogger(__name__)
+# Accelerate's logger: records from the main process only (unless main_process_only=False), so a
+# multi-process run logs each step once.
+logger = get_logger(__name__)
 
 LOWER_IS_BETTER = ("loss", "wer", "cer")
 
@@ -365,7 +367,8 @@ class Trainer(Checkpointing):
             found = self._checkpoints()
             where = (f"The last checkpoint, '{found[-1]}', is intact. Resume with the same command plus "
                      "training.resume_from_checkpoint=latest.") if found else "No checkpoint was saved yet."
-            logger.error("Training stopped at step %d by %s: %s. %s", self.state.global_step, type(e).__name__, e, where)
+            logger.error("Training stopped at step %d by %s: %s. %s", self.state.global_step, type(e).__name__, e, where,
+                         main_process_only=False)
             if isinstance(e, HFTransferError):
                 raise type(e)(f"{e} {where}") from e
             raise
