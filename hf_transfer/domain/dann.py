@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hf_transfer.data.text import EpochSampler
+from hf_transfer.domain.target import RECIPE_MODALITY
 from hf_transfer.engine.trainer import EngineHook
 from hf_transfer.models.features import HeadInputCapture, locate_head_input
 
@@ -124,8 +125,6 @@ class DANNHook(EngineHook):
 
     def __init__(self, cfg, task, model, target_dataset, collate_fn, probe_batch):
         self.cfg, self.a, self.task = cfg, cfg.adaptation, task
-        from hf_transfer.domain.target import RECIPE_MODALITY
-
         spec = locate_head_input(model, text=RECIPE_MODALITY.get(cfg.recipe) == "text")
         self.capture = HeadInputCapture(model, spec, detach=False).__enter__()  # removed in on_train_end
         was_training = model.training

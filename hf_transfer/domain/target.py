@@ -118,8 +118,12 @@ def load_target(cfg, task, *, keep_labels: bool = False,
     label_col = getattr(task, "label_column", None)
     has_labels = keep_labels and label_col is not None and label_col in ds.column_names
     if has_labels:
-        ds = labels_mod.encode_labels(ds, label_col, task.labels, "target")
-    else:
+        try:
+            ds = labels_mod.encode_labels(ds, label_col, task.labels, "target")
+        except DataError as e:  # labels the training data does not have: use the target unlabelled
+            logger.warning("data.target's labels are not usable (%s); treating the target as unlabelled.", e)
+            has_labels = False
+    if not has_labels:
         drop = [c for c in ds.column_names if c != col and c in ("labels", label_col)]
         ds = ds.remove_columns(drop).add_column("labels", [0] * len(ds))
     if want == "image":
