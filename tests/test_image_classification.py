@@ -267,7 +267,7 @@ def test_recipe_script(tiny_vit_dir, csv_data, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("strategy", sorted(set(available_strategies()) - SLOW_STRATEGIES))
 def test_every_strategy_runs(strategy, tiny_vit_dir, image_folder, tmp_path, monkeypatch):
-    from hf_transfer.run import train
+    from hf_transfer.run import evaluate, train
 
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))  # feature_extraction's cache
 
@@ -276,7 +276,11 @@ def test_every_strategy_runs(strategy, tiny_vit_dir, image_folder, tmp_path, mon
     metrics = train(_cfg(tmp_path, overrides))
     assert metrics["strategy"] == strategy
     assert metrics["labels"] == list(CLASSES)
-    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    # The run folder holds the model that was scored: reloading it (plain transformers, the PEFT
+    # merge, or the feature classifier beside it) gives the same accuracy and loss.
+    again = evaluate(tmp_path / "run", split="eval")
+    assert again["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-9)
+    assert again["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-4, abs=1e-5)
 
 
 def test_scratch_lite0_is_neutralised_and_se_stays_frozen(image_folder, tmp_path):
