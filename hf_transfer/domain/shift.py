@@ -32,6 +32,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 ALPHA = 0.05
+#: Domain-classifier AUC above which the label-shift assumption (p(x | y) unchanged) is implausible.
+STRONG_SHIFT_AUC = 0.8
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -211,8 +213,9 @@ def verdict(domain: dict, mmd: dict, label_shift: dict | None, names: list[str] 
         head = "NO DETECTABLE SHIFT"
     line = (f"{head}: domain-classifier AUC {domain['auc']:.3f} [95% CI {domain['ci_low']:.3f}, {domain['ci_high']:.3f}] "
             f"(0.5 = indistinguishable), MMD p = {mmd['p_value']:.3g}")
-    # BBSE is only as good as the source classifier; near chance its priors are noise.
-    if label_shift and names and label_shift["heldout_source_accuracy"] >= 0.7:
+    # BBSE is only as good as the source classifier (near chance its priors are noise), and it
+    # assumes p(x | y) unchanged: with features this far apart its estimate is not to be quoted.
+    if label_shift and names and label_shift["heldout_source_accuracy"] >= 0.7 and domain["auc"] < STRONG_SHIFT_AUC:
         est = label_shift["target_priors_estimated"]
         src = label_shift["source_priors"]
         moved = max(range(len(names)), key=lambda i: abs(est[i] - src[i]))
@@ -331,6 +334,9 @@ def _markdown(r: dict) -> str:
                   + (f"; on the labelled target: {ls['target_accuracy_of_source_classifier']:.3f}."
                      if "target_accuracy_of_source_classifier" in ls else ".")
                   + f" Confusion-matrix condition number {ls['confusion_condition_number']} (large: the estimate is unstable)."]
+        if d["auc"] >= STRONG_SHIFT_AUC:
+            lines += ["", f"**Caution:** the estimate assumes label shift only (p(x | y) the same in both sets); with a "
+                      f"domain-classifier AUC of {d['auc']:.2f} the inputs themselves differ, so these priors are not reliable."]
     if r.get("per_class"):
         lines += ["", "## Per class", "", "| label | n train | n target | AUC [95% CI] | MMD p | source-classifier accuracy on target |",
                   "|---|---|---|---|---|---|"]
