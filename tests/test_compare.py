@@ -294,3 +294,29 @@ def test_worker_processes_and_baselines(study_config, tmp_path, capsys):
         m = json.loads((cell / "metrics.json").read_text())
         assert m["train_size"] == 8 and m["eval_size"] == 32, cell.name
     assert "| logreg |" in printed and "| setfit |" in printed
+
+
+def test_ctrl_c_keeps_finished_cells_and_the_next_run_resumes(study_config, tmp_path, monkeypatch):
+    from hf_transfer.study import cells as cells_mod
+
+    out = tmp_path / "study"
+    kw = dict(strategies="scratch", sizes="4", per_class=True, seeds="0,1", out_dir=out)
+    real = cells_mod.run_cell
+    calls = []
+
+    def interrupted_second(cell_dir):
+        calls.append(cell_dir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cell_dir)
+
+    monkeypatch.setattr(cells_mod, "run_cell", interrupted_second)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        run_study(plan_study(study_config, **kw), echo=lines.append)
+    assert "Interrupted" in lines[-1]
+    assert (out / "study.csv").read_text().count("\n") == 2  # header + the finished cell
+    monkeypatch.setattr(cells_mod, "run_cell", real)
+    lines = []
+    report = run_study(plan_study(study_config, **kw), echo=lines.append)
+    assert lines[0].startswith("1 of 2 cells already finished") and report["finished"] == 2
