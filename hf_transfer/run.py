@@ -128,9 +128,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
         metrics = strategy.fit(ctx, model, groups)
     else:
         metrics = _train_with_engine(cfg, task, splits, strategy, model, groups, out)
-    described = metrics.pop("_described", None)  # FSDP: counted on the gathered weights
-    metrics.update(described or strategy.describe(metrics.pop("_model", model)))
-    metrics.pop("_model", None)
+    metrics.update(strategy.describe(metrics.pop("_model", model)))
     metrics["strategy_summary"] = strategy.summary()  # the card reads it from metrics.json
     metrics.update(task.describe_data(splits))
     if main:
@@ -204,15 +202,12 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
         metrics.update(trainer.evaluate(dl, prefix="test"))
     acc = trainer.accelerator
     acc.wait_for_everyone()
-    final = trainer.unwrapped_model()
-    from hf_transfer.engine.distributed import full_weights, uses_fsdp
+    from hf_transfer.engine.distributed import final_model
 
-    with full_weights(acc, trainer.model):  # FSDP: full weights gathered on every process
-        if uses_fsdp(acc):
-            metrics["_described"] = strategy.describe(final)
-        if acc.is_main_process:
-            strategy.save_model(final, out)
+    # FSDP: full weights gathered from the shards into a fresh copy on the main process.
+    final = final_model(acc, trainer.model, lambda: _rebuild_model(task, strategy)) or trainer.unwrapped_model()
     if acc.is_main_process:
+        strategy.save_model(final, out)
         task.save_processor(out)
         from hf_transfer.metrics.plots import plot_training_curves
 
@@ -222,6 +217,14 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
     acc.end_training()
     metrics["_model"] = final
     return metrics
+
+
+def _rebuild_model(task, strategy):
+    """A fresh copy of the run's model with the strategy applied (weights to be loaded into it)."""
+    from hf_transfer.models.layer_groups import layer_groups
+
+    model = task.build_model(from_scratch=True)
+    return strategy.apply(model, layer_groups(model))
 
 
 def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:

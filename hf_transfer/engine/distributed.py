@@ -26,7 +26,6 @@ one machine or several), and keeps the transfer strategies correct under them:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 from typing import Any
@@ -223,24 +222,70 @@ def enable_fsdp_on_cpu(accelerator, plugin) -> bool:
     state = accelerator.state
     if state.distributed_type != DistributedType.MULTI_CPU:
         return False
-    state.distributed_type = DistributedType.FSDP
+    from accelerate.state import PartialState
+
+    # AcceleratorState copies PartialState's shared dict whenever one is built again (Accelerate
+    # does during `prepare`), so both say FSDP. Accelerate names the CPU device "cpu:<local index>";
+    # FSDP compares it with "cpu" and refuses.
+    for shared in (state.__dict__, PartialState._shared_state):
+        shared["distributed_type"] = DistributedType.FSDP
+        shared["device"] = torch.device("cpu")
     state.fsdp_plugin = plugin
     if accelerator.mixed_precision != "no":
         plugin.set_mixed_precision(accelerator.mixed_precision)
     return True
 
 
-@contextlib.contextmanager
-def full_weights(accelerator, model: nn.Module, writeback: bool = False):
-    """Inside, the unwrapped model holds full (unsharded) weights on every process. A collective
-    under FSDP (every process must enter); nothing elsewhere."""
+def gather_state_dict(accelerator, model: nn.Module) -> dict | None:
+    """The full weights of the prepared `model` on the main process (None on the others), clean
+    names. Under FSDP a collective: every process must call it (torch gathers a FULL_STATE_DICT to
+    rank 0 on CPU). Calling `state_dict()` on the unwrapped model instead would run the FSDP units'
+    state-dict hooks, which are collectives too, on the main process alone and hang."""
     if not uses_fsdp(accelerator):
-        yield
-        return
+        return accelerator.get_state_dict(model) if accelerator.is_main_process else None
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    with FSDP.summon_full_params(model, writeback=writeback, rank0_only=False, offload_to_cpu=False):
-        yield
+    # Accelerate's get_state_dict asks for offload_to_cpu, which crashes (SIGSEGV) in torch 2.13
+    # when the weights already live on the CPU; there is nothing to offload then.
+    config = FullStateDictConfig(offload_to_cpu=accelerator.device.type != "cpu", rank0_only=True)
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, config):
+        state = model.state_dict()
+    return state if accelerator.is_main_process else None
+
+
+def load_full_state_dict(accelerator, model: nn.Module, state: dict) -> None:
+    """Load full weights (every process passes the same `state`) into the prepared `model`."""
+    if not uses_fsdp(accelerator):
+        accelerator.unwrap_model(model).load_state_dict(state)
+        return
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False)):
+        model.load_state_dict(state)
+
+
+def final_model(accelerator, model: nn.Module, rebuild) -> nn.Module | None:
+    """The trained model to save, as a plain (unwrapped, unsharded) module.
+
+    Without FSDP: the unwrapped model. Under FSDP (a collective): the full weights gathered to the
+    main process and loaded into `rebuild()`, a fresh copy of the model with the strategy applied
+    (its FSDP-wrapped original cannot be saved by `save_pretrained` from one process); None on the
+    other processes.
+    """
+    if not uses_fsdp(accelerator):
+        return accelerator.unwrap_model(model)
+    state = gather_state_dict(accelerator, model)
+    if state is None:
+        return None
+    fresh = rebuild()
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    # Tied weights (an output layer sharing the input embeddings) may be gathered under one name.
+    tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
+    if unexpected or any(k not in tied for k in missing):
+        raise RuntimeError(f"FSDP weights do not fit the rebuilt model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return fresh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,6 +370,14 @@ def finish_accelerator(accelerator, training, plugins: dict) -> None:
     """After the Accelerator exists: FSDP on CPU, the precision check, and the warnings."""
     if "fsdp_plugin" in plugins and enable_fsdp_on_cpu(accelerator, plugins["fsdp_plugin"]):
         logger.info("FSDP on %d CPU processes (gloo).", accelerator.num_processes)
+    elif "fsdp_plugin" not in plugins and accelerator.device.type == "cpu" and uses_fsdp(accelerator) \
+            and getattr(accelerator.state, "fsdp_plugin", None) is None:
+        # An earlier FSDP run in this CPU process left PartialState saying FSDP: back to DDP.
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType
+
+        for shared in (accelerator.state.__dict__, PartialState._shared_state):
+            shared["distributed_type"] = DistributedType.MULTI_CPU
     if getattr(training, "distributed", "auto") == "fsdp" and accelerator.num_processes == 1:
         logger.info("training.distributed=fsdp with one process: nothing to shard, training as usual.")
     check_mixed_precision(training.mixed_precision, accelerator.device.type)
@@ -344,3 +397,65 @@ def prepare_model(accelerator, training, model: nn.Module, may_unfreeze_later: b
     if uses_fsdp(accelerator):
         return "on (FSDP activation checkpointing, one unit per block, non-reentrant)"
     return enable_gradient_checkpointing(model, may_unfreeze_later)
+
+
+# ----------------------------------------------------------------------------------------------
+# `hf-transfer train CONFIG --accelerate-config FILE`
+
+
+def accelerate_command(accelerate_config, config: str, overrides: list[str], extra: list[str] = (),
+                       devices: int | None = None) -> tuple[list[str], list[str]]:
+    """The `accelerate launch` command that runs `hf-transfer train` under an accelerate config
+    file, and notes on it (such as asking for more processes than the machine has devices).
+
+    Returns:
+        (command, notes)
+    """
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(accelerate_config)
+    if not path.is_file():
+        raise ConfigError(
+            f"--accelerate-config '{path}' does not exist. Shipped ones: recipes/accelerate/*.yaml "
+            "(single_gpu, multi_gpu, fsdp, deepspeed_zero2, deepspeed_zero3, multi_node, cpu_2proc)."
+        )
+    try:
+        conf = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--accelerate-config '{path}' is not valid YAML: {e}") from None
+    if devices is None:
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    notes = []
+    wanted = int(conf.get("num_processes") or 1) // max(1, int(conf.get("num_machines") or 1))
+    on_cpu = bool(conf.get("use_cpu")) or conf.get("distributed_type") == "MULTI_CPU" or _cpu_forced()
+    if not on_cpu and wanted > max(devices, 1):
+        where = "no GPU" if devices == 0 else f"{devices} GPU(s)"
+        notes.append(
+            f"{path.name} asks for {wanted} processes per machine, and this machine has {where}. "
+            + ("Without GPUs that does not give several processes: run one (no --accelerate-config), or "
+               "several CPU processes with ACCELERATE_USE_CPU=1 and recipes/accelerate/cpu_2proc.yaml."
+               if devices == 0 else
+               f"Set num_processes to {devices} or fewer.")
+        )
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path),
+           "-m", "hf_transfer", "train", *extra, config, *overrides]
+    return cmd, notes
+
+
+def launch_with_accelerate(args) -> int:
+    """Run `hf-transfer train` under `accelerate launch --config_file` (the CLI's `--accelerate-config`)."""
+    import subprocess
+    import sys
+
+    from hf_transfer.config import load_config
+
+    load_config(args.config_path, args.overrides)  # a bad config fails here, not on every process
+    extra = ["--overwrite"] if getattr(args, "overwrite", False) else []
+    cmd, notes = accelerate_command(args.accelerate_config, args.config, args.overrides, extra)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    print("+ " + " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd)
