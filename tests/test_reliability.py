@@ -301,6 +301,11 @@ def test_missing_local_model_path_says_it_does_not_exist(toy_text_data, tmp_path
     with pytest.raises(HFTransferError, match="local path './models/my-bert' does not exist") as e:
         train(cfg)
     assert "huggingface.co" not in str(e.value)
+    # `models/my-bert` could also be a Hub id: neither a folder here nor on the Hub, said so.
+    cfg = load_config(None, _overrides("models/my-bert", toy_text_data, tmp_path / "run"))
+    with pytest.raises(ModelError, match="there is no folder 'models/my-bert' in") as e:
+        train(cfg)
+    assert "huggingface.co" not in str(e.value)
 
 
 def test_latin1_csv_shows_the_encoding_hint(tiny_bert_dir, tmp_path):

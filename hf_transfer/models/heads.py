@@ -31,10 +31,15 @@ def load_config_checked(name_or_path: str, revision: str | None = None, trust_re
             ) from None
         raise ModelError(f"Cannot load the config of '{name_or_path}': {e}") from None
     except OSError as e:
+        from pathlib import Path
+
+        local = Path(name_or_path).expanduser()
+        where = (f"'{local}' has no config.json" if local.is_dir() else
+                 f"there is no folder '{name_or_path}' in '{Path.cwd()}'")
         raise ModelError(
-            f"Cannot find model '{name_or_path}': not a local folder with a config.json, and not "
-            f"reachable on the Hub ({type(e).__name__}). Check model.name_or_path, model.revision "
-            "and your network (HF_HUB_OFFLINE=1 only reads the local cache)."
+            f"Cannot find model '{name_or_path}': {where}, and it is not reachable as a Hub id "
+            f"({type(e).__name__}). Check model.name_or_path, model.revision and your network "
+            "(HF_HUB_OFFLINE=1 only reads the local cache)."
         ) from None
 
 
