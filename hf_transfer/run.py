@@ -73,6 +73,11 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
 
         return train_stages(cfg, train, overwrite=overwrite)
     check_model_path(cfg.model.name_or_path)
+    from hf_transfer.models.heads import load_config_checked
+
+    # The checkpoint's config first: a name that is neither a folder nor a Hub id is said so here,
+    # before a tokenizer or processor reports it as a network error.
+    load_config_checked(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
     out = Path(cfg.output_dir)
     overwrite = overwrite or getattr(cfg, "overwrite_output_dir", False)
     check_output_dir(out, overwrite, resuming=bool(cfg.training.resume_from_checkpoint))
@@ -80,6 +85,10 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out / "train.log" if main else None, main)
     logger.info("Run folder: %s", out.resolve())
+    warn_if_launch_fell_back_to_one_process()
+    if cfg.model.trust_remote_code:
+        logger.warning("model.trust_remote_code=true: code shipped with '%s' will run (and travels with the "
+                       "run folder: evaluate, predict and export run it too).", cfg.model.name_or_path)
     if cfg.export.push_to_hub:
         from hf_transfer.export.push import check_push_settings
 
@@ -143,6 +152,19 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
 
             maybe_push_after_training(cfg, out)
     return metrics
+
+
+def warn_if_launch_fell_back_to_one_process() -> bool:
+    """`accelerate launch --num_processes 2` without `--multi_gpu` on a machine with no GPU starts
+    one ordinary process (its simple launcher sets MASTER_PORT but no WORLD_SIZE): say so, and how
+    to get several CPU processes. Returns whether it warned."""
+    env = os.environ
+    if "ACCELERATE_USE_CPU" in env and "MASTER_PORT" in env and "WORLD_SIZE" not in env and not torch.cuda.is_available():
+        logger.warning("accelerate launch asked for several processes, but without GPUs (and without --multi_gpu) "
+                       "it runs this one process only. For several CPU processes: ACCELERATE_USE_CPU=1 "
+                       "accelerate launch --multi_gpu --num_processes N -m hf_transfer train ...")
+        return True
+    return False
 
 
 def save_run_config(cfg: TrainConfig, out: Path) -> None:
