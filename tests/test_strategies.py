@@ -76,6 +76,7 @@ GROUP_NAMES = {
 # Which groups train at epochs 0, 1, 2 (indices into GROUP_NAMES: 0 stem, 1 block0, 2 block1, 3 top, 4 head).
 SCHEDULES = {
     "full": [{0, 1, 2, 3, 4}] * 3,
+    "scratch": [{0, 1, 2, 3, 4}] * 3,  # random weights come from the task; the strategy trains all
     "freeze": [{4}] * 3,
     "partial": [{2, 3, 4}] * 3,  # default trainable_layers=2 is overridden to 1 below
     "gradual_unfreeze": [{4}, {2, 3, 4}, {1, 2, 3, 4}],
@@ -146,13 +147,97 @@ def test_strategy_matrix_changes_exactly_the_trained_groups(name, model_key):
     after = dict(r.model.named_parameters())
     for i, grp in enumerate(r.groups):
         for pname in grp.param_names:
-            if name == "full" and pname in r.model_frozen:
+            if name in ("full", "scratch") and pname in r.model_frozen:
                 continue
             same = torch.equal(after[pname], r.before[pname])
             if i in trained and pname not in r.model_frozen:
                 assert not same, f"{name}/{model_key}: {pname} ({grp.name}) should have trained"
             else:
                 assert same, f"{name}/{model_key}: {pname} ({grp.name}) should be bit-identical"
+
+
+@pytest.mark.parametrize("model_key", list(MODELS))
+@pytest.mark.parametrize("n, similarity, delegate, expected", [
+    (99, "low", "partial", [{1, 2, 3, 4}] * 3),      # trainable_layers 2: both blocks, top, head
+    (500, "high", "partial", [{2, 3, 4}] * 3),       # trainable_fraction 0.5 of 2 blocks
+    (20_000, "low", "full", [{0, 1, 2, 3, 4}] * 3),
+])
+def test_strategy_matrix_auto_trains_what_its_choice_trains(n, similarity, delegate, expected, model_key):
+    strategy = make_strategy("auto", similarity=similarity)
+    strategy.prepare(SimpleNamespace(splits=SimpleNamespace(train=range(n)), cfg=None))
+    assert strategy.choice.name == delegate
+    r = drive(model_key, strategy)
+    assert r.per_epoch == expected
+    after = dict(r.model.named_parameters())
+    trained = set().union(*expected)
+    for i, grp in enumerate(r.groups):
+        for pname in grp.param_names:
+            if pname in r.model_frozen:
+                continue
+            assert torch.equal(after[pname], r.before[pname]) != (i in trained), f"auto/{delegate}: {pname}"
+
+
+PEFT_STRATEGIES = [s for s in ("lora", "ia3", "adapter", "lora_ffn") if s in available_strategies()]
+
+
+@pytest.mark.parametrize("model_key", list(MODELS))
+@pytest.mark.parametrize("name", PEFT_STRATEGIES)
+def test_strategy_matrix_peft_trains_adapters_and_head_only(name, model_key):
+    """Through the engine's path (apply, layer groups of the wrapped model, param groups): every
+    pretrained weight stays bit-identical; every adapter weight and the head's trainable copy move."""
+    build, batch = MODELS[model_key]
+    torch.manual_seed(0)
+    model = build()
+    before = {id(p): (n, p.detach().clone()) for n, p in model.named_parameters()}
+    strategy = make_strategy(name)
+    wrapped = strategy.apply(model, layer_groups(model))
+    groups = layer_groups(wrapped)
+    optimizer = torch.optim.AdamW(build_param_groups(wrapped, groups, strategy.lr_scales(groups), 1e-2, 0.0), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    wrapped.train()
+    for epoch in range(3):
+        strategy.on_epoch_start(epoch, wrapped, groups)
+        for _ in range(2):
+            b = batch(g)
+            labels = b.pop("labels")
+            F.cross_entropy(wrapped(**b).logits, labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    new = []
+    for pname, p in wrapped.named_parameters():
+        if id(p) in before:  # a pretrained (or original head) weight: PEFT keeps the object
+            assert torch.equal(p, before[id(p)][1]), f"{name}/{model_key}: {pname} should be bit-identical"
+            assert not p.requires_grad, pname
+        else:  # adapters and the head's trainable copy (modules_to_save)
+            new.append(pname)
+            assert p.requires_grad, pname
+            assert p.dtype == torch.float32
+    moved = [n for n, p in wrapped.named_parameters() if n in new]
+    assert any("modules_to_save" in n for n in moved), f"{name}/{model_key}: the head was not trained"
+    initial = {n: p.detach().clone() for n, p in build_initial_adapters(name, model_key).items()}
+    for pname, p in wrapped.named_parameters():
+        if pname in initial:
+            assert not torch.equal(p, initial[pname]), f"{name}/{model_key}: {pname} did not train"
+
+
+def build_initial_adapters(name, model_key):
+    """The freshly initialised adapter and head-copy weights (same seed, no training)."""
+    build, _ = MODELS[model_key]
+    torch.manual_seed(0)
+    model = build()
+    strategy = make_strategy(name)
+    wrapped = strategy.apply(model, layer_groups(model))
+    original = {id(p) for p in model.parameters()}
+    return {n: p for n, p in wrapped.named_parameters() if id(p) not in original and p.requires_grad}
+
+
+def test_feature_extraction_trains_nothing_through_the_engine():
+    """feature_extraction fits its classifier itself (`fit`): `apply` freezes every parameter."""
+    strategy = make_strategy("feature_extraction")
+    assert strategy.trains_with_engine is False
+    model = bert_model()
+    model = strategy.apply(model, layer_groups(model))
+    assert not any(p.requires_grad for p in model.parameters())
 
 
 def expected_scales(decay, head_mult):
@@ -403,6 +488,7 @@ def _base_weights(tiny_bert_dir):
 @pytest.mark.parametrize("name, extra", [
     ("freeze", []),
     ("gradual_unfreeze", ["training.load_best_model_at_end=false"]),
+    ("feature_extraction", []),  # the fitted linear classifier is written into the head
 ])
 def test_end_to_end_frozen_backbone_is_saved_unchanged(name, extra, text_overrides, tiny_bert_dir, tmp_path):
     from hf_transfer.run import train
@@ -422,7 +508,10 @@ def test_end_to_end_frozen_backbone_is_saved_unchanged(name, extra, text_overrid
     assert not torch.equal(saved["classifier.weight"], torch.zeros_like(saved["classifier.weight"]))
     written = json.loads((out / "metrics.json").read_text())
     assert written["strategy"] == name and metrics["strategy"] == name
-    assert written["trainable_parameters"] > 0 and written["frozen_parameters"] > 0
+    if name == "feature_extraction":  # nothing in the network trains; the classifier is fitted apart
+        assert written["trainable_parameters"] == 0 and written["classifier_parameters"] > 0
+    else:
+        assert written["trainable_parameters"] > 0 and written["frozen_parameters"] > 0
 
 
 # ----------------------------------------------------------------------------- DDP
