@@ -78,3 +78,44 @@ def test_gradual_unfreeze_under_ddp(text_overrides, tmp_path, tiny_bert_dir):
             assert torch.equal(weights[k], v), k  # never unfrozen in 3 epochs
         elif k.startswith(("bert.encoder.layer.0.", "bert.encoder.layer.1.", "bert.pooler.")):
             assert not torch.equal(weights[k], v), k  # layer.1 unfrozen at epoch 1, layer.0 at epoch 2
+
+
+@pytest.fixture
+def dropout_free_bert_dir(tmp_path):
+    """The tiny BERT with dropout off: the only randomness left is the data order, which the seed fixes."""
+    import shutil
+
+    from transformers import BertModel
+
+    from conftest import ASSETS, tiny_bert_config
+
+    out = tmp_path / "tiny-bert-no-dropout"
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(out)
+    for f in (ASSETS / "tiny-bert").iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_model_as_one(text_overrides, tmp_path, dropout_free_bert_dir):
+    """DDP on 2 CPU processes with batches of 4 ends with the weights of one process with batches of
+    8: each step sees the same 8 examples (Accelerate shards the seeded batch order), and the loss is
+    summed per example and divided by the window's example count across processes, so the gradients
+    are the same up to the order of float additions."""
+    from hf_transfer.config import load_config
+    from hf_transfer.run import train
+
+    base = [o for o in text_overrides if not o.startswith(("output_dir=", "model.name_or_path=", "training.batch_size="))]
+    base += [f"model.name_or_path={dropout_free_bert_dir}", "training.epochs=1", "training.save_strategy=no",
+             "data.group_by_length=false", "training.load_best_model_at_end=false"]
+    ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
+    launch(base + [f"output_dir={ddp_out}", "training.batch_size=4"])
+    single = train(load_config(None, base + [f"output_dir={single_out}", "training.batch_size=8"]))
+    ddp = rank_weights(ddp_out)
+    one = load_file(str(single_out / "model.safetensors"))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(one[key], base_weights(dropout_free_bert_dir)[key])  # it trained
+    assert single["train_steps"] == 12  # 96 examples / 8 per step
+    for k, v in one.items():
+        assert torch.allclose(ddp[k], v, atol=1e-5, rtol=1e-4), f"DDP and one process differ at {k}"
