@@ -321,7 +321,13 @@ def _load_run_model(run_dir: Path, task):
 
 
 def _run_labels(run_dir: Path) -> list[str] | None:
-    """Label names in id order from the run's saved model config, or None."""
+    """Label names in id order: the run's metrics.json (what it trained on), else its model config."""
+    try:
+        labels = json.loads((run_dir / "metrics.json").read_text()).get("labels")
+        if isinstance(labels, list) and labels:
+            return [str(x) for x in labels]
+    except (OSError, ValueError):
+        pass
     try:
         id2label = json.loads((run_dir / "config.json").read_text()).get("id2label") or {}
         return [str(id2label[str(i)]) for i in range(len(id2label))] or None
