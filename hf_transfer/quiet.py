@@ -34,6 +34,8 @@ def progress_disabled() -> bool:
     `TQDM_DISABLE` is set."""
     if os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes"):
         return True
+    if "ipykernel" in sys.modules:  # a notebook: not a tty, but tqdm.auto draws widgets there
+        return False
     try:
         return not sys.stderr.isatty()
     except (AttributeError, ValueError):
