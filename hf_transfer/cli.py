@@ -207,6 +207,9 @@ def cmd_convert(args) -> int:
         from hf_transfer.importers.ctranslate2_whisper import convert_ctranslate2_whisper
 
         out = convert_ctranslate2_whisper(args.src, args.out)
+    from hf_transfer.files import respect_umask
+
+    respect_umask(out)  # safetensors writes 600: the user's umask decides
     print(f"Wrote {out}")
     return 0
 
