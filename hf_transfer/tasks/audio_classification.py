@@ -26,7 +26,6 @@ import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 from hf_transfer.data import audio as audio_mod
-from hf_transfer.data import labels as labels_mod
 from hf_transfer.errors import ModelError
 from hf_transfer.models.heads import load_config_checked, load_for_classification
 from hf_transfer.models.whisper import (
@@ -34,7 +33,6 @@ from hf_transfer.models.whisper import (
     cut_encoder_window,
     fit_window,
 )
-from hf_transfer.paths import resolve
 from hf_transfer.tasks.base import ClassificationTask, Splits, register_task
 
 logger = logging.getLogger(__name__)
@@ -114,17 +112,8 @@ class AudioClassificationTask(ClassificationTask):
             self.truncated_files[role] = check.truncated
             out[role] = ds
         if self.skipped_files.get("train"):
-            self._recount(out["train"])
+            self.recount_labels(out["train"], "unusable clips", "usable training clip")
         return Splits(out["train"], out["eval"], out["test"])
-
-    def _recount(self, train) -> None:
-        weights = labels_mod.class_weights(train, len(self.labels), self.cfg.training.class_weights)
-        self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
-        counts = np.bincount(np.asarray(train["labels"]), minlength=len(self.labels))
-        logger.info("Labels after skipping unusable clips: %s", dict(zip(self.labels.names, counts.tolist())))
-        gone = [n for n, c in zip(self.labels.names, counts) if c == 0]
-        if gone:
-            logger.warning("No usable training clip is left for class(es): %s.", ", ".join(gone))
 
     def _window(self) -> audio_mod.AudioWindow:
         if self.window is None:
@@ -168,16 +157,10 @@ class AudioClassificationTask(ClassificationTask):
 
     # Model ------------------------------------------------------------------------------
     def load_processor(self):
-        m, d = self.cfg.model, self.cfg.data
-        try:
-            fe = AutoFeatureExtractor.from_pretrained(
-                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code
-            )
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelError(
-                f"Cannot load the feature extractor of '{m.name_or_path}' ({type(e).__name__}: {e}). An audio "
-                "checkpoint needs a preprocessor_config.json (its sampling rate and features)."
-            ) from None
+        d = self.cfg.data
+        fe = self.checkpoint_processor(
+            AutoFeatureExtractor, "feature extractor",
+            "An audio checkpoint needs a preprocessor_config.json (its sampling rate and features).")
         rate = int(fe.sampling_rate)
         max_samples, where = None, ""
         if _is_whisper_fe(fe):

@@ -17,7 +17,8 @@ from hf_transfer.config import TrainConfig
 from hf_transfer.data import labels as labels_mod
 from hf_transfer.data.labels import LabelSpace
 from hf_transfer.data.sources import load_split
-from hf_transfer.errors import DataError
+from hf_transfer.errors import DataError, ModelError
+from hf_transfer.paths import resolve
 from hf_transfer.registry import RecipeInfo, register_recipe
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,18 @@ class Task:
 
     def load_processor(self):
         raise NotImplementedError
+
+    def checkpoint_processor(self, auto_cls, what: str, hint: str = ""):
+        """`auto_cls.from_pretrained` on the configured checkpoint (tokenizer, image processor,
+        feature extractor), or a `ModelError` that names `what` and says what it needs."""
+        m = self.cfg.model
+        try:
+            return auto_cls.from_pretrained(
+                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(
+                f"Cannot load the {what} of '{m.name_or_path}' ({type(e).__name__}: {e}). {hint}".rstrip()
+            ) from None
 
     def save_processor(self, out_dir) -> None:
         if self.processor is not None:
@@ -266,6 +279,22 @@ class ClassificationTask(Task):
                 "top": [{"label": id2label[int(i)], "score": round(float(s), 4)} for s, i in zip(scores, ids)],
             })
         return results
+
+    def recount_labels(self, train, skipped: str, kept: str) -> None:
+        """Class weights and per-class counts again, after unusable training files were dropped.
+
+        Args:
+            train: The training split left.
+            skipped: What was dropped, for the log (`unreadable images`).
+            kept: One item of what is left, for the warning (`readable training image`).
+        """
+        weights = labels_mod.class_weights(train, len(self.labels), self.cfg.training.class_weights)
+        self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
+        counts = np.bincount(np.asarray(train["labels"]), minlength=len(self.labels))
+        logger.info("Labels after skipping %s: %s", skipped, dict(zip(self.labels.names, counts.tolist())))
+        gone = [n for n, c in zip(self.labels.names, counts) if c == 0]
+        if gone:
+            logger.warning("No %s is left for class(es): %s.", kept, ", ".join(gone))
 
     def logits(self, model, batch) -> torch.Tensor:
         return model(**self.model_inputs(batch)).logits

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -29,7 +28,7 @@ from hf_transfer.data.image import (
     load_image,
     process_image,
 )
-from hf_transfer.errors import DataError, ModelError
+from hf_transfer.errors import DataError
 from hf_transfer.models.families.efficientnet import (  # noqa: F401  (re-exported: older import path)
     fix_batchnorm_momentum,
     fix_scratch_init,
@@ -108,7 +107,7 @@ class ImageClassificationTask(ClassificationTask):
             ds = self._image_column(ds, role, dirs[role])
             checked[role], self.skipped_files[role] = check_images(ds, self.input_col, role, d.on_bad_file)
         if self.skipped_files.get("train"):
-            self._recount(checked["train"])
+            self.recount_labels(checked["train"], "unreadable images", "readable training image")
         return Splits(checked["train"], checked["eval"], checked["test"])
 
     def _image_column(self, ds, role: str, base: Path | None):
@@ -126,16 +125,6 @@ class ImageClassificationTask(ClassificationTask):
             f"Column '{col}' of the {role} split holds {feature}, not images or image paths. Set "
             "data.image_column to the column with the images (or their file paths)."
         )
-
-    def _recount(self, train) -> None:
-        """Class weights and counts again, after unreadable training images were dropped."""
-        weights = labels_mod.class_weights(train, len(self.labels), self.cfg.training.class_weights)
-        self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
-        counts = np.bincount(np.asarray(train["labels"]), minlength=len(self.labels))
-        logger.info("Labels after skipping unreadable images: %s", dict(zip(self.labels.names, counts.tolist())))
-        gone = [n for n, c in zip(self.labels.names, counts) if c == 0]
-        if gone:
-            logger.warning("No readable training image is left for class(es): %s.", ", ".join(gone))
 
     def augmentation_active(self, train: bool) -> bool:
         """Whether `preprocess(ds, train)` augments: training split, enabled, features not cached."""
@@ -169,16 +158,9 @@ class ImageClassificationTask(ClassificationTask):
 
     # Model ------------------------------------------------------------------------------
     def load_processor(self):
-        m = self.cfg.model
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(
-                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code
-            )
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelError(
-                f"Cannot load the image processor of '{m.name_or_path}' ({type(e).__name__}: {e}). An image "
-                "checkpoint needs a preprocessor_config.json (its resize and normalisation settings)."
-            ) from None
+        self.processor = self.checkpoint_processor(
+            AutoImageProcessor, "image processor",
+            "An image checkpoint needs a preprocessor_config.json (its resize and normalisation settings).")
         # Shapes for a batch in which every image failed to decode (see collate_images).
         self._empty_like = process_image(self.processor, Image.new("RGB", (32, 32)))
         return self.processor

@@ -8,8 +8,7 @@ import logging
 
 from hf_transfer.data import labels as labels_mod
 from hf_transfer.data.text import tokenize_split
-from hf_transfer.errors import DataError, HFTransferError, ModelError
-from hf_transfer.paths import resolve
+from hf_transfer.errors import DataError, HFTransferError
 from hf_transfer.models.heads import load_for_classification
 from hf_transfer.tasks.base import ClassificationTask, register_task
 
@@ -93,13 +92,7 @@ class TextClassificationTask(ClassificationTask):
         return col
 
     def load_processor(self):
-        m = self.cfg.model
-        try:
-            self.processor = AutoTokenizer.from_pretrained(
-                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code
-            )
-        except (OSError, ValueError) as e:
-            raise ModelError(f"Cannot load the tokenizer of '{m.name_or_path}': {e}") from None
+        self.processor = self.checkpoint_processor(AutoTokenizer, "tokenizer")
         self._collator = DataCollatorWithPadding(self.processor)
         self._clamp_max_length()
         return self.processor
