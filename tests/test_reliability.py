@@ -242,6 +242,10 @@ def test_resumed_run_records_total_and_this_process_runtime(interrupted_run):
                                                      abs=0.01)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["train_runtime"] > saved["train_runtime_this_process"] > 0
+    from hf_transfer.export.card import _duration, build_card
+
+    card = build_card(out, license="mit").content
+    assert f"**Training time:** {_duration(saved['train_runtime'])}" in card  # the total, not the last part
 
 
 # ------------------------------------------------------------------ 7. damaged weights
