@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from hf_transfer.config_parsing import Rules, build, parse_override, set_dotted  # noqa: F401
+from hf_transfer.config_parsing import Rules, build, parse_override, read_yaml, set_dotted  # noqa: F401
 from hf_transfer.errors import ConfigError
 from hf_transfer.registry import (  # noqa: F401  (re-exported: registration hooks live in registry)
     _CHECKS,
@@ -401,15 +401,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "defaults"
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"Config file '{path}' does not exist. `hf-transfer ls` lists the shipped configs; "
-                "`hf-transfer cp NAME my_run.yaml` copies one to edit."
-            )
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"Config file '{path}' is not valid YAML: {e}") from None
+        raw = read_yaml(path, "Config file", "`hf-transfer ls` lists the shipped configs; "
+                        "`hf-transfer cp NAME my_run.yaml` copies one to edit.")
         source = f"'{path}'"
         config_from_dict(raw, source)  # errors in the file name the file
     for text in overrides or []:

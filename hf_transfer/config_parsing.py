@@ -185,3 +185,21 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         parsed = value
     return key, parsed
+
+
+def read_yaml(path, what: str, missing_hint: str = "") -> Any:
+    """The mapping in the YAML file at `path` ({} when empty).
+
+    Raises:
+        ConfigError: Naming `what` (`Config file`, `--accelerate-config`) when the file is missing
+            (with `missing_hint`) or is not YAML.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' does not exist. {missing_hint}".rstrip())
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {e}") from None

@@ -414,18 +414,11 @@ def accelerate_command(accelerate_config, config: str, overrides: list[str], ext
     import sys
     from pathlib import Path
 
-    import yaml
+    from hf_transfer.config_parsing import read_yaml
 
     path = Path(accelerate_config)
-    if not path.is_file():
-        raise ConfigError(
-            f"--accelerate-config '{path}' does not exist. Shipped ones: recipes/accelerate/*.yaml "
-            "(single_gpu, multi_gpu, fsdp, deepspeed_zero2, deepspeed_zero3, multi_node, cpu_2proc)."
-        )
-    try:
-        conf = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--accelerate-config '{path}' is not valid YAML: {e}") from None
+    conf = read_yaml(path, "--accelerate-config", "Shipped ones: recipes/accelerate/*.yaml (single_gpu, "
+                     "multi_gpu, fsdp, deepspeed_zero2, deepspeed_zero3, multi_node, cpu_2proc).")
     if devices is None:
         devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     notes = []
