@@ -101,12 +101,16 @@ def cmd_ls(args) -> int:
 def _config_summary(path: Path) -> str:
     """A config's first comment line that describes it (its leading command line is skipped: it
     may name scripts, such as bench/ data preparation, that only a source checkout has)."""
+    needs_checkout = False
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
         text = line.lstrip("# ").strip()
-        if text and not text.startswith(("hf-transfer ", "python ", "accelerate ")):
-            return text
+        if text.startswith(("hf-transfer ", "python ", "accelerate ")):
+            needs_checkout = needs_checkout or "bench/" in text
+        elif text:
+            # Its data is written by a benchmark script that ships with the source, not the package.
+            return ("[data: prepared by a benchmark of the source repository] " if needs_checkout else "") + text
     return ""
 
 

@@ -75,6 +75,8 @@ def test_ls_lists_only_commands_the_installed_package_has(capsys):
     out = capsys.readouterr().out
     assert "bench/" not in out and "python " not in out
     assert "hf-transfer train NAME" in out
+    # Configs whose data a source-checkout benchmark writes say so instead of naming the script.
+    assert "whisper/digits_cls_full      [data: prepared by a benchmark of the source repository]" in out
 
 
 def test_layers_detects_the_task_from_the_config(tmp_path, capsys):
