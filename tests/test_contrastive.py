@@ -160,3 +160,18 @@ def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, m
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     assert resumed["eval_accuracy"] == straight["eval_accuracy"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_identical_bodies(text_overrides, tmp_path, tiny_bert_dir):
+    from test_multiprocess import base_weights, launch, rank_weights
+
+    out = tmp_path / "ddp"
+    base = [o for o in text_overrides if not o.startswith(("output_dir=", "training.epochs="))]
+    launch(base + FAST + [f"output_dir={out}", "training.batch_size=8", "training.save_strategy=no"])
+    weights = rank_weights(out)  # the pair encoder: `model.` + the transformers names
+    key = "bert.encoder.layer.1.attention.self.query.weight"
+    assert not torch.equal(weights[f"model.{key}"], base_weights(tiny_bert_dir)[key])  # it trained
+    assert torch.equal(weights[f"model.{key}"], load_file(str(out / "model.safetensors"))[key])
+    assert json.loads((out / "metrics.json").read_text())["run_layout"] == "setfit"
+    assert (out / "model_head.pkl").is_file()
