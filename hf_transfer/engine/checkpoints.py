@@ -108,6 +108,9 @@ class Checkpointing:
         model = self.accelerator.unwrap_model(self.model)
         for epoch in range(self.state.epoch + 1):
             self.strategy.on_epoch_start(epoch, model, self.groups)
+        from hf_transfer.engine.distributed import prime_optimizer_for_resume
+
+        prime_optimizer_for_resume(self.accelerator, self.optimizer)  # FSDP sharded: keep the AdamW moments
         self.accelerator.load_state(str(path))
         # The best weights so far live beside the checkpoints; bring them along when resuming
         # from another run folder's checkpoint.

@@ -231,6 +231,12 @@ def enable_fsdp_on_cpu(accelerator, plugin) -> bool:
         shared["distributed_type"] = DistributedType.FSDP
         shared["device"] = torch.device("cpu")
     state.fsdp_plugin = plugin
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+
+    if plugin.state_dict_type == StateDictType.FULL_STATE_DICT:
+        # Offloading a full state dict "to CPU" when it already is there crashes torch 2.13 (SIGSEGV).
+        plugin.state_dict_config = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
+        plugin.optim_state_dict_config = FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True)
     if accelerator.mixed_precision != "no":
         plugin.set_mixed_precision(accelerator.mixed_precision)
     return True
@@ -264,6 +270,37 @@ def load_full_state_dict(accelerator, model: nn.Module, state: dict) -> None:
 
     with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False)):
         model.load_state_dict(state)
+
+
+def prime_optimizer_for_resume(accelerator, optimizer) -> bool:
+    """Give a fresh optimizer its state before an FSDP sharded checkpoint is loaded into it.
+
+    Accelerate loads a sharded optimizer checkpoint into the template `FSDP.optim_state_dict` makes
+    from the optimizer's *current* state; a fresh optimizer has none, so the AdamW moments would be
+    silently dropped (weights resume exactly, the next updates differ). One step with zero
+    gradients at learning rate 0 creates the state without changing a weight (AdamW's update and
+    decoupled weight decay both scale with the learning rate); the checkpoint then overwrites it.
+    Returns True when it primed.
+    """
+    from torch.distributed.fsdp import StateDictType
+
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if not uses_fsdp(accelerator) or plugin is None or plugin.state_dict_type != StateDictType.SHARDED_STATE_DICT:
+        return False
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if inner.state:
+        return False
+    lrs = [g["lr"] for g in inner.param_groups]
+    for g in inner.param_groups:
+        g["lr"] = 0.0
+        for p in g["params"]:
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+    inner.step()
+    inner.zero_grad(set_to_none=True)
+    for g, lr in zip(inner.param_groups, lrs):
+        g["lr"] = lr
+    return True
 
 
 def final_model(accelerator, model: nn.Module, rebuild) -> nn.Module | None:
