@@ -211,7 +211,8 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
     from hf_transfer.domain import build_adaptation_hook
 
     hook = build_adaptation_hook(cfg, task, model, train_ds, collate)  # None unless adaptation.name is set
-    trainer = Trainer(cfg, task, model, strategy, groups, train_ds, eval_ds, collate, sampler, out, hook=hook)
+    trainer = Trainer(cfg.training, task, model, strategy, groups, train_dataset=train_ds, eval_dataset=eval_ds,
+                      collate_fn=collate, train_sampler=sampler, output_dir=out, hook=hook)
     metrics = trainer.train()
     acc = trainer.accelerator
     device = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
@@ -351,7 +352,7 @@ def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
     task.known_labels = _run_labels(run_dir)
     splits = task.load_splits()
     model = _load_run_model(run_dir, task)
-    acc = new_accelerator(cfg, run_dir)
+    acc = new_accelerator(cfg.training, run_dir)
     acc.trackers = []
     model = acc.prepare(model)
     wanted = {"eval": [("eval", splits.eval)], "test": [("test", splits.test)],

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from hf_transfer.config import TrainConfig
+from hf_transfer.config import TrainConfig, TrainingConfig
 from hf_transfer.engine.checkpoints import STATE_FILE, Checkpointing, TrainerState  # noqa: F401  (re-exported)
 from hf_transfer.engine.budget import resolve_budget, resolve_learning_rate
 from hf_transfer.engine.distributed import precision_that_ran as dist_precision
@@ -39,22 +39,29 @@ logger = get_logger(__name__)
 LOWER_IS_BETTER = ("loss", "wer", "cer")
 
 
-def new_accelerator(cfg: TrainConfig, output_dir: Path, find_unused_parameters: bool = False,
+def _training_settings(settings: TrainingConfig | TrainConfig) -> TrainingConfig:
+    # The engine needs the `training` section only; older call sites pass the whole run config.
+    return settings.training if isinstance(settings, TrainConfig) else settings
+
+
+def new_accelerator(training: TrainingConfig | TrainConfig, output_dir: Path, find_unused_parameters: bool = False,
                     groups: list | None = None) -> Accelerator:
     """An Accelerator for this run (mixed precision, trackers, DDP settings). With the model's layer
     groups (training), also `training.distributed`'s FSDP / DeepSpeed plugin and the precision
     check (`hf_transfer.engine.distributed`)."""
     from hf_transfer.engine.distributed import accelerator_plugins, finish_accelerator
 
+    tc = _training_settings(training)
+
     # Accelerate keeps process-wide state; a second run in the same process (tests, sweeps) may
     # use another precision, so the non-distributed part is reset.
     AcceleratorState._reset_state()
     GradientState._reset_state()
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
-    trackers = [t for t in cfg.training.report_to if t and t != "none"]
-    plugins = accelerator_plugins(cfg.training, groups) if groups is not None else {}
+    trackers = [t for t in tc.report_to if t and t != "none"]
+    plugins = accelerator_plugins(tc, groups) if groups is not None else {}
     acc = Accelerator(
-        mixed_precision=cfg.training.mixed_precision,
+        mixed_precision=tc.mixed_precision,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         kwargs_handlers=handlers,
@@ -62,7 +69,7 @@ def new_accelerator(cfg: TrainConfig, output_dir: Path, find_unused_parameters: 
         **plugins,
     )
     if groups is not None:
-        finish_accelerator(acc, cfg.training, plugins)
+        finish_accelerator(acc, tc, plugins)
     return acc
 
 
@@ -116,7 +123,7 @@ class Trainer(Checkpointing):
     """Trains `model` on `train_dataset` with Accelerate.
 
     Args:
-        cfg: The run's config.
+        training: The run's `training` settings (a whole `TrainConfig` is accepted too).
         task: The recipe's task (loss, evaluation outputs, metrics).
         model: The model, already adapted by the strategy (frozen parts, PEFT wrapper).
         strategy: The transfer strategy (for epoch hooks and LR scales).
@@ -129,10 +136,9 @@ class Trainer(Checkpointing):
         hook: Extra behaviour in the loop (`EngineHook`), e.g. domain adaptation.
     """
 
-    def __init__(self, cfg, task, model, strategy, groups, train_dataset, eval_dataset, collate_fn, train_sampler,
-                 output_dir, hook: EngineHook | None = None):
-        self.cfg = cfg
-        self.tc = cfg.training
+    def __init__(self, training: TrainingConfig | TrainConfig, task, model, strategy, groups, train_dataset,
+                 eval_dataset, collate_fn, train_sampler, output_dir, hook: EngineHook | None = None):
+        self.tc = _training_settings(training)
         self.task = task
         self.strategy = strategy
         self.groups = groups
@@ -144,7 +150,7 @@ class Trainer(Checkpointing):
         self.hook = hook if hook is not None else EngineHook()
 
         dynamic = strategy.changes_trainable_set
-        self.accelerator = new_accelerator(cfg, self.output_dir, find_unused_parameters=dynamic, groups=groups)
+        self.accelerator = new_accelerator(self.tc, self.output_dir, find_unused_parameters=dynamic, groups=groups)
         acc = self.accelerator
         from hf_transfer.engine import distributed as dist
 
