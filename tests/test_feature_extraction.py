@@ -61,7 +61,7 @@ def test_logistic_regression_probe_equals_sklearn_predict_proba(num_labels):
     rng = np.random.default_rng(0)
     y = np.arange(120) % num_labels
     X = rng.normal(size=(120, 8)) * 5 + 3 + y[:, None] * rng.normal(size=8)
-    probe = fit_classifier(FeatureExtractionConfig(C=0.5), X, y, num_labels)
+    probe = fit_classifier(FeatureExtractionConfig(C=0.5, standardize=True), X, y, num_labels)
     assert isinstance(probe, LinearProbe) and probe.weight.shape == (num_labels, 8)
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=1000, random_state=0)).fit(X, y)
     Xt = rng.normal(size=(40, 8)) * 5 + 3
@@ -147,7 +147,8 @@ def test_run_folder_predicts_exactly_like_the_fitted_classifier(classifier, tiny
     # pooling=pooler: BERT's head reads the pooler output, so the fit can live in the head itself.
     metrics = train(load_config(None, _overrides(
         tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", f"strategy.classifier={classifier}",
-        "strategy.epochs=30", "strategy.pooling=pooler", "strategy.C=1.0")))
+        "strategy.epochs=30", "strategy.pooling=pooler", "strategy.C=1.0",
+        "strategy.standardize=true")))
     out = tmp_path / "run"
     info = json.loads((out / fe.SPEC_FILE).read_text())
     assert info["head_written"] and info["layout"] == "head" and info["features"]["pooling"] == "pooler"

@@ -152,7 +152,7 @@ def _full_rows(weight: np.ndarray, bias: np.ndarray, classes: np.ndarray, num_la
     return W, b
 
 
-def choose_C(X: np.ndarray, y: np.ndarray, *, standardize: bool = True, class_weight: dict | None = None,
+def choose_C(X: np.ndarray, y: np.ndarray, *, standardize: bool = False, class_weight: dict | None = None,
              max_iter: int = 1000, seed: int = 0, grid: tuple[float, ...] = C_GRID) -> tuple[float, dict]:
     """C for a logistic regression by stratified cross-validation (module docstring).
 
