@@ -197,6 +197,18 @@ def _train(model, data, out, recipe, *extra):
 # Data
 
 
+def test_folder_of_aiff_clips_is_audio(tmp_path):
+    """One extension table for every folder reader: `.aiff` clips are audio to `load_split` too."""
+    from hf_transfer.config import DataSource
+    from hf_transfer.data.sources import load_split
+
+    for cls in ("no", "yes"):
+        (tmp_path / cls).mkdir()
+        sf.write(tmp_path / cls / "a.aiff", tone(300), RATE, format="AIFF")
+    ds = load_split(DataSource(name=str(tmp_path)))
+    assert len(ds) == 2 and ds.features["label"].names == ["no", "yes"]
+
+
 def test_audio_folder_layouts(tmp_path):
     for split in ("train", "test"):
         for cls in ("no", "yes"):

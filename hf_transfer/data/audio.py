@@ -43,13 +43,12 @@ import datasets
 import numpy as np
 import torch
 
-from hf_transfer.data.folders import split_root
+from hf_transfer.data.folders import AUDIO_EXTENSIONS, split_root  # noqa: F401  (AUDIO_EXTENSIONS: re-exported)
 from hf_transfer.data.labels import find_column
 from hf_transfer.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".m4a"}
 #: Audio column names looked for, in priority order (a `datasets.Audio` column wins over all).
 AUDIO_CANDIDATES = ("audio", "audio_path", "audio_file", "file_name", "filename", "file", "path", "wav", "speech")
 #: Transcript column names looked for, in priority order.

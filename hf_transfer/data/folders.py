@@ -6,7 +6,11 @@ from pathlib import Path
 
 from hf_transfer.errors import DataError
 
-# Split subfolder names accepted for each split (the same aliases as data files in `sources`).
+#: File suffixes read as images / audio, wherever a folder is scanned (sources, image, audio).
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".m4a"})
+
+#: Names accepted for each split: split subfolders here, and data files (`val.csv`) in `sources`.
 SPLIT_ALIASES = {
     "train": ("train", "training"),
     "validation": ("validation", "valid", "val", "dev", "eval"),

@@ -37,13 +37,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from hf_transfer.data.folders import split_root
+from hf_transfer.data.folders import IMAGE_EXTENSIONS, split_root  # noqa: F401  (IMAGE_EXTENSIONS: re-exported)
 from hf_transfer.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_CANDIDATES = ("image", "img", "path", "file", "filepath", "image_path")
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Side of the reduced JPEG decode used by the up-front check: small and fast, still reads every byte.
 _CHECK_DRAFT_SIZE = (64, 64)
 

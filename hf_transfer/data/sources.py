@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 
 from hf_transfer.config import DataSource
+from hf_transfer.data.folders import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, SPLIT_ALIASES
 from hf_transfer.errors import DataError
 from hf_transfer.paths import resolve
 
@@ -15,8 +16,6 @@ logger = logging.getLogger(__name__)
 
 # Local file extension -> the `datasets` packaged builder that reads it.
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-_AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus"}
 _DEFAULT_SPLITS = {"train": "train", "eval": "validation", "test": "test", "target": "train"}
 
 
@@ -93,8 +92,7 @@ def _check_not_empty(path: Path, builder: str) -> None:
 
 def _split_file(folder: Path, split: str) -> Path | None:
     """In a folder of data files, the file for `split` (`train.csv`, `validation.jsonl`, ...)."""
-    aliases = {"validation": ("validation", "valid", "val", "dev", "eval"), "test": ("test",)}
-    for stem in aliases.get(split, (split,)):
+    for stem in SPLIT_ALIASES.get(split, (split,)):
         for ext in _BUILDERS:
             candidate = folder / f"{stem}{ext}"
             if candidate.is_file():
@@ -105,7 +103,7 @@ def _split_file(folder: Path, split: str) -> Path | None:
 def _load_folder(folder: Path, split: str, source: DataSource) -> datasets.Dataset:
     files = [p for p in folder.rglob("*") if p.is_file()]
     exts = {p.suffix.lower() for p in files}
-    if exts & _AUDIO_EXT:
+    if exts & AUDIO_EXTENSIONS:
         # An audiofolder may carry metadata.csv files (transcripts): the audio loader reads them.
         from hf_transfer.data.audio import load_audio_folder
 
@@ -123,7 +121,7 @@ def _load_folder(folder: Path, split: str, source: DataSource) -> datasets.Datas
                     "data.<split> at the file itself."
                 )
         return _load_file(path, source)
-    if exts & _IMAGE_EXT:
+    if exts & IMAGE_EXTENSIONS:
         from hf_transfer.data.image import load_image_folder
 
         return load_image_folder(folder, split)
