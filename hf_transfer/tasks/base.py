@@ -266,10 +266,13 @@ class ClassificationTask(Task):
 
     def predict(self, model, inputs: list[str], top_k: int = 1) -> list[dict[str, Any]]:
         """The `top_k` labels and their probabilities for each raw input."""
+        from accelerate.utils import send_to_device
+
         id2label = model.config.id2label
         results = []
+        device = next(model.parameters()).device  # wherever the caller put the model
         with torch.no_grad():
-            probs = model(**self.predict_inputs(inputs)).logits.float().softmax(-1)
+            probs = model(**send_to_device(self.predict_inputs(inputs), device)).logits.float().softmax(-1).cpu()
         for item, p in zip(inputs, probs):
             scores, ids = p.topk(min(top_k, p.numel()))
             results.append({
