@@ -37,6 +37,7 @@ class LoraFfn(Lora):
     """LoRA on the feed-forward layers: parallel adapters (PEFT `LoraConfig`)."""
 
     default_roles = ("ffn_in", "ffn_out")
+    default_learning_rate = 1e-3  # what `adapter` has always had (engine.budget)
 
 
 @dataclass
