@@ -1,15 +1,9 @@
 """`lora_ffn` (also spelled `adapter`): LoRA beside each block's feed-forward layers (PEFT).
 
-What it is, named plainly: PEFT's LoRA layer on the feed-forward sublayer, which is the *parallel
-adapter* of He et al. 2022 ("Towards a Unified View of Parameter-Efficient Transfer Learning"): a
-down-projection `A` to `r` and a zero-initialised up-projection `B` beside each feed-forward
-linear layer. It is not a Houlsby bottleneck adapter (no nonlinearity between the projections):
-PEFT 0.21 has none, and the AdapterHub `adapters` library is not a dependency. He et al. show this
-linear bottleneck performs like the nonlinear one at the same place and width; being linear it
-merges into the weights, so the run folder stays a plain transformers model, and it keeps PEFT's
-save, load and resume support. The new head trains in full.
-
-`adapter` is kept as an alias so that existing configs keep working; both names train the same.
+A linear *parallel adapter* on the feed-forward sublayer, named for what it is: PEFT's LoRA layer,
+so it merges into the weights (the run folder stays a plain transformers model) and keeps PEFT's
+save, load and resume. Not a nonlinear bottleneck adapter; why that is fine and where the idea
+comes from: docs/strategies.md. `adapter` stays accepted so existing configs keep working.
 """
 
 from __future__ import annotations
