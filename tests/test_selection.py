@@ -260,3 +260,14 @@ def test_assets_materialise_once_with_a_licence_and_unknown_names_are_errors(tmp
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert materialise("efficientnet-lite0") == folder  # reused, not rebuilt
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_plan_budget_and_learning_rate_rules():
+    from hf_transfer.selection.plan import epochs_for, learning_rate
+
+    assert epochs_for(256, 16, 1) == 7  # 16 steps an epoch -> 112 steps
+    assert epochs_for(20_000, 16, 1) == 3 and epochs_for(8, 16, 1) == 20
+    assert learning_rate("feature_extraction", "bert", 22_000_000) is None
+    assert learning_rate("full", "bert", 22_000_000) == 1e-4
+    assert learning_rate("partial", "mpnet", 110_000_000) == 6e-5
+    assert learning_rate("full", "efficientnet", 4_000_000) == 1e-3
