@@ -234,9 +234,28 @@ def enable_fsdp_on_cpu(accelerator, plugin) -> bool:
     from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
 
     if plugin.state_dict_type == StateDictType.FULL_STATE_DICT:
-        # Offloading a full state dict "to CPU" when it already is there crashes torch 2.13 (SIGSEGV).
-        plugin.state_dict_config = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
-        plugin.optim_state_dict_config = FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True)
+        # Offloading a full state dict "to CPU" when it already is there crashes torch 2.13 (SIGSEGV),
+        # and Accelerate's save_fsdp_model sets `state_dict_config.offload_to_cpu = True` for several
+        # processes (torch wants the exact config classes, so no subclass): the plugin hands out a
+        # fresh no-offload config on every read.
+        class CPUFullStateDictPlugin(type(plugin)):
+            @property
+            def state_dict_config(self):
+                return FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
+
+            @state_dict_config.setter
+            def state_dict_config(self, value):
+                pass
+
+            @property
+            def optim_state_dict_config(self):
+                return FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True)
+
+            @optim_state_dict_config.setter
+            def optim_state_dict_config(self, value):
+                pass
+
+        plugin.__class__ = CPUFullStateDictPlugin
     if accelerator.mixed_precision != "no":
         plugin.set_mixed_precision(accelerator.mixed_precision)
     return True
