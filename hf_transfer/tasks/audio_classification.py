@@ -39,7 +39,15 @@ logger = logging.getLogger(__name__)
 
 
 def _is_whisper_fe(fe) -> bool:
-    return type(fe).__name__ == "WhisperFeatureExtractor"
+    from transformers import WhisperFeatureExtractor
+
+    return isinstance(fe, WhisperFeatureExtractor)
+
+
+def _is_ast_fe(fe) -> bool:
+    from transformers import ASTFeatureExtractor
+
+    return isinstance(fe, ASTFeatureExtractor)
 
 
 class AutoAudioClassifier:
@@ -134,7 +142,7 @@ class AudioClassificationTask(ClassificationTask):
         kwargs: dict[str, Any] = {"sampling_rate": self.window.sampling_rate, "return_tensors": "pt"}
         if _is_whisper_fe(fe):
             kwargs.update(padding="max_length", max_length=fe.n_samples, truncation=True, return_attention_mask=True)
-        elif type(fe).__name__ != "ASTFeatureExtractor":
+        elif not _is_ast_fe(fe):
             kwargs.update(padding=True)
             if getattr(fe, "return_attention_mask", False):
                 kwargs["return_attention_mask"] = True
@@ -168,7 +176,7 @@ class AudioClassificationTask(ClassificationTask):
         elif d.max_audio_seconds is not None:
             max_samples = int(round(d.max_audio_seconds * rate))
             where = f"data.max_audio_seconds={d.max_audio_seconds:g}"
-        elif type(fe).__name__ == "ASTFeatureExtractor":
+        elif _is_ast_fe(fe):
             max_samples = int(fe.max_length) * rate // 100  # 10 ms frame shift
             where = f"the AST input length ({max_samples / rate:g} s)"
         self.window = audio_mod.AudioWindow(rate, max_samples, where, d.long_audio, d.on_bad_file)
