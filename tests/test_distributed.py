@@ -336,11 +336,21 @@ def test_gpu_check_fails_fast_without_gpu(tmp_path):
     assert proc.returncode == 2
     assert "no CUDA GPU is visible" in proc.stderr and "Nothing was run" in proc.stderr
     assert not (tmp_path / "out").exists()
-    assert time.time() - start < 60
-    # The Python helper refuses the same way when called directly.
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(tmp_path / "o2")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "no CUDA GPU is visible" in proc.stderr
+    assert time.time() - start < 90  # one `import torch`, no model: seconds on an idle machine
+
+
+def test_gpu_check_helper_refuses_without_gpu(monkeypatch, capsys):
+    """bench/gpu_check.py called directly refuses the same way (checked in-process)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        gpu_check.no_gpu_exit()
+    assert e.value.code == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
 def test_gpu_check_script_syntax():
