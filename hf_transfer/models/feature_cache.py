@@ -53,6 +53,11 @@ def state_digest(model: nn.Module, skip_top: set[str] = frozenset()) -> str:
     return h.hexdigest()
 
 
+#: `tokenizer.json` entries that record the last call's truncation/padding, not the tokenizer
+#: (they change once the tokenizer has been used; `data.max_length` is in the key anyway).
+_TOKENIZER_CALL_STATE = ("truncation", "padding")
+
+
 def processor_digest(task) -> str:
     """SHA-256 of the files the task's processor saves (tokenizer / image / audio settings)."""
     h = hashlib.sha256()
@@ -61,7 +66,13 @@ def processor_digest(task) -> str:
         for path in sorted(Path(tmp).rglob("*")):
             if path.is_file():
                 h.update(path.relative_to(tmp).as_posix().encode())
-                h.update(path.read_bytes())
+                data = path.read_bytes()
+                if path.name == "tokenizer.json":
+                    d = json.loads(data)
+                    for key in _TOKENIZER_CALL_STATE:
+                        d.pop(key, None)
+                    data = json.dumps(d, sort_keys=True).encode()
+                h.update(data)
     return h.hexdigest()
 
 
