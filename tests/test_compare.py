@@ -240,6 +240,10 @@ def test_study_end_to_end_resume_and_refusals(study_config, tmp_path):
         plan_study(study_config, ["training.epochs=2"], **kw)
     with pytest.raises(ConfigError, match="finished with other settings"):
         plan_study(study_config, sets=["scratch:training.learning_rate=0.01"], **kw)
+    from hf_transfer.study.compare import cell_status
+
+    changed = plan_study(study_config, sets=["scratch:training.learning_rate=0.01"], rerun_changed=True, **kw)
+    assert {cell_status(c)[0] for c in changed.cells} == {"changed"}
     # More seeds and sizes with the same config extend the study.
     bigger = plan_study(study_config, **{**kw, "seeds": "0,1,2"})
     assert len(bigger.cells) == 6

@@ -25,6 +25,9 @@ def add_commands(sub) -> None:
     c.add_argument("--jobs", type=int, default=1,
                    help="cells at once: 1 runs them one after another in this process, N in N worker processes "
                         "(each with cores/N torch threads unless OMP_NUM_THREADS is set)")
+    c.add_argument("--rerun-changed", action="store_true",
+                   help="run again (replacing them) the finished cells whose settings changed since they ran "
+                        "(refused otherwise)")
     c.add_argument("-o", "--output-dir", default=None, help="study folder (default studies/<config name>)")
     c.set_defaults(func=cmd_compare)
 
@@ -39,7 +42,8 @@ def cmd_compare(args) -> int:
     config = resolve_config_path(args.config)
     study = plan_study(config, args.overrides, strategies=args.strategies, sizes=args.sizes, seeds=args.seeds,
                        per_class=args.per_class, baselines=args.baselines, sets=args.sets, jobs=args.jobs,
-                       out_dir=args.output_dir, metric=args.metric, config_name=args.config)
+                       out_dir=args.output_dir, metric=args.metric, config_name=args.config,
+                       rerun_changed=args.rerun_changed)
     print(f"Study {study.out_dir}: {len(study.cells)} cells "
           f"({len(study.labels) + len(study.baselines)} strategies/baselines x {len(study.sizes)} sizes x "
           f"{len(study.seeds)} seeds), eval split {study.pool['eval_size']} rows.", flush=True)

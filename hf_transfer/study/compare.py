@@ -299,7 +299,8 @@ def format_command(config: str, overrides: list[str], strategies: list[str], siz
 
 def plan_study(config: str | Path, overrides: list[str] | None = None, *, strategies, sizes, seeds=(0,),
                per_class: bool = False, baselines=(), sets: list[str] | None = None, jobs: int = 1,
-               out_dir: str | Path | None = None, metric: str = "accuracy", config_name: str | None = None) -> Study:
+               out_dir: str | Path | None = None, metric: str = "accuracy", config_name: str | None = None,
+               rerun_changed: bool = False) -> Study:
     """Check everything and plan every cell; nothing runs.
 
     Raises:
@@ -375,11 +376,11 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
                   command, record)
     for cell in cell_list:
         status, diff = cell_status(cell)
-        if status == "changed":
+        if status == "changed" and not rerun_changed:
             raise ConfigError(
-                f"Cell {cell.dir} finished with other settings than planned ({'; '.join(diff)}). Give the "
-                "variant a new label (--strategies NEW --set NEW:strategy.name=...), use another -o folder, "
-                "or delete that cell folder to rerun it."
+                f"Cell {cell.dir} finished with other settings than planned ({'; '.join(diff)}). Rerun such "
+                "cells with --rerun-changed (their old results are deleted), give a variant a new label "
+                "(--strategies NEW --set NEW:strategy.name=...), or use another -o folder."
             )
     return study
 
@@ -458,6 +459,8 @@ def cell_status(cell: Cell) -> tuple[str, list[str]]:
 
 def _prepare_cell(cell: Cell, label_names: list[str]) -> None:
     status, _ = cell_status(cell)
+    if status == "changed":  # --rerun-changed: the old result no longer matches the plan
+        shutil.rmtree(cell.dir)
     planned = cell.dir / cells_mod.CELL_CONFIG
     if status == "partial" and planned.is_file():
         try:
@@ -613,6 +616,11 @@ def run_study(study: Study, jobs: int = 1, echo: Callable[[str], None] = print,
             progress.record(cell, (cell_result(cell) or {}).get("seconds"))
         else:
             pending.append(cell)
+    for cell in pending:
+        status, diff = cell_status(cell)
+        if status == "changed":
+            echo(f"{cell.dir.name}: settings changed since it ran ({'; '.join(diff)}): running it again.")
+            progress.record(cell, (cell_result(cell) or {}).get("seconds"))  # its old time: an estimate
     done_before = [c for c in study.cells if c not in pending]
     if done_before:
         echo(f"{len(done_before)} of {len(study.cells)} cells already finished in {study.out_dir}: skipped.")
