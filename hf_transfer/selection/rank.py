@@ -224,8 +224,17 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
         logger.info("rank: features of %s", r.name)
         try:
             t0 = time.time()
-            feats = features_for_config(cfg, ("train",), name_or_path=r.path, spec=spec,
-                                        max_examples=max_examples, seed=seed)["train"]
+            try:
+                feats = features_for_config(cfg, ("train",), name_or_path=r.path, spec=spec,
+                                            max_examples=max_examples, seed=seed)["train"]
+            except ConfigError as e:
+                if spec.layers != "mean" or "different widths" not in str(e):
+                    raise
+                # A CNN's stages differ in width: they cannot be averaged, so they are concatenated.
+                logger.info("rank: %s: layers differ in width, concatenating them instead of averaging", r.name)
+                feats = features_for_config(cfg, ("train",), name_or_path=r.path,
+                                            spec=FeatureSpec(layers="mean", combine="concat"),
+                                            max_examples=max_examples, seed=seed)["train"]
             wall = time.time() - t0
         except (DataError, ConfigError):
             raise  # the data or the config is wrong, not this candidate: every candidate would fail
