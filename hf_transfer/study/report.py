@@ -25,6 +25,8 @@ from hf_transfer.study.stats import Summary, paired_difference, summarize
 #: Strategies that leave the pretrained network frozen: they are the frozen reference, not judged against it.
 FROZEN_STRATEGIES = ("feature_extraction", "freeze", "logreg")
 BASELINE_KINDS = ("logreg", "setfit")
+#: Metrics that live in [0, 1]: the plot clips their interval bands there.
+BOUNDED_METRICS = ("accuracy", "f1", "precision", "recall")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,6 +292,8 @@ def plot(study, table_stats: dict, path: Path) -> Path | None:
         (line,) = ax.plot(xs, ys, style, marker="o", label=lab)
         lo = [st.low if st.has_interval else st.mean for _, st in pts]
         hi = [st.high if st.has_interval else st.mean for _, st in pts]
+        if study.metric in BOUNDED_METRICS:  # few seeds give t-intervals past 0 and 1: draw what can happen
+            lo, hi = [max(v, 0.0) for v in lo], [min(v, 1.0) for v in hi]
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     if len(study.sizes) > 1 and max(study.sizes) / min(study.sizes) >= 4:
         ax.set_xscale("log", base=2)
