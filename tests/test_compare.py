@@ -149,6 +149,7 @@ def study_config(tmp_path, tiny_bert_dir, toy_text_data, monkeypatch):
     (["--strategies", "full", "--sizes", "4", "--baselines", "logrg"], "Did you mean 'logreg'"),
     (["--strategies", "logreg", "--sizes", "4"], "--baselines logreg"),
     (["--strategies", "full", "--sizes", "4", "--jobs", "0"], "--jobs must be at least 1"),
+    (["--strategies", "full", "--sizes", "4", "--metric", "acuracy"], "Did you mean 'accuracy'"),
     (["--strategies", "full", "--sizes", "49", "--per-class"], "more than class"),
     (["--strategies", "full", "--sizes", "97"], "more than the training pool holds (96 rows"),
     (["--strategies", "full", "--sizes", "1"], "fewer than the 2 classes"),

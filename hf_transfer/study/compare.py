@@ -57,6 +57,8 @@ _CELL_KEYS = (("output_dir",), ("data", "samples_per_class"), ("data", "max_trai
 #: Keys that may differ between a planned cell and the config its run folder saved.
 _RUN_KEYS = (("output_dir",), ("training", "resume_from_checkpoint"))
 LOWER_IS_BETTER = ("loss", "wer", "cer")
+#: Eval metrics every classification run reports (`eval_<name>` in metrics.json).
+CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "loss")
 
 
 @dataclass
@@ -336,8 +338,9 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
                        if o.partition("=")[0] not in TrainingArguments.__dataclass_fields__]
         if unknown:
             raise ConfigError(f"--set {b}:{unknown[0]}=... is not a setting of the {b} baseline.")
-    if metric in LOWER_IS_BETTER and metric != "loss" and base.recipe != "speech_recognition":
-        raise ConfigError(f"--metric {metric} is a speech-recognition metric; this recipe is {base.recipe}.")
+    if metric not in CLASSIFICATION_METRICS:
+        raise ConfigError(f"--metric {metric} is not a classification metric.{_did_you_mean(metric, CLASSIFICATION_METRICS)} "
+                          f"Available: {', '.join(CLASSIFICATION_METRICS)}.")
     out = Path(out_dir) if out_dir else Path("studies") / Path(str(config)).stem
     data_seed = base.data.seed if base.data.seed is not None else base.training.seed
 
