@@ -184,8 +184,7 @@ def fsdp_plugin(training, groups: list):
 
     names = block_class_names(groups)
     return FullyShardedDataParallelPlugin(
-        fsdp_version=1,
-        sharding_strategy="FULL_SHARD",
+        fsdp_version=1,  # sharding: FULL_SHARD unless FSDP_SHARDING_STRATEGY (an accelerate config) says otherwise
         auto_wrap_policy="transformer_based_wrap" if names else "no_wrap",
         transformer_cls_names_to_wrap=names or None,
         use_orig_params=True,
@@ -214,8 +213,7 @@ def enable_fsdp_on_cpu(accelerator, plugin) -> bool:
     Accelerate 1.15's `AcceleratorState` turns an FSDP plugin into `DistributedType.FSDP` only for
     accelerator devices (its list in `state.py` leaves out `MULTI_CPU`), so on CPU it would silently
     train with DDP. torch's FSDP itself runs on CPU with gloo, and Accelerate's FSDP paths (wrapping,
-    `save_state`, `load_state`, `get_state_dict`) work once the state says FSDP. Returns True when
-    it switched.
+    `save_state`, `load_state`) work once the state says FSDP. Returns True when it switched.
     """
     from accelerate.utils import DistributedType
 
