@@ -422,6 +422,14 @@ def accelerator_plugins(training, groups: list | None) -> dict[str, Any]:
 
 def finish_accelerator(accelerator, training, plugins: dict) -> None:
     """After the Accelerator exists: FSDP on CPU, the precision check, and the warnings."""
+    if "fsdp_plugin" in plugins:
+        import warnings
+
+        # torch 2.13 deprecates the FSDP1 state-dict APIs Accelerate's FSDP1 checkpointing calls, once
+        # per FSDP unit and process: nothing a user of this run can act on.
+        for text in ("FSDP.state_dict_type", "Please use DTensor", "`_get_pg_default_device`",
+                     "Multiple backends are registered"):
+            warnings.filterwarnings("ignore", message=f".*{text}", module="torch.distributed.fsdp")
     if "fsdp_plugin" in plugins and enable_fsdp_on_cpu(accelerator, plugins["fsdp_plugin"]):
         logger.info("FSDP on %d CPU processes (gloo).", accelerator.num_processes)
     elif "fsdp_plugin" not in plugins and accelerator.device.type == "cpu" and uses_fsdp(accelerator) \
