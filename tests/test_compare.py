@@ -325,3 +325,20 @@ def test_ctrl_c_keeps_finished_cells_and_the_next_run_resumes(study_config, tmp_
     lines = []
     report = run_study(plan_study(study_config, **kw), echo=lines.append)
     assert lines[0].startswith("1 of 2 cells already finished") and report["finished"] == 2
+
+
+def test_interrupted_cell_with_a_checkpoint_resumes_from_it(study_config, tmp_path):
+    out = tmp_path / "study"
+    kw = dict(strategies="scratch", sizes="4", per_class=True, seeds="0", out_dir=out)
+    study = plan_study(study_config, ["training.save_strategy=epoch", "training.epochs=2"], **kw)
+    run_study(study, echo=lambda _: None)
+    cell = study.cells[0]
+    assert any((cell.dir / "checkpoints").iterdir())
+    (cell.dir / "metrics.json").unlink()  # killed after its last checkpoint, before the end
+    lines = []
+    report = run_study(plan_study(study_config, ["training.save_strategy=epoch", "training.epochs=2"], **kw),
+                       echo=lines.append)
+    assert report["finished"] == 1
+    log = (cell.dir / "cell.log").read_text()
+    assert "resuming from its latest checkpoint" in log and "Resumed from" in log
+    assert yaml.safe_load((cell.dir / "config.yaml").read_text())["training"]["resume_from_checkpoint"] == "latest"

@@ -79,7 +79,8 @@ def _run_training(cfg, cell_dir: Path) -> dict[str, Any]:
 
     cfg.output_dir = str(cell_dir)
     if has_checkpoint(cell_dir):
-        logger.info("Cell %s was interrupted: resuming from its latest checkpoint.", cell_dir.name)
+        # Printed, not logged: the run's log handlers are set up only inside train().
+        print(f"Cell {cell_dir.name} was interrupted: resuming from its latest checkpoint.", file=sys.stderr)
         cfg.training.resume_from_checkpoint = "latest"
     return train(cfg)
 
