@@ -12,15 +12,12 @@ not a model.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from hf_transfer.errors import DataError, HFTransferError
-
-logger = logging.getLogger("hf_transfer")
 
 CELL_SPEC = "cell.json"
 CELL_CONFIG = "cell.yaml"

@@ -21,7 +21,6 @@ Per-strategy settings: `--set LABEL:key=value` applies to the cells of one entry
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import json
 import logging
@@ -47,8 +46,6 @@ from hf_transfer.errors import ConfigError, HFTransferError
 from hf_transfer.study import cells as cells_mod
 from hf_transfer.study.cells import BASELINES
 from hf_transfer.study.sampling import check_sizes, nested_subsamples
-
-logger = logging.getLogger(__name__)
 
 STUDY_FILE = "study.yaml"
 #: Keys the study sets per cell; the rest of the config is the study's identity.

@@ -193,7 +193,6 @@ def _size_name(size: int, per_class: bool) -> str:
 
 def markdown(study, rows: list[dict], verdict: dict, table_stats: dict) -> str:
     metric = study.metric
-    key = f"eval_{metric}"
     labels = [lab for lab in study.labels + study.baselines if any(r["strategy"] == lab for r in rows)]
     sizes = [s for s in study.sizes if any(r["size"] == s for r in rows)]
     pc = study.per_class
@@ -237,7 +236,7 @@ def markdown(study, rows: list[dict], verdict: dict, table_stats: dict) -> str:
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     lines += ["", "## Verdicts", ""]
     lines += verdict_lines(verdict, pc)
-    lines += ["", f"Plot: `study.png`. Runs: `study.csv`; each cell is a run folder under `cells/`.", ""]
+    lines += ["", "Plot: `study.png`. Runs: `study.csv`; each cell is a run folder under `cells/`.", ""]
     return "\n".join(lines)
 
 
