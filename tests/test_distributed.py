@@ -368,3 +368,22 @@ def test_gpu_check_script_syntax():
     assert gpu_check.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312.0
     assert gpu_check.peak_tflops("Some New Card", None) is None
     assert gpu_check.peak_tflops("Some New Card", 500.0) == 500.0
+
+
+@pytest.mark.slow
+def test_fsdp_lora_with_activation_checkpointing(text_overrides, tmp_path, pretrained_tiny):
+    """LoRA under FSDP (frozen base and trainable adapters in the same units: use_orig_params) with
+    FSDP's activation checkpointing: trains, and the run folder holds the merged weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "lora"
+    launch(run_settings(text_overrides, out, ("strategy.name=lora",), base=pretrained_tiny) + [
+        "training.distributed=fsdp", "training.gradient_checkpointing=true", "training.epochs=2"])
+    m = final_metrics(out)
+    assert m["distributed"] == "FSDP" and m["gradient_checkpointing"].startswith("on (FSDP")
+    assert (out / "adapter").is_dir()
+    trained = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    base = AutoModelForSequenceClassification.from_pretrained(pretrained_tiny).state_dict()
+    q, k = "bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.0.attention.self.key.weight"
+    assert not torch.equal(trained[q], base[q])  # LoRA on query, merged
+    assert torch.equal(trained[k], base[k])  # no adapter on key
