@@ -70,12 +70,15 @@ def peak_tflops(name: str, override: float | None) -> float | None:
 # 1. Throughput and MFU
 
 
-def build(kind: str):
+def build(kind: str, tiny: bool = False):
+    """The model and its tokens per example. `tiny`: same architecture, small sizes (a CPU smoke test
+    of this script's code path; the real check never uses it)."""
     from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
 
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64) if tiny else {}
     if kind == "bert-base":
-        return BertForSequenceClassification(BertConfig(num_labels=2)), 128
-    return ViTForImageClassification(ViTConfig(num_labels=10)), (224 // 16) ** 2 + 1
+        return BertForSequenceClassification(BertConfig(num_labels=2, **small)), 128
+    return ViTForImageClassification(ViTConfig(num_labels=10, **small)), (224 // 16) ** 2 + 1
 
 
 def non_embedding_params(model) -> int:
@@ -84,35 +87,38 @@ def non_embedding_params(model) -> int:
 
 
 def throughput(kind: str, precision: str, strategy_name: str, checkpointing: bool, steps: int, warmup: int,
-               batch: int, peak: float | None) -> dict:
+               batch: int, peak: float | None, device: str = "cuda", tiny: bool = False) -> dict:
     import torch
+
+    cuda = device == "cuda"
 
     from hf_transfer.engine.distributed import enable_gradient_checkpointing
     from hf_transfer.models.layer_groups import layer_groups
     from hf_transfer.strategies import build_strategy, strategy_config_class
 
     torch.manual_seed(0)
-    model, seq = build(kind)
+    model, seq = build(kind, tiny)
     settings = {"dropout": 0.0} if strategy_name == "lora" else {}
     strategy = build_strategy(strategy_config_class(strategy_name)(name=strategy_name, **settings))
     model = strategy.apply(model, layer_groups(model))
     if checkpointing:
         enable_gradient_checkpointing(model)
-    model.cuda().train()
+    model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=cuda)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    g = torch.Generator(device="cuda").manual_seed(0)
+    scaler = torch.amp.GradScaler(device) if precision == "fp16" else None
+    g = torch.Generator(device=device).manual_seed(0)
     if kind == "bert-base":
-        batch_inputs = {"input_ids": torch.randint(1000, 30000, (batch, seq), device="cuda", generator=g),
-                        "attention_mask": torch.ones(batch, seq, dtype=torch.long, device="cuda")}
+        batch_inputs = {"input_ids": torch.randint(1000, 30000, (batch, seq), device=device, generator=g),
+                        "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device)}
     else:
-        batch_inputs = {"pixel_values": torch.randn(batch, 3, 224, 224, device="cuda", generator=g)}
-    labels = torch.randint(0, 2, (batch,), device="cuda", generator=g)
+        batch_inputs = {"pixel_values": torch.randn(batch, 3, 224, 224, device=device, generator=g)}
+    labels = torch.randint(0, 2, (batch,), device=device, generator=g)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def step():
-        with torch.autocast("cuda", dtype=dtype):
+        with torch.autocast(device, dtype=dtype):
             loss = model(**batch_inputs, labels=labels).loss
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -125,13 +131,14 @@ def throughput(kind: str, precision: str, strategy_name: str, checkpointing: boo
 
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - start)
     sec = statistics.median(times)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -143,10 +150,11 @@ def throughput(kind: str, precision: str, strategy_name: str, checkpointing: boo
         "model": kind, "precision": precision, "strategy": strategy_name, "checkpointing": checkpointing,
         "batch": batch, "seq": seq, "s_per_step": round(sec, 4), "samples_per_s": round(batch / sec, 1),
         "model_tflops": round(achieved, 1), "mfu": round(achieved / peak, 3) if peak else None,
-        "cuda_peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "cuda_peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
     del model, opt
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return row
 
 

@@ -387,3 +387,18 @@ def test_fsdp_lora_with_activation_checkpointing(text_overrides, tmp_path, pretr
     q, k = "bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.0.attention.self.key.weight"
     assert not torch.equal(trained[q], base[q])  # LoRA on query, merged
     assert torch.equal(trained[k], base[k])  # no adapter on key
+
+
+@pytest.mark.parametrize("kind,strategy_name", [("bert-base", "lora"), ("vit-base", "full")])
+def test_gpu_check_throughput_code_path_on_cpu(kind, strategy_name):
+    """The measurement code of bench/gpu_check.py, on CPU with tiny sizes (the GPU run uses the real
+    sizes): strategies, checkpointing, autocast, the FLOPs and MFU arithmetic."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    row = gpu_check.throughput(kind, "bf16", strategy_name, True, steps=1, warmup=1, batch=2, peak=100.0,
+                               device="cpu", tiny=True)
+    assert row["samples_per_s"] > 0 and row["model_tflops"] >= 0 and row["mfu"] is not None
+    assert row["seq"] == (128 if kind == "bert-base" else 197) and row["cuda_peak_gb"] is None
