@@ -268,6 +268,13 @@ def test_setfit_layout_loads_in_setfit_and_in_hf_transfer_alike(tiny_bert_dir, t
         by_label = {t["label"]: t["score"] for t in row["top"]}
         assert by_label["positive"] == pytest.approx(float(p[1]), abs=1e-3)
 
+    # Export would write a plain transformers folder with an untrained head: refused, with the way out.
+    from hf_transfer.errors import ExportError
+    from hf_transfer.export.export import export_run
+
+    with pytest.raises(ExportError, match="SetFit"):
+        export_run(out, tmp_path / "export")
+
 
 def test_several_layers_are_saved_beside_the_model_and_reloaded(tiny_bert_dir, toy_text_data, tmp_path):
     metrics = train(load_config(None, _overrides(

@@ -369,6 +369,12 @@ def export_run(
     """
     run = RunFolder.open(run_dir, error=ExportError)
     out = Path(out_dir)
+    if (run.path / "model_head.pkl").is_file():  # feature_extraction's SetFit layout (models.feature_run)
+        raise ExportError(
+            f"'{run.path}' is a SetFit model (sentence-transformers body + scikit-learn model_head.pkl): "
+            "plain transformers would use an untrained head. The run folder itself loads with "
+            "setfit.SetFitModel.from_pretrained; upload it as it is."
+        )
     if (run.path / FEATURE_CLASSIFIER_FILE).is_file():
         # Plain transformers would load the backbone with an untrained head: refuse, not mislead.
         raise ExportError(
