@@ -402,3 +402,29 @@ def test_gpu_check_throughput_code_path_on_cpu(kind, strategy_name):
                                device="cpu", tiny=True)
     assert row["samples_per_s"] > 0 and row["model_tflops"] >= 0 and row["mfu"] is not None
     assert row["seq"] == (128 if kind == "bert-base" else 197) and row["cuda_peak_gb"] is None
+
+
+@pytest.mark.slow
+def test_gradual_unfreeze_with_checkpointing_under_ddp(text_overrides, tmp_path, tiny_bert_dir):
+    """Non-reentrant checkpointing with DDP's find_unused_parameters and blocks unfrozen after
+    wrapping: both ranks end with the same weights, and the blocks unfrozen later trained."""
+    from safetensors.torch import load_file
+    from transformers import BertModel
+
+    out = tmp_path / "gu"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               ACCELERATE_USE_CPU="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(Path(__file__).parent / "scripts" / "ddp_train.py"),
+           *[o for o in text_overrides if not o.startswith("output_dir=")], f"output_dir={out}",
+           "strategy.name=gradual_unfreeze", "training.epochs=3", "training.batch_size=8",
+           "training.gradient_checkpointing=true", "training.save_strategy=no", "training.load_best_model_at_end=false"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    r0, r1 = load_file(str(out / "rank0_of2.safetensors")), load_file(str(out / "rank1_of2.safetensors"))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    base = {f"bert.{k}": v for k, v in BertModel.from_pretrained(tiny_bert_dir).state_dict().items()}
+    key = "bert.encoder.layer.0.attention.self.query.weight"  # unfrozen at epoch 2
+    assert not torch.equal(r0[key], base[key])
+    assert final_metrics(out)["gradient_checkpointing"] == "on"
