@@ -125,7 +125,8 @@ def run_setfit(train_csv: Path, eval_csv: Path, seed: int) -> dict:
     train, held = pd.read_csv(train_csv), pd.read_csv(eval_csv)
     model = SetFitModel.from_pretrained(model_path())
     model.model_body.max_seq_length = MAX_LENGTH
-    args = TrainingArguments(batch_size=16, num_iterations=20, num_epochs=1, seed=seed, report_to="none",
+    args = TrainingArguments(output_dir=str(train_csv.parent / f"setfit-{seed}"), save_strategy="no",
+                             batch_size=16, num_iterations=20, num_epochs=1, seed=seed, report_to="none",
                              show_progress_bar=False)
     Trainer(model=model, args=args, train_dataset=Dataset.from_pandas(train[["text", "label"]])).train()
     accuracy = float(np.mean(np.asarray(model.predict(list(held.text))) == held.label.to_numpy()))
