@@ -69,6 +69,20 @@ def write_sentence_transformers(out: Path, extractor: FeatureExtractor, dim: int
          "similarity_fn_name": "cosine"}, indent=2))
 
 
+def fit_record(extractor: FeatureExtractor, clf, dim: int) -> dict:
+    """What a fitted feature classifier records in metrics.json: feature facts and the C selection."""
+    described = extractor.describe()
+    return {
+        "feature_dim": int(dim),
+        "classifier_parameters": clf.num_parameters(),
+        "feature_pooling": described["pooling"],
+        "feature_layers": described["layers"],
+        "feature_normalize": described["normalize"],
+        "feature_source": described["source"],
+        **dict(getattr(clf, "selection", {}) or {}),
+    }
+
+
 def save_feature_run(out, model: nn.Module, task, clf, extractor: FeatureExtractor, *, head_written: bool,
                      labels: list[str], max_length: int | None, record: dict) -> str:
     """Write the run folder's model, processor, classifier and `feature_classifier.json`.

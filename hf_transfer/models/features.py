@@ -359,7 +359,7 @@ def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, devi
     data = task.preprocess(ds, train=False)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=task.collate,
                         generator=torch.Generator())
-    pick = getattr(task, "model_inputs", None) or (lambda b: {k: v for k, v in b.items() if k != "labels"})
+    pick = task.model_inputs
     feats, labels = [], []
     try:
         with torch.no_grad():

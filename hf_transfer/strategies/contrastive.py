@@ -334,7 +334,7 @@ class Contrastive(Strategy):
     def fit(self, ctx, model: nn.Module, groups: list) -> dict[str, Any]:
         """Pairs on the engine, then the classifier on the trained features; writes the run folder."""
         from hf_transfer.data.text import EpochSampler
-        from hf_transfer.models.feature_run import save_feature_run, setfit_compatible
+        from hf_transfer.models.feature_run import fit_record, save_feature_run, setfit_compatible
         from hf_transfer.models.features import MODALITY, FeatureExtractor, default_device, extract, spec_from_settings
         from hf_transfer.models.layer_groups import layer_groups
         from hf_transfer.models.probe import classifier_metrics, fit_classifier
@@ -363,7 +363,7 @@ class Contrastive(Strategy):
                 examples = build_prefix_cache(
                     model, plan, task.preprocess(splits.train, train=False), task.collate,
                     batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
-                    model_inputs=getattr(task, "model_inputs", None), device=device)
+                    model_inputs=task.model_inputs, device=device)
                 from hf_transfer.strategies.prefix_cache import collate_prefix
 
                 collate = collate_prefix
@@ -405,7 +405,6 @@ class Contrastive(Strategy):
             if role in feats:
                 metrics.update(classifier_metrics(clf, *feats[role], task, role))
         runtime = time.time() - start
-        described = fx.describe()
         layout = "setfit" if setfit_compatible(fx) else "beside"
         history = trainer.state.history
         losses = [r["loss"] for r in history if "loss" in r]
@@ -417,14 +416,8 @@ class Contrastive(Strategy):
             "contrastive_last_loss": round(float(losses[-1]), 5) if losses else None,
             "contrastive_prefix_cached": plan is not None,
             "contrastive_single_example_classes": len(self._singles),
-            "feature_dim": int(X.shape[1]),
-            "classifier_parameters": clf.num_parameters(),
-            "feature_pooling": described["pooling"],
-            "feature_layers": described["layers"],
-            "feature_normalize": described["normalize"],
-            "feature_source": described["source"],
+            **fit_record(fx, clf, X.shape[1]),
             "run_layout": layout,
-            **dict(getattr(clf, "selection", {}) or {}),
         }
         acc.wait_for_everyone()
         if acc.is_main_process:

@@ -42,6 +42,7 @@ from hf_transfer.models.feature_run import (  # noqa: F401  (re-exported: older 
     SPEC_FILE,
     FeatureClassifierModel,
     attach_feature_classifier,
+    fit_record,
     save_feature_run,
     setfit_compatible,
 )
@@ -224,17 +225,7 @@ class FeatureExtraction(Strategy):
         if (isinstance(clf, LinearProbe) and head is not None and head.linear is not None and candidate
                 and features_are_head_input(extractor, model, head, task, splits.train, device)):
             head_written = write_into_head(model.get_submodule(head.linear), clf)
-        described = extractor.describe()
-        self._fitted = {
-            "head_written": head_written,
-            "feature_dim": int(X.shape[1]),
-            "classifier_parameters": clf.num_parameters(),
-            "feature_pooling": described["pooling"],
-            "feature_layers": described["layers"],
-            "feature_normalize": described["normalize"],
-            "feature_source": described["source"],
-            **{k: v for k, v in clf.selection.items()},
-        }
+        self._fitted = {"head_written": head_written, **fit_record(extractor, clf, X.shape[1])}
         layout = "head" if head_written else ("setfit" if setfit_compatible(extractor) else "beside")
         self._fitted["run_layout"] = layout
         if layout != "head":

@@ -359,7 +359,7 @@ def prefix_cached_training(model: nn.Module, groups: list, train_dataset, eval_d
         device = PartialState().device  # where the engine will train (it would move the model anyway)
     model.to(device)
     start = time.time()
-    common = dict(batch_size=batch_size, model_inputs=getattr(task, "model_inputs", None), device=device,
+    common = dict(batch_size=batch_size, model_inputs=task.model_inputs, device=device,
                   storage_dtype=storage_dtype)
     train_cached = build_prefix_cache(model, plan, train_dataset, task.collate, **common)
     eval_cached = build_prefix_cache(model, plan, eval_dataset, task.collate, **common) if eval_dataset is not None else None
