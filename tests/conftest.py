@@ -96,3 +96,14 @@ def text_overrides(tiny_bert_dir, toy_text_data, tmp_path):
         "training.report_to=[]",
         "training.logging_steps=1",
     ]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (tiny models run far slower with 2 threads on a busy machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -33,12 +33,8 @@ STRATEGIES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models run ~20x slower with 2 threads when other processes load the cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_bert():

@@ -25,13 +25,8 @@ CHANNEL = {"red": 0, "green": 1, "blue": 2}
 SLOW_STRATEGIES: set[str] = set()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run ~20x slower with 2 threads when other processes load the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models run ~20x slower with 2 threads when other processes load the cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _coloured(rng, channel: int, size: tuple[int, int]) -> np.ndarray:

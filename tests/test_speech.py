@@ -32,13 +32,8 @@ RATE = 16_000
 WORDS = {"low": 300.0, "high": 2500.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run ~20x slower with 2 threads when other processes load the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models run ~20x slower with 2 threads when other processes load the cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------------------------
