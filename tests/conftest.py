@@ -107,3 +107,56 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface for a process group's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_cpu_processes(script, overrides, nproc=2, timeout=900):
+    """`accelerate launch` with several CPU processes: the torchrun launcher (`--multi_gpu`) plus
+    ACCELERATE_USE_CPU, which makes Accelerate use gloo on CPU (`--cpu` alone needs MPI)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               ACCELERATE_USE_CPU="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(script), *overrides]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+@pytest.fixture
+def crash_at_step(monkeypatch):
+    """`with crash_at_step(n): train(...)`: the engine raises right before optimizer step n + 1,
+    as a killed process would stop; the patch is undone when the block ends."""
+    from contextlib import contextmanager
+
+    from hf_transfer.engine.trainer import Trainer
+
+    original = Trainer._optimizer_step
+
+    @contextmanager
+    def crash(step: int):
+        def failing(self, window):
+            if self.state.global_step == step:
+                raise RuntimeError("simulated crash")
+            return original(self, window)
+
+        monkeypatch.setattr(Trainer, "_optimizer_step", failing)
+        try:
+            with pytest.raises(RuntimeError, match="simulated crash"):
+                yield
+        finally:
+            monkeypatch.setattr(Trainer, "_optimizer_step", original)
+
+    return crash

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 from hf_transfer.config import load_config
-from hf_transfer.engine.trainer import Trainer
 from hf_transfer.errors import DataError
 from hf_transfer.run import predict, train
 from hf_transfer.strategies.contrastive import ContrastiveConfig, check_labels, pair_budget, sample_pairs
@@ -138,20 +137,11 @@ def test_run_folder_loads_with_setfit_and_predicts_like_hf_transfer(text_overrid
 
 
 @pytest.mark.slow
-def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, monkeypatch):
+def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, crash_at_step):
     extra = ("training.save_strategy=steps", "training.save_steps=3")
-    original = Trainer._optimizer_step
-
-    def failing(self, window):
-        if self.state.global_step == 4:
-            raise RuntimeError("simulated crash")
-        return original(self, window)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", failing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_at_step(4):
         train(cfg_for(text_overrides, tmp_path, "run", *extra))
     assert (tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.json").is_file()
-    monkeypatch.setattr(Trainer, "_optimizer_step", original)
     resumed = train(cfg_for(text_overrides, tmp_path, "run", *extra, "training.resume_from_checkpoint=latest"))
     straight = train(cfg_for(text_overrides, tmp_path, "straight", *extra))
     assert resumed["train_steps"] == straight["train_steps"] == 6

@@ -125,26 +125,15 @@ def test_dann_trains_with_target_batches_and_logs_domain_accuracy(text_overrides
 
 
 @pytest.mark.slow  # three training runs
-def test_dann_resumed_mid_epoch_equals_uninterrupted(text_overrides, tmp_path, unlabelled_target, monkeypatch):
+def test_dann_resumed_mid_epoch_equals_uninterrupted(text_overrides, tmp_path, unlabelled_target, crash_at_step):
     """The target order depends only on (seed, epoch, pass), the lambda ramp on the step, and the
     domain classifier is checkpointed: a resumed DANN run ends with the same weights."""
     from safetensors.torch import load_file
 
-    from hf_transfer.engine.trainer import Trainer
-
     extra = ("adaptation.name=dann", f"data.target={unlabelled_target}", "adaptation.target_batch_size=8",
              "training.save_strategy=steps", "training.save_steps=3", "training.epochs=2")
-    original = Trainer._optimizer_step
-
-    def crash(self, window):
-        if self.state.global_step == 5:
-            raise RuntimeError("simulated crash")
-        return original(self, window)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", crash)
-    with pytest.raises(RuntimeError):
+    with crash_at_step(5):
         train(load_config(None, _overrides(text_overrides, tmp_path, "run", *extra)))
-    monkeypatch.setattr(Trainer, "_optimizer_step", original)
     train(load_config(None, _overrides(text_overrides, tmp_path, "run", *extra, "training.resume_from_checkpoint=latest")))
     train(load_config(None, _overrides(text_overrides, tmp_path, "straight", *extra)))
     a, b = load_file(str(tmp_path / "run" / "model.safetensors")), load_file(str(tmp_path / "straight" / "model.safetensors"))

@@ -7,7 +7,6 @@ from safetensors.torch import load_file
 
 from hf_transfer.config import load_config
 from hf_transfer.engine.optim import build_param_groups, layerwise_lr_scales
-from hf_transfer.engine.trainer import Trainer
 from hf_transfer.run import train
 
 
@@ -41,17 +40,9 @@ def test_resume_is_exact(text_overrides, tmp_path):
         assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / f"resumed{step}"))
 
 
-def test_interrupted_run_keeps_checkpoint_and_says_how_to_resume(text_overrides, tmp_path, monkeypatch, caplog):
+def test_interrupted_run_keeps_checkpoint_and_says_how_to_resume(text_overrides, tmp_path, crash_at_step, caplog):
     cfg = run_cfg(text_overrides, tmp_path, "run", "training.save_strategy=steps", "training.save_steps=3")
-    original = Trainer._optimizer_step
-
-    def failing(self, window):
-        if self.state.global_step == 7:
-            raise RuntimeError("simulated crash")
-        return original(self, window)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", failing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_at_step(7):
         train(cfg)
     ckpt = tmp_path / "run" / "checkpoints" / "step_6"
     assert (ckpt / "trainer_state.json").is_file()
@@ -59,7 +50,6 @@ def test_interrupted_run_keeps_checkpoint_and_says_how_to_resume(text_overrides,
     log = (tmp_path / "run" / "train.log").read_text()
     assert "step_6" in log and "training.resume_from_checkpoint=latest" in log
 
-    monkeypatch.setattr(Trainer, "_optimizer_step", original)
     resumed = run_cfg(text_overrides, tmp_path, "run", "training.save_strategy=steps", "training.save_steps=3",
                       "training.resume_from_checkpoint=latest")
     train(resumed)

@@ -1,37 +1,18 @@
 """Two processes on CPU (gloo) through `accelerate launch`: same weights on every rank, for plain
 fine-tuning and for gradual unfreezing (parameters unfrozen after DDP wrapped the model)."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import launch_cpu_processes
 import torch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(overrides, nproc=2, timeout=900):
-    """`accelerate launch` with several CPU processes: the torchrun launcher (`--multi_gpu`) plus
-    ACCELERATE_USE_CPU, which makes Accelerate use gloo on CPU (`--cpu` alone needs MPI)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               ACCELERATE_USE_CPU="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(SCRIPT), *overrides]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+    return launch_cpu_processes(SCRIPT, overrides, nproc, timeout)
 
 
 def rank_weights(out):

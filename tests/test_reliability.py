@@ -202,23 +202,12 @@ def test_remote_code_run_evaluates_predicts_and_exports(remote_code_model, toy_t
 # ------------------------------------------------------------------ 6 and 9. interrupted runs
 
 @pytest.fixture
-def interrupted_run(tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
-    from hf_transfer.engine.trainer import Trainer
-
+def interrupted_run(tiny_bert_dir, toy_text_data, tmp_path, crash_at_step):
     out = tmp_path / "run"
     overrides = _overrides(tiny_bert_dir, toy_text_data, out, "training.epochs=3", "training.save_strategy=steps",
                            "training.save_steps=3")
-    original = Trainer._optimizer_step
-
-    def failing(self, window):
-        if self.state.global_step == 7:
-            raise RuntimeError("simulated crash")
-        return original(self, window)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", failing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_at_step(7):
         train(load_config(None, overrides))
-    monkeypatch.setattr(Trainer, "_optimizer_step", original)
     return out, overrides
 
 
