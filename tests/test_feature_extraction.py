@@ -309,9 +309,42 @@ def test_C_is_cross_validated_and_falls_back_with_a_single_example_class():
     assert probe.selection["C"] in C_GRID and probe.selection["cv_folds"] == 5
     C, record = choose_C(X, y)
     assert C == probe.selection["C"]
+    assert set(record) >= {"cv_best_C", "cv_log_loss", "cv_accuracy", "cv_log_loss_default", "cv_accuracy_default"}
     one = np.array([0, 0, 0, 1])
     probe = fit_classifier(FeatureExtractionConfig(), rng.normal(size=(4, 3)), one, 2)
     assert probe.selection["C"] == FALLBACK_C and "single" in probe.selection["C_selection"]
+
+
+def test_C_moves_off_the_default_only_when_cross_validation_shows_it_clearly():
+    from sklearn.linear_model import LogisticRegression
+
+    from hf_transfer.models.probe import DEFAULT_C, choose_C
+
+    rng = np.random.default_rng(0)
+    # 400 noise dimensions, the signal in 3: the default C fits the noise; a strong regularisation wins.
+    y = np.arange(300) % 3
+    X = rng.normal(size=(300, 400))
+    X[:, :3] += np.eye(3)[y] * 1.5
+    C, record = choose_C(X, y)
+    assert C < 0.1 and "better than the default" in record["C_selection"]
+    assert record["cv_accuracy"] > record["cv_accuracy_default"] and record["cv_log_loss"] < record["cv_log_loss_default"]
+
+    # Features on a tiny scale: the default over-regularises; a weak regularisation wins.
+    Z = rng.normal(size=(900, 10))
+    yz = (Z[:, 0] + 0.3 * Z[:, 1] > 0).astype(int)
+    C, record = choose_C(Z[:300] * 1e-3, yz[:300])
+    assert C > 10 * DEFAULT_C
+    acc = {c: (LogisticRegression(C=c, max_iter=1000).fit(Z[:300] * 1e-3, yz[:300]).predict(Z[300:] * 1e-3)
+               == yz[300:]).mean() for c in (C, DEFAULT_C)}
+    assert acc[C] > acc[DEFAULT_C] + 0.1  # the choice is right on fresh data, too
+
+    # Eight examples a class: the lowest log loss asks for a weaker regularisation, the evidence is
+    # within the noise, the default stays.
+    y8 = np.arange(32) % 4
+    E = rng.normal(size=(32, 64)) + 0.6 * np.eye(4)[y8] @ rng.normal(size=(4, 64))
+    E /= np.linalg.norm(E, axis=1, keepdims=True)  # sentence-embedding-like: unit length
+    C, record = choose_C(E, y8)
+    assert C == DEFAULT_C and record["cv_best_C"] > DEFAULT_C and "kept" in record["C_selection"]
 
 
 def test_linear_probe_as_sklearn_predicts_the_same_probabilities():
