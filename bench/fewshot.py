@@ -109,7 +109,7 @@ def run_baseline(train_csv: Path, eval_csv: Path, seed: int) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     start = time.time()
-    train, held = pd.read_csv(train_csv), pd.read_csv(eval_csv)
+    train, held = (pd.read_csv(p, keep_default_na=False) for p in (train_csv, eval_csv))  # a tweet "NA" is text
     encoder = SentenceTransformer(model_path(), device="cpu")
     encoder.max_seq_length = MAX_LENGTH
     clf = LogisticRegression(max_iter=1000).fit(encoder.encode(list(train.text)), train.label)
@@ -122,7 +122,7 @@ def run_setfit(train_csv: Path, eval_csv: Path, seed: int) -> dict:
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     start = time.time()
-    train, held = pd.read_csv(train_csv), pd.read_csv(eval_csv)
+    train, held = (pd.read_csv(p, keep_default_na=False) for p in (train_csv, eval_csv))  # a tweet "NA" is text
     model = SetFitModel.from_pretrained(model_path())
     model.model_body.max_seq_length = MAX_LENGTH
     args = TrainingArguments(output_dir=str(train_csv.parent / f"setfit-{seed}"), save_strategy="no",

@@ -23,7 +23,9 @@ Target sets, two per modality, each a training set and a fixed test set:
   handwritten digits (8x8, upsampled to 32 px), 20 per class, 100 test images;
 * speech: spoken digits by espeak-ng, 6 training voices x 2 speeds (120 clips), 4 unseen test
   voices (40); speaker gender by espeak-ng voice variants (4 male, 4 female voices x 12 words),
-  3 + 3 unseen test voices (72 clips).
+  3 + 3 unseen test voices (72 clips). Both speech training folders carry a `metadata.csv` with
+  each clip's speaker, and are ranked with `group_column="speaker"` (`rank --group-column
+  speaker`): knn then leaves out each clip's whole voice, as the test set does.
 
 For every candidate: `rank_candidates` scores the training set (knn, logme, hscore, hscore_raw,
 5 subsamples for stability); then every candidate is trained with the *same* strategy,
@@ -155,6 +157,18 @@ def digits(work: Path) -> dict:
             "test": _image_folder(folder / "test", images, d.target, names, test)}
 
 
+def _speaker_metadata(train: Path) -> None:
+    """`train/metadata.csv`: each clip's class (its folder) and speaker (the voice in its file name,
+    `<voice>_<n>.wav`), so `rank --group-column speaker` can leave out whole voices."""
+    import csv
+
+    with open(train / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "label", "speaker"])
+        for clip in sorted(train.glob("*/*.wav")):
+            w.writerow([f"{clip.parent.name}/{clip.name}", clip.parent.name, clip.stem.rsplit("_", 1)[0]])
+
+
 def spoken_digits(work: Path) -> dict:
     from whisper_speech import DIGITS, TEST_VOICES, TRAIN_SPEEDS, TRAIN_VOICES, _slug, speak
 
@@ -168,7 +182,8 @@ def spoken_digits(work: Path) -> dict:
             for voice in TEST_VOICES:
                 speak(digit, voice, folder / "test" / digit / f"{_slug(voice)}.wav")
         (folder / "done").touch()
-    return {"train": folder / "train", "test": folder / "test"}
+    _speaker_metadata(folder / "train")
+    return {"train": folder / "train", "test": folder / "test", "group_column": "speaker"}
 
 
 GENDER_WORDS = ("hello", "water", "morning", "yesterday", "music", "window", "orange", "table",
@@ -191,7 +206,8 @@ def speaker_gender(work: Path) -> dict:
                     for i, word in enumerate(GENDER_WORDS):
                         speak(word, voice, folder / split / gender / f"{_slug(voice)}_{i}.wav")
         (folder / "done").touch()
-    return {"train": folder / "train", "test": folder / "test"}
+    _speaker_metadata(folder / "train")
+    return {"train": folder / "train", "test": folder / "test", "group_column": "speaker"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +361,8 @@ def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str
         slug = set_name.split(" (")[0].replace(" ", "_").replace("/", "-")
         cfg = config_from_dict(base_config(pool, data, per_class, 0, work / "runs" / slug, paths[pool["candidates"][0]]))
         t0 = time.time()
-        report = rank_candidates(cfg, pool["candidates"], metrics=METRICS, repeats=5, max_examples=2000, layers=layers)
+        report = rank_candidates(cfg, pool["candidates"], metrics=METRICS, repeats=5, max_examples=2000, layers=layers,
+                                 group_column=data.get("group_column"))
         rank_seconds = time.time() - t0
         from hf_transfer.selection.rank import write_report
 
@@ -371,6 +388,7 @@ def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str
             "rank_seconds": round(rank_seconds, 1),
             "finetune_seconds": {c: round(s, 1) for c, s in seconds.items()},
             "candidates": len(pool["candidates"]),
+            "group_column": data.get("group_column"),
         })
         rows[-1]["metrics"] = summarise(rows[-1])
         save(work, rows_all=None, row=rows[-1], tag=tag)

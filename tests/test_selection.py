@@ -106,6 +106,26 @@ def test_knn_leave_one_out_is_one_on_a_separable_set_and_excludes_the_example_it
     assert M.knn_loo_accuracy(centres, np.array([0, 1, 2]), k=1) == 0.0
 
 
+def test_knn_with_groups_leaves_the_whole_group_out():
+    """Features that recognise the group (speaker) but not the label score high leave-one-out and
+    at chance leave-one-group-out; features that carry the label keep their score."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(8), 6)  # 8 speakers, 6 clips each
+    y = groups % 2  # each speaker has one label (gender)
+    identity = rng.normal(size=(8, 16))[groups] * 5 + rng.normal(scale=0.1, size=(48, 16))
+    assert M.knn_loo_accuracy(identity, y) == 1.0
+    assert M.knn_loo_accuracy(identity, y, groups=groups) <= 0.75
+    label = np.eye(2)[y] * 5 + rng.normal(scale=0.1, size=(48, 2))
+    assert M.knn_loo_accuracy(label, y, groups=groups) == 1.0
+    # Through score(): knn takes the groups, the other metrics ignore them.
+    assert M.score("knn", identity, y, groups=list(groups)) == M.knn_loo_accuracy(identity, y, groups=groups)
+    assert M.score("logme", identity, y, groups=groups) == M.logme(identity, y)
+    with pytest.raises(ValueError, match="same group"):
+        M.knn_loo_accuracy(identity, y, groups=np.zeros(48))
+    with pytest.raises(ValueError, match="group values"):
+        M.knn_loo_accuracy(identity, y, groups=groups[:5])
+
+
 def test_unknown_metric_and_bad_input_are_errors():
     with pytest.raises(ValueError, match="unknown transferability metric"):
         M.score("leep", np.zeros((3, 2)), np.array([0, 1, 0]))
@@ -152,6 +172,35 @@ def test_rank_names_a_failing_candidate_and_still_ranks_the_others(tiny_bert_dir
     assert data["default_metric"] == report.default_metric and len(data["candidates"]) == 3
     text = mpath.read_text()
     assert "could not be ranked" in text and bad in text and "Stability" in text
+
+
+def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, toy_text_data, tmp_path,
+                                                                 feature_cache):
+    import pandas as pd
+
+    from hf_transfer.errors import DataError
+    from hf_transfer.selection.rank import rank_candidates, write_report
+
+    frame = pd.read_csv(toy_text_data["train"])
+    frame["author"] = [f"a{i % 12}" for i in range(len(frame))]
+    train = tmp_path / "grouped.csv"
+    frame.to_csv(train, index=False)
+    cfg = _config(tiny_bert_dir, toy_text_data, tmp_path, f"data.train={train}")
+    plain = rank_candidates(cfg, [str(tiny_bert_dir)], repeats=2)
+    grouped = rank_candidates(cfg, [str(tiny_bert_dir)], repeats=2, group_column="author")
+    assert grouped.group_column == "author" and grouped.groups == 12
+    r, p = grouped.results[0], plain.results[0]
+    assert r.scores["logme"] == pytest.approx(p.scores["logme"])  # not a held-out estimate: no groups
+    # The same features, scored leave-one-author-out:
+    from hf_transfer.models.features import features_for_config
+
+    feats = features_for_config(cfg, ("train",), columns=("author",))["train"]
+    assert feats.columns["author"] == list(frame["author"])  # row for row
+    assert r.scores["knn"] == pytest.approx(M.knn_loo_accuracy(feats.X, feats.y, groups=feats.columns["author"]))
+    _, mpath = write_report(grouped, tmp_path / "out")
+    assert "column `author`, 12 groups" in mpath.read_text()
+    with pytest.raises(DataError, match="no column 'speaker'"):
+        rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="speaker")
 
 
 def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_dir, tmp_path, monkeypatch):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hf_transfer.errors import ConfigError, ModelError
+from hf_transfer.errors import ConfigError, DataError, ModelError
 from hf_transfer.models import feature_cache as fc
 from hf_transfer.models.anatomy import (  # noqa: F401  (part of this module's API)
     HeadInput,
@@ -105,6 +105,8 @@ class Features:
     y: np.ndarray | None
     info: dict = field(default_factory=dict)
     cache_hit: bool = False
+    #: Raw columns of the same rows, by name (`features_for_config(columns=...)`).
+    columns: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- the extractor
@@ -408,7 +410,7 @@ def spec_from_settings(settings: Any) -> FeatureSpec:
 
 def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = None, spec: FeatureSpec | None = None,
                         max_examples: int | None = None, seed: int = 0, extra: dict | None = None,
-                        batch_size: int | None = None) -> dict[str, Features]:
+                        batch_size: int | None = None, columns: tuple[str, ...] = ()) -> dict[str, Features]:
     """Build the task and the pretrained model of a TrainConfig, and extract features.
 
     Args:
@@ -421,9 +423,13 @@ def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = Non
         seed: Sampling seed.
         extra: More datasets by name (e.g. `{"target": ds}`, labels optional; same columns as train).
         batch_size: Default: `training.eval_batch_size` or `training.batch_size`.
+        columns: Data columns to return beside the features, row for row (`Features.columns`).
 
     Returns:
         Features by role / extra name.
+
+    Raises:
+        DataError: A column in `columns` that a split lacks.
     """
     import copy
 
@@ -449,8 +455,14 @@ def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = Non
             continue
         if max_examples is not None and len(ds) > max_examples:
             ds = ds.shuffle(seed=seed).select(range(max_examples))
+        missing = [c for c in columns if c not in ds.column_names]
+        if missing:
+            raise DataError(f"The {name} split has no column {', '.join(repr(c) for c in missing)} (its columns: "
+                            f"{', '.join(ds.column_names)}). Name a column of the data, or add it (for image and "
+                            "audio folders: a metadata.csv with file_name and that column).")
         out[name] = extract(extractor, task, ds, batch_size=bs, cache=getattr(strategy, "use_cache", True),
                             cache_dir=getattr(strategy, "cache_dir", None))
+        out[name].columns = {c: list(ds[c]) for c in columns}
     return out
 
 

@@ -26,7 +26,7 @@ def cmd_rank(args) -> int:
     cfg = _load(args)
     report = rank_candidates(cfg, _candidates(args.candidates), metrics=_candidates(args.metrics),
                              layers=args.layers, max_examples=args.max_examples, repeats=args.repeats,
-                             seed=args.seed, default_metric=args.default_metric)
+                             seed=args.seed, default_metric=args.default_metric, group_column=args.group_column)
     jpath, mpath = write_report(report, args.output_dir)
     print(report.to_markdown())
     print(f"Wrote {jpath} and {mpath}")
@@ -45,7 +45,7 @@ def cmd_plan(args) -> int:
     cfg = _load(args)
     plan = make_plan(cfg, _candidates(args.candidates), pick=args.pick, metric=args.metric,
                      layers=args.layers, max_examples=args.max_examples, seed=args.seed,
-                     output_dir=args.run_dir)
+                     output_dir=args.run_dir, group_column=args.group_column)
     command = "hf-transfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hf-transfer plan"
     out = write_plan(plan, args.output, command)
     write_report(plan.report, Path(args.output).parent / f"{Path(args.output).stem}_rank")
@@ -68,6 +68,9 @@ def add_commands(sub) -> None:
                        help="features of the last layer, or the mean over every block's pooled output")
         p.add_argument("--max-examples", type=int, default=2000, help="seeded sample of the training split")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--group-column", default=None,
+                       help="training-data column with each example's group (speaker, patient): knn leaves "
+                            "out whole groups, so features that recognise a group do not score as transfer")
 
     r = sub.add_parser("rank", help="rank candidate checkpoints for a config's data from one frozen forward pass each")
     common(r)

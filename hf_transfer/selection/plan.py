@@ -75,7 +75,8 @@ def epochs_for(train_size: int, batch_size: int, accumulation: int) -> int:
 
 def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: str | None = None,
               metrics: list[str] | tuple[str, ...] | None = None, layers: str = "last", max_examples: int = 2000,
-              repeats: int = 0, seed: int = 0, output_dir: str | None = None) -> Plan:
+              repeats: int = 0, seed: int = 0, output_dir: str | None = None,
+              group_column: str | None = None) -> Plan:
     """Rank (unless `pick` is given with a single candidate), choose the strategy and budget, and
     build the planned config as plain data.
 
@@ -86,7 +87,7 @@ def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: st
             the only one).
         metric: The ranking metric (default: rank's default metric).
         metrics: Metrics to compute (default: rank's defaults).
-        layers, max_examples, repeats, seed: As for `rank`.
+        layers, max_examples, repeats, seed, group_column: As for `rank`.
         output_dir: `output_dir` of the planned config (default: the config's own, plus `-planned`).
     """
     from hf_transfer.config import config_from_dict, config_to_dict
@@ -100,7 +101,8 @@ def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: st
     if metric and metric not in metrics:
         metrics.append(metric)
     report = rank_candidates(cfg, candidates, metrics=metrics, layers=layers, max_examples=max_examples,
-                             repeats=repeats, seed=seed, default_metric=metric, keep_features=True)
+                             repeats=repeats, seed=seed, default_metric=metric, keep_features=True,
+                             group_column=group_column)
     m = report.default_metric
     if pick is not None:
         chosen = next(r for r in report.results if r.name == pick)

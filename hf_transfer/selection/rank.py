@@ -26,7 +26,7 @@ import numpy as np
 
 from hf_transfer.errors import ConfigError, DataError, HFTransferError
 from hf_transfer.selection.candidates import CandidateError, CandidateInfo, inspect_candidate
-from hf_transfer.selection.metrics import METRICS
+from hf_transfer.selection.metrics import GROUP_AWARE, METRICS, score
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class RankReport:
     stability: dict[str, dict[str, Any]] = field(default_factory=dict)
     features: dict[str, Any] = field(default_factory=dict)
     labels: np.ndarray | None = field(default=None, repr=False)
+    #: The training-data column whose groups `knn` leaves out whole (None: single examples).
+    group_column: str | None = None
+    groups: int | None = None
 
     @property
     def ranked(self) -> list[CandidateResult]:
@@ -97,6 +100,7 @@ class RankReport:
             "best": {m: self.best(m).name for m in self.metrics} if self.ranked else {},
             "candidates": [asdict(r) for r in self.results],
             "stability": self.stability,
+            "group_column": self.group_column, "groups": self.groups,
         }
 
     def to_markdown(self) -> str:
@@ -124,8 +128,8 @@ def _subsample(y: np.ndarray, rng: np.random.Generator, fraction: float) -> np.n
     return np.sort(np.concatenate(keep))
 
 
-def score_features(X: np.ndarray, y: np.ndarray, metrics: list[str]) -> dict[str, float]:
-    return {m: float(METRICS[m](X, y)) for m in metrics}
+def score_features(X: np.ndarray, y: np.ndarray, metrics: list[str], groups=None) -> dict[str, float]:
+    return {m: float(score(m, X, y, groups=groups)) for m in metrics}
 
 
 def stability(results: list[CandidateResult], metrics: list[str], repeats: int) -> dict[str, dict[str, Any]]:
@@ -159,7 +163,8 @@ def stability(results: list[CandidateResult], metrics: list[str], repeats: int) 
 
 def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS,
                     layers: str = "last", max_examples: int = 2000, repeats: int = 5, seed: int = 0,
-                    default_metric: str | None = None, keep_features: bool = False) -> RankReport:
+                    default_metric: str | None = None, keep_features: bool = False,
+                    group_column: str | None = None) -> RankReport:
     """Score every candidate on `cfg`'s training data.
 
     Args:
@@ -173,6 +178,8 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
         default_metric: The metric the summary and `plan` follow (default `DEFAULT_METRIC`, or the
             first of `metrics` when that is not among them).
         keep_features: Keep each candidate's feature matrix in `report.features` (for `plan`).
+        group_column: A training-data column with each example's group (speaker, patient): `knn`
+            then leaves out each example's whole group (`selection.metrics.GROUP_AWARE`).
 
     Raises:
         HFTransferError: a candidate of another modality, an unknown metric, or a recipe without
@@ -194,6 +201,8 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
     if len(set(candidates)) != len(candidates) or not candidates:
         raise HFTransferError("--candidates must name at least one checkpoint, each once.")
     spec = FeatureSpec(layers=layers)
+    columns = (group_column,) if group_column else ()
+    n_groups = None
 
     # Everything that needs no forward pass first: a wrong-modality candidate stops the command
     # before minutes of feature extraction; one that does not load is recorded and skipped.
@@ -226,7 +235,7 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
             t0 = time.time()
             try:
                 feats = features_for_config(cfg, ("train",), name_or_path=r.path, spec=spec,
-                                            max_examples=max_examples, seed=seed)["train"]
+                                            max_examples=max_examples, seed=seed, columns=columns)["train"]
             except ConfigError as e:
                 if spec.layers != "mean" or "different widths" not in str(e):
                     raise
@@ -234,7 +243,7 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
                 logger.info("rank: %s: layers differ in width, concatenating them instead of averaging", r.name)
                 feats = features_for_config(cfg, ("train",), name_or_path=r.path,
                                             spec=FeatureSpec(layers="mean", combine="concat"),
-                                            max_examples=max_examples, seed=seed)["train"]
+                                            max_examples=max_examples, seed=seed, columns=columns)["train"]
             wall = time.time() - t0
         except (DataError, ConfigError):
             raise  # the data or the config is wrong, not this candidate: every candidate would fail
@@ -258,11 +267,14 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
         r.seconds_per_1000 = round(1000.0 * float(seconds) / max(n, 1), 2)
         r.features_cached = feats.cache_hit
         r.feature_source = feats.info.get("source")
-        r.scores = score_features(feats.X, feats.y, metrics)
+        groups = np.asarray([str(v) for v in feats.columns[group_column]]) if group_column else None
+        n_groups = None if groups is None else len(set(groups.tolist()))
+        r.scores = score_features(feats.X, feats.y, metrics, groups)
         rng = np.random.default_rng(seed)
         for _ in range(repeats):
             idx = _subsample(feats.y, rng, SUBSAMPLE_FRACTION)
-            for m, v in score_features(feats.X[idx], feats.y[idx], metrics).items():
+            for m, v in score_features(feats.X[idx], feats.y[idx], metrics,
+                                       None if groups is None else groups[idx]).items():
                 r.repeats.setdefault(m, []).append(v)
         if keep_features:
             features[r.name] = feats.X
@@ -274,7 +286,8 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
             next(r for r in ok if r.name == name).ranks[m] = pos
     report = RankReport(recipe=cfg.recipe, metrics=metrics, default_metric=default_metric, layers=str(layers),
                         max_examples=max_examples, repeats=repeats, results=results,
-                        stability=stability(results, metrics, repeats), features=features, labels=labels)
+                        stability=stability(results, metrics, repeats), features=features, labels=labels,
+                        group_column=group_column, groups=n_groups)
     if not ok:
         raise HFTransferError("No candidate could be scored: " + " ".join(r.error for r in results))
     return report
@@ -294,6 +307,10 @@ def format_markdown(report: RankReport) -> str:
         n = ok[0].examples
         lines += [f"{n} training examples, features from layers `{report.layers}`; higher scores are better, "
                   f"rank 1 = best. Default metric: `{m0}`.", ""]
+        if report.group_column:
+            aware = ", ".join(f"`{m}`" for m in report.metrics if m in GROUP_AWARE) or "no metric asked for"
+            lines += [f"Groups: column `{report.group_column}`, {report.groups} groups; {aware} leaves out each "
+                      "example's whole group, the other metrics use no groups.", ""]
         head = ["rank", "candidate"] + [f"{m} (rank)" for m in report.metrics] + [
             "parameters", "s / 1k examples", "licence", "family"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
