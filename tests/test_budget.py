@@ -13,7 +13,7 @@ from hf_transfer.strategies import StrategyConfig, build_strategy
 def strategy(name):
     from hf_transfer.strategies import strategy_config_class
 
-    return build_strategy(strategy_config_class(name)())
+    return build_strategy(strategy_config_class(name)(name=name))
 
 
 def test_defaults_raise_the_epochs_to_min_steps_with_the_strategy_learning_rate():
@@ -63,3 +63,49 @@ def test_config_validation():
     with pytest.raises(Exception, match="min_steps"):
         load_config(None, ["model.name_or_path=m", "data.train=x.csv", "training.min_steps=-1"])
     assert load_config(None, ["model.name_or_path=m", "data.train=x.csv"]).training.learning_rate is None
+
+
+def test_convolutional_networks_get_ten_times_the_backbone_rates():
+    """A batch-normalised CNN fine-tuned at a transformer's 5e-5 stays at chance for a small-data
+    budget; the backbone-training strategies scale their default for it, the head-only ones do not."""
+    from hf_transfer.engine.budget import CONV_LR_MULTIPLIER
+
+    for name in ("full", "partial", "lp_ft", "scratch"):
+        b = resolve_budget(TrainingConfig(), strategy(name), 4, model="efficientnet")
+        assert b.learning_rate == pytest.approx(DEFAULT_LEARNING_RATES[name] * CONV_LR_MULTIPLIER)
+        assert "convolutional network (efficientnet)" in b.sources["learning_rate"]
+        assert resolve_budget(TrainingConfig(), strategy(name), 4, model="bert").learning_rate == DEFAULT_LEARNING_RATES[name]
+    assert resolve_budget(TrainingConfig(), strategy("freeze"), 4, model="resnet").learning_rate == DEFAULT_LEARNING_RATES["freeze"]
+    assert resolve_budget(TrainingConfig(learning_rate=1e-5), strategy("full"), 4, model="resnet").learning_rate == 1e-5
+    s = strategy("auto")
+    s.delegate = strategy("full")
+    assert resolve_budget(TrainingConfig(), s, 4, model="convnext").learning_rate == pytest.approx(5e-4)
+
+
+def test_a_convolutional_run_records_the_scaled_rate(tmp_path):
+    """Through the engine: the model's family reaches the budget (metrics.json says why)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import EfficientNetConfig, EfficientNetForImageClassification, ViTImageProcessor
+
+    from hf_transfer.config import config_from_dict
+
+    model_dir = tmp_path / "effnet"
+    cfg = EfficientNetConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.2, hidden_dim=320,
+                             num_labels=2)
+    EfficientNetForImageClassification(cfg).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("validation", 4)):
+        for label in ("a", "b"):
+            (tmp_path / "img" / split / label).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / label / f"{i}.png")
+    raw = {"recipe": "image_classification", "output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(model_dir)},
+           "data": {"train": str(tmp_path / "img" / "train"), "eval": str(tmp_path / "img" / "validation")},
+           "strategy": {"name": "full"},
+           "training": {"max_steps": 2, "batch_size": 8, "report_to": [], "save_strategy": "no", "eval_strategy": "no"}}
+    m = train(config_from_dict(raw, "test"))
+    assert m["budget"]["learning_rate"] == pytest.approx(DEFAULT_LEARNING_RATES["full"] * 10)
+    assert "convolutional" in m["budget"]["sources"]["learning_rate"]

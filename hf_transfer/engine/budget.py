@@ -6,7 +6,10 @@ an order of magnitude apart. So when the config leaves them unset:
 
 * **learning rate** (`training.learning_rate` unset): the strategy's own default
   (`DEFAULT_LEARNING_RATES`, or a strategy class's `default_learning_rate`; `auto` uses the
-  default of the strategy it chose);
+  default of the strategy it chose), times `CONV_LR_MULTIPLIER` when the strategy trains the
+  backbone (`CONV_SCALED`) of a convolutional network (`models.families.CONV_FAMILIES`):
+  batch-normalised CNNs are fine-tuned with steps about ten times a transformer's (EfficientNet-
+  Lite0 `full` on 200 images, 52 steps: chance accuracy at 5e-5, 0.70-0.80 at 5e-4);
 * **epochs** (`training.epochs` unset): 3, raised to whole epochs until the run has at least
   `training.min_steps` optimizer steps. An explicit `training.epochs` or `training.max_steps` is
   taken as given (`min_steps` then applies only when it is set explicitly too);
@@ -44,27 +47,42 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
 }
 #: For a strategy neither in the table nor declaring `default_learning_rate`.
 FALLBACK_LEARNING_RATE = 5e-5
+#: Strategies whose default rate moves the backbone's own weights: scaled for convolutional networks.
+CONV_SCALED = frozenset({"full", "partial", "gradual_unfreeze", "lp_ft", "scratch"})
+CONV_LR_MULTIPLIER = 10.0
 
 
-def default_learning_rate(strategy) -> tuple[float, str]:
-    """The learning rate a strategy trains with when `training.learning_rate` is unset, and why."""
+def default_learning_rate(strategy, model=None) -> tuple[float, str]:
+    """The learning rate a strategy trains with when `training.learning_rate` is unset, and why.
+
+    Args:
+        strategy: The strategy (`auto`: the one it chose).
+        model: The model it trains (or its `config.model_type`), for the convolutional scaling.
+    """
+    from hf_transfer.models.families import is_convolutional, model_type_of
+
     chosen = getattr(strategy, "delegate", None)  # `auto`: the strategy it picked
     if chosen is not None and chosen is not strategy:
-        lr, why = default_learning_rate(chosen)
+        lr, why = default_learning_rate(chosen, model)
         return lr, f"{why} (chosen by auto)"
     own = getattr(type(strategy), "default_learning_rate", None)
     if isinstance(own, (int, float)) and not isinstance(own, bool):
-        return float(own), f"default of strategy {strategy.name}"
-    if strategy.name in DEFAULT_LEARNING_RATES:
-        return DEFAULT_LEARNING_RATES[strategy.name], f"default of strategy {strategy.name}"
-    return FALLBACK_LEARNING_RATE, f"general default (strategy {strategy.name} declares none)"
+        lr, why = float(own), f"default of strategy {strategy.name}"
+    elif strategy.name in DEFAULT_LEARNING_RATES:
+        lr, why = DEFAULT_LEARNING_RATES[strategy.name], f"default of strategy {strategy.name}"
+    else:
+        return FALLBACK_LEARNING_RATE, f"general default (strategy {strategy.name} declares none)"
+    if strategy.name in CONV_SCALED and is_convolutional(model):
+        return lr * CONV_LR_MULTIPLIER, (f"{why} x {CONV_LR_MULTIPLIER:g} for a convolutional network "
+                                         f"({model_type_of(model)})")
+    return lr, why
 
 
-def resolve_learning_rate(training, strategy) -> tuple[float, str]:
-    """`training.learning_rate` when set, else the strategy's default; with the reason."""
+def resolve_learning_rate(training, strategy, model=None) -> tuple[float, str]:
+    """`training.learning_rate` when set, else the strategy's default for `model`; with the reason."""
     if training.learning_rate is not None:
         return float(training.learning_rate), "training.learning_rate"
-    return default_learning_rate(strategy)
+    return default_learning_rate(strategy, model)
 
 
 @dataclass
@@ -93,15 +111,17 @@ class Budget:
         return asdict(self)
 
 
-def resolve_budget(training, strategy, steps_per_epoch: int) -> Budget:
+def resolve_budget(training, strategy, steps_per_epoch: int, model=None) -> Budget:
     """The run's budget from the `training` settings and the data (`steps_per_epoch`).
 
     Args:
         training: `TrainConfig.training`.
         strategy: The strategy (for its default learning rate).
         steps_per_epoch: Optimizer steps in one pass over this process's share of the data.
+        model: The model trained (or its `config.model_type`): convolutional networks get larger
+            default rates.
     """
-    lr, lr_source = resolve_learning_rate(training, strategy)
+    lr, lr_source = resolve_learning_rate(training, strategy, model)
     spe = max(1, int(steps_per_epoch))
     sources = {"learning_rate": lr_source}
     epochs_per_eval = 1

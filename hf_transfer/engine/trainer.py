@@ -30,6 +30,7 @@ from hf_transfer.engine.distributed import precision_that_ran as dist_precision
 from hf_transfer.engine.evaluation import recalibrate_batchnorm, run_evaluation  # noqa: F401  (re-exported)
 from hf_transfer.engine.optim import build_param_groups
 from hf_transfer.errors import HFTransferError
+from hf_transfer.models.families import model_type_of
 from hf_transfer.quiet import progress_disabled
 
 # Accelerate's logger: records from the main process only (unless main_process_only=False), so a
@@ -180,7 +181,8 @@ class Trainer(Checkpointing):
             )
 
         scales = strategy.lr_scales(groups)
-        lr, _ = resolve_learning_rate(self.tc, strategy)
+        model_type = model_type_of(model)  # before Accelerate wraps it: convolutional nets get larger rates
+        lr, _ = resolve_learning_rate(self.tc, strategy, model_type)
         param_groups = build_param_groups(model, groups, scales, lr, self.tc.weight_decay)
         extra_modules = self.hook.extra_modules()
         # First, so the last group stays the model's head (the learning rate the log reports).
@@ -210,7 +212,7 @@ class Trainer(Checkpointing):
         self.steps_per_epoch = max(1, math.ceil(len(train_dl) / self.tc.gradient_accumulation_steps))
         # Learning rate, steps and warm-up from the settings, or derived from the data size and
         # the strategy where unset (`hf_transfer.engine.budget`); recorded in metrics.json.
-        self.budget = resolve_budget(self.tc, strategy, self.steps_per_epoch)
+        self.budget = resolve_budget(self.tc, strategy, self.steps_per_epoch, model_type)
         self.total_steps = self.budget.total_steps
         self.num_epochs = self.budget.epochs
         self.scheduler = get_scheduler(

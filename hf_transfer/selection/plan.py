@@ -24,13 +24,12 @@ from typing import Any
 import yaml
 
 from hf_transfer.errors import HFTransferError
+from hf_transfer.models.families import CONV_FAMILIES
 from hf_transfer.selection.rank import RankReport, rank_candidates
 
 #: Optimizer steps the planned budget aims at.
 TARGET_STEPS = 100
 MIN_EPOCHS, MAX_EPOCHS = 3, 20
-#: Model types trained with convolution-style (larger) learning rates.
-CONV_FAMILIES = {"efficientnet", "resnet", "mobilenet_v1", "mobilenet_v2", "regnet", "convnext", "convnextv2"}
 #: Auto's similarity sample: the same number of examples `strategy.measure_examples` embeds.
 MEASURE_EXAMPLES = 400
 
