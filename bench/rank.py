@@ -315,6 +315,31 @@ def probe_accuracies(raw: dict, per_class: int) -> tuple[list[float], float]:
     return accs, seconds
 
 
+def finetune_accuracies(raw: dict, strategy: str, out: Path) -> tuple[list[float], float]:
+    """`hf-transfer train` with `strategy.name=<strategy>` and its defaults (learning rate, data-
+    size budget), once per seed (the seed sets the head's initialisation and the data order; the
+    whole training set is used), scored on the test set. Seconds: mean per run."""
+    import copy
+
+    from hf_transfer.config import check_config, config_from_dict
+    from hf_transfer.run import train
+
+    accs, seconds = [], []
+    for seed in SEEDS:
+        r = copy.deepcopy(raw)
+        r["output_dir"] = str(out / f"seed{seed}")
+        r["strategy"] = {"name": strategy}
+        # No evaluation while training and no best-checkpoint selection: the test set is only scored at the end.
+        r["training"].update({"seed": seed, "eval_strategy": "no", "load_best_model_at_end": False})
+        cfg = config_from_dict(r, f"bench {strategy} seed {seed}")
+        check_config(cfg)
+        t0 = time.time()
+        metrics = train(cfg, overwrite=True)
+        seconds.append(time.time() - t0)
+        accs.append(float(metrics["test_accuracy"]))
+    return accs, float(sum(seconds) / len(seconds))
+
+
 def kendall_and_regret(scores: dict[str, float], accuracy: dict[str, float]) -> tuple[float | None, float, str]:
     """Kendall's tau (tau-b) of scores against mean accuracies, and the top-1 regret: best mean
     accuracy minus the mean accuracy of the top-scored candidate (averaged over the candidates
@@ -347,7 +372,8 @@ def summarise(row: dict) -> dict:
     return out
 
 
-def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str = "") -> list[dict]:
+def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str = "",
+               finetune: str = "probe") -> list[dict]:
     import numpy as np
 
     from hf_transfer.config import config_from_dict
@@ -370,7 +396,10 @@ def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str
         accuracy, per_seed, seconds = {}, {}, {}
         for cand in pool["candidates"]:
             raw = base_config(pool, data, per_class, 0, work / "runs" / slug, paths[cand])
-            accs, seconds[cand] = probe_accuracies(raw, per_class)
+            if finetune == "probe":
+                accs, seconds[cand] = probe_accuracies(raw, per_class)
+            else:
+                accs, seconds[cand] = finetune_accuracies(raw, finetune, work / "finetune" / slug / short(cand))
             log.info("%s %s: test accuracy per seed %s (%.1f s)", set_name, cand, [round(a, 3) for a in accs], seconds[cand])
             per_seed[cand] = accs
             accuracy[cand] = float(np.mean(accs))
@@ -501,8 +530,12 @@ def main() -> None:
     parser.add_argument("--layers", choices=["last", "mean"], default="last",
                         help="features the ranking scores (the probes always use the last layer, as "
                              "feature_extraction does); `mean` writes results_mean.json/md")
+    parser.add_argument("--finetune", choices=["probe", "full"], default="probe",
+                        help="how every candidate is trained for the ground truth: `probe` (frozen "
+                             "features + logistic regression, 3 seeded 80%% subsets) or `full` (hf-transfer "
+                             "train, strategy full, its defaults, 3 seeds); `full` writes results_full.json/md")
     args = parser.parse_args()
-    tag = "" if args.layers == "last" else f"_{args.layers}"
+    tag = ("" if args.layers == "last" else f"_{args.layers}") + ("" if args.finetune == "probe" else f"_{args.finetune}")
     if args.report_only:
         work = Path(args.workdir)
         text = markdown(json.loads((work / f"results{tag}.json").read_text()))
@@ -524,7 +557,7 @@ def main() -> None:
     which = [p.strip() for p in args.pools.split(",") if p.strip()]
     for name, pool in pools(work, which).items():
         t = time.time()
-        bench_pool(name, pool, work, args.layers, tag)
+        bench_pool(name, pool, work, args.layers, tag, args.finetune)
         log.info("pool %s done in %.0f s", name, time.time() - t)
     if not args.skip_plan:
         t = time.time()
