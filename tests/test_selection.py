@@ -202,6 +202,22 @@ def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, t
     with pytest.raises(DataError, match="no column 'speaker'"):
         rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="speaker")
 
+    # The command line: --group-column reaches the report.
+    import yaml
+
+    from hf_transfer.cli import main
+
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "recipe": "text_classification", "output_dir": str(tmp_path / "run"),
+        "model": {"name_or_path": str(tiny_bert_dir)},
+        "data": {"train": str(train), "eval": str(toy_text_data["validation"])},
+        "training": {"report_to": [], "save_strategy": "no", "batch_size": 32}}))
+    assert main(["rank", str(cfg_path), "--candidates", str(tiny_bert_dir), "--group-column", "author",
+                 "--repeats", "0", "-o", str(tmp_path / "cli")]) == 0
+    written = json.loads((tmp_path / "cli" / "rank.json").read_text())
+    assert written["group_column"] == "author" and written["groups"] == 12
+
 
 def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_dir, tmp_path, monkeypatch):
     import shutil
