@@ -78,6 +78,25 @@ def test_default_targets_and_head_per_architecture(arch):
         assert len(targets) == len(roles) * sum(g.kind == "block" for g in groups)
 
 
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_lora_adapts_every_block_linear_layer_and_the_pooler_by_default(arch):
+    from hf_transfer.strategies._peft import block_linear_roles
+
+    model, _ = _build(arch)
+    groups = layer_groups(model)
+    targets = _strategy("lora").resolve_targets(model, groups)
+    in_blocks = [n for n, _ in block_linear_roles(model, groups)]
+    # The linear layers between the blocks and the head: BERT's pooler (its classifier reads it);
+    # the others have none (RoBERTa's classification model has no pooler, ViT and the speech
+    # models only a final norm there).
+    tops = ["bert.pooler.dense"] if arch == "bert" else []
+    assert targets == in_blocks + tops
+    assert len(in_blocks) == 6 * sum(g.kind == "block" for g in groups)
+    heads = ARCHS[arch][3]
+    assert not any(t.split(".")[0] in heads for t in targets)
+    assert _strategy("lora", target_modules=["query", "value"]).resolve_targets(model, groups) == ["query", "value"]
+
+
 @pytest.mark.parametrize("name", STRATEGIES)
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_exactly_adapters_and_head_train_and_the_save_reloads_both_ways(arch, name, tmp_path):

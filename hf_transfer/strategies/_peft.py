@@ -193,6 +193,15 @@ def default_target_modules(model: nn.Module, groups: list, roles: tuple[str, ...
     return names
 
 
+def top_linear_modules(model: nn.Module, groups: list) -> list[str]:
+    """Full names of the linear layers in the groups between the last block and the head (`top`:
+    BERT's pooler, ...): the head reads their output."""
+    full_names = {id(m): n for n, m in model.named_modules()}
+    return [full_names[id(module)] for group in groups if group.kind == "top"
+            for top in group.modules for module in top.modules()
+            if isinstance(module, nn.Linear) and id(module) in full_names]
+
+
 def head_module_names(model: nn.Module, groups: list) -> tuple[list[str], list[str]]:
     """The new head's top-level module names, and head parameters that hang off no module.
 
@@ -254,6 +263,8 @@ class PeftStrategy(Strategy):
 
     #: Which block linear layers the adapter goes on by default.
     default_roles: ClassVar[tuple[str, ...]] = ("query", "value")
+    #: Also adapt the linear layers of the `top` groups (a pooler the head reads) by default.
+    adapt_top: ClassVar[bool] = False
 
     def __init__(self, config: PeftStrategyConfig):
         super().__init__(config)
@@ -267,7 +278,10 @@ class PeftStrategy(Strategy):
     def resolve_targets(self, model: nn.Module, groups: list) -> list[str]:
         if self.config.target_modules:
             return list(self.config.target_modules)
-        return default_target_modules(model, groups, self.default_roles)
+        names = default_target_modules(model, groups, self.default_roles)
+        if self.adapt_top:
+            names += [n for n in top_linear_modules(model, groups) if n not in names]
+        return names
 
     def apply(self, model: nn.Module, groups: list) -> nn.Module:
         from peft import PeftModel, get_peft_model

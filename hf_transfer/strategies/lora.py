@@ -1,10 +1,18 @@
-"""`lora`: low-rank adapters on the attention projections (PEFT), the new head trained in full.
+"""`lora`: low-rank adapters on every linear layer of the blocks (PEFT), the new head trained in full.
 
 LoRA adds `B @ A` (rank `r`, scaled by `alpha / r`) beside each adapted weight; `B` starts at
 zero, so training starts from the pretrained function. Only the adapters and the head train, a
 few percent of the parameters, which is what makes LoRA cheap to train and to store per task.
-By default the adapters go on the self-attention query and value projections of every block
-(Hu et al. 2021), found per architecture (see `hf_transfer.strategies._peft`).
+
+By default the adapters go on every linear layer of every block (query, key, value, attention
+output, feed-forward in and out; found per architecture, see `hf_transfer.strategies._peft`) and
+on the linear layers between the last block and the head (BERT's pooler, which the head reads).
+LoRA on the query and value projections alone (Hu et al. 2021) stays well below full fine-tuning
+with small data; adapters on every linear layer close that gap (Dettmers et al. 2023, QLoRA).
+Measured on real tweets with MiniLM-L6 and the default budget (seed 0; `hf-transfer compare`,
+README "Budgets"): 64 examples: query/value 0.755, every linear layer + pooler 0.800, `full`
+0.820; 512 examples: 0.830, 0.900, `full` 0.895. `strategy.target_modules: [query, value]`
+gives the original placement.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hf_transfer.errors import ConfigError
-from hf_transfer.strategies._peft import PeftStrategy, PeftStrategyConfig
+from hf_transfer.strategies._peft import ROLES, PeftStrategy, PeftStrategyConfig
 from hf_transfer.strategies.base import register_strategy
 
 
@@ -26,10 +34,10 @@ class LoraSettings(PeftStrategyConfig):
         alpha: Scale numerator: the update is multiplied by `alpha / r`.
         dropout: Dropout on the adapter's input during training.
         target_modules: Modules to adapt (a full module name, or a suffix such as `query` that
-            matches every `*.query`). Empty: the self-attention query and value projections of
-            every block (BERT family `query`/`value`, ViT `q_proj`/`v_proj`, DistilBERT
-            `q_lin`/`v_lin`, Whisper and wav2vec2 `q_proj`/`v_proj`; for other architectures the
-            layers named so, else every attention linear layer).
+            matches every `*.query`). Empty: every linear layer of every block (attention
+            projections and feed-forward layers, by the per-architecture tables; for other
+            architectures the layers named so, else every attention linear layer) and the linear
+            layers of the groups between the blocks and the head (a pooler).
         merge: What `export` ships: the merged model (true) or the adapter alone (false). The run
             folder always holds both (merged weights at the root, the adapter under `adapter/`).
     """
@@ -50,7 +58,8 @@ class LoraSettings(PeftStrategyConfig):
 class Lora(PeftStrategy):
     """LoRA adapters (PEFT `LoraConfig`) plus the new head."""
 
-    default_roles = ("query", "value")
+    default_roles = ROLES
+    adapt_top = True
 
     def peft_config(self, model, groups, target_modules, modules_to_save):
         from peft import LoraConfig
