@@ -203,13 +203,19 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="8 per class, seed 0")
     p.add_argument("--json", help="write raw results here (updated after every run)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --json files")
+    p.add_argument("--later-wins", action="store_true",
+                   help="with --merge: a (data set, size, method) found in a later file replaces the earlier "
+                        "files' runs of it (a method re-run after its defaults changed) instead of adding to them")
     args = p.parse_args()
     results: dict = {}
     if args.merge:
         for path in args.merge:
             for key, runs in json.loads(Path(path).read_text()).items():
                 d, n, m = key.split("|")
-                results.setdefault((d, int(n), m), []).extend(runs)
+                if args.later_wins:
+                    results[(d, int(n), m)] = list(runs)
+                else:
+                    results.setdefault((d, int(n), m), []).extend(runs)
         print_table(results)
         return
     if args.quick:
