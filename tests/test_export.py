@@ -418,7 +418,7 @@ def test_merged_lora_round_trip(lora_run, tmp_path):
     meta = _front_matter(card)
     assert meta["library_name"] == "transformers" and "lora" in meta["tags"]
     assert "transfer-strategy:lora" in meta["tags"] and "adapter merged into the base weights" in card
-    assert "| `strategy.r` | 4 |" in card and "| adapter `target_modules` | query, value (4 modules) |" in card
+    assert "| `strategy.r` | 4 |" in card and "| adapter `target_modules` | dense, key, query, value (13 modules) |" in card
     assert "| adapter `modules_to_save` | classifier |" in card and "layer_lr_decay" not in card
     model = AutoModelForSequenceClassification.from_pretrained(out)  # no peft needed
     assert model.config.id2label == {0: "negative", 1: "positive"}
