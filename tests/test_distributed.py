@@ -362,7 +362,8 @@ def test_fsdp_lora_with_activation_checkpointing(text_overrides, tmp_path, pretr
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "lora"
-    launch(run_settings(text_overrides, out, ("strategy.name=lora",), base=pretrained_tiny) + [
+    launch(run_settings(text_overrides, out, ("strategy.name=lora", "strategy.target_modules=[query,value]"),
+                        base=pretrained_tiny) + [
         "training.distributed=fsdp", "training.gradient_checkpointing=true", "training.epochs=2"])
     m = final_metrics(out)
     assert m["distributed"] == "FSDP" and m["gradient_checkpointing"].startswith("on (FSDP")
