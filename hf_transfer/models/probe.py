@@ -165,6 +165,8 @@ def _out_of_fold_logits(X: np.ndarray, y: np.ndarray, grid, folds: int, *, stand
 
     Within a fold the fits run along the grid in increasing C, each warm-started from the last
     (scikit-learn's `warm_start`): the regularisation path costs little more than its last fit.
+    (`LogisticRegressionCV` walks the same path but keeps only a score per fold; the rule in
+    `choose_C` needs every held-out example's prediction for its paired standard errors.)
     """
     import warnings
 
