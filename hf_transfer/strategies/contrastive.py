@@ -23,8 +23,8 @@ pooling, the masked mean otherwise). Training runs on the shared engine (Acceler
 precision, several processes, checkpoints and exact resume), one pass over the pairs by default
 (`training.epochs` / `max_steps` change it), learning rate 1e-4 unless `training.learning_rate`
 is set. Then the classifier is fitted on the trained body's features exactly as in
-`feature_extraction` (`models.probe`: logistic regression with C chosen by cross-validation by
-default), and the run folder is written as a feature-extraction run: a SetFit model folder for
+`feature_extraction` (`models.probe`: logistic regression, C = 1 unless cross-validation finds a clearly better
+one), and the run folder is written as a feature-extraction run: a SetFit model folder for
 sentence-transformers-compatible features (`setfit.SetFitModel.from_pretrained(run_dir)` loads
 it), which `hf-transfer evaluate` / `predict` read too.
 

@@ -6,7 +6,8 @@ masked mean for other text encoders, what the head reads for images, the mean ov
 audio; `strategy.layers` to average or concatenate several layers) and are cached per
 (checkpoint, data, preprocessing, feature spec): a later run with the same inputs, whatever the
 classifier, reads them back without running the model. Then `models.probe` fits the classifier:
-`logistic_regression` (default; C by stratified cross-validation on the training features),
+`logistic_regression` (default; C = 1 unless stratified cross-validation on the training
+features finds a clearly better one),
 `svm`, `knn` or `linear` (a torch linear layer trained with AdamW on the cached features).
 Features are always computed with evaluation preprocessing: augmentation is off.
 
@@ -79,9 +80,10 @@ class FeatureExtractionConfig(StrategyConfig):
         name: `feature_extraction`.
         classifier: `logistic_regression` (scikit-learn, multinomial), `svm` (`LinearSVC`, or `SVC`
             with `svm_kernel: rbf`), `knn`, or `linear` (a torch linear layer trained with AdamW).
-        C: Inverse regularisation strength of `logistic_regression` and `svm`. Unset: chosen by
-            stratified cross-validation on the training features (`logistic_regression`; the chosen
-            value is in metrics.json as `C`), 1.0 for `svm`.
+        C: Inverse regularisation strength of `logistic_regression` and `svm`. Unset: 1.0 unless
+            stratified cross-validation on the training features finds a clearly better value
+            (`logistic_regression`, `models.probe.choose_C`; the value and why are in metrics.json
+            as `C`, `C_selection`), 1.0 for `svm`.
         max_iter: Iteration limit of the scikit-learn solvers.
         svm_kernel: `linear` or `rbf`.
         k: Number of neighbours of `knn` (at most the number of training examples).
