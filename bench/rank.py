@@ -360,20 +360,43 @@ def position(scores: dict[str, float], name: str) -> int:
     return 1 + sum(1 for v in scores.values() if v > scores[name])
 
 
+def default_of(row: dict) -> str:
+    """The metric `rank` follows by default for this target set (`knn` when it was ranked with a
+    group column, else `logme`): the same function as `hf-transfer rank`."""
+    from hf_transfer.selection.rank import default_metric_for
+
+    return default_metric_for(METRICS, row.get("group_column"))
+
+
 def summarise(row: dict) -> dict:
-    """tau, regret, top pick and the random candidate's place per metric, from a row's scores."""
+    """tau, regret, top pick and the random candidate's place per metric, from a row's scores;
+    `default` is the metric `rank` follows by default on this set."""
     out = {}
-    for m in METRICS:
-        scores = {c: row["scores"][c][m] for c in row["scores"]}
+    for m in (*METRICS, "default"):
+        metric = default_of(row) if m == "default" else m
+        scores = {c: row["scores"][c][metric] for c in row["scores"]}
         tau, regret, pick = kendall_and_regret(scores, row["accuracy"])
         out[m] = {"tau": None if tau is None else round(tau, 3), "regret": round(regret, 4), "top1": pick,
                   "random_rank": position(scores, row["random"]),
-                  "random_last": all(v > scores[row["random"]] for c, v in scores.items() if c != row["random"])}
+                  "random_last": all(v > scores[row["random"]] for c, v in scores.items() if c != row["random"]),
+                  "metric": metric}
     return out
 
 
+def stored_row(work: Path, tag: str, pool: str, target: str, candidates: list[str]) -> dict | None:
+    """The row `results{tag}.json` holds for this pool and target set, if it has every candidate's
+    accuracies (for `--rescore`)."""
+    path = work / f"results{tag}.json"
+    if not path.is_file():
+        return None
+    for row in json.loads(path.read_text())["rows"]:
+        if (row["pool"], row["target"]) == (pool, target) and set(candidates) <= set(row["accuracy"]):
+            return row
+    return None
+
+
 def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str = "",
-               finetune: str = "probe") -> list[dict]:
+               finetune: str = "probe", rescore: bool = False) -> list[dict]:
     import numpy as np
 
     from hf_transfer.config import config_from_dict
@@ -394,7 +417,10 @@ def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str
 
         write_report(report, work / f"rank{tag}" / slug)
         accuracy, per_seed, seconds = {}, {}, {}
-        for cand in pool["candidates"]:
+        stored = stored_row(work, tag, name, set_name, pool["candidates"]) if rescore else None
+        if rescore and stored is None:
+            raise SystemExit(f"--rescore: results{tag}.json has no accuracies for {name} / {set_name}; run without it")
+        for cand in pool["candidates"] if stored is None else ():
             raw = base_config(pool, data, per_class, 0, work / "runs" / slug, paths[cand])
             if finetune == "probe":
                 accs, seconds[cand] = probe_accuracies(raw, per_class)
@@ -404,10 +430,15 @@ def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str
             per_seed[cand] = accs
             accuracy[cand] = float(np.mean(accs))
         by_name = {r.name: r for r in report.results if r.error is None}
+        if stored is not None:  # the same trained candidates, scored again
+            accuracy = dict(stored["accuracy"])
+            per_seed = {c: [accuracy[c]] for c in accuracy}
+            seconds = dict(stored["finetune_seconds"])
         rows.append({
             "pool": name, "target": set_name, "per_class": per_class, "examples": by_name[pool["candidates"][0]].examples,
             "accuracy": {c: round(a, 4) for c, a in accuracy.items()},
-            "accuracy_std": {c: round(float(np.std(v)), 4) for c, v in per_seed.items()},
+            "accuracy_std": (stored["accuracy_std"] if stored is not None
+                             else {c: round(float(np.std(v)), 4) for c, v in per_seed.items()}),
             "scores": {c: {m: round(by_name[c].scores[m], 4) for m in METRICS} for c in pool["candidates"]},
             "seconds_per_1000": {c: by_name[c].seconds_per_1000 for c in pool["candidates"]},
             "parameters": {c: by_name[c].parameters for c in pool["candidates"]},
@@ -490,24 +521,28 @@ def markdown(state: dict) -> str:
         r["metrics"] = summarise(r)
     lines = ["## Per target set", "",
              "| pool | target | train examples | mean test accuracy per candidate (3 seeds) | " +
-             " | ".join(f"{m} tau / regret" for m in METRICS) + " | random-init rank (knn, logme, hscore, hscore_raw) |",
-             "|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
+             " | ".join(f"{m} tau / regret" for m in METRICS) + " | random-init rank (knn, logme, hscore, hscore_raw) "
+             "| default metric: random-init rank |",
+             "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
     for r in rows:
         accs = ", ".join(f"{short(c)} {a:.3f}" for c, a in r["accuracy"].items())
         cells = [("n/a" if r["metrics"][m]["tau"] is None else f"{r['metrics'][m]['tau']:+.2f}")
                  + f" / {r['metrics'][m]['regret']:.3f}" for m in METRICS]
         rr = ", ".join(f"{r['metrics'][m]['random_rank']}/{r['candidates']}" for m in METRICS)
-        lines.append(f"| {r['pool']} | {r['target']} | {r['examples']} | {accs} | " + " | ".join(cells) + f" | {rr} |")
+        d = r["metrics"]["default"]
+        lines.append(f"| {r['pool']} | {r['target']} | {r['examples']} | {accs} | " + " | ".join(cells)
+                     + f" | {rr} | {d['metric']}: {d['random_rank']}/{r['candidates']} |")
     lines += ["", "## Per metric, over every target set", "",
               "| metric | mean Kendall tau | mean top-1 regret | top-1 = best | random-init ranked last |",
               "|---|---|---|---|---|"]
-    for m in METRICS:
+    for m in (*METRICS, "default"):
         taus = [r["metrics"][m]["tau"] for r in rows if r["metrics"][m]["tau"] is not None]
         regrets = [r["metrics"][m]["regret"] for r in rows]
         hits = sum(1 for r in rows if r["metrics"][m]["regret"] == 0)
         last = sum(1 for r in rows if r["metrics"][m]["random_last"])
         mean_tau = f"{np.mean(taus):+.3f}" if taus else "n/a"
-        lines.append(f"| {m} | {mean_tau} | {np.mean(regrets):.4f} | {hits}/{len(rows)} | {last}/{len(rows)} |")
+        label = "default (logme; knn with a group column)" if m == "default" else m
+        lines.append(f"| {label} | {mean_tau} | {np.mean(regrets):.4f} | {hits}/{len(rows)} | {last}/{len(rows)} |")
     plan = state.get("plan")
     if plan:
         lines += ["", "## plan + train on the shipped tweets config", "",
@@ -534,6 +569,10 @@ def main() -> None:
                         help="how every candidate is trained for the ground truth: `probe` (frozen "
                              "features + logistic regression, 3 seeded 80%% subsets) or `full` (hf-transfer "
                              "train, strategy full, its defaults, 3 seeds); `full` writes results_full.json/md")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the candidates again (features from the cache) and keep the stored "
+                             "accuracies of results.json (or results_full.json): after a change to the "
+                             "metrics, without training anything again")
     args = parser.parse_args()
     tag = ("" if args.layers == "last" else f"_{args.layers}") + ("" if args.finetune == "probe" else f"_{args.finetune}")
     if args.report_only:
@@ -557,7 +596,7 @@ def main() -> None:
     which = [p.strip() for p in args.pools.split(",") if p.strip()]
     for name, pool in pools(work, which).items():
         t = time.time()
-        bench_pool(name, pool, work, args.layers, tag, args.finetune)
+        bench_pool(name, pool, work, args.layers, tag, args.finetune, args.rescore)
         log.info("pool %s done in %.0f s", name, time.time() - t)
     if not args.skip_plan:
         t = time.time()

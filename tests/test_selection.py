@@ -126,6 +126,15 @@ def test_knn_with_groups_leaves_the_whole_group_out():
         M.knn_loo_accuracy(identity, y, groups=groups[:5])
 
 
+def test_default_metric_follows_the_groups_and_the_metrics_computed():
+    from hf_transfer.selection.rank import default_metric_for
+
+    assert default_metric_for(["knn", "logme", "hscore"]) == "logme"
+    assert default_metric_for(["knn", "logme", "hscore"], group_column="speaker") == "knn"
+    assert default_metric_for(["hscore", "knn"]) == "hscore"  # logme not computed: the first asked for
+    assert default_metric_for(["logme"], group_column="speaker") == "logme"
+
+
 def test_unknown_metric_and_bad_input_are_errors():
     with pytest.raises(ValueError, match="unknown transferability metric"):
         M.score("leep", np.zeros((3, 2)), np.array([0, 1, 0]))
@@ -189,6 +198,10 @@ def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, t
     plain = rank_candidates(cfg, [str(tiny_bert_dir)], repeats=2)
     grouped = rank_candidates(cfg, [str(tiny_bert_dir)], repeats=2, group_column="author")
     assert grouped.group_column == "author" and grouped.groups == 12
+    # The default metric: LogME without groups; with groups the group-aware k-NN.
+    assert plain.default_metric == "logme" and grouped.default_metric == "knn"
+    assert rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="author",
+                           metrics=["logme", "hscore"]).default_metric == "logme"  # knn not computed
     r, p = grouped.results[0], plain.results[0]
     assert r.scores["logme"] == pytest.approx(p.scores["logme"])  # not a held-out estimate: no groups
     # The same features, scored leave-one-author-out:
@@ -199,6 +212,9 @@ def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, t
     assert r.scores["knn"] == pytest.approx(M.knn_loo_accuracy(feats.X, feats.y, groups=feats.columns["author"]))
     _, mpath = write_report(grouped, tmp_path / "out")
     assert "column `author`, 12 groups" in mpath.read_text()
+    _, mpath = write_report(rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="author",
+                                            default_metric="logme"), tmp_path / "out_logme")
+    assert "default metric `logme` is not group-aware" in mpath.read_text()
     with pytest.raises(DataError, match="no column 'speaker'"):
         rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="speaker")
 

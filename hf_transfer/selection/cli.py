@@ -70,12 +70,14 @@ def add_commands(sub) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--group-column", default=None,
                        help="training-data column with each example's group (speaker, patient): knn leaves "
-                            "out whole groups, so features that recognise a group do not score as transfer")
+                            "out whole groups, so features that recognise a group do not score as transfer, "
+                            "and is then the default metric")
 
     r = sub.add_parser("rank", help="rank candidate checkpoints for a config's data from one frozen forward pass each")
     common(r)
     r.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma-separated, from {', '.join(METRICS)}")
-    r.add_argument("--default-metric", default=None, help="the metric the overall rank follows")
+    r.add_argument("--default-metric", default=None,
+                   help="the metric the overall rank follows (default: logme; knn with --group-column)")
     r.add_argument("--repeats", type=int, default=5, help="subsamples for the stability table (0 = none)")
     r.add_argument("-o", "--output-dir", default="rank", help="folder for rank.json and rank.md")
     r.set_defaults(func=cmd_rank)
@@ -83,7 +85,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("plan", help="choose checkpoint, strategy, budget and learning rate; write a runnable config")
     common(p)
     p.add_argument("--pick", help="use this candidate instead of the top-ranked one")
-    p.add_argument("--metric", default=None, help="ranking metric (default: rank's default)")
+    p.add_argument("--metric", default=None,
+                   help="ranking metric (default: rank's default, logme; knn with --group-column)")
     p.add_argument("--run-dir", default=None, help="output_dir of the planned config (default: <output_dir>-planned)")
     p.add_argument("-o", "--output", required=True, help="the planned YAML to write")
     p.set_defaults(func=cmd_plan)

@@ -30,9 +30,13 @@ from hf_transfer.selection.metrics import GROUP_AWARE, METRICS, score
 
 logger = logging.getLogger(__name__)
 
-#: The metric `plan` and the summary use: the lowest mean top-1 regret in `bench/rank.py`'s table
-#: (README, "Choosing the checkpoint").
-DEFAULT_METRIC = "knn"
+#: The metric `plan` and the summary use when the examples carry no groups, and the one they use
+#: with `group_column`: together, the lowest mean top-1 regret in `bench/rank.py`'s table with
+#: every candidate fine-tuned as the ground truth (README, "Choosing the checkpoint"). LogME takes
+#: no groups: on a training set of a few voices it scores features that recognise the voice, while
+#: leave-one-group-out k-NN measures what a new group will meet.
+DEFAULT_METRIC = "logme"
+DEFAULT_GROUP_METRIC = "knn"
 DEFAULT_METRICS = ("knn", "logme", "hscore")
 SUBSAMPLE_FRACTION = 0.8
 
@@ -161,6 +165,13 @@ def stability(results: list[CandidateResult], metrics: list[str], repeats: int) 
     return out
 
 
+def default_metric_for(metrics, group_column: str | None = None) -> str:
+    """The metric the summary and `plan` follow when none is asked for: `DEFAULT_GROUP_METRIC` with
+    a group column, else `DEFAULT_METRIC`; the first of `metrics` when that one is not computed."""
+    preferred = DEFAULT_GROUP_METRIC if group_column else DEFAULT_METRIC
+    return preferred if preferred in metrics else list(metrics)[0]
+
+
 def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS,
                     layers: str = "last", max_examples: int = 2000, repeats: int = 5, seed: int = 0,
                     default_metric: str | None = None, keep_features: bool = False,
@@ -175,11 +186,12 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
         max_examples: Seeded sample of the training split.
         repeats: Subsamples for the stability table (0 = none).
         seed: Sampling seed.
-        default_metric: The metric the summary and `plan` follow (default `DEFAULT_METRIC`, or the
-            first of `metrics` when that is not among them).
+        default_metric: The metric the summary and `plan` follow (default: `default_metric_for`,
+            i.e. `logme`, or `knn` with a `group_column`).
         keep_features: Keep each candidate's feature matrix in `report.features` (for `plan`).
         group_column: A training-data column with each example's group (speaker, patient): `knn`
-            then leaves out each example's whole group (`selection.metrics.GROUP_AWARE`).
+            then leaves out each example's whole group (`selection.metrics.GROUP_AWARE`) and is
+            the default metric.
 
     Raises:
         HFTransferError: a candidate of another modality, an unknown metric, or a recipe without
@@ -195,7 +207,7 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
         raise HFTransferError("rank scores class labels; recipe speech_recognition has transcripts. Rank with an "
                               "audio_classification config over the same audio.")
     if default_metric is None:
-        default_metric = DEFAULT_METRIC if DEFAULT_METRIC in metrics else metrics[0]
+        default_metric = default_metric_for(metrics, group_column)
     if default_metric not in metrics:
         raise HFTransferError(f"default metric '{default_metric}' is not among --metrics {','.join(metrics)}.")
     if len(set(candidates)) != len(candidates) or not candidates:
@@ -310,7 +322,10 @@ def format_markdown(report: RankReport) -> str:
         if report.group_column:
             aware = ", ".join(f"`{m}`" for m in report.metrics if m in GROUP_AWARE) or "no metric asked for"
             lines += [f"Groups: column `{report.group_column}`, {report.groups} groups; {aware} leaves out each "
-                      "example's whole group, the other metrics use no groups.", ""]
+                      "example's whole group, the other metrics use no groups"
+                      + (" (they can score features that merely recognise the group)." if m0 in GROUP_AWARE else
+                         f"; the default metric `{m0}` is not group-aware: it can rank features that merely "
+                         f"recognise the group first (the default with groups is `{DEFAULT_GROUP_METRIC}`)."), ""]
         head = ["rank", "candidate"] + [f"{m} (rank)" for m in report.metrics] + [
             "parameters", "s / 1k examples", "licence", "family"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -352,5 +367,5 @@ def write_report(report: RankReport, out_dir: str | Path) -> tuple[Path, Path]:
     return jpath, mpath
 
 
-__all__ = ["DEFAULT_METRIC", "DEFAULT_METRICS", "CandidateResult", "RankReport", "format_markdown",
+__all__ = ["DEFAULT_GROUP_METRIC", "DEFAULT_METRIC", "DEFAULT_METRICS", "default_metric_for", "CandidateResult", "RankReport", "format_markdown",
            "rank_candidates", "score_features", "stability", "write_report"]
