@@ -215,6 +215,11 @@ def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, t
     _, mpath = write_report(rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="author",
                                             default_metric="logme"), tmp_path / "out_logme")
     assert "default metric `logme` is not group-aware" in mpath.read_text()
+    # plan follows the same default: k-NN when the examples come in groups.
+    from hf_transfer.selection.plan import make_plan
+
+    plan = make_plan(cfg, [str(tiny_bert_dir)], group_column="author")
+    assert plan.report.default_metric == "knn" and any("by knn" in reason for reason in plan.reasons)
     with pytest.raises(DataError, match="no column 'speaker'"):
         rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="speaker")
 
