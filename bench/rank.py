@@ -481,10 +481,15 @@ def plan_check(work: Path) -> dict:
     results = {"planned_yaml": str(planned), "checkpoint": plan.checkpoint, "strategy": plan.strategy,
                "epochs": plan.epochs, "learning_rate": plan.learning_rate, "reasons": plan.reasons,
                "worst": worst.name}
-    for label, path in (("planned", plan.checkpoint_path), ("worst-ranked", worst.path)):
-        raw = dict(plan.config)
-        raw = json.loads(json.dumps(raw))
+    # The planned config, the same from the worst-ranked candidate, and the simple baseline on the
+    # same split: the planned checkpoint's frozen features + logistic regression.
+    runs = (("planned", plan.checkpoint_path, None), ("worst-ranked", worst.path, None),
+            ("baseline", plan.checkpoint_path, {"name": "feature_extraction"}))
+    for label, path, strategy in runs:
+        raw = json.loads(json.dumps(plan.config))
         raw["model"]["name_or_path"] = path
+        if strategy is not None:
+            raw["strategy"] = strategy
         raw["output_dir"] = str(work / "runs" / f"plan_{label}")
         shutil.rmtree(raw["output_dir"], ignore_errors=True)
         start = time.time()
@@ -555,9 +560,11 @@ def markdown(state: dict) -> str:
                   f"`plan` chose `{short(plan['checkpoint'])}`, strategy `{plan['strategy']}`, {plan['epochs']} epochs, "
                   f"learning rate {plan['learning_rate']}; the worst-ranked candidate was `{short(plan['worst'])}`.", "",
                   "| run | eval accuracy | eval macro-F1 | s |", "|---|---|---|---|"]
-        for label, name in (("planned", plan["checkpoint"]), ("worst-ranked", plan["worst"])):
-            if label in plan:
-                p = plan[label]
+        for label, name in (("planned", plan["checkpoint"]), ("worst-ranked", plan["worst"]),
+                            ("baseline: frozen features + logistic regression", plan["checkpoint"])):
+            key = label.split(":")[0]
+            if key in plan:
+                p = plan[key]
                 lines.append(f"| {label} ({short(name)}) | {p['eval_accuracy']:.3f} | {p['eval_f1']:.3f} | {p['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
