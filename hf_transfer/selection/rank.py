@@ -367,5 +367,5 @@ def write_report(report: RankReport, out_dir: str | Path) -> tuple[Path, Path]:
     return jpath, mpath
 
 
-__all__ = ["DEFAULT_GROUP_METRIC", "DEFAULT_METRIC", "DEFAULT_METRICS", "default_metric_for", "CandidateResult", "RankReport", "format_markdown",
-           "rank_candidates", "score_features", "stability", "write_report"]
+__all__ = ["DEFAULT_GROUP_METRIC", "DEFAULT_METRIC", "DEFAULT_METRICS", "CandidateResult", "RankReport",
+           "default_metric_for", "format_markdown", "rank_candidates", "score_features", "stability", "write_report"]
