@@ -440,7 +440,6 @@ def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str
         by_name = {r.name: r for r in report.results if r.error is None}
         if stored is not None:  # the same trained candidates, scored again
             accuracy = dict(stored["accuracy"])
-            per_seed = {c: [accuracy[c]] for c in accuracy}
             seconds = dict(stored["finetune_seconds"])
         rows.append({
             "pool": name, "target": set_name, "per_class": per_class, "examples": by_name[pool["candidates"][0]].examples,

@@ -9,9 +9,9 @@ output, feed-forward in and out; found per architecture, see `hf_transfer.strate
 on the linear layers between the last block and the head (BERT's pooler, which the head reads).
 LoRA on the query and value projections alone (Hu et al. 2021) stays well below full fine-tuning
 with small data; adapters on every linear layer close that gap (Dettmers et al. 2023, QLoRA).
-Measured on real tweets with MiniLM-L6 and the default budget (seed 0; `hf-transfer compare`,
-README "Budgets"): 64 examples: query/value 0.755, every linear layer + pooler 0.800, `full`
-0.820; 512 examples: 0.830, 0.900, `full` 0.895. `strategy.target_modules: [query, value]`
+Measured on real tweets with MiniLM-L6 and the default budget (3 seeds; `hf-transfer compare`,
+README "Budgets"): 64 examples: query/value 0.727, every linear layer + pooler 0.802, `full`
+0.807; 512 examples: 0.820, 0.887, `full` 0.882. `strategy.target_modules: [query, value]`
 gives the original placement.
 """
 
