@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["GROUP_AWARE", "METRICS", "hscore", "hscore_raw", "knn_loo_accuracy", "logme", "score"]
+__all__ = ["GROUP_AWARE", "MAX_NOISE_PRECISION", "METRICS", "hscore", "hscore_raw", "knn_loo_accuracy", "logme", "score"]
 
 
 def _prepare(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,9 +56,19 @@ def _prepare(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------- LogME
 
 
+# The largest noise precision beta (noise sd 0.001 on a 0/1 target). When the target column lies
+# exactly in the span of fewer than n feature directions (duplicated rows with one label, features
+# that encode the label), the evidence grows without bound as beta -> infinity, and the fixed point
+# would stop wherever floating point stops it. With the cap the maximum is finite and well defined;
+# where the maximum is interior (the usual case, n < d included) the cap changes nothing.
+MAX_NOISE_PRECISION = 1e6
+_TINY = float(np.finfo(np.float64).tiny)
+
+
 def _logme_one(vt: np.ndarray, sigma: np.ndarray, Xty: np.ndarray, X: np.ndarray, t: np.ndarray,
                max_iter: int = 1000, tol: float = 1e-10) -> float:
-    """Maximised log evidence / n for one target column `t` (You et al. 2021, Algorithm 1).
+    """Maximised log evidence / n for one target column `t` (You et al. 2021, Algorithm 1), with
+    beta <= `MAX_NOISE_PRECISION`.
 
     `X = U S Vt` (thin SVD, rank r), `sigma = S**2` are the non-zero eigenvalues of `X^T X`; the
     other d - r eigenvalues are 0 and add `log(alpha)` each to `log det(A)`.
@@ -71,8 +81,10 @@ def _logme_one(vt: np.ndarray, sigma: np.ndarray, Xty: np.ndarray, X: np.ndarray
         gamma = float(np.sum(beta * sigma / (alpha + beta * sigma)))
         mm = float(m @ m)
         res = float(np.sum((X @ m - t) ** 2))
-        new_alpha = gamma / max(mm, 1e-12)
-        new_beta = (n - gamma) / max(res, 1e-12)
+        # Floors at the smallest positive float, not at a fixed 1e-12: a fixed floor would make
+        # the score depend on the scale of the features (m shrinks as X grows).
+        new_alpha = gamma / max(mm, _TINY) if gamma > 0 else alpha  # rank 0: alpha cancels out
+        new_beta = min((n - gamma) / max(res, _TINY), MAX_NOISE_PRECISION)
         converged = abs(new_alpha / new_beta - alpha / beta) <= tol * (alpha / beta)
         alpha, beta = new_alpha, new_beta
         if converged:
