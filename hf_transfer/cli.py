@@ -88,14 +88,61 @@ def cmd_predict(args) -> int:
 
 def cmd_ls(args) -> int:
     root = recipes_dir()
-    print("Recipes:")
-    for p in sorted(root.glob("*.py")):
-        if not p.name.startswith("_"):
-            print(f"  {p.stem:28s} {p}")
+    scripts = {p.stem: p for p in sorted(root.glob("*.py")) if not p.name.startswith("_")}
+    print("Recipes (`recipe: NAME` in a config; a script runs it with --config):")
+    for name, info, origin in _registered_recipes():
+        where = scripts.get(name) or origin or f"hf-transfer train (recipe: {name})"
+        print(f"  {name:28s} {info.pipeline_tag or '-':28s} {where}")
+    print("Strategies (`strategy.name: NAME`):")
+    for name, summary, origin in _registered_strategies():
+        print(f"  {name:28s} {summary}{f'  [{origin}]' if origin else ''}")
+    broken = [p for p in _plugins() if p.error]
+    for p in broken:
+        print(f"  ! plugin {p.name} ({p.group}, package {p.distribution or '?'}) failed to load: {p.error}")
     print("Configs (run with `hf-transfer train NAME`, copy with `hf-transfer cp NAME FILE`):")
     for name, path in shipped_configs().items():
         print(f"  {name:28s} {_config_summary(path)}")
     return 0
+
+
+def _plugins():
+    from hf_transfer.registry import plugins
+
+    return plugins()
+
+
+def _origin(module: str) -> str:
+    """'' for hf_transfer's own modules, else 'plugin: <installed package>'."""
+    top = module.split(".")[0]
+    if top == "hf_transfer":
+        return ""
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions().get(top) or [top]
+    return f"plugin: {dists[0]}"
+
+
+def _registered_recipes():
+    """(name, RecipeInfo, origin) of every registered recipe, built-ins first."""
+    from hf_transfer.registry import available_recipes, recipe_info
+    from hf_transfer.tasks.base import _TASKS
+
+    out = []
+    for name in available_recipes():
+        task = _TASKS.get(name)
+        out.append((name, recipe_info(name), _origin(task.__module__) if task is not None else ""))
+    return out
+
+
+def _registered_strategies():
+    """(name, one-line summary, origin) of every registered strategy."""
+    from hf_transfer.strategies.base import available_strategies, strategy_class
+
+    out = []
+    for name in available_strategies():
+        cls = strategy_class(name)
+        out.append((name, cls.summary(), _origin(cls.__module__)))
+    return out
 
 
 def _config_summary(path: Path) -> str:
