@@ -141,12 +141,24 @@ KEY = re.compile(r"(?<![\w./:-])((?:%s)\.[A-Za-z_][\w.]*)" % "|".join(SECTIONS))
 FILE_SUFFIX = re.compile(r"\.(py|md|ya?ml|json|jsonl|csv|parquet|safetensors|bin|pth|pt|png|txt|joblib|pkl|log)$")
 
 
+def _error_example_lines(path: Path) -> set[int]:
+    """Lines of blocks marked `<!-- illustrative: shows an error ... -->`: a wrong key on purpose."""
+    out: set[int] = set()
+    for b in blocks(path):
+        if b.marker == "illustrative" and b.marker_args.startswith("shows an error"):
+            out |= set(range(b.line, b.line + b.code.count("\n") + 2))
+    return out
+
+
 def named_keys() -> list[tuple[str, str]]:
     """(key, where) for every dotted config key named in the docs: in code spans, blocks and
     `key=value` overrides."""
     found = []
     for path in doc_files():
+        skip = _error_example_lines(path)
         for n, line in enumerate(path.read_text().splitlines(), 1):
+            if n in skip:
+                continue
             for m in KEY.finditer(line):
                 key = m.group(1).rstrip(".")
                 if FILE_SUFFIX.search(key):
