@@ -112,10 +112,13 @@ def _plugins():
 
 
 def _origin(module: str) -> str:
-    """'' for hf_transfer's own modules, else 'plugin: <installed package>'."""
+    """'' for hf_transfer's own modules, else 'plugin: <installed package that declared it>'."""
     top = module.split(".")[0]
     if top == "hf_transfer":
         return ""
+    for p in _plugins():
+        if p.value.split(":")[0].split(".")[0] == top and p.distribution:
+            return f"plugin: {p.distribution}"
     from importlib.metadata import packages_distributions
 
     dists = packages_distributions().get(top) or [top]

@@ -49,7 +49,9 @@ def venv(tmp_path_factory):
     isolation = ["--no-build-isolation"] if _has("hatchling") else []
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", root / "dist", REPO], root, env)
     wheel = next((root / "dist").glob("hf_transfer_toolkit-*.whl"))
-    _run([sys.executable, "-m", "venv", "--system-site-packages", root / "venv"], root, env)
+    # No pip of its own: the system's pip (and setuptools, for the plugin) run inside it and install
+    # into it; venv's bundled setuptools may be too old to build a wheel.
+    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", root / "venv"], root, env)
     bindir = root / "venv" / ("Scripts" if os.name == "nt" else "bin")
     python = bindir / "python"
     _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed", wheel], root, env)
