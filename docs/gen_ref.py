@@ -267,7 +267,17 @@ def _option_row(a: argparse.Action) -> str:
     default = "" if a.default in (None, argparse.SUPPRESS, False) or not a.option_strings else f"`{a.default}`"
     choices = f" (one of {', '.join(map(str, a.choices))})" if a.choices else ""
     required = " (required)" if a.option_strings and a.required else ""
-    return f"| {names} | {_cell(default)} | {_cell((a.help or '') % vars(a) if a.help else '')}{choices}{required} |"
+    return f"| {names} | {_cell(default)} | {_cell(_help_text(a))}{choices}{required} |"
+
+
+def _help_text(a: argparse.Action) -> str:
+    """The option's help with argparse's `%(default)s`-style fields filled in (as `--help` shows it)."""
+    if not a.help or a.help == argparse.SUPPRESS:
+        return ""
+    try:
+        return a.help % {**vars(a), "prog": ""}
+    except (KeyError, TypeError, ValueError):
+        return a.help
 
 
 def cli_reference() -> str:

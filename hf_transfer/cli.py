@@ -298,6 +298,8 @@ def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPars
 
 def command_help(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Each subcommand's one-line description (the `help=` it was added with)."""
+    if hasattr(parser, "command_help"):
+        return dict(parser.command_help)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return {a.dest: a.help or "" for a in action._choices_actions}
@@ -379,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_selection_commands(sub)  # rank, plan
     p.epilog = _command_listing(p)
+    p.command_help = command_help(p)
     sub._choices_actions.clear()  # listed once, with examples, in the epilog
     return p
 
