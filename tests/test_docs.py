@@ -161,7 +161,7 @@ def named_keys() -> list[tuple[str, str]]:
                 continue
             for m in KEY.finditer(line):
                 key = m.group(1).rstrip(".")
-                if FILE_SUFFIX.search(key):
+                if FILE_SUFFIX.search(key) or line[m.end():m.end() + 1] == "(":  # a file, a method call
                     continue
                 found.append((key, f"{path.relative_to(REPO)}:{n}"))
     return found
