@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 
 def _load_builtin_plugins() -> None:
-    """Register the built-in tasks and strategies with the config loader.
+    """Register the built-in tasks and strategies with the config loader, then the plugins.
 
     The package root wires the layers together: `hf_transfer.config` is plain data and never
     imports the strategies or tasks that extend it, so the first validation asks for them here.
@@ -14,6 +14,9 @@ def _load_builtin_plugins() -> None:
     import hf_transfer.domain  # noqa: F401  (adaptation and stages checks, recipe masked_lm)
     import hf_transfer.strategies  # noqa: F401
     import hf_transfer.tasks  # noqa: F401
+    from hf_transfer.registry import load_plugins
+
+    load_plugins()  # other packages' strategies and recipes (entry point groups), after the built-ins
 
 
 def __getattr__(name):

@@ -88,14 +88,64 @@ def cmd_predict(args) -> int:
 
 def cmd_ls(args) -> int:
     root = recipes_dir()
-    print("Recipes:")
-    for p in sorted(root.glob("*.py")):
-        if not p.name.startswith("_"):
-            print(f"  {p.stem:28s} {p}")
+    scripts = {p.stem: p for p in sorted(root.glob("*.py")) if not p.name.startswith("_")}
+    print("Recipes (`recipe: NAME` in a config; a script runs it with --config):")
+    for name, info, origin in _registered_recipes():
+        where = scripts.get(name) or origin or f"hf-transfer train (recipe: {name})"
+        print(f"  {name:28s} {info.pipeline_tag or '-':28s} {where}")
+    print("Strategies (`strategy.name: NAME`):")
+    for name, summary, origin in _registered_strategies():
+        print(f"  {name:28s} {summary}{f'  [{origin}]' if origin else ''}")
+    broken = [p for p in _plugins() if p.error]
+    for p in broken:
+        print(f"  ! plugin {p.name} ({p.group}, package {p.distribution or '?'}) failed to load: {p.error}")
     print("Configs (run with `hf-transfer train NAME`, copy with `hf-transfer cp NAME FILE`):")
     for name, path in shipped_configs().items():
         print(f"  {name:28s} {_config_summary(path)}")
     return 0
+
+
+def _plugins():
+    from hf_transfer.registry import plugins
+
+    return plugins()
+
+
+def _origin(module: str) -> str:
+    """'' for hf_transfer's own modules, else 'plugin: <installed package that declared it>'."""
+    top = module.split(".")[0]
+    if top == "hf_transfer":
+        return ""
+    for p in _plugins():
+        if p.value.split(":")[0].split(".")[0] == top and p.distribution:
+            return f"plugin: {p.distribution}"
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions().get(top) or [top]
+    return f"plugin: {dists[0]}"
+
+
+def _registered_recipes():
+    """(name, RecipeInfo, origin) of every registered recipe, built-ins first."""
+    from hf_transfer.registry import available_recipes, recipe_info
+    from hf_transfer.tasks.base import _TASKS
+
+    out = []
+    for name in available_recipes():
+        task = _TASKS.get(name)
+        out.append((name, recipe_info(name), _origin(task.__module__) if task is not None else ""))
+    return out
+
+
+def _registered_strategies():
+    """(name, one-line summary, origin) of every registered strategy."""
+    from hf_transfer.strategies.base import available_strategies, strategy_class
+
+    out = []
+    for name in available_strategies():
+        cls = strategy_class(name)
+        out.append((name, cls.summary(), _origin(cls.__module__)))
+    return out
 
 
 def _config_summary(path: Path) -> str:
@@ -218,12 +268,64 @@ def cmd_convert(args) -> int:
     return 0
 
 
+#: One example per command, shown by `hf-transfer --help`. A command added elsewhere may instead
+#: carry its own: `parser.set_defaults(example="hf-transfer NAME ...")`.
+EXAMPLES = {
+    "train": "hf-transfer train bert/sst2_full training.epochs=1 output_dir=runs/sst2",
+    "evaluate": "hf-transfer evaluate runs/sst2",
+    "predict": 'hf-transfer predict runs/sst2 "a gripping, beautifully shot film"',
+    "ls": "hf-transfer ls",
+    "cp": "hf-transfer cp minilm/tweets_full my_run.yaml",
+    "layers": "hf-transfer layers google-bert/bert-base-uncased",
+    "convert": "hf-transfer convert efficientnet-lite lite0.pth models/lite0",
+    "export": "hf-transfer export runs/sst2 exports/sst2 --license apache-2.0",
+    "push": "hf-transfer push runs/sst2 --repo-id you/bert-sst2 --license apache-2.0",
+    "compare": "hf-transfer compare my_run.yaml --strategies full,lora,scratch --sizes 8,64 --per-class -o studies/mine",
+    "shift": "hf-transfer shift my_run.yaml --target data/production.csv",
+    "pretrain": "hf-transfer pretrain my_mlm.yaml output_dir=runs/my_mlm",
+    "rank": "hf-transfer rank my_run.yaml --candidates asset:all-minilm-l6-v2,asset:all-mpnet-base-v2",
+    "plan": "hf-transfer plan my_run.yaml --candidates asset:all-minilm-l6-v2,asset:all-mpnet-base-v2 -o planned.yaml",
+}
+
+
+def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of `parser`, by name, in the order they were added."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def command_help(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each subcommand's one-line description (the `help=` it was added with)."""
+    if hasattr(parser, "command_help"):
+        return dict(parser.command_help)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {a.dest: a.help or "" for a in action._choices_actions}
+    return {}
+
+
+def _command_listing(parser: argparse.ArgumentParser) -> str:
+    """`--help`'s list: every command, its one-line description and one example."""
+    helps = command_help(parser)
+    lines = ["commands (`hf-transfer COMMAND --help` for its options):"]
+    for name, sub in commands(parser).items():
+        example = EXAMPLES.get(name) or sub.get_default("example") or ""
+        lines.append(f"  {name:10s} {helps.get(name, '')}")
+        lines.append(f"  {'':10s}   e.g. {example}" if example else f"  {'':10s}   (no example)")
+    lines.append("")
+    lines.append("`python -m hf_transfer ...` is the same command. Docs: docs/ in the source, or the project site.")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hf_transfer import __version__
 
-    p = argparse.ArgumentParser(prog="hf-transfer", description="Transfer learning for Hugging Face checkpoints.")
+    p = argparse.ArgumentParser(prog="hf-transfer", description="Transfer learning for Hugging Face checkpoints.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"hf-transfer {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below")
 
     t = sub.add_parser("train", help="train a run from a config (file or shipped name) plus key=value overrides")
     t.add_argument("config", help="YAML file, or a shipped config name such as bert/sst2_full")
@@ -246,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=1)
     pr.set_defaults(func=cmd_predict)
 
-    ls = sub.add_parser("ls", help="list the shipped recipes and configs")
+    ls = sub.add_parser("ls", help="list the recipes, the strategies (other packages' too) and the shipped configs")
     ls.set_defaults(func=cmd_ls)
 
     cp = sub.add_parser("cp", help="copy a shipped config (or recipe script) to edit")
@@ -278,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hf_transfer.selection.cli import add_commands as add_selection_commands
 
     add_selection_commands(sub)  # rank, plan
+    p.epilog = _command_listing(p)
+    p.command_help = command_help(p)
+    sub._choices_actions.clear()  # listed once, with examples, in the epilog
     return p
 
 
@@ -349,6 +454,17 @@ def _add_export_commands(sub) -> None:
     export_cli.add_commands(sub)
 
 
+def recipe_parser(description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The options every `recipes/<recipe>.py` script takes (`recipe_main`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file, or a shipped config name such as bert/sst2_full")
+    parser.add_argument("overrides", nargs="*", help="a.b=value overrides, e.g. training.epochs=1 output_dir=runs/x")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished or interrupted run already in output_dir (refused otherwise)")
+    return parser
+
+
 def recipe_main(recipe: str, description: str | None = None, argv: list[str] | None = None) -> int:
     """The entry point of every `recipes/<recipe>.py` script: `--config` takes a file or a shipped
     config's short name (`bert/sst2_full`), from any working folder, plus `a.b=value` overrides;
@@ -359,11 +475,7 @@ def recipe_main(recipe: str, description: str | None = None, argv: list[str] | N
         if __name__ == "__main__":
             sys.exit(recipe_main("text_classification", __doc__))
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML file, or a shipped config name such as bert/sst2_full")
-    parser.add_argument("overrides", nargs="*", help="a.b=value overrides, e.g. training.epochs=1 output_dir=runs/x")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a finished or interrupted run already in output_dir (refused otherwise)")
+    parser = recipe_parser(description)
     args = parser.parse_args(argv)
     args.overrides = [*args.overrides, f"recipe={recipe}"]
     return _handled(cmd_train, args)

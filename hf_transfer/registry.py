@@ -5,6 +5,9 @@ Strategies add their settings class (`register_strategy`), tasks their recipe an
 the layering; `hf_transfer/__init__.py` installs the loader that imports the built-in strategies
 and tasks the first time a name is looked up. This is the one list of recipes: the CLI and export
 read it from here.
+
+Other installed packages extend it through two Python entry point groups, loaded right after the
+built-ins: `hf_transfer.strategies` and `hf_transfer.recipes` (see `load_plugins`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,72 @@ def _load_builtins() -> None:
     loader, _builtin_loader = _builtin_loader, None
     if loader is not None:
         loader()
+
+
+#: The entry point groups another installed package registers its strategies and recipes under.
+PLUGIN_GROUPS = ("hf_transfer.strategies", "hf_transfer.recipes")
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One entry point of a `PLUGIN_GROUPS` group, as found and loaded.
+
+    Attributes:
+        group: The entry point group.
+        name: The entry point's name.
+        value: What it points at (`package.module` or `package.module:function`).
+        distribution: The installed package that declares it ("" when unknown).
+        error: Why it failed to load ("" when it loaded).
+    """
+
+    group: str
+    name: str
+    value: str
+    distribution: str = ""
+    error: str = ""
+
+
+_PLUGINS: list[Plugin] = []
+_plugins_loaded = False
+
+
+def load_plugins() -> list[Plugin]:
+    """Import every entry point of the `hf_transfer.strategies` and `hf_transfer.recipes` groups.
+
+    An entry point names a module, which registers on import (`@register_strategy`,
+    `@register_task`), or a function, which is then called with no arguments. A plugin that fails
+    to import is recorded with its error (`hf-transfer ls` shows it) instead of stopping every
+    command of the installation. Runs once; later calls return the same list.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return list(_PLUGINS)
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for group in PLUGIN_GROUPS:
+        for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+            dist = getattr(getattr(ep, "dist", None), "name", "") or ""
+            try:
+                obj = ep.load()
+                if callable(obj) and not isinstance(obj, type):
+                    obj()
+                error = ""
+            except Exception as e:  # a broken plugin must not break the installation
+                error = f"{type(e).__name__}: {e}"
+                import logging
+
+                logging.getLogger("hf_transfer").warning(
+                    "hf_transfer plugin %r (entry point group %s, package %s) failed to load: %s",
+                    ep.name, group, dist or "?", error)
+            _PLUGINS.append(Plugin(group, ep.name, ep.value, dist, error))
+    return list(_PLUGINS)
+
+
+def plugins() -> list[Plugin]:
+    """The plugins found so far (loading the built-ins and the plugins first)."""
+    _load_builtins()
+    return load_plugins()
 
 
 def register_strategy_settings(name: str, settings_cls: type) -> None:

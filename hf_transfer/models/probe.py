@@ -312,7 +312,7 @@ def fit_classifier(c, X: np.ndarray, y: np.ndarray, num_labels: int, class_weigh
 def _train_linear(c, Z, y, num_labels, class_weights, seed, weight_decay, label_smoothing):
     """A torch linear layer trained with AdamW on (standardised) features. Returns (W, b)."""
     # One thread: the matrices are tiny, and thread hand-offs cost more than the arithmetic
-    # (10x slower with two threads on a busy machine).
+    # (far slower with two threads on a busy machine).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -5,7 +5,7 @@
    for the similarity, `choose_strategy` for the data-size x similarity table, `AutoConfig`'s
    threshold), applied to the chosen checkpoint's frozen features of the training data.
 3. The budget: enough epochs for about `TARGET_STEPS` optimizer steps (between `MIN_EPOCHS` and
-   `MAX_EPOCHS`): issue 9 measured 6-10 steps of `full`/`partial` as far too few on small data.
+   `MAX_EPOCHS`): 6-10 steps of `full`/`partial` are far too few on small data.
 4. The learning rate, by what trains and how large the model is (see `learning_rate`).
 
 The written YAML opens with the command that runs it and a comment block giving the reason for

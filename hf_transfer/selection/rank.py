@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 #: The metric `plan` and the summary use when the examples carry no groups, and the one they use
 #: with `group_column`: together, the lowest mean top-1 regret in `bench/rank.py`'s table with
-#: every candidate fine-tuned as the ground truth (README, "Choosing the checkpoint"). LogME takes
+#: every candidate fine-tuned as the ground truth (docs/benchmarks/rank.md). LogME takes
 #: no groups: on a training set of a few voices it scores features that recognise the voice, while
 #: leave-one-group-out k-NN measures what a new group will meet.
 DEFAULT_METRIC = "logme"

@@ -33,8 +33,12 @@ def register_strategy(name: str, config_cls: type[StrategyConfig]):
 
 
 def _ensure_loaded() -> None:
-    # Importing the package registers every built-in strategy.
+    # Importing the package registers every built-in strategy; the registry's loader adds the
+    # strategies of other installed packages (entry point group `hf_transfer.strategies`).
     import hf_transfer.strategies  # noqa: F401
+    from hf_transfer.registry import _load_builtins
+
+    _load_builtins()
 
 
 def available_strategies() -> list[str]:
@@ -55,6 +59,12 @@ def strategy_config_class(name: str) -> type[StrategyConfig]:
             f"Unknown strategy.name '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}."
         )
     return _REGISTRY[name][0]
+
+
+def strategy_class(name: str) -> type["Strategy"]:
+    """The strategy class registered as `name`; `ConfigError` with a did-you-mean if unknown."""
+    strategy_config_class(name)
+    return _REGISTRY[name][1]
 
 
 def build_strategy(config: StrategyConfig) -> "Strategy":

@@ -89,7 +89,7 @@ class FeatureExtractionConfig(StrategyConfig):
         k: Number of neighbours of `knn` (at most the number of training examples).
         standardize: Scale features to zero mean and unit variance before fitting (learned on
             the training split; folded into the weights written into the head). Off by default:
-            on frozen features it cost 1-5 points (bench/probe_vs_sklearn.py), since it lifts
+            on frozen features it lowered accuracy (docs/benchmarks/images.md), since it lifts
             low-variance, mostly-noise dimensions to the same weight as the informative ones.
         epochs: Passes over the training features of the `linear` classifier.
         lr: AdamW learning rate of the `linear` classifier (weight decay is

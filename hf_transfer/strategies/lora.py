@@ -8,11 +8,9 @@ By default the adapters go on every linear layer of every block (query, key, val
 output, feed-forward in and out; found per architecture, see `hf_transfer.strategies._peft`) and
 on the linear layers between the last block and the head (BERT's pooler, which the head reads).
 LoRA on the query and value projections alone (Hu et al. 2021) stays well below full fine-tuning
-with small data; adapters on every linear layer close that gap (Dettmers et al. 2023, QLoRA).
-Measured on real tweets with MiniLM-L6 and the default budget (3 seeds; `hf-transfer compare`,
-README "Budgets"): 64 examples: query/value 0.727, every linear layer + pooler 0.802, `full`
-0.807; 512 examples: 0.820, 0.887, `full` 0.882. `strategy.target_modules: [query, value]`
-gives the original placement.
+with small data; adapters on every linear layer close that gap (Dettmers et al. 2023, QLoRA),
+which is why they are the default (the comparison on real tweets: docs/benchmarks/budgets.md).
+`strategy.target_modules: [query, value]` gives the original placement.
 """
 
 from __future__ import annotations

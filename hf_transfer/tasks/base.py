@@ -51,6 +51,9 @@ def register_task(name: str, pipeline_tag: str = "", *, example_input: str = "",
 def get_task(cfg: TrainConfig) -> "Task":
     """The task object for `cfg.recipe`."""
     import hf_transfer.tasks  # noqa: F401  (registers the built-in tasks)
+    from hf_transfer.registry import _load_builtins
+
+    _load_builtins()  # and the recipes of other installed packages (entry point group `hf_transfer.recipes`)
 
     if cfg.recipe not in _TASKS:
         raise DataError(f"Recipe '{cfg.recipe}' is not available in this installation (have {sorted(_TASKS)}).")

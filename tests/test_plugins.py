@@ -1,0 +1,70 @@
+"""Strategies and recipes from other installed packages (entry point groups `hf_transfer.strategies`
+and `hf_transfer.recipes`), without pip: a `*.dist-info` folder on the path is what an installed
+package looks like to `importlib.metadata`. tests/test_wheel.py does the same with real installs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN_SRC = REPO / "examples" / "hf_transfer_example_plugin" / "src"
+
+
+def _site(tmp_path: Path, entry_points: str, name: str = "demo-plugin") -> Path:
+    site = tmp_path / "site"
+    dist = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    return site
+
+
+def _hf_transfer(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "hf_transfer", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_entry_points_register_a_strategy_and_a_recipe(tmp_path):
+    site = _site(tmp_path, "[hf_transfer.strategies]\nbitfit = hf_transfer_example_plugin.bitfit\n\n"
+                           "[hf_transfer.recipes]\ntweet_classification = hf_transfer_example_plugin.tweets\n",
+                 name="hf-transfer-example-plugin")
+    shutil.copytree(PLUGIN_SRC / "hf_transfer_example_plugin", site / "hf_transfer_example_plugin")
+    out = _hf_transfer(site, "ls", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(l.split()[:1] == ["bitfit"] and "[plugin: hf-transfer-example-plugin]" in l for l in lines)
+    assert any(l.split()[:2] == ["tweet_classification", "text-classification"] for l in lines)
+    # Validation knows the plugin's settings class.
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("recipe: tweet_classification\nmodel: {name_or_path: x}\ndata: {train: t.csv}\n"
+                   "strategy: {name: bitfit, train_layer_nrom: true}\n")
+    bad = _hf_transfer(site, "train", str(cfg), cwd=tmp_path)
+    assert bad.returncode == 2 and "strategy.train_layer_nrom" in bad.stderr and "train_layer_norm" in bad.stderr
+    # compare checks its strategy names against the same registry.
+    cfg.write_text("recipe: tweet_classification\nmodel: {name_or_path: x}\ndata: {train: t.csv}\n")
+    study = _hf_transfer(site, "compare", str(cfg), "--strategies", "bitfitt", "--sizes", "4", cwd=tmp_path)
+    assert study.returncode == 2 and "Did you mean 'bitfit'" in study.stderr
+
+
+def test_a_broken_plugin_is_named_and_does_not_break_the_installation(tmp_path):
+    site = _site(tmp_path, "[hf_transfer.strategies]\nbroken = no_such_module_anywhere\n")
+    out = _hf_transfer(site, "ls", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "! plugin broken (hf_transfer.strategies, package demo-plugin) failed to load: ModuleNotFoundError" in out.stdout
+    assert "full" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_a_function_entry_point_is_called(tmp_path):
+    site = _site(tmp_path, "[hf_transfer.recipes]\nmine = my_recipes:register\n")
+    (site / "my_recipes.py").write_text(
+        "def register():\n"
+        "    from hf_transfer.registry import RecipeInfo, register_recipe\n"
+        "    register_recipe('my_recipe', RecipeInfo('my_recipe', pipeline_tag='text-classification'))\n")
+    out = _hf_transfer(site, "ls", cwd=tmp_path)
+    assert out.returncode == 0 and any(l.split()[:1] == ["my_recipe"] for l in out.stdout.splitlines()), out.stdout
