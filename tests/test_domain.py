@@ -356,3 +356,21 @@ def test_dann_under_two_processes_keeps_ranks_identical(text_overrides, tmp_path
     rank_weights(out)
     history = json.loads((out / "history.json").read_text())
     assert any("domain_accuracy" in r for r in history)
+
+
+def test_two_stages_with_one_name_are_refused_before_anything_trains(tiny_bert_dir, toy_text_data, tmp_path):
+    import yaml
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)}, "output_dir": str(tmp_path / "run"),
+                                    "stages": [{"name": "target", "data": {"train": str(toy_text_data["train"])}},
+                                               {"name": "target", "data": {"train": str(toy_text_data["train"])}}]}))
+    with pytest.raises(ConfigError, match=r"stages\[1\] of .* is named 'target', like stages\[0\]"):
+        load_config(path)
+    # A default name ("stage2") taken by another stage is the same clash.
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)}, "output_dir": str(tmp_path / "run"),
+                                    "stages": [{"name": "stage2", "data": {"train": str(toy_text_data["train"])}},
+                                               {"data": {"train": str(toy_text_data["train"])}}]}))
+    with pytest.raises(ConfigError, match="named 'stage2', like stages"):
+        load_config(path)
+    assert not (tmp_path / "run").exists()
