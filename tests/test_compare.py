@@ -342,3 +342,69 @@ def test_interrupted_cell_with_a_checkpoint_resumes_from_it(study_config, tmp_pa
     log = (cell.dir / "cell.log").read_text()
     assert "resuming from its latest checkpoint" in log and "Resumed from" in log
     assert yaml.safe_load((cell.dir / "config.yaml").read_text())["training"]["resume_from_checkpoint"] == "latest"
+
+
+def test_ctrl_c_while_a_cell_tokenizes_stops_the_study(study_config, tmp_path, monkeypatch, capsys):
+    """Ctrl-C pressed as the first cell starts tokenizing. The interrupt arrives in whatever runs
+    next: datasets hashing the tokenize closure (its slowest step, under a bare `except:` that
+    swallowed the interrupt), else the tokenizer itself. Either way the study stops: exit 130,
+    and the message that the same command resumes."""
+    import datasets
+    from datasets import fingerprint
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    interrupt = {"pending": False, "delivered": 0}
+
+    def deliver():
+        if interrupt["pending"]:
+            interrupt["pending"] = False
+            interrupt["delivered"] += 1
+            raise KeyboardInterrupt
+
+    real_map, real_update, real_call = datasets.Dataset.map, fingerprint.Hasher.update, PreTrainedTokenizerBase.__call__
+
+    def map_(self, function=None, *args, **kwargs):
+        if getattr(function, "__name__", "") == "tok" and not interrupt["delivered"]:
+            interrupt["pending"] = True  # the key is pressed now
+        return real_map(self, function, *args, **kwargs)
+
+    def update(self, value):
+        if callable(value) and not isinstance(value, type):
+            deliver()
+        return real_update(self, value)
+
+    def call(self, *args, **kwargs):
+        deliver()
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "map", map_)
+    monkeypatch.setattr(fingerprint.Hasher, "update", update)
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", call)
+    out = tmp_path / "study"
+    rc = main(["compare", str(study_config), "--strategies", "scratch", "--sizes", "4", "--per-class",
+               "--seeds", "0,1", "-o", str(out)])
+    printed = capsys.readouterr()
+    assert interrupt["delivered"] == 1
+    assert rc == 130, printed.out
+    assert "Interrupted. Finished cells are kept" in printed.out and "run the same command again to resume" in printed.out
+    assert not list((out / "cells").glob("*/metrics.json"))  # no cell ran to the end after the interrupt
+
+
+def test_tokenizing_is_fingerprinted_without_hashing_the_tokenizer(tiny_bert_dir, monkeypatch):
+    """The tokenize step names its result itself (same data and settings, same fingerprint), so
+    datasets never hashes the closure or the tokenizer."""
+    import datasets
+    from datasets import fingerprint
+    from transformers import AutoTokenizer
+
+    from hf_transfer.data.text import tokenize_split
+
+    hashed = []
+    real_update = fingerprint.Hasher.update
+    monkeypatch.setattr(fingerprint.Hasher, "update", lambda self, value: (hashed.append(type(value).__name__),
+                                                                           real_update(self, value))[1])
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    ds = datasets.Dataset.from_dict({"text": ["a good film", "a bad film"], "labels": [1, 0]})
+    a, b = tokenize_split(ds, tok, "text", 16), tokenize_split(ds, tok, "text", 16)
+    assert a._fingerprint == b._fingerprint != tokenize_split(ds, tok, "text", 8)._fingerprint
+    assert list(a["input_ids"]) == list(b["input_ids"]) and "function" not in hashed and type(tok).__name__ not in hashed

@@ -22,12 +22,17 @@ import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling
 
 from hf_transfer.data import labels as labels_mod
+from hf_transfer.data.fingerprints import tokenizer_identity, transform_fingerprint
 from hf_transfer.data.sources import load_split
 from hf_transfer.errors import ModelError
 from hf_transfer.paths import resolve
 from hf_transfer.tasks.base import Splits, Task, register_task
 
 logger = logging.getLogger(__name__)
+
+
+def _has_text(text) -> bool:
+    return bool(text and str(text).strip())
 
 
 @register_task("masked_lm")
@@ -49,7 +54,8 @@ class MaskedLMTask(Task):
         train = labels_mod.apply_filter(load_split(d.train, "train"), d.filter, "train")
         self.input_col = labels_mod.find_column(train, d.text_column, labels_mod.TEXT_CANDIDATES, "text",
                                                 "data.text_column")
-        train = train.filter(lambda t: bool(t and str(t).strip()), input_columns=[self.input_col])
+        train = train.filter(_has_text, input_columns=[self.input_col],
+                             new_fingerprint=transform_fingerprint(train, "drop_blank_texts", self.input_col))
         if d.eval is not None and d.eval.name:
             eval_ds = labels_mod.apply_filter(load_split(d.eval, "eval"), d.filter, "eval")
         else:
@@ -69,7 +75,12 @@ class MaskedLMTask(Task):
             texts = [str(t) if t is not None else "" for t in batch[self.input_col]]
             return tok(texts, truncation=True, max_length=self.cfg.data.max_length, return_special_tokens_mask=True)
 
-        encoded = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+        # Our own fingerprints (hf_transfer.data.fingerprints): hashing these closures would go through
+        # datasets' bare `except:`, which swallows Ctrl-C.
+        encoded = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
+                         new_fingerprint=transform_fingerprint(ds, "mlm_tokenize", tokenizer_identity(tok),
+                                                               self.input_col, self.cfg.data.max_length),
+                         load_from_cache_file=False)
         if train:
             return encoded
         # Fixed masks for evaluation: the same tokens are hidden at every evaluation.
@@ -87,7 +98,9 @@ class MaskedLMTask(Task):
             }
 
         return encoded.map(mask, batched=True, batch_size=64, remove_columns=encoded.column_names,
-                           desc="Masking eval texts")
+                           desc="Masking eval texts", load_from_cache_file=False,
+                           new_fingerprint=transform_fingerprint(encoded, "mlm_eval_masks", tokenizer_identity(tok),
+                                                                 self.cfg.data.mlm_probability, self.cfg.training.seed))
 
     def collate(self, features):
         if "labels" not in features[0]:
