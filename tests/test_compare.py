@@ -408,3 +408,27 @@ def test_tokenizing_is_fingerprinted_without_hashing_the_tokenizer(tiny_bert_dir
     a, b = tokenize_split(ds, tok, "text", 16), tokenize_split(ds, tok, "text", 16)
     assert a._fingerprint == b._fingerprint != tokenize_split(ds, tok, "text", 8)._fingerprint
     assert list(a["input_ids"]) == list(b["input_ids"]) and "function" not in hashed and type(tok).__name__ not in hashed
+
+
+def test_a_resumed_cell_counts_the_seconds_of_the_attempt_it_resumed(study_config, tmp_path):
+    """s/run of a resumed cell is the whole training time: the interrupted attempt's seconds up to
+    its checkpoint (kept in the checkpoint's trainer state) plus the resumed attempt's."""
+    out = tmp_path / "study"
+    overrides = ["training.save_strategy=epoch", "training.epochs=2"]
+    kw = dict(strategies="scratch", sizes="4", per_class=True, seeds="0", out_dir=out)
+    study = plan_study(study_config, overrides, **kw)
+    run_study(study, echo=lambda _: None)
+    cell = study.cells[0]
+    (cell.dir / "metrics.json").unlink()  # killed after its epoch-1 checkpoint
+    state_file = next((cell.dir / "checkpoints").glob("step_*")) / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["train_runtime"] = 1000.0  # the interrupted attempt had trained 1000 s when it saved the checkpoint
+    state_file.write_text(json.dumps(state))
+    report = run_study(plan_study(study_config, overrides, **kw), echo=lambda _: None)
+    timing = json.loads((cell.dir / "study_cell.json").read_text())
+    assert timing["seconds"] > 1000
+    assert timing["seconds"] == pytest.approx(1000 + timing["seconds_this_attempt"], abs=0.01)
+    assert timing["seconds_before_resume"] == pytest.approx(1000.0)
+    assert report["summary"][0]["seconds_mean"] == pytest.approx(timing["seconds"])
+    row = next(r for r in (out / "study.csv").read_text().splitlines()[1:])
+    assert float(row.split(",")[7]) == pytest.approx(timing["seconds"])
