@@ -432,3 +432,43 @@ def test_a_resumed_cell_counts_the_seconds_of_the_attempt_it_resumed(study_confi
     assert report["summary"][0]["seconds_mean"] == pytest.approx(timing["seconds"])
     row = next(r for r in (out / "study.csv").read_text().splitlines()[1:])
     assert float(row.split(",")[7]) == pytest.approx(timing["seconds"])
+
+
+def test_a_reordered_data_file_is_refused_and_study_md_checks_the_eval_split(tmp_path, tiny_bert_dir, toy_text_data,
+                                                                             monkeypatch):
+    """The training file rewritten with its rows in another order (same class counts) and a new
+    seed: the eval split carved from it and the rows behind data.train_indices are not the
+    ones the finished cells used. Planning refuses it; study.md claims one eval split only when
+    every cell recorded the data it ran on."""
+    import shutil
+
+    from hf_transfer.study.report import write_report
+
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "train.csv"
+    shutil.copy(toy_text_data["train"], data)
+    cfg = tmp_path / "carved.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "recipe": "text_classification", "model": {"name_or_path": str(tiny_bert_dir)},
+        "data": {"train": str(data), "eval_fraction": 0.25},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003, "warmup_ratio": 0.0,
+                     "report_to": [], "save_strategy": "no"}}))
+    out = tmp_path / "study"
+    study = plan_study(cfg, strategies="scratch", sizes="4", per_class=True, seeds="0", out_dir=out)
+    run_study(study, echo=lambda _: None)
+    md = (out / "study.md").read_text()
+    assert f"the same for every cell (data fingerprint {study.pool['fingerprint']})" in md
+
+    header, *rows = data.read_text().splitlines()
+    data.write_text("\n".join([header, *reversed(rows)]) + "\n")  # same rows, same counts, other order
+    with pytest.raises(ConfigError, match=r"The data changed since .* same sizes and class counts, but hold other "
+                                          r"rows, or the same rows in another order \(data fingerprint \w+ then, \w+ now\)"):
+        plan_study(cfg, strategies="scratch", sizes="4", per_class=True, seeds="0,1", out_dir=out)
+
+    # A cell that ran on other data (a folder copied from another study, say) is named, not hidden.
+    spec_path = study.cells[0].dir / "cell.json"
+    spec = json.loads(spec_path.read_text())
+    spec_path.write_text(json.dumps({**spec, "data": "0123456789abcdef"}))
+    write_report(study)
+    md = (out / "study.md").read_text()
+    assert "the same for every cell" not in md and "**1 cell(s) ran on other data**" in md

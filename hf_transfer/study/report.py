@@ -201,7 +201,7 @@ def markdown(study, rows: list[dict], verdict: dict, table_stats: dict) -> str:
     lines = [f"# Transfer study: {study.record['config_file']}", "",
              f"Command: `{study.command}`", "",
              f"Training pool {pool['train_pool']} rows ({', '.join(f'{k} {v}' for k, v in pool['train_pool_per_class'].items())}); "
-             f"eval split {pool['eval_size']} rows, the same for every cell. Sizes are "
+             f"eval split {pool['eval_size']} rows, {_eval_split_note(study, rows)}. Sizes are "
              f"{'per class' if pc else 'totals'}, nested and stratified; seeds {seeds}. "
              f"{len(rows)} of {len(study.cells)} runs finished.", "",
              f"## {metric}: mean ± sd [95% t-interval] over seeds", ""]
@@ -238,6 +238,28 @@ def markdown(study, rows: list[dict], verdict: dict, table_stats: dict) -> str:
     lines += verdict_lines(verdict, pc)
     lines += ["", "Plot: `study.png`. Runs: `study.csv`; each cell is a run folder under `cells/`.", ""]
     return "\n".join(lines)
+
+
+def _eval_split_note(study, rows: list[dict]) -> str:
+    """Whether every finished cell ran on the data the study was planned on (its `cell.json`
+    records the data fingerprint): only then is the eval split the same for every cell."""
+    from hf_transfer.study.cell_state import cell_data_fingerprint
+
+    planned = study.pool.get("fingerprint")
+    finished = {r["run_dir"] for r in rows}
+    seen = [cell_data_fingerprint(c) for c in study.cells if str(c.dir) in finished]
+    if planned and seen and all(f == planned for f in seen):
+        return f"the same for every cell (data fingerprint {planned})"
+    other = sum(1 for f in seen if f and f != planned)
+    unknown = sum(1 for f in seen if not f)
+    parts = []
+    if other:
+        parts.append(f"**{other} cell(s) ran on other data** (another training pool or eval split): their results "
+                     "are not comparable with the rest")
+    if unknown or not planned:
+        parts.append(f"{unknown or len(seen)} cell(s) did not record which data they ran on: that they share "
+                     "this eval split is not checked")
+    return "; ".join(parts) if parts else "no finished cells"
 
 
 def verdict_lines(verdict: dict, per_class: bool) -> list[str]:
