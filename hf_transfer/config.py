@@ -225,6 +225,10 @@ class TrainingConfig:
             or `full` (gathered on the main process).
         deepspeed_zero_stage: DeepSpeed ZeRO stage, 2 (optimizer state and gradients sharded) or
             3 (parameters too).
+        record_eval_predictions: Classification: also write each eval (and test) example's predicted
+            label id, true label id and loss, in split order, into metrics.json (`eval_predictions`,
+            `eval_references`, `eval_example_losses`). `hf-transfer compare` sets it in its cells for
+            the paired bootstrap behind its verdicts.
     """
 
     epochs: float | None = None
@@ -262,6 +266,7 @@ class TrainingConfig:
     distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     fsdp_state_dict_type: Literal["sharded", "full"] = "sharded"
     deepspeed_zero_stage: Literal[2, 3] = 2
+    record_eval_predictions: bool = False
 
     def __post_init__(self):
         if self.max_steps == -1:  # transformers' spelling of "unset"

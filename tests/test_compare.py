@@ -215,6 +215,11 @@ def test_study_end_to_end_resume_and_refusals(study_config, tmp_path):
     assert sorted({m["train_size"] for m in metrics}) == [8, 16]
     saved = json.loads((out / "study.json").read_text())
     assert {b["size"] for b in saved["verdicts"]["best"]} == {4, 8}
+    # Every cell recorded its eval predictions (in eval order): the intervals are the paired bootstrap.
+    assert {len(m["eval_predictions"]) for m in metrics} == {32}
+    assert len({tuple(m["eval_references"]) for m in metrics}) == 1
+    assert {b["interval"] for b in saved["verdicts"]["best"]} == {"bootstrap"}
+    assert all(0 <= s["low"] <= s["mean"] <= s["high"] <= 1 for s in saved["summary"])
     assert "Verdicts" in (out / "study.md").read_text()
 
     # Second invocation: every cell skipped.
@@ -472,3 +477,85 @@ def test_a_reordered_data_file_is_refused_and_study_md_checks_the_eval_split(tmp
     write_report(study)
     md = (out / "study.md").read_text()
     assert "the same for every cell" not in md and "**1 cell(s) ran on other data**" in md
+
+
+# ------------------------------------------------------------------------------------------------
+# Paired bootstrap over eval examples and seeds
+
+
+def _outcome(refs, correct: int, rng):
+    """Predictions with exactly `correct` right answers on `refs` (3 classes)."""
+    from hf_transfer.study.stats import Outcome
+
+    preds = refs.copy()
+    wrong = rng.choice(len(refs), size=len(refs) - correct, replace=False)
+    preds[wrong] = (refs[wrong] + 1 + rng.integers(0, 2, size=len(wrong))) % 3
+    return Outcome(preds, refs)
+
+
+def _outcome_rows(label, runs, size, corrects, refs, rng):
+    return [{"strategy": label, "runs": runs, "kind": "train", "size": size, "seed": s, "chosen": "",
+             "eval_accuracy": c / len(refs), "outcome": _outcome(refs, c, rng)} for s, c in enumerate(corrects)]
+
+
+def test_two_seeds_far_apart_are_not_called_tied_and_intervals_stay_in_0_1():
+    """feature_extraction 0.796 against scratch 0.298 on 240 eval examples, 2 seeds: the
+    t-interval over seeds was [0.37, 1.22] and called them tied. The paired bootstrap over eval
+    examples and seeds separates them, every interval stays in [0, 1], and the report says the
+    seeds are too few to judge."""
+    from types import SimpleNamespace
+
+    from hf_transfer.study.report import _interval_note, markdown, summaries
+
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 3, size=240)
+    rows = (_outcome_rows("feature_extraction", "feature_extraction", 4, [183, 199], refs, rng)
+            + _outcome_rows("scratch", "scratch", 4, [60, 83], refs, rng))
+    v = verdicts(rows, "accuracy")
+    best = v["best"][0]
+    assert best["strategy"] == "feature_extraction" and best["tied_within_interval"] == []
+    assert best["interval"] == "bootstrap" and 0 <= best["low"] < best["mean"] < best["high"] <= 1
+    t = v["transfer_vs_scratch"][0]
+    assert t["interval"] == "bootstrap" and t["beats_scratch_beyond_interval"] and t["too_few_seeds"]
+    assert t["gain"] == pytest.approx((183 + 199 - 60 - 83) / 480)
+    for st in summaries(rows, "eval_accuracy").values():
+        assert 0 <= st.low <= st.mean <= st.high <= 1
+    study = SimpleNamespace(metric="accuracy", labels=["feature_extraction", "scratch"], baselines=[], sizes=[4],
+                            per_class=True, seeds=[0, 1], cells=[], command="hf-transfer compare ...",
+                            record={"config_file": "x.yaml"},
+                            pool={"train_pool": 96, "train_pool_per_class": {"a": 48, "b": 48}, "eval_size": 240})
+    md = markdown(study, rows, v, summaries(rows, "eval_accuracy"))
+    assert "**Only 2 seeds: too few to judge**" in md and "beats scratch beyond the interval" in md
+    assert "paired bootstrap over 240 eval examples and 2 seed(s)" in md
+    assert "tied" not in md and "no clear difference" not in md
+    assert "paired bootstrap over the 240 eval examples" in _interval_note(summaries(rows, "eval_accuracy"))
+
+
+def test_bootstrap_matches_the_metrics_and_pairs_by_example():
+    """The bootstrap's point values are the run's own metrics (macro-F1 as scikit-learn computes it);
+    a constant offset between two strategies on the same examples gives a narrow paired interval."""
+    from hf_transfer.metrics.classification import compute_classification_metrics
+    from hf_transfer.study.stats import Outcome, bootstrap_difference, bootstrap_summary, summarize
+
+    rng = np.random.default_rng(1)
+    refs = rng.integers(0, 3, size=200)
+    a = {s: _outcome(refs, c, rng) for s, c in enumerate([150, 160, 155])}
+    for metric in ("accuracy", "f1", "precision", "recall"):
+        s = bootstrap_summary(metric, a)
+        expected = [compute_classification_metrics(o.predictions, refs, ["x", "y", "z"])[metric] for o in a.values()]
+        assert s.mean == pytest.approx(np.mean(expected)) and s.sd == pytest.approx(np.std(expected, ddof=1))
+        assert 0 <= s.low < s.mean < s.high <= 1 and s.n == 3 and not s.few_seeds
+    perfect = bootstrap_summary("accuracy", {0: Outcome(refs, refs)})
+    assert (perfect.low, perfect.mean, perfect.high) == (1.0, 1.0, 1.0)
+    # b is a with 10 more mistakes per seed on the same examples: the difference is sure.
+    b = {}
+    for s, o in a.items():
+        preds = o.predictions.copy()
+        right = np.flatnonzero(preds == refs)[:10]
+        preds[right] = (refs[right] + 1) % 3
+        b[s] = Outcome(preds, refs)
+    d = bootstrap_difference("accuracy", a, b)
+    assert d.mean == pytest.approx(0.05) and 0 < d.low <= 0.05 <= d.high
+    # Seeds only, no predictions: the t-interval, cut to the metric's range.
+    cut = summarize([0.9, 1.0], bounds=(0.0, 1.0))
+    assert cut.high == 1.0 and cut.low >= 0.0

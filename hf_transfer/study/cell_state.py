@@ -25,9 +25,10 @@ from hf_transfer.study import cells as cells_mod
 STUDY_FILE = "study.yaml"
 #: Keys the study sets per cell; the rest of the config is the study's identity.
 CELL_KEYS = (("output_dir",), ("data", "samples_per_class"), ("data", "max_train_samples"),
-             ("data", "train_indices"), ("training", "seed"))
-#: Keys that may differ between a planned cell and the config its run folder saved.
-RUN_KEYS = (("output_dir",), ("training", "resume_from_checkpoint"))
+             ("data", "train_indices"), ("training", "seed"), ("training", "record_eval_predictions"))
+#: Keys that may differ between a planned cell and the config its run folder saved (cells planned
+#: before the study recorded eval predictions are still finished).
+RUN_KEYS = (("output_dir",), ("training", "resume_from_checkpoint"), ("training", "record_eval_predictions"))
 
 
 @dataclass

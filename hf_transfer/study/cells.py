@@ -98,6 +98,9 @@ def _classification_metrics(pred, ref, names: list[str], prefix: str) -> dict[st
     from hf_transfer.metrics.classification import compute_classification_metrics
 
     m = compute_classification_metrics(pred, ref, names)
+    # Per example, in split order, as the training cells record them: the verdicts' paired bootstrap.
+    m["predictions"] = [int(v) for v in pred]
+    m["references"] = [int(v) for v in ref]
     return {f"{prefix}_{k}": v for k, v in m.items()}
 
 

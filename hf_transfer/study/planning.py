@@ -139,6 +139,7 @@ def _cell_config(base: TrainConfig, strategy: str, sets: list[str], indices: lis
         set_dotted(raw, key, value)
     raw["data"].update(samples_per_class=None, max_train_samples=None, train_indices=indices, seed=data_seed)
     raw["training"]["seed"] = seed
+    raw["training"]["record_eval_predictions"] = True  # the verdicts' paired bootstrap over eval examples
     raw["output_dir"] = str(out)
     cfg = config_from_dict(raw, f"--set for '{label}'" if sets else f"the cells of '{label}'")
     check_config(cfg, f"the cells of '{label}'")
