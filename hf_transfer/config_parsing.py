@@ -125,7 +125,7 @@ def coerce(value: Any, tp: Any, key: str, source: str, rules: Rules) -> Any:
             raise _Mismatch()
         if not math.isfinite(number):
             # inf / nan pass every `x > 0` check downstream and end as NaN weights: no setting takes them.
-            raise ConfigError(f"Config key '{key}' in {source} must be a finite number, got {value!r}.")
+            raise ConfigError(f"{key} must be a finite number, got {value!r} (in {source}).")
         return number
     if tp is str:
         if isinstance(value, str):
