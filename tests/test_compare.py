@@ -559,3 +559,35 @@ def test_bootstrap_matches_the_metrics_and_pairs_by_example():
     # Seeds only, no predictions: the t-interval, cut to the metric's range.
     cut = summarize([0.9, 1.0], bounds=(0.0, 1.0))
     assert cut.high == 1.0 and cut.low >= 0.0
+
+
+def test_an_interrupt_that_a_library_swallows_still_stops_the_study(study_config, tmp_path, monkeypatch):
+    """Ctrl-C landing where Python or a library drops KeyboardInterrupt (a bare `except:`, a
+    finalizer or weakref callback: "Exception ignored in ..."): the cell goes on, but the study
+    stops once it returns, keeps it, and says that the same command resumes."""
+    import os
+    import signal
+
+    from hf_transfer.study import cells as cells_mod
+
+    real, calls = cells_mod.run_cell, []
+
+    def swallowing(cell_dir):
+        calls.append(cell_dir)
+        if len(calls) == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except BaseException:  # noqa: B036  (what the library does)
+                pass
+        return real(cell_dir)
+
+    monkeypatch.setattr(cells_mod, "run_cell", swallowing)
+    out = tmp_path / "study"
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        run_study(plan_study(study_config, strategies="scratch", sizes="4", per_class=True, seeds="0,1",
+                             out_dir=out), echo=lines.append)
+    assert len(calls) == 1 and "run the same command again to resume" in lines[-1]
+    assert len(list((out / "cells").glob("*/metrics.json"))) == 1  # the cell that went on is kept
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual handler is back

@@ -349,7 +349,7 @@ def verdict_lines(verdict: dict, per_class: bool) -> list[str]:
     if few:
         lines.append(few)
     for b in verdict["best"]:
-        tied = (f"; no clear difference from (the paired interval holds 0): {', '.join(b['tied_within_interval'])}"
+        tied = (f"; no clear difference from {', '.join(b['tied_within_interval'])} (the paired interval holds 0)"
                 if b["tied_within_interval"] else "")
         lines.append(f"- {_size_name(b['size'], per_class)}: best is **{b['strategy']}** ({metric} {_fmt(b['mean'])}){tied}.")
     if verdict["scratch"] is None:
