@@ -591,3 +591,20 @@ def test_an_interrupt_that_a_library_swallows_still_stops_the_study(study_config
     assert len(calls) == 1 and "run the same command again to resume" in lines[-1]
     assert len(list((out / "cells").glob("*/metrics.json"))) == 1  # the cell that went on is kept
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual handler is back
+
+
+def test_content_fingerprint_follows_rows_values_and_order_not_the_file():
+    import datasets
+
+    from hf_transfer.data.fingerprints import content_fingerprint
+
+    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "labels": [0, 1, 0],
+                                     "image": [{"bytes": b"\x89PNG1", "path": None}] * 3})
+    cols = ["text", "image", "labels"]
+    same = datasets.Dataset.from_dict(ds.to_dict())  # another dataset object, the same rows
+    assert content_fingerprint(same, cols) == content_fingerprint(ds, cols) == content_fingerprint(ds.select([0, 1, 2]), cols)
+    assert content_fingerprint(ds.select([2, 1, 0]), cols) != content_fingerprint(ds, cols)  # same counts, other order
+    edited = ds.to_dict()
+    edited["image"][1] = {"bytes": b"\x89PNG2", "path": None}
+    assert content_fingerprint(datasets.Dataset.from_dict(edited), cols) != content_fingerprint(ds, cols)
+    assert content_fingerprint(ds, ["text", "labels", "not_a_column"]) == content_fingerprint(ds, ["text", "labels"])

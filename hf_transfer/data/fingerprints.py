@@ -44,5 +44,27 @@ def content_fingerprint(ds: datasets.Dataset, columns, batch_size: int = 4096) -
     for start in range(0, len(ds), batch_size):
         table = table_view[start:start + batch_size]
         for column in columns:
-            h.update(repr(table.column(column).to_pylist()).encode())
+            for value in table.column(column).to_pylist():
+                _feed(h, value)
     return h.hexdigest()[:16]
+
+
+def _feed(h, value) -> None:
+    """Hash one value: bytes as they are (an embedded image or clip), containers item by item, the rest by repr."""
+    if isinstance(value, (bytes, bytearray)):
+        h.update(b"b%d:" % len(value))
+        h.update(value)
+    elif isinstance(value, dict):
+        h.update(b"{")
+        for key in sorted(value):
+            h.update(repr(key).encode())
+            _feed(h, value[key])
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[%d:" % len(value))
+        for item in value:
+            _feed(h, item)
+        h.update(b"]")
+    else:
+        h.update(repr(value).encode())
+        h.update(b";")
