@@ -188,7 +188,7 @@ class TrainingConfig:
         eval_batch_size: Examples per device at evaluation (defaults to `batch_size`).
         gradient_accumulation_steps: Forward passes per optimizer step.
         weight_decay: AdamW weight decay, never applied to biases and norm weights.
-        warmup_ratio: Fraction of steps spent warming the learning rate up.
+        warmup_ratio: Fraction of steps spent warming the learning rate up, in [0, 1).
         scheduler: Learning-rate schedule after warm-up.
         max_grad_norm: Gradient clipping norm (0 = off).
         mixed_precision: `no`, `fp16` or `bf16` (bf16 also runs on CPU).
@@ -225,6 +225,10 @@ class TrainingConfig:
             or `full` (gathered on the main process).
         deepspeed_zero_stage: DeepSpeed ZeRO stage, 2 (optimizer state and gradients sharded) or
             3 (parameters too).
+        record_eval_predictions: Classification: also write each eval (and test) example's predicted
+            label id, true label id and loss, in split order, into metrics.json (`eval_predictions`,
+            `eval_references`, `eval_example_losses`). `hf-transfer compare` sets it in its cells for
+            the paired bootstrap behind its verdicts.
     """
 
     epochs: float | None = None
@@ -262,6 +266,7 @@ class TrainingConfig:
     distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     fsdp_state_dict_type: Literal["sharded", "full"] = "sharded"
     deepspeed_zero_stage: Literal[2, 3] = 2
+    record_eval_predictions: bool = False
 
     def __post_init__(self):
         if self.max_steps == -1:  # transformers' spelling of "unset"
@@ -441,6 +446,12 @@ def check_config(cfg: TrainConfig, source: str = "config") -> None:
             raise ConfigError(f"training.{name} must be at least 1, got {getattr(t, name)}.")
     if t.learning_rate is not None and t.learning_rate <= 0:
         raise ConfigError(f"training.learning_rate must be positive, got {t.learning_rate}.")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        raise ConfigError(
+            f"training.warmup_ratio must be at least 0 and below 1 (the share of the training steps spent warming "
+            f"the learning rate up; 0.1 is usual), got {t.warmup_ratio:g}."
+            + (" At 1 or more the set learning rate is never reached." if t.warmup_ratio >= 1 else "")
+        )
     if t.max_steps is not None and t.max_steps != -1 and t.max_steps < 1:
         raise ConfigError(
             f"training.max_steps must be a positive number of optimizer steps, or -1 / null for unset "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -111,15 +112,21 @@ def coerce(value: Any, tp: Any, key: str, source: str, rules: Rules) -> Any:
             return value
         raise _Mismatch()
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads `1e-4` (no dot) as a string; accept what float() accepts.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise _Mismatch()
+        if number is None:
+            raise _Mismatch()
+        if not math.isfinite(number):
+            # inf / nan pass every `x > 0` check downstream and end as NaN weights: no setting takes them.
+            raise ConfigError(f"{key} must be a finite number, got {value!r} (in {source}).")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

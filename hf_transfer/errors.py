@@ -19,3 +19,7 @@ class ModelError(HFTransferError):
 
 class ExportError(HFTransferError):
     """An export or push cannot go ahead."""
+
+
+class TrainingError(HFTransferError):
+    """Training cannot go on: its loss or weights became non-finite (too high a learning rate)."""

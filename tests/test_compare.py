@@ -215,6 +215,11 @@ def test_study_end_to_end_resume_and_refusals(study_config, tmp_path):
     assert sorted({m["train_size"] for m in metrics}) == [8, 16]
     saved = json.loads((out / "study.json").read_text())
     assert {b["size"] for b in saved["verdicts"]["best"]} == {4, 8}
+    # Every cell recorded its eval predictions (in eval order): the intervals are the paired bootstrap.
+    assert {len(m["eval_predictions"]) for m in metrics} == {32}
+    assert len({tuple(m["eval_references"]) for m in metrics}) == 1
+    assert {b["interval"] for b in saved["verdicts"]["best"]} == {"bootstrap"}
+    assert all(0 <= s["low"] <= s["mean"] <= s["high"] <= 1 for s in saved["summary"])
     assert "Verdicts" in (out / "study.md").read_text()
 
     # Second invocation: every cell skipped.
@@ -342,3 +347,264 @@ def test_interrupted_cell_with_a_checkpoint_resumes_from_it(study_config, tmp_pa
     log = (cell.dir / "cell.log").read_text()
     assert "resuming from its latest checkpoint" in log and "Resumed from" in log
     assert yaml.safe_load((cell.dir / "config.yaml").read_text())["training"]["resume_from_checkpoint"] == "latest"
+
+
+def test_ctrl_c_while_a_cell_tokenizes_stops_the_study(study_config, tmp_path, monkeypatch, capsys):
+    """Ctrl-C pressed as the first cell starts tokenizing. The interrupt arrives in whatever runs
+    next: datasets hashing the tokenize closure (its slowest step, under a bare `except:` that
+    swallowed the interrupt), else the tokenizer itself. Either way the study stops: exit 130,
+    and the message that the same command resumes."""
+    import datasets
+    from datasets import fingerprint
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    interrupt = {"pending": False, "delivered": 0}
+
+    def deliver():
+        if interrupt["pending"]:
+            interrupt["pending"] = False
+            interrupt["delivered"] += 1
+            raise KeyboardInterrupt
+
+    real_map, real_update, real_call = datasets.Dataset.map, fingerprint.Hasher.update, PreTrainedTokenizerBase.__call__
+
+    def map_(self, function=None, *args, **kwargs):
+        if getattr(function, "__name__", "") == "tok" and not interrupt["delivered"]:
+            interrupt["pending"] = True  # the key is pressed now
+        return real_map(self, function, *args, **kwargs)
+
+    def update(self, value):
+        if callable(value) and not isinstance(value, type):
+            deliver()
+        return real_update(self, value)
+
+    def call(self, *args, **kwargs):
+        deliver()
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "map", map_)
+    monkeypatch.setattr(fingerprint.Hasher, "update", update)
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", call)
+    out = tmp_path / "study"
+    rc = main(["compare", str(study_config), "--strategies", "scratch", "--sizes", "4", "--per-class",
+               "--seeds", "0,1", "-o", str(out)])
+    printed = capsys.readouterr()
+    assert interrupt["delivered"] == 1
+    assert rc == 130, printed.out
+    assert "Interrupted. Finished cells are kept" in printed.out and "run the same command again to resume" in printed.out
+    assert not list((out / "cells").glob("*/metrics.json"))  # no cell ran to the end after the interrupt
+
+
+def test_tokenizing_is_fingerprinted_without_hashing_the_tokenizer(tiny_bert_dir, monkeypatch):
+    """The tokenize step names its result itself (same data and settings, same fingerprint), so
+    datasets never hashes the closure or the tokenizer."""
+    import datasets
+    from datasets import fingerprint
+    from transformers import AutoTokenizer
+
+    from hf_transfer.data.text import tokenize_split
+
+    hashed = []
+    real_update = fingerprint.Hasher.update
+    monkeypatch.setattr(fingerprint.Hasher, "update", lambda self, value: (hashed.append(type(value).__name__),
+                                                                           real_update(self, value))[1])
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    ds = datasets.Dataset.from_dict({"text": ["a good film", "a bad film"], "labels": [1, 0]})
+    a, b = tokenize_split(ds, tok, "text", 16), tokenize_split(ds, tok, "text", 16)
+    assert a._fingerprint == b._fingerprint != tokenize_split(ds, tok, "text", 8)._fingerprint
+    assert list(a["input_ids"]) == list(b["input_ids"]) and "function" not in hashed and type(tok).__name__ not in hashed
+
+
+def test_a_resumed_cell_counts_the_seconds_of_the_attempt_it_resumed(study_config, tmp_path):
+    """s/run of a resumed cell is the whole training time: the interrupted attempt's seconds up to
+    its checkpoint (kept in the checkpoint's trainer state) plus the resumed attempt's."""
+    out = tmp_path / "study"
+    overrides = ["training.save_strategy=epoch", "training.epochs=2"]
+    kw = dict(strategies="scratch", sizes="4", per_class=True, seeds="0", out_dir=out)
+    study = plan_study(study_config, overrides, **kw)
+    run_study(study, echo=lambda _: None)
+    cell = study.cells[0]
+    (cell.dir / "metrics.json").unlink()  # killed after its epoch-1 checkpoint
+    state_file = next((cell.dir / "checkpoints").glob("step_*")) / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["train_runtime"] = 1000.0  # the interrupted attempt had trained 1000 s when it saved the checkpoint
+    state_file.write_text(json.dumps(state))
+    report = run_study(plan_study(study_config, overrides, **kw), echo=lambda _: None)
+    timing = json.loads((cell.dir / "study_cell.json").read_text())
+    assert timing["seconds"] > 1000
+    assert timing["seconds"] == pytest.approx(1000 + timing["seconds_this_attempt"], abs=0.01)
+    assert timing["seconds_before_resume"] == pytest.approx(1000.0)
+    assert report["summary"][0]["seconds_mean"] == pytest.approx(timing["seconds"])
+    row = next(r for r in (out / "study.csv").read_text().splitlines()[1:])
+    assert float(row.split(",")[7]) == pytest.approx(timing["seconds"])
+
+
+def test_a_reordered_data_file_is_refused_and_study_md_checks_the_eval_split(tmp_path, tiny_bert_dir, toy_text_data,
+                                                                             monkeypatch):
+    """The training file rewritten with its rows in another order (same class counts) and a new
+    seed: the eval split carved from it and the rows behind data.train_indices are not the
+    ones the finished cells used. Planning refuses it; study.md claims one eval split only when
+    every cell recorded the data it ran on."""
+    import shutil
+
+    from hf_transfer.study.report import write_report
+
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "train.csv"
+    shutil.copy(toy_text_data["train"], data)
+    cfg = tmp_path / "carved.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "recipe": "text_classification", "model": {"name_or_path": str(tiny_bert_dir)},
+        "data": {"train": str(data), "eval_fraction": 0.25},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003, "warmup_ratio": 0.0,
+                     "report_to": [], "save_strategy": "no"}}))
+    out = tmp_path / "study"
+    study = plan_study(cfg, strategies="scratch", sizes="4", per_class=True, seeds="0", out_dir=out)
+    run_study(study, echo=lambda _: None)
+    md = (out / "study.md").read_text()
+    assert f"the same for every cell (data fingerprint {study.pool['fingerprint']})" in md
+
+    header, *rows = data.read_text().splitlines()
+    data.write_text("\n".join([header, *reversed(rows)]) + "\n")  # same rows, same counts, other order
+    with pytest.raises(ConfigError, match=r"The data changed since .* same sizes and class counts, but hold other "
+                                          r"rows, or the same rows in another order \(data fingerprint \w+ then, \w+ now\)"):
+        plan_study(cfg, strategies="scratch", sizes="4", per_class=True, seeds="0,1", out_dir=out)
+
+    # A cell that ran on other data (a folder copied from another study, say) is named, not hidden.
+    spec_path = study.cells[0].dir / "cell.json"
+    spec = json.loads(spec_path.read_text())
+    spec_path.write_text(json.dumps({**spec, "data": "0123456789abcdef"}))
+    write_report(study)
+    md = (out / "study.md").read_text()
+    assert "the same for every cell" not in md and "**1 cell(s) ran on other data**" in md
+
+
+# ------------------------------------------------------------------------------------------------
+# Paired bootstrap over eval examples and seeds
+
+
+def _outcome(refs, correct: int, rng):
+    """Predictions with exactly `correct` right answers on `refs` (3 classes)."""
+    from hf_transfer.study.stats import Outcome
+
+    preds = refs.copy()
+    wrong = rng.choice(len(refs), size=len(refs) - correct, replace=False)
+    preds[wrong] = (refs[wrong] + 1 + rng.integers(0, 2, size=len(wrong))) % 3
+    return Outcome(preds, refs)
+
+
+def _outcome_rows(label, runs, size, corrects, refs, rng):
+    return [{"strategy": label, "runs": runs, "kind": "train", "size": size, "seed": s, "chosen": "",
+             "eval_accuracy": c / len(refs), "outcome": _outcome(refs, c, rng)} for s, c in enumerate(corrects)]
+
+
+def test_two_seeds_far_apart_are_not_called_tied_and_intervals_stay_in_0_1():
+    """feature_extraction 0.796 against scratch 0.298 on 240 eval examples, 2 seeds: the
+    t-interval over seeds was [0.37, 1.22] and called them tied. The paired bootstrap over eval
+    examples and seeds separates them, every interval stays in [0, 1], and the report says the
+    seeds are too few to judge."""
+    from types import SimpleNamespace
+
+    from hf_transfer.study.report import _interval_note, markdown, summaries
+
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 3, size=240)
+    rows = (_outcome_rows("feature_extraction", "feature_extraction", 4, [183, 199], refs, rng)
+            + _outcome_rows("scratch", "scratch", 4, [60, 83], refs, rng))
+    v = verdicts(rows, "accuracy")
+    best = v["best"][0]
+    assert best["strategy"] == "feature_extraction" and best["tied_within_interval"] == []
+    assert best["interval"] == "bootstrap" and 0 <= best["low"] < best["mean"] < best["high"] <= 1
+    t = v["transfer_vs_scratch"][0]
+    assert t["interval"] == "bootstrap" and t["beats_scratch_beyond_interval"] and t["too_few_seeds"]
+    assert t["gain"] == pytest.approx((183 + 199 - 60 - 83) / 480)
+    for st in summaries(rows, "eval_accuracy").values():
+        assert 0 <= st.low <= st.mean <= st.high <= 1
+    study = SimpleNamespace(metric="accuracy", labels=["feature_extraction", "scratch"], baselines=[], sizes=[4],
+                            per_class=True, seeds=[0, 1], cells=[], command="hf-transfer compare ...",
+                            record={"config_file": "x.yaml"},
+                            pool={"train_pool": 96, "train_pool_per_class": {"a": 48, "b": 48}, "eval_size": 240})
+    md = markdown(study, rows, v, summaries(rows, "eval_accuracy"))
+    assert "**Only 2 seeds: too few to judge**" in md and "beats scratch beyond the interval" in md
+    assert "paired bootstrap over 240 eval examples and 2 seed(s)" in md
+    assert "tied" not in md and "no clear difference" not in md
+    assert "paired bootstrap over the 240 eval examples" in _interval_note(summaries(rows, "eval_accuracy"))
+
+
+def test_bootstrap_matches_the_metrics_and_pairs_by_example():
+    """The bootstrap's point values are the run's own metrics (macro-F1 as scikit-learn computes it);
+    a constant offset between two strategies on the same examples gives a narrow paired interval."""
+    from hf_transfer.metrics.classification import compute_classification_metrics
+    from hf_transfer.study.stats import Outcome, bootstrap_difference, bootstrap_summary, summarize
+
+    rng = np.random.default_rng(1)
+    refs = rng.integers(0, 3, size=200)
+    a = {s: _outcome(refs, c, rng) for s, c in enumerate([150, 160, 155])}
+    for metric in ("accuracy", "f1", "precision", "recall"):
+        s = bootstrap_summary(metric, a)
+        expected = [compute_classification_metrics(o.predictions, refs, ["x", "y", "z"])[metric] for o in a.values()]
+        assert s.mean == pytest.approx(np.mean(expected)) and s.sd == pytest.approx(np.std(expected, ddof=1))
+        assert 0 <= s.low < s.mean < s.high <= 1 and s.n == 3 and not s.few_seeds
+    perfect = bootstrap_summary("accuracy", {0: Outcome(refs, refs)})
+    assert (perfect.low, perfect.mean, perfect.high) == (1.0, 1.0, 1.0)
+    # b is a with 10 more mistakes per seed on the same examples: the difference is sure.
+    b = {}
+    for s, o in a.items():
+        preds = o.predictions.copy()
+        right = np.flatnonzero(preds == refs)[:10]
+        preds[right] = (refs[right] + 1) % 3
+        b[s] = Outcome(preds, refs)
+    d = bootstrap_difference("accuracy", a, b)
+    assert d.mean == pytest.approx(0.05) and 0 < d.low <= 0.05 <= d.high
+    # Seeds only, no predictions: the t-interval, cut to the metric's range.
+    cut = summarize([0.9, 1.0], bounds=(0.0, 1.0))
+    assert cut.high == 1.0 and cut.low >= 0.0
+
+
+def test_an_interrupt_that_a_library_swallows_still_stops_the_study(study_config, tmp_path, monkeypatch):
+    """Ctrl-C landing where Python or a library drops KeyboardInterrupt (a bare `except:`, a
+    finalizer or weakref callback: "Exception ignored in ..."): the cell goes on, but the study
+    stops once it returns, keeps it, and says that the same command resumes."""
+    import os
+    import signal
+
+    from hf_transfer.study import cells as cells_mod
+
+    real, calls = cells_mod.run_cell, []
+
+    def swallowing(cell_dir):
+        calls.append(cell_dir)
+        if len(calls) == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except BaseException:  # noqa: B036  (what the library does)
+                pass
+        return real(cell_dir)
+
+    monkeypatch.setattr(cells_mod, "run_cell", swallowing)
+    out = tmp_path / "study"
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        run_study(plan_study(study_config, strategies="scratch", sizes="4", per_class=True, seeds="0,1",
+                             out_dir=out), echo=lines.append)
+    assert len(calls) == 1 and "run the same command again to resume" in lines[-1]
+    assert len(list((out / "cells").glob("*/metrics.json"))) == 1  # the cell that went on is kept
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual handler is back
+
+
+def test_content_fingerprint_follows_rows_values_and_order_not_the_file():
+    import datasets
+
+    from hf_transfer.data.fingerprints import content_fingerprint
+
+    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "labels": [0, 1, 0],
+                                     "image": [{"bytes": b"\x89PNG1", "path": None}] * 3})
+    cols = ["text", "image", "labels"]
+    same = datasets.Dataset.from_dict(ds.to_dict())  # another dataset object, the same rows
+    assert content_fingerprint(same, cols) == content_fingerprint(ds, cols) == content_fingerprint(ds.select([0, 1, 2]), cols)
+    assert content_fingerprint(ds.select([2, 1, 0]), cols) != content_fingerprint(ds, cols)  # same counts, other order
+    edited = ds.to_dict()
+    edited["image"][1] = {"bytes": b"\x89PNG2", "path": None}
+    assert content_fingerprint(datasets.Dataset.from_dict(edited), cols) != content_fingerprint(ds, cols)
+    assert content_fingerprint(ds, ["text", "labels", "not_a_column"]) == content_fingerprint(ds, ["text", "labels"])

@@ -116,3 +116,31 @@ def test_every_shipped_yaml_loads_and_starts_with_its_command():
         first = path.read_text().splitlines()[0]
         assert first.startswith("# ") and ("hf-transfer" in first or "python" in first), path
         load_config(path)
+
+
+@pytest.mark.parametrize("override", ["training.learning_rate=inf", "training.learning_rate=.nan",
+                                      "training.learning_rate=-.inf", "training.weight_decay=nan",
+                                      "training.max_grad_norm=.inf", "adaptation.lambda_max=nan",
+                                      "strategy.name=lora", "data.max_audio_seconds=inf"])
+def test_non_finite_numbers_are_refused_anywhere_in_the_schema(override):
+    overrides = BASE + [override]
+    if override == "strategy.name=lora":  # a strategy's own settings class goes through the same check
+        overrides.append("strategy.dropout=.inf")
+    key = overrides[-1].partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key} must be a finite number, got .* \(in command-line override '{key}="):
+        load_config(None, overrides)
+
+
+def test_non_finite_number_in_a_yaml_file_names_the_file(tmp_path):
+    path = write(tmp_path, {"model": {"name_or_path": "a/b"}, "data": {"train": "x.csv"},
+                            "training": {"learning_rate": float("inf")}})
+    with pytest.raises(ConfigError, match=r"training.learning_rate must be a finite number, got inf \(in '.*run.yaml'\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("ratio", ["5", "1", "1.0", "-0.1"])
+def test_warmup_ratio_is_bounded(ratio):
+    with pytest.raises(ConfigError, match=r"training.warmup_ratio must be at least 0 and below 1 .*got"):
+        load_config(None, BASE + [f"training.warmup_ratio={ratio}"])
+    assert load_config(None, BASE + ["training.warmup_ratio=0.99"]).training.warmup_ratio == 0.99
+    assert load_config(None, BASE + ["training.warmup_ratio=0"]).training.warmup_ratio == 0.0

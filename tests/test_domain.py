@@ -356,3 +356,50 @@ def test_dann_under_two_processes_keeps_ranks_identical(text_overrides, tmp_path
     rank_weights(out)
     history = json.loads((out / "history.json").read_text())
     assert any("domain_accuracy" in r for r in history)
+
+
+def test_two_stages_with_one_name_are_refused_before_anything_trains(tiny_bert_dir, toy_text_data, tmp_path):
+    import yaml
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)}, "output_dir": str(tmp_path / "run"),
+                                    "stages": [{"name": "target", "data": {"train": str(toy_text_data["train"])}},
+                                               {"name": "target", "data": {"train": str(toy_text_data["train"])}}]}))
+    with pytest.raises(ConfigError, match=r"stages\[1\] of .* is named 'target', like stages\[0\]"):
+        load_config(path)
+    # A default name ("stage2") taken by another stage is the same clash.
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)}, "output_dir": str(tmp_path / "run"),
+                                    "stages": [{"name": "stage2", "data": {"train": str(toy_text_data["train"])}},
+                                               {"data": {"train": str(toy_text_data["train"])}}]}))
+    with pytest.raises(ConfigError, match="named 'stage2', like stages"):
+        load_config(path)
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_on_a_tiny_file_masks_every_eval_text(tiny_bert_dir, tmp_path, capsys):
+    """A held-out split of short texts, masked with a small probability: the random draw masks
+    none of them, so the eval loss used to be NaN (and the run reported success). Each eval text
+    now gets one masked token at least, and the loss is a number."""
+    import math
+
+    import yaml
+
+    texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in toy_sentences(12, seed=11)])
+    held = write_csv(tmp_path / "held.csv", [{"text": t} for t in ("good film", "bad plot", "fine")])
+    cfg_path = tmp_path / "mlm.yaml"
+    cfg_path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)},
+                                        "data": {"train": str(texts), "eval": str(held), "mlm_probability": 0.01},
+                                        "output_dir": str(tmp_path / "mlm"),
+                                        "training": {"epochs": 1, "batch_size": 4, "report_to": [],
+                                                     "save_strategy": "no", "warmup_ratio": 0.0}}))
+    assert cli_main(["pretrain", str(cfg_path)]) == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "mlm" / "metrics.json").read_text())
+    assert metrics["eval_masked_tokens"] >= 3 and math.isfinite(metrics["eval_loss"]), metrics
+
+
+def test_pretrain_refuses_a_file_too_small_to_hold_texts_out(tiny_bert_dir, tmp_path):
+    one = write_csv(tmp_path / "one.csv", [{"text": "a single line"}, {"text": "  "}])
+    cfg = load_config(None, ["recipe=masked_lm", f"model.name_or_path={tiny_bert_dir}", f"data.train={one}",
+                             f"output_dir={tmp_path / 'x'}", "training.report_to=[]"])
+    with pytest.raises(DataError, match=r"data.train holds 1 non-blank text\(s\): too few to hold any out"):
+        train(cfg)

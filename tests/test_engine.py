@@ -150,3 +150,23 @@ def test_recalibrate_batchnorm_gives_exact_statistics():
     assert torch.allclose(bn.running_var, per_batch.mean(0), atol=1e-5)
     assert bn.momentum == 0.9 and not model.training
     assert recalibrate_batchnorm(torch.nn.Linear(2, 2), data, lambda b: None) == 0
+
+
+def test_a_diverging_run_stops_naming_the_step_and_the_learning_rate(text_overrides, tmp_path):
+    """learning_rate=1e6: the loss turns NaN after a few steps. The run stops there with an error,
+    keeps its last checkpoint (finite weights), and writes no model or metrics as a finished run."""
+    from hf_transfer.errors import TrainingError
+
+    cfg = run_cfg(text_overrides, tmp_path, "run", "training.learning_rate=1e6", "training.save_strategy=steps",
+                  "training.save_steps=1")
+    with pytest.raises(TrainingError, match=r"Training diverged at step \d+: the training loss is nan\. The likely "
+                                            r"cause is a learning rate too high .*: 1e\+06 \(training\.learning_rate\)"
+                                            r".*holds finite weights and is kept\. No model was written"):
+        train(cfg)
+    run = tmp_path / "run"
+    assert not (run / "model.safetensors").exists() and not (run / "metrics.json").exists()
+    ckpts = sorted((run / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
+    assert ckpts, "the checkpoint before the divergence is kept"
+    for name, tensor in load_file(str(ckpts[-1] / "model.safetensors")).items():
+        assert torch.isfinite(tensor).all(), name
+    assert "Training diverged" in (run / "train.log").read_text()

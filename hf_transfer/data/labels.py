@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import datasets
 import numpy as np
 
+from hf_transfer.data.fingerprints import transform_fingerprint
 from hf_transfer.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,8 @@ def apply_filter(ds: datasets.Dataset, expression: str | None, role: str) -> dat
         return frame.eval(expression).astype(bool).tolist()
 
     try:
-        out = ds.filter(keep, batched=True, desc="Filtering")
+        out = ds.filter(keep, batched=True, desc="Filtering",
+                        new_fingerprint=transform_fingerprint(ds, "data.filter", expression))
     except Exception as e:  # pandas raises several types for a bad expression
         raise DataError(
             f"data.filter {expression!r} cannot be applied to the {role} split ({type(e).__name__}: {e}). "
@@ -224,4 +226,4 @@ def select_indices(ds: datasets.Dataset, indices: list[int] | None, key: str = "
         )
     if len(set(indices)) != len(indices):
         raise DataError(f"{key} repeats some positions: each row may be selected once.")
-    return ds.select(indices)
+    return ds.select(indices, new_fingerprint=transform_fingerprint(ds, "select", np.asarray(indices, dtype=np.int64)))

@@ -7,6 +7,8 @@ import torch
 from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from hf_transfer.data.fingerprints import tokenizer_identity, transform_fingerprint
+
 
 def tokenize_split(
     ds: datasets.Dataset,
@@ -29,7 +31,12 @@ def tokenize_split(
 
     keep = {"labels"}
     drop = [c for c in ds.column_names if c not in keep]
-    return ds.map(tok, batched=True, remove_columns=drop, desc="Tokenizing")
+    # Our own fingerprint: datasets would otherwise hash the closure (and the tokenizer in it) under a
+    # bare `except:` that swallows Ctrl-C (hf_transfer.data.fingerprints).
+    fingerprint = transform_fingerprint(ds, "tokenize_split", tokenizer_identity(tokenizer), text_column,
+                                        text_pair_column, max_length, drop)
+    return ds.map(tok, batched=True, remove_columns=drop, desc="Tokenizing", new_fingerprint=fingerprint,
+                  load_from_cache_file=False)
 
 
 class EpochSampler(Sampler[int]):

@@ -7,7 +7,9 @@ labels), masked with transformers' `DataCollatorForLanguageModeling`, the model 
 `model.name_or_path` (the classification head is then new; the MLM head is dropped).
 
 Evaluation masks the eval texts once, with a fixed seed, so eval loss and perplexity compare
-across epochs and runs; training draws fresh masks every batch.
+across epochs and runs; training draws fresh masks every batch. Every eval text has at least one
+masked token (one is drawn, seeded, where the random draw masked none), so a small held-out split
+still measures a loss; an eval split with nothing to mask is refused.
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling
 
 from hf_transfer.data import labels as labels_mod
+from hf_transfer.data.fingerprints import tokenizer_identity, transform_fingerprint
 from hf_transfer.data.sources import load_split
-from hf_transfer.errors import ModelError
+from hf_transfer.errors import DataError, ModelError
 from hf_transfer.paths import resolve
 from hf_transfer.tasks.base import Splits, Task, register_task
 
 logger = logging.getLogger(__name__)
+
+
+def _has_text(text) -> bool:
+    return bool(text and str(text).strip())
 
 
 @register_task("masked_lm")
@@ -49,10 +56,20 @@ class MaskedLMTask(Task):
         train = labels_mod.apply_filter(load_split(d.train, "train"), d.filter, "train")
         self.input_col = labels_mod.find_column(train, d.text_column, labels_mod.TEXT_CANDIDATES, "text",
                                                 "data.text_column")
-        train = train.filter(lambda t: bool(t and str(t).strip()), input_columns=[self.input_col])
+        train = train.filter(_has_text, input_columns=[self.input_col],
+                             new_fingerprint=transform_fingerprint(train, "drop_blank_texts", self.input_col))
         if d.eval is not None and d.eval.name:
             eval_ds = labels_mod.apply_filter(load_split(d.eval, "eval"), d.filter, "eval")
+            eval_ds = eval_ds.filter(_has_text, input_columns=[self.input_col],
+                                     new_fingerprint=transform_fingerprint(eval_ds, "drop_blank_texts", self.input_col))
+            if len(eval_ds) == 0:
+                raise DataError(f"data.eval ({d.eval.name}) holds no non-blank text in column '{self.input_col}': "
+                                "the masked-LM eval loss would measure nothing.")
         else:
+            if len(train) < 2:
+                raise DataError(
+                    f"data.train holds {len(train)} non-blank text(s): too few to hold any out for the masked-LM "
+                    "eval loss. Give more texts, or a separate data.eval file.")
             parts = train.train_test_split(test_size=d.eval_fraction, seed=seed)
             train, eval_ds = parts["train"], parts["test"]
             logger.info("No data.eval given: held out %d texts for the masked-LM eval loss.", len(eval_ds))
@@ -69,25 +86,48 @@ class MaskedLMTask(Task):
             texts = [str(t) if t is not None else "" for t in batch[self.input_col]]
             return tok(texts, truncation=True, max_length=self.cfg.data.max_length, return_special_tokens_mask=True)
 
-        encoded = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+        # Our own fingerprints (hf_transfer.data.fingerprints): hashing these closures would go through
+        # datasets' bare `except:`, which swallows Ctrl-C.
+        encoded = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
+                         new_fingerprint=transform_fingerprint(ds, "mlm_tokenize", tokenizer_identity(tok),
+                                                               self.input_col, self.cfg.data.max_length),
+                         load_from_cache_file=False)
         if train:
             return encoded
         # Fixed masks for evaluation: the same tokens are hidden at every evaluation.
         collator = DataCollatorForLanguageModeling(tok, mlm_probability=self.cfg.data.mlm_probability,
                                                    seed=self.cfg.training.seed)
+        # A text the random draw left unmasked gets one masked token (seeded): a short held-out
+        # split would otherwise measure nothing (eval loss NaN).
+        rng = np.random.default_rng(self.cfg.training.seed)
 
         def mask(batch):
             rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            specials = [list(r["special_tokens_mask"]) for r in rows]
             out = collator(rows)
             keep = out["attention_mask"].bool()
+            input_ids = [ids[k].tolist() for ids, k in zip(out["input_ids"], keep)]
+            labels = [lab[k].tolist() for lab, k in zip(out["labels"], keep)]
+            for ids, lab, special, original in zip(input_ids, labels, specials, (r["input_ids"] for r in rows)):
+                if all(v == -100 for v in lab):
+                    choices = [i for i, s in enumerate(special) if not s]
+                    if choices:
+                        i = int(rng.choice(choices))
+                        lab[i], ids[i] = int(original[i]), tok.mask_token_id
             return {
-                "input_ids": [ids[k].tolist() for ids, k in zip(out["input_ids"], keep)],
+                "input_ids": input_ids,
                 "attention_mask": [m[k].tolist() for m, k in zip(out["attention_mask"], keep)],
-                "labels": [lab[k].tolist() for lab, k in zip(out["labels"], keep)],
+                "labels": labels,
             }
 
-        return encoded.map(mask, batched=True, batch_size=64, remove_columns=encoded.column_names,
-                           desc="Masking eval texts")
+        masked = encoded.map(mask, batched=True, batch_size=64, remove_columns=encoded.column_names,
+                             desc="Masking eval texts", load_from_cache_file=False,
+                             new_fingerprint=transform_fingerprint(encoded, "mlm_eval_masks", tokenizer_identity(tok),
+                                                                   self.cfg.data.mlm_probability, self.cfg.training.seed))
+        if not any(v != -100 for lab in masked["labels"] for v in lab):
+            raise DataError(f"The {len(masked)} held-out text(s) have no token that can be masked (only special "
+                            "tokens): the masked-LM eval loss would measure nothing. Give more (or longer) eval texts.")
+        return masked
 
     def collate(self, features):
         if "labels" not in features[0]:

@@ -84,7 +84,7 @@ def stage_configs(cfg, source: str = "config") -> list[Stage]:
     base = config_to_dict(cfg)
     base.pop("stages")
     stages: list[Stage] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, raw in enumerate(cfg.stages):
         where = f"stages[{i}] of {source}"
         if not isinstance(raw, dict):
@@ -97,10 +97,12 @@ def stage_configs(cfg, source: str = "config") -> list[Stage]:
         if i > 0 and "model" in raw:
             raise ConfigError(f"{where} sets 'model': every stage after the first starts from the previous stage's "
                               "body. Set model.name_or_path at the top level (or in the first stage).")
+        # Stage names key stages.json (what resume skips) and the combined metrics: one name, one stage.
+        if name in seen:
+            raise ConfigError(f"{where} is named '{name}', like stages[{seen[name]}]: every stage needs its own "
+                              "name (it keys the progress record and the combined metrics). Rename one of them.")
+        seen[name] = i
         dirname = f"{i + 1:02d}_{_slug(name)}"
-        if dirname in seen:
-            raise ConfigError(f"{where}: two stages are named '{name}'.")
-        seen.add(dirname)
         merged = _merge(copy.deepcopy(base), raw)
         merged["output_dir"] = str(Path(cfg.output_dir) / dirname)
         if stages:

@@ -49,7 +49,8 @@ class TrainerState:
 
 class Checkpointing:
     """The checkpoint half of `hf_transfer.engine.trainer.Trainer` (which it is mixed into): it
-    reads the trainer's `accelerator`, `state`, `strategy`, `model`, `groups`, `tc` and `ckpt_dir`."""
+    reads the trainer's `accelerator`, `state`, `strategy`, `model`, `groups`, `tc` and `ckpt_dir`,
+    and calls its `check_weights_finite` before writing weights."""
 
     def _checkpoints(self) -> list[Path]:
         if not self.ckpt_dir.is_dir():
@@ -60,6 +61,7 @@ class Checkpointing:
     def save_checkpoint(self) -> Path:
         """Save a resumable checkpoint atomically: written aside, then renamed into place."""
         acc = self.accelerator
+        self.check_weights_finite()  # a checkpoint is never written with NaN or infinite weights
         final = self.ckpt_dir / f"step_{self.state.global_step}"
         tmp = self.ckpt_dir / f".tmp_step_{self.state.global_step}"
         if acc.is_main_process:
@@ -127,6 +129,7 @@ class Checkpointing:
         from hf_transfer.engine.distributed import gather_state_dict, uses_fsdp
 
         acc = self.accelerator
+        self.check_weights_finite()
         acc.wait_for_everyone()
         path = self.ckpt_dir / "best.safetensors"
         if uses_fsdp(acc):  # full weights gathered from the shards (every process takes part)

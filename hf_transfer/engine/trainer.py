@@ -29,7 +29,7 @@ from hf_transfer.engine.budget import resolve_budget, resolve_learning_rate
 from hf_transfer.engine.distributed import precision_that_ran as dist_precision
 from hf_transfer.engine.evaluation import recalibrate_batchnorm, run_evaluation  # noqa: F401  (re-exported)
 from hf_transfer.engine.optim import build_param_groups
-from hf_transfer.errors import HFTransferError
+from hf_transfer.errors import HFTransferError, TrainingError
 from hf_transfer.models.families import model_type_of
 from hf_transfer.quiet import progress_disabled
 
@@ -278,6 +278,37 @@ class Trainer(Checkpointing):
             loss_total = acc.reduce(torch.as_tensor(loss_total, device=acc.device).reshape(1), reduction="sum")
         return float(loss_total) / max(n_total, 1.0)
 
+    # ------------------------------------------------------------------ divergence
+
+    def _diverged(self, what: str) -> TrainingError:
+        """The error for a run whose loss or weights stopped being finite, naming the step and the
+        learning rate (the usual cause) with where it came from."""
+        b = self.budget
+        hint = (f"The likely cause is a learning rate too high for this model and strategy: {b.learning_rate:g} "
+                f"({b.sources.get('learning_rate', 'training.learning_rate')}). Lower training.learning_rate "
+                "(ten times lower, say) and start the run again (--overwrite)")
+        if self.tc.mixed_precision == "fp16":
+            hint += ", or train without training.mixed_precision=fp16 (float16 overflows)"
+        return TrainingError(f"Training diverged at step {self.state.global_step}: {what}. {hint}.")
+
+    def _check_finite(self, value: float, what: str) -> None:
+        if not math.isfinite(value):
+            raise self._diverged(f"{what} is {value}")
+
+    def check_weights_finite(self) -> None:
+        """Raise `TrainingError` when a trainable weight is NaN or infinite (before any weights are
+        written: a checkpoint, the best model, the run's model)."""
+        params = getattr(self, "_trainable", None) or [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            return
+        acc = self.accelerator
+        with torch.no_grad():
+            bad = torch.stack([(~torch.isfinite(p.detach())).any() for p in params]).any().float().reshape(1)
+        if acc.num_processes > 1:  # FSDP / ZeRO shards: every process must take the same branch
+            bad = acc.reduce(bad.to(acc.device), reduction="sum")
+        if float(bad.sum()) > 0:
+            raise self._diverged("some weights are no longer finite numbers (NaN or infinite)")
+
     def _after_eval(self, metrics: dict) -> bool:
         """Track the best model and early stopping. True when training should stop."""
         name = metric_key(self.tc.metric_for_best_model)
@@ -347,6 +378,7 @@ class Trainer(Checkpointing):
                     loss = self._optimizer_step(window)
                     samples_seen += sum(self.task.num_examples(b) for b in window) * acc.num_processes
                     self.state.global_step += 1
+                    self._check_finite(loss, "the training loss")
                     self.state.step_in_epoch += 1
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -372,13 +404,7 @@ class Trainer(Checkpointing):
                 if tc.save_strategy == "epoch" and due and self.state.global_step < self.total_steps and not self.state.stopped_early:
                     self.save_checkpoint()
         except (Exception, KeyboardInterrupt) as e:
-            found = self._checkpoints()
-            where = (f"The last checkpoint, '{found[-1]}', is intact. Resume with the same command plus "
-                     "training.resume_from_checkpoint=latest.") if found else "No checkpoint was saved yet."
-            logger.error("Training stopped at step %d by %s: %s. %s", self.state.global_step, type(e).__name__, e, where,
-                         main_process_only=False)
-            if isinstance(e, HFTransferError):
-                raise type(e)(f"{e} {where}") from e
+            self._stopped(e)
             raise
         finally:
             progress.close()
@@ -393,8 +419,13 @@ class Trainer(Checkpointing):
             logger.info("Recalibrated the running statistics of %d batch-norm layers over the training data.", n)
         self.hook.on_train_end(self)
         metrics: dict[str, Any] = {}
-        if self.eval_dl is not None:
-            metrics.update(self.evaluate())
+        try:
+            if self.eval_dl is not None:
+                metrics.update(self.evaluate())
+                self._check_eval_finite(metrics)
+            self.check_weights_finite()  # the run's model is written next: never a NaN one
+        except TrainingError as e:
+            self._stopped(e)
         metrics.update({
             # A resumed run: total over every process that trained it (up to the checkpoint each
             # stopped at), and this process's part (what the throughput below is measured on).
@@ -418,8 +449,30 @@ class Trainer(Checkpointing):
             tracker.finish()
         return metrics
 
+    def _stopped(self, e: BaseException) -> None:
+        """Log why training stopped and what is left; a user error is raised again with that added."""
+        found = self._checkpoints()
+        if isinstance(e, TrainingError):
+            # Resuming would diverge again (the checkpoint restores the learning rate too).
+            where = ((f"The last checkpoint, '{found[-1]}', holds finite weights and is kept. " if found
+                      else "No checkpoint was saved before it. ") + "No model was written as a finished run.")
+        else:
+            where = (f"The last checkpoint, '{found[-1]}', is intact. Resume with the same command plus "
+                     "training.resume_from_checkpoint=latest.") if found else "No checkpoint was saved yet."
+        logger.error("Training stopped at step %d by %s: %s. %s", self.state.global_step, type(e).__name__,
+                     str(e).rstrip("."), where, main_process_only=False)
+        if isinstance(e, HFTransferError):
+            raise type(e)(f"{e} {where}") from e
+
+    def _check_eval_finite(self, metrics: dict) -> None:
+        for key in ("eval_loss", metric_key(self.tc.metric_for_best_model)):
+            value = metrics.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._check_finite(float(value), f"the evaluation's {key[5:]}")
+
     def _evaluate_and_log(self, epoch: int) -> bool:
         metrics = self.evaluate()
+        self._check_eval_finite(metrics)
         record = {"step": self.state.global_step, "epoch": epoch + self.state.step_in_epoch / self.steps_per_epoch}
         record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         self._log(record)

@@ -25,9 +25,10 @@ from hf_transfer.study import cells as cells_mod
 STUDY_FILE = "study.yaml"
 #: Keys the study sets per cell; the rest of the config is the study's identity.
 CELL_KEYS = (("output_dir",), ("data", "samples_per_class"), ("data", "max_train_samples"),
-             ("data", "train_indices"), ("training", "seed"))
-#: Keys that may differ between a planned cell and the config its run folder saved.
-RUN_KEYS = (("output_dir",), ("training", "resume_from_checkpoint"))
+             ("data", "train_indices"), ("training", "seed"), ("training", "record_eval_predictions"))
+#: Keys that may differ between a planned cell and the config its run folder saved (cells planned
+#: before the study recorded eval predictions are still finished).
+RUN_KEYS = (("output_dir",), ("training", "resume_from_checkpoint"), ("training", "record_eval_predictions"))
 
 
 @dataclass
@@ -42,11 +43,12 @@ class Cell:
     dir: Path
     cfg: TrainConfig
     settings: dict = field(default_factory=dict)
+    data_fingerprint: str | None = None  # the pool and eval split it was planned on (`planning._data_fingerprint`)
 
     @property
     def spec(self) -> dict:
         return {"kind": self.kind, "label": self.label, "strategy": self.strategy, "size": self.size,
-                "seed": self.seed, "settings": self.settings}
+                "seed": self.seed, "settings": self.settings, "data": self.data_fingerprint}
 
 
 @dataclass
@@ -156,6 +158,8 @@ def cell_status(cell: Cell) -> tuple[str, list[str]]:
         old_spec = json.loads(spec_path.read_text())
         if old_spec.get("settings", {}) != cell.settings:
             diff.append(f"settings: {old_spec.get('settings')} -> {cell.settings}")
+        if old_spec.get("data") and cell.data_fingerprint and old_spec["data"] != cell.data_fingerprint:
+            diff.append(f"data fingerprint: {old_spec['data']} -> {cell.data_fingerprint}")
     return ("changed", diff) if diff else ("finished", [])
 
 
@@ -175,6 +179,14 @@ def prepare_cell(cell: Cell, label_names: list[str]) -> None:
     cell.dir.mkdir(parents=True, exist_ok=True)
     (cell.dir / cells_mod.CELL_SPEC).write_text(json.dumps({**cell.spec, "labels": label_names}, indent=2))
     save_config(cell.cfg, cell.dir / cells_mod.CELL_CONFIG)
+
+
+def cell_data_fingerprint(cell: Cell) -> str | None:
+    """The data fingerprint the cell ran on (its `cell.json`); None for cells planned before it was recorded."""
+    path = cell.dir / cells_mod.CELL_SPEC
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("data")
 
 
 def cell_result(cell: Cell) -> dict[str, Any] | None:

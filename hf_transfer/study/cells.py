@@ -2,7 +2,8 @@
 
 A cell folder holds `cell.json` (what to run: kind, label, size, seed, baseline settings),
 `cell.yaml` (the full config, `data.train_indices` included), and once finished `metrics.json`
-(Trainer-style `eval_*` keys) and `study_cell.json` (wall seconds). A training cell is a normal run
+(Trainer-style `eval_*` keys) and `study_cell.json` (wall seconds: this attempt's, plus the training
+seconds of the interrupted attempts a resumed cell continued). A training cell is a normal run
 folder (`hf-transfer evaluate` / `export` work on it). Baseline cells keep their metrics and config,
 not a model.
 
@@ -55,7 +56,14 @@ def run_cell(cell_dir: str | Path) -> dict[str, Any]:
     else:
         raise HFTransferError(f"Unknown cell kind {spec['kind']!r} in {cell_dir / CELL_SPEC}.")
     seconds = time.perf_counter() - start
-    _write_json(cell_dir / CELL_RESULT, {"seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    # A resumed training cell: the attempts it resumed trained `train_runtime - train_runtime_this_process`
+    # seconds up to the checkpoint (kept in the checkpoint's trainer state); s/run counts them too.
+    before = 0.0
+    if spec["kind"] == "train" and isinstance(metrics.get("train_runtime_this_process"), (int, float)):
+        before = max(0.0, float(metrics.get("train_runtime", 0.0)) - float(metrics["train_runtime_this_process"]))
+    _write_json(cell_dir / CELL_RESULT, {"seconds": round(seconds + before, 3), "seconds_this_attempt": round(seconds, 3),
+                                         "seconds_before_resume": round(before, 3),
+                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return metrics
 
 
@@ -90,6 +98,9 @@ def _classification_metrics(pred, ref, names: list[str], prefix: str) -> dict[st
     from hf_transfer.metrics.classification import compute_classification_metrics
 
     m = compute_classification_metrics(pred, ref, names)
+    # Per example, in split order, as the training cells record them: the verdicts' paired bootstrap.
+    m["predictions"] = [int(v) for v in pred]
+    m["references"] = [int(v) for v in ref]
     return {f"{prefix}_{k}": v for k, v in m.items()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import shlex
 from pathlib import Path
 
@@ -138,6 +139,7 @@ def _cell_config(base: TrainConfig, strategy: str, sets: list[str], indices: lis
         set_dotted(raw, key, value)
     raw["data"].update(samples_per_class=None, max_train_samples=None, train_indices=indices, seed=data_seed)
     raw["training"]["seed"] = seed
+    raw["training"]["record_eval_predictions"] = True  # the verdicts' paired bootstrap over eval examples
     raw["output_dir"] = str(out)
     cfg = config_from_dict(raw, f"--set for '{label}'" if sets else f"the cells of '{label}'")
     check_config(cfg, f"the cells of '{label}'")
@@ -163,8 +165,20 @@ def _load_pool(base: TrainConfig, data_seed: int) -> tuple[np.ndarray, list[str]
     counts = np.bincount(labels, minlength=len(names))
     pool = {"train_pool": int(len(labels)), "train_pool_per_class": dict(zip(names, counts.tolist())),
             "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
-            "test_size": int(len(splits.test)) if splits.test is not None else 0}
+            "test_size": int(len(splits.test)) if splits.test is not None else 0,
+            "fingerprint": _data_fingerprint(task, splits, names)}
     return labels, names, pool
+
+
+def _data_fingerprint(task, splits, names: list[str]) -> str:
+    """The content of the training pool and the eval split, rows in order (inputs and labels):
+    `data.train_indices` are positions in this pool, and every cell is judged on this eval split."""
+    from hf_transfer.data.fingerprints import content_fingerprint
+
+    columns = [task.input_col, task.cfg.data.text_pair_column, "labels"]
+    parts = [repr(names)] + [content_fingerprint(ds, columns) if ds is not None else "-"
+                             for ds in (splits.train, splits.eval, splits.test)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _cell_dirname(label: str, size: int, per_class: bool, seed: int) -> str:
@@ -260,11 +274,12 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
                 if label in baselines:
                     cfg = _cell_config(base, base.strategy.name, [], subsets[size], seed, data_seed, d, label)
                     settings = {k: v for k, v in (parse_override(o) for o in by_label.get(label, []))}
-                    cell_list.append(Cell(label, label, label, size, seed, d, cfg, settings))
+                    cell_list.append(Cell(label, label, label, size, seed, d, cfg, settings, pool["fingerprint"]))
                 else:
                     cfg = _cell_config(base, strategy_of[label], by_label.get(label, []), subsets[size], seed,
                                        data_seed, d, label)
-                    cell_list.append(Cell("train", label, strategy_of[label], size, seed, d, cfg))
+                    cell_list.append(Cell("train", label, strategy_of[label], size, seed, d, cfg,
+                                          data_fingerprint=pool["fingerprint"]))
     study = Study(out, base, labels, baselines, sizes, seeds, per_class, metric, names, pool, cell_list,
                   command, record)
     for cell in cell_list:
@@ -302,6 +317,17 @@ def _check_study_folder(out: Path, record: dict) -> None:
         raise ConfigError(f"'{out}' holds a study with sizes {'per class' if old.get('per_class') else 'in total'}; "
                           f"this command counts them {'per class' if record['per_class'] else 'in total'}. "
                           "Choose another -o folder.")
-    if old.get("pool") and old["pool"] != record["pool"]:
-        raise ConfigError(f"The data changed since '{out}' was planned (training pool {old['pool']} then, "
-                          f"{record['pool']} now). Choose another -o folder.")
+    old_pool = dict(old.get("pool") or {})
+    old_fingerprint = old_pool.pop("fingerprint", None)  # absent in studies planned before it was recorded
+    new_pool = {k: v for k, v in record["pool"].items() if k != "fingerprint"}
+    if old_pool and old_pool != new_pool:
+        raise ConfigError(f"The data changed since '{out}' was planned (training pool {old_pool} then, "
+                          f"{new_pool} now). Choose another -o folder.")
+    if old_fingerprint is not None and old_fingerprint != record["pool"]["fingerprint"]:
+        raise ConfigError(
+            f"The data changed since '{out}' was planned: the training pool and eval split have the same sizes "
+            "and class counts, but hold other rows, or the same rows in another order (data fingerprint "
+            f"{old_fingerprint} then, {record['pool']['fingerprint']} now). The cells already run used the old eval "
+            "split and training subsets, so new cells would not be comparable with them. Restore the data as it "
+            "was, or choose another -o folder for this data."
+        )

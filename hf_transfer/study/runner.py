@@ -3,17 +3,20 @@
 Each worker is `python -m hf_transfer.study.cells CELL_DIR` with its share of the CPU threads;
 one progress line per finished cell with an ETA from the cells done so far. A failed cell is
 recorded and the others go on; Ctrl-C stops the running cells, keeps the finished ones and still
-writes the report, so the same command resumes.
+writes the report, so the same command resumes. An interrupt that something on the way drops (a
+finalizer, a library's bare `except:`) is remembered and stops the study when the cell returns.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Any, Callable
 
 import numpy as np
@@ -114,6 +117,31 @@ def _run_in_process(cell: Cell) -> str | None:
                 hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def _remembered_interrupts():
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered. Python drops an exception
+    raised inside a finalizer or weakref callback ("Exception ignored in ..."), and libraries drop
+    it under a bare `except:`; a remembered interrupt still stops the study once the running cell
+    returns. Yields a dict whose `hit` turns True at the first Ctrl-C."""
+    state = {"hit": False}
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield state  # signals go to the main thread only; an ignored SIGINT stays ignored
+        return
+
+    def on_interrupt(signum, frame):
+        state["hit"] = True
+        if callable(previous) and previous is not signal.SIG_DFL:
+            previous(signum, frame)  # Python's default handler raises KeyboardInterrupt
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _worker_env(jobs: int) -> dict[str, str]:
     env = dict(os.environ)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
@@ -159,17 +187,20 @@ def run_study(study: Study, jobs: int = 1, echo: Callable[[str], None] = print,
     failures: dict[str, str] = {}
     interrupted = False
     try:
-        if in_process:
-            for i, cell in enumerate(pending):
-                prepare_cell(cell, study.label_names)
-                error = _run_in_process(cell)
-                m = None if error else cell_result(cell)
-                if error:
-                    failures[cell.dir.name] = error
-                progress.record(cell, (m or {}).get("seconds"))
-                progress.line(cell, m, (m or {}).get("seconds"), pending[i + 1:], error)
-        else:
-            _run_workers(study, pending, jobs, progress, failures)
+        with _remembered_interrupts() as ctrl_c:
+            if in_process:
+                for i, cell in enumerate(pending):
+                    prepare_cell(cell, study.label_names)
+                    error = _run_in_process(cell)
+                    m = None if error else cell_result(cell)
+                    if error:
+                        failures[cell.dir.name] = error
+                    progress.record(cell, (m or {}).get("seconds"))
+                    progress.line(cell, m, (m or {}).get("seconds"), pending[i + 1:], error)
+                    if ctrl_c["hit"]:  # pressed while the cell ran, and dropped on the way
+                        raise KeyboardInterrupt
+            else:
+                _run_workers(study, pending, jobs, progress, failures, ctrl_c)
     except KeyboardInterrupt:
         interrupted = True
     report = write_report(study)
@@ -183,7 +214,8 @@ def run_study(study: Study, jobs: int = 1, echo: Callable[[str], None] = print,
     return report
 
 
-def _run_workers(study: Study, pending: list[Cell], jobs: int, progress: _Progress, failures: dict[str, str]) -> None:
+def _run_workers(study: Study, pending: list[Cell], jobs: int, progress: _Progress, failures: dict[str, str],
+                 ctrl_c: dict | None = None) -> None:
     env = _worker_env(jobs)
     queue = list(pending)
     running: dict[subprocess.Popen, tuple[Cell, float, Any]] = {}
@@ -197,6 +229,8 @@ def _run_workers(study: Study, pending: list[Cell], jobs: int, progress: _Progre
                                         stdout=log, stderr=subprocess.STDOUT, env=env)
                 running[proc] = (cell, time.perf_counter(), log)
             time.sleep(0.2)
+            if ctrl_c is not None and ctrl_c["hit"]:
+                raise KeyboardInterrupt
             for proc in [p for p in running if p.poll() is not None]:
                 cell, _, log = running.pop(proc)
                 log.close()

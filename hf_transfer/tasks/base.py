@@ -330,4 +330,10 @@ class ClassificationTask(Task):
 
         metrics = compute_classification_metrics(arrays["predictions"], arrays["references"], self.labels.names)
         metrics["loss"] = float(np.mean(arrays["loss"])) if len(arrays["loss"]) else float("nan")
+        if self.cfg.training.record_eval_predictions:  # per example, in split order (studies' paired bootstrap)
+            preds = np.asarray(arrays["predictions"])
+            preds = preds.argmax(-1) if preds.ndim > 1 else preds
+            metrics["predictions"] = preds.astype(int).tolist()
+            metrics["references"] = np.asarray(arrays["references"]).astype(int).tolist()
+            metrics["example_losses"] = [round(float(v), 6) for v in np.asarray(arrays["loss"], dtype=float)]
         return metrics

@@ -7,6 +7,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 import logging
 
 from hf_transfer.data import labels as labels_mod
+from hf_transfer.data.fingerprints import transform_fingerprint
 from hf_transfer.data.text import tokenize_split
 from hf_transfer.errors import DataError, HFTransferError
 from hf_transfer.models.heads import load_for_classification
@@ -69,7 +70,8 @@ class TextClassificationTask(ClassificationTask):
             return keep
 
         before = len(ds)
-        out = ds.filter(usable, batched=True, desc=f"Dropping blank {role} texts")
+        out = ds.filter(usable, batched=True, desc=f"Dropping blank {role} texts",
+                        new_fingerprint=transform_fingerprint(ds, "drop_blank_texts", columns))
         dropped = before - len(out)
         self.blank_rows[role] = dropped
         if dropped:
