@@ -68,6 +68,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     from hf_transfer.models.layer_groups import layer_groups
 
     check_config(cfg)  # a config built in Python has not been through load_config's checks
+    refuse_non_finite_settings(cfg)
     if cfg.stages:  # intermediate domains: one run per stage, in subfolders (hf_transfer.domain.stages)
         from hf_transfer.domain.stages import train_stages
 
@@ -77,7 +78,11 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
 
     # The checkpoint's config first: a name that is neither a folder nor a Hub id is said so here,
     # before a tokenizer or processor reports it as a network error.
-    load_config_checked(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    checkpoint = load_config_checked(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    from hf_transfer.models.heads import check_checkpoint_fits_recipe
+
+    # An image checkpoint in a text recipe: said here, before a tokenizer asks for sentencepiece.
+    check_checkpoint_fits_recipe(checkpoint, cfg.recipe, cfg.model.name_or_path)
     out = Path(cfg.output_dir)
     overwrite = overwrite or getattr(cfg, "overwrite_output_dir", False)
     check_output_dir(out, overwrite, resuming=bool(cfg.training.resume_from_checkpoint))
@@ -152,6 +157,33 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
 
             maybe_push_after_training(cfg, out)
     return metrics
+
+
+def refuse_non_finite_settings(cfg: TrainConfig) -> None:
+    """A NaN or infinite number anywhere in the config (`training.learning_rate=nan`) is refused
+    by name, before any data or model loads; torch would otherwise fail deep inside the optimizer
+    (nan) or train a NaN model (inf)."""
+    import dataclasses
+    import math
+
+    from hf_transfer.errors import ConfigError
+
+    def walk(value, key: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{key}={value} is not a finite number: give a number (for training.learning_rate, a small "
+                "positive one such as 2e-5), or remove the key to use the default.")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name), f"{key}.{f.name}" if key else f.name)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+
+    walk(cfg, "")
 
 
 def warn_if_launch_fell_back_to_one_process() -> bool:
@@ -372,6 +404,10 @@ def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
 
 def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1) -> list[dict[str, Any]]:
     """Predict labels for raw inputs (texts, or image/audio file paths, by recipe)."""
+    from hf_transfer.errors import ConfigError
+
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {top_k!r}: how many labels to return per input.")
     run_dir = Path(run_dir)
     setup_logging(None)
     cfg = open_finished_run(run_dir)
