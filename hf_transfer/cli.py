@@ -106,6 +106,9 @@ def cmd_train(args) -> int:
         shown = {k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, float) and k.count("_") == 1}
         print(json.dumps(shown, indent=2))
         print(f"Run folder: {cfg.output_dir}")
+        from hf_transfer.run import summary_lines
+
+        print("\n".join(summary_lines(metrics)))
     return 0
 
 

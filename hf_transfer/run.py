@@ -147,6 +147,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     metrics.update(task.describe_data(splits))
     if main:
         _write_metrics(out, metrics)
+        for line in summary_lines(metrics):
+            logger.info("%s", line)
         from hf_transfer.files import respect_umask
 
         for p in out.iterdir():  # safetensors writes 600: the user's umask decides (644 under 022)
@@ -280,6 +282,42 @@ def _rebuild_model(task, strategy):
 
     model = task.build_model(from_scratch=True)
     return strategy.apply(model, layer_groups(model))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {secs} s"
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """What a finished run did, in words: rows trained on, epochs and steps, how long, rows
+    evaluated (and tested), and an eval split cut by `data.eval_samples_per_class` /
+    `data.max_eval_samples`. Logged at the end of `train` and printed by `hf-transfer train`."""
+    parts = []
+    if isinstance(metrics.get("train_size"), int):
+        parts.append(f"Trained on {metrics['train_size']:,} rows")
+    else:
+        parts.append("Trained")
+    epoch, steps = metrics.get("epoch"), metrics.get("train_steps")
+    if isinstance(epoch, (int, float)) and epoch:
+        parts.append(f"for {epoch:g} epoch{'' if epoch == 1 else 's'}")
+    if isinstance(steps, int) and steps:
+        parts.append(f"({steps:,} step{'' if steps == 1 else 's'})")
+    if isinstance(metrics.get("train_runtime"), (int, float)):
+        parts.append(f"in {_duration(float(metrics['train_runtime']))}")
+    line = " ".join(parts)
+    scored = [f"{verb} on {metrics[key]:,} rows" for verb, key in (("evaluated", "eval_size"), ("tested", "test_size"))
+              if isinstance(metrics.get(key), int)]
+    lines = [line + ("; " + ", ".join(scored) if scored else "") + "."]
+    before = metrics.get("eval_size_before_cut")
+    if isinstance(before, int) and isinstance(metrics.get("eval_size"), int):
+        n = metrics["eval_size"]
+        lines.append(f"Smaller eval split: {before:,} rows {metrics.get('eval_origin', '')}, cut to {n:,} by "
+                     f"{metrics.get('eval_cut_by')}; each eval row moves accuracy by {100 / max(n, 1):.1f} points. "
+                     "Unset it to evaluate on every row.")
+    return lines
 
 
 def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
