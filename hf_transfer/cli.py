@@ -115,7 +115,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from hf_transfer.run import evaluate
 
-    metrics = evaluate(args.run_dir, split=args.split)
+    metrics = evaluate(args.run_dir, split=args.split, allow_pickle=args.trust_pickle)
     scalars = {k: v for k, v in metrics.items() if not k.endswith("confusion_matrix")}
     print(json.dumps(scalars, indent=2))
     return 0
@@ -124,7 +124,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from hf_transfer.run import predict
 
-    for row in predict(args.run_dir, args.inputs, top_k=args.top_k):
+    for row in predict(args.run_dir, args.inputs, top_k=args.top_k, allow_pickle=args.trust_pickle):
         print(json.dumps(row))
     return 0
 
@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="the run folder (output_dir of a finished `hf-transfer train`)")
     e.add_argument("--split", choices=["auto", "eval", "test"], default="auto",
                    help="which split to score: eval, test, or auto (every one the run has; default)")
+    _trust_pickle_option(e)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict labels for texts (or files, by recipe) with a finished run",
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="texts (text recipes), or image / audio file paths (image and audio recipes)")
     pr.add_argument("--top-k", type=at_least(1), default=1, metavar="K",
                     help="how many labels to print per input, most probable first (default 1)")
+    _trust_pickle_option(pr)
     pr.set_defaults(func=cmd_predict)
 
     ls = sub.add_parser("ls", help="list the shipped recipes and configs")
@@ -360,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_selection_commands(sub)  # rank, plan
     return p
+
+
+def _trust_pickle_option(parser) -> None:
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="a feature-extraction run folder from an older hf-transfer keeps its classifier only as "
+                             "a pickle (classifier.joblib / model_head.pkl): unpickle it. Unpickling runs any code the "
+                             "file holds: only for run folders you trust (current runs need no pickle)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

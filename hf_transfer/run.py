@@ -373,7 +373,7 @@ def open_finished_run(run_dir: str | Path) -> TrainConfig:
     return cfg
 
 
-def _load_run_model(run_dir: Path, task):
+def _load_run_model(run_dir: Path, task, allow_pickle: bool = False):
     from hf_transfer.files import check_weights
 
     remote = task.cfg.model.trust_remote_code
@@ -388,7 +388,7 @@ def _load_run_model(run_dir: Path, task):
     # classifier) registered a loader that puts it back.
     from hf_transfer.run_folder import RunFolder, apply_model_loaders
 
-    return apply_model_loaders(RunFolder(run_dir), model).eval()
+    return apply_model_loaders(RunFolder(run_dir, allow_pickle=allow_pickle), model).eval()
 
 
 def _run_labels(run_dir: Path) -> list[str] | None:
@@ -406,8 +406,11 @@ def _run_labels(run_dir: Path) -> list[str] | None:
         return None
 
 
-def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
-    """Metrics of a finished run on its eval split (`eval`), its test split (`test`), or both (`auto`)."""
+def evaluate(run_dir: str | Path, split: str = "auto", allow_pickle: bool = False) -> dict[str, Any]:
+    """Metrics of a finished run on its eval split (`eval`), its test split (`test`), or both (`auto`).
+
+    `allow_pickle`: read an older feature-extraction run's pickled classifier (runs code from the
+    file: only for run folders you trust); current run folders need no pickle."""
     from hf_transfer.engine.trainer import new_accelerator, run_evaluation
 
     run_dir = Path(run_dir)
@@ -421,7 +424,7 @@ def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
     task.only_roles = {"eval": ("eval",), "test": ("test",), "auto": ("eval", "test")}[split]
     task.known_labels = _run_labels(run_dir)
     splits = task.load_splits()
-    model = _load_run_model(run_dir, task)
+    model = _load_run_model(run_dir, task, allow_pickle)
     acc = new_accelerator(cfg.training, run_dir)
     acc.trackers = []
     model = acc.prepare(model)
@@ -440,8 +443,9 @@ def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
     return metrics
 
 
-def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1) -> list[dict[str, Any]]:
-    """Predict labels for raw inputs (texts, or image/audio file paths, by recipe)."""
+def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1, allow_pickle: bool = False) -> list[dict[str, Any]]:
+    """Predict labels for raw inputs (texts, or image/audio file paths, by recipe); `allow_pickle`
+    as in `evaluate`."""
     from hf_transfer.errors import ConfigError
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -452,5 +456,5 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1) -> list[dict
     cfg.model.name_or_path = str(run_dir)
     task = get_task(cfg)
     task.load_processor()
-    model = _load_run_model(run_dir, task)
+    model = _load_run_model(run_dir, task, allow_pickle)
     return task.predict(model, inputs, top_k=top_k)

@@ -281,7 +281,8 @@ def test_several_layers_are_saved_beside_the_model_and_reloaded(tiny_bert_dir, t
         tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", "strategy.layers=mean", "strategy.combine=concat")))
     out = tmp_path / "run"
     info = json.loads((out / fe.SPEC_FILE).read_text())
-    assert info["layout"] == "beside" and info["feature_dim"] == 64 and (out / fe.CLASSIFIER_FILE).is_file()
+    assert info["layout"] == "beside" and info["feature_dim"] == 64 and (out / fe.CLASSIFIER_TENSORS_FILE).is_file()
+    assert not (out / fe.CLASSIFIER_FILE).exists()  # no pickle
     assert not (out / "modules.json").exists()
     assert evaluate(out, split="eval")["eval_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-4)
 

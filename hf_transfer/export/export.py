@@ -28,7 +28,7 @@ from hf_transfer.errors import ExportError
 from hf_transfer.export.card import build_card, recipe_of
 from hf_transfer.export.card_checks import model_hub_id, validate_card
 from hf_transfer.paths import resolve
-from hf_transfer.run_folder import FEATURE_CLASSIFIER_FILE, RunFolder
+from hf_transfer.run_folder import FEATURE_CLASSIFIER_FILE, PICKLED_CLASSIFIER_FILES, RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -375,11 +375,11 @@ def export_run(
             "plain transformers would use an untrained head. The run folder itself loads with "
             "setfit.SetFitModel.from_pretrained; upload it as it is."
         )
-    if (run.path / FEATURE_CLASSIFIER_FILE).is_file():
+    if any((run.path / f).is_file() for f in (FEATURE_CLASSIFIER_FILE, *PICKLED_CLASSIFIER_FILES)):
         # Plain transformers would load the backbone with an untrained head: refuse, not mislead.
         raise ExportError(
-            f"'{run.path}' predicts through a scikit-learn classifier (classifier.joblib: svm, knn, or a "
-            "multi-layer head) that plain transformers cannot load. Export a run trained with "
+            f"'{run.path}' predicts through a classifier kept beside the model ({FEATURE_CLASSIFIER_FILE}: svm, "
+            "knn, or a multi-layer head) that plain transformers cannot load. Export a run trained with "
             "strategy.classifier=logistic_regression or linear on a single-linear head, or another strategy."
         )
     if out.resolve() == run.path.resolve():
