@@ -225,6 +225,16 @@ class RunFolder:
                                      module=data.get("module"), raw=data)
 
     @property
+    def feature_layout(self) -> str | None:
+        """`setfit` or `beside` when the run's classifier lives beside the model (a feature
+        classifier that plain transformers cannot load), else None."""
+        spec = self.feature_classifier
+        if spec is None:
+            return "beside" if any((self.path / f).is_file() for f in PICKLED_CLASSIFIER_FILES) else None
+        layout = spec.raw.get("layout") or ("head" if spec.head_written else "beside")
+        return layout if layout in ("setfit", "beside") else None
+
+    @property
     def model_type(self) -> str | None:
         """`model_type` of the saved model's config.json, or None."""
         path = self.path / "config.json"

@@ -152,3 +152,46 @@ def test_an_older_run_folder_with_only_a_pickle_is_refused_unless_trusted(tiny_b
     (out / "model_head.pkl").write_bytes(pickle.dumps(_Planted()))
     assert main(["predict", str(out), "a fine film"]) == 2
     assert not marker.exists()
+
+
+def test_export_of_a_feature_classifier_run_ships_safetensors_and_says_so_on_the_card(
+        tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_transfer.errors import ExportError
+    from hf_transfer.export.export import export_run
+    from hf_transfer.models.feature_run import attach_feature_classifier
+
+    train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, "strategy.classifier=svm")))
+    run, out = tmp_path / "run", tmp_path / "export"
+    import joblib
+
+    def refuse(*a, **k):
+        raise AssertionError("a pickle was loaded")
+
+    monkeypatch.setattr(joblib, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    export_run(run, out, license="mit")  # the reload check runs without unpickling anything
+    for name in ("classifier.safetensors", "classifier.json", "feature_classifier.json", "model.safetensors",
+                 "modules.json", "1_Pooling/config.json", "config_setfit.json", "model_head.pkl", "README.md"):
+        assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "classifier.safetensors" in card and "attach_feature_classifier" in card
+    assert "model_head.pkl" in card and "pickle" in card and "--trust-pickle" in card
+    assert "SetFitModel.from_pretrained" in card and "only from a repository you trust" in card
+
+    # The export predicts like the run, loaded the pickle-free way.
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    inputs = dict(tok(["a great film", "a dull plot"], return_tensors="pt", padding=True))
+    with torch.no_grad():
+        got = attach_feature_classifier(out, AutoModelForSequenceClassification.from_pretrained(out))(**inputs).logits
+        ref = attach_feature_classifier(run, AutoModelForSequenceClassification.from_pretrained(run))(**inputs).logits
+    assert torch.allclose(got, ref)
+
+    # An older run folder whose classifier is only a pickle is not exported (and not unpickled).
+    (run / "classifier.safetensors").unlink()
+    with pytest.raises(ExportError, match="only as a pickle"):
+        export_run(run, tmp_path / "export2")
