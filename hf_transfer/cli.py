@@ -398,6 +398,9 @@ def cmd_pretrain(args) -> int:
         shown = {k: v for k, v in metrics.items() if k in ("eval_loss", "eval_perplexity", "eval_accuracy")}
         print(json.dumps(shown, indent=2))
         print(f"Pretrained checkpoint: {cfg.output_dir}")
+        from hf_transfer.run import summary_lines
+
+        print("\n".join(summary_lines(metrics)))
         print(f"Fine-tune it: hf-transfer train YOUR_RUN.yaml model.name_or_path={cfg.output_dir}")
     return 0
 

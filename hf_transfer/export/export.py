@@ -2,8 +2,10 @@
 
 The export holds only what a user of the model needs: safetensors weights (merged, or the PEFT
 adapter kept unmerged), config with label names, tokenizer or processor, README.md card and the
-card's images. It is assembled from an allow-list, so checkpoints/, logs, train.log, config.yaml
-(local paths) and anything else in the run folder never reach it.
+card's images; for a run whose classifier lives beside the model, that classifier as safetensors +
+JSON (and SetFit's files for the SetFit layout). It is assembled from an allow-list, so
+checkpoints/, logs, train.log, config.yaml (local paths) and anything else in the run folder never
+reach it. Nothing is unpickled on the way.
 
 Before it reports success the export is reloaded the way its card tells users to load it (plain
 transformers, or peft on the base model) and its logits on a few inputs are compared with the
