@@ -255,5 +255,5 @@ def test_pretrain_prints_no_library_noise(tiny_bert_dir, tmp_path):
 
 def test_compare_planning_prints_no_library_noise(text_overrides, tmp_path):
     argv = _text_config(tmp_path, text_overrides)
-    _assert_quiet(_cli("compare", argv[0], *argv[1:], "--strategies", "feature_extraction", "--sizes", "4",
+    _assert_quiet(_cli("compare", argv[0], *argv[1:], "training.epochs=1", "--strategies", "full", "--sizes", "4",
                        "--per-class", "--seeds", "0", "-o", tmp_path / "study"))
