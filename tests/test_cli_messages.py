@@ -132,6 +132,15 @@ def test_image_checkpoint_in_a_text_recipe_names_the_recipe_that_fits(tiny_vit_d
     assert "sentencepiece" not in err and "tiktoken" not in err and "Traceback" not in err
 
 
+def test_image_checkpoint_in_shift_names_the_recipe_that_fits(tiny_vit_dir, text_overrides, toy_text_data, tmp_path,
+                                                               capsys):
+    overrides = [o for o in text_overrides if not o.startswith("model.name_or_path=")]
+    argv = _text_config(tmp_path, overrides, f"model.name_or_path={tiny_vit_dir}")
+    assert main(["shift", *argv, "--target", str(toy_text_data["test"])]) == 2
+    err = capsys.readouterr().err
+    assert "is an image model (vit)" in err and "recipe image_classification" in err, err
+
+
 def test_image_checkpoint_in_pretrain_names_the_recipe_that_fits(tiny_vit_dir, tmp_path, capsys):
     texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in toy_sentences(20)])
     cfg = tmp_path / "mlm.yaml"

@@ -237,6 +237,12 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
     from hf_transfer.models.features import FeatureExtractor, extract, spec_from_settings
     from hf_transfer.tasks import get_task
 
+    from hf_transfer.models.heads import check_checkpoint_fits_recipe, load_config_checked
+
+    m = cfg.model
+    # An image checkpoint in a text config: said before a tokenizer asks for sentencepiece.
+    check_checkpoint_fits_recipe(load_config_checked(m.name_or_path, m.revision, m.trust_remote_code), cfg.recipe,
+                                 m.name_or_path)
     out = Path(output_dir) if output_dir else Path(cfg.output_dir) / "shift"
     out.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg)
