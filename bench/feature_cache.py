@@ -41,15 +41,10 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "minilm" 
 
 def saved_weights(run: Path) -> dict:
     """Every array the run folder saved: the model's tensors and the classifier's (the head, or
-    the scikit-learn-style estimator beside the model: `model_head.pkl` / `classifier.joblib`)."""
-    import joblib
-    import numpy as np
-
+    the classifier beside the model: `classifier.safetensors`)."""
     arrays = {k: v.numpy() for k, v in load_file(str(run / "model.safetensors")).items()}
-    for name in ("model_head.pkl", "classifier.joblib"):
-        if (run / name).is_file():
-            est = joblib.load(run / name)
-            arrays.update({f"{name}:{k}": v for k, v in vars(est).items() if isinstance(v, np.ndarray)})
+    if (run / "classifier.safetensors").is_file():
+        arrays.update({f"classifier:{k}": v.numpy() for k, v in load_file(str(run / "classifier.safetensors")).items()})
     return arrays
 
 

@@ -17,6 +17,46 @@ from hf_transfer import recipes_dir
 from hf_transfer.errors import HFTransferError
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A parser that takes options anywhere among its positionals (`train x.yaml --overwrite
+    a.b=1 c.d=2`): argparse's `parse_intermixed_args` for every subcommand. The top-level parser
+    (whose positional is the subcommand) parses as usual."""
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        positionals = self._get_positional_actions()
+        if self._mixing or any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in positionals):
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
+def at_least(minimum: int):
+    """An argparse `type`: an integer no smaller than `minimum` ("must be at least 1, got 0")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def add_overrides(parser, help_text: str = "a.b=value config overrides, e.g. training.epochs=1 output_dir=runs/x "
+                                           "(options may come before, between or after them)") -> None:
+    """The optional `a.b=value` overrides positional every config-taking command has."""
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
+
+
 def _configs_root() -> Path:
     return recipes_dir() / "configs"
 
@@ -66,13 +106,16 @@ def cmd_train(args) -> int:
         shown = {k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, float) and k.count("_") == 1}
         print(json.dumps(shown, indent=2))
         print(f"Run folder: {cfg.output_dir}")
+        from hf_transfer.run import summary_lines
+
+        print("\n".join(summary_lines(metrics)))
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from hf_transfer.run import evaluate
 
-    metrics = evaluate(args.run_dir, split=args.split)
+    metrics = evaluate(args.run_dir, split=args.split, allow_pickle=args.trust_pickle)
     scalars = {k: v for k, v in metrics.items() if not k.endswith("confusion_matrix")}
     print(json.dumps(scalars, indent=2))
     return 0
@@ -81,7 +124,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from hf_transfer.run import predict
 
-    for row in predict(args.run_dir, args.inputs, top_k=args.top_k):
+    for row in predict(args.run_dir, args.inputs, top_k=args.top_k, allow_pickle=args.trust_pickle):
         print(json.dumps(row))
     return 0
 
@@ -149,23 +192,49 @@ def _registered_strategies():
 
 
 def _config_summary(path: Path) -> str:
-    """A config's first comment line that describes it (its leading command line is skipped: it
-    may name scripts, such as bench/ data preparation, that only a source checkout has)."""
+    """A config's description: the first sentence of its leading comment, however many lines it
+    wraps over (its leading command line is skipped: it may name scripts, such as bench/ data
+    preparation, that only a source checkout has)."""
     needs_checkout = False
+    words: list[str] = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
         text = line.lstrip("# ").strip()
-        if text.startswith(("hf-transfer ", "python ", "accelerate ")):
+        if not words and text.startswith(("hf-transfer ", "python ", "accelerate ")):
             needs_checkout = needs_checkout or "bench/" in text
         elif text:
-            # Its data is written by a benchmark script that ships with the source, not the package.
-            return ("[data: prepared by a benchmark of the source repository] " if needs_checkout else "") + text
-    return ""
+            words.append(text)
+        elif words:
+            break  # a blank comment line ends the description
+    summary = _first_sentence(" ".join(words))
+    # Its data is written by a benchmark script that ships with the source, not the package.
+    return ("[data: prepared by a benchmark of the source repository] " if needs_checkout and summary else "") + summary
+
+
+def _first_sentence(text: str) -> str:
+    """`text` up to its first full stop outside parentheses that ends a sentence ("tiny.en" and
+    "e.g." inside a sentence do not)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "." and depth == 0 and (i + 1 == len(text) or text[i + 1] == " ") and not text[:i].endswith(" e.g"):
+            return text[:i + 1]
+    return text
+
+
+def _recipe_script(name: str) -> Path | None:
+    """The shipped recipe script `name` names (`text_classification` as `ls` prints it, or with
+    `.py`), or None."""
+    for candidate in (name, f"{name}.py"):
+        path = recipes_dir() / candidate
+        if path.suffix == ".py" and path.is_file() and not path.name.startswith("_"):
+            return path
+    return None
 
 
 def cmd_cp(args) -> int:
-    src = resolve_config_path(args.name) if not (recipes_dir() / args.name).is_file() else recipes_dir() / args.name
+    src = _recipe_script(args.name) or resolve_config_path(args.name)
     dest = Path(args.dest)
     if dest.is_dir():
         dest = dest / src.name
@@ -325,11 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-transfer", description="Transfer learning for Hugging Face checkpoints.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"hf-transfer {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below")
+    # Every subcommand takes its options anywhere among its positionals (IntermixedParser).
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below",
+                           parser_class=IntermixedParser)
 
     t = sub.add_parser("train", help="train a run from a config (file or shipped name) plus key=value overrides")
     t.add_argument("config", help="YAML file, or a shipped config name such as bert/sst2_full")
-    t.add_argument("overrides", nargs="*", help="a.b=value overrides, e.g. training.epochs=1 output_dir=runs/x")
+    add_overrides(t)
     t.add_argument("--accelerate-config", metavar="FILE",
                    help="run under `accelerate launch --config_file FILE` (recipes/accelerate/*.yaml: "
                         "several GPUs, FSDP, DeepSpeed, several nodes); see docs/distributed.md")
@@ -337,24 +408,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a finished or interrupted run already in output_dir (refused otherwise)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="metrics of a finished run on its eval and test splits")
-    e.add_argument("run_dir")
-    e.add_argument("--split", choices=["auto", "eval", "test"], default="auto")
+    e = sub.add_parser("evaluate", help="metrics of a finished run on its eval and test splits",
+                       description="Load a finished run folder and score it on the eval and/or test split its "
+                                   "config.yaml names; prints the metrics as JSON.")
+    e.add_argument("run_dir", help="the run folder (output_dir of a finished `hf-transfer train`)")
+    e.add_argument("--split", choices=["auto", "eval", "test"], default="auto",
+                   help="which split to score: eval, test, or auto (every one the run has; default)")
+    _trust_pickle_option(e)
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="predict labels for texts (or files, by recipe) with a finished run")
-    pr.add_argument("run_dir")
-    pr.add_argument("inputs", nargs="+")
-    pr.add_argument("--top-k", type=int, default=1)
+    pr = sub.add_parser("predict", help="predict labels for texts (or files, by recipe) with a finished run",
+                        description="Predict with a finished run folder; prints one JSON line per input.")
+    pr.add_argument("run_dir", help="the run folder (output_dir of a finished `hf-transfer train`)")
+    pr.add_argument("inputs", nargs="+",
+                    help="texts (text recipes), or image / audio file paths (image and audio recipes)")
+    pr.add_argument("--top-k", type=at_least(1), default=1, metavar="K",
+                    help="how many labels to print per input, most probable first (default 1)")
+    _trust_pickle_option(pr)
     pr.set_defaults(func=cmd_predict)
 
     ls = sub.add_parser("ls", help="list the recipes, the strategies (other packages' too) and the shipped configs")
     ls.set_defaults(func=cmd_ls)
 
-    cp = sub.add_parser("cp", help="copy a shipped config (or recipe script) to edit")
-    cp.add_argument("name", help="config name from `hf-transfer ls`, e.g. bert/sst2_full")
-    cp.add_argument("dest")
-    cp.add_argument("--force", action="store_true")
+    cp = sub.add_parser("cp", help="copy a shipped config (or recipe script) to edit",
+                        description="Copy a shipped config or recipe script (names as `hf-transfer ls` prints "
+                                    "them) to a file you can edit.")
+    cp.add_argument("name", help="a config name from `hf-transfer ls` (bert/sst2_full) or a recipe script's name "
+                                 "(text_classification, or text_classification.py)")
+    cp.add_argument("dest", help="the file to write, or a folder to copy into under the shipped file's name")
+    cp.add_argument("--force", action="store_true", help="overwrite DEST when it exists (refused otherwise)")
     cp.set_defaults(func=cmd_cp)
 
     la = sub.add_parser("layers", help="print a model's layer groups with parameter counts")
@@ -362,14 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--auto-class", default=None,
                     help="transformers Auto class to build (default: detected from the config's "
                          "architectures / model_type; AutoModelForImageClassification, ...)")
-    la.add_argument("--revision")
-    la.add_argument("--trust-remote-code", action="store_true")
+    la.add_argument("--revision", help="the Hub revision (branch, tag or commit) of MODEL")
+    la.add_argument("--trust-remote-code", action="store_true",
+                    help="run code shipped with MODEL to build it (read that code first)")
     la.set_defaults(func=cmd_layers)
 
     cv = sub.add_parser("convert", help="import a checkpoint from outside the Hub into a transformers folder")
-    cv.add_argument("kind", choices=["efficientnet-lite", "ctranslate2-whisper"])
-    cv.add_argument("src")
-    cv.add_argument("out")
+    cv.add_argument("kind", choices=["efficientnet-lite", "ctranslate2-whisper"],
+                    help="the source format: efficientnet-lite (.pth) or ctranslate2-whisper (model folder)")
+    cv.add_argument("src", help="the checkpoint to import (file or folder; pkg://package/path works)")
+    cv.add_argument("out", help="the transformers folder to write")
     cv.set_defaults(func=cmd_convert)
 
     _add_export_commands(sub)
@@ -384,6 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.command_help = command_help(p)
     sub._choices_actions.clear()  # listed once, with examples, in the epilog
     return p
+
+
+def _trust_pickle_option(parser) -> None:
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="a feature-extraction run folder from an older hf-transfer keeps its classifier only as "
+                             "a pickle (classifier.joblib / model_head.pkl): unpickle it. Unpickling runs any code the "
+                             "file holds: only for run folders you trust (current runs need no pickle)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The `hf-transfer` command line parsed (options anywhere among each command's positionals)."""
+    return build_parser().parse_args(argv)
 
 
 # Domain shift and continued pretraining (hf_transfer.domain) ----------------------------------
@@ -408,6 +504,9 @@ def cmd_pretrain(args) -> int:
         shown = {k: v for k, v in metrics.items() if k in ("eval_loss", "eval_perplexity", "eval_accuracy")}
         print(json.dumps(shown, indent=2))
         print(f"Pretrained checkpoint: {cfg.output_dir}")
+        from hf_transfer.run import summary_lines
+
+        print("\n".join(summary_lines(metrics)))
         print(f"Fine-tune it: hf-transfer train YOUR_RUN.yaml model.name_or_path={cfg.output_dir}")
     return 0
 
@@ -416,6 +515,9 @@ def cmd_shift(args) -> int:
     from hf_transfer.config import load_config
     from hf_transfer.domain.shift import shift_report
 
+    from hf_transfer.utils import setup_logging
+
+    setup_logging(None)  # its progress lines, like every other command's
     overrides = list(args.overrides) + [f"data.target={args.target}"]
     cfg = load_config(resolve_config_path(args.config), overrides)
     report = shift_report(cfg, args.output_dir, max_examples=args.max_examples, permutations=args.permutations,
@@ -432,15 +534,15 @@ def _add_domain_commands(sub) -> None:
     s.add_argument("--target", required=True, help="target data: csv/jsonl/parquet file or folder, labels optional")
     s.add_argument("-o", "--output-dir", default=None, help="where shift.json, shift.md and the plot go "
                    "(default: <output_dir>/shift)")
-    s.add_argument("--max-examples", type=int, default=2000, help="examples per side (seeded subsample)")
-    s.add_argument("--permutations", type=int, default=500, help="permutations for the MMD p-value")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("overrides", nargs="*", help="a.b=value config overrides")
+    s.add_argument("--max-examples", type=at_least(5), default=2000, help="examples per side (seeded subsample)")
+    s.add_argument("--permutations", type=at_least(1), default=500, help="permutations for the MMD p-value")
+    s.add_argument("--seed", type=int, default=0, help="seed of the subsamples, folds and permutations")
+    add_overrides(s)
     s.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("pretrain", help="continued masked-LM pretraining on unlabelled in-domain text")
     p.add_argument("config", help="YAML config: model.name_or_path (an encoder) and data.train (texts)")
-    p.add_argument("overrides", nargs="*", help="a.b=value overrides")
+    add_overrides(p)
     p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
     p.set_defaults(func=cmd_pretrain)
 
@@ -456,10 +558,9 @@ def _add_export_commands(sub) -> None:
 
 def recipe_parser(description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
     """The options every `recipes/<recipe>.py` script takes (`recipe_main`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = IntermixedParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file, or a shipped config name such as bert/sst2_full")
-    parser.add_argument("overrides", nargs="*", help="a.b=value overrides, e.g. training.epochs=1 output_dir=runs/x")
+    add_overrides(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a finished or interrupted run already in output_dir (refused otherwise)")
     return parser
@@ -478,12 +579,20 @@ def recipe_main(recipe: str, description: str | None = None, argv: list[str] | N
     parser = recipe_parser(description)
     args = parser.parse_args(argv)
     args.overrides = [*args.overrides, f"recipe={recipe}"]
+    _quiet()
     return _handled(cmd_train, args)
 
 
+def _quiet() -> None:
+    """One console policy for every command (hf_transfer.quiet), before any library loads."""
+    from hf_transfer.quiet import quiet_libraries
+
+    quiet_libraries()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
+    _quiet()
     return _handled(args.func, args)
 
 

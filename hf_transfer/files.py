@@ -125,7 +125,8 @@ def check_weights(folder: str | Path) -> None:
 RUN_ARTIFACTS = (
     "metrics.json", "history.json", "training_curves.png", "confusion_matrix.json", "confusion_matrix.png",
     "test_confusion_matrix.json", "test_confusion_matrix.png", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "pytorch_model.bin", "classifier.joblib", "checkpoints", "adapter", "logs",
+    "model.safetensors.index.json", "pytorch_model.bin", "classifier.joblib", "classifier.safetensors",
+    "classifier.json", "checkpoints", "adapter", "logs",
 )
 
 

@@ -6,6 +6,13 @@ head swap. hf_transfer says the same in one line of its own (`hf_transfer.models
 (randomly initialised) weights ..."), so the table is filtered out of transformers' logger. Progress
 bars (tqdm, datasets' map bars, transformers' loading bars) are switched off when stderr is not a
 terminal: redirected into a log file they are cursor-movement codes (`ESC[A`), not progress.
+transformers also calls a checkpoint "corrupted" when a new head's tied weights are both missing
+from it (a masked-LM head added to a bare encoder saved by an older transformers): that head is new,
+not damaged, and hf_transfer names its new weights itself, so that warning is dropped too.
+
+`hf_transfer.cli` applies this policy at its entry, before any command runs, so every command
+(`train`, `shift`, `compare`, `pretrain`, `rank`, ...) prints the same way. It imports nothing
+heavy: libraries not yet imported read the environment variables it sets when they load.
 """
 
 from __future__ import annotations
@@ -17,13 +24,19 @@ import sys
 _LOAD_REPORT_LOGGER = "transformers.modeling_utils"
 
 
+#: transformers' warnings that hf_transfer replaces with a line of its own (module docstring).
+_DROPPED = ("LOAD REPORT", "This checkpoint seem corrupted")
+#: Environment variables that turn each library's progress bars off when it is imported later.
+_PROGRESS_ENV = ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
+
+
 class _DropLoadReport(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:
             return True
-        return "LOAD REPORT" not in message
+        return not any(text in message for text in _DROPPED)
 
 
 _FILTER = _DropLoadReport()
@@ -43,22 +56,30 @@ def progress_disabled() -> bool:
 
 
 def quiet_libraries() -> None:
-    """Silence transformers' load-report table; turn library progress bars off off a terminal.
+    """Drop transformers' load-report table (and its false "corrupted" warning); turn library
+    progress bars off off a terminal.
 
-    Idempotent; called when hf_transfer sets up logging (every train, evaluate, predict, export).
+    Idempotent and cheap (no library is imported here); called at the command line's entry for
+    every command and whenever hf_transfer sets up logging (train, evaluate, predict, export).
     """
-    from transformers.utils import logging as hf_logging
-
-    hf_logger = hf_logging.get_logger(_LOAD_REPORT_LOGGER)
+    # transformers' loggers are standard `logging` loggers: filtered without importing transformers.
+    hf_logger = logging.getLogger(_LOAD_REPORT_LOGGER)
     if _FILTER not in hf_logger.filters:
         hf_logger.addFilter(_FILTER)
-    if progress_disabled():
-        hf_logging.disable_progress_bar()
-        try:
-            import datasets
+    if not progress_disabled():
+        return
+    for name in _PROGRESS_ENV:  # read by datasets, huggingface_hub and tqdm when they load
+        os.environ.setdefault(name, "1")
+    # Libraries already loaded read their setting once, at import: switch them off directly.
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-            datasets.disable_progress_bars()
-        except ImportError:
-            pass
-        # Bars created without an explicit `disable=` (accelerate, peft, sklearn helpers) read this.
-        os.environ.setdefault("TQDM_DISABLE", "1")
+        hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()

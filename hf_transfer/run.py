@@ -68,6 +68,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     from hf_transfer.models.layer_groups import layer_groups
 
     check_config(cfg)  # a config built in Python has not been through load_config's checks
+    refuse_non_finite_settings(cfg)
     if cfg.stages:  # intermediate domains: one run per stage, in subfolders (hf_transfer.domain.stages)
         from hf_transfer.domain.stages import train_stages
 
@@ -77,7 +78,11 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
 
     # The checkpoint's config first: a name that is neither a folder nor a Hub id is said so here,
     # before a tokenizer or processor reports it as a network error.
-    load_config_checked(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    checkpoint = load_config_checked(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    from hf_transfer.models.heads import check_checkpoint_fits_recipe
+
+    # An image checkpoint in a text recipe: said here, before a tokenizer asks for sentencepiece.
+    check_checkpoint_fits_recipe(checkpoint, cfg.recipe, cfg.model.name_or_path)
     out = Path(cfg.output_dir)
     overwrite = overwrite or getattr(cfg, "overwrite_output_dir", False)
     check_output_dir(out, overwrite, resuming=bool(cfg.training.resume_from_checkpoint))
@@ -142,6 +147,8 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     metrics.update(task.describe_data(splits))
     if main:
         _write_metrics(out, metrics)
+        for line in summary_lines(metrics):
+            logger.info("%s", line)
         from hf_transfer.files import respect_umask
 
         for p in out.iterdir():  # safetensors writes 600: the user's umask decides (644 under 022)
@@ -152,6 +159,33 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
 
             maybe_push_after_training(cfg, out)
     return metrics
+
+
+def refuse_non_finite_settings(cfg: TrainConfig) -> None:
+    """A NaN or infinite number anywhere in the config (`training.learning_rate=nan`) is refused
+    by name, before any data or model loads; torch would otherwise fail deep inside the optimizer
+    (nan) or train a NaN model (inf)."""
+    import dataclasses
+    import math
+
+    from hf_transfer.errors import ConfigError
+
+    def walk(value, key: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{key}={value} is not a finite number: give a number (for training.learning_rate, a small "
+                "positive one such as 2e-5), or remove the key to use the default.")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name), f"{key}.{f.name}" if key else f.name)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+
+    walk(cfg, "")
 
 
 def warn_if_launch_fell_back_to_one_process() -> bool:
@@ -250,6 +284,42 @@ def _rebuild_model(task, strategy):
     return strategy.apply(model, layer_groups(model))
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {secs} s"
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """What a finished run did, in words: rows trained on, epochs and steps, how long, rows
+    evaluated (and tested), and an eval split cut by `data.eval_samples_per_class` /
+    `data.max_eval_samples`. Logged at the end of `train` and printed by `hf-transfer train`."""
+    parts = []
+    if isinstance(metrics.get("train_size"), int):
+        parts.append(f"Trained on {metrics['train_size']:,} rows")
+    else:
+        parts.append("Trained")
+    epoch, steps = metrics.get("epoch"), metrics.get("train_steps")
+    if isinstance(epoch, (int, float)) and epoch:
+        parts.append(f"for {epoch:g} epoch{'' if epoch == 1 else 's'}")
+    if isinstance(steps, int) and steps:
+        parts.append(f"({steps:,} step{'' if steps == 1 else 's'})")
+    if isinstance(metrics.get("train_runtime"), (int, float)):
+        parts.append(f"in {_duration(float(metrics['train_runtime']))}")
+    line = " ".join(parts)
+    scored = [f"{verb} on {metrics[key]:,} rows" for verb, key in (("evaluated", "eval_size"), ("tested", "test_size"))
+              if isinstance(metrics.get(key), int)]
+    lines = [line + ("; " + ", ".join(scored) if scored else "") + "."]
+    before = metrics.get("eval_size_before_cut")
+    if isinstance(before, int) and isinstance(metrics.get("eval_size"), int):
+        n = metrics["eval_size"]
+        lines.append(f"Smaller eval split: {before:,} rows {metrics.get('eval_origin', '')}, cut to {n:,} by "
+                     f"{metrics.get('eval_cut_by')}; each eval row moves accuracy by {100 / max(n, 1):.1f} points. "
+                     "Unset it to evaluate on every row.")
+    return lines
+
+
 def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
     from hf_transfer.metrics.classification import save_confusion_matrix
 
@@ -303,7 +373,7 @@ def open_finished_run(run_dir: str | Path) -> TrainConfig:
     return cfg
 
 
-def _load_run_model(run_dir: Path, task):
+def _load_run_model(run_dir: Path, task, allow_pickle: bool = False):
     from hf_transfer.files import check_weights
 
     remote = task.cfg.model.trust_remote_code
@@ -318,7 +388,7 @@ def _load_run_model(run_dir: Path, task):
     # classifier) registered a loader that puts it back.
     from hf_transfer.run_folder import RunFolder, apply_model_loaders
 
-    return apply_model_loaders(RunFolder(run_dir), model).eval()
+    return apply_model_loaders(RunFolder(run_dir, allow_pickle=allow_pickle), model).eval()
 
 
 def _run_labels(run_dir: Path) -> list[str] | None:
@@ -336,8 +406,11 @@ def _run_labels(run_dir: Path) -> list[str] | None:
         return None
 
 
-def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
-    """Metrics of a finished run on its eval split (`eval`), its test split (`test`), or both (`auto`)."""
+def evaluate(run_dir: str | Path, split: str = "auto", allow_pickle: bool = False) -> dict[str, Any]:
+    """Metrics of a finished run on its eval split (`eval`), its test split (`test`), or both (`auto`).
+
+    `allow_pickle`: read an older feature-extraction run's pickled classifier (runs code from the
+    file: only for run folders you trust); current run folders need no pickle."""
     from hf_transfer.engine.trainer import new_accelerator, run_evaluation
 
     run_dir = Path(run_dir)
@@ -351,7 +424,7 @@ def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
     task.only_roles = {"eval": ("eval",), "test": ("test",), "auto": ("eval", "test")}[split]
     task.known_labels = _run_labels(run_dir)
     splits = task.load_splits()
-    model = _load_run_model(run_dir, task)
+    model = _load_run_model(run_dir, task, allow_pickle)
     acc = new_accelerator(cfg.training, run_dir)
     acc.trackers = []
     model = acc.prepare(model)
@@ -370,13 +443,18 @@ def evaluate(run_dir: str | Path, split: str = "auto") -> dict[str, Any]:
     return metrics
 
 
-def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1) -> list[dict[str, Any]]:
-    """Predict labels for raw inputs (texts, or image/audio file paths, by recipe)."""
+def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1, allow_pickle: bool = False) -> list[dict[str, Any]]:
+    """Predict labels for raw inputs (texts, or image/audio file paths, by recipe); `allow_pickle`
+    as in `evaluate`."""
+    from hf_transfer.errors import ConfigError
+
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {top_k!r}: how many labels to return per input.")
     run_dir = Path(run_dir)
     setup_logging(None)
     cfg = open_finished_run(run_dir)
     cfg.model.name_or_path = str(run_dir)
     task = get_task(cfg)
     task.load_processor()
-    model = _load_run_model(run_dir, task)
+    model = _load_run_model(run_dir, task, allow_pickle)
     return task.predict(model, inputs, top_k=top_k)

@@ -28,7 +28,11 @@ CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 FEATURE_SPEC_FILE = "feature_classifier.json"
-FEATURE_CLASSIFIER_FILE = "classifier.joblib"
+#: A feature classifier kept beside the model (layouts `setfit` and `beside`): tensors + JSON.
+FEATURE_CLASSIFIER_FILE = "classifier.safetensors"
+FEATURE_CLASSIFIER_SETTINGS_FILE = "classifier.json"
+#: Pickled feature classifiers (older run folders; SetFit's head): never read unless allowed.
+PICKLED_CLASSIFIER_FILES = ("classifier.joblib", "model_head.pkl")
 BASELINE_FILE = "baseline_metrics.json"
 #: Images the run writes that a model card shows.
 IMAGES = ("training_curves.png", "confusion_matrix.png", "test_confusion_matrix.png")
@@ -90,7 +94,7 @@ class FeatureClassifierSpec:
     Attributes:
         classifier: Which classifier was fitted (`logistic`, `svm`, `knn`, ...).
         head_written: The classifier was written into the model's own head (plain transformers
-            reproduces it); False when it lives in `classifier.joblib` beside the model.
+            reproduces it); False when it lives beside the model (`classifier.safetensors`).
         module: The module whose input (or output) the features were read from.
         raw: The whole file.
     """
@@ -108,11 +112,14 @@ class RunFolder:
         path: The folder (`output_dir` of a `hf-transfer train`).
         config: The config when already in memory (a run not yet trained), else read from disk.
         error: Error class raised for a folder that is not (yet) a finished run.
+        allow_pickle: The caller trusts this folder enough to unpickle an older run's classifier
+            (unpickling runs code from the file); off unless the user asks (`--trust-pickle`).
     """
 
     def __init__(self, path: str | Path, config: TrainConfig | None = None,
-                 error: type[HFTransferError] = HFTransferError):
+                 error: type[HFTransferError] = HFTransferError, allow_pickle: bool = False):
         self.path = Path(path)
+        self.allow_pickle = allow_pickle
         self.config_path = self.path / CONFIG_FILE
         self.metrics_path = self.path / METRICS_FILE
         self.history_path = self.path / HISTORY_FILE
@@ -216,6 +223,16 @@ class RunFolder:
         return FeatureClassifierSpec(classifier=data.get("classifier"),
                                      head_written=bool(data.get("head_written", True)),
                                      module=data.get("module"), raw=data)
+
+    @property
+    def feature_layout(self) -> str | None:
+        """`setfit` or `beside` when the run's classifier lives beside the model (a feature
+        classifier that plain transformers cannot load), else None."""
+        spec = self.feature_classifier
+        if spec is None:
+            return "beside" if any((self.path / f).is_file() for f in PICKLED_CLASSIFIER_FILES) else None
+        layout = spec.raw.get("layout") or ("head" if spec.head_written else "beside")
+        return layout if layout in ("setfit", "beside") else None
 
     @property
     def model_type(self) -> str | None:

@@ -268,12 +268,11 @@ def test_setfit_layout_loads_in_setfit_and_in_hf_transfer_alike(tiny_bert_dir, t
         by_label = {t["label"]: t["score"] for t in row["top"]}
         assert by_label["positive"] == pytest.approx(float(p[1]), abs=1e-3)
 
-    # Export would write a plain transformers folder with an untrained head: refused, with the way out.
-    from hf_transfer.errors import ExportError
+    # The export ships the classifier beside the model (safetensors + JSON) and SetFit's files.
     from hf_transfer.export.export import export_run
 
-    with pytest.raises(ExportError, match="SetFit"):
-        export_run(out, tmp_path / "export")
+    export_run(out, tmp_path / "export", license="mit")
+    assert SetFitModel.from_pretrained(str(tmp_path / "export"), device="cpu").labels == ["negative", "positive"]
 
 
 def test_several_layers_are_saved_beside_the_model_and_reloaded(tiny_bert_dir, toy_text_data, tmp_path):
@@ -281,7 +280,8 @@ def test_several_layers_are_saved_beside_the_model_and_reloaded(tiny_bert_dir, t
         tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", "strategy.layers=mean", "strategy.combine=concat")))
     out = tmp_path / "run"
     info = json.loads((out / fe.SPEC_FILE).read_text())
-    assert info["layout"] == "beside" and info["feature_dim"] == 64 and (out / fe.CLASSIFIER_FILE).is_file()
+    assert info["layout"] == "beside" and info["feature_dim"] == 64 and (out / fe.CLASSIFIER_TENSORS_FILE).is_file()
+    assert not (out / fe.CLASSIFIER_FILE).exists()  # no pickle
     assert not (out / "modules.json").exists()
     assert evaluate(out, split="eval")["eval_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-4)
 

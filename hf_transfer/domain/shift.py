@@ -32,6 +32,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 ALPHA = 0.05
+#: Examples each side needs at the least: the domain classifier is cross-validated with stratified
+#: folds (each fold holds out training and target examples) and MMD's unbiased estimate needs pairs.
+MIN_EXAMPLES = 5
 #: Domain-classifier AUC above which the label-shift assumption (p(x | y) unchanged) is implausible.
 STRONG_SHIFT_AUC = 0.8
 
@@ -234,6 +237,12 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
     from hf_transfer.models.features import FeatureExtractor, extract, spec_from_settings
     from hf_transfer.tasks import get_task
 
+    from hf_transfer.models.heads import check_checkpoint_fits_recipe, load_config_checked
+
+    m = cfg.model
+    # An image checkpoint in a text config: said before a tokenizer asks for sentencepiece.
+    check_checkpoint_fits_recipe(load_config_checked(m.name_or_path, m.revision, m.trust_remote_code), cfg.recipe,
+                                 m.name_or_path)
     out = Path(output_dir) if output_dir else Path(cfg.output_dir) / "shift"
     out.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg)
@@ -243,6 +252,14 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
     if len(source) > max_examples:
         source = source.shuffle(seed=seed).select(range(max_examples))
     target, target_labelled = load_target(cfg, task, keep_labels=True, max_samples=max_examples)
+    for side, rows, key in (("training", len(source), "data.train"), ("target", len(target), "data.target")):
+        if rows < MIN_EXAMPLES:
+            from hf_transfer.errors import DataError
+
+            raise DataError(
+                f"{key} has {rows} row{'s' if rows != 1 else ''}: the shift tests need at least {MIN_EXAMPLES} "
+                f"{side} rows (the domain classifier is cross-validated on both sets, and its interval "
+                f"narrows only with more rows). Give more {side} data in {key}.")
     model = task.build_model()
     extractor = FeatureExtractor(model, modality=RECIPE_MODALITY.get(cfg.recipe, "text"),
                                  spec=spec_from_settings(cfg.strategy), name_or_path=cfg.model.name_or_path)

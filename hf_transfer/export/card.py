@@ -418,6 +418,11 @@ def build_card(
         # transformers pools over the padding too (hf_transfer.models.whisper).
         whisper_pooling=run.recipe == "audio_classification" and run.model_type == "whisper",
         audio_window=m.audio_window_seconds,
+        # A classifier kept beside the model (feature_extraction / contrastive with svm, knn, or
+        # features that are not the head's input): its files, how to load them, and the pickle.
+        feature_layout=run.feature_layout,
+        feature_classifier=(run.feature_classifier.classifier if run.feature_classifier else None),
+        setfit_pickle=(run.path / "model_head.pkl").is_file(),
     )
     card = ModelCard.from_template(data, template_path=str(_template(fam)), **ctx)
     # Template conditionals leave runs of blank lines; Markdown treats them as one.

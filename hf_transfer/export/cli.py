@@ -68,15 +68,18 @@ def _card_options(p) -> None:
 
 def add_commands(subparsers) -> None:
     """Add `export` and `push` to the `hf-transfer` sub-command parser."""
-    e = subparsers.add_parser("export", help="write a Hub-ready folder (weights, processor, card) for a run and check it reloads")
-    e.add_argument("run_dir")
-    e.add_argument("out_dir")
+    e = subparsers.add_parser("export", help="write a Hub-ready folder (weights, processor, card) for a run and check it reloads",
+                              description="Write a Hub-ready folder for a finished run (weights, processor, model "
+                                          "card, images) and check that it reloads to the run's own outputs.")
+    e.add_argument("run_dir", help="the run folder (output_dir of a finished `hf-transfer train`)")
+    e.add_argument("out_dir", help="the folder to write (an earlier export there is replaced; any other "
+                                   "non-empty folder is refused)")
     _card_options(e)
     e.add_argument("--repo-id", help="the Hub repository it is meant for (named in the card's usage snippet)")
     e.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("push", help="export a finished run and push it to the Hub (no retraining)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run folder (output_dir of a finished `hf-transfer train`)")
     p.add_argument("--repo-id", required=True, help="target repository, user/name (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--revision", metavar="BRANCH", help="branch to push to (created if missing)")

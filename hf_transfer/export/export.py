@@ -2,8 +2,10 @@
 
 The export holds only what a user of the model needs: safetensors weights (merged, or the PEFT
 adapter kept unmerged), config with label names, tokenizer or processor, README.md card and the
-card's images. It is assembled from an allow-list, so checkpoints/, logs, train.log, config.yaml
-(local paths) and anything else in the run folder never reach it.
+card's images; for a run whose classifier lives beside the model, that classifier as safetensors +
+JSON (and SetFit's files for the SetFit layout). It is assembled from an allow-list, so
+checkpoints/, logs, train.log, config.yaml (local paths) and anything else in the run folder never
+reach it. Nothing is unpickled on the way.
 
 Before it reports success the export is reloaded the way its card tells users to load it (plain
 transformers, or peft on the base model) and its logits on a few inputs are compared with the
@@ -28,11 +30,11 @@ from hf_transfer.errors import ExportError
 from hf_transfer.export.card import build_card, recipe_of
 from hf_transfer.export.card_checks import model_hub_id, validate_card
 from hf_transfer.paths import resolve
-from hf_transfer.run_folder import FEATURE_CLASSIFIER_FILE, RunFolder
+from hf_transfer.run_folder import FEATURE_CLASSIFIER_FILE, PICKLED_CLASSIFIER_FILES, RunFolder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_run", "merge_setting", "verify_export"]
+__all__ = ["export_run", "feature_layout", "merge_setting", "verify_export"]
 
 WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 MODEL_CONFIG_FILES = ("config.json", "generation_config.json")
@@ -251,6 +253,12 @@ def verify_export(run_dir: str | Path, export_dir: str | Path, atol: float = DEF
     folder = Path(export_dir)
     reference = load_run_model(run)
     inputs = _probe_inputs(run, folder, reference.config)
+    beside = feature_layout(run)
+    if beside:
+        # The classifier beside the model, on both sides: read from safetensors + JSON, never unpickled.
+        from hf_transfer.models.feature_run import attach_feature_classifier
+
+        reference = attach_feature_classifier(run.path, reference)
     unmerged = (folder / "adapter_config.json").is_file()
     try:
         if unmerged:
@@ -260,6 +268,8 @@ def verify_export(run_dir: str | Path, export_dir: str | Path, atol: float = DEF
     except (OSError, ValueError, RuntimeError) as e:
         how = "peft on its base model" if unmerged else "plain transformers"
         raise ExportError(f"The export in '{folder}' does not load with {how}: {e}") from None
+    if beside:
+        exported = attach_feature_classifier(folder, exported)
     if run.labels and not unmerged:
         names = [exported.config.id2label[i] for i in range(len(exported.config.id2label))]
         if names != run.labels:
@@ -297,6 +307,28 @@ def _ensure_label_names(config_path: Path, labels: list[str]) -> None:
         cfg["id2label"] = {str(i): n for i, n in enumerate(labels)}
         cfg["label2id"] = {n: i for i, n in enumerate(labels)}
         config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+#: What a run whose classifier lives beside the model adds to the export: the classifier (tensors +
+#: JSON), the feature description, and the sentence-transformers / SetFit files of the `setfit`
+#: layout (SetFit's `model_head.pkl` too, for SetFit users: hf_transfer never reads it).
+FEATURE_FILES = ("feature_classifier.json", "classifier.safetensors", "classifier.json", "modules.json",
+                 "sentence_bert_config.json", "config_sentence_transformers.json", "config_setfit.json",
+                 "model_head.pkl")
+FEATURE_FOLDERS = ("1_Pooling", "2_Normalize")
+
+
+def feature_layout(run: RunFolder) -> str | None:
+    """`setfit` or `beside` when the run's classifier lives beside the model, else None."""
+    return run.feature_layout
+
+
+def _copy_feature_classifier(run_dir: Path, out: Path) -> None:
+    for f in _matching(run_dir, FEATURE_FILES):
+        shutil.copyfile(f, out / f.name)
+    for d in FEATURE_FOLDERS:
+        if (run_dir / d).is_dir():
+            shutil.copytree(run_dir / d, out / d)
 
 
 def _write_adapter(run: RunFolder, adapter: Path, out: Path) -> None:
@@ -369,18 +401,12 @@ def export_run(
     """
     run = RunFolder.open(run_dir, error=ExportError)
     out = Path(out_dir)
-    if (run.path / "model_head.pkl").is_file():  # feature_extraction's SetFit layout (models.feature_run)
+    beside = feature_layout(run)  # a classifier kept beside the model (models.feature_run)
+    if beside and not (run.path / FEATURE_CLASSIFIER_FILE).is_file():
         raise ExportError(
-            f"'{run.path}' is a SetFit model (sentence-transformers body + scikit-learn model_head.pkl): "
-            "plain transformers would use an untrained head. The run folder itself loads with "
-            "setfit.SetFitModel.from_pretrained; upload it as it is."
-        )
-    if (run.path / FEATURE_CLASSIFIER_FILE).is_file():
-        # Plain transformers would load the backbone with an untrained head: refuse, not mislead.
-        raise ExportError(
-            f"'{run.path}' predicts through a scikit-learn classifier (classifier.joblib: svm, knn, or a "
-            "multi-layer head) that plain transformers cannot load. Export a run trained with "
-            "strategy.classifier=logistic_regression or linear on a single-linear head, or another strategy."
+            f"'{run.path}' keeps its classifier only as a pickle ({', '.join(PICKLED_CLASSIFIER_FILES)}, written by "
+            "an older hf-transfer): export does not unpickle files. Train the run again; the classifier is then "
+            f"stored as {FEATURE_CLASSIFIER_FILE} + classifier.json and exports with the model."
         )
     if out.resolve() == run.path.resolve():
         raise ExportError("The export folder must not be the run folder itself; give another OUT_DIR.")
@@ -415,6 +441,8 @@ def export_run(
             _write_adapter(run, adapter, tmp)
         for f in _matching(run.path, PROCESSOR_FILES):
             shutil.copyfile(f, tmp / f.name)
+        if beside:
+            _copy_feature_classifier(run.path, tmp)
         images = run.images()
         for name in images:
             shutil.copyfile(run.path / name, tmp / name)

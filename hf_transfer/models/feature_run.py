@@ -10,7 +10,16 @@ Three layouts, recorded in `feature_classifier.json` (`layout`):
   `config_setfit.json`), so `setfit.SetFitModel.from_pretrained(run_dir)` loads and predicts
   without hf_transfer.
 - `beside`: anything else (several layers, image/audio features that are not the head input):
-  the scikit-learn classifier is `classifier.joblib`, and the feature description is in the JSON.
+  the feature description is in the JSON.
+
+In the `setfit` and `beside` layouts the classifier itself is `classifier.safetensors` (its
+tensors: weights, support vectors, kNN's training features) plus `classifier.json` (its kind,
+classes and settings), written by `models.probe.classifier_state`. That is all hf_transfer reads
+back (`models.probe.StoredClassifier`): nothing in a run folder is unpickled, since unpickling a
+file runs whatever code it holds, and a run folder may come from anyone. `model_head.pkl` is
+written for SetFit users only (SetFit unpickles it); hf_transfer reads a pickle only from an older
+run folder that has nothing else, and only when the caller says it trusts the folder
+(`allow_pickle=True`, `hf-transfer evaluate/predict --trust-pickle`).
 
 `attach_feature_classifier(run_dir, model)` gives `hf-transfer evaluate` / `predict` a model whose
 logits are the saved classifier's, on features computed as at training time.
@@ -26,11 +35,16 @@ import torch
 from torch import nn
 
 from hf_transfer.models.features import FeatureExtractor, HeadInput
-from hf_transfer.models.probe import EstimatorClassifier
+from hf_transfer.errors import ModelError
+from hf_transfer.models.probe import EstimatorClassifier, StoredClassifier, classifier_state
 
 logger = logging.getLogger(__name__)
 
 SPEC_FILE = "feature_classifier.json"
+#: The classifier's tensors and settings: what hf_transfer loads (no pickle).
+CLASSIFIER_TENSORS_FILE = "classifier.safetensors"
+CLASSIFIER_SETTINGS_FILE = "classifier.json"
+#: Older run folders' pickled classifier (read only with `allow_pickle=True`).
 CLASSIFIER_FILE = "classifier.joblib"
 SETFIT_HEAD_FILE = "model_head.pkl"
 SETFIT_CONFIG_FILE = "config_setfit.json"
@@ -90,26 +104,74 @@ def save_feature_run(out, model: nn.Module, task, clf, extractor: FeatureExtract
     Returns:
         The layout: `head`, `setfit` or `beside`.
     """
-    import joblib
-
     out = Path(out)
     model.save_pretrained(out)
     task.save_processor(out)
     dim = int(record.get("feature_dim", 0))
     if head_written:
         layout = "head"
-    elif setfit_compatible(extractor) and dim:
-        layout = "setfit"
+    else:
+        layout = "setfit" if setfit_compatible(extractor) and dim else "beside"
+        save_classifier(out, clf, labels)
+    if layout == "setfit":
+        import joblib
+
         write_sentence_transformers(out, extractor, dim, max_length)
+        # For SetFit users (`SetFitModel.from_pretrained` unpickles it); hf_transfer never reads it.
         joblib.dump(clf.to_sklearn(), out / SETFIT_HEAD_FILE)
         (out / SETFIT_CONFIG_FILE).write_text(json.dumps({"labels": list(labels), "normalize_embeddings": False}, indent=2))
-    else:
-        layout = "beside"
-        joblib.dump(clf.to_sklearn(), out / CLASSIFIER_FILE)
     (out / SPEC_FILE).write_text(json.dumps({
         "layout": layout, "classifier": clf.kind, "head_written": head_written,
         "features": extractor.describe(), **record}, indent=2, default=str))
     return layout
+
+
+def save_classifier(out, clf, labels: list[str]) -> None:
+    """`classifier.safetensors` (tensors) + `classifier.json` (kind, classes, settings) in `out`."""
+    from safetensors.numpy import save_file
+
+    tensors, settings = classifier_state(clf)
+    out = Path(out)
+    save_file(tensors, str(out / CLASSIFIER_TENSORS_FILE),
+              metadata={"format": "hf_transfer.feature_classifier"})
+    (out / CLASSIFIER_SETTINGS_FILE).write_text(json.dumps({**settings, "labels": list(labels)}, indent=2, default=str))
+
+
+def load_classifier(run_dir) -> StoredClassifier:
+    """The classifier `save_classifier` wrote: tensors and JSON only, nothing unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    run_dir = Path(run_dir)
+    try:
+        tensors = load_file(str(run_dir / CLASSIFIER_TENSORS_FILE))
+        settings = json.loads((run_dir / CLASSIFIER_SETTINGS_FILE).read_text())
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelError(f"The classifier in '{run_dir}' ({CLASSIFIER_TENSORS_FILE} + {CLASSIFIER_SETTINGS_FILE}) "
+                         f"does not load: {type(e).__name__}: {e}") from None
+    return StoredClassifier(tensors, settings)
+
+
+def _unpickled_classifier(run_dir: Path, layout: str, num_labels: int, kind: str, allow_pickle: bool):
+    """An older run folder's pickled classifier, only when the caller trusts the folder."""
+    name = SETFIT_HEAD_FILE if layout == "setfit" else CLASSIFIER_FILE
+    if not (run_dir / name).is_file():
+        raise ModelError(f"'{run_dir}' has no classifier: {CLASSIFIER_TENSORS_FILE} and {name} are both missing. "
+                         "Train the run again.")
+    if not allow_pickle:
+        raise ModelError(
+            f"'{run_dir}' keeps its classifier only as a pickle ({name}, written by an older hf-transfer). "
+            "Loading a pickle runs whatever code the file holds, so hf-transfer does not unpickle it on its own. "
+            "If you trust where this run folder came from, pass --trust-pickle (Python: allow_pickle=True); "
+            "otherwise train the run again, which stores the classifier as safetensors.")
+    import joblib
+
+    logger.warning("Unpickling %s (allowed by --trust-pickle / allow_pickle=True): it runs any code it holds.",
+                   run_dir / name)
+    est = joblib.load(run_dir / name)
+    if not hasattr(est, "classes_"):  # the oldest runs pickled hf_transfer's own classifier objects
+        return est
+    return EstimatorClassifier(est, num_labels, kind=kind)
 
 
 class FeatureClassifierModel(nn.Module):
@@ -148,11 +210,14 @@ def _legacy_extractor(model: nn.Module, info: dict) -> FeatureExtractor:
     return fx
 
 
-def attach_feature_classifier(run_dir, model: nn.Module) -> nn.Module:
+def attach_feature_classifier(run_dir, model: nn.Module, allow_pickle: bool = False) -> nn.Module:
     """`model` itself, or wrapped in `FeatureClassifierModel` when the run's classifier lives
-    beside the model (layouts `setfit` and `beside`). For `hf-transfer evaluate` / `predict`."""
-    import joblib
+    beside the model (layouts `setfit` and `beside`). For `hf-transfer evaluate` / `predict`.
 
+    Args:
+        allow_pickle: Read an older run folder's pickled classifier when it has no
+            `classifier.safetensors` (unpickling runs code from the file: only for folders you trust).
+    """
     run_dir = Path(run_dir)
     spec_path = run_dir / SPEC_FILE
     if not spec_path.is_file():
@@ -161,11 +226,14 @@ def attach_feature_classifier(run_dir, model: nn.Module) -> nn.Module:
     layout = info.get("layout") or ("head" if info.get("head_written", True) else "beside")
     if layout == "head":
         return model
-    est = joblib.load(run_dir / (SETFIT_HEAD_FILE if layout == "setfit" else CLASSIFIER_FILE))
-    if not hasattr(est, "classes_"):  # older runs pickled hf_transfer's own classifier objects
-        clf = est
+    if (run_dir / CLASSIFIER_TENSORS_FILE).is_file():
+        clf = load_classifier(run_dir)
+        if clf.num_labels != int(model.config.num_labels):
+            raise ModelError(f"The classifier in '{run_dir}' has {clf.num_labels} labels, the model "
+                             f"{model.config.num_labels}: the folder's files come from different runs.")
     else:
-        clf = EstimatorClassifier(est, int(model.config.num_labels), kind=str(info.get("classifier")))
+        clf = _unpickled_classifier(run_dir, layout, int(model.config.num_labels), str(info.get("classifier")),
+                                    allow_pickle)
     if "features" in info:
         fx = FeatureExtractor.from_description(model, info["features"], name_or_path=str(run_dir))
     else:

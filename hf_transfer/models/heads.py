@@ -43,6 +43,60 @@ def load_config_checked(name_or_path: str, revision: str | None = None, trust_re
         ) from None
 
 
+#: Modality -> transformers' tables of model types that have a model for it (any task).
+_MODALITY_TABLES = {
+    "text": ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+    "image": ("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",),
+    "audio": ("MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_CTC_MAPPING_NAMES",
+              "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
+}
+#: Recipe -> the modality of checkpoint it trains.
+RECIPE_CHECKPOINT_MODALITY = {"text_classification": "text", "masked_lm": "text",
+                              "image_classification": "image", "audio_classification": "audio",
+                              "speech_recognition": "audio"}
+#: Modality -> the recipe that fits a checkpoint of it, and a shipped config that uses it.
+_FITTING_RECIPE = {"text": ("text_classification", "bert/sst2_full"),
+                   "image": ("image_classification", "vit/beans_full"),
+                   "audio": ("audio_classification (speech_recognition for transcripts)",
+                             "whisper/minds14_intent_partial")}
+
+
+def checkpoint_modalities(config) -> tuple[str, ...]:
+    """The modalities transformers has a model of `config.model_type` for (text, image, audio);
+    empty for a model type it does not know (remote code)."""
+    from transformers.models.auto import modeling_auto
+
+    return tuple(m for m, tables in _MODALITY_TABLES.items()
+                 if any(config.model_type in getattr(modeling_auto, t, {}) for t in tables))
+
+
+def check_checkpoint_fits_recipe(config, recipe: str, name_or_path: str) -> None:
+    """Refuse a checkpoint of another modality than the recipe's (an image model in a text
+    recipe), naming the recipe that fits it.
+
+    Raises:
+        ModelError: The checkpoint is known to be of another modality only.
+    """
+    want = RECIPE_CHECKPOINT_MODALITY.get(recipe)
+    found = checkpoint_modalities(config)
+    if want is None or not found or want in found:
+        return
+    kind = " / ".join(found)
+    fitting, example = _FITTING_RECIPE[found[0]]
+    lacks = " It has no masked-language-model form either." if recipe == "masked_lm" else ""
+    command = "hf-transfer pretrain" if recipe == "masked_lm" else f"recipe {recipe}"
+    raise ModelError(
+        f"'{name_or_path}' is {_a(kind)} model ({config.model_type}), but {command} trains {_a(want)} model: it "
+        f"needs {_a(want)} checkpoint in model.name_or_path.{lacks} For this checkpoint use recipe {fitting} "
+        f"(`recipe: {fitting.split()[0]}` in the config with `hf-transfer train`; the shipped config {example} is "
+        "an example, `hf-transfer cp` copies it)."
+    )
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def head_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Top-level child modules that make up the task head (the layer groups' `head` group).
 

@@ -356,3 +356,192 @@ def write_into_head(linear: nn.Linear, probe: LinearProbe) -> bool:
         linear.weight.copy_(torch.as_tensor(probe.weight, dtype=linear.weight.dtype))
         linear.bias.copy_(torch.as_tensor(probe.bias, dtype=linear.bias.dtype))
     return True
+
+
+# ----------------------------------------------------------------------------- storing without pickle
+#
+# A fitted classifier is stored as tensors (safetensors) plus JSON settings, and read back as a
+# `StoredClassifier`: numpy arithmetic that reproduces the fitted classifier's logits, so loading a
+# run folder never unpickles anything (a pickle runs whatever code the file holds).
+
+#: `form` values of the stored settings.
+STORED_FORMS = ("linear", "linear_decision", "rbf_svm", "knn")
+
+
+def classifier_state(clf) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The tensors and JSON settings that `StoredClassifier` rebuilds `clf` from.
+
+    Covers every classifier `fit_classifier` makes: logistic regression and torch linear
+    (`LinearProbe`), linear and RBF SVMs and kNN (scikit-learn, optionally behind a
+    `StandardScaler`).
+
+    Raises:
+        ModelError: A classifier this cannot store (another scikit-learn estimator or setting).
+    """
+    tensors, settings = _classifier_state(clf)
+    # C order: safetensors writes an array's memory as it lies (LinearSVC's coef_ is Fortran-ordered).
+    return {k: np.ascontiguousarray(v) for k, v in tensors.items()}, settings
+
+
+def _classifier_state(clf) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from hf_transfer.errors import ModelError
+
+    settings: dict[str, Any] = {"kind": clf.kind, "selection": dict(getattr(clf, "selection", {}) or {})}
+    if isinstance(clf, LinearProbe):
+        return ({"weight": np.asarray(clf.weight, np.float64), "bias": np.asarray(clf.bias, np.float64)},
+                {**settings, "form": "linear", "num_labels": int(clf.weight.shape[0])})
+    if not isinstance(clf, EstimatorClassifier):
+        raise ModelError(f"A {type(clf).__name__} classifier cannot be stored without pickle.")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC, LinearSVC
+
+    est = clf.estimator
+    steps = [s for _, s in est.steps] if hasattr(est, "steps") else [est]
+    *before, final = steps
+    tensors: dict[str, np.ndarray] = {}
+    settings["num_labels"] = int(clf.num_labels)
+
+    def refuse(what: str):
+        raise ModelError(f"The {clf.kind} classifier ({what}) cannot be stored without pickle; "
+                         "use strategy.classifier logistic_regression, linear, svm or knn with their settings.")
+
+    for step in before:
+        if not isinstance(step, StandardScaler) or len(before) > 1:
+            refuse(f"a {type(step).__name__} step")
+        dim = int(step.n_features_in_)
+        tensors["scaler_mean"] = np.asarray(step.mean_ if step.mean_ is not None and step.with_mean else np.zeros(dim),
+                                            np.float64)
+        tensors["scaler_scale"] = np.asarray(step.scale_ if step.scale_ is not None and step.with_std else np.ones(dim),
+                                             np.float64)
+    tensors["classes"] = np.asarray(final.classes_, dtype=np.int64)
+    if isinstance(final, (LinearSVC, LogisticRegression)):
+        settings["form"] = "linear_decision"
+        tensors["coef"] = np.asarray(final.coef_, np.float64)
+        tensors["intercept"] = np.asarray(final.intercept_, np.float64).reshape(-1)
+        settings["has_proba"] = isinstance(final, LogisticRegression)
+    elif isinstance(final, SVC):
+        if final.kernel != "rbf" or final.decision_function_shape != "ovr" or final.probability is True:
+            refuse(f"SVC kernel={final.kernel!r}")
+        settings.update(form="rbf_svm", gamma=float(final._gamma))
+        tensors.update(support_vectors=np.asarray(final.support_vectors_, np.float64),
+                       dual_coef=np.asarray(final.dual_coef_, np.float64),
+                       intercept=np.asarray(final.intercept_, np.float64),
+                       n_support=np.asarray(final.n_support_, np.int64))
+    elif isinstance(final, KNeighborsClassifier):
+        if final.weights != "uniform" or final.effective_metric_ != "euclidean":
+            refuse(f"kNN weights={final.weights!r} metric={final.effective_metric_!r}")
+        settings.update(form="knn", k=int(final.n_neighbors))
+        tensors.update(fit_X=np.asarray(final._fit_X, np.float64), fit_y=np.asarray(final._y, np.int64))
+    else:
+        refuse(type(final).__name__)
+    return tensors, settings
+
+
+def _ovr_from_ovo(ovo: np.ndarray, n_classes: int) -> np.ndarray:
+    """scikit-learn's one-vs-rest decision from pairwise (one-vs-one) decisions: votes plus
+    confidences squashed into (-1/3, 1/3), so the votes decide and the confidences break ties."""
+    votes = np.zeros((len(ovo), n_classes))
+    confidence = np.zeros((len(ovo), n_classes))
+    k = 0
+    for i in range(n_classes):
+        for j in range(i + 1, n_classes):
+            confidence[:, i] += ovo[:, k]
+            confidence[:, j] -= ovo[:, k]
+            votes[:, i] += ovo[:, k] >= 0
+            votes[:, j] += ovo[:, k] < 0
+            k += 1
+    return votes + confidence / (3 * (np.abs(confidence) + 1))
+
+
+class StoredClassifier:
+    """A classifier read back from tensors and JSON settings (`classifier_state`): the same logits,
+    log-probabilities and predictions as the fitted one, in numpy, with nothing unpickled."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], settings: dict[str, Any]):
+        from hf_transfer.errors import ModelError
+
+        self.form = settings.get("form")
+        if self.form not in STORED_FORMS:
+            raise ModelError(f"Unknown stored classifier form {self.form!r} (known: {', '.join(STORED_FORMS)}).")
+        self.t = {k: np.asarray(v) for k, v in tensors.items()}
+        self.kind = str(settings.get("kind"))
+        self.num_labels = int(settings["num_labels"])
+        self.settings = settings
+        self.selection = settings.get("selection") or {}
+
+    def _scaled(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if "scaler_mean" in self.t:
+            X = (X - self.t["scaler_mean"]) / self.t["scaler_scale"]
+        return X
+
+    def _expand(self, columns: np.ndarray, fill: float) -> np.ndarray:
+        out = np.full((columns.shape[0], self.num_labels), fill, dtype=np.float64)
+        out[:, self.t["classes"]] = columns
+        return out
+
+    def _decision(self, X: np.ndarray) -> np.ndarray:
+        """The estimator's decision function over its own classes (binary: one column, as
+        scikit-learn's)."""
+        Z = self._scaled(X)
+        if self.form == "linear_decision":
+            d = Z @ self.t["coef"].T + self.t["intercept"]
+            return d[:, 0] if d.shape[1] == 1 else d
+        sv, dual, b, ns = self.t["support_vectors"], self.t["dual_coef"], self.t["intercept"], self.t["n_support"]
+        sq = (Z ** 2).sum(1)[:, None] + (sv ** 2).sum(1)[None, :] - 2 * Z @ sv.T
+        K = np.exp(-float(self.settings["gamma"]) * np.maximum(sq, 0.0))
+        if len(ns) == 2:
+            return K @ dual[0] + b[0]
+        starts = np.r_[0, np.cumsum(ns)]
+        pairs = []
+        p = 0
+        for i in range(len(ns)):
+            for j in range(i + 1, len(ns)):
+                si, sj = slice(starts[i], starts[i + 1]), slice(starts[j], starts[j + 1])
+                pairs.append(K[:, si] @ dual[j - 1, si] + K[:, sj] @ dual[i, sj] + b[p])
+                p += 1
+        return _ovr_from_ovo(np.stack(pairs, axis=1), len(ns))
+
+    def log_proba(self, X: np.ndarray) -> np.ndarray | None:
+        if self.form == "linear":
+            return _log_softmax(self.logits(X))
+        if self.form == "knn":
+            Z = self._scaled(X)
+            fit_X, fit_y, classes = self.t["fit_X"], self.t["fit_y"], self.t["classes"]
+            k = min(int(self.settings["k"]), len(fit_X))
+            sq = (Z ** 2).sum(1)[:, None] + (fit_X ** 2).sum(1)[None, :] - 2 * Z @ fit_X.T
+            nearest = np.argsort(sq, axis=1, kind="stable")[:, :k]
+            votes = np.zeros((len(Z), len(classes)))
+            for col in range(k):
+                np.add.at(votes, (np.arange(len(Z)), fit_y[nearest[:, col]]), 1.0)
+            return np.log(np.clip(self._expand(votes / k, 0.0), PROBA_FLOOR, 1.0))
+        if self.form == "linear_decision" and self.settings.get("has_proba"):
+            d = self._decision(X)
+            d = np.stack([-d / 2, d / 2], axis=1) if d.ndim == 1 else d
+            return np.log(np.clip(self._expand(np.exp(_log_softmax(d)), 0.0), PROBA_FLOOR, 1.0))
+        return None
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """Log-probabilities when the classifier has them, else its decision function (as
+        `LinearProbe.logits` / `EstimatorClassifier.logits`)."""
+        if self.form == "linear":
+            return np.asarray(X, dtype=np.float64) @ self.t["weight"].T + self.t["bias"]
+        logp = self.log_proba(X)
+        if logp is not None:
+            return logp
+        d = self._decision(X)
+        if d.ndim == 1:
+            d = np.stack([-d / 2, d / 2], axis=1)
+        return self._expand(d, ABSENT_CLASS_LOGIT)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.logits(X).argmax(1)
+
+    def num_parameters(self) -> int:
+        if self.form == "linear":
+            return int(self.t["weight"].size + self.t["bias"].size)
+        if self.form == "linear_decision":
+            return int(self.t["coef"].size + self.t["intercept"].size)
+        return 0

@@ -56,18 +56,20 @@ def cmd_plan(args) -> int:
 
 def add_commands(sub) -> None:
     """Add `rank` and `plan` to the `hf-transfer` subcommands."""
+    from hf_transfer.cli import add_overrides, at_least
     from hf_transfer.selection.metrics import METRICS
     from hf_transfer.selection.rank import DEFAULT_METRICS
 
     def common(p):
         p.add_argument("config", help="YAML file or shipped config name: its recipe and data are used")
-        p.add_argument("overrides", nargs="*", help="a.b=value overrides of the config")
+        add_overrides(p)
         p.add_argument("--candidates", required=True,
                        help="comma-separated checkpoints: Hub ids, folders, pkg://..., asset:NAME, random:CANDIDATE")
         p.add_argument("--layers", choices=["last", "mean"], default="last",
                        help="features of the last layer, or the mean over every block's pooled output")
-        p.add_argument("--max-examples", type=int, default=2000, help="seeded sample of the training split")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--max-examples", type=at_least(1), default=2000,
+                       help="seeded sample of the training split (default 2000)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the sample (and of the subsamples)")
         p.add_argument("--group-column", default=None,
                        help="training-data column with each example's group (speaker, patient): knn leaves "
                             "out whole groups, so features that recognise a group do not score as transfer, "
@@ -78,7 +80,7 @@ def add_commands(sub) -> None:
     r.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma-separated, from {', '.join(METRICS)}")
     r.add_argument("--default-metric", default=None,
                    help="the metric the overall rank follows (default: logme; knn with --group-column)")
-    r.add_argument("--repeats", type=int, default=5, help="subsamples for the stability table (0 = none)")
+    r.add_argument("--repeats", type=at_least(0), default=5, help="subsamples for the stability table (0 = none)")
     r.add_argument("-o", "--output-dir", default="rank", help="folder for rank.json and rank.md")
     r.set_defaults(func=cmd_rank)
 

@@ -19,7 +19,7 @@ from hf_transfer.strategies.base import build_strategy, register_strategy, strat
 
 def _attach_feature_classifier(run, model):
     # svm / knn / multi-module-head feature-extraction runs keep their classifier beside the model.
-    return feature_extraction.attach_feature_classifier(run.path, model)
+    return feature_extraction.attach_feature_classifier(run.path, model, allow_pickle=run.allow_pickle)
 
 
 register_model_loader(_attach_feature_classifier)

@@ -38,6 +38,8 @@ from hf_transfer.models import feature_cache
 from hf_transfer.models.feature_cache import cache_root, load_cached, save_cached  # noqa: F401  (re-exported)
 from hf_transfer.models.feature_run import (  # noqa: F401  (re-exported: older imports, pickles)
     CLASSIFIER_FILE,
+    CLASSIFIER_SETTINGS_FILE,
+    CLASSIFIER_TENSORS_FILE,
     SETFIT_CONFIG_FILE,
     SETFIT_HEAD_FILE,
     SPEC_FILE,

@@ -12,7 +12,9 @@ def add_commands(sub) -> None:
                     "and study.png with verdicts (best per size, transfer vs scratch, negative transfer).",
     )
     c.add_argument("config", help="YAML file, or a shipped config name such as minilm/tweets_full")
-    c.add_argument("overrides", nargs="*", help="a.b=value overrides applied to every cell")
+    from hf_transfer.cli import add_overrides
+
+    add_overrides(c, "a.b=value overrides applied to every cell (options may come before, between or after them)")
     c.add_argument("--strategies", required=True, help="comma-separated, e.g. full,partial,feature_extraction,lora,scratch")
     c.add_argument("--sizes", required=True, help="training-set sizes, comma-separated: totals, or per class with --per-class")
     c.add_argument("--per-class", action="store_true", help="--sizes count examples per class")

@@ -213,8 +213,7 @@ class ClassificationTask(Task):
         train = labels_mod.select_indices(train, d.train_indices)
         train = labels_mod.subsample(labels_mod.per_class(train, d.samples_per_class, seed), d.max_train_samples, seed)
         if eval_ds is not None:
-            eval_ds = labels_mod.per_class(eval_ds, d.eval_samples_per_class, seed)
-            eval_ds = labels_mod.subsample(eval_ds, d.max_eval_samples, seed)
+            eval_ds = self._cut_eval(eval_ds, seed, "carved from data.train" if carved else "in data.eval")
         weights = labels_mod.class_weights(train, len(self.labels), self.cfg.training.class_weights)
         self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
         if weights is not None:
@@ -222,6 +221,24 @@ class ClassificationTask(Task):
         counts = np.bincount(np.asarray(train["labels"]), minlength=len(self.labels))
         logger.info("Labels (%d): %s", len(self.labels), dict(zip(self.labels.names, counts.tolist())))
         return Splits(train, eval_ds, test_ds)
+
+    def _cut_eval(self, eval_ds, seed: int, origin: str):
+        """`data.eval_samples_per_class` and `data.max_eval_samples` applied to the eval split; a cut
+        is said in the log and recorded for metrics.json and the run's summary (`eval_cut`)."""
+        d = self.cfg.data
+        before = len(eval_ds)
+        eval_ds = labels_mod.per_class(eval_ds, d.eval_samples_per_class, seed)
+        per_class_rows = len(eval_ds)
+        eval_ds = labels_mod.subsample(eval_ds, d.max_eval_samples, seed)
+        by = ([f"data.eval_samples_per_class={d.eval_samples_per_class}"] if per_class_rows < before else []) + \
+             ([f"data.max_eval_samples={d.max_eval_samples}"] if len(eval_ds) < per_class_rows else [])
+        self.eval_cut = None
+        if by:
+            self.eval_cut = {"eval_size_before_cut": before, "eval_cut_by": " and ".join(by), "eval_origin": origin}
+            logger.warning("The eval split (%s rows %s) was cut to %s rows by %s: its metrics rest on those %s "
+                           "rows only.", f"{before:,}", origin, f"{len(eval_ds):,}", " and ".join(by),
+                           f"{len(eval_ds):,}")
+        return eval_ds
 
     def _load_without_train(self, seed: int) -> Splits:
         """The eval and/or test splits alone, columns detected on them, labels the run's."""
@@ -263,6 +280,7 @@ class ClassificationTask(Task):
             info["train_size"] = len(splits.train)
         if splits.eval is not None:
             info["eval_size"] = len(splits.eval)
+            info.update(getattr(self, "eval_cut", None) or {})
         if splits.test is not None:
             info["test_size"] = len(splits.test)
         return info
