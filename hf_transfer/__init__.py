@@ -23,6 +23,10 @@ def __getattr__(name):
         from hf_transfer import config
 
         return getattr(config, name)
+    if name == "audit":
+        from hf_transfer.audit import audit
+
+        return audit
     if name in ("train", "evaluate", "predict"):
         from hf_transfer import run
 

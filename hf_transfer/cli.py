@@ -1,4 +1,4 @@
-"""`hf-transfer` command line: train, evaluate, predict, ls, cp, layers, convert, export, push.
+"""`hf-transfer` command line: train, evaluate, predict, ls, cp, layers, convert, export, push, audit, ...
 
 `python -m hf_transfer ...` is the same command (and what `accelerate launch -m hf_transfer`
 runs on every process).
@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hf_transfer.selection.cli import add_commands as add_selection_commands
 
     add_selection_commands(sub)  # rank, plan
+    from hf_transfer.audit.cli import add_commands as add_audit_commands
+
+    add_audit_commands(sub)  # audit
     return p
 
 
