@@ -70,11 +70,11 @@ class Pool:
         self.inputs: list[Any] = []
         self.X: list[np.ndarray] = []
 
-    def add(self, ds, features: np.ndarray, input_col: str, pair_col: str | None, row_col: str):
+    def add(self, ds, rows: list[int], features: np.ndarray, input_col: str, pair_col: str | None):
         from hf_transfer.data.overlap import row_keys
 
         cols = [input_col] + ([pair_col] if pair_col else [])
-        self.rows += [int(r) for r in ds[row_col]]
+        self.rows += rows
         self.labels += [int(v) for v in ds["labels"]]
         self.keys += row_keys(ds, cols)
         self.inputs += [_shown_input(v) for v in ds[input_col]]
@@ -115,8 +115,15 @@ def _all_rows(cfg) -> None:
     d.max_eval_samples = d.eval_samples_per_class = None
 
 
-def _load(cfg, seed_cache: bool):
-    """Task, splits (with source rows) and features of every split."""
+def _load(cfg, use_cache: bool):
+    """Task, splits, features of every split and each row's place in its source.
+
+    The splits are loaded twice: as `train` loads them (so the features' cache key, which includes
+    the data's fingerprint, is the one `train`, `rank` and `shift` use: one forward pass serves
+    all), and once more carrying each row's source row through filtering, the eval carve-out and
+    subsampling (`ClassificationTask.source_rows`). The two agree row for row: the same seeded
+    operations run on the same rows.
+    """
     from hf_transfer.models.features import MODALITY, FeatureExtractor, extract, spec_from_settings
     from hf_transfer.tasks.base import SOURCE_ROW, get_task
 
@@ -124,21 +131,46 @@ def _load(cfg, seed_cache: bool):
     if not hasattr(task, "source_rows"):
         raise ConfigError(f"`hf-transfer audit` audits classification data; recipe {cfg.recipe} is not one "
                           "(text_classification, image_classification, audio_classification).")
-    task.source_rows = True
     task.load_processor()
     splits = task.load_splits()
+    located = get_task(cfg)
+    located.source_rows = True
+    located.load_processor()
+    with _quiet_second_load():
+        row_splits = located.load_splits()
+    rows = {}
+    for role in ("train", "eval", "test"):
+        ds, ds_rows = getattr(splits, role), getattr(row_splits, role)
+        if ds is None:
+            continue
+        if ds_rows is None or len(ds_rows) != len(ds):
+            raise DataError(f"The {role} split loaded differently twice ({len(ds)} then "
+                            f"{0 if ds_rows is None else len(ds_rows)} rows); its rows cannot be located in the source.")
+        rows[role] = [int(r) for r in ds_rows[SOURCE_ROW]]
     model = task.build_model()
     strategy = getattr(cfg, "strategy", None)
     extractor = FeatureExtractor(model, modality=MODALITY.get(cfg.recipe, "text"),
                                  spec=spec_from_settings(strategy), name_or_path=cfg.model.name_or_path)
     bs = cfg.training.eval_batch_size or cfg.training.batch_size
     feats = {}
-    for role in ("train", "eval", "test"):
-        ds = getattr(splits, role)
-        if ds is not None:
-            feats[role] = extract(extractor, task, ds, batch_size=bs, cache=getattr(strategy, "use_cache", True)
-                                  and seed_cache, cache_dir=getattr(strategy, "cache_dir", None))
-    return task, splits, feats, SOURCE_ROW, extractor.describe()
+    for role in rows:
+        feats[role] = extract(extractor, task, getattr(splits, role), batch_size=bs,
+                              cache=getattr(strategy, "use_cache", True) and use_cache,
+                              cache_dir=getattr(strategy, "cache_dir", None))
+    return task, splits, feats, rows, extractor.describe()
+
+
+class _quiet_second_load:
+    """The second load logs what the first already said: hold `hf_transfer`'s INFO/WARNING lines."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("hf_transfer")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+        return False
 
 
 def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: str = checks.DEFAULT_METHOD,
@@ -184,7 +216,7 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
     if all_rows:
         _all_rows(cfg)
     out = Path(output_dir)
-    task, splits, feats, row_col, feature_info = _load(cfg, cache)
+    task, splits, feats, source_rows, feature_info = _load(cfg, cache)
     embed_seconds = sum(f.info.get("seconds", 0.0) for f in feats.values() if not f.cache_hit)
     names = list(task.labels.names)
     d = cfg.data
@@ -192,20 +224,20 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
     separate_eval = d.eval is not None and bool(d.eval.name)
 
     pools = {"train": Pool("train", _source_name(d.train))}
-    pools["train"].add(splits.train, feats["train"].X, task.input_col, pair_col, row_col)
+    pools["train"].add(splits.train, source_rows["train"], feats["train"].X, task.input_col, pair_col)
     notes: list[str] = []
     if splits.eval is not None:
         if separate_eval:
             pools["eval"] = Pool("eval", _source_name(d.eval))
-            pools["eval"].add(splits.eval, feats["eval"].X, task.input_col, pair_col, row_col)
+            pools["eval"].add(splits.eval, source_rows["eval"], feats["eval"].X, task.input_col, pair_col)
         else:  # carved from the training file: audited with it
-            pools["train"].add(splits.eval, feats["eval"].X, task.input_col, pair_col, row_col)
+            pools["train"].add(splits.eval, source_rows["eval"], feats["eval"].X, task.input_col, pair_col)
     if not separate_eval:
         notes.append("No separate eval split (data.eval): the training data is audited alone, the rows a run "
                      "would carve out for evaluation included; no leakage check.")
     if splits.test is not None:
         pools["test"] = Pool("test", _source_name(d.test))
-        pools["test"].add(splits.test, feats["test"].X, task.input_col, pair_col, row_col)
+        pools["test"].add(splits.test, source_rows["test"], feats["test"].X, task.input_col, pair_col)
     # Cosine similarities on centred features: the raw embeddings of many checkpoints all point
     # one way (unrelated inputs at 0.8+), the centred ones spread out.
     center = pools["train"].finish().X.mean(0)
@@ -599,7 +631,8 @@ def _write_fix(cfg, report: dict, path: Path, fix: str, names: list[str], task) 
     kept = df.drop(index=sorted(r for r in drop if r < len(df)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    kept.to_csv(tmp, index=False)
+    # In the source's encoding (data.train.encoding), so `data.train=clean.csv` reads it the same way.
+    kept.to_csv(tmp, index=False, encoding=getattr(cfg.data.train, "encoding", None) or "utf-8")
     tmp.replace(path)
     report["_fix"] = {"mode": fix, "file": str(path), "rows_in": len(df), "rows_out": len(kept),
                       "dropped": len(drop), "relabelled": len(relabel), "why": why,
