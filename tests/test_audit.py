@@ -5,6 +5,7 @@ import csv
 import json
 import logging
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +216,10 @@ def test_bad_settings_are_clear_errors(tiny_bert_dir, planted, tmp_path):
         audit(_cfg(tiny_bert_dir, planted, tmp_path), tmp_path, fix="delete")
     with pytest.raises(HFTransferError, match="cosine similarity"):
         audit(_cfg(tiny_bert_dir, planted, tmp_path), tmp_path, near_threshold=1.5)
+    with pytest.raises(HFTransferError, match="--folds must be at least 2"):
+        audit(_cfg(tiny_bert_dir, planted, tmp_path), tmp_path, folds=1)
+    with pytest.raises(HFTransferError, match="recipe masked_lm is not one"):
+        audit(_cfg(tiny_bert_dir, planted, tmp_path, "recipe=masked_lm"), tmp_path)
 
 
 def test_missing_cleanlab_says_how_to_install(monkeypatch):
@@ -309,3 +314,52 @@ def test_image_folder_exact_duplicates_by_bytes(tmp_path):
     keys = [content_key({"path": p, "bytes": None}) for p in paths]
     assert exact_groups(keys) == [[0, 2]]
     assert content_key({"path": str(tmp_path / "missing.png"), "bytes": None}) is None
+
+
+# ------------------------------------------------------------------------------ image folders
+
+
+def test_image_folder_audit(tmp_path, one_torch_thread):
+    """Exact duplicates and leaks by file bytes, a corrupt file counted, clean.csv of image paths."""
+    import shutil
+
+    import torch
+    from PIL import Image
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    from hf_transfer.audit import audit
+
+    model = tmp_path / "vit"
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=37)).save_pretrained(model)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model)
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for split, n in (("train", 8), ("validation", 4)):
+        for channel, name in enumerate(("blue", "green", "red")):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 90, (24, 24, 3)).astype(np.uint8)
+                a[..., 2 - channel if name != "green" else 1] = rng.integers(160, 256, (24, 24))
+                Image.fromarray(a).save(d / f"{i}.png")
+    shutil.copy(root / "train/red/0.png", root / "train/red/9_copy.png")
+    shutil.copy(root / "validation/green/1.png", root / "train/green/9_leak.png")
+    (root / "train/blue/9_corrupt.png").write_bytes(b"not a png")
+    cfg = load_config(None, ["recipe=image_classification", f"model.name_or_path={model}",
+                             f"data.train={root}", f"data.eval={root}", f"output_dir={tmp_path / 'run'}",
+                             "training.report_to=[]", f"strategy.name=feature_extraction",
+                             f"strategy.cache_dir={tmp_path / 'cache'}"])
+    report = audit(cfg, tmp_path / "audit", fix="drop")
+    files = sorted(str(p.resolve()) for p in (root / "train").rglob("*.png"))  # the folder's row order
+    row = {Path(f).relative_to(root.resolve() / "train").as_posix(): i for i, f in enumerate(files)}
+    assert report["skipped"]["train"]["count"] == 1
+    groups = [g["rows"] for g in report["duplicates"] if g["kind"] == "exact"]
+    assert [row["red/0.png"], row["red/9_copy.png"]] in groups
+    leaks = [(lk["eval_row"], lk["train_row"], lk["kind"]) for lk in report["leaks"]]
+    assert (1 + 4 * 1, row["green/9_leak.png"], "exact") in leaks  # validation/green/1.png: row 5 of validation
+    clean = list(csv.DictReader(open(report["files"]["clean"])))
+    kept = {Path(r["image"]).relative_to(root.resolve() / "train").as_posix() for r in clean}
+    assert "red/9_copy.png" not in kept and "red/0.png" in kept and "green/9_leak.png" not in kept
+    assert {r["label"] for r in clean} <= {"blue", "green", "red"}

@@ -206,6 +206,10 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
         raise ConfigError(f"--method must be one of {', '.join(checks.METHODS)}, got {method!r}.")
     if not 0 < near_threshold <= 1:
         raise ConfigError(f"--near-threshold is a cosine similarity in (0, 1], got {near_threshold}.")
+    if folds < 2:
+        raise ConfigError(f"--folds must be at least 2 (cross-validation holds out one fold at a time), got {folds}.")
+    if text_threshold <= 0:
+        raise ConfigError(f"--text-threshold is a cosine similarity in (0, 1] (above 1: off), got {text_threshold}.")
     if isinstance(cfg, (str, Path)):
         from hf_transfer.config import load_config
 
