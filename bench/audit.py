@@ -24,8 +24,9 @@ held-out set (`--eval-per-class` per class), and per seed a balanced training se
    frozen-features baseline) trained on the noisy labels, on the audited set (flagged rows
    dropped), with the flagged rows relabelled, and on the clean labels. For seed 0, the whole
    `hf-transfer audit --fix drop` runs on the noisy csv file (its flags are compared with the
-   array computation) and `partial` is trained on the noisy file, on `audit/clean.csv` and on the
-   clean file (`--no-partial` skips it).
+   array computation) and `partial` is trained on the noisy file, on `audit/clean.csv` (`--fix
+   drop` and `--fix relabel`) and on the clean file (`--no-partial` skips it; a finished
+   `partial_*` run folder under `--work` is read back instead of trained again).
 2. **Leakage.** 5% of the held-out rows copied into the training file: a quarter verbatim, a
    quarter upper-cased, a quarter with whitespace changed, a quarter with one word replaced.
    `hf-transfer audit` (the whole command) on it: share of the copies found, and share of the other
@@ -204,14 +205,17 @@ def leakage_experiment(paths: dict, seed: int, work: Path, rate: float) -> dict:
 
 
 def run_partial(train_csv: Path, eval_csv: Path, work: Path, name: str) -> dict:
+    """`partial` with its default budget; a finished run folder of an earlier call is read back."""
     from hf_transfer.run import train
 
-    start = time.time()
-    m = train(config(train_csv, eval_csv, work, "partial", 0, f"partial_{name}"), overwrite=True)
+    metrics = work / f"partial_{name}" / "metrics.json"
+    if metrics.is_file():
+        m = json.loads(metrics.read_text())
+    else:
+        m = train(config(train_csv, eval_csv, work, "partial", 0, f"partial_{name}"), overwrite=True)
     budget = m.get("budget") or {}
-    epochs = (budget.get("epochs") or {}).get("value") if isinstance(budget.get("epochs"), dict) else budget.get("epochs")
-    return {"accuracy": float(m["eval_accuracy"]), "seconds": time.time() - start,
-            "train_runtime": m.get("train_runtime"), "epochs": epochs, "steps": m.get("train_steps")}
+    return {"accuracy": float(m["eval_accuracy"]), "train_runtime": m.get("train_runtime"),
+            "epochs": budget.get("epochs"), "steps": budget.get("total_steps"), "rows": m.get("train_size")}
 
 
 def mean_sd(values) -> str:
@@ -264,15 +268,18 @@ def main() -> None:
                 frame["label"] = [names[i] for i in noisy]
                 noisy_csv = work / f"train_{seed}_noise{int(rate * 100)}.csv"
                 frame.to_csv(noisy_csv, index=False)
-                start = time.time()
+                start = time.time()  # the whole command, the training file's embedding included (no cache)
                 report = audit(config(noisy_csv, paths["eval"], work, seed=seed), work / f"audit_noise{int(rate * 100)}",
-                               fix="drop")
+                               fix="drop", cache=False)
                 cmd_flags = {r["row"] for r in report["label_issues"] if r["split"] == "train"}
                 results["end_to_end"][rate] = {
                     "seconds": time.time() - start, "report_seconds": report["seconds"],
                     "flags_same_as_arrays": cmd_flags == set(int(i) for i in flags),
                     "flags": len(cmd_flags), "fix": {k: report["fix"][k] for k in ("rows_out", "dropped", "why")},
                     "clean_csv": report["files"]["clean"], "noisy_csv": str(noisy_csv),
+                    "relabel_csv": audit(config(noisy_csv, paths["eval"], work, seed=seed),
+                                         work / f"audit_noise{int(rate * 100)}_relabel", fix="relabel",
+                                         plots=False)["files"]["clean"],
                     "summary": report["summary"]}
                 print(f"  whole audit: {results['end_to_end'][rate]['seconds']:.1f} s, same flags as arrays: "
                       f"{results['end_to_end'][rate]['flags_same_as_arrays']}, fix {results['end_to_end'][rate]['fix']}",
@@ -283,15 +290,19 @@ def main() -> None:
     if not args.no_partial and results["end_to_end"]:
         rate = max(results["end_to_end"])
         e2e = results["end_to_end"][rate]
-        for name, path in (("noisy", e2e["noisy_csv"]), ("audited", e2e["clean_csv"]), ("clean", paths[args.seeds[0]])):
+        for name, path in (("noisy", e2e["noisy_csv"]), ("audited", e2e["clean_csv"]),
+                           ("relabelled", e2e["relabel_csv"]), ("clean", paths[args.seeds[0]])):
             results["partial"][name] = run_partial(Path(path), paths["eval"], work, name)
             print(f"partial {name} ({rate:.0%} noise, seed {args.seeds[0]}): {results['partial'][name]}", flush=True)
         results["partial_noise"] = rate
-    if args.images:
-        results["images"] = image_audit(work)
     print_tables(results, args)
     if args.json:
         args.json.write_text(json.dumps(_keys(results), indent=1, default=str))
+    if args.images:
+        results["images"] = image_audit(work)
+        print_images(results["images"])
+        if args.json:
+            args.json.write_text(json.dumps(_keys(results), indent=1, default=str))
 
 
 def image_audit(work: Path) -> dict:
@@ -306,7 +317,7 @@ def image_audit(work: Path) -> dict:
     if not prep.is_dir():
         subprocess.run([sys.executable, str(Path(__file__).parent / "efficientnet_fashion_mnist.py"), "--prepare-only"],
                        check=True)
-    cfg = load_config(resolve_config_path("efficientnet_lite0/fashion_mnist_lp_ft"), ["strategy.name=feature_extraction"])
+    cfg = load_config(resolve_config_path("efficientnet_lite0/fashion_mnist_lp_ft"))
     start = time.time()
     report = audit(cfg, work / "audit_fashion_mnist", fix="drop")
     return {"seconds": time.time() - start, "summary": report["summary"], "rows": report["rows"],
@@ -349,10 +360,10 @@ def print_tables(results: dict, args) -> None:
               f"({share:.0%} of the cost, means over seeds)")
     if results["partial"]:
         print(f"\n### partial (seed {seeds[0]}, {results['partial_noise']:.0%} flipped, the strategy's default budget)\n")
-        print("| training file | accuracy | seconds | epochs |")
-        print("|---|---|---|---|")
+        print("| training file | rows | accuracy | train_runtime s | epochs |")
+        print("|---|---|---|---|---|")
         for name, r in results["partial"].items():
-            print(f"| {name} | {r['accuracy']:.3f} | {r['seconds']:.0f} | {r['epochs']} |")
+            print(f"| {name} | {r['rows']} | {r['accuracy']:.3f} | {r['train_runtime']:.0f} | {r['epochs']} |")
     print(f"\n### Leakage: {args.leak:.0%} of the held-out rows copied into the training file\n")
     print("| seed | copies found | recall | by edit | other held-out rows flagged |")
     print("|---|---|---|---|---|")
@@ -372,10 +383,17 @@ def print_tables(results: dict, args) -> None:
             if r.get("train_runtime") and r.get("epochs"):
                 print(f"| one epoch of `partial` on the same rows (train_runtime {r['train_runtime']:.0f} s / "
                       f"{r['epochs']} epochs) | {r['train_runtime'] / r['epochs']:.0f} |")
-    if "images" in results:
-        im = results["images"]
-        print(f"\n### Image folder (Fashion-MNIST, EfficientNet-Lite0): {im['rows']}, {im['seconds']:.0f} s\n")
-        print(json.dumps(im["summary"]))
+
+
+def print_images(im: dict) -> None:
+    print(f"\n### Image folder (Fashion-MNIST, EfficientNet-Lite0): rows {im['rows']}, {im['seconds']:.0f} s\n")
+    print(json.dumps(im["summary"]))
+    for r in im["label_issues"]:
+        print(f"label issue: row {r['row']} {r['input']} given {r['given']} suggested {r['suggested']} score {r['score']}")
+    for g in im["duplicates"]:
+        print(f"duplicates: {g['kind']} rows {g['rows']} {g['labels']}")
+    for lk in im["leaks"]:
+        print(f"leak: {lk['split']} row {lk['eval_row']} = train row {lk['train_row']} ({lk['kind']}, {lk['similarity']})")
 
 
 if __name__ == "__main__":

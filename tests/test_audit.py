@@ -349,7 +349,7 @@ def test_image_folder_audit(tmp_path, one_torch_thread):
     (root / "train/blue/9_corrupt.png").write_bytes(b"not a png")
     cfg = load_config(None, ["recipe=image_classification", f"model.name_or_path={model}",
                              f"data.train={root}", f"data.eval={root}", f"output_dir={tmp_path / 'run'}",
-                             "training.report_to=[]", f"strategy.name=feature_extraction",
+                             "training.report_to=[]", "strategy.name=feature_extraction",
                              f"strategy.cache_dir={tmp_path / 'cache'}"])
     report = audit(cfg, tmp_path / "audit", fix="drop")
     files = sorted(str(p.resolve()) for p in (root / "train").rglob("*.png"))  # the folder's row order

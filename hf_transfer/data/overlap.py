@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Iterable
 
 #: Beyond this many rows per split, `overlap_warning` hashes texts only (reading every image or
@@ -125,11 +124,3 @@ def overlap_warning(task, splits) -> str | None:
             "case and whitespace): those scores overstate accuracy. `hf-transfer audit CONFIG` lists them "
             "(and near duplicates).")
 
-
-def file_path(value: Any) -> str | None:
-    """The path of an undecoded image/audio entry, or a string that is one."""
-    if isinstance(value, dict):
-        return value.get("path")
-    if isinstance(value, str) and Path(value).suffix:
-        return value
-    return None
