@@ -128,7 +128,7 @@ def noise_experiment(X, y, Xe, ye, rate: float, seed: int) -> tuple[dict, dict, 
     the flags of the training rows are scored."""
     from cleanlab.filter import find_label_issues
 
-    from hf_transfer.audit import checks
+    from hf_transfer.data_audit import checks
 
     K = int(y.max() + 1)
     n = len(y)
@@ -189,7 +189,7 @@ def leak_file(train_csv: Path, eval_csv: Path, rate: float, seed: int, out: Path
 
 
 def leakage_experiment(paths: dict, seed: int, work: Path, rate: float) -> dict:
-    from hf_transfer.audit import audit
+    from hf_transfer.data_audit import audit
 
     path, kinds = leak_file(paths[seed], paths["eval"], rate, seed, work / f"train_{seed}_leaked.csv")
     report = audit(config(path, paths["eval"], work, seed=seed), work / f"audit_leak_{seed}", fix="none", plots=False)
@@ -224,7 +224,7 @@ def run_partial(train_csv: Path, eval_csv: Path, work: Path, name: str) -> dict:
 def cost_experiment(paths: dict, seed: int, work: Path) -> dict:
     """Back to back on one file of 1,000 tweets: the whole audit (no eval file, nothing cached:
     model loading and embedding counted), one epoch of `partial` (its `train_runtime`), the audit again."""
-    from hf_transfer.audit import audit
+    from hf_transfer.data_audit import audit
     from hf_transfer.run import train
 
     def one_audit(name):
@@ -272,7 +272,7 @@ def main() -> None:
     from hf_transfer.run import setup_logging
 
     setup_logging()
-    from hf_transfer.audit import audit
+    from hf_transfer.data_audit import audit
     from hf_transfer.models.features import features_for_config
 
     work = args.work
@@ -350,7 +350,7 @@ def image_audit(work: Path) -> dict:
     """The shipped Fashion-MNIST config's data (EfficientNet-Lite0), prepared by its bench."""
     import subprocess
 
-    from hf_transfer.audit import audit
+    from hf_transfer.data_audit import audit
     from hf_transfer.cli import resolve_config_path
     from hf_transfer.config import load_config
 

@@ -24,7 +24,7 @@ def __getattr__(name):
 
         return getattr(config, name)
     if name == "audit":
-        from hf_transfer.audit import audit
+        from hf_transfer.data_audit import audit
 
         return audit
     if name in ("train", "evaluate", "predict"):

@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hf_transfer.selection.cli import add_commands as add_selection_commands
 
     add_selection_commands(sub)  # rank, plan
-    from hf_transfer.audit.cli import add_commands as add_audit_commands
+    from hf_transfer.data_audit.cli import add_commands as add_audit_commands
 
     add_audit_commands(sub)  # audit
     return p

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE, write_csv
-from hf_transfer.audit import checks
+from hf_transfer.data_audit import checks
 from hf_transfer.config import load_config
 from hf_transfer.errors import HFTransferError
 
@@ -68,7 +68,7 @@ def audit_tmp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(tiny_bert_dir, planted, audit_tmp, one_torch_thread):
-    from hf_transfer.audit import audit
+    from hf_transfer.data_audit import audit
 
     return audit(_cfg(tiny_bert_dir, planted, audit_tmp), audit_tmp / "audit", fix="drop")
 
@@ -171,7 +171,7 @@ def _write_yaml(tiny_bert_dir, data, tmp_path):
 
 
 def test_single_class_class_with_one_row_and_no_eval(tiny_bert_dir, tmp_path, one_torch_thread):
-    from hf_transfer.audit import audit
+    from hf_transfer.data_audit import audit
 
     rows = strong_sentences(40, seed=3)
     one = [dict(r, label="negative") for r in rows]
@@ -193,7 +193,7 @@ def test_single_class_class_with_one_row_and_no_eval(tiny_bert_dir, tmp_path, on
 
 
 def test_blank_rows_counted_by_row(tiny_bert_dir, tmp_path, one_torch_thread):
-    from hf_transfer.audit import audit
+    from hf_transfer.data_audit import audit
 
     rows = strong_sentences(40, seed=4)
     rows[4]["text"] = "   "
@@ -210,7 +210,7 @@ def test_blank_rows_counted_by_row(tiny_bert_dir, tmp_path, one_torch_thread):
 
 
 def test_bad_settings_are_clear_errors(tiny_bert_dir, planted, tmp_path):
-    from hf_transfer.audit import audit
+    from hf_transfer.data_audit import audit
 
     with pytest.raises(HFTransferError, match="--fix must be one of drop, relabel, none"):
         audit(_cfg(tiny_bert_dir, planted, tmp_path), tmp_path, fix="delete")
@@ -327,7 +327,7 @@ def test_image_folder_audit(tmp_path, one_torch_thread):
     from PIL import Image
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-    from hf_transfer.audit import audit
+    from hf_transfer.data_audit import audit
 
     model = tmp_path / "vit"
     torch.manual_seed(0)
@@ -363,3 +363,11 @@ def test_image_folder_audit(tmp_path, one_torch_thread):
     kept = {Path(r["image"]).relative_to(root.resolve() / "train").as_posix() for r in clean}
     assert "red/9_copy.png" not in kept and "red/0.png" in kept and "green/9_leak.png" not in kept
     assert {r["label"] for r in clean} <= {"blue", "green", "red"}
+
+
+def test_python_api_takes_a_config_path(tiny_bert_dir, planted, tmp_path, one_torch_thread):
+    import hf_transfer
+    import hf_transfer.data_audit  # noqa: F401  (the package does not shadow the function)
+
+    report = hf_transfer.audit(_write_yaml(tiny_bert_dir, planted, tmp_path), tmp_path / "out", fix="none", plots=False)
+    assert report["rows"] == {"train": 160, "eval": 40} and (tmp_path / "out" / "audit.json").is_file()

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_transfer.audit import checks
+from hf_transfer.data_audit import checks
 from hf_transfer.data.overlap import exact_groups, exact_matches, normalize_text
 from hf_transfer.errors import ConfigError, DataError, HFTransferError
 
