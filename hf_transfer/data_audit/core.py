@@ -635,8 +635,9 @@ def _write_fix(cfg, report: dict, path: Path, fix: str, names: list[str], task) 
     kept = df.drop(index=sorted(r for r in drop if r < len(df)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    # In the source's encoding (data.train.encoding), so `data.train=clean.csv` reads it the same way.
-    kept.to_csv(tmp, index=False, encoding=getattr(cfg.data.train, "encoding", None) or "utf-8")
+    # UTF-8 whatever the source's encoding: `data.train=clean.csv` replaces the whole data.train
+    # entry (its `encoding` too), and UTF-8 is what a csv without one is read as.
+    kept.to_csv(tmp, index=False, encoding="utf-8")
     tmp.replace(path)
     report["_fix"] = {"mode": fix, "file": str(path), "rows_in": len(df), "rows_out": len(kept),
                       "dropped": len(drop), "relabelled": len(relabel), "why": why,
