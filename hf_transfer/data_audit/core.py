@@ -10,8 +10,8 @@ One frozen forward pass over every row (`models.features.extract`, with its disk
    nearly, a training row): exact after normalising case and whitespace (texts) or by a hash of the
    file bytes (images, audio); near by cosine similarity of the embeddings >= `near_threshold`
    (scikit-learn's NearestNeighbors) and, for texts, by the cosine similarity of character n-gram
-   TF-IDF vectors >= `text_threshold` (one word changed in a short tweet took MiniLM's similarity
-   down to 0.87-0.92, and once to 0.42; the character n-grams kept 0.71 or more: bench/audit.py).
+   TF-IDF vectors >= `text_threshold` (one word changed in a short text can pull the embedding
+   similarity well below 0.95; the character n-grams keep most of theirs).
 3. **Conflicts**: duplicate groups (exact or near) whose labels differ, and leaks whose labels differ.
 4. **Class balance**, **outliers** (mean cosine distance to the k nearest training rows beyond
    Tukey's far-out fence) and, for texts, blank, very short and over-length rows (what truncation
