@@ -26,6 +26,10 @@ def __getattr__(name):
         from hf_transfer import config
 
         return getattr(config, name)
+    if name == "audit":
+        from hf_transfer.data_audit import audit
+
+        return audit
     if name in ("train", "evaluate", "predict"):
         from hf_transfer import run
 

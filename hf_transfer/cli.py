@@ -1,4 +1,4 @@
-"""`hf-transfer` command line: train, evaluate, predict, ls, cp, layers, convert, export, push.
+"""`hf-transfer` command line: train, evaluate, predict, ls, cp, layers, convert, export, push, audit, ...
 
 `python -m hf_transfer ...` is the same command (and what `accelerate launch -m hf_transfer`
 runs on every process).
@@ -353,6 +353,7 @@ EXAMPLES = {
     "shift": "hf-transfer shift my_run.yaml --target data/production.csv",
     "pretrain": "hf-transfer pretrain my_mlm.yaml output_dir=runs/my_mlm",
     "rank": "hf-transfer rank my_run.yaml --candidates asset:all-minilm-l6-v2,asset:all-mpnet-base-v2",
+    "audit": "hf-transfer audit minilm/tweets_full -o audit --fix drop",
     "plan": "hf-transfer plan my_run.yaml --candidates asset:all-minilm-l6-v2,asset:all-mpnet-base-v2 -o planned.yaml",
 }
 
@@ -464,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hf_transfer.selection.cli import add_commands as add_selection_commands
 
     add_selection_commands(sub)  # rank, plan
+    from hf_transfer.data_audit.cli import add_commands as add_audit_commands
+
+    add_audit_commands(sub)  # audit
     p.epilog = _command_listing(p)
     p.command_help = command_help(p)
     sub._choices_actions.clear()  # listed once, with examples, in the epilog

@@ -106,6 +106,10 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     task = get_task(cfg)
     task.load_processor()
     splits = task.load_splits()
+    from hf_transfer.data.overlap import overlap_warning
+
+    if (overlap := overlap_warning(task, splits)) and main:
+        logger.warning(overlap)
     if cfg.data.normalize_from == "target":
         from hf_transfer.domain.adabn import normalize_from_target
 

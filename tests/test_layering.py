@@ -20,12 +20,13 @@ PACKAGE = Path(hf_transfer.__file__).parent
 # Top to bottom. The first prefix that matches a module's dotted name (longest first) gives its layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("hf_transfer", "hf_transfer.__main__", "hf_transfer.cli", "hf_transfer.demo",
-                      "hf_transfer.export.cli", "hf_transfer.selection.cli", "hf_transfer.study.cli")),
+                      "hf_transfer.export.cli", "hf_transfer.selection.cli", "hf_transfer.study.cli",
+                      "hf_transfer.data_audit.cli")),
     # A study trains and compares whole runs, so it sits on top of `run`.
     ("run", ("hf_transfer.run", "hf_transfer.study")),
     ("operations", ("hf_transfer.tasks", "hf_transfer.strategies", "hf_transfer.engine",
                     "hf_transfer.export", "hf_transfer.importers", "hf_transfer.assets",
-                    "hf_transfer.selection", "hf_transfer.domain")),
+                    "hf_transfer.selection", "hf_transfer.domain", "hf_transfer.data_audit")),
     ("knowledge", ("hf_transfer.models", "hf_transfer.data", "hf_transfer.metrics",
                    "hf_transfer.run_folder")),
     ("foundation", ("hf_transfer.config", "hf_transfer.errors", "hf_transfer.paths",

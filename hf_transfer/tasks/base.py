@@ -23,6 +23,10 @@ from hf_transfer.registry import RecipeInfo, register_recipe
 
 logger = logging.getLogger(__name__)
 
+#: Column added to every loaded split when `ClassificationTask.source_rows` is set: the row's
+#: 0-based index in its source (file row, header not counted; image folders: sorted file order).
+SOURCE_ROW = "__source_row__"
+
 _TASKS: dict[str, type["Task"]] = {}
 
 
@@ -177,6 +181,15 @@ class ClassificationTask(Task):
         #: split carved from train still loads train, to carve exactly the same rows.
         self.only_roles: tuple[str, ...] | None = None
         self.known_labels: list[str] | None = None
+        #: Set before `load_splits` to carry each row's place in its source as column `SOURCE_ROW`
+        #: through filtering, the eval carve-out and subsampling (`hf-transfer audit` reports rows so).
+        self.source_rows = False
+
+    def _load_source(self, source, role: str):
+        ds = load_split(source, role)
+        if self.source_rows and SOURCE_ROW not in ds.column_names:
+            ds = ds.add_column(SOURCE_ROW, list(range(len(ds))))
+        return ds
 
     def drop_unusable_rows(self, ds, role: str):
         """Rows the task cannot use, dropped and counted (text: blank or missing texts)."""
@@ -193,7 +206,7 @@ class ClassificationTask(Task):
         if (self.only_roles is not None and self.known_labels and "train" not in self.only_roles
                 and not ("eval" in self.only_roles and carved)):
             return self._load_without_train(seed)
-        train = labels_mod.apply_filter(load_split(d.train, "train"), d.filter, "train")
+        train = labels_mod.apply_filter(self._load_source(d.train, "train"), d.filter, "train")
         label_col = labels_mod.find_column(
             train, d.label_column, labels_mod.LABEL_CANDIDATES, "label", "data.label_column"
         )
@@ -249,7 +262,7 @@ class ClassificationTask(Task):
             source = getattr(d, role)
             if role not in self.only_roles or source is None or not source.name:
                 continue
-            ds = labels_mod.apply_filter(load_split(source, role), d.filter, role)
+            ds = labels_mod.apply_filter(self._load_source(source, role), d.filter, role)
             if not hasattr(self, "input_col"):
                 self.label_column = labels_mod.find_column(
                     ds, d.label_column, labels_mod.LABEL_CANDIDATES, "label", "data.label_column", role)
@@ -261,7 +274,7 @@ class ClassificationTask(Task):
         return Splits(None, out["eval"], out["test"])
 
     def _load_other(self, source, role):
-        ds = labels_mod.apply_filter(load_split(source, role), self.cfg.data.filter, role)
+        ds = labels_mod.apply_filter(self._load_source(source, role), self.cfg.data.filter, role)
         return self._encode_other(ds, role)
 
     def _encode_other(self, ds, role):
