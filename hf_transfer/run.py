@@ -408,12 +408,14 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None =
         `hf_transfer.export.onnx.OnnxExport`: the folder, the file served by default and the figures.
     """
     from hf_transfer.errors import ExportError
-    from hf_transfer.export.onnx import MIN_INT8_AGREEMENT, export_onnx as write_onnx, require_onnx
+    from hf_transfer.export.onnx import MIN_INT8_AGREEMENT, check_out_dir, require_onnx
+    from hf_transfer.export.onnx import export_onnx as write_onnx
 
     require_onnx()
     run_dir = Path(run_dir)
     if _is_onnx(run_dir):
         raise ExportError(f"'{run_dir}' is already an ONNX export; give the run folder it came from.")
+    check_out_dir(run_dir, out_dir, quantize)
     cfg = open_finished_run(run_dir)
     if cfg.recipe not in ("text_classification", "image_classification", "audio_classification"):
         raise ExportError(f"ONNX export covers text, image and audio classification runs; '{run_dir}' is a "

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FP32_ATOL",
     "MIN_INT8_AGREEMENT",
+    "check_out_dir",
     "OnnxClassifier",
     "OnnxExport",
     "classifier_module",
@@ -98,8 +99,8 @@ def is_onnx_export(folder: str | Path) -> bool:
 class _Affine(nn.Module):
     def __init__(self, weight: np.ndarray, bias: np.ndarray):
         super().__init__()
-        self.register_buffer("weight", torch.as_tensor(np.asarray(weight, dtype=np.float32)))
-        self.register_buffer("bias", torch.as_tensor(np.asarray(bias, dtype=np.float32)))
+        self.register_buffer("weight", torch.tensor(np.array(weight, dtype=np.float64)))
+        self.register_buffer("bias", torch.tensor(np.array(bias, dtype=np.float64)))
 
     def forward(self, x):
         return x @ self.weight.T + self.bias
@@ -108,8 +109,8 @@ class _Affine(nn.Module):
 class _Scale(nn.Module):
     def __init__(self, mean, scale):
         super().__init__()
-        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, dtype=np.float32)))
-        self.register_buffer("scale", torch.as_tensor(np.asarray(scale, dtype=np.float32)))
+        self.register_buffer("mean", torch.tensor(np.array(mean, dtype=np.float64)))
+        self.register_buffer("scale", torch.tensor(np.array(scale, dtype=np.float64)))
 
     def forward(self, x):
         return (x - self.mean) / self.scale
@@ -120,9 +121,9 @@ class _Expand(nn.Module):
 
     def __init__(self, classes: np.ndarray, num_labels: int, fill: float):
         super().__init__()
-        place = torch.zeros(len(classes), num_labels)
+        place = torch.zeros(len(classes), num_labels, dtype=torch.float64)
         place[torch.arange(len(classes)), torch.as_tensor(np.asarray(classes, dtype=np.int64))] = 1.0
-        absent = torch.full((num_labels,), float(fill))
+        absent = torch.full((num_labels,), float(fill), dtype=torch.float64)
         absent[torch.as_tensor(np.asarray(classes, dtype=np.int64))] = 0.0
         self.register_buffer("place", place)
         self.register_buffer("absent", absent)
@@ -161,9 +162,9 @@ class _KNNProba(nn.Module):
 
     def __init__(self, fit_x, y_index, k: int, n_classes: int):
         super().__init__()
-        self.register_buffer("fit_x", torch.as_tensor(np.asarray(fit_x, dtype=np.float32)))
+        self.register_buffer("fit_x", torch.tensor(np.array(fit_x, dtype=np.float64)))
         self.register_buffer("votes", nn.functional.one_hot(torch.as_tensor(np.asarray(y_index, dtype=np.int64)),
-                                                            n_classes).float())
+                                                            n_classes).double())
         self.k = int(k)
 
     def forward(self, x):
@@ -255,7 +256,9 @@ class _FeatureGraph(nn.Module):
         self.extractor, self.head, self.names = extractor, head, list(names)
 
     def forward(self, *tensors):
-        return self.head(self.extractor(dict(zip(self.names, tensors))).float())
+        # The classifier in float64, as scikit-learn computes it: float32 would cost ~1e-4 on the
+        # log-probabilities of a confident logistic regression.
+        return self.head(self.extractor(dict(zip(self.names, tensors))).double()).float()
 
 
 def graph_module(model: nn.Module, names: list[str]) -> nn.Module:
@@ -438,6 +441,18 @@ def _is_replaceable(out: Path) -> bool:
     return not out.exists() or (out.is_dir() and (not any(out.iterdir()) or (out / SPEC_FILE).is_file()))
 
 
+def check_out_dir(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None) -> None:
+    """Refuse, before anything loads, an output folder that is the run or holds something else,
+    and an unknown quantization."""
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ExportError(f"--quantize {quantize!r} is not supported; use one of: {', '.join(QUANTIZATIONS)}.")
+    out = Path(out_dir)
+    if out.resolve() == Path(run_dir).resolve():
+        raise ExportError("The export folder must not be the run folder itself; give another OUT_DIR.")
+    if not _is_replaceable(out):
+        raise ExportError(f"'{out}' exists and is not an earlier ONNX export; choose another folder or remove it.")
+
+
 def export_onnx(
     model: nn.Module,
     run_dir: str | Path,
@@ -471,13 +486,8 @@ def export_onnx(
         ExportError: The onnx packages are missing, the graph does not export, or a parity check fails.
     """
     require_onnx()
-    if quantize not in (None, *QUANTIZATIONS):
-        raise ExportError(f"--quantize {quantize!r} is not supported; use one of: {', '.join(QUANTIZATIONS)}.")
     run_dir, out = Path(run_dir), Path(out_dir)
-    if out.resolve() == run_dir.resolve():
-        raise ExportError("The export folder must not be the run folder itself; give another OUT_DIR.")
-    if not _is_replaceable(out):
-        raise ExportError(f"'{out}' exists and is not an earlier ONNX export; choose another folder or remove it.")
+    check_out_dir(run_dir, out, quantize)
     names = list(sample_inputs)
     graph = graph_module(model, names)
     out.parent.mkdir(parents=True, exist_ok=True)
