@@ -416,6 +416,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None =
     if _is_onnx(run_dir):
         raise ExportError(f"'{run_dir}' is already an ONNX export; give the run folder it came from.")
     check_out_dir(run_dir, out_dir, quantize)
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise ExportError(f"--min-int8-agreement must be between 0 and 1, got {min_agreement}.")
     cfg = open_finished_run(run_dir)
     if cfg.recipe not in ("text_classification", "image_classification", "audio_classification"):
         raise ExportError(f"ONNX export covers text, image and audio classification runs; '{run_dir}' is a "

@@ -76,8 +76,13 @@ def test_ray_and_local_backends_write_the_same_study(study_config, tmp_path):
     assert lines[0].startswith("Ray: 6 cell(s) as tasks of 1 CPU / 0 GPU each on a cluster of 2 CPU(s)")
     a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     assert a.keys() == b.keys() and len(a) == 6
+    columns = [k for k in next(iter(a.values())) if k.startswith(("eval_", "test_"))]
+    assert set(METRICS) <= set(columns)
     for key in a:
-        for m in METRICS:
+        for m in columns:
+            if a[key][m] == "" or b[key][m] == "":
+                assert a[key][m] == b[key][m], (key, m)  # a metric this kind of cell does not write
+                continue
             assert float(a[key][m]) == pytest.approx(float(b[key][m]), abs=1e-6), (key, m)
         assert a[key]["backend"] == "local" and b[key]["backend"] == "ray"
     for c in (tmp_path / "ray" / "cells").iterdir():

@@ -113,7 +113,7 @@ def test_export_refuses_other_folders_and_bad_options(text_run, tmp_path, capsys
         export_onnx(text_run, busy)
     assert (busy / "notes.txt").read_text() == "mine"
     assert main(["export", str(text_run), str(tmp_path / "x"), "--quantize", "int8"]) != 0
-    assert "--quantize applies to --format onnx only" in capsys.readouterr().err
+    assert "--quantize and --min-int8-agreement apply to --format onnx only" in capsys.readouterr().err
     with pytest.raises(ExportError, match="not supported"):
         export_onnx(text_run, tmp_path / "y", quantize="int4")
     out = export_onnx(text_run, tmp_path / "ok").folder
@@ -130,13 +130,26 @@ def test_missing_packages_give_the_install_line(text_run, tmp_path, monkeypatch)
     assert not (tmp_path / "onnx").exists()
 
 
-def test_int8_below_the_agreement_floor_writes_nothing(text_run, tmp_path):
+def test_int8_below_the_agreement_floor_writes_nothing(text_run, tmp_path, monkeypatch):
+    from hf_transfer.export import onnx as onnx_export
     from hf_transfer.run import export_onnx
 
-    with pytest.raises(ExportError, match=r"int8 model agrees with PyTorch on .*% of the eval labels, below the 101% "
-                                          r"required; accuracy .* \(PyTorch\) vs .* \(int8\)"):
-        export_onnx(text_run, tmp_path / "onnx", quantize="int8", min_agreement=1.01)
+    with pytest.raises(ExportError, match="--min-int8-agreement must be between 0 and 1, got 1.5"):
+        export_onnx(text_run, tmp_path / "onnx", quantize="int8", min_agreement=1.5)
+    run = onnx_export.OnnxClassifier.run
+
+    def bad_int8(self, inputs):  # a quantization that flips every label
+        logits = run(self, inputs)
+        return -logits if self.file == onnx_export.INT8_FILE else logits
+
+    monkeypatch.setattr(onnx_export.OnnxClassifier, "run", bad_int8)
+    with pytest.raises(ExportError, match=r"int8 model agrees with PyTorch on 0.00% of the eval labels, below the 99% "
+                                          r"required; accuracy .* \(PyTorch\) vs .* \(int8\)\. Serve the fp32"):
+        export_onnx(text_run, tmp_path / "onnx", quantize="int8")
     assert not (tmp_path / "onnx").exists() and not list(tmp_path.glob(".onnx.*"))
+    r = export_onnx(text_run, tmp_path / "onnx", quantize="int8", min_agreement=0.0)  # accepted when asked
+    assert r.int8_agreement == 0.0 and "| int8 predicted labels equal to PyTorch's, 32 eval examples | 0.00% |" in (
+        r.folder / "README.md").read_text()
 
 
 def test_lora_run_exports_merged(tiny_bert_dir, toy_text_data, tmp_path):

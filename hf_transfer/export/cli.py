@@ -17,7 +17,7 @@ def cmd_export_onnx(args) -> int:
     from hf_transfer.run import export_onnx
 
     _log_to_console()
-    r = export_onnx(args.run_dir, args.out_dir, quantize=args.quantize)
+    r = export_onnx(args.run_dir, args.out_dir, quantize=args.quantize, min_agreement=args.min_int8_agreement)
     print(f"Exported to {r.folder} (ONNX; served file: {r.model_file}):")
     for p in sorted(r.folder.iterdir()):
         print(f"  {p.name:32s} {p.stat().st_size:>12,d} bytes")
@@ -36,10 +36,10 @@ def cmd_export(args) -> int:
 
     if getattr(args, "format", "hub") == "onnx":
         return cmd_export_onnx(args)
-    if getattr(args, "quantize", None):
+    if getattr(args, "quantize", None) or getattr(args, "min_int8_agreement", None) is not None:
         from hf_transfer.errors import ExportError
 
-        raise ExportError("--quantize applies to --format onnx only.")
+        raise ExportError("--quantize and --min-int8-agreement apply to --format onnx only.")
     _log_to_console()
     out = export_run(args.run_dir, args.out_dir, merge_adapter=args.merge, baseline=args.baseline,
                      license=args.license, language=args.language, repo_id=args.repo_id)
@@ -101,6 +101,9 @@ def add_commands(subparsers) -> None:
                         "against PyTorch (needs the onnx extra)")
     e.add_argument("--quantize", choices=("int8",),
                    help="with --format onnx: also write the dynamic int8 model and serve it by default")
+    e.add_argument("--min-int8-agreement", type=float, default=None, metavar="FRACTION",
+                   help="with --quantize int8: the share of eval labels the int8 model must predict as PyTorch "
+                        "does (default 0.99); below it nothing is written")
     e.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("push", help="export a finished run and push it to the Hub (no retraining)")

@@ -296,6 +296,8 @@ def _trace(graph: nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> Non
     example = _example(inputs)
     names = list(example)
     printed = io.StringIO()
+    # "torchvision is not installed. Skipping torchvision::nms" and the like: not ours to fix.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         with torch.no_grad(), contextlib.redirect_stdout(printed), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on its own dynamic-shape internals
