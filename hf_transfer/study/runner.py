@@ -96,7 +96,7 @@ def _run_in_process(cell: Cell) -> str | None:
         hf_logging.disable_progress_bar()
     with open(cell.dir / cells_mod.CELL_LOG, "a") as log, redirect_stdout(log), redirect_stderr(log):
         try:
-            cells_mod.run_cell(cell.dir, backend="local")
+            cells_mod.run_cell(cell.dir)  # records backend `local` (no BACKEND_ENV in this process)
             return None
         except HFTransferError as e:
             (cell.dir / cells_mod.CELL_ERROR).write_text(str(e))
