@@ -70,7 +70,7 @@ SENTENCES = ["a wonderful gripping film", "the plot was dull and the acting awfu
              "brilliant", "this movie is really the worst thing I have seen in a long while, boring"]
 
 
-def test_text_run_exports_with_int8_and_serves(text_run, tmp_path, capsys):
+def test_text_run_exports_with_int8_and_serves(text_run, tmp_path, capsys, monkeypatch):
     from hf_transfer.cli import main
     from hf_transfer.run import evaluate, predict
 
@@ -86,6 +86,13 @@ def test_text_run_exports_with_int8_and_serves(text_run, tmp_path, capsys):
     card = (out / "README.md").read_text()
     assert "library_name: onnx" in card and "| ONNX int8 |" in card
     assert not (out / "model.safetensors").exists() and (out / "tokenizer_config.json").is_file()
+    # The card's snippet runs as written in the folder, with onnxruntime and the tokenizer only.
+    import re
+
+    monkeypatch.chdir(out)
+    scope = {}
+    exec(re.search(r"```python\n(.*?)```", card, re.S).group(1), scope)
+    assert scope["logits"].shape == (1, 2)
 
     # New sentences of other lengths and batch sizes than the trace's: the fp32 graph matches PyTorch.
     ref, task = _pytorch_logits(text_run, SENTENCES)

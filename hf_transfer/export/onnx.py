@@ -581,6 +581,20 @@ _PIPELINE_TAGS = {"text_classification": "text-classification", "image_classific
                   "audio_classification": "audio-classification"}
 
 
+#: The card's usage snippet per recipe: (loading the processor, building the feed), run in the folder.
+_USAGE = {
+    "text_classification": ("from transformers import AutoTokenizer\ntok = AutoTokenizer.from_pretrained(\".\")",
+                            'feed = dict(tok(["a sentence"], return_tensors="np"))'),
+    "image_classification": ("from PIL import Image\nfrom transformers import AutoImageProcessor\n"
+                             "proc = AutoImageProcessor.from_pretrained(\".\")",
+                             'feed = dict(proc(images=[Image.open("image.jpg").convert("RGB")], return_tensors="np"))'),
+    "audio_classification": ("from transformers import AutoFeatureExtractor\n"
+                             "proc = AutoFeatureExtractor.from_pretrained(\".\")",
+                             "# waveform: a 1-D float32 array at proc.sampling_rate\n"
+                             'feed = dict(proc([waveform], sampling_rate=proc.sampling_rate, return_tensors="np"))'),
+}
+
+
 def _card(spec: dict, r: OnnxExport) -> str:
     tag = _PIPELINE_TAGS.get(spec["recipe"], spec["recipe"])
     tags = ["hf-transfer", "onnx", tag] + (["int8"] if r.int8_agreement is not None else [])
@@ -604,18 +618,14 @@ def _card(spec: dict, r: OnnxExport) -> str:
         for k, label in (("pytorch", "PyTorch fp32"), ("onnx_fp32", "ONNX fp32"), ("onnx_int8", "ONNX int8")):
             if k in r.accuracy:
                 lines.append(f"| {label} | {r.accuracy[k]:.4f} | {100 * (r.accuracy[k] - base):+.2f} points |")
-    example = {"text_classification": 'feed = dict(tok(["a sentence"], return_tensors="np"))',
-               "image_classification": 'feed = dict(proc(images=[Image.open("image.jpg").convert("RGB")], return_tensors="np"))',
-               "audio_classification": 'feed = dict(proc([waveform], sampling_rate=proc.sampling_rate, return_tensors="np"))'}
-    load = {"text_classification": "from transformers import AutoTokenizer\ntok = AutoTokenizer.from_pretrained(\".\")",
-            "image_classification": "from PIL import Image\nfrom transformers import AutoImageProcessor\nproc = AutoImageProcessor.from_pretrained(\".\")",
-            "audio_classification": "from transformers import AutoFeatureExtractor\nproc = AutoFeatureExtractor.from_pretrained(\".\")"}
+    load, feed = _USAGE.get(spec["recipe"], ("", "feed = {...}  # the processor's tensors"))
     lines += ["", "## How to use", "", "```python", "import onnxruntime as ort",
-              load.get(spec["recipe"], ""),
+              load,
               f"session = ort.InferenceSession(\"{r.model_file}\")",
-              example.get(spec["recipe"], "feed = {...}"),
+              feed,
               "names = {i.name for i in session.get_inputs()}",
               "logits = session.run([\"logits\"], {k: v for k, v in feed.items() if k in names})[0]",
               "```", "",
-              "Or with hf-transfer: `hf-transfer predict THIS_FOLDER INPUT...`, `hf-transfer evaluate THIS_FOLDER`.", ""]
+              "Or with hf-transfer: `hf-transfer predict THIS_FOLDER INPUT...`, "
+              "`hf-transfer evaluate THIS_FOLDER`.", ""]
     return "\n".join(lines)
