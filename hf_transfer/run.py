@@ -364,6 +364,8 @@ def open_finished_run(run_dir: str | Path) -> TrainConfig:
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    if _is_onnx(run_dir):  # an ONNX export (hf_transfer.export.onnx): its graph is the model
+        return cfg
     if not (run_dir / "config.json").is_file() or not any((run_dir / w).is_file() for w in _MODEL_WEIGHTS):
         ckpts = sorted((run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
         state = (f"It holds checkpoints ({', '.join(p.name for p in ckpts)}) of a run that was interrupted: "
@@ -377,8 +379,19 @@ def open_finished_run(run_dir: str | Path) -> TrainConfig:
     return cfg
 
 
+def _is_onnx(run_dir: Path) -> bool:
+    from hf_transfer.export.onnx import is_onnx_export
+
+    return is_onnx_export(run_dir)
+
+
 def _load_run_model(run_dir: Path, task, allow_pickle: bool = False):
     from hf_transfer.files import check_weights
+
+    if _is_onnx(run_dir):
+        from hf_transfer.export.onnx import OnnxClassifier
+
+        return OnnxClassifier(run_dir).eval()
 
     remote = task.cfg.model.trust_remote_code
     try:
@@ -462,3 +475,53 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1, allow_pickle
     task.load_processor()
     model = _load_run_model(run_dir, task, allow_pickle)
     return task.predict(model, inputs, top_k=top_k)
+
+
+def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, *,
+                batch_size: int = 32, min_agreement: float | None = None):
+    """ONNX export of a finished classification run, checked against PyTorch on its eval split.
+
+    The model is loaded as `evaluate` loads it (merged weights for PEFT runs; the feature
+    classifier put back for feature-extraction and contrastive runs) and handed to
+    `hf_transfer.export.onnx.export_onnx` with a few eval rows for the trace and the eval split
+    for the accuracy and int8 agreement figures.
+
+    Returns:
+        `hf_transfer.export.onnx.OnnxExport`: the folder, the file served by default and the figures.
+    """
+    from hf_transfer.errors import ExportError
+    from hf_transfer.export.onnx import MIN_INT8_AGREEMENT, check_out_dir, require_onnx
+    from hf_transfer.export.onnx import export_onnx as write_onnx
+
+    require_onnx()
+    run_dir = Path(run_dir)
+    if _is_onnx(run_dir):
+        raise ExportError(f"'{run_dir}' is already an ONNX export; give the run folder it came from.")
+    check_out_dir(run_dir, out_dir, quantize)
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise ExportError(f"--min-int8-agreement must be between 0 and 1, got {min_agreement}.")
+    cfg = open_finished_run(run_dir)
+    if cfg.recipe not in ("text_classification", "image_classification", "audio_classification"):
+        raise ExportError(f"ONNX export covers text, image and audio classification runs; '{run_dir}' is a "
+                          f"{cfg.recipe} run. Export it with --format hub.")
+    cfg.model.name_or_path = str(run_dir)
+    set_seed_all(cfg.training.seed)
+    task = get_task(cfg)
+    task.load_processor()
+    task.only_roles = ("eval", "test")
+    task.known_labels = _run_labels(run_dir)
+    splits = task.load_splits()
+    ds = splits.eval if splits.eval is not None else splits.test
+    if ds is None or len(ds) == 0:
+        raise ExportError(f"'{run_dir}' has no eval or test split to check the ONNX model on (data.eval).")
+    model = _load_run_model(run_dir, task)
+    data = task.preprocess(ds, train=False)
+    sample = task.model_inputs(next(iter(DataLoader(data, batch_size=8, collate_fn=task.collate))))
+
+    def batches():
+        for batch in DataLoader(data, batch_size=batch_size, collate_fn=task.collate):
+            yield task.model_inputs(batch), batch["labels"]
+
+    return write_onnx(model, run_dir, out_dir, sample_inputs=sample, eval_batches=batches, recipe=cfg.recipe,
+                      labels=_run_labels(run_dir) or [], quantize=quantize,
+                      min_agreement=MIN_INT8_AGREEMENT if min_agreement is None else min_agreement)

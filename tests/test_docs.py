@@ -138,7 +138,7 @@ def test_the_readme_stays_an_entry_point():
 
 SECTIONS = ("model", "data", "strategy", "training", "export", "adaptation")
 KEY = re.compile(r"(?<![\w./:-])((?:%s)\.[A-Za-z_][\w.]*)" % "|".join(SECTIONS))
-FILE_SUFFIX = re.compile(r"\.(py|md|ya?ml|json|jsonl|csv|parquet|safetensors|bin|pth|pt|png|txt|joblib|pkl|log)$")
+FILE_SUFFIX = re.compile(r"\.(py|md|ya?ml|json|jsonl|csv|parquet|safetensors|bin|pth|pt|png|txt|joblib|pkl|log|onnx)$")
 
 
 def _error_example_lines(path: Path) -> set[int]:

@@ -13,10 +13,33 @@ def _log_to_console() -> None:
     logging.getLogger("hf_transfer").setLevel(logging.INFO)
 
 
+def cmd_export_onnx(args) -> int:
+    from hf_transfer.run import export_onnx
+
+    _log_to_console()
+    r = export_onnx(args.run_dir, args.out_dir, quantize=args.quantize, min_agreement=args.min_int8_agreement)
+    print(f"Exported to {r.folder} (ONNX; served file: {r.model_file}):")
+    for p in sorted(r.folder.iterdir()):
+        print(f"  {p.name:32s} {p.stat().st_size:>12,d} bytes")
+    print(f"  fp32 parity: largest logit difference {r.fp32_max_abs_diff:.2g} on {r.sample_rows} sample rows")
+    if r.int8_agreement is not None:
+        print(f"  int8: predicted labels equal to PyTorch's on {100 * r.int8_agreement:.2f}% of "
+              f"{r.eval_examples or r.sample_rows} examples")
+    if r.accuracy:
+        print("  eval accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in r.accuracy.items()))
+    return 0
+
+
 def cmd_export(args) -> int:
     from hf_transfer.export.card import validate_card
     from hf_transfer.export.export import export_run
 
+    if getattr(args, "format", "hub") == "onnx":
+        return cmd_export_onnx(args)
+    if getattr(args, "quantize", None) or getattr(args, "min_int8_agreement", None) is not None:
+        from hf_transfer.errors import ExportError
+
+        raise ExportError("--quantize and --min-int8-agreement apply to --format onnx only.")
     _log_to_console()
     out = export_run(args.run_dir, args.out_dir, merge_adapter=args.merge, baseline=args.baseline,
                      license=args.license, language=args.language, repo_id=args.repo_id)
@@ -76,6 +99,14 @@ def add_commands(subparsers) -> None:
                                    "non-empty folder is refused)")
     _card_options(e)
     e.add_argument("--repo-id", help="the Hub repository it is meant for (named in the card's usage snippet)")
+    e.add_argument("--format", choices=("hub", "onnx"), default="hub",
+                   help="hub: transformers weights and card (default); onnx: an ONNX Runtime model, checked "
+                        "against PyTorch (needs the onnx extra)")
+    e.add_argument("--quantize", choices=("int8",),
+                   help="with --format onnx: also write the dynamic int8 model and serve it by default")
+    e.add_argument("--min-int8-agreement", type=float, default=None, metavar="FRACTION",
+                   help="with --quantize int8: the share of eval labels the int8 model must predict as PyTorch "
+                        "does (default 0.99); below it nothing is written")
     e.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("push", help="export a finished run and push it to the Hub (no retraining)")

@@ -197,9 +197,11 @@ def cell_result(cell: Cell) -> dict[str, Any] | None:
     metrics = json.loads(path.read_text())
     timing = cell.dir / cells_mod.CELL_RESULT
     seconds = None
-    if timing.is_file():
-        seconds = json.loads(timing.read_text()).get("seconds")
+    record = json.loads(timing.read_text()) if timing.is_file() else {}
+    seconds = record.get("seconds")
     if seconds is None:
         seconds = metrics.get("train_runtime")
     metrics["seconds"] = seconds
+    metrics["backend"] = record.get("backend") or "local"  # cells run before backends were recorded: local
+    metrics["host"] = record.get("host") or ""
     return metrics

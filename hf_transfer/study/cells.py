@@ -34,11 +34,20 @@ def read_spec(cell_dir: Path) -> dict:
     return json.loads((Path(cell_dir) / CELL_SPEC).read_text())
 
 
-def run_cell(cell_dir: str | Path) -> dict[str, Any]:
+#: Set by the runner for the cell processes it starts: which backend ran the cell (`study_cell.json`).
+BACKEND_ENV = "HF_TRANSFER_STUDY_BACKEND"
+
+
+def run_cell(cell_dir: str | Path, backend: str | None = None) -> dict[str, Any]:
     """Run the cell in `cell_dir` and write its results; returns its metrics.
 
     A training cell whose folder holds a checkpoint from an interrupted attempt resumes from it.
+    `backend` (default: `$HF_TRANSFER_STUDY_BACKEND`, else `local`) and the host are recorded
+    beside the wall seconds.
     """
+    import os
+    import socket
+
     from hf_transfer.config import load_config
 
     cell_dir = Path(cell_dir)
@@ -63,7 +72,9 @@ def run_cell(cell_dir: str | Path) -> dict[str, Any]:
         before = max(0.0, float(metrics.get("train_runtime", 0.0)) - float(metrics["train_runtime_this_process"]))
     _write_json(cell_dir / CELL_RESULT, {"seconds": round(seconds + before, 3), "seconds_this_attempt": round(seconds, 3),
                                          "seconds_before_resume": round(before, 3),
-                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                         "backend": backend or os.environ.get(BACKEND_ENV) or "local",
+                                         "host": socket.gethostname()})
     return metrics
 
 

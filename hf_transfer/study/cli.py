@@ -27,6 +27,16 @@ def add_commands(sub) -> None:
     c.add_argument("--jobs", type=int, default=1,
                    help="cells at once: 1 runs them one after another in this process, N in N worker processes "
                         "(each with cores/N torch threads unless OMP_NUM_THREADS is set)")
+    c.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: this process or --jobs worker processes (default); ray: one Ray task per cell "
+                        "(needs the ray extra; docs/distributed.md)")
+    c.add_argument("--address", default=None,
+                   help="with --backend ray: the cluster to join (auto, host:6379, ray://host:10001); "
+                        "default: RAY_ADDRESS, else a local Ray instance")
+    c.add_argument("--cpus-per-cell", type=float, default=None,
+                   help="with --backend ray: CPUs each cell's task declares (its torch threads), default 1")
+    c.add_argument("--gpus-per-cell", type=float, default=0.0,
+                   help="with --backend ray: GPUs each cell's task declares (default 0)")
     c.add_argument("--rerun-changed", action="store_true",
                    help="run again (replacing them) the finished cells whose settings changed since they ran "
                         "(refused otherwise)")
@@ -41,6 +51,12 @@ def cmd_compare(args) -> int:
 
     if args.jobs < 1:  # before the config and the data are read
         raise ConfigError(f"--jobs must be at least 1 (cells run at once), got {args.jobs}.")
+    if args.backend != "ray" and (args.address or args.cpus_per_cell is not None or args.gpus_per_cell):
+        raise ConfigError("--address, --cpus-per-cell and --gpus-per-cell apply to --backend ray only.")
+    if args.backend == "ray":
+        from hf_transfer.study.ray_backend import check_ray_settings
+
+        check_ray_settings(args.cpus_per_cell, args.gpus_per_cell)
     config = resolve_config_path(args.config)
     study = plan_study(config, args.overrides, strategies=args.strategies, sizes=args.sizes, seeds=args.seeds,
                        per_class=args.per_class, baselines=args.baselines, sets=args.sets, jobs=args.jobs,
@@ -49,7 +65,8 @@ def cmd_compare(args) -> int:
     print(f"Study {study.out_dir}: {len(study.cells)} cells "
           f"({len(study.labels) + len(study.baselines)} strategies/baselines x {len(study.sizes)} sizes x "
           f"{len(study.seeds)} seeds), eval split {study.pool['eval_size']} rows.", flush=True)
-    report = run_study(study, jobs=args.jobs, echo=lambda line: print(line, flush=True))
+    report = run_study(study, jobs=args.jobs, echo=lambda line: print(line, flush=True), backend=args.backend,
+                       address=args.address, cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell)
     print()
     print((study.out_dir / "study.md").read_text())
     print(f"Wrote {study.out_dir / 'study.csv'}, study.md, study.json, study.png")

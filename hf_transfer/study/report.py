@@ -53,8 +53,8 @@ def collect_rows(study) -> list[dict[str, Any]]:
             continue
         row = {"strategy": cell.label, "runs": cell.strategy, "kind": cell.kind, "size": cell.size,
                "per_class": study.per_class, "seed": cell.seed, "train_size": m.get("train_size"),
-               "seconds": m.get("seconds"), "chosen": m.get("auto_choice") or "", "run_dir": str(cell.dir),
-               "outcome": Outcome.from_metrics(m)}
+               "seconds": m.get("seconds"), "chosen": m.get("auto_choice") or "", "backend": m.get("backend") or "local",
+               "host": m.get("host") or "", "run_dir": str(cell.dir), "outcome": Outcome.from_metrics(m)}
         for k, v in sorted(m.items()):
             if k.startswith(("eval_", "test_")) and isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[k] = v
@@ -67,7 +67,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
     metric_keys = sorted({k for r in rows for k in r if k.startswith(("eval_", "test_"))},
                          key=lambda k: (not k.startswith("eval_"), k.count("_") > 1, k))
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fixed + metric_keys + ["run_dir"], extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fixed + metric_keys + ["backend", "host", "run_dir"], extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow(r)
@@ -287,6 +287,7 @@ def markdown(study, rows: list[dict], verdict: dict, table_stats: dict) -> str:
     lines += ["", "## Verdicts", ""]
     lines += verdict_lines(verdict, pc)
     lines += ["", "Plot: `study.png`. Runs: `study.csv`; each cell is a run folder under `cells/`.", ""]
+    lines += [backend_line(rows), ""]
     return "\n".join(lines)
 
 
@@ -340,6 +341,19 @@ def _interval_words(t: dict) -> str:
     if t.get("interval") == "bootstrap":
         return f"paired bootstrap over {t.get('eval_examples')} eval examples and {t['paired_seeds']} seed(s)"
     return f"t-interval over {t['paired_seeds']} paired seeds"
+
+
+def backend_line(rows: list[dict]) -> str:
+    """Which backend ran the finished cells (`study.csv` has it per cell: `backend`, `host`)."""
+    counts: dict[str, int] = {}
+    hosts: dict[str, set] = {}
+    for r in rows:
+        b = r.get("backend") or "local"
+        counts[b] = counts.get(b, 0) + 1
+        hosts.setdefault(b, set()).add(r.get("host") or "?")
+    parts = [f"{b} {n} cell{'s' if n != 1 else ''} on {len(hosts[b])} host{'s' if len(hosts[b]) != 1 else ''}"
+             for b, n in sorted(counts.items())]
+    return "Backends: " + ("; ".join(parts) if parts else "no cell finished") + " (per cell: `backend`, `host` in study.csv)."
 
 
 def verdict_lines(verdict: dict, per_class: bool) -> list[str]:

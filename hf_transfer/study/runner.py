@@ -1,4 +1,5 @@
-"""Running a planned study: unfinished cells in this process or in `--jobs N` worker processes.
+"""Running a planned study: unfinished cells in this process, in `--jobs N` worker processes, or
+as Ray tasks (`--backend ray`, `study.ray_backend`).
 
 Each worker is `python -m hf_transfer.study.cells CELL_DIR` with its share of the CPU threads;
 one progress line per finished cell with an ETA from the cells done so far. A failed cell is
@@ -98,7 +99,7 @@ def _run_in_process(cell: Cell) -> str | None:
         hf_logging.disable_progress_bar()
     with open(cell.dir / cells_mod.CELL_LOG, "a") as log, redirect_stdout(log), redirect_stderr(log):
         try:
-            cells_mod.run_cell(cell.dir)
+            cells_mod.run_cell(cell.dir)  # records backend `local` (no BACKEND_ENV in this process)
             return None
         except HFTransferError as e:
             (cell.dir / cells_mod.CELL_ERROR).write_text(str(e))
@@ -149,13 +150,30 @@ def _worker_env(jobs: int) -> dict[str, str]:
         env.setdefault(var, threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("TQDM_DISABLE", "1")
+    env[cells_mod.BACKEND_ENV] = "local-pool"
     return env
 
 
+BACKENDS = ("local", "ray")
+
+
 def run_study(study: Study, jobs: int = 1, echo: Callable[[str], None] = print,
-              in_process: bool | None = None) -> dict[str, Any]:
-    """Run every unfinished cell (one at a time here, or `jobs` worker processes), then write
-    the report. Ctrl-C stops the running cells; finished cells stay, and the report covers them.
+              in_process: bool | None = None, *, backend: str = "local", address: str | None = None,
+              cpus_per_cell: float | None = None, gpus_per_cell: float = 0.0,
+              ray_init: dict | None = None, ray_retries: int = 1) -> dict[str, Any]:
+    """Run every unfinished cell (one at a time here, or `jobs` worker processes, or as Ray tasks),
+    then write the report. Ctrl-C stops the running cells; finished cells stay, and the report
+    covers them.
+
+    Args:
+        backend: `local` (this process, or `jobs` worker processes) or `ray` (one Ray task per
+            cell, `study.ray_backend`); the cells' files are the same either way.
+        address: Ray cluster to join (`auto`, `ray://host:10001`, `host:6379`); None starts a
+            local Ray instance.
+        cpus_per_cell: CPUs each Ray task declares (and torch threads per cell). Default 1.
+        gpus_per_cell: GPUs each Ray task declares.
+        ray_init: Extra `ray.init` arguments (`num_cpus` for a local instance).
+        ray_retries: Times Ray reruns a cell whose worker died (it resumes from its checkpoint).
 
     Returns:
         The report (what `study.json` holds).
@@ -164,7 +182,15 @@ def run_study(study: Study, jobs: int = 1, echo: Callable[[str], None] = print,
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}.")
-    in_process = (jobs == 1) if in_process is None else in_process
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+    if backend != "ray" and (address or cpus_per_cell is not None or gpus_per_cell):
+        raise ConfigError("--address, --cpus-per-cell and --gpus-per-cell apply to --backend ray only.")
+    if backend == "ray":
+        from hf_transfer.study.ray_backend import check_ray_settings
+
+        check_ray_settings(cpus_per_cell, gpus_per_cell)
+    in_process = (jobs == 1 and backend == "local") if in_process is None else in_process
     write_study_record(study)
     progress = _Progress(study, len(study.cells), jobs, echo)
     pending = []
@@ -199,6 +225,13 @@ def run_study(study: Study, jobs: int = 1, echo: Callable[[str], None] = print,
                     progress.line(cell, m, (m or {}).get("seconds"), pending[i + 1:], error)
                     if ctrl_c["hit"]:  # pressed while the cell ran, and dropped on the way
                         raise KeyboardInterrupt
+            elif backend == "ray":
+                from hf_transfer.study.ray_backend import run_ray
+
+                run_ray(study, pending, progress, failures, echo=echo, address=address,
+                        cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell, init=ray_init, retries=ray_retries)
+                if ctrl_c["hit"]:
+                    raise KeyboardInterrupt
             else:
                 _run_workers(study, pending, jobs, progress, failures, ctrl_c)
     except KeyboardInterrupt:
