@@ -175,7 +175,7 @@ _HPARAMS = (
 def _hyperparameters(run: RunFolder) -> list[list[Any]]:
     rows = []
     for section, key in _HPARAMS:
-        if section == "data" and key == "max_length" and run.recipe != "text_classification":
+        if section == "data" and key == "max_length" and not run.recipe.startswith("text_"):
             continue
         value = getattr(getattr(run.config, section), key)
         ran = run.metrics.raw.get("mixed_precision") if key == "mixed_precision" else None
@@ -418,6 +418,10 @@ def build_card(
         # transformers pools over the padding too (hf_transfer.models.whisper).
         whisper_pooling=run.recipe == "audio_classification" and run.model_type == "whisper",
         audio_window=m.audio_window_seconds,
+        lower_is_better=fam.lower_is_better,
+        thresholds=m.raw.get("thresholds"),  # multi-label recipes
+        threshold_selection=m.raw.get("threshold_selection"),
+        target_scaling=m.raw.get("target_scaling"),  # regression recipes
     )
     card = ModelCard.from_template(data, template_path=str(_template(fam)), **ctx)
     # Template conditionals leave runs of blank lines; Markdown treats them as one.

@@ -241,9 +241,11 @@ def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed:
                                  name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None))
     feats = extract(extractor, task, sample, batch_size=batch_size)
     del extractor
-    labels = np.asarray(sample["labels"])
-    score, bacc = separability(feats.X.astype(np.float64), labels, seed)
-    return Measurement(score, bacc, n, len(np.unique(labels)))
+    labels = np.asarray(list(sample["labels"]))
+    # Label sets and numeric targets bring their own measure (tasks.multilabel, tasks.regression).
+    measure = getattr(task, "separability", separability)
+    score, bacc = measure(feats.X.astype(np.float64), labels, seed)
+    return Measurement(score, bacc, n, labels.shape[1] if labels.ndim == 2 else len(np.unique(labels)))
 
 
 # ----------------------------------------------------------------------------------- strategy
