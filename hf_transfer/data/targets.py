@@ -106,7 +106,7 @@ def multi_hot_from_columns(ds: datasets.Dataset, columns: Sequence[str], where: 
                 out[i, j] = t
         if bad:
             raise DataError(f"Label column '{c}' of the {where} must hold 0/1 (or true/false) values; "
-                            f"{_rows(bad)} hold {values[bad[0]]!r}. Fix those rows or drop the column from "
+                            f"found {values[bad[0]]!r} at {_rows(bad)}. Fix those rows or drop the column from "
                             "data.label_columns.")
     return out
 
@@ -179,8 +179,8 @@ def numeric_targets(ds: datasets.Dataset, column: str, where: str) -> np.ndarray
                         "Regression needs a number in every row: fill them or drop them (data.filter, e.g. "
                         f"\"{column}.notna()\").")
     if bad:
-        raise DataError(f"Column '{column}' of the {where} must hold numbers; {_rows(bad)} hold "
-                        f"{values[bad[0]]!r}. Fix those rows, or set data.label_column to the numeric target column.")
+        raise DataError(f"Column '{column}' of the {where} must hold finite numbers; found {values[bad[0]]!r} at "
+                        f"{_rows(bad)}. Fix those rows, or set data.label_column to the numeric target column.")
     return out
 
 
