@@ -277,11 +277,12 @@ def test_text_regression_feature_extraction_is_ridge(tiny_bert_dir, topics, tmp_
     assert evaluate(out)["test_rmse"] == pytest.approx(metrics["test_rmse"])
 
 
-def test_auto_measures_label_sets(tiny_bert_dir, topics, tmp_path):
+def test_auto_measures_label_sets(tiny_bert_dir, topics, tmp_path, monkeypatch):
     from hf_transfer.run import train
 
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
     metrics = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "auto",
-                                                 "strategy.name=auto", f"strategy.cache_dir={tmp_path / 'cache'}")))
+                                                 "strategy.name=auto")))
     assert metrics["auto_choice"] in ("feature_extraction", "partial", "full", "freeze")
     assert metrics["auto_similarity_score"] is not None and "eval_f1_macro" in metrics
 
