@@ -347,3 +347,31 @@ def test_image_recipes_round_trip(tiny_vit_dir, colour_images, tmp_path, recipe)
         assert {s["label"]: pytest.approx(s["score"], abs=1e-5) for s in theirs} == ours["scores"]
     else:
         assert theirs[0]["score"] == pytest.approx(ours["score"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- rank
+
+def test_logme_scores_label_sets_and_numbers():
+    from hf_transfer.selection.metrics import logme_targets, score
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=200)
+    informative = np.c_[y + 0.1 * rng.normal(size=200), rng.normal(size=(200, 4))]
+    noise = rng.normal(size=(200, 5))
+    assert logme_targets(informative, y) > logme_targets(noise, y)
+    Y = (rng.random((200, 3)) < 0.4).astype(float)
+    assert score("logme", np.c_[Y + 0.1 * rng.normal(size=(200, 3)), noise], Y) > score("logme", noise, Y)
+    with pytest.raises(ValueError, match="'knn' scores class labels"):
+        score("knn", noise, Y)
+
+
+def test_rank_uses_logme_for_targets(tiny_bert_dir, topics, tmp_path):
+    from hf_transfer.errors import HFTransferError
+    from hf_transfer.selection.rank import rank_candidates
+
+    cfg = load_config(None, _overrides("text_regression", tiny_bert_dir, topics, tmp_path / "r"))
+    report = rank_candidates(cfg, [str(tiny_bert_dir)], repeats=1)
+    assert report.metrics == ["logme"] and report.default_metric == "logme"
+    assert np.isfinite(report.results[0].scores["logme"])
+    with pytest.raises(HFTransferError, match="rank it with --metrics logme"):
+        rank_candidates(cfg, [str(tiny_bert_dir)], metrics=["knn"])
