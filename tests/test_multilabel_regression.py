@@ -375,3 +375,35 @@ def test_rank_uses_logme_for_targets(tiny_bert_dir, topics, tmp_path):
     assert np.isfinite(report.results[0].scores["logme"])
     with pytest.raises(HFTransferError, match="rank it with --metrics logme"):
         rank_candidates(cfg, [str(tiny_bert_dir)], metrics=["knn"])
+
+
+# ----------------------------------------------------------------------------- compare
+
+@pytest.mark.parametrize("recipe, metric", [("text_multilabel", "f1"), ("text_regression", "rmse")])
+def test_compare_runs_strategies_and_the_plain_baseline(tiny_bert_dir, topics, tmp_path, monkeypatch, recipe, metric):
+    import yaml
+
+    from hf_transfer.study import plan_study, run_study
+
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "study.yaml"
+    raw = {"recipe": recipe, "model": {"name_or_path": str(tiny_bert_dir)}, "output_dir": str(tmp_path / "unused"),
+           "data": {"train": str(topics["train"]), "eval": str(topics["eval"]),
+                    "label_column": "score" if recipe == "text_regression" else "label"},
+           "training": {"epochs": 1, "report_to": [], "learning_rate": 0.003}}
+    config.write_text(yaml.safe_dump(raw))
+    study = plan_study(config, strategies="feature_extraction,freeze", sizes="30,60", seeds="0",
+                       baselines="logreg", out_dir=tmp_path / "s")
+    assert study.metric == metric  # a regression study judges RMSE, not the classification default
+    report = run_study(study, echo=lambda line: None)
+    rows = json.loads((tmp_path / "s" / "study.json").read_text())
+    text = json.dumps(rows)
+    assert f"eval_{metric}" in text or metric in text
+    cells = sorted((tmp_path / "s" / "cells").iterdir())
+    assert len(cells) == 6
+    base = json.loads(next(c for c in cells if c.name.startswith("logreg__n60")).joinpath("metrics.json").read_text())
+    key = "eval_f1_macro" if recipe == "text_multilabel" else "eval_rmse"
+    assert base["strategy"] == "logreg" and np.isfinite(base[key])
+    assert report is not None
+    with pytest.raises(ConfigError, match="per-class"):
+        plan_study(config, strategies="freeze", sizes="4", per_class=True, out_dir=tmp_path / "s2")

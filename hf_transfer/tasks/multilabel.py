@@ -248,6 +248,14 @@ class MultiLabelTask(TargetTask):
     def separability(self, features, labels, seed: int = 0):
         return separability(features, labels, seed)
 
+    def strata(self, train) -> tuple[np.ndarray, list[str]]:
+        """For stratified subsamples (`hf-transfer compare`): each row's rarest label in `train`,
+        or a last stratum for rows without a label."""
+        Y = np.asarray(list(train["labels"])) > 0.5
+        rarity = np.where(Y.sum(0) > 0, Y.sum(0), np.inf)
+        strata = np.where(Y.any(1), np.argmin(np.where(Y, rarity[None, :], np.inf), axis=1), Y.shape[1])
+        return strata.astype(np.int64), list(self.labels.names) + ["(no label)"]
+
     # Prediction -------------------------------------------------------------------------
     def predict(self, model, inputs: list[str], top_k: int = 1) -> list[dict[str, Any]]:
         """Each input's predicted label set (probability >= the label's threshold) and every

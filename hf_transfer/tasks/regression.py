@@ -190,6 +190,14 @@ class RegressionTask(TargetTask):
     def separability(self, features, labels, seed: int = 0):
         return separability(features, labels, seed)
 
+    def strata(self, train, bins: int = 5) -> tuple[np.ndarray, list[str]]:
+        """For stratified subsamples (`hf-transfer compare`): quantile bins of the target."""
+        y = np.asarray(list(train["labels"]), dtype=np.float64)
+        edges = np.unique(np.quantile(y, np.linspace(0, 1, bins + 1)))
+        strata = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, max(len(edges) - 2, 0))
+        names = [f"{self.label_column} in [{edges[i]:.4g}, {edges[i + 1]:.4g}]" for i in range(max(len(edges) - 1, 1))]
+        return strata.astype(np.int64), names
+
     # Prediction -------------------------------------------------------------------------
     def predict(self, model, inputs: list[str], top_k: int = 1) -> list[dict[str, Any]]:
         """Each input's predicted value (`score`, as transformers' pipeline names it)."""
