@@ -301,8 +301,12 @@ class Auto(Strategy):
                              "assumed high.")
             else:
                 similarity = "high" if m.score >= c.similarity_threshold else "low"
-                self.note = (f" Measured separability {m.score:.3f} (balanced accuracy {m.balanced_accuracy:.3f}, "
-                             f"{m.classes} classes, {m.examples} examples; threshold {c.similarity_threshold}).")
+                kind = getattr(ctx.task, "target_kind", "")  # label sets and numbers measure otherwise
+                what = {"regression": f"cross-validated ridge R^2 {m.balanced_accuracy:.3f}",
+                        "multilabel": f"mean per-label balanced accuracy {m.balanced_accuracy:.3f}, {m.classes} labels"
+                        }.get(kind, f"balanced accuracy {m.balanced_accuracy:.3f}, {m.classes} classes")
+                self.note = (f" Measured separability {m.score:.3f} ({what}, {m.examples} examples; threshold "
+                             f"{c.similarity_threshold}).")
         else:
             similarity = c.similarity
             self.note = " Similarity given by strategy.similarity."
