@@ -407,3 +407,15 @@ def test_compare_runs_strategies_and_the_plain_baseline(tiny_bert_dir, topics, t
     assert report is not None
     with pytest.raises(ConfigError, match="per-class"):
         plan_study(config, strategies="freeze", sizes="4", per_class=True, out_dir=tmp_path / "s2")
+
+
+def test_new_head_starts_at_the_label_base_rates(tiny_bert_dir, tmp_path):
+    train = write_csv(tmp_path / "t.csv", [{"text": f"w{i}", "label": "a" if i % 4 == 0 else ("a;b" if i == 1 else "")}
+                                           for i in range(40)])
+    task, splits = _splits(tiny_bert_dir, tmp_path, train, "data.label_column=label")
+    task.load_processor()
+    model = task.build_model()
+    y = np.asarray(list(splits.train["labels"]))
+    p = np.clip(y.mean(0), 1e-3, 1 - 1e-3)
+    assert torch.allclose(model.classifier.bias.double(), torch.as_tensor(np.log(p / (1 - p))), atol=1e-6)
+    assert model.config.problem_type == "multi_label_classification"

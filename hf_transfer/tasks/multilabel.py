@@ -78,6 +78,8 @@ class MultiLabelTask(TargetTask):
         self.empty_rows: dict[str, int] = {}
         self.label_source = ""
         self._declared = ""
+        #: Share of training rows with each label: the new head's initial bias (`init_bias_to_prior`).
+        self.prior: np.ndarray | None = None
 
     # Targets ----------------------------------------------------------------------------
     def find_target(self, ds, role: str) -> None:
@@ -125,6 +127,7 @@ class MultiLabelTask(TargetTask):
     def fit_on_train(self, train) -> None:
         y = np.asarray(list(train["labels"]), dtype=np.float64)
         pos = y.sum(0)
+        self.prior = pos / max(len(y), 1)
         counts = dict(zip(self.labels.names, pos.astype(int).tolist()))
         logger.info("Labels (%d; positive examples of each in %d training rows): %s", len(self.labels), len(y), counts)
         absent = [n for n, c in counts.items() if c == 0]
@@ -157,6 +160,8 @@ class MultiLabelTask(TargetTask):
     # Model ------------------------------------------------------------------------------
     def configure_model(self, model):
         model.config.problem_type = PROBLEM_TYPE
+        if self.prior is not None:
+            init_bias_to_prior(model, self.prior)
         return model
 
     def logits(self, model, batch) -> torch.Tensor:
@@ -280,6 +285,25 @@ class MultiLabelTask(TargetTask):
                 "top": [{"label": names[j], "score": round(float(p[j]), 6)} for j in order[:max(1, top_k)]],
             })
         return out
+
+
+def init_bias_to_prior(model, prior: np.ndarray, floor: float = 1e-3) -> bool:
+    """Start each label's output bias at the log-odds of its training frequency, so the untrained
+    head predicts the base rates rather than 0.5 for every label (the prior initialisation of Lin et
+    al.'s focal-loss paper): BCE's first steps then go to telling examples apart instead of pushing
+    every probability down. The head's output layer is the last linear layer with one output per
+    label. Returns False (and changes nothing) when none is found."""
+    from torch import nn
+
+    layers = [m for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and m.out_features == len(prior) and m.bias is not None
+              and "original_module" not in n]
+    if not layers:
+        return False
+    p = np.clip(np.asarray(prior, dtype=np.float64), floor, 1 - floor)
+    with torch.no_grad():
+        layers[-1].bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=layers[-1].bias.dtype))
+    return True
 
 
 def separability(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float | None, float | None]:
