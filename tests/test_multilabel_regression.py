@@ -419,3 +419,20 @@ def test_new_head_starts_at_the_label_base_rates(tiny_bert_dir, tmp_path):
     p = np.clip(y.mean(0), 1e-3, 1 - 1e-3)
     assert torch.allclose(model.classifier.bias.double(), torch.as_tensor(np.log(p / (1 - p))), atol=1e-6)
     assert model.config.problem_type == "multi_label_classification"
+
+
+from test_export import hub  # noqa: E402,F401  (the stand-in Hub fixture)
+
+
+def test_push_a_multilabel_run_to_a_stand_in_hub(tiny_bert_dir, topics, tmp_path, hub):  # noqa: F811
+    from hf_transfer.export.push import push_run
+    from hf_transfer.run import train
+
+    out = tmp_path / "push"
+    train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, out, "training.epochs=1")))
+    result = push_run(out, "alice/tiny-topics", license="mit")
+    stored = hub.repos["alice/tiny-topics"]["main"]
+    assert "README.md" in result.uploaded and "model.safetensors" in stored
+    config = json.loads(stored["config.json"])
+    assert config["problem_type"] == "multi_label_classification" and set(config["thresholds"]) == set(CUES)
+    assert b"pipeline_tag: text-classification" in stored["README.md"]
