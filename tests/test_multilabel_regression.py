@@ -83,6 +83,7 @@ def test_thresholds_maximise_each_labels_f1():
     # label 0: every threshold in (0.20, 0.30] separates perfectly; 0.30 is the closest to 0.5
     assert t[0] == pytest.approx(0.30)
     assert t[1] == 0.5  # no positive example: the default stays
+    assert tune_thresholds(probs, refs, min_positives=3)[0] == 0.5  # 2 positives: too few to move it
     pred, folds = cross_fitted_predictions(np.tile(probs, (3, 1)), np.tile(refs, (3, 1)), folds=3)
     assert folds == 3 and pred.shape == (12, 2) and pred.dtype == bool
 

@@ -48,15 +48,19 @@ def _f1(tp: float, fp: float, fn: float) -> float:
     return 2 * tp / d if d else 0.0
 
 
-def tune_thresholds(probs: np.ndarray, refs: np.ndarray, grid: Sequence[float] = THRESHOLD_GRID) -> np.ndarray:
-    """Per-label thresholds maximising each label's F1 on `probs` (n, L) against 0/1 `refs` (n, L)."""
+def tune_thresholds(probs: np.ndarray, refs: np.ndarray, grid: Sequence[float] = THRESHOLD_GRID,
+                    min_positives: int = 1) -> np.ndarray:
+    """Per-label thresholds maximising each label's F1 on `probs` (n, L) against 0/1 `refs` (n, L).
+
+    A label with fewer than `min_positives` positive rows keeps `DEFAULT_THRESHOLD`: its F1 curve
+    is too noisy to move the threshold on."""
     probs = np.asarray(probs, dtype=np.float64)
     refs = np.asarray(refs) > 0.5
     grid = np.asarray(sorted(grid), dtype=np.float64)
     out = np.full(probs.shape[1], DEFAULT_THRESHOLD)
     closeness = -np.abs(grid - DEFAULT_THRESHOLD)
     for j in range(probs.shape[1]):
-        if not refs[:, j].any():
+        if int(refs[:, j].sum()) < max(1, min_positives):
             continue
         scores = np.array([_f1(*_f1_counts(probs[:, j] >= t, refs[:, j])) for t in grid])
         best = np.flatnonzero(scores >= scores.max() - 1e-12)

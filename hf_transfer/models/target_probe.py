@@ -1,10 +1,14 @@
 """Linear models on frozen features for label sets and numbers.
 
 - Multi-label: one logistic regression per label (one-vs-rest, SetFit's multi-label head), on the
-  raw features; `training.class_weights: balanced` weighs each label's classes (scikit-learn's
-  `class_weight="balanced"`). A label with a single class in the training split gets a constant
-  logit (+-`CONSTANT_LOGIT`). Per-label thresholds are tuned on out-of-fold probabilities of a
-  k-fold cross-validation over the training features (k = min(5, rows // 2)).
+  raw features, each label's two classes weighted as scikit-learn's `class_weight="balanced"` (so
+  0.5 is where a rare label's positives and negatives weigh the same). A label with a single class
+  in the training split gets a constant logit (+-`CONSTANT_LOGIT`). A label's threshold moves from
+  0.5 to the one that maximises its F1 on out-of-fold probabilities of a k-fold cross-validation
+  over the training features (k = min(5, rows // 2)) only when the training rows hold at least
+  `MIN_TUNING_POSITIVES` of its positives: on the disaster-messages benchmark (13 labels) tuning
+  lowered macro F1 with 200 training rows (0.514-0.550 against 0.542-0.572 at 0.5, 3 seeds) and
+  raised it with 800 (0.578-0.615 against 0.558-0.593).
 - Regression: ridge regression, its strength chosen by scikit-learn's efficient leave-one-out
   cross-validation (`RidgeCV`) over `RIDGE_ALPHAS`.
 
@@ -24,6 +28,8 @@ from hf_transfer.metrics.multilabel import tune_thresholds
 CONSTANT_LOGIT = 10.0
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 15))
 MAX_FOLDS = 5
+#: A label's threshold is tuned only with at least this many positive training rows.
+MIN_TUNING_POSITIVES = 50
 
 
 class TargetLinearProbe:
@@ -68,7 +74,7 @@ def _fit_ovr(X: np.ndarray, Y: np.ndarray, C: float, balanced: bool, max_iter: i
     return W, b
 
 
-def fit_multilabel(X: np.ndarray, Y: np.ndarray, *, C: float | None = None, balanced: bool = False,
+def fit_multilabel(X: np.ndarray, Y: np.ndarray, *, C: float | None = None, balanced: bool = True,
                    max_iter: int = 1000, seed: int = 0, tune: bool = True) -> tuple[TargetLinearProbe, np.ndarray, dict]:
     """One-vs-rest logistic regression and its per-label thresholds (module docstring).
 
@@ -90,9 +96,11 @@ def fit_multilabel(X: np.ndarray, Y: np.ndarray, *, C: float | None = None, bala
         for tr, te in KFold(k, shuffle=True, random_state=seed).split(X):
             Wf, bf = _fit_ovr(X[tr], Y[tr], C, balanced, max_iter, seed)
             oof[te] = 1.0 / (1.0 + np.exp(-(X[te] @ Wf.T + bf)))
-        thresholds = tune_thresholds(oof, Y)
+        thresholds = tune_thresholds(oof, Y, min_positives=MIN_TUNING_POSITIVES)
+        tuned = int((Y.sum(0) >= MIN_TUNING_POSITIVES).sum())
         record["threshold_selection"] = (f"per-label F1 on out-of-fold probabilities of a {k}-fold cross-validation "
-                                         f"over the {len(Y)} training rows")
+                                         f"over the {len(Y)} training rows, for the {tuned} of {Y.shape[1]} labels with at "
+                                         f"least {MIN_TUNING_POSITIVES} positives (0.5 for the others)")
     else:
         record["threshold_selection"] = "default 0.5 (too few training rows to cross-validate)" if tune else "fixed"
     return TargetLinearProbe(W, b, "one_vs_rest_logistic_regression", record), thresholds, record

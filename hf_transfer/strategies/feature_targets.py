@@ -47,7 +47,7 @@ def fit_targets(strategy, ctx, model, extractor, feats: dict, hits: list, start:
     if multilabel:
         fixed = task._fixed()
         probe, thresholds, record = fit_multilabel(
-            X, y, C=c.C, balanced=cfg.training.class_weights == "balanced", max_iter=c.max_iter,
+            X, y, C=c.C, balanced=True, max_iter=c.max_iter,
             seed=cfg.training.seed, tune=fixed is None)
         if fixed is not None:
             thresholds = np.full(len(task.labels), fixed)
