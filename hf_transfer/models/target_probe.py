@@ -6,7 +6,8 @@
   in the training split gets a constant logit (+-`CONSTANT_LOGIT`). A label's threshold moves from
   0.5 to the one that maximises its F1 on out-of-fold probabilities of a k-fold cross-validation
   over the training features (k = min(5, rows // 2)) only when the training rows hold at least
-  `MIN_TUNING_POSITIVES` of its positives: on the disaster-messages benchmark (13 labels) tuning
+  `MIN_TUNING_POSITIVES` of its positives: on the disaster-messages benchmark (13 labels;
+  `python bench/families.py --thresholds --sizes 200 800`, docs/benchmarks/families.md) tuning
   lowered macro F1 with 200 training rows (0.514-0.550 against 0.542-0.572 at 0.5, 3 seeds) and
   raised it with 800 (0.578-0.615 against 0.558-0.593).
 - Regression: ridge regression, its strength chosen by scikit-learn's efficient leave-one-out
