@@ -138,6 +138,14 @@ class DataConfig:
         normalize_from: Image normalisation mean/std: the checkpoint's (`checkpoint`), or
             recomputed from the `target` images (saved with the run's image processor).
         mlm_probability: Masked-LM pretraining (`hf-transfer pretrain`): share of tokens masked.
+        label_separator: Multi-label recipes: the separator between labels when `label_column`
+            holds them as one string (`sports;politics`). A list column needs none.
+        label_columns: Multi-label recipes: one 0/1 column per label instead of `label_column`
+            (the column names are the label names).
+        label_names: Multi-label recipes: the declared label set, in id order. A label outside
+            it is an error naming the file and row. Unset: the labels found in the train split.
+        standardize_targets: Regression recipes: train on (y - mean) / std of the training
+            targets; the saved head is rescaled so the model outputs the original units.
     """
 
     train: DataSource = field(default_factory=DataSource)
@@ -168,6 +176,10 @@ class DataConfig:
     target: DataSource | None = None
     normalize_from: Literal["checkpoint", "target"] = "checkpoint"
     mlm_probability: float = 0.15
+    label_separator: str = ";"
+    label_columns: list[str] | None = None
+    label_names: list[str] | None = None
+    standardize_targets: bool = True
 
 
 @dataclass
@@ -229,6 +241,12 @@ class TrainingConfig:
             label id, true label id and loss, in split order, into metrics.json (`eval_predictions`,
             `eval_references`, `eval_example_losses`). `hf-transfer compare` sets it in its cells for
             the paired bootstrap behind its verdicts.
+        regression_loss: Regression recipes: `mse` or `huber` (on standardised targets).
+        huber_delta: Regression recipes: where the Huber loss turns from squared to linear, in
+            standard deviations of the target when targets are standardised.
+        multilabel_threshold: Multi-label recipes: `tune` (per-label thresholds chosen by
+            cross-validation on held-out predictions, see docs/multilabel.md) or one fixed
+            threshold for every label (for example 0.5).
     """
 
     epochs: float | None = None
@@ -267,6 +285,9 @@ class TrainingConfig:
     fsdp_state_dict_type: Literal["sharded", "full"] = "sharded"
     deepspeed_zero_stage: Literal[2, 3] = 2
     record_eval_predictions: bool = False
+    regression_loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = 1.0
+    multilabel_threshold: Union[Literal["tune"], float] = "tune"
 
     def __post_init__(self):
         if self.max_steps == -1:  # transformers' spelling of "unset"

@@ -268,6 +268,7 @@ def _train_with_engine(cfg, task, splits, strategy, model, groups, out) -> dict[
     # FSDP: full weights gathered from the shards into a fresh copy on the main process.
     final = final_model(acc, trainer.model, lambda: _rebuild_model(task, strategy)) or trainer.unwrapped_model()
     if acc.is_main_process:
+        task.before_save(final)
         strategy.save_model(final, out)
         task.save_processor(out)
         from hf_transfer.metrics.plots import plot_training_curves

@@ -26,6 +26,10 @@ RECIPE_MODALITY = {
     "image_classification": "image",
     "audio_classification": "audio",
     "speech_recognition": "audio",
+    "text_multilabel": "text",
+    "image_multilabel": "image",
+    "text_regression": "text",
+    "image_regression": "image",
 }
 _WHAT = {"text": "text", "image": "images", "audio": "audio"}
 

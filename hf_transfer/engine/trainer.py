@@ -37,7 +37,7 @@ from hf_transfer.quiet import progress_disabled
 # multi-process run logs each step once.
 logger = get_logger(__name__)
 
-LOWER_IS_BETTER = ("loss", "wer", "cer")
+LOWER_IS_BETTER = ("loss", "wer", "cer", "rmse", "mae", "mse", "hamming_loss")
 
 
 def _training_settings(settings: TrainingConfig | TrainConfig) -> TrainingConfig:

@@ -175,7 +175,7 @@ _HPARAMS = (
 def _hyperparameters(run: RunFolder) -> list[list[Any]]:
     rows = []
     for section, key in _HPARAMS:
-        if section == "data" and key == "max_length" and run.recipe != "text_classification":
+        if section == "data" and key == "max_length" and not run.recipe.startswith("text_"):
             continue
         value = getattr(getattr(run.config, section), key)
         ran = run.metrics.raw.get("mixed_precision") if key == "mixed_precision" else None
@@ -423,6 +423,10 @@ def build_card(
         feature_layout=run.feature_layout,
         feature_classifier=(run.feature_classifier.classifier if run.feature_classifier else None),
         setfit_pickle=(run.path / "model_head.pkl").is_file(),
+        lower_is_better=fam.lower_is_better,
+        thresholds=m.raw.get("thresholds"),  # multi-label recipes
+        threshold_selection=m.raw.get("threshold_selection"),
+        target_scaling=m.raw.get("target_scaling"),  # regression recipes
     )
     card = ModelCard.from_template(data, template_path=str(_template(fam)), **ctx)
     # Template conditionals leave runs of blank lines; Markdown treats them as one.

@@ -183,10 +183,13 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
     """Inputs built by the exported folder's own processor (which proves that it loads)."""
     import numpy as np
 
+    from hf_transfer.models.features import MODALITY
+
     recipe = run.recipe
+    modality = MODALITY.get(recipe, "audio")
     rng = np.random.default_rng(0)
     try:
-        if recipe == "text_classification":
+        if modality == "text":
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(folder, **_remote(run))
@@ -198,7 +201,7 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
                 return dict(tok(list(a), list(b), padding=True, truncation=True, max_length=limit, return_tensors="pt"))
             texts = list(rows) + list(_PROBE_TEXTS)
             return dict(tok(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt"))
-        if recipe == "image_classification":
+        if modality == "image":
             from PIL import Image
             from transformers import AutoImageProcessor
 
@@ -220,7 +223,7 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
             inputs["decoder_input_ids"] = torch.tensor([[start, 1, 2]] * len(clips))
         return inputs
     except (OSError, ValueError) as e:
-        what = "tokenizer" if recipe == "text_classification" else "processor"
+        what = "tokenizer" if modality == "text" else "processor"
         raise ExportError(
             f"The export's {what} does not load ({e}). The run folder must hold the {what} the "
             "model was trained with; retrain, or copy its files from the base model into the run folder."

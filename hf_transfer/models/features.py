@@ -351,7 +351,7 @@ def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, devi
         if cached is not None and len(cached[0]) == len(ds):
             X, y, meta = cached
             logger.info("Features (%d) read from the cache: %s", len(ds), path)
-            return Features(X.float().numpy(), None if y is None else y.numpy().astype(np.int64),
+            return Features(X.float().numpy(), None if y is None else _label_array(y),
                             {**meta, "cache_path": str(path)}, True)
     device = device if device is not None else default_device()
     t0 = time.time()
@@ -374,7 +374,8 @@ def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, devi
     finally:
         model.train(was_training)
     X = torch.cat(feats) if feats else torch.zeros(0, 0)
-    y = torch.cat(labels).long() if labels and len(labels) == len(feats) else None
+    y = torch.cat(labels) if labels and len(labels) == len(feats) else None
+    y = y if y is None or y.is_floating_point() else y.long()  # float: label sets, regression targets
     info = {**extractor.describe(), "seconds": round(time.time() - t0, 3), "dim": int(X.shape[1]) if X.ndim == 2 else 0}
     logger.info("Features: %d x %d in %.1f s (%s, layers %s, %s).", X.shape[0], info["dim"], info["seconds"],
                 info["pooling"], info["layers"], info["source"])
@@ -385,7 +386,13 @@ def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, devi
 
 
 MODALITY = {"text_classification": "text", "image_classification": "image",
-            "audio_classification": "audio", "speech_recognition": "audio"}
+            "audio_classification": "audio", "speech_recognition": "audio",
+            "text_multilabel": "text", "image_multilabel": "image", "text_regression": "text", "image_regression": "image"}
+
+
+def _label_array(y: torch.Tensor) -> np.ndarray:
+    """Cached labels: class ids as int64; label sets and regression targets stay float."""
+    return y.numpy() if y.is_floating_point() else y.numpy().astype(np.int64)
 
 
 #: `cfg -> task`, registered by the tasks package (a layer above; it registers itself here).

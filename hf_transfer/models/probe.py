@@ -387,7 +387,9 @@ def _classifier_state(clf) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from hf_transfer.errors import ModelError
 
     settings: dict[str, Any] = {"kind": clf.kind, "selection": dict(getattr(clf, "selection", {}) or {})}
-    if isinstance(clf, LinearProbe):
+    from hf_transfer.models.target_probe import TargetLinearProbe
+
+    if isinstance(clf, (LinearProbe, TargetLinearProbe)):  # logits = X W^T + b (label sets, numbers too)
         return ({"weight": np.asarray(clf.weight, np.float64), "bias": np.asarray(clf.bias, np.float64)},
                 {**settings, "form": "linear", "num_labels": int(clf.weight.shape[0])})
     if not isinstance(clf, EstimatorClassifier):

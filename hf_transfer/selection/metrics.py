@@ -35,7 +35,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["GROUP_AWARE", "MAX_NOISE_PRECISION", "METRICS", "hscore", "hscore_raw", "knn_loo_accuracy", "logme", "score"]
+__all__ = ["GROUP_AWARE", "MAX_NOISE_PRECISION", "METRICS", "TARGET_METRICS", "hscore", "hscore_raw", "is_target_array",
+           "knn_loo_accuracy", "logme", "logme_targets", "score"]
 
 
 def _prepare(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +120,45 @@ def logme(X: np.ndarray, y: np.ndarray) -> float:
         t = (y == k).astype(np.float64)
         scores.append(_logme_one(vt, sigma, X.T @ t, X, t))
     return float(np.mean(scores))
+
+
+def is_target_array(y) -> bool:
+    """Label sets (an n x L 0/1 matrix) or numbers (floats), rather than one class per example."""
+    y = np.asarray(y)
+    return y.ndim == 2 or np.issubdtype(y.dtype, np.floating)
+
+
+def logme_targets(X: np.ndarray, Y: np.ndarray) -> float:
+    """LogME for label sets and numbers: the mean, over target columns, of the maximised log
+    evidence per example of the same Bayesian linear regression as `logme`. A label set's columns
+    are its 0/1 label indicators (as `logme`'s one-hot columns); a numeric target is standardised
+    first (LogME is a regression evidence: You et al. 2021 score regression targets the same way).
+    Constant columns are skipped."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    numeric = Y.ndim == 1
+    Y = Y.reshape(len(Y), -1)
+    if len(X) != len(Y) or len(X) < 2:
+        raise ValueError(f"{len(X)} feature rows but {len(Y)} targets (at least 2 needed)")
+    if not np.isfinite(X).all():
+        raise ValueError("features contain NaN or infinite values")
+    _, s, vt = np.linalg.svd(X, full_matrices=False)
+    keep = s > s.max() * max(X.shape) * np.finfo(np.float64).eps
+    s, vt = s[keep], vt[keep]
+    scores = []
+    for t in Y.T:
+        if np.ptp(t) == 0:
+            continue
+        if numeric:
+            t = (t - t.mean()) / t.std()
+        scores.append(_logme_one(vt, s**2, X.T @ t, X, t))
+    if not scores:
+        raise ValueError("every target column is constant: nothing to score")
+    return float(np.mean(scores))
+
+
+#: Scores for label sets and numeric targets (`is_target_array`).
+TARGET_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"logme": logme_targets}
 
 
 # ------------------------------------------------------------------------------------- H-score
@@ -223,6 +263,11 @@ def score(name: str, X: np.ndarray, y: np.ndarray, groups=None) -> float:
     """Score features with the metric called `name` (see `METRICS`); `groups` for `GROUP_AWARE` ones."""
     if name not in METRICS:
         raise ValueError(f"unknown transferability metric '{name}'; choose from {', '.join(METRICS)}")
+    if is_target_array(y):
+        if name not in TARGET_METRICS:
+            raise ValueError(f"'{name}' scores class labels; label sets and numeric targets are scored with "
+                             f"{', '.join(TARGET_METRICS)}")
+        return TARGET_METRICS[name](X, y)
     if groups is not None and name in GROUP_AWARE:
         return METRICS[name](X, y, groups=groups)
     return METRICS[name](X, y)

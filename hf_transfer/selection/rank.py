@@ -123,7 +123,12 @@ def _rank_positions(values: dict[str, float]) -> dict[str, int]:
 
 
 def _subsample(y: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
-    """Indices of a random `fraction` of the examples, at least 2 of each class kept."""
+    """Indices of a random `fraction` of the examples, at least 2 of each class kept (label sets and
+    numbers: a plain random `fraction`)."""
+    from hf_transfer.selection.metrics import is_target_array
+
+    if is_target_array(y):
+        return np.sort(rng.choice(len(y), size=max(2, int(round(fraction * len(y)))), replace=False))
     keep = []
     for k in np.unique(y):
         idx = np.flatnonzero(y == k)
@@ -206,6 +211,14 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
     if cfg.recipe == "speech_recognition":
         raise HFTransferError("rank scores class labels; recipe speech_recognition has transcripts. Rank with an "
                               "audio_classification config over the same audio.")
+    from hf_transfer.selection.metrics import TARGET_METRICS
+    from hf_transfer.tasks.targets import TARGET_RECIPES
+
+    if cfg.recipe in TARGET_RECIPES and any(m not in TARGET_METRICS for m in metrics):
+        if list(metrics) != list(DEFAULT_METRICS):
+            raise HFTransferError(f"Recipe {cfg.recipe} has {TARGET_RECIPES[cfg.recipe]} targets: rank it with "
+                                  f"--metrics {','.join(TARGET_METRICS)} (the others score class labels).")
+        metrics = list(TARGET_METRICS)  # the defaults, for label sets and numbers
     if default_metric is None:
         default_metric = default_metric_for(metrics, group_column)
     if default_metric not in metrics:

@@ -241,9 +241,11 @@ def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed:
                                  name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None))
     feats = extract(extractor, task, sample, batch_size=batch_size)
     del extractor
-    labels = np.asarray(sample["labels"])
-    score, bacc = separability(feats.X.astype(np.float64), labels, seed)
-    return Measurement(score, bacc, n, len(np.unique(labels)))
+    labels = np.asarray(list(sample["labels"]))
+    # Label sets and numeric targets bring their own measure (tasks.multilabel, tasks.regression).
+    measure = getattr(task, "separability", separability)
+    score, bacc = measure(feats.X.astype(np.float64), labels, seed)
+    return Measurement(score, bacc, n, labels.shape[1] if labels.ndim == 2 else len(np.unique(labels)))
 
 
 # ----------------------------------------------------------------------------------- strategy
@@ -299,8 +301,12 @@ class Auto(Strategy):
                              "assumed high.")
             else:
                 similarity = "high" if m.score >= c.similarity_threshold else "low"
-                self.note = (f" Measured separability {m.score:.3f} (balanced accuracy {m.balanced_accuracy:.3f}, "
-                             f"{m.classes} classes, {m.examples} examples; threshold {c.similarity_threshold}).")
+                kind = getattr(ctx.task, "target_kind", "")  # label sets and numbers measure otherwise
+                what = {"regression": f"cross-validated ridge R^2 {m.balanced_accuracy:.3f}",
+                        "multilabel": f"mean per-label balanced accuracy {m.balanced_accuracy:.3f}, {m.classes} labels"
+                        }.get(kind, f"balanced accuracy {m.balanced_accuracy:.3f}, {m.classes} classes")
+                self.note = (f" Measured separability {m.score:.3f} ({what}, {m.examples} examples; threshold "
+                             f"{c.similarity_threshold}).")
         else:
             similarity = c.similarity
             self.note = " Similarity given by strategy.similarity."

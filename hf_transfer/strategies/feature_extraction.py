@@ -203,6 +203,10 @@ class FeatureExtraction(Strategy):
             hits.append(f.cache_hit)
         feature_seconds = time.time() - start
 
+        if getattr(task, "target_kind", ""):  # label sets or numbers: strategies.feature_targets
+            from hf_transfer.strategies.feature_targets import fit_targets
+
+            return fit_targets(self, ctx, model, extractor, feats, hits, start, device)
         X, y = feats["train"]
         num_labels = len(task.labels) if getattr(task, "labels", None) is not None else int(y.max()) + 1
         cw = getattr(task, "class_weights", None)

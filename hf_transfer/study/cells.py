@@ -140,6 +140,10 @@ def _run_logreg(cfg, spec: dict, cell_dir: Path) -> dict[str, Any]:
     except ImportError as e:  # the shared frozen-features module is not in this installation
         raise HFTransferError(f"The logreg baseline needs hf_transfer.models.features ({e}).") from None
     roles = ["train", "eval"] + (["test"] if cfg.data.test is not None and cfg.data.test.name else [])
+    from hf_transfer.tasks.targets import TARGET_RECIPES
+
+    if cfg.recipe in TARGET_RECIPES:
+        return _run_target_baseline(cfg, spec, cell_dir, roles)
     start = time.perf_counter()
     # The checkpoint's own convention (FeatureSpec defaults), whatever the config's strategy says.
     feats = features_for_config(cfg, roles=tuple(roles), spec=FeatureSpec())
@@ -156,6 +160,56 @@ def _run_logreg(cfg, spec: dict, cell_dir: Path) -> dict[str, Any]:
         f = feats[role]
         metrics[f"{role}_size"] = int(len(f.X))
         metrics.update(_classification_metrics(clf.predict(f.X), np.asarray(f.y), names, role))
+    return _finish_baseline(cfg, cell_dir, metrics)
+
+
+def _run_target_baseline(cfg, spec: dict, cell_dir: Path, roles: list[str]) -> dict[str, Any]:
+    """`logreg` for label sets and numbers, as a user writes it: frozen features + scikit-learn's
+    one-vs-rest logistic regression (`class_weight="balanced"`, predicting at 0.5) for multi-label,
+    `Ridge()` for regression. `--set logreg:C=...` / `alpha=...` change them."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from hf_transfer.models.features import FeatureSpec, features_for_config
+    from hf_transfer.tasks import get_task
+    from hf_transfer.tasks.targets import TargetTask
+
+    task = get_task(cfg)
+    TargetTask.load_splits(task)  # the label names (the features' own load reads the same data)
+    names = list(task.labels.names)
+    start = time.perf_counter()
+    feats = features_for_config(cfg, roles=tuple(roles), spec=FeatureSpec())
+    feature_seconds = time.perf_counter() - start
+    given = dict(spec.get("settings", {}))
+    train = feats["train"]
+    metrics: dict[str, Any] = {"strategy": "logreg", "labels": names, "train_size": int(len(train.X)),
+                               "feature_seconds": round(feature_seconds, 3), "features": train.info}
+    if task.target_kind == "multilabel":
+        from hf_transfer.metrics.multilabel import compute_multilabel_metrics
+
+        settings = {"max_iter": 1000, "class_weight": "balanced", **{k: v for k, v in given.items() if k != "alpha"}}
+        Y = np.asarray(train.y) > 0.5
+        usable = Y.min(0) != Y.max(0)  # a label with one class in the subsample: never predicted
+        clf = OneVsRestClassifier(LogisticRegression(**settings)).fit(train.X, Y[:, usable].astype(int))
+
+        def score(X, y):
+            p = np.zeros((len(X), len(names)))
+            p[:, usable] = clf.predict_proba(X)
+            return compute_multilabel_metrics(p >= 0.5, np.asarray(y) > 0.5, p, names)
+    else:
+        from hf_transfer.metrics.regression import compute_regression_metrics
+
+        settings = {"alpha": float(given.get("alpha", 1.0))}
+        reg = Ridge(**settings).fit(train.X, np.asarray(train.y, dtype=np.float64))
+
+        def score(X, y):
+            return compute_regression_metrics(reg.predict(X), y)
+    metrics["logreg_settings"] = settings
+    for role in roles[1:]:
+        f = feats[role]
+        metrics[f"{role}_size"] = int(len(f.X))
+        metrics.update({f"{role}_{k}": v for k, v in score(f.X, f.y).items()})
     return _finish_baseline(cfg, cell_dir, metrics)
 
 

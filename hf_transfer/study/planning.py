@@ -27,9 +27,12 @@ from hf_transfer.study.cell_state import (
 from hf_transfer.study.cells import BASELINES
 from hf_transfer.study.sampling import check_sizes, nested_subsamples
 
-LOWER_IS_BETTER = ("loss", "wer", "cer")
+LOWER_IS_BETTER = ("loss", "wer", "cer", "rmse", "mae", "mse")
 #: Eval metrics every classification run reports (`eval_<name>` in metrics.json).
 CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "loss")
+#: The same for the multi-label and regression recipes (`tasks.targets.TARGET_RECIPES` kinds).
+TARGET_STUDY_METRICS = {"multilabel": ("f1", "f1_macro", "f1_micro", "subset_accuracy", "accuracy", "lrap", "loss"),
+                        "regression": ("rmse", "mae", "mse", "r2", "spearman", "pearson", "loss")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,6 +158,20 @@ def _load_pool(base: TrainConfig, data_seed: int) -> tuple[np.ndarray, list[str]
     cfg.data.samples_per_class = cfg.data.max_train_samples = cfg.data.train_indices = None
     cfg.data.seed = data_seed
     task = get_task(cfg)
+    from hf_transfer.tasks.targets import TargetTask
+
+    if isinstance(task, TargetTask):
+        # Label sets and numbers: the subsamples are stratified on `task.strata` (the rarest label
+        # of each row; quintiles of the target), the pool being what a cell's data.train_indices index.
+        splits = TargetTask.load_splits(task)
+        strata, names = task.strata(splits.train)
+        counts = np.bincount(strata, minlength=len(names))
+        pool = {"train_pool": int(len(strata)), "train_pool_per_class": dict(zip(names, counts.tolist())),  # per stratum
+                "target_labels": list(task.labels.names),
+                "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
+                "test_size": int(len(splits.test)) if splits.test is not None else 0,
+                "fingerprint": _data_fingerprint(task, splits, list(task.labels.names))}
+        return strata, names, pool
     if not isinstance(task, ClassificationTask):
         raise ConfigError(f"hf-transfer compare needs a classification recipe; this config's recipe is {cfg.recipe}.")
     # The shared loading only (labels, filter, eval carve-out): the positions in data.train_indices
@@ -234,7 +251,7 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
     for b in baselines:
         if b == "logreg":
             unknown = [o.partition("=")[0] for o in by_label.get(b, [])
-                       if o.partition("=")[0] not in ("C", "max_iter", "penalty", "solver", "class_weight", "tol")]
+                       if o.partition("=")[0] not in ("C", "max_iter", "penalty", "solver", "class_weight", "tol", "alpha")]
         else:
             from setfit import TrainingArguments
 
@@ -242,9 +259,18 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
                        if o.partition("=")[0] not in TrainingArguments.__dataclass_fields__]
         if unknown:
             raise ConfigError(f"--set {b}:{unknown[0]}=... is not a setting of the {b} baseline.")
-    if metric not in CLASSIFICATION_METRICS:
-        raise ConfigError(f"--metric {metric} is not a classification metric.{_did_you_mean(metric, CLASSIFICATION_METRICS)} "
-                          f"Available: {', '.join(CLASSIFICATION_METRICS)}.")
+    from hf_transfer.tasks.targets import TARGET_RECIPES
+
+    kind = TARGET_RECIPES.get(base.recipe)
+    if kind and metric == "accuracy":  # the command's default: macro F1 for label sets, RMSE for numbers
+        metric = {"multilabel": "f1", "regression": "rmse"}[kind]
+    if kind and per_class:
+        raise ConfigError(f"--per-class counts examples per class; recipe {base.recipe} has {kind} targets. "
+                          "Give --sizes as totals.")
+    allowed = TARGET_STUDY_METRICS[kind] if kind else CLASSIFICATION_METRICS
+    if metric not in allowed:
+        raise ConfigError(f"--metric {metric} is not a metric of recipe {base.recipe}.{_did_you_mean(metric, allowed)} "
+                          f"Available: {', '.join(allowed)}.")
     out = Path(out_dir) if out_dir else Path("studies") / Path(str(config)).stem
     data_seed = base.data.seed if base.data.seed is not None else base.training.seed
 

@@ -150,6 +150,15 @@ class Task:
     def compute_metrics(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def compute_metrics_for(self, arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
+        """`compute_metrics` for split `prefix` (`eval`, `test`): multi-label tunes its thresholds
+        on `eval` only."""
+        return self.compute_metrics(arrays)
+
+    def before_save(self, model) -> None:
+        """Called on the final model right before it is saved (regression folds its target
+        scaling into the output layer)."""
+
     def describe_data(self, splits: Splits) -> dict[str, Any]:
         return {}
 

@@ -1,0 +1,16 @@
+"""Image regression: one number per image, MSE or Huber loss on standardised targets; the saved model outputs the target's own units.
+
+    python recipes/image_regression.py --config vit/images_regression_full training.epochs=1
+
+From Python:
+
+    from hf_transfer import load_config, train
+    metrics = train(load_config("vit/images_regression_full.yaml", ["strategy.name=feature_extraction"]))
+"""
+
+import sys
+
+from hf_transfer.cli import recipe_main
+
+if __name__ == "__main__":
+    sys.exit(recipe_main("image_regression", __doc__))
