@@ -401,41 +401,45 @@ def lever_adamw(s: Setup, repeats: int) -> None:
 
 
 def lever_compile(s: Setup, steps: int) -> None:
+    """Eager and compiled models trained side by side, step by step alternating (load drift hits
+    both), with dropout on (the default) and off (losses comparable)."""
     import torch._dynamo
 
     bs = batches(s, steps)
-    rows = []
-    for mode in ("eager", "compiled"):
+    shapes = sorted({tuple(b["input_ids"].shape) for b in bs})
+    print(f"\n## torch.compile of the model ({s.model_key}, full, {steps} tweet batches, {len(shapes)} distinct "
+          "shapes; default mode; eager and compiled steps alternating)")
+    print("| dropout | first 2 steps, eager (s) | first 2 steps, compiled (s; compile + dynamic-shape recompile) "
+          "| steady ms/step eager | steady ms/step compiled | compile pays after | largest loss difference |")
+    print("|---|---|---|---|---|---|---|")
+    for dropout in (True, False):
         torch._dynamo.reset()
-        model, _, _ = s.model("full", dropout=False)  # dropout off: the losses are comparable
-        opt = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
-        run = torch.compile(model) if mode == "compiled" else model
-        ts, losses = [], []
+        arms = {}
+        for mode in ("eager", "compiled"):
+            model, _, _ = s.model("full", dropout=dropout)
+            opt = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
+            arms[mode] = (torch.compile(model) if mode == "compiled" else model, opt, [], [])
+        torch.manual_seed(0)
         for b in bs:
-            t = time.perf_counter()
-            out = run(**{k: v for k, v in b.items() if k != "labels"})
-            loss = torch.nn.functional.cross_entropy(out.logits, b["labels"])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
-            ts.append(time.perf_counter() - t)
-        shapes = sorted({tuple(b["input_ids"].shape) for b in bs})
-        rows.append((mode, ts, shapes, losses))
-        log(f"compile lever {mode}: {[round(x, 2) for x in ts]}")
-    (_, eager, shapes, eager_losses), (_, comp, _, comp_losses) = rows
-    loss_diff = max(abs(a - b) for a, b in zip(eager_losses, comp_losses))
-    steady_e, steady_c = statistics.median(eager[2:]), statistics.median(comp[2:])
-    first_cost = sum(comp[:2]) - sum(eager[:2])
-    gain = steady_e - steady_c
-    pays = f"after {first_cost / gain:.0f} steps" if gain > 0 else "never (no steady-state gain)"
-    print(f"\n## torch.compile of the model ({s.model_key}, full, dropout off, {steps} tweet batches, "
-          f"{len(shapes)} distinct shapes; default mode)")
-    print("| | eager | compiled |\n|---|---|---|")
-    print(f"| first 2 steps (s; compile and the dynamic-shape recompile) | {sum(eager[:2]):.1f} | {sum(comp[:2]):.1f} |")
-    print(f"| steady step, steps 3..N (ms, median) | {steady_e * 1000:.0f} | {steady_c * 1000:.0f} |")
-    print(f"compile pays {pays}; largest loss difference compiled vs eager over the {steps} steps "
-          f"(dropout off): {loss_diff:.1e}")
+            for mode, (run, opt, ts, losses) in arms.items():
+                t = time.perf_counter()
+                out = run(**{k: v for k, v in b.items() if k != "labels"})
+                loss = torch.nn.functional.cross_entropy(out.logits, b["labels"])
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss))
+                ts.append(time.perf_counter() - t)
+        (_, _, eager, eager_losses), (_, _, comp, comp_losses) = arms["eager"], arms["compiled"]
+        log(f"compile lever dropout={dropout}: eager {[round(x, 2) for x in eager]} compiled {[round(x, 2) for x in comp]}")
+        steady_e, steady_c = statistics.median(eager[2:]), statistics.median(comp[2:])
+        first_cost = sum(comp[:2]) - sum(eager[:2])
+        gain = steady_e - steady_c
+        pays = f"{first_cost / gain:.0f} steps" if gain > 0 else "never"
+        diff = max(abs(a - b) for a, b in zip(eager_losses, comp_losses))
+        print(f"| {'on' if dropout else 'off'} | {sum(eager[:2]):.1f} | {sum(comp[:2]):.1f} | {steady_e * 1000:.0f} | "
+              f"{steady_c * 1000:.0f} | {pays} | {diff:.1e} |")
+        sys.stdout.flush()
 
 
 def guarded_compile(s: Setup, steps: int) -> None:
