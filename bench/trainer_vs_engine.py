@@ -417,6 +417,7 @@ def lever_compile(s: Setup, steps: int) -> None:
         arms = {}
         for mode in ("eager", "compiled"):
             model, _, _ = s.model("full", dropout=dropout)
+            model.train()  # from_pretrained returns eval mode; the loops train in train mode
             opt = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
             arms[mode] = (torch.compile(model) if mode == "compiled" else model, opt, [], [])
         torch.manual_seed(0)
@@ -471,6 +472,7 @@ def lever_saved(s: Setup) -> None:
     print("| strategy | MB saved for backward | embedding output needs grad |\n|---|---|---|")
     for strategy in ("full", "lora"):
         model, _, _ = s.model(strategy)
+        model.train()  # dropout masks are kept for backward too
         total = [0]
         seen = set()
 
