@@ -22,11 +22,13 @@ Reported: median ms per optimizer step (steps 2..N: the first carries one-off co
 N steps (first step included), median over interleaved rounds (A, B, C, A, B, C, ...), plus the
 load average, since the machine is shared. `--parts losses` runs each loop with dropout off and
 compares the loss of every step and the eval accuracy on 200 held-out tweets.
+Each loop synchronises once per step (the loss is read as a float), so GPU timings are comparable.
 
 Levers (`--parts levers`), each measured alone on MiniLM with the same tweet batches:
 attention (`sdpa` vs `eager`, and which one each family loads by default), AdamW implementation
-(for-loop / foreach / fused optimizer step on the model's parameters), `torch.compile` (compile
-time, then steady step time, and the steps after which it pays), padding-free batches
+(for-loop / foreach / fused optimizer step on the model's parameters), `torch.compile` (eager and
+compiled models stepping alternately, dropout on and off: compile time, then steady step time, the
+steps after which it pays, and the loss difference), padding-free batches
 (`DataCollatorWithFlattening`: what a sequence-classification model returns for one), and saved
 activations per step for full vs lora (what autograd keeps below the first trainable block).
 """
