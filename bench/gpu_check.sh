@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One-GPU check of hf_transfer: throughput and MFU (BERT-base- and ViT-B-sized, bf16 and fp16,
 # full and LoRA, with and without gradient checkpointing), a 200-step MiniLM fine-tune on real
-# tweets that must reach the CPU demo's accuracy, and FSDP with one process.
+# tweets that must reach the CPU demo's accuracy, and FSDP with one process; then the engine against
+# the transformers Trainer, side by side (bench/trainer_vs_engine.py: full and lora, MiniLM and a
+# BERT-base-sized model, same data and batch order, losses compared).
 #
-#   bash bench/gpu_check.sh [OUT_DIR]          # default runs/gpu_check; at most ~8 min on an H100
+#   bash bench/gpu_check.sh [OUT_DIR]          # default runs/gpu_check; at most ~8 + 5 min on an H100
 #
-# Writes OUT_DIR/gpu_check.json and prints a short table. Fails fast (exit 2), before loading any
-# model, when no CUDA GPU is visible. Whole run capped at 8 minutes (GPU_CHECK_TIMEOUT seconds).
+# Writes OUT_DIR/gpu_check.json and OUT_DIR/trainer_vs_engine.md and prints short tables. Fails fast
+# (exit 2), before loading any model, when no CUDA GPU is visible. gpu_check.py is capped at 8 minutes
+# (GPU_CHECK_TIMEOUT seconds), the side-by-side at 5 (GPU_CHECK_SIDE_TIMEOUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/gpu_check}"
@@ -41,3 +44,7 @@ command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.tota
 
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
 timeout "${GPU_CHECK_TIMEOUT:-480}" "$PY" bench/gpu_check.py --out "$OUT"
+# Nothing slower on a GPU: the engine against the transformers Trainer, same model, data and batch order.
+mkdir -p "$OUT"
+timeout "${GPU_CHECK_SIDE_TIMEOUT:-300}" "$PY" bench/trainer_vs_engine.py --models minilm bert-base \
+  --steps 30 --repeats 3 --loss-steps 20 --threads 4 --parts side losses | tee "$OUT/trainer_vs_engine.md"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 from hf_transfer.strategies.base import layerwise_lr_scales  # noqa: F401  (its old home; strategies own it)
@@ -61,3 +62,38 @@ def build_param_groups(
             if params:
                 out.append({"params": params, "weight_decay": wd, "lr": base_lr, "lr_scale": 1.0, "name": "other" + suffix})
     return out
+
+
+def new_adamw(param_groups: list[dict], lr: float, implementation: str = "auto") -> torch.optim.AdamW:
+    """AdamW over `param_groups`: `fused` (one kernel for every tensor; what the transformers
+    Trainer uses by default since torch 2.8), `foreach`, `for-loop` (one tensor at a time) or
+    `default` (torch's own choice: foreach on CUDA, for-loop on CPU).
+
+    `auto` picks `fused` where torch has it for every parameter's device and dtype (CPU, CUDA, ...;
+    floating point), else torch's own default. The three give the same updates up to float
+    rounding (tests/test_fast_step.py); `fused` is the fastest of them on CPU
+    (docs/benchmarks/trainer_speed.md). The engine asks for `default` under DeepSpeed and FSDP,
+    which manage the optimizer's tensors themselves.
+    """
+    kwargs: dict = {}
+    if implementation == "auto":
+        try:
+            from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+            devices = set(_get_fused_kernels_supported_devices())
+        except ImportError:  # a torch that does not say: CUDA only
+            devices = {"cuda"}
+        params = [p for g in param_groups for p in g["params"]]
+        if params and all(p.device.type in devices and torch.is_floating_point(p) for p in params):
+            kwargs["fused"] = True
+    elif implementation == "default":
+        pass
+    elif implementation == "fused":
+        kwargs["fused"] = True
+    elif implementation == "foreach":
+        kwargs["foreach"] = True
+    elif implementation == "for-loop":
+        kwargs["foreach"] = False
+    else:
+        raise ValueError(f"AdamW implementation must be auto, default, fused, foreach or for-loop, got {implementation!r}")
+    return torch.optim.AdamW(param_groups, lr=lr, **kwargs)

@@ -28,7 +28,7 @@ from hf_transfer.engine.checkpoints import STATE_FILE, Checkpointing, TrainerSta
 from hf_transfer.engine.budget import resolve_budget, resolve_learning_rate
 from hf_transfer.engine.distributed import precision_that_ran as dist_precision
 from hf_transfer.engine.evaluation import recalibrate_batchnorm, run_evaluation  # noqa: F401  (re-exported)
-from hf_transfer.engine.optim import build_param_groups
+from hf_transfer.engine.optim import build_param_groups, new_adamw
 from hf_transfer.errors import HFTransferError, TrainingError
 from hf_transfer.models.families import model_type_of
 from hf_transfer.quiet import progress_disabled
@@ -189,7 +189,10 @@ class Trainer(Checkpointing):
         param_groups[:0] = [{"params": list(module.parameters()), "weight_decay": self.tc.weight_decay,
                              "lr": lr * self.hook.lr_multiplier, "lr_scale": self.hook.lr_multiplier,
                              "name": f"hook.{i}"} for i, module in enumerate(extra_modules)]
-        optimizer = torch.optim.AdamW(param_groups, lr=lr)
+        # Fused AdamW where torch has it (the transformers Trainer's default too); ZeRO and FSDP keep
+        # torch's default implementation.
+        plain = self._deepspeed or dist.uses_fsdp(acc)
+        optimizer = new_adamw(param_groups, lr, "default" if plain else "auto")
 
         if dynamic and acc.num_processes > 1:
             # DDP only all-reduces parameters that require grad when it wraps the model. Wrap it
