@@ -385,7 +385,8 @@ def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, devi
 
 
 MODALITY = {"text_classification": "text", "image_classification": "image",
-            "audio_classification": "audio", "speech_recognition": "audio"}
+            "audio_classification": "audio", "speech_recognition": "audio",
+            "token_classification": "text"}
 
 
 #: `cfg -> task`, registered by the tasks package (a layer above; it registers itself here).
