@@ -177,6 +177,10 @@ def _eval_texts(run: RunFolder, n: int = 4) -> list[str] | list[tuple[str, str]]
     return []
 
 
+#: Recipes whose inputs are texts, probed through the export's tokenizer.
+_TEXT_RECIPES = ("text_classification", "token_classification")
+
+
 def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tensor]:
     """Inputs built by the exported folder's own processor (which proves that it loads)."""
     import numpy as np
@@ -184,7 +188,7 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
     recipe = run.recipe
     rng = np.random.default_rng(0)
     try:
-        if recipe == "text_classification":
+        if recipe in _TEXT_RECIPES:
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(folder, **_remote(run))
@@ -218,7 +222,7 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
             inputs["decoder_input_ids"] = torch.tensor([[start, 1, 2]] * len(clips))
         return inputs
     except (OSError, ValueError) as e:
-        what = "tokenizer" if recipe == "text_classification" else "processor"
+        what = "tokenizer" if recipe in _TEXT_RECIPES else "processor"
         raise ExportError(
             f"The export's {what} does not load ({e}). The run folder must hold the {what} the "
             "model was trained with; retrain, or copy its files from the base model into the run folder."
