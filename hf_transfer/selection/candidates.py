@@ -29,7 +29,8 @@ RANDOM_PREFIX = "random:"
 
 #: Recipe -> the modality of checkpoint it needs.
 RECIPE_MODALITY = {"text_classification": "text", "image_classification": "image",
-                   "audio_classification": "audio", "speech_recognition": "audio"}
+                   "audio_classification": "audio", "speech_recognition": "audio",
+                   "token_classification": "text"}
 #: Modality -> transformers' table of model types that have a classification head for it.
 _MAPPINGS = {"text": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
              "image": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",

@@ -153,6 +153,15 @@ def _load_pool(base: TrainConfig, data_seed: int) -> tuple[np.ndarray, list[str]
     cfg.data.samples_per_class = cfg.data.max_train_samples = cfg.data.train_indices = None
     cfg.data.seed = data_seed
     task = get_task(cfg)
+    if getattr(task, "token_level", False):
+        # Tagged sentences have no single class: nested subsamples of sentences at random (one
+        # stratum), sizes counted in sentences.
+        splits = task.load_splits()
+        pool = {"train_pool": len(splits.train), "train_pool_per_class": {"sentences": len(splits.train)},
+                "train_pool_tokens": int(sum(len(t) for t in splits.train["tokens"])),
+                "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
+                "test_size": int(len(splits.test)) if splits.test is not None else 0}
+        return np.zeros(len(splits.train), dtype=np.int64), ["sentences"], pool
     if not isinstance(task, ClassificationTask):
         raise ConfigError(f"hf-transfer compare needs a classification recipe; this config's recipe is {cfg.recipe}.")
     # The shared loading only (labels, filter, eval carve-out): the positions in data.train_indices
@@ -240,6 +249,9 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
         _cell_config(base, strategy_of[label], by_label.get(label, []), dummy, 0, data_seed, out, label)
 
     pool_labels, names, pool = _load_pool(base, data_seed)
+    if per_class and base.recipe == "token_classification":
+        raise ConfigError("--per-class counts examples per class; tagged sentences have none: give --sizes in "
+                          "sentences without --per-class.")
     check_sizes(pool_labels, sizes, per_class, names)
     command = format_command(config_name or str(config), overrides, labels, sizes, seeds, per_class, baselines, set_items,
                              jobs, str(out), metric)
