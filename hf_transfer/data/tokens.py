@@ -213,8 +213,10 @@ def _tag_names(feature) -> list[str] | None:
 
 
 def read_rows(rows: Iterable[dict], source: str, columns: list[str], tagging, text_column: str | None,
-              scheme: str, line_based: bool, tag_names: list[str] | None = None) -> list[Sentence]:
-    """Sentences from mapping rows (JSON lines, or a dataset's rows)."""
+              scheme: str, line_based: bool, tag_names: list[str] | None = None,
+              numbers: list[int] | None = None) -> list[Sentence]:
+    """Sentences from mapping rows (JSON lines, or a dataset's rows); `numbers`: each row's line
+    (or row) number, default 1, 2, ..."""
     tok_col = _find(columns, tagging.tokens_column, TOKENS_CANDIDATES)
     tag_col = _find(columns, tagging.tags_column, TAGS_CANDIDATES)
     span_col = _find(columns, tagging.spans_column, SPANS_CANDIDATES)
@@ -237,7 +239,8 @@ def read_rows(rows: Iterable[dict], source: str, columns: list[str], tagging, te
             f"[{{start, end, label}}] ({'/'.join(SPAN_TEXT_CANDIDATES)} + {'/'.join(SPANS_CANDIDATES)}, or "
             "data.text_column / data.tagging.spans_column), or a CoNLL file (token and tag per line).")
     out = []
-    for n, row in enumerate(rows, start=1):
+    for k, row in enumerate(rows):
+        n = numbers[k] if numbers is not None else k + 1
         where = f"{source} {unit} {n}"
         if mode == "spans":
             spans = row.get(span_col)
@@ -293,10 +296,8 @@ def read_jsonl(path: Path, tagging, text_column: str | None, scheme: str, encodi
                 columns.append(k)
     if not rows:
         raise DataError(f"'{path}' holds no rows.")
-    sentences = read_rows(rows, f"'{path.name}'", columns, tagging, text_column, scheme, line_based=True)
-    for s, n in zip(sentences, kept_lines):  # blank lines skipped: name the real line
-        s.where = f"'{path.name}' line {n}"
-    return sentences
+    return read_rows(rows, f"'{path.name}'", columns, tagging, text_column, scheme, line_based=True,
+                     numbers=kept_lines)
 
 
 def read_source(source, role: str, tagging, text_column: str | None, scheme: str) -> list[Sentence]:
