@@ -208,11 +208,27 @@ def table(results: dict, methods, seeds) -> str:
     return "\n".join(rows)
 
 
+def plan(methods, seeds, order: str):
+    """(method, seed) pairs to run: deterministic methods (logreg, feature_extraction) once, seed 0;
+    `seed` order: every method for seed 0, then seed 1...; `method` order: each method's seeds in turn."""
+    pairs = []
+    if order == "method":
+        for m in methods:
+            pairs += [(m, 0)] if m in ("logreg", "feature_extraction") else [(m, s) for s in seeds]
+    else:
+        for s in seeds:
+            pairs += [(m, s) for m in methods if m not in ("logreg", "feature_extraction") or s == seeds[0]]
+    return [(m, 0 if m in ("logreg", "feature_extraction") else s) for m, s in pairs]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--work", default="/tmp/ner-bench")
+    ap.add_argument("--order", choices=("seed", "method"), default="seed",
+                    help="run every method per seed (default), or each method's seeds in turn")
+    ap.add_argument("--table-only", action="store_true", help="print the table of the runs already done")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     methods = [m for m in args.methods.split(",") if m]
@@ -226,22 +242,25 @@ def main(argv=None) -> int:
                       for k, v in splits.items()}), flush=True)
     store = work / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
-    for seed in args.seeds:
-        for m in methods:
-            if m in ("logreg", "feature_extraction") and seed != args.seeds[0]:
-                continue  # deterministic: one run
-            key = f"{m}/{seed if m not in ('logreg', 'feature_extraction') else 0}"
-            if key in results:
-                continue
-            print(f"running {key}", flush=True)
-            if m == "trainer":
-                results[key] = run_trainer(seed, splits, work)
-            elif m == "logreg":
-                results[key] = run_logreg(splits, work)
-            else:
-                results[key] = run_tool(m, seed, splits, work)
-            print(key, json.dumps({k: v for k, v in results[key].items() if k != "budget"}), flush=True)
-            store.write_text(json.dumps(results, indent=1))
+    for m, seed in ([] if args.table_only else plan(methods, args.seeds, args.order)):
+        key = f"{m}/{seed}"
+        results = json.loads(store.read_text()) if store.is_file() else results
+        if key in results:
+            continue
+        print(f"running {key}", flush=True)
+        if m == "trainer":
+            result = run_trainer(seed, splits, work)
+        elif m == "logreg":
+            result = run_logreg(splits, work)
+        else:
+            result = run_tool(m, seed, splits, work)
+        print(key, json.dumps({k: v for k, v in result.items() if k != "budget"}), flush=True)
+        # Another process of this script may share the folder: merge, then write.
+        results = json.loads(store.read_text()) if store.is_file() else {}
+        results[key] = result
+        store.write_text(json.dumps(results, indent=1))
+    if store.is_file():
+        results = json.loads(store.read_text())
     print(table(results, methods, args.seeds))
     return 0
 

@@ -417,3 +417,40 @@ def test_layers_command_on_a_token_classifier(tiny_bert_dir, capsys):
     assert main(["layers", str(tiny_bert_dir), "--auto-class", "AutoModelForTokenClassification"]) == 0
     out = capsys.readouterr().out
     assert "BertForTokenClassification" in out and "head" in out
+
+
+# ---------------------------------------------------------------------- rank and compare
+
+
+def test_rank_scores_per_word_features(tiny_bert_dir, ner_data, tmp_path):
+    from hf_transfer.selection.rank import rank_candidates
+
+    cfg = load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "r"))
+    report = rank_candidates(cfg, [str(tiny_bert_dir), "random:" + str(tiny_bert_dir)], max_examples=50, repeats=2)
+    ok = report.ranked
+    assert len(ok) == 2 and all(set(r.scores) == {"knn", "logme", "hscore"} for r in ok)
+    # One row per scored word of the 50 sampled sentences (toy sentences hold 3 to 16 words).
+    assert 150 <= ok[0].examples <= 800 and ok[0].dim == 32
+    assert len(report.labels) == ok[0].examples and set(np.unique(report.labels)) <= set(range(5))
+
+
+def test_compare_plans_sentence_subsamples_and_runs(tiny_bert_dir, ner_data, tmp_path):
+    from hf_transfer.study.compare import plan_study, run_study
+
+    cfg = tmp_path / "ner.yaml"
+    cfg.write_text("recipe: token_classification\n")
+    over = [o for o in ner_overrides(tiny_bert_dir, ner_data, tmp_path / "unused", "training.epochs=1")
+            if not o.startswith("recipe=")]
+    with pytest.raises(DataError, match="feature_extraction"):
+        plan_study(cfg, over, strategies="full", sizes="20", baselines="logreg", out_dir=tmp_path / "s0")
+    with pytest.raises(ConfigError, match="--per-class"):
+        plan_study(cfg, over, strategies="full", sizes="20", per_class=True, out_dir=tmp_path / "s1")
+    study = plan_study(cfg, over, strategies="full,feature_extraction", sizes="20,40", seeds="0",
+                       out_dir=tmp_path / "s", metric="f1")
+    small = next(c for c in study.cells if c.size == 20 and c.label == "full")
+    big = next(c for c in study.cells if c.size == 40 and c.label == "full")
+    assert set(small.cfg.data.train_indices) < set(big.cfg.data.train_indices)  # nested sentence subsamples
+    report = run_study(study, jobs=1, echo=lambda line: None)
+    assert report is not None
+    rows = (tmp_path / "s" / "study.csv").read_text()
+    assert "feature_extraction" in rows and "full" in rows
