@@ -454,3 +454,31 @@ def test_compare_plans_sentence_subsamples_and_runs(tiny_bert_dir, ner_data, tmp
     assert report is not None
     rows = (tmp_path / "s" / "study.csv").read_text()
     assert "feature_extraction" in rows and "full" in rows
+
+
+def test_grouping_follows_the_simple_pipeline_and_reads_bioes_as_bio(tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    from hf_transfer.tasks.token_classification import group_entities
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+
+    def t(tag, word, start, score=0.5):
+        return {"entity": tag, "score": score, "word": word, "start": start, "end": start + len(word.lstrip("#"))}
+
+    tokens = [t("B-PER", "jo", 0, 0.9), t("I-PER", "##hn", 2, 0.7), t("B-PER", "mary", 5), t("O", "in", 10),
+              t("I-LOC", "rome", 13), t("S-ORG", "un", 18), t("E-ORG", "##it", 20), t("B-LOC", "x", 23)]
+    got = group_entities(tokens, tok)
+    assert [(e["entity_group"], e["start"], e["end"]) for e in got] == [
+        ("PER", 0, 4), ("PER", 5, 9), ("LOC", 13, 17), ("ORG", 18, 22), ("LOC", 23, 24)]
+    assert got[0]["score"] == pytest.approx(0.8) and got[0]["word"] == "john"
+
+
+def test_evaluate_recarves_the_same_eval_split(tiny_bert_dir, ner_data, tmp_path):
+    from hf_transfer.run import evaluate, train
+
+    over = [o for o in ner_overrides(tiny_bert_dir, ner_data, tmp_path / "run", "training.epochs=2")
+            if not o.startswith("data.eval=")]
+    m = train(load_config(None, over + ["data.eval_fraction=0.25"]))
+    assert m["eval_size"] == 30 and m["train_size"] == 90
+    assert evaluate(tmp_path / "run")["eval_f1"] == pytest.approx(m["eval_f1"])
