@@ -409,6 +409,9 @@ def test_settings_that_do_not_apply_are_refused(tiny_bert_dir, ner_data, tmp_pat
 
     with pytest.raises(ConfigError, match="use data.max_train_samples"):
         train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "r", "data.samples_per_class=8")))
+    with pytest.raises(ConfigError, match="cache_frozen_prefix keeps one label per example"):
+        train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "r", "strategy.name=freeze",
+                                              "training.cache_frozen_prefix=true")))
 
 
 def test_layers_command_on_a_token_classifier(tiny_bert_dir, capsys):

@@ -61,6 +61,9 @@ class TokenClassificationTask(Task):
         if d.filter:
             raise ConfigError("data.filter (a pandas query over columns) does not apply to tagged sentences; "
                               "filter the files instead.")
+        if cfg.training.cache_frozen_prefix:
+            raise ConfigError("training.cache_frozen_prefix keeps one label per example; token_classification has one "
+                              "per word: leave it off.")
         if d.text_pair_column:
             raise ConfigError("data.text_pair_column does not apply to token_classification.")
 
