@@ -485,3 +485,17 @@ def test_evaluate_recarves_the_same_eval_split(tiny_bert_dir, ner_data, tmp_path
     m = train(load_config(None, over + ["data.eval_fraction=0.25"]))
     assert m["eval_size"] == 30 and m["train_size"] == 90
     assert evaluate(tmp_path / "run")["eval_f1"] == pytest.approx(m["eval_f1"])
+
+
+def test_dataset_with_classlabel_tag_ids_is_read_by_name(tmp_path):
+    import datasets
+
+    from hf_transfer.config import DataSource
+
+    feats = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                               "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
+    ds = datasets.Dataset.from_dict({"tokens": [["Ada", "Lovelace", "wrote"]], "ner_tags": [[1, 2, 0]]}, features=feats)
+    path = tmp_path / "train.parquet"
+    ds.to_parquet(str(path))
+    s = T.read_source(DataSource(name=str(path)), "train", TaggingConfig(), None, "BIO")
+    assert s[0].tokens == ["Ada", "Lovelace", "wrote"] and s[0].tags == ["B-PER", "I-PER", "O"]
