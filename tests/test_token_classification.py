@@ -349,7 +349,8 @@ def test_feature_extraction_refuses_settings_it_cannot_write_into_the_head(tiny_
                                               "strategy.classifier=knn")))
 
 
-@pytest.mark.parametrize("strategy, extra", [("lora", []), ("freeze", []), ("partial", []), ("auto", []),
+@pytest.mark.parametrize("strategy, extra", [("lora", []), ("freeze", []), ("partial", []), ("auto", []), ("ia3", []),
+                                             ("gradual_unfreeze", []), ("lp_ft", []),
                                              ("scratch", ["data.tagging.subword_labels=all"])])
 def test_strategies_train_a_token_classifier(strategy, extra, tiny_bert_dir, ner_data, tmp_path):
     from transformers import AutoModelForTokenClassification
@@ -409,6 +410,8 @@ def test_settings_that_do_not_apply_are_refused(tiny_bert_dir, ner_data, tmp_pat
 
     with pytest.raises(ConfigError, match="use data.max_train_samples"):
         train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "r", "data.samples_per_class=8")))
+    with pytest.raises(ConfigError, match="strategy contrastive trains sentence embeddings"):
+        train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "r", "strategy.name=contrastive")))
     with pytest.raises(ConfigError, match="cache_frozen_prefix keeps one label per example"):
         train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "r", "strategy.name=freeze",
                                               "training.cache_frozen_prefix=true")))

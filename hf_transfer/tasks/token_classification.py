@@ -61,6 +61,9 @@ class TokenClassificationTask(Task):
         if d.filter:
             raise ConfigError("data.filter (a pandas query over columns) does not apply to tagged sentences; "
                               "filter the files instead.")
+        if cfg.strategy.name == "contrastive":
+            raise ConfigError("strategy contrastive trains sentence embeddings on pairs of examples with one label "
+                              "each; token_classification tags words. Use feature_extraction, lora or full.")
         if cfg.training.cache_frozen_prefix:
             raise ConfigError("training.cache_frozen_prefix keeps one label per example; token_classification has one "
                               "per word: leave it off.")
