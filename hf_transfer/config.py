@@ -99,6 +99,43 @@ class AugmentationConfig:
 
 
 @dataclass
+class TaggingConfig:
+    """Token classification (`recipe: token_classification`) data settings.
+
+    Attributes:
+        tokens_column: Column holding each sentence's tokens (a list of words) in JSON lines or Hub
+            data; detected when empty (`tokens`, `words`).
+        tags_column: Column holding one tag per token; detected when empty (`tags`, `ner_tags`,
+            `labels`).
+        spans_column: Column of character-span annotations (`[{start, end, label}]`) over the
+            `data.text_column` text; detected when empty (`entities`, `spans`).
+        scheme: Tag scheme: `auto` (BIOES when any E-/S- tag is present, else BIO), `BIO` or
+            `BIOES`. Span annotations are turned into this scheme (`auto`: BIO).
+        labels: The tag set, in id order (for example `[O, B-PER, I-PER]`). Empty: `O` plus every
+            tag of the scheme for each entity type found in the training data. A tag outside
+            the set in any split is an error naming the file and line.
+        subword_labels: Which subwords of a word carry its tag in training: `first` (the others
+            get -100) or `all` (continuation pieces of a `B-X` word get `I-X`). Evaluation and
+            prediction always read the first subword.
+        invalid_tags: An `I-X` that does not continue an `X` entity (no `B-X` before it):
+            `repair` it into `B-X` (counted and logged) or `error`.
+        strict: Entity metrics in seqeval's strict mode (an entity counts only with a valid
+            scheme start and end) instead of its default conlleval-style mode.
+        column_separator: Field separator of CoNLL files; empty: any whitespace.
+    """
+
+    tokens_column: str | None = None
+    tags_column: str | None = None
+    spans_column: str | None = None
+    scheme: Literal["auto", "BIO", "BIOES"] = "auto"
+    labels: list[str] | None = None
+    subword_labels: Literal["first", "all"] = "first"
+    invalid_tags: Literal["repair", "error"] = "repair"
+    strict: bool = False
+    column_separator: str | None = None
+
+
+@dataclass
 class DataConfig:
     """Where the data comes from and how it is read.
 
@@ -146,6 +183,7 @@ class DataConfig:
             it is an error naming the file and row. Unset: the labels found in the train split.
         standardize_targets: Regression recipes: train on (y - mean) / std of the training
             targets; the saved head is rescaled so the model outputs the original units.
+        tagging: Token classification: columns, tag scheme, subword alignment, repairs.
     """
 
     train: DataSource = field(default_factory=DataSource)
@@ -180,6 +218,7 @@ class DataConfig:
     label_columns: list[str] | None = None
     label_names: list[str] | None = None
     standardize_targets: bool = True
+    tagging: TaggingConfig = field(default_factory=TaggingConfig)
 
 
 @dataclass

@@ -298,6 +298,24 @@ def _eval_results(run: RunFolder, splits: list[str]) -> list[EvalResult]:
     return results
 
 
+def _widget(fam: RecipeInfo) -> dict:
+    """The Hub's inference widget example, for token classification (the text it tags)."""
+    if fam.pipeline_tag == "token-classification" and fam.example_input:
+        return {"widget": [{"text": fam.example_input}]}
+    return {}
+
+
+def _tagging_context(run: RunFolder) -> dict:
+    """Template values of a token-classification run (scheme, entity types, alignment)."""
+    if run.recipe != "token_classification":
+        return {}
+    tagging = run.config.data.tagging
+    return dict(tag_scheme=run.metrics.raw.get("tag_scheme") or "BIO",
+                entity_types=sorted({t[2:] for t in run.labels if t[:2] in ("B-", "I-", "E-", "S-")}),
+                subword_labels=run.metrics.raw.get("subword_labels") or tagging.subword_labels,
+                strict=tagging.strict)
+
+
 def _duration(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)):
         return "not recorded"
@@ -366,6 +384,7 @@ def build_card(
         model_name=name,
         eval_results=_eval_results(run, splits) or None,
         **lic,
+        **_widget(fam),
     )
     if images is None:
         images = run.images()
@@ -427,6 +446,7 @@ def build_card(
         thresholds=m.raw.get("thresholds"),  # multi-label recipes
         threshold_selection=m.raw.get("threshold_selection"),
         target_scaling=m.raw.get("target_scaling"),  # regression recipes
+        **_tagging_context(run),
     )
     card = ModelCard.from_template(data, template_path=str(_template(fam)), **ctx)
     # Template conditionals leave runs of blank lines; Markdown treats them as one.

@@ -179,6 +179,9 @@ def _eval_texts(run: RunFolder, n: int = 4) -> list[str] | list[tuple[str, str]]
     return []
 
 
+#: Recipes whose inputs are texts, probed through the export's tokenizer.
+
+
 def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tensor]:
     """Inputs built by the exported folder's own processor (which proves that it loads)."""
     import numpy as np

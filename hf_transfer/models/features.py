@@ -387,7 +387,8 @@ def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, devi
 
 MODALITY = {"text_classification": "text", "image_classification": "image",
             "audio_classification": "audio", "speech_recognition": "audio",
-            "text_multilabel": "text", "image_multilabel": "image", "text_regression": "text", "image_regression": "image"}
+            "text_multilabel": "text", "image_multilabel": "image", "text_regression": "text", "image_regression": "image",
+            "token_classification": "text"}
 
 
 def _label_array(y: torch.Tensor) -> np.ndarray:
@@ -454,6 +455,9 @@ def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = Non
     extractor = FeatureExtractor(model, modality=MODALITY.get(cfg.recipe, "text"),
                                  spec=spec or spec_from_settings(strategy), name_or_path=cfg.model.name_or_path)
     bs = batch_size or cfg.training.eval_batch_size or cfg.training.batch_size
+    if getattr(task, "token_level", False):
+        return _token_features_for(task, model, splits, roles, extra, spec or spec_from_settings(strategy),
+                                   max_examples, seed, bs, columns)
     sets = {role: getattr(splits, role, None) for role in roles}
     sets.update(extra or {})
     out = {}
@@ -471,6 +475,31 @@ def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = Non
         out[name] = extract(extractor, task, ds, batch_size=bs, cache=getattr(strategy, "use_cache", True),
                             cache_dir=getattr(strategy, "cache_dir", None))
         out[name].columns = {c: list(ds[c]) for c in columns}
+    return out
+
+
+def _token_features_for(task, model, splits, roles, extra, spec, max_examples, seed, batch_size, columns):
+    """`features_for_config` for token classification: one row per scored word (the head's input
+    and the word's tag) of a seeded sample of at most `max_examples` sentences."""
+    if spec.layers != "last" or spec.normalize:
+        raise ConfigError("Token classification features are the last layer's per-token states (what the head "
+                          "reads): leave the layers at `last` and normalize unset.")
+    if columns:
+        raise DataError(f"Token-level features have one row per word, not per example: columns "
+                        f"{', '.join(repr(c) for c in columns)} cannot come back row for row.")
+    sets = {role: getattr(splits, role, None) for role in roles}
+    sets.update(extra or {})
+    out = {}
+    for name, ds in sets.items():
+        if ds is None:
+            continue
+        if max_examples is not None and len(ds) > max_examples:
+            ds = ds.shuffle(seed=seed).select(range(max_examples))
+        t0 = time.time()
+        X, y = task.token_features(model, ds, batch_size=batch_size)
+        out[name] = Features(X, y, {"source": "token head input", "pooling": "none (per token)", "layers": "last",
+                                    "seconds": round(time.time() - t0, 3), "dim": int(X.shape[1]),
+                                    "sentences": len(ds)}, False)
     return out
 
 

@@ -31,7 +31,8 @@ RANDOM_PREFIX = "random:"
 RECIPE_MODALITY = {"text_classification": "text", "image_classification": "image",
                    "audio_classification": "audio", "speech_recognition": "audio",
                    "text_multilabel": "text", "image_multilabel": "image",
-                   "text_regression": "text", "image_regression": "image"}
+                   "text_regression": "text", "image_regression": "image",
+                   "token_classification": "text"}
 #: Modality -> transformers' table of model types that have a classification head for it.
 _MAPPINGS = {"text": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
              "image": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",

@@ -235,6 +235,14 @@ def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed:
     n = min(len(train), max_examples)
     sample = train.shuffle(seed=seed).select(range(n)) if n < len(train) else train
     cfg = getattr(ctx, "cfg", None)
+    if getattr(task, "token_level", False):
+        # Token classification: one example per scored word (its head input and tag); tags with
+        # a single token in the sample cannot be held out and are left out of the measurement.
+        X, labels = task.token_features(task.build_model(), sample, batch_size=batch_size)
+        tags, counts = np.unique(labels, return_counts=True)
+        keep = np.isin(labels, tags[counts >= 2])
+        score, bacc = separability(X[keep].astype(np.float64), labels[keep], seed)
+        return Measurement(score, bacc, n, len(np.unique(labels[keep])))
     recipe = getattr(cfg, "recipe", "text_classification")
     extractor = FeatureExtractor(task.build_model(), modality=MODALITY.get(recipe, "text"),
                                  spec=spec_from_settings(settings),

@@ -161,6 +161,11 @@ class FeatureExtraction(Strategy):
         self._fitted: dict[str, Any] | None = None
 
     def prepare(self, ctx) -> None:
+        if getattr(ctx.task, "token_level", False):  # per-token classifier (strategies.token_probe)
+            from hf_transfer.strategies.token_probe import check_token_settings
+
+            check_token_settings(self.config)
+            return
         if ctx.cfg.recipe not in MODALITY or ctx.cfg.recipe == "speech_recognition":
             raise ConfigError(f"strategy feature_extraction needs a classification recipe, not {ctx.cfg.recipe}.")
         if getattr(getattr(ctx.cfg.data, "augmentation", None), "enabled", False):
@@ -184,6 +189,11 @@ class FeatureExtraction(Strategy):
     def fit(self, ctx, model: nn.Module, groups: list) -> dict[str, Any]:
         """Features (cached), classifier, metrics; writes the run folder (module docstring)."""
         c, cfg, task, splits = self.config, ctx.cfg, ctx.task, ctx.splits
+        if getattr(task, "token_level", False):
+            from hf_transfer.strategies.token_probe import fit_token_probe
+
+            metrics, self._fitted = fit_token_probe(self, ctx, model)
+            return metrics
         start = time.time()
         extractor = FeatureExtractor(model, modality=MODALITY[cfg.recipe], spec=spec_from_settings(c),
                                      name_or_path=cfg.model.name_or_path)

@@ -255,6 +255,10 @@ def check_baseline_available(name: str, recipe: str, text_pair: bool = False) ->
     """Raise before any run when a baseline cannot run here."""
     import importlib.util
 
+    if recipe == "token_classification" and name in ("logreg", "setfit"):
+        raise DataError(f"The {name} baseline classifies whole examples; for token_classification the frozen-feature "
+                        "baseline is the strategy feature_extraction (a per-token logistic regression): add it to "
+                        "--strategies.")
     if name == "setfit":
         if recipe != "text_classification":
             raise DataError(f"The setfit baseline trains on text only; this config's recipe is {recipe}.")

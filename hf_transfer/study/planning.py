@@ -172,6 +172,16 @@ def _load_pool(base: TrainConfig, data_seed: int) -> tuple[np.ndarray, list[str]
                 "test_size": int(len(splits.test)) if splits.test is not None else 0,
                 "fingerprint": _data_fingerprint(task, splits, list(task.labels.names))}
         return strata, names, pool
+    if getattr(task, "token_level", False):
+        # Tagged sentences have no single class: nested subsamples of sentences at random (one
+        # stratum), sizes counted in sentences.
+        splits = task.load_splits()
+        pool = {"train_pool": len(splits.train), "train_pool_per_class": {"sentences": len(splits.train)},
+                "train_pool_tokens": int(sum(len(t) for t in splits.train["tokens"])),
+                "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
+                "test_size": int(len(splits.test)) if splits.test is not None else 0,
+                "fingerprint": _data_fingerprint(task, splits, ["sentences"])}
+        return np.zeros(len(splits.train), dtype=np.int64), ["sentences"], pool
     if not isinstance(task, ClassificationTask):
         raise ConfigError(f"hf-transfer compare needs a classification recipe; this config's recipe is {cfg.recipe}.")
     # The shared loading only (labels, filter, eval carve-out): the positions in data.train_indices
@@ -192,7 +202,8 @@ def _data_fingerprint(task, splits, names: list[str]) -> str:
     `data.train_indices` are positions in this pool, and every cell is judged on this eval split."""
     from hf_transfer.data.fingerprints import content_fingerprint
 
-    columns = [task.input_col, task.cfg.data.text_pair_column, "labels"]
+    # Columns absent from a split are skipped (tagged sentences have `tokens` and `tags`).
+    columns = [getattr(task, "input_col", None), task.cfg.data.text_pair_column, "labels", "tokens", "tags"]
     parts = [repr(names)] + [content_fingerprint(ds, columns) if ds is not None else "-"
                              for ds in (splits.train, splits.eval, splits.test)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -280,6 +291,9 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
         _cell_config(base, strategy_of[label], by_label.get(label, []), dummy, 0, data_seed, out, label)
 
     pool_labels, names, pool = _load_pool(base, data_seed)
+    if per_class and base.recipe == "token_classification":
+        raise ConfigError("--per-class counts examples per class; tagged sentences have none: give --sizes in "
+                          "sentences without --per-class.")
     check_sizes(pool_labels, sizes, per_class, names)
     command = format_command(config_name or str(config), overrides, labels, sizes, seeds, per_class, baselines, set_items,
                              jobs, str(out), metric)
