@@ -113,6 +113,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     # initialisation whatever data loading consumed.
     set_seed_all(cfg.training.seed)
     model = task.build_model(from_scratch=strategy.from_scratch)
+    head_record = strategy.init_head(ctx, model)  # the new head from a probe (strategies.head_init)
     groups = layer_groups(model)
     adapted = strategy.apply(model, groups)
     if adapted is not model:
@@ -138,6 +139,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     else:
         metrics = _train_with_engine(cfg, task, splits, strategy, model, groups, out)
     metrics.update(strategy.describe(metrics.pop("_model", model)))
+    metrics.update(head_record)
     metrics["strategy_summary"] = strategy.summary()  # the card reads it from metrics.json
     metrics.update(task.describe_data(splits))
     if main:
