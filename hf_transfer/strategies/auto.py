@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 SMALL_BELOW = 100
 #: More training examples than this is "large"; SMALL_BELOW .. LARGE_ABOVE inclusive is "medium".
 LARGE_ABOVE = 10_000
+#: Strategies `auto` races by default (after the prior's pick, in this order).
+RACE_CANDIDATES = ("feature_extraction", "contrastive", "lora", "full", "partial", "lp_ft")
 
 
 @dataclass
@@ -76,6 +78,14 @@ class AutoConfig(StrategyConfig):
 
     Attributes:
         name: `auto`.
+        race: Train candidate strategies on inner folds of the training data and keep the best
+            (`strategies.auto_race`) when the inner held-out part has at least `min_holdout`
+            examples; otherwise (or with `false`) the prior decides alone.
+        race_candidates: The strategies raced, after the prior's pick (which always runs first).
+        max_cost: The race and the final run together cost at most this many times the estimated
+            whole run of the prior's pick.
+        holdout_fraction: Share of each class held out for the race.
+        min_holdout: Race only when the held-out part has at least this many examples.
         similarity: `measure` (default) estimates how well the frozen pretrained features separate
             the target labels; `high` or `low` states it and skips the measurement.
         similarity_threshold: Normalised separability (0 = chance, 1 = perfect) at or above which
@@ -99,8 +109,21 @@ class AutoConfig(StrategyConfig):
     combine: Literal["mean", "concat"] = "mean"
     pooling: Literal["auto", "mean", "cls", "max", "last_token", "pooler", "head_input"] = "auto"
     normalize: bool | None = None
+    race: bool = True
+    race_candidates: list[str] = dataclasses.field(default_factory=lambda: list(RACE_CANDIDATES))
+    max_cost: float = 3.0
+    holdout_fraction: float = 0.25
+    min_holdout: int = 64
 
     def __post_init__(self) -> None:
+        if self.max_cost < 1.0:
+            raise ConfigError(f"strategy.max_cost must be at least 1 (the chosen strategy's own run), got {self.max_cost!r}.")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError(f"strategy.holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}.")
+        if self.min_holdout < 2:
+            raise ConfigError(f"strategy.min_holdout must be at least 2, got {self.min_holdout!r}.")
+        if "auto" in self.race_candidates or not self.race_candidates:
+            raise ConfigError("strategy.race_candidates must name at least one strategy, and not auto itself.")
         if not 0.0 <= self.similarity_threshold <= 1.0:
             raise ConfigError(
                 f"strategy.similarity_threshold must be in [0, 1], got {self.similarity_threshold!r}."
@@ -140,7 +163,8 @@ def size_band(train_size: int) -> str:
     return "medium"
 
 
-def choose_strategy(train_size: int, similarity: str, available: list[str] | None = None) -> AutoChoice:
+def choose_strategy(train_size: int, similarity: str, available: list[str] | None = None,
+                    classes: int | None = None) -> AutoChoice:
     """The table in the module docstring, as a function.
 
     Args:
@@ -260,6 +284,9 @@ class Auto(Strategy):
         self.train_size: int | None = None
         self.measurement: Measurement | None = None
         self.note = ""
+        self.decided_by = "prior: strategy.race=false"
+        self.race_result = None
+        self.race_seconds = 0.0
 
     # Class-level flags the engine and run.py read come from the chosen strategy.
     @property
@@ -304,12 +331,51 @@ class Auto(Strategy):
         else:
             similarity = c.similarity
             self.note = " Similarity given by strategy.similarity."
-        self.choice = choose_strategy(self.train_size, similarity)
+        self.choice = choose_strategy(self.train_size, similarity, classes=self._classes(ctx))
+        if c.race:
+            self._race(ctx)
         self.delegate = build_strategy(self._delegate_config(self.choice))
-        logger.info("auto: chose '%s': %s%s", self.choice.name, self.choice.reason, self.note)
+        logger.info("auto: chose '%s': %s%s Decided by %s.", self.choice.name, self.choice.reason, self.note,
+                    self.decided_by)
         if self.choice.size_band == "large" and similarity == "low":
             logger.warning("auto: %s", self.choice.reason)
         self.delegate.prepare(ctx)
+
+    @staticmethod
+    def _classes(ctx) -> int:
+        return len(np.unique(np.asarray(ctx.splits.train["labels"])))
+
+    def _race(self, ctx) -> None:
+        """Race the candidates on inner folds of the training data (`strategies.auto_race`)."""
+        import time
+
+        from hf_transfer.strategies.auto_race import inner_split, run_race, score_on_inner_split
+
+        c = self.config
+        labels = np.asarray(ctx.splits.train["labels"])
+        seed = getattr(getattr(getattr(ctx, "cfg", None), "training", None), "seed", 0)
+        train_idx, held_idx = inner_split(labels, c.holdout_fraction, seed)
+        if len(held_idx) < c.min_holdout:
+            self.decided_by = (f"prior: the race's held-out part would have {len(held_idx)} examples, fewer than "
+                               f"strategy.min_holdout={c.min_holdout}, too few to tell strategies apart")
+            return
+        available = available_strategies()
+        order = [(self.choice.name, dict(self.choice.settings))]
+        order += [(n, {}) for n in c.race_candidates if n != self.choice.name and n in available]
+        t0 = time.time()
+        result = run_race(order, lambda n, st: score_on_inner_split(
+            ctx, n, st, train_idx, held_idx, lambda name, settings: self._delegate_config(
+                AutoChoice(name, settings, self.choice.size_band, self.choice.similarity, ""))),
+            train_fraction=len(train_idx) / len(labels), max_cost=c.max_cost)
+        self.race_result, self.race_seconds = result, time.time() - t0
+        won = result.entries[result.winner]
+        scores = ", ".join(f"{e.name} {e.accuracy:.3f}" for e in result.entries if e.accuracy is not None)
+        self.decided_by = (f"race on {len(train_idx)} training / {len(held_idx)} held-out examples of the training "
+                           f"split: {scores}")
+        if won.name != self.choice.name or won.settings != self.choice.settings:
+            self.choice = AutoChoice(won.name, won.settings, self.choice.size_band, self.choice.similarity,
+                                     f"the race's best ({won.name}, held-out accuracy {won.accuracy:.3f}); "
+                                     f"the prior had said: {self.choice.reason}")
 
     def _delegate_config(self, choice: AutoChoice) -> StrategyConfig:
         cls = strategy_config_class(choice.name)
@@ -346,7 +412,12 @@ class Auto(Strategy):
             "auto_balanced_accuracy": rounded(m.balanced_accuracy) if m else None,
             "auto_train_size": self.train_size,
             "auto_size_band": self.choice.size_band,
+            "auto_decided_by": self.decided_by,
         })
+        r = self.race_result
+        if r is not None:
+            info.update({"auto_race": [e.as_dict() for e in r.entries], "auto_race_seconds": round(self.race_seconds, 2),
+                         "auto_race_limit_seconds": None if r.limit_seconds is None else round(r.limit_seconds, 2)})
         return info
 
     def state_dict(self) -> dict[str, Any]:
