@@ -308,6 +308,10 @@ def open_finished_run(run_dir: str | Path) -> TrainConfig:
 def _load_run_model(run_dir: Path, task):
     from hf_transfer.files import check_weights
 
+    from hf_transfer.strategies.static import is_static_run, load_static_classifier
+
+    if is_static_run(run_dir):  # a static embedding table and a linear head, no transformer
+        return load_static_classifier(run_dir)
     remote = task.cfg.model.trust_remote_code
     try:
         model = task.auto_model_cls.from_pretrained(run_dir, trust_remote_code=remote)
