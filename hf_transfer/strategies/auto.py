@@ -342,8 +342,15 @@ class Auto(Strategy):
         self.delegate.prepare(ctx)
 
     @staticmethod
-    def _classes(ctx) -> int:
-        return len(np.unique(np.asarray(ctx.splits.train["labels"])))
+    def _labels(ctx) -> np.ndarray | None:
+        try:
+            return np.asarray(ctx.splits.train["labels"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _classes(self, ctx) -> int | None:
+        labels = self._labels(ctx)
+        return None if labels is None else len(np.unique(labels))
 
     def _race(self, ctx) -> None:
         """Race the candidates on inner folds of the training data (`strategies.auto_race`)."""
@@ -352,7 +359,10 @@ class Auto(Strategy):
         from hf_transfer.strategies.auto_race import inner_split, run_race, score_on_inner_split
 
         c = self.config
-        labels = np.asarray(ctx.splits.train["labels"])
+        labels = self._labels(ctx)
+        if labels is None:
+            self.decided_by = "prior: the training split has no label column to race on"
+            return
         seed = getattr(getattr(getattr(ctx, "cfg", None), "training", None), "seed", 0)
         train_idx, held_idx = inner_split(labels, c.holdout_fraction, seed)
         if len(held_idx) < c.min_holdout:
