@@ -50,7 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-STRATEGIES = ["feature_extraction", "contrastive", "full", "partial", "lora", "lp_ft", "freeze", "auto"]
+STRATEGIES = ["feature_extraction", "contrastive", "static", "full", "partial", "lora", "lp_ft", "freeze", "auto"]
 METHODS = ["baseline", "setfit"] + STRATEGIES
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 FORTUNE_CLASSES = ("computers", "food", "politics", "sports")
