@@ -105,9 +105,18 @@ def distilled_folder(checkpoint: str, pca_dims: int, cache_dir: str | None = Non
 
     t0 = time.time()
     model = distill(model_name=str(src), pca_dims=pca_dims, device="cpu")
-    tmp = root.with_name(root.name + ".tmp")
+    import shutil
+    import tempfile
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
     model.save_pretrained(str(tmp))
-    tmp.rename(root)
+    try:
+        tmp.rename(root)
+    except OSError:  # another run distilled the same checkpoint meanwhile: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / "model.safetensors").is_file():
+            raise
     logger.info("static: distilled %s into %d-dimensional static vectors in %.0f s (cached: %s).",
                 src, pca_dims, time.time() - t0, root)
     return root
