@@ -32,6 +32,14 @@ be held out; similarity is then taken as high (the checkpoint was chosen for thi
 and the reason says so. Users who know better set `strategy.similarity: high` or `low`, which
 skips the measurement.
 
+**The table is the prior; a race on the training data decides when it can.** With
+`strategy.race: true` (default), once the table has picked, the pick and `race_candidates` are
+trained on three quarters of the training split and scored on the remaining quarter (stratified,
+seeded; the eval split is never read), within `max_cost` (3) times the estimated run of the pick
+(`strategies.auto_race`). Only when that quarter holds at least `min_holdout` (64) examples: on
+fewer, the scores are noise and the table decides alone. `auto_decided_by`, `auto_race`,
+`auto_race_seconds` and `auto_race_limit_seconds` record which and what it cost.
+
 `auto` then builds the chosen strategy with the same `layer_lr_decay` and `head_lr_multiplier`
 and delegates every hook to it (composition): what trains, learning-rate scales, the epoch
 schedule, saving, resume state. `describe()` (merged into `metrics.json`) and the log record
