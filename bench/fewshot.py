@@ -221,12 +221,19 @@ def main() -> None:
     p.add_argument("--later-wins", action="store_true",
                    help="with --merge: a (data set, size, method) found in a later file replaces the earlier "
                         "files' runs of it (a method re-run after its defaults changed) instead of adding to them")
+    p.add_argument("--merge-seeds", type=int, nargs="+", metavar="SEED",
+                   help="with --merge: only these seeds (runs without a recorded seed count as 0, 1, 2 in "
+                        "file order, the order this script runs them)")
     args = p.parse_args()
     results: dict = {}
     if args.merge:
         for path in args.merge:
             for key, runs in json.loads(Path(path).read_text()).items():
                 d, n, m = key.split("|")
+                if args.merge_seeds is not None:
+                    runs = [r for i, r in enumerate(runs) if r.get("seed", i) in args.merge_seeds]
+                    if not runs:
+                        continue
                 if args.later_wins:
                     results[(d, int(n), m)] = list(runs)
                 else:
@@ -246,6 +253,7 @@ def main() -> None:
                 for seed in args.seeds:
                     for method in args.methods:
                         r = run_method(method, paths[(n, seed)], paths["eval"], seed, work / f"{d}-{n}-{seed}-{method}")
+                        r["seed"] = seed
                         results.setdefault((d, n, method), []).append(r)
                         extra = f" chose={r['choice']}" if r.get("choice") else ""
                         extra += f" steps={r['steps']} lr={r['lr']}" if r.get("steps") else ""
