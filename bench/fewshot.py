@@ -203,10 +203,17 @@ def print_table(results: dict) -> None:
     for d, n in sets:
         auto = results.get((d, n, "auto"), [])
         choices = sorted({r.get("choice") or "?" for r in auto})
-        scored = {m: statistics.mean(r["accuracy"] for r in results[(d, n, m)]) for m in methods if (d, n, m) in results}
+        scored = {m: statistics.mean(r["accuracy"] for r in results[(d, n, m)])
+                  for m in methods if (d, n, m) in results and m in STRATEGIES and m != "auto"}
         best = max(scored, key=scored.get) if scored else None
-        print(f"- {d}, {n}/class: auto chose {', '.join(choices) or 'not run'}; best: {best} "
-              f"({scored.get(best, float('nan')):.3f})" + (f"; auto {scored['auto']:.3f}" if "auto" in scored else ""))
+        auto_acc = statistics.mean(r["accuracy"] for r in auto) if auto else None
+        line = f"- {d}, {n}/class: auto chose {', '.join(choices) or 'not run'}; best hf_transfer strategy: {best} "
+        line += f"({scored.get(best, float('nan')):.3f})"
+        if auto_acc is not None and best:
+            best_t = statistics.mean(r["time"] for r in results[(d, n, best)])
+            auto_t = statistics.mean(r["time"] for r in auto)
+            line += f"; auto {auto_acc:.3f} ({auto_acc - scored[best]:+.3f}, {auto_t / best_t:.2f}x its time)"
+        print(line)
 
 
 def main() -> None:
