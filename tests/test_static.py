@@ -59,6 +59,17 @@ def test_static_trains_saves_safetensors_and_evaluates_and_predicts(text_overrid
     assert torch.allclose(x.norm(dim=-1), torch.ones(1))
 
 
+def test_static_refuses_images(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_transfer.strategies.base import build_strategy
+    from hf_transfer.strategies.static import StaticConfig
+
+    ctx = SimpleNamespace(cfg=SimpleNamespace(recipe="image_classification"))
+    with pytest.raises(ConfigError, match="text classification"):
+        build_strategy(StaticConfig()).prepare(ctx)
+
+
 def test_static_settings_are_checked():
     with pytest.raises(ConfigError, match="pca_dims"):
         load_config(None, ["model.name_or_path=x", "data.train=y", "strategy.name=static", "strategy.pca_dims=1"])
