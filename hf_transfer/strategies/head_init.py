@@ -65,6 +65,10 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
     cfg = getattr(ctx, "cfg", None)
     recipe = getattr(cfg, "recipe", "text_classification")
     modality = MODALITY.get(recipe, "text")
+    problem = getattr(getattr(model, "config", None), "problem_type", None)
+    if not str(recipe).endswith("_classification") or problem in ("regression", "multi_label_classification"):
+        return {"head_init": "random", "head_init_reason": f"a probe initialises single-label classification heads "
+                                                           f"only (recipe {recipe}, problem type {problem})"}
     try:
         head = locate_head_input(model, "auto", modality == "text")
     except ModelError as e:
@@ -78,6 +82,8 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
     n = min(len(train), max_examples)
     sample = train.shuffle(seed=seed).select(range(n)) if n < len(train) else train
     labels = np.asarray(sample["labels"])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        return {"head_init": "random", "head_init_reason": "the labels are not one class id per example"}
     if len(np.unique(labels)) < 2:
         return {"head_init": "random", "head_init_reason": "the training split has a single label"}
     training = getattr(cfg, "training", None)
