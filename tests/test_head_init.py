@@ -108,3 +108,24 @@ def test_scratch_and_feature_strategies_do_not_init_a_head(text_overrides, tmp_p
         before = model.classifier.weight.detach().clone()
         assert build_strategy(cfg.strategy).init_head(RunContext(cfg, task, splits, tmp_path), model) == {}
         assert torch.equal(before, model.classifier.weight)
+
+
+def test_only_single_label_classification_heads_are_probed(text_overrides, tmp_path, one_torch_thread):
+    from types import SimpleNamespace
+
+    from hf_transfer.strategies.head_init import init_head_from_probe
+    from hf_transfer.tasks import get_task
+
+    cfg = load_config(None, text_overrides + ["strategy.name=full"])
+    task = get_task(cfg)
+    task.load_processor()
+    splits = task.load_splits()
+    model = task.build_model()
+    before = model.classifier.weight.detach().clone()
+    ctx = SimpleNamespace(cfg=SimpleNamespace(recipe="speech_recognition", training=cfg.training, model=cfg.model),
+                          task=task, splits=splits)
+    assert init_head_from_probe(ctx, model)["head_init"] == "random"
+    model.config.problem_type = "multi_label_classification"
+    record = init_head_from_probe(SimpleNamespace(cfg=cfg, task=task, splits=splits), model)
+    assert record["head_init"] == "random" and "single-label" in record["head_init_reason"]
+    assert torch.equal(before, model.classifier.weight)
