@@ -76,6 +76,7 @@ def test_auto_races_on_training_data_only_and_records_it(text_overrides, tmp_pat
     monkeypatch.setattr(auto_race, "score_on_inner_split", spy)
     cfg = load_config(None, text_overrides + [
         "strategy.name=auto", "strategy.min_holdout=16", "strategy.race_candidates=[feature_extraction,freeze]",
+        "strategy.max_cost=100",  # every candidate runs (the cost limit is tested with a fake clock above)
         "training.save_strategy=no", "training.epochs=1"])
     metrics = train(cfg)
     import pandas as pd
