@@ -202,9 +202,9 @@ def choose_strategy(train_size: int, similarity: str, available: list[str] | Non
                           f"{where}: feature extraction (linear probe on the frozen backbone; "
                           "feature_extraction is not installed).")
     if band == "small":
-        # With the head started from a probe, light fine-tuning beat the frozen features on every
-        # few-shot set measured, similar or not (docs/benchmarks/fewshot.md: 8 examples a class,
-        # tweets 0.740 vs 0.735, fortunes 0.858 vs 0.796).
+        # With the head started from a probe, light fine-tuning beat the frozen features on
+        # fortunes (8 a class, 3 seeds: 0.825 vs 0.801) but not on tweets (0.725 vs 0.755, 3
+        # seeds): docs/benchmarks/fewshot.md. Not settled; the race decides on larger sets.
         return AutoChoice("partial", {"trainable_layers": 2}, band, similarity,
                           f"{where}: light fine-tuning of the top 2 blocks from a probe-initialised head.")
     if band == "medium" and similarity == "high":
