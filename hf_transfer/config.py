@@ -38,11 +38,15 @@ class StrategyConfig:
         layer_lr_decay: Layer-wise (discriminative) learning rates: the group at depth d below
             the top gets `learning_rate * layer_lr_decay ** d`. 1.0 turns it off.
         head_lr_multiplier: The new head's learning rate is `learning_rate * head_lr_multiplier`.
+        head_init: `probe` (default): the new head starts as a logistic regression fitted on what it
+            reads from the frozen pretrained model (`strategies.head_init`); `random`: the
+            checkpoint family's random initialisation. Strategies that train no head ignore it.
     """
 
     name: str = "full"
     layer_lr_decay: float = 1.0
     head_lr_multiplier: float = 1.0
+    head_init: Literal["probe", "random"] = "probe"
 
 
 @dataclass

@@ -122,6 +122,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     # initialisation whatever data loading consumed.
     set_seed_all(cfg.training.seed)
     model = task.build_model(from_scratch=strategy.from_scratch)
+    head_record = strategy.init_head(ctx, model)  # the new head from a probe (strategies.head_init)
     groups = layer_groups(model)
     adapted = strategy.apply(model, groups)
     if adapted is not model:
@@ -147,6 +148,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     else:
         metrics = _train_with_engine(cfg, task, splits, strategy, model, groups, out)
     metrics.update(strategy.describe(metrics.pop("_model", model)))
+    metrics.update(head_record)
     metrics["strategy_summary"] = strategy.summary()  # the card reads it from metrics.json
     metrics.update(task.describe_data(splits))
     if main:
@@ -394,6 +396,10 @@ def _load_run_model(run_dir: Path, task, allow_pickle: bool = False):
 
         return OnnxClassifier(run_dir).eval()
 
+    from hf_transfer.strategies.static import is_static_run, load_static_classifier
+
+    if is_static_run(run_dir):  # a static embedding table and a linear head, no transformer
+        return load_static_classifier(run_dir)
     remote = task.cfg.model.trust_remote_code
     try:
         model = task.auto_model_cls.from_pretrained(run_dir, trust_remote_code=remote)

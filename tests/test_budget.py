@@ -109,3 +109,13 @@ def test_a_convolutional_run_records_the_scaled_rate(tmp_path):
     m = train(config_from_dict(raw, "test"))
     assert m["budget"]["learning_rate"] == pytest.approx(DEFAULT_LEARNING_RATES["full"] * 10)
     assert "convolutional" in m["budget"]["sources"]["learning_rate"]
+
+
+def test_many_classes_get_at_least_four_steps_per_class():
+    # 24 classes x 8 examples at batch 16: 12 steps an epoch; 50 steps would be 5 epochs, 96 is 8.
+    b = resolve_budget(TrainingConfig(), strategy("full"), steps_per_epoch=12, num_classes=24)
+    assert b.total_steps == 96 and b.epochs == 8 and "4 per class" in b.sources["total_steps"]
+    # few classes: the plain minimum; explicit settings win
+    assert resolve_budget(TrainingConfig(), strategy("full"), 12, num_classes=2).total_steps == 60
+    assert resolve_budget(TrainingConfig(min_steps=20), strategy("full"), 12, num_classes=24).total_steps == 36
+    assert resolve_budget(TrainingConfig(epochs=1), strategy("full"), 12, num_classes=24).total_steps == 12

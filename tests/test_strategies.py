@@ -365,7 +365,7 @@ def test_partial_rejects_more_layers_than_blocks():
 
 
 @pytest.mark.parametrize("n, sim, name, settings", [
-    (50, "high", "freeze", {}),
+    (50, "high", "partial", {"trainable_layers": 2}),
     (99, "low", "partial", {"trainable_layers": 2}),
     (100, "high", "partial", {"trainable_fraction": 0.5}),
     (10_000, "low", "full", {}),
@@ -378,7 +378,10 @@ def test_auto_table(n, sim, name, settings):
     assert choice.size_band == size_band(n)
     if n > 10_000 and sim == "low":
         assert "scratch" in choice.reason
-    assert choose_strategy(50, "high", available=["feature_extraction"]).name == "feature_extraction"
+    near_perfect = choose_strategy(50, "high", available=["feature_extraction"], score=0.95)
+    assert near_perfect.name == "feature_extraction" and "near-perfectly" in near_perfect.reason
+    assert choose_strategy(50, "high", available=["freeze"], score=0.95).name == "freeze"
+    assert choose_strategy(50, "high", available=["feature_extraction"], score=0.8).name == "partial"
 
 
 def test_separability_score():

@@ -215,7 +215,9 @@ class Trainer(Checkpointing):
         self.steps_per_epoch = max(1, math.ceil(len(train_dl) / self.tc.gradient_accumulation_steps))
         # Learning rate, steps and warm-up from the settings, or derived from the data size and
         # the strategy where unset (`hf_transfer.engine.budget`); recorded in metrics.json.
-        self.budget = resolve_budget(self.tc, strategy, self.steps_per_epoch, model_type)
+        labels = getattr(getattr(task, "labels", None), "id2label", None)
+        self.budget = resolve_budget(self.tc, strategy, self.steps_per_epoch, model_type,
+                                     num_classes=len(labels) if isinstance(labels, dict) and labels else None)
         self.total_steps = self.budget.total_steps
         self.num_epochs = self.budget.epochs
         self.scheduler = get_scheduler(

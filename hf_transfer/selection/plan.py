@@ -133,7 +133,7 @@ def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: st
     task = get_task(cfg)
     task.load_processor()
     train_size = len(task.load_splits().train)
-    choice = choose_strategy(train_size, similarity)
+    choice = choose_strategy(train_size, similarity, score=score)
     strategy = {"name": choice.name, **choice.settings}
     raw = copy.deepcopy(config_to_dict(cfg))
     raw["model"]["name_or_path"] = chosen.path

@@ -11,6 +11,7 @@ from hf_transfer.strategies import ia3  # noqa: F401
 from hf_transfer.strategies import adapter  # noqa: F401
 from hf_transfer.strategies import feature_extraction  # noqa: F401
 from hf_transfer.strategies import contrastive  # noqa: F401
+from hf_transfer.strategies import static  # noqa: F401
 from hf_transfer.run_folder import register_model_loader
 from hf_transfer.strategies.base import Strategy, StrategyConfig, available_strategies  # noqa: I001
 from hf_transfer.strategies.base import build_strategy, register_strategy, strategy_config_class

@@ -121,6 +121,15 @@ class Strategy:
         """
         raise NotImplementedError(f"strategy {self.name} trains with the engine")
 
+    def init_head(self, ctx, model: nn.Module) -> dict[str, Any]:
+        """Initialise the new head before `apply` (`strategy.head_init`, `strategies.head_init`).
+
+        Returns the record that goes to `metrics.json` (empty for strategies that do not train a head).
+        """
+        from hf_transfer.strategies.head_init import initialise_head
+
+        return initialise_head(self, ctx, model)
+
     def on_epoch_start(self, epoch: int, model: nn.Module, groups: list) -> bool:
         """Change what trains at the start of `epoch` (0-based). True if anything changed."""
         return False

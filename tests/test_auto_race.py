@@ -1,0 +1,101 @@
+"""`auto`'s race on inner folds of the training data: the choice logic and what it reads."""
+
+import numpy as np
+import pytest
+
+from hf_transfer.strategies.auto_race import inner_split, run_race
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _scorer(clock, table):
+    """Each candidate 'trains' for its seconds and scores its accuracy."""
+    def score(name, settings):
+        seconds, accuracy = table[name]
+        clock.t += seconds
+        return accuracy
+    return score
+
+
+def test_a_clear_winner_is_chosen_and_the_race_stops_at_its_cost_limit():
+    clock = FakeClock()
+    table = {"partial": (30, 0.60), "feature_extraction": (3, 0.62), "contrastive": (20, 0.81), "lora": (30, 0.70)}
+    r = run_race([(n, {}) for n in table], _scorer(clock, table), train_fraction=0.75, max_cost=3.0, clock=clock)
+    assert r.entries[r.winner].name == "contrastive"
+    assert [e.accuracy for e in r.entries] == [0.60, 0.62, 0.81, None]
+    # limit: (3 - 1) x 30 / 0.75 = 80 s; 30 + 3 + 20 + 30 = 83 > 80, but the check is before each
+    # run against the costliest seen (30): 53 + 30 = 83 > 80, so lora does not run.
+    assert r.limit_seconds == pytest.approx(80.0)
+    assert r.entries[3].accuracy is None and "not run" in r.entries[3].note
+    assert r.seconds == pytest.approx(53.0)
+
+
+def test_ties_go_to_the_prior_order_and_the_first_candidate_always_runs():
+    clock = FakeClock()
+    table = {"feature_extraction": (2, 0.70), "full": (40, 0.70)}
+    r = run_race([(n, {}) for n in table], _scorer(clock, table), train_fraction=0.75, max_cost=3.0, clock=clock)
+    assert r.entries[r.winner].name == "feature_extraction"
+    clock = FakeClock()
+    r = run_race([("full", {}), ("feature_extraction", {})], _scorer(clock, table), train_fraction=0.75,
+                 max_cost=1.0, clock=clock)
+    assert r.winner == 0 and r.entries[1].accuracy is None  # max_cost 1: no budget beyond the pick itself
+
+
+def test_inner_split_is_stratified_and_keeps_every_class_on_both_sides():
+    labels = np.repeat(np.arange(4), [8, 8, 3, 1])
+    tr, held = inner_split(labels, 0.25, seed=0)
+    assert len(np.intersect1d(tr, held)) == 0 and len(tr) + len(held) == len(labels)
+    assert sorted(np.unique(labels[tr])) == [0, 1, 2, 3]
+    assert np.bincount(labels[held], minlength=4).tolist() == [2, 2, 1, 0]
+    assert np.array_equal(inner_split(labels, 0.25, seed=0)[1], held)
+
+
+def test_auto_races_on_training_data_only_and_records_it(text_overrides, tmp_path, monkeypatch, one_torch_thread):
+    """The race's scorer sees only rows of the training split; the eval split is read once, by the
+    final run's evaluation, never during the choice."""
+    import json
+
+    from hf_transfer.config import load_config
+    from hf_transfer.run import train
+    from hf_transfer.strategies import auto_race
+
+    seen = {}
+    real = auto_race.score_on_inner_split
+
+    def spy(ctx, name, settings, train_idx, held_idx, make_config):
+        seen.setdefault("rows", set()).update(ctx.splits.train.select(held_idx.tolist())["text"])
+        seen.setdefault("names", []).append(name)
+        return real(ctx, name, settings, train_idx, held_idx, make_config)
+
+    monkeypatch.setattr(auto_race, "score_on_inner_split", spy)
+    cfg = load_config(None, text_overrides + [
+        "strategy.name=auto", "strategy.min_holdout=16", "strategy.race_candidates=[feature_extraction,freeze]",
+        "strategy.max_cost=100",  # every candidate runs (the cost limit is tested with a fake clock above)
+        "training.save_strategy=no", "training.epochs=1"])
+    metrics = train(cfg)
+    import pandas as pd
+
+    eval_texts = set(pd.read_csv(cfg.data.eval.name).text)
+    train_texts = set(pd.read_csv(cfg.data.train.name).text)
+    assert seen["rows"] <= train_texts and not (seen["rows"] & (eval_texts - train_texts))
+    assert seen["names"][1:] == [n for n in ("feature_extraction", "freeze") if n != seen["names"][0]]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["auto_decided_by"].startswith("race on 72 training / 24 held-out")
+    ran = [e for e in saved["auto_race"] if e["inner_accuracy"] is not None]
+    assert saved["auto_choice"] == max(ran, key=lambda e: e["inner_accuracy"])["strategy"]
+    assert saved["auto_race_seconds"] > 0 and metrics["auto_choice"] == saved["auto_choice"]
+
+
+def test_auto_without_enough_held_out_examples_keeps_the_prior(text_overrides, tmp_path, one_torch_thread):
+    from hf_transfer.config import load_config
+    from hf_transfer.run import train
+
+    cfg = load_config(None, text_overrides + ["strategy.name=auto", "training.save_strategy=no", "training.epochs=1"])
+    metrics = train(cfg)
+    assert "fewer than strategy.min_holdout=64" in metrics["auto_decided_by"] and "auto_race" not in metrics
