@@ -561,12 +561,17 @@ def test_bootstrap_matches_the_metrics_and_pairs_by_example():
     assert cut.high == 1.0 and cut.low >= 0.0
 
 
-def test_an_interrupt_that_a_library_swallows_still_stops_the_study(study_config, tmp_path, monkeypatch):
+def test_an_interrupt_that_a_library_swallows_still_stops_the_study(study_config, tmp_path, monkeypatch, request):
     """Ctrl-C landing where Python or a library drops KeyboardInterrupt (a bare `except:`, a
     finalizer or weakref callback: "Exception ignored in ..."): the cell goes on, but the study
     stops once it returns, keeps it, and says that the same command resumes."""
     import os
     import signal
+
+    # A shell that starts the tests in the background (`cmd &`, CI runners) hands them SIGINT
+    # ignored, and an ignored SIGINT stays ignored by design: start from Python's usual handler.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
 
     from hf_transfer.study import cells as cells_mod
 

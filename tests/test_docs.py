@@ -266,7 +266,7 @@ def test_the_flag_check_sees_commands():
 # ---------------------------------------------------------------------------------- tested blocks
 
 
-def tested_groups() -> dict[tuple[str, str], list[Block]]:
+def doc_tested_groups() -> dict[tuple[str, str], list[Block]]:
     groups: dict[tuple[str, str], list[Block]] = {}
     for b in all_blocks():
         if b.marker == "tested":
@@ -323,7 +323,7 @@ def tiny_models(tmp_path_factory, tiny_bert_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page,group", sorted(tested_groups()))
+@pytest.mark.parametrize("page,group", sorted(doc_tested_groups()))
 def test_tested_blocks_run(page, group, tiny_models, tmp_path, monkeypatch, capsys):
     """Run a page's tested blocks in order, in a fresh folder: every command exits 0, every Python
     snippet runs."""
@@ -331,7 +331,7 @@ def test_tested_blocks_run(page, group, tiny_models, tmp_path, monkeypatch, caps
 
     monkeypatch.chdir(tmp_path)
     _fixtures(tmp_path)
-    for block in tested_groups()[(page, group)]:
+    for block in doc_tested_groups()[(page, group)]:
         target = re.search(r"file=(\S+)", block.marker_args)
         if target:
             _write_config(block, tmp_path / target.group(1), tiny_models)
