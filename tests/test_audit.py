@@ -371,3 +371,19 @@ def test_python_api_takes_a_config_path(tiny_bert_dir, planted, tmp_path, one_to
 
     report = hf_transfer.audit(_write_yaml(tiny_bert_dir, planted, tmp_path), tmp_path / "out", fix="none", plots=False)
     assert report["rows"] == {"train": 160, "eval": 40} and (tmp_path / "out" / "audit.json").is_file()
+
+
+def test_label_sets_are_refused_with_the_recipes_it_audits(tmp_path, tiny_bert_dir):
+    """A multi-label config is not audited as if it had one class per row: one clear line."""
+    import pandas as pd
+
+    import hf_transfer
+
+    pd.DataFrame({"text": [f"t {i}" for i in range(12)], "labels": ["a;b", "a", "b"] * 4}).to_csv(
+        tmp_path / "ml.csv", index=False)
+    (tmp_path / "ml.yaml").write_text(
+        f"recipe: text_multilabel\noutput_dir: {tmp_path / 'run'}\nmodel:\n  name_or_path: {tiny_bert_dir}\n"
+        f"data:\n  train: {tmp_path / 'ml.csv'}\n  label_column: labels\n")
+    cfg = load_config(tmp_path / "ml.yaml")
+    with pytest.raises(HFTransferError, match=r"audits classification data; recipe text_multilabel is not one"):
+        hf_transfer.audit(cfg, tmp_path / "audit")

@@ -128,8 +128,11 @@ def _load(cfg, use_cache: bool):
     from hf_transfer.models.features import MODALITY, FeatureExtractor, extract, spec_from_settings
     from hf_transfer.tasks.base import SOURCE_ROW, get_task
 
+    from hf_transfer.tasks.targets import TargetTask
+
     task = get_task(cfg)
-    if not hasattr(task, "source_rows"):
+    # One class id per row: label sets, numbers and tagged sentences are not audited (yet).
+    if not hasattr(task, "source_rows") or isinstance(task, TargetTask) or getattr(task, "token_level", False):
         raise ConfigError(f"`hf-transfer audit` audits classification data; recipe {cfg.recipe} is not one "
                           "(text_classification, image_classification, audio_classification).")
     task.load_processor()
