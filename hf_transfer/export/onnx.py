@@ -594,7 +594,9 @@ def export_onnx(
 
         respect_umask(tmp)
         del sessions, fp32
-        _replace(tmp, out)
+        from hf_transfer.export.export import _replace_folder  # the Hub export's folder swap
+
+        _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -606,17 +608,6 @@ def _session(folder: Path, file: str) -> OnnxClassifier:
         return OnnxClassifier(folder, file=file, labels=[])
     except Exception as e:  # a graph ONNX Runtime rejects
         raise ExportError(f"ONNX Runtime cannot load the exported graph: {type(e).__name__}: {e}") from None
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 _PIPELINE_TAGS = {"text_classification": "text-classification", "image_classification": "image-classification",
