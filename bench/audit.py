@@ -273,7 +273,7 @@ def main() -> None:
 
     setup_logging()
     from hf_transfer.data_audit import audit
-    from hf_transfer.models.features import features_for_config
+    from hf_transfer.tasks.features import features_for_config
 
     work = args.work
     paths = prepare(work, args.seeds, args.per_class, args.eval_per_class)

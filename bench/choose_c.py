@@ -38,9 +38,8 @@ WORK = Path("runs/bench/efficientnet_fashion_mnist")
 def features(n: int, seed: int, image_size: int):
     import efficientnet_fashion_mnist as fm
 
-    import hf_transfer.tasks  # noqa: F401  (registers the tasks features_for_config builds)
     from hf_transfer.config import check_config, config_from_dict
-    from hf_transfer.models.features import features_for_config
+    from hf_transfer.tasks.features import features_for_config
 
     os.environ.setdefault("HF_TRANSFER_CACHE", str((WORK / "cache").resolve()))
     model_dir = fm.prepare_model(WORK, image_size)

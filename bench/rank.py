@@ -306,7 +306,8 @@ def probe_accuracies(raw: dict, per_class: int) -> tuple[list[float], float]:
     from sklearn.preprocessing import StandardScaler
 
     from hf_transfer.config import config_from_dict
-    from hf_transfer.models.features import FeatureSpec, features_for_config
+    from hf_transfer.models.features import FeatureSpec
+    from hf_transfer.tasks.features import features_for_config
 
     start = time.time()
     feats = features_for_config(config_from_dict(raw, "bench"), ("train", "test"), spec=FeatureSpec())

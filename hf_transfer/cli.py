@@ -170,19 +170,14 @@ def _origin(module: str) -> str:
 
 def _registered_recipes():
     """(name, RecipeInfo, origin) of every registered recipe, built-ins first."""
-    from hf_transfer.registry import available_recipes, recipe_info
-    from hf_transfer.tasks.base import _TASKS
+    from hf_transfer.registry import available_recipes, recipe_info, task_class
 
-    out = []
-    for name in available_recipes():
-        task = _TASKS.get(name)
-        out.append((name, recipe_info(name), _origin(task.__module__) if task is not None else ""))
-    return out
+    return [(name, recipe_info(name), _origin(task_class(name).__module__)) for name in available_recipes()]
 
 
 def _registered_strategies():
     """(name, one-line summary, origin) of every registered strategy."""
-    from hf_transfer.strategies.base import available_strategies, strategy_class
+    from hf_transfer.registry import available_strategies, strategy_class
 
     out = []
     for name in available_strategies():

@@ -17,17 +17,7 @@ import yaml
 
 from hf_transfer.config_parsing import Rules, build, parse_override, read_yaml, set_dotted  # noqa: F401
 from hf_transfer.errors import ConfigError
-from hf_transfer.registry import (  # noqa: F401  (re-exported: registration hooks live in registry)
-    _CHECKS,
-    _did_you_mean,
-    _load_builtins,
-    available_recipes,
-    register_check,
-    register_recipe,
-    register_strategy_settings,
-    set_builtin_loader,
-    strategy_settings_class,
-)
+from hf_transfer.registry import _did_you_mean, available_recipes, strategy_settings_class
 
 @dataclass
 class StrategyConfig:
@@ -436,7 +426,6 @@ def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
     return build(cls, raw, prefix, source, _RULES)
 
 
-_set_dotted = set_dotted  # older name, still imported by callers
 
 
 def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
@@ -476,7 +465,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config_from_dict(raw, source)  # errors in the file name the file
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
         config_from_dict(raw, f"command-line override '{text}'")
     cfg = config_from_dict(raw, source)
     check_config(cfg, source)
@@ -490,12 +479,11 @@ def check_config(cfg: TrainConfig, source: str = "config") -> None:
             f"model.name_or_path is empty in {source}: set it to a Hub id "
             "(google-bert/bert-base-uncased) or a local model folder."
         )
+    from hf_transfer.config_checks import check_domain_settings, check_target_settings, stage_configs
+
     if cfg.stages:
-        # A staged config is checked stage by stage, each merged with the top level (the check
-        # that does it is registered by hf_transfer.domain.stages).
-        _load_builtins()
-        for check in _CHECKS:
-            check(cfg, source)
+        for stage in stage_configs(cfg, source):  # each stage merged with the top level, checked whole
+            check_config(stage.cfg, stage.source)
         return
     if not cfg.data.train.name:
         raise ConfigError(
@@ -527,9 +515,8 @@ def check_config(cfg: TrainConfig, source: str = "config") -> None:
         raise ConfigError(f"training.epochs must be a finite number, got {t.epochs}.")
     if t.epochs is not None and t.epochs <= 0 and not (t.max_steps and t.max_steps > 0):
         raise ConfigError(f"training.epochs must be positive (or set training.max_steps), got {t.epochs}.")
-    _load_builtins()
-    for check in _CHECKS:
-        check(cfg, source)
+    check_domain_settings(cfg, source)
+    check_target_settings(cfg, source)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

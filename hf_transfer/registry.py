@@ -1,27 +1,34 @@
-"""What higher layers register with the config loader, which imports none of them.
+"""The one registry of strategies and recipes: one registration per name, duplicates refused.
 
-Strategies add their settings class (`register_strategy`), tasks their recipe and its Hub facts
-(`register_task`), other packages cross-key checks. The config stays plain data at the bottom of
-the layering; `hf_transfer/__init__.py` installs the loader that imports the built-in strategies
-and tasks the first time a name is looked up. This is the one list of recipes: the CLI and export
-read it from here.
+A strategy is registered once, by `@register_strategy(name, settings_cls)` on its class; a recipe
+once, by `@register_task(name, pipeline_tag, ...)` on its task class (both decorators live here,
+and `hf_transfer.strategies` / `hf_transfer.tasks` re-export them). The entry holds everything
+every layer needs: the config loader validates `strategy.*` against the settings class, export
+reads a recipe's Hub facts (`RecipeInfo`), `build_strategy` and `get_task` instantiate the class.
 
-Other installed packages extend it through two Python entry point groups, loaded right after the
-built-ins: `hf_transfer.strategies` and `hf_transfer.recipes` (see `load_plugins`).
+Where the names come from: the package's own strategies and tasks (`BUILTIN_MODULES`), then other
+installed packages (the entry point groups `hf_transfer.strategies` and `hf_transfer.recipes`).
+Both are imported by module name the first time a name is looked up, the way Python's entry points
+are (and transformers' auto classes load their models): the registry never imports a module of a
+higher layer by an import statement, and nothing installs a loader into it at run time.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable
 
 from hf_transfer.errors import ConfigError
 
+#: The package's own modules whose import registers the built-in strategies and recipes, loaded
+#: like the entry points of an installed plugin (first, so a plugin cannot take a built-in name).
+BUILTIN_MODULES = ("hf_transfer.strategies", "hf_transfer.tasks")
 
 @dataclass(frozen=True)
 class RecipeInfo:
-    """What export and the model card need to know about a recipe (a task family).
+    """What every layer needs to know about a recipe (a task family), without importing its task.
 
     Attributes:
         name: The recipe (`recipe:` in a config).
@@ -31,6 +38,10 @@ class RecipeInfo:
         metrics: Headline metrics, first one the main one.
         lower_is_better: The headline metric is an error rate.
         example_input: What `predict` takes, for the card's usage snippet.
+        modality: What goes in: `text`, `image` or `audio` ("" when unknown); also the kind of
+            checkpoint the recipe trains.
+        targets: What comes out: `class` (one label), `label_set` (any number of labels), `number`
+            (regression), `tags` (one label per token) or `text` (transcripts, masked tokens).
     """
 
     name: str
@@ -40,25 +51,83 @@ class RecipeInfo:
     metrics: tuple[str, ...] = ()
     lower_is_better: bool = False
     example_input: str = ""
+    modality: str = ""
+    targets: str = "class"
 
 
-_STRATEGY_SETTINGS: dict[str, type] = {}
-_RECIPES: dict[str, RecipeInfo] = {}
-_CHECKS: list[Callable[[Any, str], None]] = []
-_builtin_loader: Callable[[], None] | None = None
+TARGET_KINDS = ("class", "label_set", "number", "tags", "text")
 
 
-def set_builtin_loader(loader: Callable[[], None]) -> None:
-    """Install the function that imports (and so registers) the built-in strategies and tasks."""
-    global _builtin_loader
-    _builtin_loader = loader
+@dataclass(frozen=True)
+class StrategyEntry:
+    """A registered strategy: its settings dataclass and its class."""
+
+    name: str
+    settings_cls: type
+    strategy_cls: type
 
 
-def _load_builtins() -> None:
-    global _builtin_loader
-    loader, _builtin_loader = _builtin_loader, None
-    if loader is not None:
-        loader()
+@dataclass(frozen=True)
+class RecipeEntry:
+    """A registered recipe: its facts and its task class."""
+
+    info: RecipeInfo
+    task_cls: type
+
+
+_STRATEGIES: dict[str, StrategyEntry] = {}
+_RECIPES: dict[str, RecipeEntry] = {}
+_loaded = False
+_loading = threading.RLock()
+
+
+def _refuse_duplicate(kind: str, name: str, existing: type, new: type) -> None:
+    raise ConfigError(
+        f"{kind} '{name}' is registered twice: by {existing.__module__}.{existing.__qualname__} and by "
+        f"{new.__module__}.{new.__qualname__}. Give the second one another name.")
+
+
+def register_strategy(name: str, settings_cls: type):
+    """Class decorator: make the class selectable as `strategy.name: <name>`, its settings checked
+    against `settings_cls`. A name registered by another class is refused (`ConfigError`)."""
+
+    def wrap(cls: type) -> type:
+        if name in _STRATEGIES:
+            entry = _STRATEGIES[name]
+            if entry.strategy_cls is cls and entry.settings_cls is settings_cls:
+                return cls  # the same registration again (a module imported twice): nothing changes
+            _refuse_duplicate("Strategy", name, entry.strategy_cls, cls)
+        cls.name = name
+        cls.config_cls = settings_cls
+        _STRATEGIES[name] = StrategyEntry(name, settings_cls, cls)
+        return cls
+
+    return wrap
+
+
+def register_task(name: str, pipeline_tag: str = "", *, example_input: str = "",
+                  metrics: tuple[str, ...] = ("accuracy", "f1"), lower_is_better: bool = False,
+                  modality: str = "", targets: str = "class"):
+    """Class decorator: the task behind `recipe: <name>`, with the Hub facts export and the model
+    card read (`RecipeInfo`; the auto class is the task's `hub_auto_class`, else its
+    `auto_model_cls`). A name registered by another class is refused (`ConfigError`)."""
+    if targets not in TARGET_KINDS:
+        raise ConfigError(f"register_task('{name}'): targets must be one of {', '.join(TARGET_KINDS)}, got {targets!r}.")
+
+    def wrap(cls: type) -> type:
+        if name in _RECIPES:
+            if _RECIPES[name].task_cls is cls:
+                return cls  # the same registration again (a module imported twice): nothing changes
+            _refuse_duplicate("Recipe", name, _RECIPES[name].task_cls, cls)
+        cls.name = name
+        auto = getattr(cls, "hub_auto_class", "") or getattr(getattr(cls, "auto_model_cls", None), "__name__", "")
+        info = RecipeInfo(name, pipeline_tag=pipeline_tag, task_name=pipeline_tag.replace("-", " ").title(),
+                          auto_class=auto, metrics=tuple(metrics), lower_is_better=lower_is_better,
+                          example_input=example_input, modality=modality, targets=targets)
+        _RECIPES[name] = RecipeEntry(info, cls)
+        return cls
+
+    return wrap
 
 
 #: The entry point groups another installed package registers its strategies and recipes under.
@@ -85,21 +154,34 @@ class Plugin:
 
 
 _PLUGINS: list[Plugin] = []
-_plugins_loaded = False
 
 
-def load_plugins() -> list[Plugin]:
+def _load() -> None:
+    """Import the built-in modules, then every plugin, once (each import registers)."""
+    global _loaded
+    if _loaded:
+        return
+    with _loading:
+        if _loaded:
+            return
+        _loaded = True  # set first: the modules imported below may look names up while they register
+        try:
+            for module in BUILTIN_MODULES:
+                importlib.import_module(module)
+        except BaseException:
+            _loaded = False  # a failed import is raised again on the next lookup, not hidden
+            raise
+        _load_plugins()
+
+
+def _load_plugins() -> None:
     """Import every entry point of the `hf_transfer.strategies` and `hf_transfer.recipes` groups.
 
     An entry point names a module, which registers on import (`@register_strategy`,
     `@register_task`), or a function, which is then called with no arguments. A plugin that fails
-    to import is recorded with its error (`hf-transfer ls` shows it) instead of stopping every
-    command of the installation. Runs once; later calls return the same list.
+    to import (or registers a name already taken) is recorded with its error (`hf-transfer ls`
+    shows it) instead of stopping every command of the installation.
     """
-    global _plugins_loaded
-    if _plugins_loaded:
-        return list(_PLUGINS)
-    _plugins_loaded = True
     from importlib.metadata import entry_points
 
     for group in PLUGIN_GROUPS:
@@ -118,44 +200,12 @@ def load_plugins() -> list[Plugin]:
                     "hf_transfer plugin %r (entry point group %s, package %s) failed to load: %s",
                     ep.name, group, dist or "?", error)
             _PLUGINS.append(Plugin(group, ep.name, ep.value, dist, error))
-    return list(_PLUGINS)
 
 
 def plugins() -> list[Plugin]:
-    """The plugins found so far (loading the built-ins and the plugins first)."""
-    _load_builtins()
-    return load_plugins()
-
-
-def register_strategy_settings(name: str, settings_cls: type) -> None:
-    """Make `strategy.name: <name>` valid, checked against `settings_cls`."""
-    _STRATEGY_SETTINGS[name] = settings_cls
-
-
-def register_recipe(name: str, info: RecipeInfo | None = None) -> None:
-    """Make `recipe: <name>` valid; `info` tells export how to present it."""
-    _RECIPES[name] = info or RecipeInfo(name)
-
-
-def register_check(check: Callable[[Any, str], None]) -> None:
-    """Add a `check(cfg, source)` that `check_config` runs (raise `ConfigError` on a problem)."""
-    if check not in _CHECKS:
-        _CHECKS.append(check)
-
-
-def available_recipes() -> list[str]:
-    """Every registered recipe name, in registration order (the one list of recipes)."""
-    _load_builtins()
-    return list(_RECIPES)
-
-
-def recipe_info(name: str) -> RecipeInfo:
-    """The registered facts of recipe `name`; `ConfigError` with a did-you-mean if unknown."""
-    _load_builtins()
-    if name not in _RECIPES:
-        known = list(_RECIPES)
-        raise ConfigError(f"Unknown recipe '{name}'.{_did_you_mean(name, known)} Available: {', '.join(known)}.")
-    return _RECIPES[name]
+    """The plugins found (loading the built-ins and the plugins first)."""
+    _load()
+    return list(_PLUGINS)
 
 
 def _did_you_mean(value: str, choices: list[str]) -> str:
@@ -163,12 +213,60 @@ def _did_you_mean(value: str, choices: list[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def strategy_settings_class(name: str) -> type:
-    """The settings dataclass registered for strategy `name`; `ConfigError` with a did-you-mean."""
-    _load_builtins()
-    if name not in _STRATEGY_SETTINGS:
-        known = sorted(_STRATEGY_SETTINGS)
+def available_recipes() -> list[str]:
+    """Every registered recipe name, in registration order (the one list of recipes)."""
+    _load()
+    return list(_RECIPES)
+
+
+def _recipe(name: str) -> RecipeEntry:
+    _load()
+    if name not in _RECIPES:
+        known = list(_RECIPES)
+        raise ConfigError(f"Unknown recipe '{name}'.{_did_you_mean(name, known)} Available: {', '.join(known)}.")
+    return _RECIPES[name]
+
+
+def recipe_info(name: str) -> RecipeInfo:
+    """The registered facts of recipe `name`; `ConfigError` with a did-you-mean if unknown."""
+    return _recipe(name).info
+
+
+def task_class(name: str) -> type:
+    """The task class registered for recipe `name`; `ConfigError` with a did-you-mean if unknown."""
+    return _recipe(name).task_cls
+
+
+def available_strategies() -> list[str]:
+    """Every registered strategy name, sorted."""
+    _load()
+    return sorted(_STRATEGIES)
+
+
+def _strategy(name: str) -> StrategyEntry:
+    _load()
+    if name not in _STRATEGIES:
+        known = sorted(_STRATEGIES)
         raise ConfigError(
             f"Unknown strategy.name '{name}'.{_did_you_mean(name, known)} Available: {', '.join(known)}."
         )
-    return _STRATEGY_SETTINGS[name]
+    return _STRATEGIES[name]
+
+
+def strategy_settings_class(name: str) -> type:
+    """The settings dataclass registered for strategy `name`; `ConfigError` with a did-you-mean."""
+    return _strategy(name).settings_cls
+
+
+def strategy_class(name: str) -> type:
+    """The class registered as strategy `name`; `ConfigError` with a did-you-mean if unknown."""
+    return _strategy(name).strategy_cls
+
+
+def recipe_modality(name: str, default: str = "") -> str:
+    """What recipe `name` takes in (`text`, `image`, `audio`), or `default` when it does not say
+    (a plugin's recipe without `modality`, or a recipe not installed here)."""
+    try:
+        return recipe_info(name).modality or default
+    except ConfigError:
+        return default

@@ -3,8 +3,10 @@
 One place names the files (docs/architecture.md, "Run folder"), so a new reader of run folders
 never guesses a key with `.get(..., default)`: the config comes back as the validated
 `TrainConfig`, the metrics as `RunMetrics`, the feature classifier's description as
-`FeatureClassifierSpec`. Strategies that save something the plain transformers model lacks
-register a model loader here (`register_model_loader`), so loading a run never imports a strategy.
+`FeatureClassifierSpec`. It is also the one writer of the run's own records (`config.yaml`,
+`metrics.json`, `history.json`, the confusion matrices) and the one place that says what a
+finished run is (`RunFolder.open`) and what `--overwrite` removes (`RUN_ARTIFACTS`). The model
+itself is written by the strategy that trained it and loaded by `hf_transfer.run`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -36,6 +38,23 @@ PICKLED_CLASSIFIER_FILES = ("classifier.joblib", "model_head.pkl")
 BASELINE_FILE = "baseline_metrics.json"
 #: Images the run writes that a model card shows.
 IMAGES = ("training_curves.png", "confusion_matrix.png", "test_confusion_matrix.png")
+#: The model's weights, any one of which means the model was saved.
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+#: A static-embedding run's description (`strategies.static`): its model is not a transformers one.
+STATIC_INFO_FILE = "static.json"
+#: An ONNX export's description and graph (`export.onnx`).
+ONNX_SPEC_FILE = "onnx_export.json"
+ONNX_FILE = "model.onnx"
+
+# Files and folders a finished (or interrupted) run leaves in its output_dir. `--overwrite` removes
+# exactly these (never anything else the folder may hold), once the new run has been validated.
+RUN_ARTIFACTS = (
+    METRICS_FILE, HISTORY_FILE, "training_curves.png", "confusion_matrix.json", "confusion_matrix.png",
+    "test_confusion_matrix.json", "test_confusion_matrix.png", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "pytorch_model.bin", "classifier.joblib", FEATURE_CLASSIFIER_FILE,
+    FEATURE_CLASSIFIER_SETTINGS_FILE, CHECKPOINTS_DIR, ADAPTER_DIR, "logs",
+)
 
 
 @dataclass(frozen=True)
@@ -130,21 +149,97 @@ class RunFolder:
             self.__dict__["config"] = config
 
     @classmethod
-    def open(cls, path: str | Path, *, finished: bool = True,
-             error: type[HFTransferError] = HFTransferError) -> "RunFolder":
-        """The run folder at `path`; with `finished`, it must hold `metrics.json` too."""
-        run = cls(path, error=error)
+    def open(cls, path: str | Path, *, finished: bool = True, needs_metrics: bool = False,
+             error: type[HFTransferError] = HFTransferError, allow_pickle: bool = False) -> "RunFolder":
+        """The run folder at `path`.
+
+        Args:
+            finished: It must hold a trained model (`has_model`): else the error says whether
+                checkpoints of an interrupted run are there and how to finish it.
+            needs_metrics: It must hold `metrics.json` too (model cards, push): an ONNX export or
+                a run whose metrics were never written has none.
+        """
+        run = cls(path, error=error, allow_pickle=allow_pickle)
         if not run.config_path.is_file():
             raise error(
                 f"'{path}' is not a run folder (no {CONFIG_FILE}). Give the output_dir of a finished "
                 "`hf-transfer train`."
             )
-        if finished and not run.metrics_path.is_file():
+        if finished and not run.has_model:
+            ckpts = run.checkpoints()
+            state = (f"It holds checkpoints ({', '.join(p.name for p in ckpts)}) of a run that was interrupted: "
+                     f"finish it with `hf-transfer train {run.config_path} "
+                     "training.resume_from_checkpoint=latest`." if ckpts else
+                     "No checkpoint was saved either: train it again.")
+            raise error(f"'{path}' has no trained model yet (training did not finish). {state}")
+        if needs_metrics and not run.metrics_path.is_file():
             raise error(
                 f"'{path}' has no {METRICS_FILE}: training did not finish. Resume it with "
                 "training.resume_from_checkpoint=latest."
             )
         return run
+
+    @property
+    def is_onnx_export(self) -> bool:
+        """An ONNX export (`hf-transfer export --format onnx`): its graph is the model."""
+        return (self.path / ONNX_SPEC_FILE).is_file() and (self.path / ONNX_FILE).is_file()
+
+    @property
+    def is_static(self) -> bool:
+        """A static-embedding run (`strategy.name: static`): an embedding table and a linear head."""
+        return (self.path / STATIC_INFO_FILE).is_file()
+
+    @property
+    def has_model(self) -> bool:
+        """A trained model is saved: transformers weights and config, an ONNX graph or a static table."""
+        if self.is_onnx_export or self.is_static:
+            return True
+        return (self.path / "config.json").is_file() and any((self.path / w).is_file() for w in MODEL_WEIGHTS)
+
+    def checkpoints(self) -> list[Path]:
+        """The saved checkpoints (`checkpoints/step_*`), oldest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints_dir.iterdir() if p.name.startswith("step_"))
+
+    def check_writable(self, overwrite: bool, resuming: bool) -> None:
+        """Refuse to train into a folder that holds a run, unless overwriting or resuming it.
+
+        A finished run (its `metrics.json`) would otherwise be replaced file by file; an interrupted
+        one's checkpoints would mix with the new run's (and `resume_from_checkpoint=latest` would pick
+        the wrong one).
+
+        Raises:
+            ConfigError: The folder holds a run and neither `overwrite` nor resuming was asked for.
+        """
+        if overwrite or resuming or not self.path.is_dir():
+            return
+        if self.metrics_path.is_file():
+            raise ConfigError(
+                f"output_dir '{self.path}' holds a finished run ({METRICS_FILE}). Choose another output_dir, or "
+                "replace that run with --overwrite (overwrite_output_dir=true in the config; "
+                "train(cfg, overwrite=True) from Python)."
+            )
+        if self.checkpoints():
+            raise ConfigError(
+                f"output_dir '{self.path}' holds the checkpoints of an interrupted run. Continue it with "
+                "training.resume_from_checkpoint=latest, start afresh with --overwrite "
+                "(overwrite_output_dir=true), or choose another output_dir."
+            )
+
+    def clear_previous_run(self) -> list[str]:
+        """Remove a previous run's artifacts (`RUN_ARTIFACTS`); return what was removed."""
+        import shutil
+
+        removed = []
+        for pattern in RUN_ARTIFACTS:
+            for p in sorted(self.path.glob(pattern)):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p.name)
+        return removed
 
     # Paths ------------------------------------------------------------------------------------
     def images(self) -> tuple[str, ...]:
@@ -180,7 +275,18 @@ class RunFolder:
 
     @property
     def labels(self) -> list[str]:
-        return self.metrics.labels
+        """Label names in id order: what the run trained on (`metrics.json`), else the saved
+        model's `id2label`; empty when neither says."""
+        try:
+            if self.metrics.labels:
+                return self.metrics.labels
+        except HFTransferError:
+            pass
+        try:
+            id2label = json.loads((self.path / "config.json").read_text()).get("id2label") or {}
+            return [str(id2label[str(i)]) for i in range(len(id2label))]
+        except (OSError, ValueError, KeyError):
+            return []
 
     @property
     def strategy_name(self) -> str:
@@ -241,27 +347,47 @@ class RunFolder:
         return json.loads(path.read_text()).get("model_type") if path.is_file() else None
 
     # Writing ----------------------------------------------------------------------------------
+    def write_config(self, cfg: TrainConfig) -> None:
+        """Write `config.yaml` atomically, local data paths made absolute, so that `evaluate` and
+        `export` read the same files from any working folder."""
+        import copy
+
+        from hf_transfer.config import save_config
+
+        saved = copy.deepcopy(cfg)
+        for role in ("train", "eval", "test", "target"):
+            source = getattr(saved.data, role, None)
+            if isinstance(source, DataSource) and source.name and not source.name.startswith("pkg://"):
+                path = Path(source.name).expanduser()
+                if not path.is_absolute() and path.exists():
+                    source.name = str(path.resolve())
+        save_config(saved, self.config_path)
+        self.__dict__.pop("config", None)
+
     def write_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Write the JSON-serialisable part of `metrics` to `metrics.json`; return what was written."""
+        """Write `metrics.json` (its JSON-serialisable part) and the confusion matrices it carries
+        (`eval_confusion_matrix` / `test_confusion_matrix`, as json + png beside it, taken out of
+        the dict); return what was written."""
+        from hf_transfer.metrics.classification import save_confusion_matrix
+
+        labels = metrics.get("labels")
+        for prefix in ("eval", "test"):
+            cm = metrics.pop(f"{prefix}_confusion_matrix", None)
+            if cm is not None and labels:
+                save_confusion_matrix(cm, labels, self.path,
+                                      stem="confusion_matrix" if prefix == "eval" else "test_confusion_matrix")
         clean = {k: v for k, v in metrics.items()
                  if isinstance(v, (int, float, str, bool, list, dict)) or v is None}
-        self.metrics_path.write_text(json.dumps(clean, indent=2, default=str))
+        # Written aside and renamed: a killed process never leaves half a file that reads as finished.
+        tmp = self.metrics_path.with_name(METRICS_FILE + ".tmp")
+        tmp.write_text(json.dumps(clean, indent=2, default=str))
+        tmp.replace(self.metrics_path)
         self.__dict__.pop("metrics", None)
         return clean
 
+    def write_history(self, history: list[dict]) -> None:
+        """`history.json` (the logged training and evaluation records) and `training_curves.png`."""
+        from hf_transfer.metrics.plots import plot_training_curves
 
-_MODEL_LOADERS: list[Callable[[RunFolder, Any], Any]] = []
-
-
-def register_model_loader(loader: Callable[[RunFolder, Any], Any]) -> None:
-    """Add `loader(run, model) -> model`, applied to every model `RunFolder.load_model` loads."""
-    if loader not in _MODEL_LOADERS:
-        _MODEL_LOADERS.append(loader)
-
-
-def apply_model_loaders(run: RunFolder, model):
-    """`model` (loaded from the run folder) after every registered loader: a strategy that keeps
-    its classifier beside the model wraps it, so evaluate and predict need not know strategies."""
-    for loader in _MODEL_LOADERS:
-        model = loader(run, model)
-    return model
+        plot_training_curves(history, self.path / "training_curves.png")
+        self.history_path.write_text(json.dumps(history, indent=1))

@@ -114,7 +114,7 @@ def test_report_files_and_json_contract(report):
 
 def test_features_shared_with_the_cache_train_uses(report, tiny_bert_dir, planted, audit_tmp):
     """One forward pass: `feature_extraction`, `rank` and `shift` read what the audit cached."""
-    from hf_transfer.models.features import features_for_config
+    from hf_transfer.tasks.features import features_for_config
 
     feats = features_for_config(_cfg(tiny_bert_dir, planted, audit_tmp), roles=("train", "eval"))
     assert feats["train"].cache_hit and feats["eval"].cache_hit

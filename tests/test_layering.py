@@ -22,8 +22,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("hf_transfer", "hf_transfer.__main__", "hf_transfer.cli", "hf_transfer.demo",
                       "hf_transfer.export.cli", "hf_transfer.selection.cli", "hf_transfer.study.cli",
                       "hf_transfer.data_audit.cli")),
-    # A study trains and compares whole runs, so it sits on top of `run`.
-    ("run", ("hf_transfer.run", "hf_transfer.study")),
+    # A study trains and compares whole runs, so it sits on top of `run`; `steps` are the steps of
+    # one run, `stages` runs them once per stage.
+    ("run", ("hf_transfer.run", "hf_transfer.steps", "hf_transfer.stages", "hf_transfer.study")),
     ("operations", ("hf_transfer.tasks", "hf_transfer.strategies", "hf_transfer.engine",
                     "hf_transfer.export", "hf_transfer.importers", "hf_transfer.assets",
                     "hf_transfer.selection", "hf_transfer.domain", "hf_transfer.data_audit")),
@@ -31,13 +32,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                    "hf_transfer.run_folder")),
     ("foundation", ("hf_transfer.config", "hf_transfer.errors", "hf_transfer.paths",
                     "hf_transfer.utils", "hf_transfer.files", "hf_transfer.quiet",
-                    "hf_transfer.registry", "hf_transfer.config_parsing")),
+                    "hf_transfer.registry", "hf_transfer.config_parsing", "hf_transfer.config_checks")),
 ]
 
 # Same-layer imports that are still wrong: the left side must not know about the right side.
 FORBIDDEN = [
     ("hf_transfer.tasks", "hf_transfer.importers"),     # architecture fixes live in models/families
-    ("hf_transfer.strategies", "hf_transfer.engine"),   # strategies get what they need passed in
+    ("hf_transfer.engine", "hf_transfer.strategies"),   # strategies train with the engine, never the reverse
     ("hf_transfer.strategies", "hf_transfer.export"),
     ("hf_transfer.engine", "hf_transfer.export"),
     ("hf_transfer.export", "hf_transfer.engine"),

@@ -48,14 +48,15 @@ def text_run(tiny_bert_dir, toy_text_data, tmp_path_factory) -> Path:
 def _pytorch_logits(run_dir, inputs):
     """The run's logits as `hf-transfer evaluate` computes them (feature classifier included)."""
     from hf_transfer.config import load_config
-    from hf_transfer.run import _load_run_model
+    from hf_transfer.run import load_run_model
+    from hf_transfer.run_folder import RunFolder
     from hf_transfer.tasks import get_task
 
     cfg = load_config(Path(run_dir) / "config.yaml")
     cfg.model.name_or_path = str(run_dir)
     task = get_task(cfg)
     task.load_processor()
-    model = _load_run_model(Path(run_dir), task)
+    model = load_run_model(RunFolder(run_dir), task)
     with torch.no_grad():
         return model(**task.predict_inputs(inputs)).logits.float().numpy(), task
 

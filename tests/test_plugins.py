@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_SRC = REPO / "examples" / "hf_transfer_example_plugin" / "src"
 
@@ -64,7 +66,42 @@ def test_a_function_entry_point_is_called(tmp_path):
     site = _site(tmp_path, "[hf_transfer.recipes]\nmine = my_recipes:register\n")
     (site / "my_recipes.py").write_text(
         "def register():\n"
-        "    from hf_transfer.registry import RecipeInfo, register_recipe\n"
-        "    register_recipe('my_recipe', RecipeInfo('my_recipe', pipeline_tag='text-classification'))\n")
+        "    from hf_transfer.registry import register_task\n"
+        "    from hf_transfer.tasks.text_classification import TextClassificationTask\n"
+        "    register_task('my_recipe', 'text-classification', modality='text')(type('MyTask', (TextClassificationTask,), {}))\n")
     out = _hf_transfer(site, "ls", cwd=tmp_path)
     assert out.returncode == 0 and any(l.split()[:1] == ["my_recipe"] for l in out.stdout.splitlines()), out.stdout
+
+
+def test_a_plugin_that_takes_a_built_in_name_is_refused_and_named(tmp_path):
+    site = _site(tmp_path, "[hf_transfer.strategies]\nthief = thief_strategy\n")
+    (site / "thief_strategy.py").write_text(
+        "from hf_transfer.strategies import Strategy, StrategyConfig, register_strategy\n"
+        "@register_strategy('full', StrategyConfig)\n"
+        "class Thief(Strategy):\n"
+        "    pass\n")
+    out = _hf_transfer(site, "ls", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "! plugin thief (hf_transfer.strategies, package demo-plugin) failed to load: ConfigError: " \
+           "Strategy 'full' is registered twice" in out.stdout
+    # The built-in keeps its name.
+    full = [l for l in out.stdout.splitlines() if l.split()[:1] == ["full"]]
+    assert full and "plugin" not in full[0]
+
+
+def test_registering_a_name_twice_is_refused_in_process():
+    from hf_transfer.errors import ConfigError
+    from hf_transfer.registry import register_strategy, register_task, strategy_class, task_class
+    from hf_transfer.strategies import Strategy, StrategyConfig
+
+    full = strategy_class("full")
+    with pytest.raises(ConfigError, match="Strategy 'full' is registered twice"):
+        register_strategy("full", StrategyConfig)(type("Other", (Strategy,), {}))
+    assert strategy_class("full") is full
+    register_strategy("full", full.config_cls)(full)  # the same registration again is not a duplicate
+    with pytest.raises(ConfigError, match="registered twice"):
+        register_strategy("full", type("OtherSettings", (StrategyConfig,), {}))(full)  # other settings: refused
+    text = task_class("text_classification")
+    with pytest.raises(ConfigError, match="Recipe 'text_classification' is registered twice"):
+        register_task("text_classification", "text-classification")(type("Other", (text,), {}))
+    assert task_class("text_classification") is text

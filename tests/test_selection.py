@@ -244,7 +244,7 @@ def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, t
     r, p = grouped.results[0], plain.results[0]
     assert r.scores["logme"] == pytest.approx(p.scores["logme"])  # not a held-out estimate: no groups
     # The same features, scored leave-one-author-out:
-    from hf_transfer.models.features import features_for_config
+    from hf_transfer.tasks.features import features_for_config
 
     feats = features_for_config(cfg, ("train",), columns=("author",))["train"]
     assert feats.columns["author"] == list(frame["author"])  # row for row
@@ -313,7 +313,7 @@ def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_d
 def test_candidate_of_another_modality_is_refused_before_any_forward_pass(tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
     from transformers import ViTConfig
 
-    import hf_transfer.models.features as features
+    import hf_transfer.tasks.features as features
     from hf_transfer.selection.rank import rank_candidates
 
     vit = tmp_path / "tiny-vit"

@@ -550,7 +550,7 @@ ASR_STRATEGIES = [s for s in ("full", "partial", "lora", "scratch") if s in avai
 
 @pytest.mark.parametrize("strategy", ASR_STRATEGIES)
 def test_asr_strategies_train_and_transcribe(strategy, tiny_whisper, tones, tmp_path):
-    from hf_transfer.run import _load_run_model, evaluate, load_run_config
+    from hf_transfer.run import evaluate, load_run_model, open_finished_run
 
     extra = ["strategy.trainable_layers=2"] if strategy == "partial" else []
     metrics = _train(tiny_whisper, tones, tmp_path / "run", "speech_recognition", f"strategy.name={strategy}", *extra)
@@ -558,11 +558,12 @@ def test_asr_strategies_train_and_transcribe(strategy, tiny_whisper, tones, tmp_
     if strategy == "partial":  # the frozen-encoder recipe: decoder blocks train, encoder and embeddings do not
         assert metrics["trainable_groups"] == ["decoder.layers.0", "decoder.layers.1", "decoder.layer_norm"]
     assert evaluate(tmp_path / "run", split="eval")["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-4)
-    cfg = load_run_config(tmp_path / "run")
+    run = open_finished_run(tmp_path / "run")
+    cfg = run.config
     cfg.model.name_or_path = str(tmp_path / "run")
     task = get_task(cfg)
     task.load_processor()
-    model = _load_run_model(tmp_path / "run", task)
+    model = load_run_model(run, task)
     rows = task.predict(model, [str(tones["root"] / "clips" / "test_low_0.wav")])
     assert rows[0]["input"].endswith("test_low_0.wav") and isinstance(rows[0]["text"], str)
 

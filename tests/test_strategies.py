@@ -417,7 +417,7 @@ def related_bert_dir(tmp_path_factory):
 
 
 def auto_prepare(model_dir, train_csv, tmp_path, *extra):
-    from hf_transfer.run import RunContext
+    from hf_transfer.strategies import RunContext
     from hf_transfer.tasks import get_task
 
     cfg = load_config(None, [f"model.name_or_path={model_dir}", f"data.train={train_csv}",

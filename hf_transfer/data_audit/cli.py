@@ -7,7 +7,7 @@ def cmd_audit(args) -> int:
     from hf_transfer.data_audit.core import audit
     from hf_transfer.cli import resolve_config_path
     from hf_transfer.config import load_config
-    from hf_transfer.run import setup_logging
+    from hf_transfer.utils import setup_logging
 
     setup_logging()
     cfg = load_config(resolve_config_path(args.config), args.overrides)

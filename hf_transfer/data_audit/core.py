@@ -125,7 +125,8 @@ def _load(cfg, use_cache: bool):
     subsampling (`ClassificationTask.source_rows`). The two agree row for row: the same seeded
     operations run on the same rows.
     """
-    from hf_transfer.models.features import MODALITY, FeatureExtractor, extract, spec_from_settings
+    from hf_transfer.models.features import FeatureExtractor, extract, spec_from_settings
+    from hf_transfer.registry import recipe_modality
     from hf_transfer.tasks.base import SOURCE_ROW, get_task
 
     from hf_transfer.tasks.targets import TargetTask
@@ -153,7 +154,7 @@ def _load(cfg, use_cache: bool):
         rows[role] = [int(r) for r in ds_rows[SOURCE_ROW]]
     model = task.build_model()
     strategy = getattr(cfg, "strategy", None)
-    extractor = FeatureExtractor(model, modality=MODALITY.get(cfg.recipe, "text"),
+    extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe, "text"),
                                  spec=spec_from_settings(strategy), name_or_path=cfg.model.name_or_path)
     bs = cfg.training.eval_batch_size or cfg.training.batch_size
     feats = {}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -49,8 +48,8 @@ def check_adabn_model(model: nn.Module) -> int:
 class AdaBNHook(EngineHook):
     """After training: batch-norm running statistics recomputed over `target_dataset`."""
 
-    def __init__(self, cfg, task, target_dataset, collate_fn):
-        self.cfg, self.task = cfg, task
+    def __init__(self, task, target_dataset, collate_fn):
+        self.task = task
         self.target_dataset = target_dataset
         self.collate_fn = collate_fn
 

@@ -24,7 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hf_transfer.data.text import EpochSampler
-from hf_transfer.domain.target import RECIPE_MODALITY
 from hf_transfer.engine.trainer import EngineHook
 from hf_transfer.models.features import HeadInputCapture, locate_head_input
 
@@ -115,7 +114,8 @@ class DANNHook(EngineHook):
     """Adversarial domain adaptation inside the shared engine (see the module docstring).
 
     Args:
-        cfg: The run's config (`adaptation.*`).
+        adaptation: The run's `adaptation` settings.
+        modality: What the recipe takes in (`text`, `image`, `audio`).
         task: The classification task.
         model: The model, as the strategy left it (PEFT wrapper included).
         target_dataset: Preprocessed target examples (their labels are ignored).
@@ -123,9 +123,9 @@ class DANNHook(EngineHook):
         probe_batch: One collated source batch, to read the feature width.
     """
 
-    def __init__(self, cfg, task, model, target_dataset, collate_fn, probe_batch):
-        self.cfg, self.a, self.task = cfg, cfg.adaptation, task
-        spec = locate_head_input(model, text=RECIPE_MODALITY.get(cfg.recipe) == "text")
+    def __init__(self, adaptation, modality: str, task, model, target_dataset, collate_fn, probe_batch):
+        self.a, self.task = adaptation, task
+        spec = locate_head_input(model, text=modality == "text")
         self.capture = HeadInputCapture(model, spec, detach=False).__enter__()  # removed in on_train_end
         was_training = model.training
         model.eval()

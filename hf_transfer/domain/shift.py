@@ -233,7 +233,8 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
     Returns:
         The report (also in `shift.json`), with `verdict` and `files`.
     """
-    from hf_transfer.domain.target import RECIPE_MODALITY, load_target
+    from hf_transfer.domain.target import load_target
+    from hf_transfer.registry import recipe_modality
     from hf_transfer.models.features import FeatureExtractor, extract, spec_from_settings
     from hf_transfer.tasks import get_task
 
@@ -261,7 +262,7 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
                 f"{side} rows (the domain classifier is cross-validated on both sets, and its interval "
                 f"narrows only with more rows). Give more {side} data in {key}.")
     model = task.build_model()
-    extractor = FeatureExtractor(model, modality=RECIPE_MODALITY.get(cfg.recipe, "text"),
+    extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe, "text"),
                                  spec=spec_from_settings(cfg.strategy), name_or_path=cfg.model.name_or_path)
     bs = cfg.training.eval_batch_size or cfg.training.batch_size
     fs = extract(extractor, task, source, batch_size=bs)

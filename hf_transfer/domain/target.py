@@ -17,20 +17,10 @@ from hf_transfer.data import labels as labels_mod
 from hf_transfer.data.sources import load_split
 from hf_transfer.errors import DataError
 from hf_transfer.paths import resolve
+from hf_transfer.registry import recipe_modality
 
 logger = logging.getLogger(__name__)
 
-RECIPE_MODALITY = {
-    "text_classification": "text",
-    "masked_lm": "text",
-    "image_classification": "image",
-    "audio_classification": "audio",
-    "speech_recognition": "audio",
-    "text_multilabel": "text",
-    "image_multilabel": "image",
-    "text_regression": "text",
-    "image_regression": "image",
-}
 _WHAT = {"text": "text", "image": "images", "audio": "audio"}
 
 
@@ -98,7 +88,7 @@ def load_target(cfg, task, *, keep_labels: bool = False,
     ds = _flat_image_folder(path) if path.is_dir() else None
     if ds is None:
         ds = load_split(source, "target")
-    want = RECIPE_MODALITY.get(cfg.recipe, "text")
+    want = recipe_modality(cfg.recipe, "text")
     found, media_col = data_modality(ds)
     if found != want:
         where = f" (column '{media_col}')" if media_col else ""

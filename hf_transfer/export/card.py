@@ -221,7 +221,7 @@ def load_baseline(baseline: str | Path | dict | None, run: RunFolder) -> dict | 
         return baseline
     path = Path(baseline) if baseline else run.baseline_path
     if path.is_dir():
-        other = RunFolder.open(path, error=ExportError)
+        other = RunFolder.open(path, finished=False, needs_metrics=True, error=ExportError)
         return {**other.metrics.raw, "strategy": other.strategy_name}
     if path.is_file():
         try:
@@ -352,7 +352,7 @@ def build_card(
     Returns:
         The rendered `huggingface_hub.ModelCard`. Check it with `validate_card`.
     """
-    run = RunFolder.open(run_dir, error=ExportError)
+    run = RunFolder.open(run_dir, needs_metrics=True, error=ExportError)
     fam = recipe_of(run)
     base_line = load_baseline(baseline, run)
     base_meta = _base_card_metadata(run.base_name, run.base_revision)

@@ -186,10 +186,10 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
     """Inputs built by the exported folder's own processor (which proves that it loads)."""
     import numpy as np
 
-    from hf_transfer.models.features import MODALITY
+    from hf_transfer.registry import recipe_modality
 
     recipe = run.recipe
-    modality = MODALITY.get(recipe, "audio")
+    modality = recipe_modality(recipe, "audio")
     rng = np.random.default_rng(0)
     try:
         if modality == "text":
@@ -255,7 +255,7 @@ def verify_export(run_dir: str | Path, export_dir: str | Path, atol: float = DEF
         ExportError: The folder does not load, its label names differ from the run's, or its
             logits differ beyond tolerance.
     """
-    run = RunFolder.open(run_dir, error=ExportError)
+    run = RunFolder.open(run_dir, needs_metrics=True, error=ExportError)
     folder = Path(export_dir)
     reference = load_run_model(run)
     inputs = _probe_inputs(run, folder, reference.config)
@@ -405,7 +405,7 @@ def export_run(
         ExportError: Not a finished run, `out_dir` is not replaceable, or the export does not
             reload to the run's model.
     """
-    run = RunFolder.open(run_dir, error=ExportError)
+    run = RunFolder.open(run_dir, needs_metrics=True, error=ExportError)
     out = Path(out_dir)
     beside = feature_layout(run)  # a classifier kept beside the model (models.feature_run)
     if beside and not (run.path / FEATURE_CLASSIFIER_FILE).is_file():

@@ -45,6 +45,8 @@ import torch
 from torch import nn
 
 from hf_transfer.errors import ExportError, ModelError
+from hf_transfer.run_folder import ONNX_FILE
+from hf_transfer.run_folder import ONNX_SPEC_FILE as SPEC_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +62,7 @@ __all__ = [
     "require_onnx",
 ]
 
-ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
-SPEC_FILE = "onnx_export.json"
 #: fp32 graph against PyTorch, largest absolute logit difference allowed.
 FP32_ATOL = 1e-4
 #: int8 graph against PyTorch: share of eval examples with the same predicted label.

@@ -238,7 +238,7 @@ def push_run(
         validate_repo_id(repo_id)
     except HFValidationError as e:
         raise ExportError(f"--repo-id '{repo_id}' is not a Hub repository id (user/name): {e}") from None
-    run = RunFolder.open(run_dir, error=ExportError)
+    run = RunFolder.open(run_dir, needs_metrics=True, error=ExportError)
     out = Path(export_dir) if export_dir is not None else run.path / "export"
     retry = _retry_command(run_dir, repo_id, private, revision, merge_adapter, baseline, license, language,
                            export_dir)
@@ -265,7 +265,7 @@ def push_run(
                language=language, repo_id=repo_id)
     problems = validate_card(out / "README.md")
     if problems:
-        raise ExportError("The exported model card is invalid: " + "; ".join(problems) + f". Nothing was uploaded.")
+        raise ExportError("The exported model card is invalid: " + "; ".join(problems) + ". Nothing was uploaded.")
     keep = f"The export is kept at '{out}'. Retry with:\n  {retry}"
     # 3. The token: present, and in no file that would be uploaded.
     token = token or get_token()

@@ -50,10 +50,6 @@ _MODALITY_TABLES = {
     "audio": ("MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_CTC_MAPPING_NAMES",
               "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
 }
-#: Recipe -> the modality of checkpoint it trains.
-RECIPE_CHECKPOINT_MODALITY = {"text_classification": "text", "masked_lm": "text",
-                              "image_classification": "image", "audio_classification": "audio",
-                              "speech_recognition": "audio"}
 #: Modality -> the recipe that fits a checkpoint of it, and a shipped config that uses it.
 _FITTING_RECIPE = {"text": ("text_classification", "bert/sst2_full"),
                    "image": ("image_classification", "vit/beans_full"),
@@ -77,7 +73,9 @@ def check_checkpoint_fits_recipe(config, recipe: str, name_or_path: str) -> None
     Raises:
         ModelError: The checkpoint is known to be of another modality only.
     """
-    want = RECIPE_CHECKPOINT_MODALITY.get(recipe)
+    from hf_transfer.registry import recipe_modality
+
+    want = recipe_modality(recipe) or None
     found = checkpoint_modalities(config)
     if want is None or not found or want in found:
         return

@@ -21,18 +21,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_transfer.errors import HFTransferError, ModelError
+from hf_transfer.errors import HFTransferError
 
 logger = logging.getLogger(__name__)
 
 RANDOM_PREFIX = "random:"
 
-#: Recipe -> the modality of checkpoint it needs.
-RECIPE_MODALITY = {"text_classification": "text", "image_classification": "image",
-                   "audio_classification": "audio", "speech_recognition": "audio",
-                   "text_multilabel": "text", "image_multilabel": "image",
-                   "text_regression": "text", "image_regression": "image",
-                   "token_classification": "text"}
 #: Modality -> transformers' table of model types that have a classification head for it.
 _MAPPINGS = {"text": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
              "image": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
@@ -203,8 +197,10 @@ def inspect_candidate(name: str, recipe: str) -> CandidateInfo:
     """
     from hf_transfer.models.heads import load_config_checked
 
-    modality = RECIPE_MODALITY.get(recipe)
-    if modality is None:
+    from hf_transfer.registry import recipe_modality
+
+    modality = recipe_modality(recipe) or None
+    if modality is None or recipe == "masked_lm":  # unlabelled text: nothing to rank on
         raise HFTransferError(f"recipe '{recipe}' cannot be ranked.")
     try:
         path = resolve_candidate(name)
@@ -223,5 +219,5 @@ def inspect_candidate(name: str, recipe: str) -> CandidateInfo:
                          licence_warning=licence_warning(licence))
 
 
-__all__ = ["CandidateError", "CandidateInfo", "RANDOM_PREFIX", "RECIPE_MODALITY", "inspect_candidate",
+__all__ = ["CandidateError", "CandidateInfo", "RANDOM_PREFIX", "inspect_candidate",
            "licence_warning", "materialise_random", "modalities_of", "read_licence", "resolve_candidate"]

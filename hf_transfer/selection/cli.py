@@ -19,7 +19,7 @@ def _load(args):
 
 
 def cmd_rank(args) -> int:
-    from hf_transfer.run import setup_logging
+    from hf_transfer.utils import setup_logging
     from hf_transfer.selection.rank import rank_candidates, write_report
 
     setup_logging()
@@ -37,7 +37,7 @@ def cmd_rank(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from hf_transfer.run import setup_logging
+    from hf_transfer.utils import setup_logging
     from hf_transfer.selection.plan import make_plan, write_plan
     from hf_transfer.selection.rank import write_report
 

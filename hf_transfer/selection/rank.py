@@ -2,7 +2,7 @@
 forward pass each, and say which to fine-tune.
 
 For each candidate: its features of (a seeded sample of at most `max_examples`) training
-examples come from the shared frozen-features code (`models.features.features_for_config`,
+examples come from the shared frozen-features code (`tasks.features.features_for_config`,
 cached on disk like feature extraction), and every metric of `selection.metrics` scores them.
 Stability: the scores again on `repeats` random subsamples (80% of the examples each); the
 interval is the range over subsamples, "top-1 kept" the share of subsamples whose best candidate
@@ -202,7 +202,8 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
         HFTransferError: a candidate of another modality, an unknown metric, or a recipe without
             class labels.
     """
-    from hf_transfer.models.features import FeatureSpec, features_for_config
+    from hf_transfer.models.features import FeatureSpec
+    from hf_transfer.tasks.features import features_for_config
 
     metrics = list(metrics)
     unknown = [m for m in metrics if m not in METRICS]
@@ -212,11 +213,12 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
         raise HFTransferError("rank scores class labels; recipe speech_recognition has transcripts. Rank with an "
                               "audio_classification config over the same audio.")
     from hf_transfer.selection.metrics import TARGET_METRICS
-    from hf_transfer.tasks.targets import TARGET_RECIPES
+    from hf_transfer.registry import recipe_info
 
-    if cfg.recipe in TARGET_RECIPES and any(m not in TARGET_METRICS for m in metrics):
+    kind = {"label_set": "multilabel", "number": "regression"}.get(recipe_info(cfg.recipe).targets)
+    if kind and any(m not in TARGET_METRICS for m in metrics):
         if list(metrics) != list(DEFAULT_METRICS):
-            raise HFTransferError(f"Recipe {cfg.recipe} has {TARGET_RECIPES[cfg.recipe]} targets: rank it with "
+            raise HFTransferError(f"Recipe {cfg.recipe} has {kind} targets: rank it with "
                                   f"--metrics {','.join(TARGET_METRICS)} (the others score class labels).")
         metrics = list(TARGET_METRICS)  # the defaults, for label sets and numbers
     if default_metric is None:

@@ -59,7 +59,8 @@ import numpy as np
 from torch import nn
 
 from hf_transfer.errors import ConfigError, HFTransferError
-from hf_transfer.models.features import MODALITY, FeatureExtractor, extract, spec_from_settings
+from hf_transfer.models.features import FeatureExtractor, extract, spec_from_settings
+from hf_transfer.registry import recipe_modality
 from hf_transfer.strategies._groups import num_blocks
 from hf_transfer.strategies.base import (
     Strategy,
@@ -284,7 +285,7 @@ def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed:
         score, bacc = separability(X[keep].astype(np.float64), labels[keep], seed)
         return Measurement(score, bacc, n, len(np.unique(labels[keep])))
     recipe = getattr(cfg, "recipe", "text_classification")
-    extractor = FeatureExtractor(task.build_model(), modality=MODALITY.get(recipe, "text"),
+    extractor = FeatureExtractor(task.build_model(), modality=recipe_modality(recipe, "text"),
                                  spec=spec_from_settings(settings),
                                  name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None))
     feats = extract(extractor, task, sample, batch_size=batch_size)

@@ -8,69 +8,40 @@ that changes across epochs. Each strategy has its own typed settings dataclass, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
 
 from hf_transfer.config import StrategyConfig
-from hf_transfer.errors import ConfigError
-from hf_transfer.registry import register_strategy_settings
+from hf_transfer.registry import available_strategies, register_strategy, strategy_class
+from hf_transfer.registry import strategy_settings_class as strategy_config_class
 
-_REGISTRY: dict[str, tuple[type[StrategyConfig], type["Strategy"]]] = {}
-
-
-def register_strategy(name: str, config_cls: type[StrategyConfig]):
-    """Class decorator that makes a strategy selectable as `strategy.name: <name>`."""
-
-    def wrap(cls: type[Strategy]) -> type[Strategy]:
-        cls.name = name
-        cls.config_cls = config_cls
-        _REGISTRY[name] = (config_cls, cls)
-        register_strategy_settings(name, config_cls)  # so the config loader validates `strategy.*`
-        return cls
-
-    return wrap
+__all__ = ["RunContext", "Strategy", "available_strategies", "build_strategy", "register_strategy", "strategy_class",
+           "strategy_config_class"]
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every built-in strategy; the registry's loader adds the
-    # strategies of other installed packages (entry point group `hf_transfer.strategies`).
-    import hf_transfer.strategies  # noqa: F401
-    from hf_transfer.registry import _load_builtins
+@dataclass
+class RunContext:
+    """What a strategy may look at before and after the model is built.
 
-    _load_builtins()
+    Attributes:
+        cfg: The run's config.
+        task: The recipe's task (processor loaded).
+        splits: The loaded splits.
+        output_dir: The run folder.
+    """
 
-
-def available_strategies() -> list[str]:
-    """Names of every registered strategy."""
-    _ensure_loaded()
-    return sorted(_REGISTRY)
-
-
-def strategy_config_class(name: str) -> type[StrategyConfig]:
-    """The settings dataclass for strategy `name`; `ConfigError` with a did-you-mean if unknown."""
-    _ensure_loaded()
-    if name not in _REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(
-            f"Unknown strategy.name '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}."
-        )
-    return _REGISTRY[name][0]
-
-
-def strategy_class(name: str) -> type["Strategy"]:
-    """The strategy class registered as `name`; `ConfigError` with a did-you-mean if unknown."""
-    strategy_config_class(name)
-    return _REGISTRY[name][1]
+    cfg: Any
+    task: Any
+    splits: Any
+    output_dir: Path
 
 
 def build_strategy(config: StrategyConfig) -> "Strategy":
     """Instantiate the strategy that `config.name` names."""
-    strategy_config_class(config.name)
-    return _REGISTRY[config.name][1](config)
+    return strategy_class(config.name)(config)
 
 
 class Strategy:

@@ -155,7 +155,6 @@ def sample_pairs(labels: np.ndarray, num_pairs: int, seed: int = 0) -> np.ndarra
     members = {int(c): np.flatnonzero(labels == c) for c in classes}
     pos_classes = [c for c, m in members.items() if len(m) >= 2]
     n_pos = num_pairs // 2
-    n_neg = num_pairs - n_pos
     out = np.empty((num_pairs, 3), dtype=np.float64)
     # Positives, class-balanced.
     picks = rng.choice(len(pos_classes), size=n_pos) if pos_classes else np.empty(0, dtype=int)
@@ -335,7 +334,8 @@ class Contrastive(Strategy):
         """Pairs on the engine, then the classifier on the trained features; writes the run folder."""
         from hf_transfer.data.text import EpochSampler
         from hf_transfer.models.feature_run import fit_record, save_feature_run, setfit_compatible
-        from hf_transfer.models.features import MODALITY, FeatureExtractor, default_device, extract, spec_from_settings
+        from hf_transfer.models.features import FeatureExtractor, default_device, extract, spec_from_settings
+        from hf_transfer.registry import recipe_modality
         from hf_transfer.models.layer_groups import layer_groups
         from hf_transfer.models.probe import classifier_metrics, fit_classifier
         from hf_transfer.strategies.prefix_cache import (
@@ -347,7 +347,7 @@ class Contrastive(Strategy):
         labels = np.asarray(splits.train["labels"])
         n_pairs = pair_budget(c, len(labels))
         pairs = sample_pairs(labels, n_pairs, seed=cfg.training.seed)
-        extractor = FeatureExtractor(model, modality=MODALITY[cfg.recipe], spec=spec_from_settings(c),
+        extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe), spec=spec_from_settings(c),
                                      name_or_path=cfg.model.name_or_path)
 
         examples = task.preprocess(splits.train, train=True)
@@ -375,7 +375,9 @@ class Contrastive(Strategy):
         encoder = PairEncoder(model, extractor, plan)
         pair_ds = PairDataset(pairs)
         sampler = EpochSampler(len(pair_ds), cfg.training.seed, None, cfg.training.batch_size)
-        trainer = ctx.trainer_cls(cfg, PairTask(task), encoder, self, layer_groups(encoder), pair_ds, None,
+        from hf_transfer.engine.trainer import Trainer
+
+        trainer = Trainer(cfg, PairTask(task), encoder, self, layer_groups(encoder), pair_ds, None,
                           PairCollator(examples, collate), sampler, out)
         logger.info("contrastive: %d pairs (%d positive) over %d examples, %d optimizer steps.",
                     n_pairs, int(pairs[:, 2].sum()), len(labels), trainer.total_steps)

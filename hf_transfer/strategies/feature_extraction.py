@@ -50,7 +50,6 @@ from hf_transfer.models.feature_run import (  # noqa: F401  (re-exported: older 
     setfit_compatible,
 )
 from hf_transfer.models.features import (
-    MODALITY,
     FeatureExtractor,
     HeadInputCapture,
     default_device,
@@ -65,6 +64,7 @@ from hf_transfer.models.probe import (  # noqa: F401  (re-exported)
     fit_classifier,
     write_into_head,
 )
+from hf_transfer.registry import recipe_info, recipe_modality
 from hf_transfer.strategies.base import Strategy, StrategyConfig, register_strategy
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class FeatureExtraction(Strategy):
 
             check_token_settings(self.config)
             return
-        if ctx.cfg.recipe not in MODALITY or ctx.cfg.recipe == "speech_recognition":
+        if recipe_info(ctx.cfg.recipe).targets == "text":  # transcripts, masked tokens: no classes
             raise ConfigError(f"strategy feature_extraction needs a classification recipe, not {ctx.cfg.recipe}.")
         if getattr(getattr(ctx.cfg.data, "augmentation", None), "enabled", False):
             logger.info("Augmentation is off for feature_extraction: features are computed once, unaugmented.")
@@ -195,7 +195,7 @@ class FeatureExtraction(Strategy):
             metrics, self._fitted = fit_token_probe(self, ctx, model)
             return metrics
         start = time.time()
-        extractor = FeatureExtractor(model, modality=MODALITY[cfg.recipe], spec=spec_from_settings(c),
+        extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe), spec=spec_from_settings(c),
                                      name_or_path=cfg.model.name_or_path)
         device = default_device()
         autocast = None

@@ -59,12 +59,13 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
         examples it saw, its training accuracy and the seconds it took; `head_init_reason` when the
         head stays random.
     """
-    from hf_transfer.models.features import MODALITY, FeatureExtractor, FeatureSpec, extract, locate_head_input
+    from hf_transfer.models.features import FeatureExtractor, FeatureSpec, extract, locate_head_input
+    from hf_transfer.registry import recipe_modality
     from hf_transfer.models.probe import fit_classifier, write_into_head
 
     cfg = getattr(ctx, "cfg", None)
     recipe = getattr(cfg, "recipe", "text_classification")
-    modality = MODALITY.get(recipe, "text")
+    modality = recipe_modality(recipe, "text")
     problem = getattr(getattr(model, "config", None), "problem_type", None)
     token_level = bool(getattr(getattr(ctx, "task", None), "token_level", False))  # one label per token
     if (not str(recipe).endswith("_classification") or token_level

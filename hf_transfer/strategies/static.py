@@ -37,11 +37,11 @@ import torch
 from torch import nn
 
 from hf_transfer.errors import ConfigError, HFTransferError
+from hf_transfer.run_folder import STATIC_INFO_FILE as STATIC_INFO
 from hf_transfer.strategies.base import Strategy, StrategyConfig, register_strategy
 
 logger = logging.getLogger(__name__)
 
-STATIC_INFO = "static.json"
 STATIC_MODEL_TYPE = "hf_transfer_static"
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from hf_transfer.config import TrainConfig, config_from_dict, config_to_dict, save_config
 from hf_transfer.errors import HFTransferError
+from hf_transfer.run_folder import RunFolder
 from hf_transfer.study import cells as cells_mod
 
 STUDY_FILE = "study.yaml"
@@ -143,7 +144,7 @@ def cell_status(cell: Cell) -> tuple[str, list[str]]:
     # What the study planned for this cell (cell.yaml), not the run's own config.yaml: a run may
     # adjust its saved config (a max_length clamped to the model's limit, absolute paths).
     saved = d / cells_mod.CELL_CONFIG
-    if not (d / "metrics.json").is_file():
+    if not RunFolder(d).metrics_path.is_file():
         return ("partial", []) if any(d.iterdir()) else ("new", [])
     if not saved.is_file():
         return "changed", [f"{cells_mod.CELL_CONFIG} missing"]
@@ -191,10 +192,10 @@ def cell_data_fingerprint(cell: Cell) -> str | None:
 
 def cell_result(cell: Cell) -> dict[str, Any] | None:
     """The finished cell's metrics plus `seconds`, or None."""
-    path = cell.dir / "metrics.json"
-    if not path.is_file():
+    run = RunFolder(cell.dir)
+    if not run.metrics_path.is_file():
         return None
-    metrics = json.loads(path.read_text())
+    metrics = dict(run.metrics.raw)
     timing = cell.dir / cells_mod.CELL_RESULT
     seconds = None
     record = json.loads(timing.read_text()) if timing.is_file() else {}

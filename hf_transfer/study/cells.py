@@ -86,8 +86,9 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def has_checkpoint(cell_dir: Path) -> bool:
-    ckpt = Path(cell_dir) / "checkpoints"
-    return ckpt.is_dir() and any(p.is_dir() and p.name.startswith("step_") for p in ckpt.iterdir())
+    from hf_transfer.run_folder import RunFolder
+
+    return any(p.is_dir() for p in RunFolder(cell_dir).checkpoints())
 
 
 def _run_training(cfg, cell_dir: Path) -> dict[str, Any]:
@@ -116,17 +117,12 @@ def _classification_metrics(pred, ref, names: list[str], prefix: str) -> dict[st
 
 
 def _finish_baseline(cfg, cell_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    from hf_transfer.config import save_config
-    from hf_transfer.metrics.classification import save_confusion_matrix
+    from hf_transfer.run_folder import RunFolder
 
     cfg.output_dir = str(cell_dir)
-    save_config(cfg, cell_dir / "config.yaml")
-    labels = metrics.get("labels")
-    for prefix in ("eval", "test"):
-        cm = metrics.pop(f"{prefix}_confusion_matrix", None)
-        if cm is not None and labels:
-            save_confusion_matrix(cm, labels, cell_dir, stem="confusion_matrix" if prefix == "eval" else "test_confusion_matrix")
-    _write_json(cell_dir / "metrics.json", metrics)
+    run = RunFolder(cell_dir)
+    run.write_config(cfg)
+    run.write_metrics(metrics)
     return metrics
 
 
@@ -136,13 +132,14 @@ def _run_logreg(cfg, spec: dict, cell_dir: Path) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
     try:
-        from hf_transfer.models.features import FeatureSpec, features_for_config
+        from hf_transfer.models.features import FeatureSpec
+        from hf_transfer.tasks.features import features_for_config
     except ImportError as e:  # the shared frozen-features module is not in this installation
         raise HFTransferError(f"The logreg baseline needs hf_transfer.models.features ({e}).") from None
     roles = ["train", "eval"] + (["test"] if cfg.data.test is not None and cfg.data.test.name else [])
-    from hf_transfer.tasks.targets import TARGET_RECIPES
+    from hf_transfer.registry import recipe_info
 
-    if cfg.recipe in TARGET_RECIPES:
+    if recipe_info(cfg.recipe).targets in ("label_set", "number"):
         return _run_target_baseline(cfg, spec, cell_dir, roles)
     start = time.perf_counter()
     # The checkpoint's own convention (FeatureSpec defaults), whatever the config's strategy says.
@@ -171,7 +168,8 @@ def _run_target_baseline(cfg, spec: dict, cell_dir: Path, roles: list[str]) -> d
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.multiclass import OneVsRestClassifier
 
-    from hf_transfer.models.features import FeatureSpec, features_for_config
+    from hf_transfer.models.features import FeatureSpec
+    from hf_transfer.tasks.features import features_for_config
     from hf_transfer.tasks import get_task
     from hf_transfer.tasks.targets import TargetTask
 

@@ -30,7 +30,7 @@ from hf_transfer.study.sampling import check_sizes, nested_subsamples
 LOWER_IS_BETTER = ("loss", "wer", "cer", "rmse", "mae", "mse")
 #: Eval metrics every classification run reports (`eval_<name>` in metrics.json).
 CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "loss")
-#: The same for the multi-label and regression recipes (`tasks.targets.TARGET_RECIPES` kinds).
+#: The same for the multi-label and regression recipes (by their `RecipeInfo.targets`).
 TARGET_STUDY_METRICS = {"multilabel": ("f1", "f1_macro", "f1_micro", "subset_accuracy", "accuracy", "lrap", "loss"),
                         "regression": ("rmse", "mae", "mse", "r2", "spearman", "pearson", "loss")}
 
@@ -270,9 +270,9 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
                        if o.partition("=")[0] not in TrainingArguments.__dataclass_fields__]
         if unknown:
             raise ConfigError(f"--set {b}:{unknown[0]}=... is not a setting of the {b} baseline.")
-    from hf_transfer.tasks.targets import TARGET_RECIPES
+    from hf_transfer.registry import recipe_info
 
-    kind = TARGET_RECIPES.get(base.recipe)
+    kind = {"label_set": "multilabel", "number": "regression"}.get(recipe_info(base.recipe).targets)
     if kind and metric == "accuracy":  # the command's default: macro F1 for label sets, RMSE for numbers
         metric = {"multilabel": "f1", "regression": "rmse"}[kind]
     if kind and per_class:

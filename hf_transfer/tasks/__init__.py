@@ -7,7 +7,7 @@ from hf_transfer.tasks import text_classification  # noqa: F401
 from hf_transfer.tasks import multilabel  # noqa: F401
 from hf_transfer.tasks import regression  # noqa: F401
 from hf_transfer.tasks import token_classification  # noqa: F401
+from hf_transfer.tasks import masked_lm  # noqa: F401
 from hf_transfer.tasks.base import ClassificationTask, Task, get_task, register_task
-from hf_transfer.domain import pretrain as _masked_lm  # noqa: F401,E402  (recipe masked_lm)
 
 __all__ = ["ClassificationTask", "Task", "get_task", "register_task"]

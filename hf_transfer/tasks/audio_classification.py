@@ -79,7 +79,8 @@ class AutoAudioClassifier:
         return AutoModelForAudioClassification.from_pretrained(name_or_path, *args, **kwargs)
 
 
-@register_task("audio_classification", "audio-classification", example_input="path/to/audio.wav")
+@register_task("audio_classification", "audio-classification", example_input="path/to/audio.wav",
+               modality="audio")
 class AudioClassificationTask(ClassificationTask):
     """A clip in, one label out."""
 

@@ -19,7 +19,7 @@ from hf_transfer.data.labels import LabelSpace
 from hf_transfer.data.sources import load_split
 from hf_transfer.errors import DataError, ModelError
 from hf_transfer.paths import resolve
-from hf_transfer.registry import RecipeInfo, register_recipe
+from hf_transfer.registry import register_task, task_class  # noqa: F401  (register_task: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -27,48 +27,9 @@ logger = logging.getLogger(__name__)
 #: 0-based index in its source (file row, header not counted; image folders: sorted file order).
 SOURCE_ROW = "__source_row__"
 
-_TASKS: dict[str, type["Task"]] = {}
-
-
-def register_task(name: str, pipeline_tag: str = "", *, example_input: str = "",
-                  metrics: tuple[str, ...] = ("accuracy", "f1"), lower_is_better: bool = False):
-    """Class decorator: the task behind `recipe: <name>`.
-
-    The Hub facts given here (and the class's `hub_auto_class`, else its `auto_model_cls`) are
-    registered as the recipe's `RecipeInfo`: the one place export and the model card learn about
-    a recipe.
-    """
-
-    def wrap(cls):
-        cls.name = name
-        _TASKS[name] = cls
-        auto = cls.hub_auto_class or getattr(cls.auto_model_cls, "__name__", "")
-        register_recipe(name, RecipeInfo(  # `recipe: <name>` now validates
-            name, pipeline_tag=pipeline_tag, task_name=pipeline_tag.replace("-", " ").title(),
-            auto_class=auto, metrics=tuple(metrics), lower_is_better=lower_is_better,
-            example_input=example_input))
-        return cls
-
-    return wrap
-
-
 def get_task(cfg: TrainConfig) -> "Task":
-    """The task object for `cfg.recipe`."""
-    import hf_transfer.tasks  # noqa: F401  (registers the built-in tasks)
-    from hf_transfer.registry import _load_builtins
-
-    _load_builtins()  # and the recipes of other installed packages (entry point group `hf_transfer.recipes`)
-
-    if cfg.recipe not in _TASKS:
-        raise DataError(f"Recipe '{cfg.recipe}' is not available in this installation (have {sorted(_TASKS)}).")
-    return _TASKS[cfg.recipe](cfg)
-
-
-# models.features.features_for_config builds tasks from configs; models sits below tasks, so the
-# factory is handed down rather than imported up.
-from hf_transfer.models.features import register_task_factory as _register_task_factory  # noqa: E402
-
-_register_task_factory(get_task)
+    """The task object for `cfg.recipe` (built-in or a plugin's; `ConfigError` if unknown)."""
+    return task_class(cfg.recipe)(cfg)
 
 
 @dataclass

@@ -65,7 +65,8 @@ def _resolve_paths(batch: dict, column: str, base: str) -> dict:
     return {column: out}
 
 
-@register_task("image_classification", "image-classification", example_input="path/to/image.jpg")
+@register_task("image_classification", "image-classification", example_input="path/to/image.jpg",
+               modality="image")
 class ImageClassificationTask(ClassificationTask):
     """An image in, one label out. Augmentation on the training split only."""
 

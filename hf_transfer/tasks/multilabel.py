@@ -52,7 +52,6 @@ from hf_transfer.tasks.targets import (
     TargetTask,
     collate_float_images,
     float_label_array,
-    register_target_recipe,
 )
 from hf_transfer.tasks.text_classification import TextClassificationTask
 
@@ -335,7 +334,7 @@ def separability(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tup
 
 
 @register_task("text_multilabel", "text-classification", example_input="The match was delayed by the election.",
-               metrics=("f1_macro", "f1_micro", "subset_accuracy", "lrap"))
+               metrics=("f1_macro", "f1_micro", "subset_accuracy", "lrap"), modality="text", targets="label_set")
 class TextMultiLabelTask(TextClassificationTask, MultiLabelTask):
     """Tokenised text in, a set of labels out."""
 
@@ -344,7 +343,7 @@ class TextMultiLabelTask(TextClassificationTask, MultiLabelTask):
 
 
 @register_task("image_multilabel", "image-classification", example_input="path/to/image.jpg",
-               metrics=("f1_macro", "f1_micro", "subset_accuracy", "lrap"))
+               metrics=("f1_macro", "f1_micro", "subset_accuracy", "lrap"), modality="image", targets="label_set")
 class ImageMultiLabelTask(ImageClassificationTask, MultiLabelTask):
     """An image in, a set of labels out."""
 
@@ -356,7 +355,3 @@ class ImageMultiLabelTask(ImageClassificationTask, MultiLabelTask):
 
     def collate(self, features):
         return collate_float_images(features, self._empty_like, (len(self.labels),))
-
-
-register_target_recipe("text_multilabel", "multilabel")
-register_target_recipe("image_multilabel", "multilabel")

@@ -42,7 +42,6 @@ from hf_transfer.tasks.targets import (
     TargetTask,
     collate_float_images,
     float_label_array,
-    register_target_recipe,
 )
 from hf_transfer.tasks.text_classification import TextClassificationTask
 
@@ -229,7 +228,7 @@ def separability(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> tu
 
 
 @register_task("text_regression", "text-classification", example_input="What a lovely, sunny day.",
-               metrics=("rmse", "mae", "r2", "spearman"), lower_is_better=True)
+               metrics=("rmse", "mae", "r2", "spearman"), lower_is_better=True, modality="text", targets="number")
 class TextRegressionTask(TextClassificationTask, RegressionTask):
     """Tokenised text in, one number out."""
 
@@ -238,7 +237,7 @@ class TextRegressionTask(TextClassificationTask, RegressionTask):
 
 
 @register_task("image_regression", "image-classification", example_input="path/to/image.jpg",
-               metrics=("rmse", "mae", "r2", "spearman"), lower_is_better=True)
+               metrics=("rmse", "mae", "r2", "spearman"), lower_is_better=True, modality="image", targets="number")
 class ImageRegressionTask(ImageClassificationTask, RegressionTask):
     """An image in, one number out."""
 
@@ -250,7 +249,3 @@ class ImageRegressionTask(ImageClassificationTask, RegressionTask):
 
     def collate(self, features):
         return collate_float_images(features, self._empty_like, ())
-
-
-register_target_recipe("text_regression", "regression")
-register_target_recipe("image_regression", "regression")

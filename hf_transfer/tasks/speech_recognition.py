@@ -75,7 +75,7 @@ def _generator(model):
 
 
 @register_task("speech_recognition", "automatic-speech-recognition", metrics=("wer", "cer"),
-               lower_is_better=True, example_input="path/to/audio.wav")
+               lower_is_better=True, example_input="path/to/audio.wav", modality="audio", targets="text")
 class SpeechRecognitionTask(Task):
     """Audio in, transcript out (Whisper encoder-decoder)."""
 

@@ -24,48 +24,10 @@ import torch
 from hf_transfer.data import labels as labels_mod
 from hf_transfer.data.image import collate_images
 from hf_transfer.data.sources import load_split
-from hf_transfer.errors import ConfigError, DataError
-from hf_transfer.registry import register_check
+from hf_transfer.errors import DataError
 from hf_transfer.tasks.base import ClassificationTask, Splits
 
 logger = logging.getLogger(__name__)
-
-#: The recipes of this module's families, filled by `register_target_recipe`.
-TARGET_RECIPES: dict[str, str] = {}
-#: Strategies that need one class per example.
-SINGLE_LABEL_STRATEGIES = ("contrastive",)
-
-
-def register_target_recipe(name: str, kind: str) -> None:
-    TARGET_RECIPES[name] = kind
-
-
-def _check_target_config(cfg, source: str) -> None:
-    kind = TARGET_RECIPES.get(getattr(cfg, "recipe", ""))
-    if kind is None:
-        return
-    if cfg.strategy.name in SINGLE_LABEL_STRATEGIES:
-        raise ConfigError(f"strategy.name '{cfg.strategy.name}' pairs examples of the same class and needs a "
-                          f"single-label recipe; recipe {cfg.recipe} ({source}) has {kind} targets. Use "
-                          "feature_extraction, freeze, partial, lora, full or auto.")
-    if cfg.data.samples_per_class is not None or cfg.data.eval_samples_per_class is not None:
-        raise ConfigError(f"data.samples_per_class / eval_samples_per_class need classes; recipe {cfg.recipe} "
-                          f"({source}) has {kind} targets. Use data.max_train_samples / max_eval_samples.")
-    if kind == "regression" and cfg.data.label_columns:
-        raise ConfigError(f"data.label_columns is for multi-label recipes; {cfg.recipe} ({source}) reads one "
-                          "numeric target from data.label_column.")
-    t = cfg.training
-    if kind == "multilabel" and not isinstance(t.multilabel_threshold, str) and not 0 < t.multilabel_threshold < 1:
-        raise ConfigError(f"training.multilabel_threshold must be 'tune' or between 0 and 1, got "
-                          f"{t.multilabel_threshold} ({source}).")
-    if t.huber_delta <= 0:
-        raise ConfigError(f"training.huber_delta must be positive, got {t.huber_delta} ({source}).")
-    if kind == "regression" and t.metric_for_best_model in ("f1", "accuracy", "eval_f1", "eval_accuracy"):
-        # The classification default: a regression run is selected by its RMSE.
-        t.metric_for_best_model = "rmse"
-
-
-register_check(_check_target_config)
 
 
 class TargetTask(ClassificationTask):

@@ -42,7 +42,8 @@ def model_max_length(model_cfg, tokenizer=None) -> int | None:
     return min(limits) if limits else None
 
 
-@register_task("text_classification", "text-classification", example_input="This was a wonderful film.")
+@register_task("text_classification", "text-classification", example_input="This was a wonderful film.",
+               modality="text")
 class TextClassificationTask(ClassificationTask):
     """Tokenised text in, one label out; dynamic padding and length-grouped batches."""
 

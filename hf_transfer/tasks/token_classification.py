@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 @register_task("token_classification", "token-classification",
                example_input="My name is Sarah and I live in London.",
-               metrics=("f1", "precision", "recall", "accuracy"))
+               metrics=("f1", "precision", "recall", "accuracy"), modality="text", targets="tags")
 class TokenClassificationTask(Task):
     """Tagged words in, one tag per word out (see the module docstring)."""
 

@@ -30,86 +30,18 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from hf_transfer.config_checks import Stage, stage_configs
 from hf_transfer.errors import ConfigError, HFTransferError
+from hf_transfer.run_folder import RunFolder
 
 logger = logging.getLogger("hf_transfer")
 
 PROGRESS_FILE = "stages.json"
-_REPLACED_WHOLE = ("strategy", "adaptation")
 
-
-@dataclass
-class Stage:
-    """One stage, resolved: its full config and where it trains."""
-
-    index: int  # 0-based
-    name: str
-    cfg: Any  # TrainConfig
-    source: str
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.cfg.output_dir)
-
-    @property
-    def body_dir(self) -> Path:
-        return self.dir / "body"
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "stage"
-
-
-def _merge(base: dict, over: dict) -> dict:
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in _REPLACED_WHOLE:
-            _merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
-def stage_configs(cfg, source: str = "config") -> list[Stage]:
-    """The stages of `cfg`, each a full validated `TrainConfig` (model paths of later stages
-    point at the previous stage's body, which exists once that stage has trained)."""
-    from hf_transfer.config import config_from_dict, config_to_dict
-
-    if not isinstance(cfg.stages, list) or not cfg.stages:
-        raise ConfigError(f"stages in {source} must be a non-empty list of partial configs.")
-    base = config_to_dict(cfg)
-    base.pop("stages")
-    stages: list[Stage] = []
-    seen: dict[str, int] = {}
-    for i, raw in enumerate(cfg.stages):
-        where = f"stages[{i}] of {source}"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where} must be a mapping of config keys (data, strategy, training, ...), got {raw!r}.")
-        raw = dict(raw)
-        name = str(raw.pop("name", f"stage{i + 1}"))
-        for key in ("stages", "output_dir"):
-            if key in raw:
-                raise ConfigError(f"{where} sets '{key}'; stages share the top-level output_dir and cannot nest.")
-        if i > 0 and "model" in raw:
-            raise ConfigError(f"{where} sets 'model': every stage after the first starts from the previous stage's "
-                              "body. Set model.name_or_path at the top level (or in the first stage).")
-        # Stage names key stages.json (what resume skips) and the combined metrics: one name, one stage.
-        if name in seen:
-            raise ConfigError(f"{where} is named '{name}', like stages[{seen[name]}]: every stage needs its own "
-                              "name (it keys the progress record and the combined metrics). Rename one of them.")
-        seen[name] = i
-        dirname = f"{i + 1:02d}_{_slug(name)}"
-        merged = _merge(copy.deepcopy(base), raw)
-        merged["output_dir"] = str(Path(cfg.output_dir) / dirname)
-        if stages:
-            merged["model"]["name_or_path"] = str(stages[-1].body_dir)
-        stage_cfg = config_from_dict(merged, where)
-        stages.append(Stage(i, name, stage_cfg, where))
-    return stages
+__all__ = ["PROGRESS_FILE", "Stage", "save_body", "stage_configs", "train_stages"]
 
 
 def save_body(stage: Stage) -> Path:
@@ -155,16 +87,14 @@ def _is_main() -> bool:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
 
 
-def train_stages(cfg, train_one: Callable[..., dict], overwrite: bool = False) -> dict[str, Any]:
+def train_stages(cfg, overwrite: bool = False) -> dict[str, Any]:
     """Train every stage in order into one run folder; returns the combined metrics.
 
     Args:
         cfg: The staged config.
-        train_one: Trains one (unstaged) config: `train_one(cfg, overwrite=...) -> metrics`
-            (`hf_transfer.run.train`, passed in: the run layer sits above this one).
         overwrite: Replace a staged run already in `output_dir`.
     """
-    from hf_transfer.config import save_config
+    from hf_transfer.run import train
     from hf_transfer.utils import setup_logging
 
     out = Path(cfg.output_dir)
@@ -180,7 +110,7 @@ def train_stages(cfg, train_one: Callable[..., dict], overwrite: bool = False) -
     out.mkdir(parents=True, exist_ok=True)
     stages = stage_configs(cfg)
     if main:
-        save_config(cfg, out / "config.yaml")
+        RunFolder(out).write_config(cfg)
     results: dict[str, dict] = {}
     for stage in stages:
         setup_logging(out / "train.log" if main else None, main)
@@ -196,7 +126,7 @@ def train_stages(cfg, train_one: Callable[..., dict], overwrite: bool = False) -
                     stage.cfg.strategy.name, stage.cfg.model.name_or_path,
                     " (resuming its last checkpoint)" if stage.cfg.training.resume_from_checkpoint else "")
         try:
-            metrics = train_one(stage.cfg, overwrite=overwrite or resuming)
+            metrics = train(stage.cfg, overwrite=overwrite or resuming)
         except HFTransferError as e:
             raise type(e)(f"Stage {stage.index + 1} ({stage.name}): {e}") from e
         if main:
@@ -210,6 +140,6 @@ def train_stages(cfg, train_one: Callable[..., dict], overwrite: bool = False) -
     combined["stages"] = [{"name": s.name, "output_dir": str(s.dir), **results[s.name]} for s in stages]
     combined["final_model"] = str(stages[-1].dir)
     if main:
-        (out / "metrics.json").write_text(json.dumps(combined, indent=2, default=str))
+        RunFolder(out).write_metrics(combined)
         logger.info("Staged run finished: %d stages; final model in %s", len(stages), stages[-1].dir)
     return combined

@@ -37,7 +37,7 @@ def _has_text(text) -> bool:
     return bool(text and str(text).strip())
 
 
-@register_task("masked_lm")
+@register_task("masked_lm", modality="text", targets="text")
 class MaskedLMTask(Task):
     """Unlabelled text in; masked tokens predicted. Loss summed over masked tokens."""
 
