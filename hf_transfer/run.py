@@ -163,7 +163,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
         if cfg.export.push_to_hub:
             from hf_transfer.export.push import maybe_push_after_training
 
-            maybe_push_after_training(cfg, out)
+            maybe_push_after_training(cfg.export, out)
     return metrics
 
 
