@@ -174,9 +174,9 @@ class Index:
                 if _binds(child, name):
                     continue  # a nested function with its own parameter of that name: checked on its own
                 parents[child] = node
-                if isinstance(child, ast.Name) and child.id == name and isinstance(child.ctx, ast.Load):
-                    if use(child, node):
-                        return True
+                if (isinstance(child, ast.Name) and child.id == name and isinstance(child.ctx, ast.Load)
+                        and use(child, node)):
+                    return True
                 if walk(child):
                     return True
             return False
@@ -184,7 +184,8 @@ class Index:
         body = ast.Module(body=fn.body, type_ignores=[])
         whole = walk(body)
         result = None if whole else fields
-        self._memo[key] = result
+        if len(stack) == 1:  # inside a cycle a result may lack what the caller up the stack reads
+            self._memo[key] = result
         return result
 
 

@@ -111,7 +111,8 @@ def _source_name(source) -> str:
 
 
 def _all_rows(d) -> None:
-    """Every row of the files: the data settings' subsampling switched off (`d`: a copy's `data`)."""
+    """Every row of the files: subsampling switched off in `d`, the `data` section of the audit's
+    own copy of the config."""
     d.max_train_samples = d.samples_per_class = d.train_indices = None
     d.max_eval_samples = d.eval_samples_per_class = None
 
