@@ -2,7 +2,7 @@
 
 from hf_transfer.paths import model_cards_dir, recipes_dir  # noqa: F401  (public helpers)
 
-__version__ = "0.1.0"
+from hf_transfer.utils import __version__  # noqa: F401  (one place: export reads it without the root)
 
 
 def __getattr__(name):

@@ -19,16 +19,16 @@ from hf_transfer.registry import recipe_info
 CLASSIFICATION_RECIPES = ("text_classification", "image_classification", "audio_classification")
 
 
-def has_target(cfg) -> bool:
-    """Whether the config names target-domain data (`data.target`)."""
-    return cfg.data.target is not None and bool(cfg.data.target.name)
+def has_target(data) -> bool:
+    """Whether the data settings name target-domain data (`data.target`)."""
+    return data.target is not None and bool(data.target.name)
 
 
 def check_domain_settings(cfg, source: str = "config") -> None:
     """Cross-key checks of the domain settings: adaptation, target data, normalisation, masking."""
     a = cfg.adaptation
     if a.name != "none":
-        if not has_target(cfg):
+        if not has_target(cfg.data):
             raise ConfigError(
                 f"adaptation.name={a.name} in {source} needs target-domain data: set data.target to a file or "
                 "folder of target examples, in the same form as data.train (labels not needed), for example "
@@ -59,7 +59,7 @@ def check_domain_settings(cfg, source: str = "config") -> None:
             raise ConfigError(
                 f"data.normalize_from=target in {source} recomputes image normalisation; recipe {cfg.recipe} has "
                 "no images. Leave it at checkpoint.")
-        if not has_target(cfg):
+        if not has_target(cfg.data):
             raise ConfigError(
                 f"data.normalize_from=target in {source} needs data.target (a folder or file of target images).")
     if cfg.recipe == "masked_lm" and not 0.0 < cfg.data.mlm_probability < 1.0:

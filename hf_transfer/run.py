@@ -82,7 +82,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     if main:
         steps.write_results(run, metrics)
         if cfg.export.push_to_hub:
-            steps.push(run, cfg)
+            steps.push(run, cfg.export)
     return metrics
 
 

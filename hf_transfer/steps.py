@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from hf_transfer.config import DataConfig, ModelConfig, TrainConfig, TrainingConfig
+from hf_transfer.config import DataConfig, ExportConfig, ModelConfig, TrainConfig, TrainingConfig
 from hf_transfer.run_folder import RunFolder
 from hf_transfer.utils import set_seed_all, setup_logging
 
@@ -316,8 +316,8 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 # 8. Push --------------------------------------------------------------------------------------
-def push(run: RunFolder, cfg: TrainConfig) -> None:
+def push(run: RunFolder, export: ExportConfig) -> None:
     """Push the finished run to the Hub (`export.push_to_hub`)."""
     from hf_transfer.export.push import maybe_push_after_training
 
-    maybe_push_after_training(cfg, run.path)
+    maybe_push_after_training(export, run.path)

@@ -10,6 +10,10 @@ import logging
 import sys
 from pathlib import Path
 
+#: The package's version (what the Hub client reports as `library_version`); the package root
+#: re-exports it as `hf_transfer.__version__`.
+__version__ = "0.1.0"
+
 
 def set_seed_all(seed: int) -> None:
     """Seed python, numpy and torch on every device (Accelerate's `set_seed`)."""

@@ -831,8 +831,33 @@ def test_push_after_training_uses_the_export_settings(text_run, tiny_bert_dir, t
 
     run = _copy_run(text_run, tmp_path / "run")
     off = load_config(None, _text_overrides(tiny_bert_dir, toy_text_data, run))
-    assert maybe_push_after_training(off, run) is None and hub.requests == []
+    assert maybe_push_after_training(off.export, run) is None and hub.requests == []
     on = load_config(None, _text_overrides(tiny_bert_dir, toy_text_data, run, "export.push_to_hub=true",
                                            "export.repo_id=alice/auto", "export.license=mit"))
-    result = maybe_push_after_training(on, run)
+    result = maybe_push_after_training(on.export, run)
     assert "model.safetensors" in result.uploaded and "model.safetensors" in hub.repos["alice/auto"]["main"]
+
+
+def test_export_imports_nothing_from_the_package_root():
+    """Export works on a finished run folder from the lower modules alone: no `from hf_transfer
+    import ...` of the package root's names (the root wires the training road together)."""
+    import ast
+
+    import hf_transfer
+    import hf_transfer.utils
+
+    folder = Path(hf_transfer.__file__).parent / "export"
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name == "cli.py":  # an entry point
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "hf_transfer" and not node.level:
+                found += [f"{path.name}:{node.lineno} {a.name}" for a in node.names
+                          if not (folder.parent / a.name).is_dir() and not (folder.parent / f"{a.name}.py").is_file()]
+            elif isinstance(node, ast.Import):
+                found += [f"{path.name}:{node.lineno}" for a in node.names if a.name == "hf_transfer"]
+    assert not found, f"export imports the package root: {found}"
+    pyproject = (folder.parent.parent / "pyproject.toml").read_text()
+    assert f'version = "{hf_transfer.utils.__version__}"' in pyproject
+    assert hf_transfer.__version__ == hf_transfer.utils.__version__

@@ -110,8 +110,9 @@ def _source_name(source) -> str:
     return source.name + (f" ({source.split})" if getattr(source, "split", None) else "")
 
 
-def _all_rows(cfg) -> None:
-    d = cfg.data
+def _all_rows(d) -> None:
+    """Every row of the files: subsampling switched off in `d`, the `data` section of the audit's
+    own copy of the config."""
     d.max_train_samples = d.samples_per_class = d.train_indices = None
     d.max_eval_samples = d.eval_samples_per_class = None
 
@@ -223,7 +224,7 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
     start = time.time()
     cfg = copy.deepcopy(cfg)
     if all_rows:
-        _all_rows(cfg)
+        _all_rows(cfg.data)
     out = Path(output_dir)
     task, splits, feats, source_rows, feature_info = _load(cfg, cache)
     embed_seconds = sum(f.info.get("seconds", 0.0) for f in feats.values() if not f.cache_hit)
@@ -269,7 +270,7 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
                      "features": {k: feature_info.get(k) for k in ("source", "pooling", "layers")}},
         "notes": notes,
     }
-    report["skipped"] = _skipped(task, cfg, is_text)
+    report["skipped"] = _skipped(task, d.train, is_text)
     report["class_balance"] = _balance(pools, names)
     if report["class_balance"]["train"].get("imbalance_ratio", 1) > 3:
         notes.append(f"Classes are imbalanced in train (largest / smallest = "
@@ -286,14 +287,14 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
             report["conflicts"] += leak_conflicts
     report["outliers"] = _outliers(train, names)
     if is_text:
-        report["text_lengths"] = _text_lengths(task, cfg, pools)
+        report["text_lengths"] = _text_lengths(task, d.max_length, pools)
     report["summary"] = _summary(report, oof_info)
     report["seconds"] = {"total": round(time.time() - start, 2), "embedding": round(embed_seconds, 2),
                          "features_cached": all(f.cache_hit for f in feats.values())}
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": str(out / "audit.json"), "markdown": str(out / "audit.md")}
     if fix != "none":
-        files["clean"] = str(_write_fix(cfg, report, out / "clean.csv", fix, names, task))
+        files["clean"] = str(_write_fix(d.train, report, out / "clean.csv", fix, names, task))
         report["fix"] = report.pop("_fix")
     if plots:
         files["plot"] = str(_plot(report, pools, out / "audit.png", names))
@@ -329,7 +330,7 @@ def _jsonable(obj):
 # ---------------------------------------------------------------------------------- sections
 
 
-def _skipped(task, cfg, is_text: bool) -> dict:
+def _skipped(task, train, is_text: bool) -> dict:
     """Rows the recipe could not read, as `train` counts them (blank texts, unreadable files)."""
     out: dict[str, Any] = {}
     for attr, what in (("blank_rows", "blank or missing text"), ("skipped_files", "unreadable file")):
@@ -342,15 +343,16 @@ def _skipped(task, cfg, is_text: bool) -> dict:
                     entry["files"] = list(v)[:SHOWN]
                 out[role] = entry
     if is_text and out.get("train"):
-        out["train"]["rows"] = _blank_rows(cfg, task)
+        out["train"]["rows"] = _blank_rows(train, task)
     return out
 
 
-def _blank_rows(cfg, task) -> list[int]:
+def _blank_rows(train, task) -> list[int]:
+    """Source rows of the training source `train` (a `DataSource`) whose text is blank or missing."""
     from hf_transfer.data.sources import load_split
 
     try:
-        raw = load_split(cfg.data.train, "train")
+        raw = load_split(train, "train")
         values = raw[task.input_col]
     except (HFTransferError, KeyError):
         return []
@@ -531,9 +533,9 @@ def _outliers(train: Pool, names) -> dict:
                       "distance": round(float(score[i]), 4), "input": _excerpt(train.inputs[i], 120)} for i in rows]}
 
 
-def _text_lengths(task, cfg, pools) -> dict:
+def _text_lengths(task, max_len: int, pools) -> dict:
+    """Token counts per pool against `max_len` (`data.max_length`): over-length and very short rows."""
     tok = task.processor
-    max_len = cfg.data.max_length
     special = tok.num_special_tokens_to_add(pair=False) if hasattr(tok, "num_special_tokens_to_add") else 0
     out: dict[str, Any] = {"max_length": max_len, "short_tokens": SHORT_TOKENS}
     for name, p in pools.items():
@@ -611,13 +613,13 @@ def _fix_plan(report: dict, fix: str) -> tuple[set[int], dict[int, str], dict[st
     return drop, relabel, why
 
 
-def _write_fix(cfg, report: dict, path: Path, fix: str, names: list[str], task) -> Path:
-    """The training source with the planned rows dropped / relabelled, as csv."""
+def _write_fix(train, report: dict, path: Path, fix: str, names: list[str], task) -> Path:
+    """The training source `train` (a `DataSource`) with the planned rows dropped / relabelled, as csv."""
     import datasets
 
     from hf_transfer.data.sources import load_split
 
-    raw = load_split(cfg.data.train, "train")
+    raw = load_split(train, "train")
     drop, relabel, why = _fix_plan(report, fix)
     label_col = task.label_column
     frame = {}

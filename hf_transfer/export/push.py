@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hf_transfer.config import ExportConfig
 from hf_transfer.errors import ExportError
 from hf_transfer.run_folder import IMAGES, RunFolder
 from hf_transfer.export.card import build_card, resolve_license
@@ -232,7 +233,7 @@ def push_run(
     from huggingface_hub import constants as hub_constants
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from hf_transfer import __version__
+    from hf_transfer.utils import __version__
 
     try:
         validate_repo_id(repo_id)
@@ -357,13 +358,16 @@ def check_push_settings(cfg) -> None:
         )
 
 
-def maybe_push_after_training(cfg, run_dir: str | Path) -> PushResult | None:
-    """Push the finished run when `export.push_to_hub` is true (call on the main process only).
+def maybe_push_after_training(e: ExportConfig, run_dir: str | Path) -> PushResult | None:
+    """Push the finished run when `e.push_to_hub` is true (call on the main process only).
+
+    Args:
+        e: The run's `export` settings (`push_to_hub`, `repo_id`, `private`, `revision`, `license`).
+        run_dir: The finished run folder.
 
     A failed push raises `ExportError` whose message gives the `hf-transfer push` command that
     retries it; the run folder is complete either way.
     """
-    e = cfg.export
     if not e.push_to_hub:
         return None
     if not e.repo_id:

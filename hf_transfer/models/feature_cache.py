@@ -87,10 +87,9 @@ def model_config_dict(model: nn.Module) -> dict:
     return d
 
 
-def data_settings(cfg) -> dict:
-    """Every `data.*` setting of a TrainConfig that is not row selection (tokenisation length,
-    image size, audio window...): what the preprocessing depends on."""
-    data = getattr(cfg, "data", None)
+def data_settings(data) -> dict:
+    """Every `data.*` setting (a `DataConfig`, or None) that is not row selection (tokenisation
+    length, image size, audio window...): what the preprocessing depends on."""
     if data is None or not dataclasses.is_dataclass(data):
         return {}
     return {k: v for k, v in dataclasses.asdict(data).items() if k not in DATA_SELECTION_KEYS}

@@ -316,7 +316,7 @@ def key_parts_for(extractor: FeatureExtractor, task, autocast: torch.dtype | Non
         "revision": getattr(getattr(cfg, "model", None), "revision", None),
         "weights": fc.state_digest(model, set(find_head(model))),
         "config": fc.model_config_dict(model),
-        "data": fc.data_settings(cfg),
+        "data": fc.data_settings(getattr(cfg, "data", None)),
         "processor": fc.processor_digest(task),
         "features": extractor.describe(),
         "precision": str(autocast) if autocast is not None else "no",

@@ -148,7 +148,7 @@ class MultiLabelTask(TargetTask):
         self.class_weights = None
 
     def load_run_state(self) -> None:
-        run = self.run_dir_of(self.cfg)
+        run = self.run_dir_of(self.cfg.model.name_or_path)
         if run is not None and (run / THRESHOLDS_FILE).is_file():
             info = json.loads((run / THRESHOLDS_FILE).read_text())
             self.fixed_thresholds = np.asarray([float(info["thresholds"][n]) for n in info["labels"]])

@@ -122,7 +122,7 @@ class RegressionTask(TargetTask):
                     "; the model learns standardised targets" if self.cfg.data.standardize_targets else "")
 
     def load_run_state(self) -> None:
-        run = self.run_dir_of(self.cfg)
+        run = self.run_dir_of(self.cfg.model.name_or_path)
         if run is not None and (run / SCALING_FILE).is_file():
             self.scaling = json.loads((run / SCALING_FILE).read_text())
             self.label_column = self.scaling.get("column", self.label_column if hasattr(self, "label_column") else None)

@@ -124,9 +124,10 @@ class TargetTask(ClassificationTask):
             self.fit_on_train(train)
 
     @staticmethod
-    def run_dir_of(cfg) -> Path | None:
-        """The run folder being evaluated (evaluate and predict point `model.name_or_path` at it)."""
-        p = Path(str(cfg.model.name_or_path)).expanduser()
+    def run_dir_of(name_or_path) -> Path | None:
+        """The run folder being evaluated, when `name_or_path` (`model.name_or_path`) is one
+        (evaluate and predict point it at the run)."""
+        p = Path(str(name_or_path)).expanduser()
         return p if (p / "config.yaml").is_file() else None
 
 
