@@ -610,18 +610,14 @@ def _session(folder: Path, file: str) -> OnnxClassifier:
         raise ExportError(f"ONNX Runtime cannot load the exported graph: {type(e).__name__}: {e}") from None
 
 
-_PIPELINE_TAGS = {"text_classification": "text-classification", "image_classification": "image-classification",
-                  "audio_classification": "audio-classification"}
-
-
-#: The card's usage snippet per recipe: (loading the processor, building the feed), run in the folder.
+#: The card's usage snippet per modality: (loading the processor, building the feed), run in the folder.
 _USAGE = {
-    "text_classification": ("from transformers import AutoTokenizer\ntok = AutoTokenizer.from_pretrained(\".\")",
+    "text": ("from transformers import AutoTokenizer\ntok = AutoTokenizer.from_pretrained(\".\")",
                             'feed = dict(tok(["a sentence"], return_tensors="np"))'),
-    "image_classification": ("from PIL import Image\nfrom transformers import AutoImageProcessor\n"
+    "image": ("from PIL import Image\nfrom transformers import AutoImageProcessor\n"
                              "proc = AutoImageProcessor.from_pretrained(\".\")",
                              'feed = dict(proc(images=[Image.open("image.jpg").convert("RGB")], return_tensors="np"))'),
-    "audio_classification": ("from transformers import AutoFeatureExtractor\n"
+    "audio": ("from transformers import AutoFeatureExtractor\n"
                              "proc = AutoFeatureExtractor.from_pretrained(\".\")",
                              "# waveform: a 1-D float32 array at proc.sampling_rate\n"
                              'feed = dict(proc([waveform], sampling_rate=proc.sampling_rate, return_tensors="np"))'),
@@ -629,7 +625,12 @@ _USAGE = {
 
 
 def _card(spec: dict, r: OnnxExport) -> str:
-    tag = _PIPELINE_TAGS.get(spec["recipe"], spec["recipe"])
+    from hf_transfer.registry import ConfigError, recipe_info, recipe_modality
+
+    try:
+        tag = recipe_info(spec["recipe"]).pipeline_tag or spec["recipe"]
+    except ConfigError:  # a plugin's recipe not installed here
+        tag = spec["recipe"]
     tags = ["hf-transfer", "onnx", tag] + (["int8"] if r.int8_agreement is not None else [])
     lines = ["---", "library_name: onnx", f"pipeline_tag: {tag}", "tags:"] + [f"- {t}" for t in tags] + ["---", ""]
     lines += [f"# ONNX export ({tag})", "",
@@ -651,7 +652,7 @@ def _card(spec: dict, r: OnnxExport) -> str:
         for k, label in (("pytorch", "PyTorch fp32"), ("onnx_fp32", "ONNX fp32"), ("onnx_int8", "ONNX int8")):
             if k in r.accuracy:
                 lines.append(f"| {label} | {r.accuracy[k]:.4f} | {100 * (r.accuracy[k] - base):+.2f} points |")
-    load, feed = _USAGE.get(spec["recipe"], ("", "feed = {...}  # the processor's tensors"))
+    load, feed = _USAGE.get(recipe_modality(spec["recipe"]), ("", "feed = {...}  # the processor's tensors"))
     lines += ["", "## How to use", "", "```python", "import onnxruntime as ort",
               load,
               f"session = ort.InferenceSession(\"{r.model_file}\")",
