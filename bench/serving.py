@@ -94,20 +94,20 @@ def _eval_inputs(run_dir: Path, batch1: int, batches32: int):
     import torch
     from torch.utils.data import DataLoader
 
-    from hf_transfer.config import load_config
-    from hf_transfer.run import _load_run_model
+    from hf_transfer.run import load_run_model, open_finished_run
     from hf_transfer.tasks import get_task
 
-    cfg = load_config(run_dir / "config.yaml")
+    run = open_finished_run(run_dir)
+    cfg = run.config
     cfg.model.name_or_path = str(run_dir)
     task = get_task(cfg)
     task.load_processor()
     task.only_roles = ("eval",)
-    task.known_labels = json.loads((run_dir / "metrics.json").read_text())["labels"]
+    task.known_labels = run.labels
     data = task.preprocess(task.load_splits().eval, train=False)
     ones = [task.model_inputs(b) for _, b in zip(range(batch1), DataLoader(data, batch_size=1, collate_fn=task.collate))]
     many = [task.model_inputs(b) for _, b in zip(range(batches32), DataLoader(data, batch_size=32, collate_fn=task.collate))]
-    model = _load_run_model(run_dir, task)
+    model = load_run_model(run, task)
     torch.set_num_threads(1)
     return model, ones, many
 
