@@ -129,6 +129,7 @@ def score_on_inner_split(ctx, name: str, settings: dict[str, Any], train_idx: np
     import torch
 
     from hf_transfer.data.text import EpochSampler
+    from hf_transfer.engine.trainer import Trainer
     from hf_transfer.models.layer_groups import layer_groups
     from hf_transfer.strategies.base import build_strategy
     from hf_transfer.utils import set_seed_all
@@ -141,7 +142,7 @@ def score_on_inner_split(ctx, name: str, settings: dict[str, Any], train_idx: np
     full = ctx.splits.train
     splits = SimpleNamespace(train=full.select(train_idx.tolist()), eval=full.select(held_idx.tolist()), test=None)
     work = Path(tempfile.mkdtemp(prefix="hf-transfer-auto-race-"))
-    inner = SimpleNamespace(cfg=cfg, task=task, splits=splits, output_dir=work, trainer_cls=ctx.trainer_cls)
+    inner = SimpleNamespace(cfg=cfg, task=task, splits=splits, output_dir=work)
     try:
         strategy = build_strategy(make_config(name, settings))
         strategy.prepare(inner)
@@ -158,8 +159,8 @@ def score_on_inner_split(ctx, name: str, settings: dict[str, Any], train_idx: np
             train_ds = task.preprocess(splits.train, train=True)
             eval_ds = task.preprocess(splits.eval, train=False)
             sampler = EpochSampler(len(train_ds), tr.seed, None, tr.batch_size)
-            trainer = ctx.trainer_cls(tr, task, adapted, strategy, groups, train_dataset=train_ds, eval_dataset=eval_ds,
-                                      collate_fn=task.collate, train_sampler=sampler, output_dir=work)
+            trainer = Trainer(tr, task, adapted, strategy, groups, train_dataset=train_ds, eval_dataset=eval_ds,
+                              collate_fn=task.collate, train_sampler=sampler, output_dir=work)
             metrics = trainer.train()
             trainer.accelerator.free_memory()
         return float(metrics["eval_accuracy"])
