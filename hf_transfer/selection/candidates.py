@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_transfer.errors import HFTransferError, ModelError, WrongModality
+from hf_transfer.errors import HFTransferError, WrongModality
 
 logger = logging.getLogger(__name__)
 

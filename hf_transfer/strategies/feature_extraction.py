@@ -34,7 +34,6 @@ import torch
 from torch import nn
 
 from hf_transfer.errors import ConfigError, ModelError
-from hf_transfer.models import feature_cache
 from hf_transfer.models.feature_cache import cache_root, load_cached, save_cached  # noqa: F401  (re-exported)
 from hf_transfer.models.feature_run import (  # noqa: F401  (re-exported: older imports, pickles)
     CLASSIFIER_FILE,
@@ -69,7 +68,6 @@ from hf_transfer.strategies.base import Strategy, StrategyConfig, register_strat
 
 logger = logging.getLogger(__name__)
 
-FEATURE_FORMAT = feature_cache.FEATURE_FORMAT
 #: Train examples whose features are compared with the head's input (decides the `head` layout).
 HEAD_CHECK_EXAMPLES = 8
 
