@@ -56,7 +56,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+from hf_transfer.paths import FASHION_MNIST_DIR  # noqa: E402
+
 # Folder-safe class names, in Fashion-MNIST label order.
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
 DEFAULT_WORK = Path("runs/bench/efficientnet_fashion_mnist")
@@ -77,13 +78,13 @@ PLANS = {
 
 
 def read_idx(name: str, offset: int) -> np.ndarray:
-    with gzip.open(FMNIST_DIR / name) as f:
+    with gzip.open(FASHION_MNIST_DIR / name) as f:
         return np.frombuffer(f.read(), np.uint8, offset=offset)
 
 
 def load_fashion_mnist():
-    if not FMNIST_DIR.is_dir():
-        sys.exit(f"{FMNIST_DIR} is missing: apt-get update && apt-get install -y dataset-fashion-mnist")
+    if not FASHION_MNIST_DIR.is_dir():
+        sys.exit(f"{FASHION_MNIST_DIR} is missing: apt-get update && apt-get install -y dataset-fashion-mnist")
     train_x = read_idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
     train_y = read_idx("train-labels-idx1-ubyte.gz", 8)
     test_x = read_idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)

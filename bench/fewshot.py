@@ -50,9 +50,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from hf_transfer.paths import FORTUNES_DIR  # noqa: E402
+
 STRATEGIES = ["feature_extraction", "contrastive", "static", "full", "partial", "lora", "lp_ft", "freeze", "auto"]
 METHODS = ["baseline", "setfit"] + STRATEGIES
-FORTUNE_DIR = Path("/usr/share/games/fortunes")
 FORTUNE_CLASSES = ("computers", "food", "politics", "sports")
 MAX_LENGTH = 64
 
@@ -78,11 +79,11 @@ def load_tweets() -> pd.DataFrame:
 
 
 def load_fortunes(classes=FORTUNE_CLASSES) -> pd.DataFrame:
-    if not FORTUNE_DIR.is_dir():
+    if not FORTUNES_DIR.is_dir():
         raise SystemExit("Debian's fortunes package is not installed: apt-get install -y fortunes")
     rows = []
     for label in classes:
-        text = (FORTUNE_DIR / label).read_text(encoding="latin-1")
+        text = (FORTUNES_DIR / label).read_text(encoding="latin-1")
         for cookie in text.split("\n%\n"):
             cookie = " ".join(cookie.split())
             if len(cookie) > 10:

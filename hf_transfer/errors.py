@@ -23,3 +23,11 @@ class ExportError(HFTransferError):
 
 class TrainingError(HFTransferError):
     """Training cannot go on: its loss or weights became non-finite (too high a learning rate)."""
+
+
+class WrongModality(ModelError):
+    """A checkpoint is of another modality (text, image, audio) than the recipe needs."""
+
+
+class WidthMismatch(ConfigError):
+    """Layers chosen to be averaged into one feature vector have different widths."""

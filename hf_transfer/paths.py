@@ -10,6 +10,14 @@ from hf_transfer.errors import HFTransferError
 
 PREFIX = "pkg://"
 
+# Data that Debian packages install, read by the benchmarks and by tests that skip without it.
+#: Fashion-MNIST's idx `.gz` files (`apt-get install dataset-fashion-mnist`).
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: The fortune-cookie files, one per topic (`apt-get install fortunes`).
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+#: Real speech with transcripts, `librivox/` and `cards/` (`apt-get install pocketsphinx-testdata`).
+POCKETSPHINX_DATA_DIR = Path("/usr/share/pocketsphinx/test/data")
+
 
 def resolve(name: str) -> str:
     """`pkg://package/sub/path` -> the absolute path inside the installed package; others unchanged.

@@ -170,3 +170,45 @@ def test_a_diverging_run_stops_naming_the_step_and_the_learning_rate(text_overri
     for name, tensor in load_file(str(ckpts[-1] / "model.safetensors")).items():
         assert torch.isfinite(tensor).all(), name
     assert "Training diverged" in (run / "train.log").read_text()
+
+
+def test_checkpoints_work_from_what_they_are_given(tmp_path):
+    """`Checkpoints` needs no trainer: an Accelerator, a folder, a limit and a weight check."""
+    from types import SimpleNamespace
+
+    from hf_transfer.config import TrainingConfig
+    from hf_transfer.engine.checkpoints import STATE_FILE, Checkpoints, TrainerState
+    from hf_transfer.engine.trainer import new_accelerator
+    from hf_transfer.errors import HFTransferError
+
+    acc = new_accelerator(TrainingConfig(report_to=[]), tmp_path)
+    torch.manual_seed(0)
+    model = acc.prepare(torch.nn.Linear(3, 2))
+    optimizer = acc.prepare(torch.optim.AdamW(model.parameters(), lr=0.1))
+    checked, replayed, restored = [], [], []
+    strategy = SimpleNamespace(state_dict=lambda: {"depth": 2}, load_state_dict=restored.append,
+                               on_epoch_start=lambda epoch, m, groups: replayed.append(epoch))
+    ckpts = Checkpoints(acc, tmp_path / "checkpoints", 2, lambda: checked.append(True))
+    with pytest.raises(HFTransferError, match="holds no checkpoint"):
+        ckpts.resolve("latest")
+    state = TrainerState(epoch=1, train_runtime=5.0)
+    for step in (1, 2, 3):
+        state.global_step = step
+        ckpts.save(state, strategy, elapsed=lambda: 2.5)
+    assert [p.name for p in ckpts.found()] == ["step_2", "step_3"] and len(checked) == 3  # the oldest removed
+    assert state.train_runtime == 5.0 and state.strategy_state == {"depth": 2}
+    assert ckpts.resolve("latest") == tmp_path / "checkpoints" / "step_3"
+    with pytest.raises(HFTransferError, match="not a checkpoint folder"):
+        ckpts.resolve(str(tmp_path))
+    saved = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    loaded = ckpts.load(ckpts.resolve("latest"), model=model, optimizer=optimizer, strategy=strategy, groups=[])
+    assert torch.equal(model.weight, saved)
+    assert (loaded.global_step, loaded.epoch, loaded.train_runtime) == (3, 1, 7.5)  # this process's seconds added
+    assert restored == [{"depth": 2}] and replayed == [0, 1]  # the schedule replayed up to the saved epoch
+    assert (tmp_path / "checkpoints" / "step_3" / STATE_FILE).is_file()
+    ckpts.save_best(model)
+    with torch.no_grad():
+        model.weight.zero_()
+    assert ckpts.load_best(model) and torch.equal(model.weight, saved) and len(checked) == 4

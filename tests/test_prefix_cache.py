@@ -71,7 +71,7 @@ def test_top_on_cached_prefix_gives_the_models_logits(arch, frozen_blocks):
     model = ARCHS[arch]().eval()
     groups = _freeze_below(model, frozen_blocks)
     first = pc.first_trainable_group(groups)
-    assert pc.can_cache_prefix(model, groups, first), pc.prefix_cache_blocker(model, groups, first)
+    assert pc.prefix_cache_blocker(model, groups, first) is None
     plan = pc.plan_prefix(model, groups, first)
     assert plan.frozen_blocks == frozen_blocks
     rows = _examples(model)
@@ -84,6 +84,34 @@ def test_top_on_cached_prefix_gives_the_models_logits(arch, frozen_blocks):
         # Raw inputs still run the whole model (a test split, predict).
         torch.testing.assert_close(wrapped(**_inputs(_collate(rows))).logits, expected)
     assert {n for n, _ in wrapped.named_parameters()} == {f"model.{n}" for n, _ in model.named_parameters()}
+
+
+def test_setup_prefix_cache_caches_what_it_can_and_otherwise_says_why_and_reads_nothing(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = ARCHS["bert"]().eval()
+    groups = _freeze_below(model, 2)
+    rows = _examples(model)
+    task = SimpleNamespace(collate=_collate, model_inputs=_inputs)
+    asked = []
+
+    def datasets():
+        asked.append(True)
+        return [rows, None]
+
+    with caplog.at_level(logging.INFO, logger=pc.logger.name):
+        off = pc.setup_prefix_cache(model, groups, task, datasets, augmentation=True, log_name="x: ")
+        assert off is None and not asked and "x: frozen-prefix cache off: the training data is augmented" in caplog.text
+        assert pc.setup_prefix_cache(model, groups, task, datasets, changes_trainable_set=True) is None and not asked
+        cache = pc.setup_prefix_cache(model, groups, task, datasets, batch_size=4, device="cpu")
+    assert asked == [True] and cache.plan.frozen_blocks == 2 and cache.datasets[1] is None
+    assert cache.collate is pc.collate_prefix and cache.examples == len(rows)
+    plan = pc.plan_prefix(model, groups, pc.first_trainable_group(groups))
+    direct = pc.build_prefix_cache(model, plan, rows, _collate, batch_size=4)
+    for i in range(len(rows)):
+        assert torch.equal(cache.datasets[0][i][pc.HIDDEN_KEY], direct[i][pc.HIDDEN_KEY])
 
 
 def test_training_on_the_cache_equals_training_with_the_frozen_part_in_eval_mode():

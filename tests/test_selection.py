@@ -325,6 +325,61 @@ def test_candidate_of_another_modality_is_refused_before_any_forward_pass(tiny_b
         rank_candidates(cfg, [str(tiny_bert_dir), str(vit)])
     msg = str(info.value)
     assert str(vit) in msg and "image" in msg and "text_classification" in msg
+    # The refusal is chosen by the error's type, not by its words.
+    from hf_transfer.errors import WrongModality
+    from hf_transfer.selection.candidates import CandidateError, inspect_candidate
+
+    with pytest.raises(WrongModality):
+        inspect_candidate(str(vit), "text_classification")
+    with pytest.raises(CandidateError) as info:  # a candidate that does not load is no modality error
+        inspect_candidate(str(tmp_path / "no-such-model"), "text_classification")
+    assert not isinstance(info.value, WrongModality)
+
+
+def test_rank_concatenates_layers_of_different_widths_by_the_error_type(tiny_bert_dir, toy_text_data, tmp_path,
+                                                                         monkeypatch):
+    import hf_transfer.models.features as features
+    from hf_transfer.errors import ConfigError, WidthMismatch
+    from hf_transfer.selection.rank import rank_candidates
+
+    y = np.arange(40) % 2
+    asked = []
+
+    def fake(cfg, roles, *, spec, **kw):
+        asked.append((spec.layers, spec.combine))
+        if spec.combine == "mean":
+            raise WidthMismatch("layers of widths [8, 16]")  # no words a text match would look for
+        X = np.random.default_rng(0).normal(size=(40, 24)).astype(np.float32) + y[:, None]
+        return {"train": features.Features(X=X, y=y, info={"seconds": 0.1})}
+
+    monkeypatch.setattr(features, "features_for_config", fake)
+    cfg = _config(tiny_bert_dir, toy_text_data, tmp_path)
+    report = rank_candidates(cfg, [str(tiny_bert_dir)], layers="mean", repeats=0)
+    assert asked == [("mean", "mean"), ("mean", "concat")] and report.ranked[0].dim == 24
+    # With the last layer only there is nothing to concatenate: the error stands.
+    with pytest.raises(WidthMismatch):
+        rank_candidates(cfg, [str(tiny_bert_dir)], layers="last", repeats=0)
+
+    def other(cfg, roles, *, spec, **kw):
+        raise ConfigError("the chosen layers have different widths")  # another config error: raised as it is
+
+    monkeypatch.setattr(features, "features_for_config", other)
+    with pytest.raises(ConfigError, match="different widths") as info:
+        rank_candidates(cfg, [str(tiny_bert_dir)], layers="mean", repeats=0)
+    assert not isinstance(info.value, WidthMismatch)
+
+
+def test_averaging_layers_of_different_widths_raises_width_mismatch():
+    import torch
+
+    from hf_transfer.errors import ConfigError, WidthMismatch
+    from hf_transfer.models.features import FeatureExtractor, FeatureSpec
+
+    fx = FeatureExtractor.__new__(FeatureExtractor)
+    fx.spec, fx.normalize = FeatureSpec(layers="mean"), False
+    with pytest.raises(WidthMismatch, match="combine: concat") as info:
+        fx._finish([torch.zeros(2, 8), torch.zeros(2, 16)])
+    assert isinstance(info.value, ConfigError)  # still a config error for every other caller
 
 
 def test_licence_from_the_card_and_non_commercial_warning(tmp_path):

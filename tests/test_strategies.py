@@ -295,6 +295,31 @@ def test_lp_ft_schedule_and_partial_fraction():
     assert names_at(make_strategy("partial", trainable_fraction=0.5), [0]) == [[2, 3, 4]]
 
 
+@pytest.mark.parametrize("settings", [{"trainable_layers": 1}, {"trainable_layers": 2}, {"trainable_fraction": 0.4},
+                                      {"trainable_fraction": 1.0}])
+def test_partial_and_contrastive_count_their_top_blocks_alike(settings):
+    from hf_transfer.strategies._groups import top_blocks
+
+    groups = layer_groups(bert_model())  # 2 blocks
+    expected = top_blocks(groups, settings.get("trainable_layers", 2), settings.get("trainable_fraction"))
+    assert expected == (settings["trainable_layers"] if "trainable_layers" in settings
+                        else max(1, int(np.ceil(settings["trainable_fraction"] * 2))))
+    for name in ("partial", "contrastive"):
+        assert make_strategy(name, **settings).trainable_blocks(groups) == expected
+    for name in ("partial", "contrastive"):
+        with pytest.raises(ConfigError, match=r"trainable_fraction must be in \(0, 1\]"):
+            make_strategy(name, trainable_fraction=1.5)
+
+
+def test_adapter_says_what_it_is_on_the_model_card():
+    from hf_transfer.strategies.base import strategy_class
+
+    for name in ("adapter", "lora_ffn"):
+        summary = strategy_class(name).summary()
+        assert "LoRA on the feed-forward layers" in summary and "linear parallel adapter" in summary
+        assert "bottleneck" not in summary
+
+
 def test_on_epoch_start_reports_changes_only_and_is_idempotent():
     s = make_strategy("gradual_unfreeze")
     model = bert_model()

@@ -38,7 +38,6 @@ from hf_transfer.errors import DataError
 logger = logging.getLogger(__name__)
 
 IGNORE = -100
-CONLL_SUFFIXES = (".conll", ".conllx", ".iob", ".iob2", ".bio", ".bioes", ".ner", ".txt")
 TOKENS_CANDIDATES = ("tokens", "words")
 TAGS_CANDIDATES = ("tags", "ner_tags", "labels", "label")
 SPANS_CANDIDATES = ("entities", "spans", "annotations")

@@ -46,17 +46,6 @@ def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
     return _ReverseGradient.apply(x, coeff)
 
 
-class GradientReversal(nn.Module):
-    """`grad_reverse` as a module; set `coeff` as training progresses."""
-
-    def __init__(self, coeff: float = 1.0):
-        super().__init__()
-        self.coeff = coeff
-
-    def forward(self, x):
-        return grad_reverse(x, self.coeff)
-
-
 def dann_lambda(progress: float, lambda_max: float = 1.0, gamma: float = 10.0) -> float:
     """Ganin et al.'s schedule: `lambda_max * (2 / (1 + exp(-gamma * p)) - 1)`, p in [0, 1].
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from accelerate.logging import get_logger
 
@@ -47,23 +47,47 @@ class TrainerState:
     train_runtime: float = 0.0
 
 
-class Checkpointing:
-    """The checkpoint half of `hf_transfer.engine.trainer.Trainer` (which it is mixed into): it
-    reads the trainer's `accelerator`, `state`, `strategy`, `model`, `groups`, `tc` and `ckpt_dir`,
-    and calls its `check_weights_finite` before writing weights."""
+class Checkpoints:
+    """The checkpoint folder of one training run (`checkpoints/`): resumable checkpoints and the
+    best weights so far. Everything it reads is given here or passed to each call.
 
-    def _checkpoints(self) -> list[Path]:
-        if not self.ckpt_dir.is_dir():
+    Args:
+        accelerator: The run's Accelerator (every process takes part in a save or a load).
+        folder: The run folder's `checkpoints/`.
+        save_total_limit: Checkpoints kept (the newest); 0 or less keeps every one.
+        check_weights: Called before any weights are written; raises when they are not finite.
+    """
+
+    def __init__(self, accelerator, folder: Path, save_total_limit: int, check_weights: Callable[[], None]):
+        self.accelerator = accelerator
+        self.folder = Path(folder)
+        self.save_total_limit = save_total_limit
+        self.check_weights = check_weights
+
+    @property
+    def best_path(self) -> Path:
+        return self.folder / "best.safetensors"
+
+    def found(self) -> list[Path]:
+        """The complete checkpoints (`step_N` with its state file), oldest first."""
+        if not self.folder.is_dir():
             return []
-        found = [p for p in self.ckpt_dir.glob("step_*") if (p / STATE_FILE).is_file()]
+        found = [p for p in self.folder.glob("step_*") if (p / STATE_FILE).is_file()]
         return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
-    def save_checkpoint(self) -> Path:
-        """Save a resumable checkpoint atomically: written aside, then renamed into place."""
+    def save(self, state: TrainerState, strategy, elapsed: Callable[[], float]) -> Path:
+        """Save a resumable checkpoint atomically: written aside, then renamed into place.
+
+        Args:
+            state: The progress to record (its `strategy_state` is set from `strategy`).
+            strategy: The transfer strategy (its schedule's `state_dict`).
+            elapsed: Training seconds of this process so far (added to `state.train_runtime` in
+                the file only).
+        """
         acc = self.accelerator
-        self.check_weights_finite()  # a checkpoint is never written with NaN or infinite weights
-        final = self.ckpt_dir / f"step_{self.state.global_step}"
-        tmp = self.ckpt_dir / f".tmp_step_{self.state.global_step}"
+        self.check_weights()  # a checkpoint is never written with NaN or infinite weights
+        final = self.folder / f"step_{state.global_step}"
+        tmp = self.folder / f".tmp_step_{state.global_step}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
@@ -72,24 +96,25 @@ class Checkpointing:
         # main process renames it.
         acc.wait_for_everyone()
         if acc.is_main_process:
-            self.state.strategy_state = self.strategy.state_dict()
-            before = self.state.train_runtime
-            self.state.train_runtime = before + (time.time() - self._start if getattr(self, "_start", None) else 0.0)
-            (tmp / STATE_FILE).write_text(json.dumps(self.state.__dict__, indent=1, default=float))
-            self.state.train_runtime = before
+            state.strategy_state = strategy.state_dict()
+            before = state.train_runtime
+            state.train_runtime = before + elapsed()
+            (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1, default=float))
+            state.train_runtime = before
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-            for old in self._checkpoints()[: -self.tc.save_total_limit] if self.tc.save_total_limit > 0 else []:
+            for old in self.found()[: -self.save_total_limit] if self.save_total_limit > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final
 
-    def resolve_checkpoint(self, spec: str) -> Path:
+    def resolve(self, spec: str) -> Path:
+        """The checkpoint `training.resume_from_checkpoint` names: `latest` or a folder."""
         if spec == "latest":
-            found = self._checkpoints()
+            found = self.found()
             if not found:
                 raise HFTransferError(
-                    f"training.resume_from_checkpoint=latest, but '{self.ckpt_dir}' holds no checkpoint. "
+                    f"training.resume_from_checkpoint=latest, but '{self.folder}' holds no checkpoint. "
                     "Start without resume_from_checkpoint, or point it at a checkpoint folder."
                 )
             return found[-1]
@@ -97,62 +122,65 @@ class Checkpointing:
         if not (path / STATE_FILE).is_file():
             raise HFTransferError(
                 f"'{spec}' is not a checkpoint folder (no {STATE_FILE}). Checkpoints are in "
-                f"'{self.ckpt_dir}' as step_N; or use training.resume_from_checkpoint=latest."
+                f"'{self.folder}' as step_N; or use training.resume_from_checkpoint=latest."
             )
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        saved = json.loads((path / STATE_FILE).read_text())
-        self.state = TrainerState(**saved)
-        self.strategy.load_state_dict(self.state.strategy_state)
+    def load(self, path: Path, *, model, optimizer, strategy, groups: list) -> TrainerState:
+        """Restore the checkpoint at `path` into `model` (prepared), `optimizer` and `strategy`;
+        returns the progress it recorded."""
+        state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
+        strategy.load_state_dict(state.strategy_state)
         # Re-apply the schedule's freezing for every epoch already started, so requires_grad
         # matches what the uninterrupted run had at this point.
-        model = self.accelerator.unwrap_model(self.model)
-        for epoch in range(self.state.epoch + 1):
-            self.strategy.on_epoch_start(epoch, model, self.groups)
+        unwrapped = self.accelerator.unwrap_model(model)
+        for epoch in range(state.epoch + 1):
+            strategy.on_epoch_start(epoch, unwrapped, groups)
         from hf_transfer.engine.distributed import prime_optimizer_for_resume
 
-        prime_optimizer_for_resume(self.accelerator, self.optimizer)  # FSDP sharded: keep the AdamW moments
+        prime_optimizer_for_resume(self.accelerator, optimizer)  # FSDP sharded: keep the AdamW moments
         self.accelerator.load_state(str(path))
         # The best weights so far live beside the checkpoints; bring them along when resuming
         # from another run folder's checkpoint.
         best = path.parent / "best.safetensors"
-        own = self.ckpt_dir / "best.safetensors"
+        own = self.best_path
         if best.is_file() and best.resolve() != own.resolve() and self.accelerator.is_main_process:
             own.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(best, own)
-        logger.info("Resumed from %s (step %d, epoch %d)", path, self.state.global_step, self.state.epoch)
+        logger.info("Resumed from %s (step %d, epoch %d)", path, state.global_step, state.epoch)
+        return state
 
-    def _save_best(self) -> None:
+    def save_best(self, model) -> None:
+        """Write `model`'s weights (prepared; gathered under FSDP) as the best so far."""
         from safetensors.torch import save_file, save_model
 
         from hf_transfer.engine.distributed import gather_state_dict, uses_fsdp
 
         acc = self.accelerator
-        self.check_weights_finite()
+        self.check_weights()
         acc.wait_for_everyone()
-        path = self.ckpt_dir / "best.safetensors"
+        path = self.best_path
         if uses_fsdp(acc):  # full weights gathered from the shards (every process takes part)
-            state = gather_state_dict(acc, self.model)
+            state = gather_state_dict(acc, model)
             if state is not None:
-                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                self.folder.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path))
         elif acc.is_main_process:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            save_model(acc.unwrap_model(self.model), str(path))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_model(acc.unwrap_model(model), str(path))
         acc.wait_for_everyone()
 
-    def _load_best(self) -> None:
-        from safetensors.torch import load_model
-
-        from safetensors.torch import load_file
+    def load_best(self, model) -> bool:
+        """Load the best weights so far into `model` (prepared). False when none were saved."""
+        from safetensors.torch import load_file, load_model
 
         from hf_transfer.engine.distributed import load_full_state_dict, uses_fsdp
 
-        path = self.ckpt_dir / "best.safetensors"
-        if path.is_file():
-            if uses_fsdp(self.accelerator):
-                load_full_state_dict(self.accelerator, self.model, load_file(str(path)))
-            else:
-                load_model(self.accelerator.unwrap_model(self.model), str(path))
-            logger.info("Loaded the best model (step %s, %s=%.4f).", self.state.best_step, self.tc.metric_for_best_model, self.state.best_metric)
+        path = self.best_path
+        if not path.is_file():
+            return False
+        if uses_fsdp(self.accelerator):
+            load_full_state_dict(self.accelerator, model, load_file(str(path)))
+        else:
+            load_model(self.accelerator.unwrap_model(model), str(path))
+        return True

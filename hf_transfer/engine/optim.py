@@ -7,8 +7,6 @@ import logging
 import torch
 from torch import nn
 
-from hf_transfer.strategies.base import layerwise_lr_scales  # noqa: F401  (its old home; strategies own it)
-
 logger = logging.getLogger(__name__)
 
 
@@ -62,6 +60,36 @@ def build_param_groups(
             if params:
                 out.append({"params": params, "weight_decay": wd, "lr": base_lr, "lr_scale": 1.0, "name": "other" + suffix})
     return out
+
+
+def layerwise_lr_scales(groups: list, decay: float = 1.0, head_multiplier: float = 1.0) -> list[float]:
+    """Learning-rate scale per layer group, bottom to top.
+
+    Group at depth d below the top gets `decay ** d` (timm's layer decay): the head and the final
+    norm/pooler ("top" groups) are depth 0, the last block depth 1, ..., the stem deepest. The
+    head is further multiplied by `head_multiplier`.
+
+    Args:
+        groups: Layer groups from `layer_groups(model)`, ordered bottom to top.
+        decay: Per-depth factor (1.0 = same LR everywhere).
+        head_multiplier: Extra factor for the head group.
+
+    Returns:
+        One scale per group.
+    """
+    scales = []
+    n_deep = 0
+    for g in reversed(groups):
+        if g.kind in ("head", "top"):
+            depth = 0
+        else:
+            n_deep += 1
+            depth = n_deep
+        scale = decay**depth
+        if g.kind == "head":
+            scale *= head_multiplier
+        scales.append(scale)
+    return list(reversed(scales))
 
 
 def new_adamw(param_groups: list[dict], lr: float, implementation: str = "auto") -> torch.optim.AdamW:

@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hf_transfer.config import TrainConfig, TrainingConfig
-from hf_transfer.engine.checkpoints import STATE_FILE, Checkpointing, TrainerState  # noqa: F401  (re-exported)
+from hf_transfer.engine.checkpoints import Checkpoints, TrainerState
 from hf_transfer.engine.budget import resolve_budget, resolve_learning_rate
 from hf_transfer.engine.distributed import precision_that_ran as dist_precision
-from hf_transfer.engine.evaluation import recalibrate_batchnorm, run_evaluation  # noqa: F401  (re-exported)
+from hf_transfer.engine.evaluation import recalibrate_batchnorm, run_evaluation
 from hf_transfer.engine.optim import build_param_groups, new_adamw
 from hf_transfer.errors import HFTransferError, TrainingError
 from hf_transfer.models.families import model_type_of
@@ -120,7 +120,7 @@ class EngineHook:
         """After the best weights are loaded, before the final evaluation and save."""
 
 
-class Trainer(Checkpointing):
+class Trainer:
     """Trains `model` on `train_dataset` with Accelerate.
 
     Args:
@@ -135,6 +135,9 @@ class Trainer(Checkpointing):
         train_sampler: Sampler for the training data with `set_epoch` (seeded per epoch).
         output_dir: Run folder.
         hook: Extra behaviour in the loop (`EngineHook`), e.g. domain adaptation.
+
+    Set-up runs in named steps, in this order: `_setup_accelerator`, `_setup_data`,
+    `_setup_optimizer`, `_prepare`, `_setup_schedule`, `_setup_checkpoints`.
     """
 
     def __init__(self, training: TrainingConfig | TrainConfig, task, model, strategy, groups, train_dataset,
@@ -149,52 +152,78 @@ class Trainer(Checkpointing):
         self.collate_fn = collate_fn
         self.state = TrainerState()
         self.hook = hook if hook is not None else EngineHook()
+        self._start: float | None = None
+        self._samples_seen = 0
 
-        dynamic = strategy.changes_trainable_set
-        self.accelerator = new_accelerator(self.tc, self.output_dir, find_unused_parameters=dynamic, groups=groups)
-        acc = self.accelerator
+        self._setup_accelerator(model)
+        train_dl, eval_dl = self._setup_data(train_dataset, eval_dataset)
+        model_type = model_type_of(model)  # before Accelerate wraps it: convolutional nets get larger rates
+        optimizer, extra_modules = self._setup_optimizer(model, model_type)
+        self._prepare(model, optimizer, train_dl, eval_dl, extra_modules)
+        self._setup_schedule(model_type)
+        self._setup_checkpoints()
+
+    # ------------------------------------------------------------------ set-up steps
+
+    def _setup_accelerator(self, model) -> None:
+        """The Accelerator (with `training.distributed`'s plugin), and gradient checkpointing
+        (non-reentrant; FSDP's own under FSDP) switched on before the model is wrapped."""
         from hf_transfer.engine import distributed as dist
 
-        # Gradient checkpointing (non-reentrant; FSDP's own under FSDP), before wrapping.
-        self.gradient_checkpointing = dist.prepare_model(acc, self.tc, model, dynamic)
-        self._deepspeed = dist.uses_deepspeed(acc)
+        dynamic = self.strategy.changes_trainable_set
+        self.accelerator = new_accelerator(self.tc, self.output_dir, find_unused_parameters=dynamic, groups=self.groups)
+        self.gradient_checkpointing = dist.prepare_model(self.accelerator, self.tc, model, dynamic)
+        self._deepspeed = dist.uses_deepspeed(self.accelerator)
 
+    def _setup_data(self, train_dataset, eval_dataset) -> tuple[DataLoader, DataLoader | None]:
+        """The training and evaluation loaders (not prepared yet)."""
+        tc = self.tc
         train_dl = DataLoader(
             train_dataset,
-            batch_size=self.tc.batch_size,
-            sampler=train_sampler,
-            collate_fn=collate_fn,
-            num_workers=self.tc.num_workers,
+            batch_size=tc.batch_size,
+            sampler=self.sampler,
+            collate_fn=self.collate_fn,
+            num_workers=tc.num_workers,
             # Each new DataLoader iterator draws a seed from this generator; without one it would
             # draw from the global RNG and shift dropout after a resume.
-            generator=torch.Generator().manual_seed(self.tc.seed),
+            generator=torch.Generator().manual_seed(tc.seed),
         )
         eval_dl = None
         if eval_dataset is not None:
             eval_dl = DataLoader(
                 eval_dataset,
-                batch_size=self.tc.eval_batch_size or self.tc.batch_size,
+                batch_size=tc.eval_batch_size or tc.batch_size,
                 shuffle=False,
-                collate_fn=collate_fn,
-                num_workers=self.tc.num_workers,
-                generator=torch.Generator().manual_seed(self.tc.seed),
+                collate_fn=self.collate_fn,
+                num_workers=tc.num_workers,
+                generator=torch.Generator().manual_seed(tc.seed),
             )
+        return train_dl, eval_dl
 
-        scales = strategy.lr_scales(groups)
-        model_type = model_type_of(model)  # before Accelerate wraps it: convolutional nets get larger rates
-        lr, _ = resolve_learning_rate(self.tc, strategy, model_type)
-        param_groups = build_param_groups(model, groups, scales, lr, self.tc.weight_decay)
-        extra_modules = self.hook.extra_modules()
+    def _setup_optimizer(self, model, model_type) -> tuple[torch.optim.Optimizer, list[torch.nn.Module]]:
+        """AdamW over the strategy's layer-wise groups, the hook's modules first. Returns the
+        optimizer and the hook's modules (not prepared yet)."""
+        from hf_transfer.engine import distributed as dist
+
+        tc, hook = self.tc, self.hook
+        scales = self.strategy.lr_scales(self.groups)
+        lr, _ = resolve_learning_rate(tc, self.strategy, model_type)
+        param_groups = build_param_groups(model, self.groups, scales, lr, tc.weight_decay)
+        extra_modules = hook.extra_modules()
         # First, so the last group stays the model's head (the learning rate the log reports).
-        param_groups[:0] = [{"params": list(module.parameters()), "weight_decay": self.tc.weight_decay,
-                             "lr": lr * self.hook.lr_multiplier, "lr_scale": self.hook.lr_multiplier,
+        param_groups[:0] = [{"params": list(module.parameters()), "weight_decay": tc.weight_decay,
+                             "lr": lr * hook.lr_multiplier, "lr_scale": hook.lr_multiplier,
                              "name": f"hook.{i}"} for i, module in enumerate(extra_modules)]
         # Fused AdamW where torch has it (the transformers Trainer's default too); ZeRO and FSDP keep
         # torch's default implementation.
-        plain = self._deepspeed or dist.uses_fsdp(acc)
-        optimizer = new_adamw(param_groups, lr, "default" if plain else "auto")
+        plain = self._deepspeed or dist.uses_fsdp(self.accelerator)
+        return new_adamw(param_groups, lr, "default" if plain else "auto"), extra_modules
 
-        if dynamic and acc.num_processes > 1:
+    def _prepare(self, model, optimizer, train_dl, eval_dl, extra_modules) -> None:
+        """`accelerator.prepare` for the model, optimizer, loaders and the hook's modules; then the
+        hook's `setup`."""
+        acc = self.accelerator
+        if self.strategy.changes_trainable_set and acc.num_processes > 1:
             # DDP only all-reduces parameters that require grad when it wraps the model. Wrap it
             # with every parameter the schedule will ever unfreeze marked trainable, then restore
             # the current freezing; find_unused_parameters lets frozen ones skip a step safely.
@@ -209,24 +238,31 @@ class Trainer(Checkpointing):
         self.eval_dl = acc.prepare(eval_dl) if eval_dl is not None else None
         extra_modules = [acc.prepare(m) for m in extra_modules]
         self._hook_params = [p for m in extra_modules for p in m.parameters()]
-        self.hook.setup(self, extra_modules)
         self.model, self.optimizer, self.train_dl = model, optimizer, train_dl
+        self.hook.setup(self, extra_modules)
 
-        self.steps_per_epoch = max(1, math.ceil(len(train_dl) / self.tc.gradient_accumulation_steps))
-        # Learning rate, steps and warm-up from the settings, or derived from the data size and
-        # the strategy where unset (`hf_transfer.engine.budget`); recorded in metrics.json.
-        labels = getattr(getattr(task, "labels", None), "id2label", None)
-        self.budget = resolve_budget(self.tc, strategy, self.steps_per_epoch, model_type,
+    def _setup_schedule(self, model_type) -> None:
+        """Learning rate, steps and warm-up from the settings, or derived from the data size and
+        the strategy where unset (`hf_transfer.engine.budget`; recorded in metrics.json), and the
+        learning-rate scheduler."""
+        tc = self.tc
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_dl) / tc.gradient_accumulation_steps))
+        labels = getattr(getattr(self.task, "labels", None), "id2label", None)
+        self.budget = resolve_budget(tc, self.strategy, self.steps_per_epoch, model_type,
                                      num_classes=len(labels) if isinstance(labels, dict) and labels else None)
         self.total_steps = self.budget.total_steps
         self.num_epochs = self.budget.epochs
         self.scheduler = get_scheduler(
-            self.tc.scheduler,
-            optimizer=optimizer,
+            tc.scheduler,
+            optimizer=self.optimizer,
             num_warmup_steps=self.budget.warmup_steps,
             num_training_steps=self.total_steps,
         )
-        acc.register_for_checkpointing(self.scheduler)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+
+    def _setup_checkpoints(self) -> None:
+        self.checkpoints = Checkpoints(self.accelerator, self.ckpt_dir, self.tc.save_total_limit,
+                                       self.check_weights_finite)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -234,6 +270,25 @@ class Trainer(Checkpointing):
         """Metrics on `dataloader` (the eval split by default), keys prefixed Trainer-style."""
         dataloader = dataloader if dataloader is not None else self.eval_dl
         return run_evaluation(self.accelerator, self.model, dataloader, self.task, prefix)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _elapsed(self) -> float:
+        """Training seconds of this process so far (0 before `train` starts)."""
+        return time.time() - self._start if self._start else 0.0
+
+    def save_checkpoint(self) -> Path:
+        """A resumable checkpoint of this step (`engine.checkpoints.Checkpoints.save`)."""
+        return self.checkpoints.save(self.state, self.strategy, self._elapsed)
+
+    def load_checkpoint(self, path: Path) -> None:
+        self.state = self.checkpoints.load(path, model=self.model, optimizer=self.optimizer, strategy=self.strategy,
+                                           groups=self.groups)
+
+    def _load_best(self) -> None:
+        if self.checkpoints.load_best(self.model):
+            logger.info("Loaded the best model (step %s, %s=%.4f).", self.state.best_step,
+                        self.tc.metric_for_best_model, self.state.best_metric)
 
     # ------------------------------------------------------------------ training
 
@@ -328,7 +383,7 @@ class Trainer(Checkpointing):
             self.state.best_step = self.state.global_step
             self.state.evals_without_improvement = 0
             if self.tc.load_best_model_at_end:
-                self._save_best()
+                self.checkpoints.save_best(self.model)
         else:
             self.state.evals_without_improvement += 1
         patience = self.tc.early_stopping_patience
@@ -343,86 +398,128 @@ class Trainer(Checkpointing):
 
     def train(self) -> dict[str, Any]:
         """Run training. Returns the final metrics (eval_*, train_runtime, ...)."""
-        acc, tc = self.accelerator, self.tc
-        if tc.report_to:
-            acc.init_trackers("hf_transfer", config={"strategy": self.strategy.name, "lr": self.budget.learning_rate})
-        if tc.resume_from_checkpoint:
-            self.load_checkpoint(self.resolve_checkpoint(tc.resume_from_checkpoint))
-        else:
-            self.strategy.on_epoch_start(0, acc.unwrap_model(self.model), self.groups)
-
+        self._begin()
         start = self._start = time.time()
-        samples_seen = 0
+        self._samples_seen = 0
         progress = tqdm(
             total=self.total_steps, initial=self.state.global_step, desc="Training",
-            disable=not acc.is_local_main_process or progress_disabled(),
+            disable=not self.accelerator.is_local_main_process or progress_disabled(),
         )
         self.model.train()
         try:
             while self.state.global_step < self.total_steps and not self.state.stopped_early:
-                epoch = self.state.epoch
-                if self.state.step_in_epoch == 0 and epoch > 0:
-                    if self.strategy.on_epoch_start(epoch, acc.unwrap_model(self.model), self.groups):
-                        logger.info("Epoch %d: %s", epoch, self.strategy.describe(acc.unwrap_model(self.model)))
-                # Accelerate's loader re-seeds its sampler from its own iteration counter each time
-                # it is iterated; set that counter too, so a resumed run draws this epoch's order.
-                self._trainable = [p for p in self.model.parameters() if p.requires_grad] + self._hook_params
-                self.sampler.set_epoch(epoch)
-                if hasattr(self.train_dl, "set_epoch"):
-                    self.train_dl.set_epoch(epoch)
-                dl = self.train_dl
-                skip = self.state.step_in_epoch * tc.gradient_accumulation_steps
-                self.hook.on_epoch_start(self, epoch, skip)
-                if skip:
-                    dl = acc.skip_first_batches(dl, skip)
-                iterator = iter(dl)
-                while self.state.global_step < self.total_steps:
-                    window = self._window(iterator)
-                    if not window:
-                        break
-                    loss = self._optimizer_step(window)
-                    samples_seen += sum(self.task.num_examples(b) for b in window) * acc.num_processes
-                    self.state.global_step += 1
-                    self._check_finite(loss, "the training loss")
-                    self.state.step_in_epoch += 1
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                    step = self.state.global_step
-                    if step % max(1, tc.logging_steps) == 0 or step == 1:
-                        self._log({"step": step, "epoch": epoch + self.state.step_in_epoch / self.steps_per_epoch,
-                                   "loss": loss, "learning_rate": self.scheduler.get_last_lr()[-1],
-                                   **self.hook.log_values(self)})
-                    if self.eval_dl is not None and tc.eval_strategy == "steps" and step % tc.eval_steps == 0:
-                        if self._evaluate_and_log(epoch):
-                            break
-                    if tc.save_strategy == "steps" and step % tc.save_steps == 0:
-                        self.save_checkpoint()
-                # End of epoch.
-                finished_epoch = self.state.step_in_epoch >= self.steps_per_epoch or self.state.global_step >= self.total_steps
-                # Epochs raised to reach min_steps: evaluate / checkpoint every k-th epoch and the last.
-                due = (epoch + 1) % self.budget.epochs_per_eval == 0 or self.state.global_step >= self.total_steps
-                finished_epoch = finished_epoch and due
-                if not self.state.stopped_early and self.eval_dl is not None and tc.eval_strategy == "epoch" and finished_epoch:
-                    self._evaluate_and_log(epoch)
-                self.state.epoch += 1
-                self.state.step_in_epoch = 0
-                if tc.save_strategy == "epoch" and due and self.state.global_step < self.total_steps and not self.state.stopped_early:
-                    self.save_checkpoint()
+                self._run_epoch(self.state.epoch, progress)
         except (Exception, KeyboardInterrupt) as e:
             self._stopped(e)
             raise
         finally:
             progress.close()
         runtime = time.time() - start
+        self._finish()
+        metrics = self._final_metrics(runtime)
+        # Close the trackers only: `end_training` would also tear down the process group, which
+        # the caller still needs for the test split and the final save.
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        return metrics
 
-        if self.eval_dl is not None and tc.load_best_model_at_end and self.state.best_step is not None:
+    def _begin(self) -> None:
+        """Trackers, then the resumed checkpoint or the strategy's epoch-0 freezing."""
+        acc, tc = self.accelerator, self.tc
+        if tc.report_to:
+            acc.init_trackers("hf_transfer", config={"strategy": self.strategy.name, "lr": self.budget.learning_rate})
+        if tc.resume_from_checkpoint:
+            self.load_checkpoint(self.checkpoints.resolve(tc.resume_from_checkpoint))
+        else:
+            self.strategy.on_epoch_start(0, acc.unwrap_model(self.model), self.groups)
+
+    def _run_epoch(self, epoch: int, progress) -> None:
+        """One epoch (the rest of it, for a resumed run): optimizer steps until the data or the
+        step budget runs out, or early stopping; then the epoch's evaluation and checkpoint."""
+        iterator = self._start_epoch(epoch)
+        while self.state.global_step < self.total_steps:
+            window = self._window(iterator)
+            if not window:
+                break
+            if self._train_step(window, epoch, progress):
+                break
+        self._end_epoch(epoch)
+
+    def _start_epoch(self, epoch: int):
+        """The strategy's schedule, the epoch's data order, the batches a resumed run already saw
+        skipped. Returns the iterator over the epoch's batches."""
+        acc = self.accelerator
+        if self.state.step_in_epoch == 0 and epoch > 0:
+            if self.strategy.on_epoch_start(epoch, acc.unwrap_model(self.model), self.groups):
+                logger.info("Epoch %d: %s", epoch, self.strategy.describe(acc.unwrap_model(self.model)))
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad] + self._hook_params
+        # Accelerate's loader re-seeds its sampler from its own iteration counter each time it is
+        # iterated; set that counter too, so a resumed run draws this epoch's order.
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.train_dl, "set_epoch"):
+            self.train_dl.set_epoch(epoch)
+        dl = self.train_dl
+        skip = self.state.step_in_epoch * self.tc.gradient_accumulation_steps
+        self.hook.on_epoch_start(self, epoch, skip)
+        if skip:
+            dl = acc.skip_first_batches(dl, skip)
+        return iter(dl)
+
+    def _train_step(self, window: list, epoch: int, progress) -> bool:
+        """One optimizer step over `window`, then its log record, evaluation and checkpoint as
+        due. True when early stopping ends the epoch (and training)."""
+        tc = self.tc
+        loss = self._optimizer_step(window)
+        self._samples_seen += sum(self.task.num_examples(b) for b in window) * self.accelerator.num_processes
+        self.state.global_step += 1
+        self._check_finite(loss, "the training loss")
+        self.state.step_in_epoch += 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        step = self.state.global_step
+        if step % max(1, tc.logging_steps) == 0 or step == 1:
+            self._log({"step": step, "epoch": self._epoch_progress(epoch), "loss": loss,
+                       "learning_rate": self.scheduler.get_last_lr()[-1], **self.hook.log_values(self)})
+        if self.eval_dl is not None and tc.eval_strategy == "steps" and step % tc.eval_steps == 0:
+            if self._evaluate_and_log(epoch):
+                return True
+        if tc.save_strategy == "steps" and step % tc.save_steps == 0:
+            self.save_checkpoint()
+        return False
+
+    def _end_epoch(self, epoch: int) -> None:
+        """The epoch's evaluation and checkpoint (every `budget.epochs_per_eval`-th epoch and the
+        last), and the move to the next epoch."""
+        tc, st = self.tc, self.state
+        finished_epoch = st.step_in_epoch >= self.steps_per_epoch or st.global_step >= self.total_steps
+        # Epochs raised to reach min_steps: evaluate / checkpoint every k-th epoch and the last.
+        due = (epoch + 1) % self.budget.epochs_per_eval == 0 or st.global_step >= self.total_steps
+        if not st.stopped_early and self.eval_dl is not None and tc.eval_strategy == "epoch" and finished_epoch and due:
+            self._evaluate_and_log(epoch)
+        st.epoch += 1
+        st.step_in_epoch = 0
+        if tc.save_strategy == "epoch" and due and st.global_step < self.total_steps and not st.stopped_early:
+            self.save_checkpoint()
+
+    def _epoch_progress(self, epoch: int) -> float:
+        return epoch + self.state.step_in_epoch / self.steps_per_epoch
+
+    def _finish(self) -> None:
+        """After the last step: the best weights back, batch-norm statistics recalibrated, the
+        hook's end."""
+        if self.eval_dl is not None and self.tc.load_best_model_at_end and self.state.best_step is not None:
             self._load_best()
-        if tc.recalibrate_batchnorm:
+        if self.tc.recalibrate_batchnorm:
             self.sampler.set_epoch(self.state.epoch)
             n = recalibrate_batchnorm(self.unwrapped_model(), self.train_dl,
                                       lambda batch: self.task.loss(self.model, batch), self.accelerator)
             logger.info("Recalibrated the running statistics of %d batch-norm layers over the training data.", n)
         self.hook.on_train_end(self)
+
+    def _final_metrics(self, runtime: float) -> dict[str, Any]:
+        """The final evaluation (the weights checked finite before the caller writes them) and the
+        run's facts."""
+        acc = self.accelerator
         metrics: dict[str, Any] = {}
         try:
             if self.eval_dl is not None:
@@ -436,7 +533,7 @@ class Trainer(Checkpointing):
             # stopped at), and this process's part (what the throughput below is measured on).
             "train_runtime": round(self.state.train_runtime + runtime, 3),
             "train_runtime_this_process": round(runtime, 3),
-            "train_samples_per_second": round(samples_seen / runtime, 3) if runtime > 0 else 0.0,
+            "train_samples_per_second": round(self._samples_seen / runtime, 3) if runtime > 0 else 0.0,
             "train_steps": self.state.global_step,
             "mixed_precision": dist_precision(acc),
             "gradient_checkpointing": self.gradient_checkpointing,
@@ -448,15 +545,11 @@ class Trainer(Checkpointing):
             metrics["best_step"] = self.state.best_step
         if self.state.stopped_early:
             metrics["stopped_early"] = True
-        # Close the trackers only: `end_training` would also tear down the process group, which
-        # the caller still needs for the test split and the final save.
-        for tracker in acc.trackers:
-            tracker.finish()
         return metrics
 
     def _stopped(self, e: BaseException) -> None:
         """Log why training stopped and what is left; a user error is raised again with that added."""
-        found = self._checkpoints()
+        found = self.checkpoints.found()
         if isinstance(e, TrainingError):
             # Resuming would diverge again (the checkpoint restores the learning rate too).
             where = ((f"The last checkpoint, '{found[-1]}', holds finite weights and is kept. " if found
@@ -478,7 +571,7 @@ class Trainer(Checkpointing):
     def _evaluate_and_log(self, epoch: int) -> bool:
         metrics = self.evaluate()
         self._check_eval_finite(metrics)
-        record = {"step": self.state.global_step, "epoch": epoch + self.state.step_in_epoch / self.steps_per_epoch}
+        record = {"step": self.state.global_step, "epoch": self._epoch_progress(epoch)}
         record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         self._log(record)
         summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("eval_") and isinstance(v, float) and "_" not in k[5:])

@@ -65,8 +65,6 @@ __all__ = [
     "freeze_squeeze_excite",
     "frozen_parameter_names",
     "imagenet_class_names",
-    "lite0_config",
-    "lite0_image_processor",
     "lite_config",
     "lite_image_processor",
     "map_lukemelas_key",
@@ -266,16 +264,6 @@ def lite_config(variant: str = "lite0", id2label: dict[int, str] | None = None):
     config.squeeze_excite_neutralised = True
     config.frozen_parameter_patterns = [SQUEEZE_EXCITE_PATTERN]
     return config
-
-
-def lite0_config(id2label: dict[int, str] | None = None):
-    """An ``EfficientNetConfig`` for Lite0 (B0 geometry, ReLU6), ImageNet labels by default."""
-    return lite_config("lite0", id2label)
-
-
-def lite0_image_processor():
-    """The Lite0 evaluation preprocessing (see ``lite_image_processor``)."""
-    return lite_image_processor("lite0")
 
 
 def lite_image_processor(variant: str = "lite0"):

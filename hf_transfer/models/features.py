@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hf_transfer.errors import ConfigError, ModelError
+from hf_transfer.errors import ConfigError, ModelError, WidthMismatch
 from hf_transfer.models import feature_cache as fc
 from hf_transfer.models.anatomy import (  # noqa: F401  (part of this module's API)
     HeadInput,
@@ -287,8 +287,8 @@ class FeatureExtractor:
         else:
             dims = {p.shape[-1] for p in pooled}
             if len(dims) > 1:
-                raise ConfigError(f"strategy.layers: the chosen layers have different widths {sorted(dims)}; "
-                                  "use combine: concat.")
+                raise WidthMismatch(f"strategy.layers: the chosen layers have different widths {sorted(dims)}; "
+                                    "use combine: concat.")
             x = torch.stack(pooled).mean(0)
         x = x.float()
         return nn.functional.normalize(x, p=2, dim=-1) if self.normalize else x

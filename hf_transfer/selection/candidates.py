@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_transfer.errors import HFTransferError
+from hf_transfer.errors import HFTransferError, WrongModality
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ _NON_COMMERCIAL = ("-nc", "noncommercial", "non-commercial")
 
 class CandidateError(HFTransferError):
     """A candidate that cannot be used (names the candidate)."""
+
+
+class CandidateOfOtherModality(CandidateError, WrongModality):
+    """A candidate of another modality than the recipe: the whole command is wrong, not only it."""
 
 
 @dataclass
@@ -193,7 +197,8 @@ def inspect_candidate(name: str, recipe: str) -> CandidateInfo:
     """Resolve a candidate and read what is known without a forward pass.
 
     Raises:
-        CandidateError: it cannot be loaded, or it is not of the recipe's modality.
+        CandidateError: it cannot be loaded; `CandidateOfOtherModality` when it is not of the
+            recipe's modality.
     """
     from hf_transfer.models.heads import load_config_checked
 
@@ -210,7 +215,7 @@ def inspect_candidate(name: str, recipe: str) -> CandidateInfo:
     mods = modalities_of(config)
     if modality not in mods:
         kind = " / ".join(mods) if mods else "no classification"
-        raise CandidateError(
+        raise CandidateOfOtherModality(
             f"candidate '{name}' is a {kind} model ({config.model_type}), but recipe '{recipe}' needs a "
             f"{modality} model: remove it from --candidates.")
     licence = read_licence(path, name)
@@ -219,5 +224,5 @@ def inspect_candidate(name: str, recipe: str) -> CandidateInfo:
                          licence_warning=licence_warning(licence))
 
 
-__all__ = ["CandidateError", "CandidateInfo", "RANDOM_PREFIX", "inspect_candidate",
+__all__ = ["CandidateError", "CandidateOfOtherModality", "CandidateInfo", "RANDOM_PREFIX", "inspect_candidate",
            "licence_warning", "materialise_random", "modalities_of", "read_licence", "resolve_candidate"]

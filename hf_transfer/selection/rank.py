@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from hf_transfer.errors import ConfigError, DataError, HFTransferError
-from hf_transfer.selection.candidates import CandidateError, CandidateInfo, inspect_candidate
+from hf_transfer.errors import ConfigError, DataError, HFTransferError, WidthMismatch, WrongModality
+from hf_transfer.selection.candidates import CandidateError, inspect_candidate
 from hf_transfer.selection.metrics import GROUP_AWARE, METRICS, score
 
 logger = logging.getLogger(__name__)
@@ -203,84 +203,23 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
             class labels.
     """
     from hf_transfer.models.features import FeatureSpec
-    from hf_transfer.tasks.features import features_for_config
 
-    metrics = list(metrics)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise HFTransferError(f"Unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}.")
-    if cfg.recipe == "speech_recognition":
-        raise HFTransferError("rank scores class labels; recipe speech_recognition has transcripts. Rank with an "
-                              "audio_classification config over the same audio.")
-    from hf_transfer.selection.metrics import TARGET_METRICS
-    from hf_transfer.registry import recipe_info
-
-    kind = {"label_set": "multilabel", "number": "regression"}.get(recipe_info(cfg.recipe).targets)
-    if kind and any(m not in TARGET_METRICS for m in metrics):
-        if list(metrics) != list(DEFAULT_METRICS):
-            raise HFTransferError(f"Recipe {cfg.recipe} has {kind} targets: rank it with "
-                                  f"--metrics {','.join(TARGET_METRICS)} (the others score class labels).")
-        metrics = list(TARGET_METRICS)  # the defaults, for label sets and numbers
-    if default_metric is None:
-        default_metric = default_metric_for(metrics, group_column)
-    if default_metric not in metrics:
-        raise HFTransferError(f"default metric '{default_metric}' is not among --metrics {','.join(metrics)}.")
+    metrics, default_metric = _check_metrics(cfg.recipe, metrics, default_metric, group_column)
     if len(set(candidates)) != len(candidates) or not candidates:
         raise HFTransferError("--candidates must name at least one checkpoint, each once.")
-    spec = FeatureSpec(layers=layers)
-    columns = (group_column,) if group_column else ()
-    n_groups = None
-
     # Everything that needs no forward pass first: a wrong-modality candidate stops the command
     # before minutes of feature extraction; one that does not load is recorded and skipped.
-    results: list[CandidateResult] = []
-    infos: dict[str, CandidateInfo] = {}
-    wrong: list[str] = []
-    for name in candidates:
-        try:
-            info = inspect_candidate(name, cfg.recipe)
-        except CandidateError as e:
-            if "needs a" in str(e) and "could not be loaded" not in str(e):
-                wrong.append(str(e))
-                continue
-            results.append(CandidateResult(name=name, error=str(e)))
-            logger.error("%s", e)
-            continue
-        infos[name] = info
-        results.append(CandidateResult(name=name, path=info.path, family=info.family, parameters=info.parameters,
-                                       licence=info.licence, licence_warning=info.licence_warning))
-    if wrong:
-        raise HFTransferError("Candidates of another modality than the recipe: " + " ".join(wrong))
-
+    results = _inspect_candidates(candidates, cfg.recipe)
+    spec = FeatureSpec(layers=layers)
     features: dict[str, Any] = {}
     labels = None
+    n_groups = None
     for r in results:
         if r.error is not None:
             continue
         logger.info("rank: features of %s", r.name)
-        try:
-            t0 = time.time()
-            try:
-                feats = features_for_config(cfg, ("train",), name_or_path=r.path, spec=spec,
-                                            max_examples=max_examples, seed=seed, columns=columns)["train"]
-            except ConfigError as e:
-                if spec.layers != "mean" or "different widths" not in str(e):
-                    raise
-                # A CNN's stages differ in width: they cannot be averaged, so they are concatenated.
-                logger.info("rank: %s: layers differ in width, concatenating them instead of averaging", r.name)
-                feats = features_for_config(cfg, ("train",), name_or_path=r.path,
-                                            spec=FeatureSpec(layers="mean", combine="concat"),
-                                            max_examples=max_examples, seed=seed, columns=columns)["train"]
-            wall = time.time() - t0
-        except (DataError, ConfigError):
-            raise  # the data or the config is wrong, not this candidate: every candidate would fail
-        except HFTransferError as e:
-            r.error = f"candidate '{r.name}' could not be loaded: {e}"
-            logger.error("%s", r.error)
-            continue
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
-            r.error = f"candidate '{r.name}' failed during its forward pass ({type(e).__name__}: {e})"
-            logger.error("%s", r.error)
+        feats = _candidate_features(cfg, r, spec, max_examples=max_examples, seed=seed, group_column=group_column)
+        if feats is None:
             continue
         if feats.y is None:
             raise HFTransferError("The training split has no labels to rank against.")
@@ -288,29 +227,14 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
             labels = feats.y
         elif not np.array_equal(labels, feats.y):  # every candidate must see the same examples
             raise HFTransferError("Candidates saw different training examples; is data.seed fixed?")
-        n = len(feats.X)
-        seconds = feats.info.get("seconds", wall)
-        r.examples, r.dim = n, int(feats.X.shape[1])
-        r.seconds_per_1000 = round(1000.0 * float(seconds) / max(n, 1), 2)
-        r.features_cached = feats.cache_hit
-        r.feature_source = feats.info.get("source")
         groups = np.asarray([str(v) for v in feats.columns[group_column]]) if group_column else None
         n_groups = None if groups is None else len(set(groups.tolist()))
-        r.scores = score_features(feats.X, feats.y, metrics, groups)
-        rng = np.random.default_rng(seed)
-        for _ in range(repeats):
-            idx = _subsample(feats.y, rng, SUBSAMPLE_FRACTION)
-            for m, v in score_features(feats.X[idx], feats.y[idx], metrics,
-                                       None if groups is None else groups[idx]).items():
-                r.repeats.setdefault(m, []).append(v)
+        _score_candidate(r, feats, metrics, groups, repeats=repeats, seed=seed)
         if keep_features:
             features[r.name] = feats.X
         logger.info("rank: %s %s", r.name, {m: round(v, 4) for m, v in r.scores.items()})
 
-    ok = [r for r in results if r.error is None]
-    for m in metrics:
-        for name, pos in _rank_positions({r.name: r.scores[m] for r in ok}).items():
-            next(r for r in ok if r.name == name).ranks[m] = pos
+    ok = _assign_ranks(results, metrics)
     report = RankReport(recipe=cfg.recipe, metrics=metrics, default_metric=default_metric, layers=str(layers),
                         max_examples=max_examples, repeats=repeats, results=results,
                         stability=stability(results, metrics, repeats), features=features, labels=labels,
@@ -318,6 +242,117 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
     if not ok:
         raise HFTransferError("No candidate could be scored: " + " ".join(r.error for r in results))
     return report
+
+
+def _check_metrics(recipe: str, metrics, default_metric: str | None,
+                   group_column: str | None) -> tuple[list[str], str]:
+    """The metrics to compute for `recipe` (label sets and numbers: the target metrics when the
+    defaults were asked for) and the default one; `HFTransferError` for what cannot be ranked."""
+    from hf_transfer.selection.metrics import TARGET_METRICS
+    from hf_transfer.registry import recipe_info
+
+    metrics = list(metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise HFTransferError(f"Unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}.")
+    if recipe == "speech_recognition":
+        raise HFTransferError("rank scores class labels; recipe speech_recognition has transcripts. Rank with an "
+                              "audio_classification config over the same audio.")
+    kind = {"label_set": "multilabel", "number": "regression"}.get(recipe_info(recipe).targets)
+    if kind and any(m not in TARGET_METRICS for m in metrics):
+        if list(metrics) != list(DEFAULT_METRICS):
+            raise HFTransferError(f"Recipe {recipe} has {kind} targets: rank it with "
+                                  f"--metrics {','.join(TARGET_METRICS)} (the others score class labels).")
+        metrics = list(TARGET_METRICS)  # the defaults, for label sets and numbers
+    if default_metric is None:
+        default_metric = default_metric_for(metrics, group_column)
+    if default_metric not in metrics:
+        raise HFTransferError(f"default metric '{default_metric}' is not among --metrics {','.join(metrics)}.")
+    return metrics, default_metric
+
+
+def _inspect_candidates(candidates: list[str], recipe: str) -> list[CandidateResult]:
+    """One row per candidate from what is known without a forward pass; a candidate that does not
+    load gets its error. Candidates of another modality stop the command (`HFTransferError`)."""
+    results: list[CandidateResult] = []
+    wrong: list[str] = []
+    for name in candidates:
+        try:
+            info = inspect_candidate(name, recipe)
+        except WrongModality as e:
+            wrong.append(str(e))
+            continue
+        except CandidateError as e:
+            results.append(CandidateResult(name=name, error=str(e)))
+            logger.error("%s", e)
+            continue
+        results.append(CandidateResult(name=name, path=info.path, family=info.family, parameters=info.parameters,
+                                       licence=info.licence, licence_warning=info.licence_warning))
+    if wrong:
+        raise HFTransferError("Candidates of another modality than the recipe: " + " ".join(wrong))
+    return results
+
+
+def _candidate_features(cfg, r: CandidateResult, spec, *, max_examples: int, seed: int, group_column: str | None):
+    """The candidate's features of the training sample, timed into `r`; None (the error in
+    `r.error`) when the candidate fails. Layers of different widths are concatenated instead of
+    averaged. A data or config error is raised: every candidate would fail the same way."""
+    from hf_transfer.models.features import FeatureSpec
+    from hf_transfer.tasks.features import features_for_config
+
+    columns = (group_column,) if group_column else ()
+
+    def extract(feature_spec):
+        return features_for_config(cfg, ("train",), name_or_path=r.path, spec=feature_spec,
+                                   max_examples=max_examples, seed=seed, columns=columns)["train"]
+
+    try:
+        t0 = time.time()
+        try:
+            feats = extract(spec)
+        except WidthMismatch:
+            if spec.layers != "mean":
+                raise
+            # A CNN's stages differ in width: they cannot be averaged, so they are concatenated.
+            logger.info("rank: %s: layers differ in width, concatenating them instead of averaging", r.name)
+            feats = extract(FeatureSpec(layers="mean", combine="concat"))
+        wall = time.time() - t0
+    except (DataError, ConfigError):
+        raise  # the data or the config is wrong, not this candidate: every candidate would fail
+    except HFTransferError as e:
+        r.error = f"candidate '{r.name}' could not be loaded: {e}"
+        logger.error("%s", r.error)
+        return None
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        r.error = f"candidate '{r.name}' failed during its forward pass ({type(e).__name__}: {e})"
+        logger.error("%s", r.error)
+        return None
+    n = len(feats.X)
+    r.examples, r.dim = n, int(feats.X.shape[1])
+    r.seconds_per_1000 = round(1000.0 * float(feats.info.get("seconds", wall)) / max(n, 1), 2)
+    r.features_cached = feats.cache_hit
+    r.feature_source = feats.info.get("source")
+    return feats
+
+
+def _score_candidate(r: CandidateResult, feats, metrics: list[str], groups, *, repeats: int, seed: int) -> None:
+    """`r`'s scores on every example, and on `repeats` seeded subsamples (stability)."""
+    r.scores = score_features(feats.X, feats.y, metrics, groups)
+    rng = np.random.default_rng(seed)
+    for _ in range(repeats):
+        idx = _subsample(feats.y, rng, SUBSAMPLE_FRACTION)
+        for m, v in score_features(feats.X[idx], feats.y[idx], metrics,
+                                   None if groups is None else groups[idx]).items():
+            r.repeats.setdefault(m, []).append(v)
+
+
+def _assign_ranks(results: list[CandidateResult], metrics: list[str]) -> list[CandidateResult]:
+    """Rank the scored candidates per metric (into their `ranks`); returns them."""
+    ok = [r for r in results if r.error is None]
+    for m in metrics:
+        for name, pos in _rank_positions({r.name: r.scores[m] for r in ok}).items():
+            next(r for r in ok if r.name == name).ranks[m] = pos
+    return ok
 
 
 def _fmt_params(n: int | None) -> str:

@@ -21,6 +21,7 @@ before it changes anything.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Iterable
 
 from torch import nn
@@ -37,6 +38,15 @@ ALL = None
 def num_blocks(groups: list) -> int:
     """Number of block groups."""
     return sum(1 for g in groups if g.kind == "block")
+
+
+def top_blocks(groups: list, trainable_layers: int, trainable_fraction: float | None = None) -> int:
+    """How many blocks, counted from the top, train: `trainable_layers`, or with a
+    `trainable_fraction` f the top `ceil(f * blocks)` (at least 1). Used by `partial` and
+    `contrastive`."""
+    if trainable_fraction is not None:
+        return max(1, math.ceil(trainable_fraction * num_blocks(groups)))
+    return trainable_layers
 
 
 def has_head(groups: list) -> bool:
@@ -160,3 +170,8 @@ def check_non_negative(value: int, key: str) -> None:
 def check_positive(value: int, key: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"strategy.{key} must be an integer >= 1, got {value!r}.")
+
+
+def check_fraction(value: float | None, key: str) -> None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise ConfigError(f"strategy.{key} must be in (0, 1], got {value!r}.")

@@ -28,7 +28,7 @@ class LoraFfnSettings(LoraSettings):
 
 @register_strategy("lora_ffn", LoraFfnSettings)
 class LoraFfn(Lora):
-    """LoRA on the feed-forward layers: parallel adapters (PEFT `LoraConfig`)."""
+    """LoRA on the feed-forward layers, a linear parallel adapter (PEFT `LoraConfig`)."""
 
     default_roles = ("ffn_in", "ffn_out")
     default_learning_rate = 1e-3  # what `adapter` has always had (engine.budget)
@@ -43,4 +43,4 @@ class AdapterSettings(LoraFfnSettings):
 
 @register_strategy("adapter", AdapterSettings)
 class Adapter(LoraFfn):
-    """Parallel bottleneck adapters on the feed-forward sublayer (alias of `lora_ffn`; PEFT `LoraConfig`)."""
+    """LoRA on the feed-forward layers, a linear parallel adapter (alias of `lora_ffn`; PEFT `LoraConfig`)."""

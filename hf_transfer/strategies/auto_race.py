@@ -129,8 +129,8 @@ def score_on_inner_split(ctx, name: str, settings: dict[str, Any], train_idx: np
     import torch
 
     from hf_transfer.data.text import EpochSampler
-    from hf_transfer.models.layer_groups import layer_groups
     from hf_transfer.engine.trainer import Trainer
+    from hf_transfer.models.layer_groups import layer_groups
     from hf_transfer.strategies.base import RunContext, build_strategy
     from hf_transfer.utils import set_seed_all
 
@@ -160,7 +160,7 @@ def score_on_inner_split(ctx, name: str, settings: dict[str, Any], train_idx: np
             eval_ds = task.preprocess(splits.eval, train=False)
             sampler = EpochSampler(len(train_ds), tr.seed, None, tr.batch_size)
             trainer = Trainer(tr, task, adapted, strategy, groups, train_dataset=train_ds, eval_dataset=eval_ds,
-                                      collate_fn=task.collate, train_sampler=sampler, output_dir=work)
+                              collate_fn=task.collate, train_sampler=sampler, output_dir=work)
             metrics = trainer.train()
             trainer.accelerator.free_memory()
         return float(metrics["eval_accuracy"])

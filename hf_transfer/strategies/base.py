@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from hf_transfer.config import StrategyConfig
+from hf_transfer.engine.optim import layerwise_lr_scales  # noqa: F401  (the strategies' default lr_scales)
 from hf_transfer.registry import available_strategies, register_strategy, strategy_class
 from hf_transfer.registry import strategy_settings_class as strategy_config_class
 
@@ -132,32 +133,3 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
 
-
-def layerwise_lr_scales(groups: list, decay: float = 1.0, head_multiplier: float = 1.0) -> list[float]:
-    """Learning-rate scale per layer group, bottom to top.
-
-    Group at depth d below the top gets `decay ** d` (timm's layer decay): the head and the final
-    norm/pooler ("top" groups) are depth 0, the last block depth 1, ..., the stem deepest. The
-    head is further multiplied by `head_multiplier`.
-
-    Args:
-        groups: Layer groups from `layer_groups(model)`, ordered bottom to top.
-        decay: Per-depth factor (1.0 = same LR everywhere).
-        head_multiplier: Extra factor for the head group.
-
-    Returns:
-        One scale per group.
-    """
-    scales = []
-    n_deep = 0
-    for g in reversed(groups):
-        if g.kind in ("head", "top"):
-            depth = 0
-        else:
-            n_deep += 1
-            depth = n_deep
-        scale = decay**depth
-        if g.kind == "head":
-            scale *= head_multiplier
-        scales.append(scale)
-    return list(reversed(scales))

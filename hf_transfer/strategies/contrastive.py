@@ -35,8 +35,8 @@ training example has no positive pair: an error by default; with
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +49,11 @@ from torch.utils.data import Dataset
 
 from hf_transfer.errors import ConfigError, DataError
 from hf_transfer.strategies._groups import (
-    check_non_negative, check_positive, groups_at_depth, num_blocks, set_trainable, trainable_group_names)
+    check_fraction, check_non_negative, check_positive, groups_at_depth, num_blocks, set_trainable, top_blocks,
+    trainable_group_names)
 from hf_transfer.strategies.base import Strategy, register_strategy
-from hf_transfer.strategies.feature_extraction import FeatureExtractionConfig
+from hf_transfer.strategies.feature_extraction import (
+    FeatureExtractionConfig, fit_feature_classifier, held_out_metrics, split_features, write_feature_run)
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +97,7 @@ class ContrastiveConfig(FeatureExtractionConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_non_negative(self.trainable_layers, "trainable_layers")
-        if self.trainable_fraction is not None and not 0.0 < self.trainable_fraction <= 1.0:
-            raise ConfigError(f"strategy.trainable_fraction must be in (0, 1], got {self.trainable_fraction!r}.")
+        check_fraction(self.trainable_fraction, "trainable_fraction")
         for key in ("pairs_per_example", "min_pairs", "max_pairs"):
             check_positive(getattr(self, key), key)
         if self.num_pairs is not None:
@@ -297,10 +298,7 @@ class Contrastive(Strategy):
                            "pairs only (strategy.single_example_classes=negatives_only).", len(self._singles))
 
     def trainable_blocks(self, groups: list) -> int:
-        total = num_blocks(groups)
-        if self.config.trainable_fraction is not None:
-            return max(1, math.ceil(self.config.trainable_fraction * total))
-        return self.config.trainable_layers
+        return top_blocks(groups, self.config.trainable_layers, self.config.trainable_fraction)
 
     def apply(self, model: nn.Module, groups: list) -> nn.Module:
         """Train the top `trainable_layers` blocks only: the head and the pooler are not in the loss."""
@@ -332,105 +330,30 @@ class Contrastive(Strategy):
 
     def fit(self, ctx, model: nn.Module, groups: list) -> dict[str, Any]:
         """Pairs on the engine, then the classifier on the trained features; writes the run folder."""
-        from hf_transfer.data.text import EpochSampler
-        from hf_transfer.models.feature_run import fit_record, save_feature_run, setfit_compatible
-        from hf_transfer.models.features import FeatureExtractor, default_device, extract, spec_from_settings
+        from hf_transfer.models.features import FeatureExtractor, spec_from_settings
         from hf_transfer.registry import recipe_modality
-        from hf_transfer.models.layer_groups import layer_groups
-        from hf_transfer.models.probe import classifier_metrics, fit_classifier
-        from hf_transfer.strategies.prefix_cache import (
-            build_prefix_cache, first_trainable_group, plan_prefix, prefix_cache_blocker)
 
-        c, cfg, task, splits = self.config, ctx.cfg, ctx.task, ctx.splits
-        out = Path(ctx.output_dir)
+        cfg, task = ctx.cfg, ctx.task
         start = time.time()
-        labels = np.asarray(splits.train["labels"])
-        n_pairs = pair_budget(c, len(labels))
+        labels = np.asarray(ctx.splits.train["labels"])
+        n_pairs = pair_budget(self.config, len(labels))
         pairs = sample_pairs(labels, n_pairs, seed=cfg.training.seed)
-        extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe), spec=spec_from_settings(c),
+        extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe), spec=spec_from_settings(self.config),
                                      name_or_path=cfg.model.name_or_path)
-
-        examples = task.preprocess(splits.train, train=True)
-        collate = task.collate
-        plan = None
-        if c.cache_prefix or cfg.training.cache_frozen_prefix:
-            reason = prefix_cache_blocker(model, groups, first_trainable_group(groups), cfg.data.augmentation.enabled)
-            if reason is None:
-                plan = plan_prefix(model, groups, first_trainable_group(groups))
-                device = default_device()
-                model.to(device)
-                t0 = time.time()
-                examples = build_prefix_cache(
-                    model, plan, task.preprocess(splits.train, train=False), task.collate,
-                    batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
-                    model_inputs=task.model_inputs, device=device)
-                from hf_transfer.strategies.prefix_cache import collate_prefix
-
-                collate = collate_prefix
-                logger.info("contrastive: frozen prefix (%d of %d blocks) cached for %d examples in %.1f s.",
-                            plan.frozen_blocks, len(plan.blocks), len(examples), time.time() - t0)
-            else:
-                logger.info("contrastive: frozen-prefix cache off: %s.", reason)
-
-        encoder = PairEncoder(model, extractor, plan)
-        pair_ds = PairDataset(pairs)
-        sampler = EpochSampler(len(pair_ds), cfg.training.seed, None, cfg.training.batch_size)
-        from hf_transfer.engine.trainer import Trainer
-
-        trainer = Trainer(cfg, PairTask(task), encoder, self, layer_groups(encoder), pair_ds, None,
-                          PairCollator(examples, collate), sampler, out)
+        examples, collate, plan = self._examples(ctx, model, groups)
+        trainer = self._trainer(ctx, PairEncoder(model, extractor, plan), pairs, PairCollator(examples, collate))
         logger.info("contrastive: %d pairs (%d positive) over %d examples, %d optimizer steps.",
                     n_pairs, int(pairs[:, 2].sum()), len(labels), trainer.total_steps)
         train_metrics = trainer.train()
-        acc = trainer.accelerator
         body_seconds = time.time() - start
 
-        # The classifier on the trained body's features (never cached: the weights are new).
         model = trainer.unwrapped_model().model
-        model.eval()
-        device = acc.device
-        bs = cfg.training.eval_batch_size or cfg.training.batch_size
-        fx = FeatureExtractor(model, modality=extractor.modality, spec=extractor.spec,
-                              name_or_path=cfg.model.name_or_path)
-        feats = {}
-        for role, ds in (("train", splits.train), ("eval", splits.eval), ("test", splits.test)):
-            if ds is not None:
-                f = extract(fx, task, ds, batch_size=bs, device=device, cache=False)
-                feats[role] = (f.X.astype(np.float64), f.y)
-        X, y = feats["train"]
-        num_labels = len(task.labels) if getattr(task, "labels", None) is not None else int(y.max()) + 1
-        cw = getattr(task, "class_weights", None)
-        clf = fit_classifier(c, X, y, num_labels, cw.numpy() if cw is not None else None, seed=cfg.training.seed,
-                             weight_decay=cfg.training.weight_decay, label_smoothing=cfg.training.label_smoothing)
-        metrics: dict[str, Any] = {}
-        for role in ("eval", "test"):
-            if role in feats:
-                metrics.update(classifier_metrics(clf, *feats[role], task, role))
+        fx, clf, feats = self._fit_classifier(ctx, model, extractor, trainer.accelerator.device)
+        metrics = held_out_metrics(clf, feats, task)
         runtime = time.time() - start
-        layout = "setfit" if setfit_compatible(fx) else "beside"
-        history = trainer.state.history
-        losses = [r["loss"] for r in history if "loss" in r]
-        self._info = {
-            "contrastive_pairs": n_pairs,
-            "contrastive_positive_pairs": int(pairs[:, 2].sum()),
-            "contrastive_steps": trainer.state.global_step,
-            "contrastive_first_loss": round(float(losses[0]), 5) if losses else None,
-            "contrastive_last_loss": round(float(losses[-1]), 5) if losses else None,
-            "contrastive_prefix_cached": plan is not None,
-            "contrastive_single_example_classes": len(self._singles),
-            **fit_record(fx, clf, X.shape[1]),
-            "run_layout": layout,
-        }
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            record = {k: v for k, v in self._info.items() if not k.startswith("contrastive_")}
-            save_feature_run(out, model, task, clf, fx, head_written=False, labels=list(task.labels.names),
-                             max_length=getattr(cfg.data, "max_length", None), record=record)
-            import json
-
-            (out / "history.json").write_text(json.dumps(history, indent=1))
-        acc.wait_for_everyone()
-        acc.end_training()
+        X, y = feats["train"]
+        self._info = self._record(trainer, fx, clf, X.shape[1], pairs, plan)
+        self._write_run(ctx, trainer, model, fx, clf)
         metrics.update({
             "train_runtime": round(runtime, 3),
             "contrastive_seconds": round(body_seconds, 3),
@@ -440,3 +363,76 @@ class Contrastive(Strategy):
         })
         metrics["_model"] = model
         return metrics
+
+    def _examples(self, ctx, model: nn.Module, groups: list):
+        """The training examples the pairs point into, their collator, and the prefix plan: the
+        frozen prefix's cached outputs when it can be cached (`prefix_cache.setup_prefix_cache`),
+        else the preprocessed examples and the task's collator (plan None)."""
+        from hf_transfer.strategies.prefix_cache import setup_prefix_cache
+
+        cfg, task, train = ctx.cfg, ctx.task, ctx.splits.train
+        examples = task.preprocess(train, train=True)
+        if not (self.config.cache_prefix or cfg.training.cache_frozen_prefix):
+            return examples, task.collate, None
+        cache = setup_prefix_cache(model, groups, task, lambda: [task.preprocess(train, train=False)],
+                                   batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
+                                   augmentation=cfg.data.augmentation.enabled, log_name="contrastive: ")
+        if cache is None:
+            return examples, task.collate, None
+        return cache.datasets[0], cache.collate, cache.plan
+
+    def _trainer(self, ctx, encoder: PairEncoder, pairs: np.ndarray, collator: PairCollator):
+        """The engine's trainer over the pairs (no eval split: the classifier is evaluated after)."""
+        from hf_transfer.data.text import EpochSampler
+        from hf_transfer.engine.trainer import Trainer
+        from hf_transfer.models.layer_groups import layer_groups
+
+        tc = ctx.cfg.training
+        pair_ds = PairDataset(pairs)
+        sampler = EpochSampler(len(pair_ds), tc.seed, None, tc.batch_size)
+        return Trainer(tc, PairTask(ctx.task), encoder, self, layer_groups(encoder), pair_ds, None, collator,
+                       sampler, Path(ctx.output_dir))
+
+    def _fit_classifier(self, ctx, model: nn.Module, extractor, device):
+        """The classifier on the trained body's features (never cached: the weights are new).
+        Returns the body's feature extractor, the classifier and the features per split."""
+        from hf_transfer.models.features import FeatureExtractor
+
+        cfg = ctx.cfg
+        model.eval()
+        fx = FeatureExtractor(model, modality=extractor.modality, spec=extractor.spec,
+                              name_or_path=cfg.model.name_or_path)
+        feats, _ = split_features(fx, ctx.task, ctx.splits, device=device, cache=False,
+                                  batch_size=cfg.training.eval_batch_size or cfg.training.batch_size)
+        X, y = feats["train"]
+        return fx, fit_feature_classifier(self.config, cfg.training, ctx.task, X, y), feats
+
+    def _record(self, trainer, fx, clf, dim: int, pairs: np.ndarray, plan) -> dict[str, Any]:
+        """What `describe` adds to metrics.json: the pairs, the loss, the classifier, the layout."""
+        from hf_transfer.models.feature_run import fit_record, setfit_compatible
+
+        losses = [r["loss"] for r in trainer.state.history if "loss" in r]
+        return {
+            "contrastive_pairs": len(pairs),
+            "contrastive_positive_pairs": int(pairs[:, 2].sum()),
+            "contrastive_steps": trainer.state.global_step,
+            "contrastive_first_loss": round(float(losses[0]), 5) if losses else None,
+            "contrastive_last_loss": round(float(losses[-1]), 5) if losses else None,
+            "contrastive_prefix_cached": plan is not None,
+            "contrastive_single_example_classes": len(self._singles),
+            **fit_record(fx, clf, dim),
+            "run_layout": "setfit" if setfit_compatible(fx) else "beside",
+        }
+
+    def _write_run(self, ctx, trainer, model: nn.Module, fx, clf) -> None:
+        """The run folder (a feature-extraction run, the classifier beside the body) and the
+        training history, by the main process; then the trainer's processes end."""
+        acc = trainer.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            out = Path(ctx.output_dir)
+            record = {k: v for k, v in self._info.items() if not k.startswith("contrastive_")}
+            write_feature_run(out, model, ctx.task, clf, fx, ctx.cfg.data, head_written=False, record=record)
+            (out / "history.json").write_text(json.dumps(trainer.state.history, indent=1))
+        acc.wait_for_everyone()
+        acc.end_training()

@@ -34,7 +34,6 @@ import torch
 from torch import nn
 
 from hf_transfer.errors import ConfigError, ModelError
-from hf_transfer.models import feature_cache
 from hf_transfer.models.feature_cache import cache_root, load_cached, save_cached  # noqa: F401  (re-exported)
 from hf_transfer.models.feature_run import (  # noqa: F401  (re-exported: older imports, pickles)
     CLASSIFIER_FILE,
@@ -69,7 +68,6 @@ from hf_transfer.strategies.base import Strategy, StrategyConfig, register_strat
 
 logger = logging.getLogger(__name__)
 
-FEATURE_FORMAT = feature_cache.FEATURE_FORMAT
 #: Train examples whose features are compared with the head's input (decides the `head` layout).
 HEAD_CHECK_EXAMPLES = 8
 
@@ -150,6 +148,47 @@ def features_are_head_input(extractor: FeatureExtractor, model: nn.Module, head,
     return x.shape == h.shape and torch.allclose(x, h, rtol=1e-4, atol=1e-5)
 
 
+def split_features(extractor: FeatureExtractor, task, splits, *, batch_size: int, device, cache: bool = True,
+                   cache_dir: str | None = None, autocast=None) -> tuple[dict[str, tuple], list[bool]]:
+    """Features of every split there is (`train`, `eval`, `test`): role -> (float64 X, labels),
+    and for each whether it came from the feature cache."""
+    feats, hits = {}, []
+    for role, ds in (("train", splits.train), ("eval", splits.eval), ("test", splits.test)):
+        if ds is None:
+            continue
+        f = extract(extractor, task, ds, batch_size=batch_size, device=device, cache=cache,
+                    cache_dir=cache_dir, autocast=autocast)
+        feats[role] = (f.X.astype(np.float64), f.y)
+        hits.append(f.cache_hit)
+    return feats, hits
+
+
+def fit_feature_classifier(settings: FeatureExtractionConfig, training, task, X: np.ndarray, y: np.ndarray):
+    """`settings.classifier` fitted on training features `X`, `y` (`models.probe.fit_classifier`),
+    with the task's class weights and `training`'s seed, weight decay and label smoothing."""
+    num_labels = len(task.labels) if getattr(task, "labels", None) is not None else int(y.max()) + 1
+    cw = getattr(task, "class_weights", None)
+    return fit_classifier(settings, X, y, num_labels, cw.numpy() if cw is not None else None, seed=training.seed,
+                          weight_decay=training.weight_decay, label_smoothing=training.label_smoothing)
+
+
+def held_out_metrics(clf, feats: dict[str, tuple], task) -> dict[str, Any]:
+    """The classifier's `eval_*` and `test_*` metrics on the splits `feats` holds."""
+    metrics: dict[str, Any] = {}
+    for role in ("eval", "test"):
+        if role in feats:
+            metrics.update(classifier_metrics(clf, *feats[role], task, role))
+    return metrics
+
+
+def write_feature_run(out, model: nn.Module, task, clf, extractor: FeatureExtractor, data, *, head_written: bool,
+                      record: dict) -> str:
+    """`models.feature_run.save_feature_run` with the task's label names and `data.max_length`."""
+    return save_feature_run(Path(out), model, task, clf, extractor, head_written=head_written,
+                            labels=list(task.labels.names), max_length=getattr(data, "max_length", None),
+                            record=record)
+
+
 @register_strategy("feature_extraction", FeatureExtractionConfig)
 class FeatureExtraction(Strategy):
     """Frozen backbone features, cached; a classic classifier on top (see the module docstring)."""
@@ -203,14 +242,8 @@ class FeatureExtraction(Strategy):
             autocast = torch.bfloat16 if cfg.training.mixed_precision == "bf16" else torch.float16
         bs = cfg.training.eval_batch_size or cfg.training.batch_size
 
-        feats, hits = {}, []
-        for role, ds in (("train", splits.train), ("eval", splits.eval), ("test", splits.test)):
-            if ds is None:
-                continue
-            f = extract(extractor, task, ds, batch_size=bs, device=device, cache=c.use_cache,
-                        cache_dir=c.cache_dir, autocast=autocast)
-            feats[role] = (f.X.astype(np.float64), f.y)
-            hits.append(f.cache_hit)
+        feats, hits = split_features(extractor, task, splits, batch_size=bs, device=device, cache=c.use_cache,
+                                     cache_dir=c.cache_dir, autocast=autocast)
         feature_seconds = time.time() - start
 
         if getattr(task, "target_kind", ""):  # label sets or numbers: strategies.feature_targets
@@ -218,18 +251,12 @@ class FeatureExtraction(Strategy):
 
             return fit_targets(self, ctx, model, extractor, feats, hits, start, device)
         X, y = feats["train"]
-        num_labels = len(task.labels) if getattr(task, "labels", None) is not None else int(y.max()) + 1
-        cw = getattr(task, "class_weights", None)
         t0 = time.time()
-        clf = fit_classifier(c, X, y, num_labels, cw.numpy() if cw is not None else None, seed=cfg.training.seed,
-                             weight_decay=cfg.training.weight_decay, label_smoothing=cfg.training.label_smoothing)
+        clf = fit_feature_classifier(c, cfg.training, task, X, y)
         classifier_seconds = time.time() - t0
         runtime = time.time() - start
 
-        metrics: dict[str, Any] = {}
-        for role in ("eval", "test"):
-            if role in feats:
-                metrics.update(classifier_metrics(clf, *feats[role], task, role))
+        metrics = held_out_metrics(clf, feats, task)
 
         head_written = False
         try:
@@ -251,9 +278,8 @@ class FeatureExtraction(Strategy):
                         "use it%s.", c.classifier, layout,
                         "; so does setfit.SetFitModel.from_pretrained" if layout == "setfit" else "")
         if _is_main():
-            save_feature_run(Path(ctx.output_dir), model, task, clf, extractor, head_written=head_written,
-                             labels=list(task.labels.names), max_length=getattr(cfg.data, "max_length", None),
-                             record={k: v for k, v in self._fitted.items() if k != "head_written"})
+            write_feature_run(ctx.output_dir, model, task, clf, extractor, cfg.data, head_written=head_written,
+                              record={k: v for k, v in self._fitted.items() if k != "head_written"})
 
         metrics.update({
             "train_runtime": round(runtime, 3),

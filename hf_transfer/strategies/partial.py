@@ -9,11 +9,10 @@ need to move. `trainable_layers: 0` is the same as `freeze` (head only).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from hf_transfer.errors import ConfigError
-from hf_transfer.strategies._groups import GroupFreezing, check_non_negative, num_blocks
+from hf_transfer.strategies._groups import GroupFreezing, check_fraction, check_non_negative, num_blocks, top_blocks
 from hf_transfer.strategies.base import StrategyConfig, register_strategy
 
 
@@ -36,10 +35,7 @@ class PartialConfig(StrategyConfig):
 
     def __post_init__(self) -> None:
         check_non_negative(self.trainable_layers, "trainable_layers")
-        if self.trainable_fraction is not None and not 0.0 < self.trainable_fraction <= 1.0:
-            raise ConfigError(
-                f"strategy.trainable_fraction must be in (0, 1], got {self.trainable_fraction!r}."
-            )
+        check_fraction(self.trainable_fraction, "trainable_fraction")
 
 
 @register_strategy("partial", PartialConfig)
@@ -48,10 +44,7 @@ class PartialFineTuning(GroupFreezing):
 
     def trainable_blocks(self, groups: list) -> int:
         """The number of top blocks that train on this model."""
-        total = num_blocks(groups)
-        if self.config.trainable_fraction is not None:
-            return max(1, math.ceil(self.config.trainable_fraction * total))
-        return self.config.trainable_layers
+        return top_blocks(groups, self.config.trainable_layers, self.config.trainable_fraction)
 
     def validate(self, groups: list) -> None:
         total = num_blocks(groups)

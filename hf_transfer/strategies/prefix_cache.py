@@ -9,7 +9,7 @@ trainable blocks, the top groups and the head. An epoch costs about `k / L` of a
 forward for `k` trainable blocks of `L` (and none of the frozen part's backward, which `partial`
 already skips).
 
-The activations are exact only under these conditions, which `can_cache_prefix` checks:
+The activations are exact only under these conditions, which `prefix_cache_blocker` checks:
 
 * every parameter below the cut is frozen, and the trainable set never changes (not for
   `gradual_unfreeze`; the caller checks the strategy's `changes_trainable_set`);
@@ -30,6 +30,10 @@ model, other datasets and another collator)::
     model, train_ds, eval_ds, collate = prefix_cached_training(model, groups, train_ds, eval_ds, task)
     groups = layer_groups(model)
     Trainer(cfg, task, model, strategy, groups, train_ds, eval_ds, collate, sampler, out)
+
+`setup_prefix_cache` is the one set-up step for callers that decide at run time: it checks the
+conditions, and either caches the given datasets (`PrefixCache`: the plan, the cached datasets,
+`collate_prefix`) or logs why not and returns None.
 
 `PrefixCachedModel.save_pretrained` saves the wrapped transformers model, and raw inputs (a test
 split) run the whole model, so saving and evaluating need no change either.
@@ -97,11 +101,6 @@ def prefix_cache_blocker(model: nn.Module, groups: list, first_trainable: int | 
     if any(p.requires_grad and id(p) not in grouped for p in model.parameters()):
         return "a trainable parameter lies outside every layer group"
     return None
-
-
-def can_cache_prefix(model: nn.Module, groups: list, first_trainable: int | None, augmentation: bool = False) -> bool:
-    """Whether `prefix_cache_blocker` finds nothing in the way."""
-    return prefix_cache_blocker(model, groups, first_trainable, augmentation) is None
 
 
 @dataclass
@@ -333,6 +332,75 @@ def hold_eval_mode(modules: Iterable[nn.Module]) -> None:
             sub.training = False
 
 
+@dataclass
+class PrefixCache:
+    """The frozen prefix, run once (`setup_prefix_cache`).
+
+    Attributes:
+        plan: Where the cut is.
+        datasets: The cached datasets, one per dataset given (None where None was given).
+        seconds: Time spent caching.
+    """
+
+    plan: PrefixPlan
+    datasets: list[CachedPrefixDataset | None]
+    seconds: float
+
+    #: The collator of cached datasets.
+    collate = staticmethod(collate_prefix)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(d.nbytes for d in self.datasets if d is not None)
+
+    @property
+    def examples(self) -> int:
+        return sum(len(d) for d in self.datasets if d is not None)
+
+
+def setup_prefix_cache(model: nn.Module, groups: list, task, datasets, *, batch_size: int = 32,
+                       augmentation: bool = False, changes_trainable_set: bool = False, device=None,
+                       storage_dtype: torch.dtype = torch.float32, log_name: str = "") -> PrefixCache | None:
+    """Run the frozen prefix of `model` once over `datasets` when it can be cached; otherwise log
+    why not (`prefix_cache_blocker`) and return None.
+
+    Args:
+        model: The model with the strategy's freezing applied; moved to `device` when cached.
+        groups: `layer_groups(model)`.
+        task: The recipe's task (`collate`, `model_inputs`).
+        datasets: The preprocessed datasets to cache (None entries stay None), or a function
+            returning them, called only when the prefix can be cached.
+        batch_size: Examples per forward pass while caching.
+        augmentation: Whether the training data is augmented (no cache then).
+        changes_trainable_set: The strategy's `changes_trainable_set` (no cache then).
+        device: Where to run the prefix (default `models.features.default_device()`).
+        storage_dtype: Dtype of the stored activations.
+        log_name: Prefix of the log lines (e.g. `contrastive: `).
+    """
+    first = first_trainable_group(groups)
+    reason = ("the trainable set changes during training" if changes_trainable_set
+              else prefix_cache_blocker(model, groups, first, augmentation))
+    if reason is not None:
+        logger.info("%sfrozen-prefix cache off: %s.", log_name, reason)
+        return None
+    plan = plan_prefix(model, groups, first)
+    if device is None:
+        from hf_transfer.models.features import default_device
+
+        device = default_device()
+    model.to(device)
+    start = time.time()
+    todo = datasets() if callable(datasets) else datasets
+    cached = [None if ds is None else build_prefix_cache(model, plan, ds, task.collate, batch_size=batch_size,
+                                                         model_inputs=task.model_inputs, device=device,
+                                                         storage_dtype=storage_dtype)
+              for ds in todo]
+    out = PrefixCache(plan, cached, time.time() - start)
+    logger.info("%sfrozen prefix (stem + %d of %d blocks) cached for %d examples in %.1f s (%.1f MB).", log_name,
+                plan.frozen_blocks, len(plan.blocks), out.examples, out.seconds, out.nbytes / 1e6)
+    return out
+
+
 def prefix_cached_training(model: nn.Module, groups: list, train_dataset, eval_dataset, task,
                            batch_size: int = 32, device=None, storage_dtype: torch.dtype = torch.float32):
     """Everything the engine needs to train `model`'s top on cached prefix activations.
@@ -352,19 +420,12 @@ def prefix_cached_training(model: nn.Module, groups: list, train_dataset, eval_d
     Returns:
         `(PrefixCachedModel, cached train dataset, cached eval dataset or None, collate_prefix)`.
     """
-    plan = plan_prefix(model, groups, first_trainable_group(groups))
+    plan_prefix(model, groups, first_trainable_group(groups))  # ValueError when it cannot be cached
     if device is None:
         from accelerate.state import PartialState
 
         device = PartialState().device  # where the engine will train (it would move the model anyway)
-    model.to(device)
-    start = time.time()
-    common = dict(batch_size=batch_size, model_inputs=task.model_inputs, device=device,
-                  storage_dtype=storage_dtype)
-    train_cached = build_prefix_cache(model, plan, train_dataset, task.collate, **common)
-    eval_cached = build_prefix_cache(model, plan, eval_dataset, task.collate, **common) if eval_dataset is not None else None
-    size = train_cached.nbytes + (eval_cached.nbytes if eval_cached is not None else 0)
-    logger.info("Cached the frozen prefix (stem + %d of %d blocks) for %d examples in %.1f s (%.1f MB).",
-                plan.frozen_blocks, len(plan.blocks), len(train_cached) + (len(eval_cached) if eval_cached else 0),
-                time.time() - start, size / 1e6)
-    return PrefixCachedModel(model, plan), train_cached, eval_cached, collate_prefix
+    cache = setup_prefix_cache(model, groups, task, [train_dataset, eval_dataset], batch_size=batch_size,
+                               device=device, storage_dtype=storage_dtype)
+    train_cached, eval_cached = cache.datasets
+    return PrefixCachedModel(model, cache.plan), train_cached, eval_cached, collate_prefix

@@ -33,7 +33,6 @@ from hf_transfer.study.stats import (
 
 #: Strategies that leave the pretrained network frozen: they are the frozen reference, not judged against it.
 FROZEN_STRATEGIES = ("feature_extraction", "freeze", "logreg")
-BASELINE_KINDS = ("logreg", "setfit")
 #: Metrics that live in [0, 1]: the plot clips their interval bands there.
 BOUNDED_METRICS = ("accuracy", "f1", "precision", "recall")
 

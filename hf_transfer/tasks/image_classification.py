@@ -29,7 +29,7 @@ from hf_transfer.data.image import (
     process_image,
 )
 from hf_transfer.errors import DataError
-from hf_transfer.models.families.efficientnet import (  # noqa: F401  (re-exported: older import path)
+from hf_transfer.models.families.efficientnet import (
     fix_batchnorm_momentum,
     fix_scratch_init,
     keep_frozen_parameters,
