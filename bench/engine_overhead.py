@@ -69,7 +69,7 @@ def engine_run(cfg, ds, steps: int) -> float:
     model = strategy.apply(model, groups)
     sampler = EpochSampler(len(ds), 0, None, cfg.training.batch_size)
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(cfg, task, model, strategy, groups, ds, None, task.collate, sampler, out)
+        trainer = Trainer(cfg.training, task, model, strategy, groups, ds, None, task.collate, sampler, out)
         metrics = trainer.train()
     return metrics["train_runtime"] / steps
 
@@ -81,7 +81,7 @@ def minimal_run(cfg, ds, steps: int) -> float:
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     with tempfile.TemporaryDirectory() as out:
-        acc = new_accelerator(cfg, Path(out))
+        acc = new_accelerator(cfg.training, Path(out))
         acc.log_with = []
         dl = DataLoader(ds, batch_size=cfg.training.batch_size, sampler=EpochSampler(len(ds), 0, None, cfg.training.batch_size),
                         collate_fn=DataCollatorWithPadding(tok))

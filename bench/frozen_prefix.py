@@ -79,7 +79,7 @@ def run(variant: str, args, out: Path) -> dict:
         else:
             pc.hold_eval_mode([m for g in groups[:first] for m in g.modules])
     sampler = EpochSampler(len(train_ds), cfg.training.seed, None, cfg.training.batch_size)
-    trainer = Trainer(cfg, task, model, strat, groups, train_ds, eval_ds, collate, sampler, out / variant)
+    trainer = Trainer(cfg.training, task, model, strat, groups, train_ds, eval_ds, collate, sampler, out / variant)
     metrics = trainer.train()
     return {"epoch_s": metrics["train_runtime"] / args.epochs, "cache_s": cache_seconds,
             "total_s": metrics["train_runtime"] + cache_seconds, "accuracy": metrics["eval_accuracy"],

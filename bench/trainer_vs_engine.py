@@ -169,7 +169,7 @@ def run_engine(s: Setup, strategy: str, steps: int, adamw: str = "auto", dropout
     with tempfile.TemporaryDirectory() as out:
         engine.new_adamw = lambda groups_, lr, impl: original(groups_, lr, adamw if impl == "auto" else impl)
         try:
-            trainer = engine.Trainer(cfg, s.task, model, strat, groups, s.train_ds, None, s.task.collate,
+            trainer = engine.Trainer(cfg.training, s.task, model, strat, groups, s.train_ds, None, s.task.collate,
                                      s.sampler(), out)
         finally:
             engine.new_adamw = original
@@ -195,7 +195,7 @@ def engine_budget(s: Setup, strategy: str, steps: int):
 
     model, strat, groups = s.model(strategy)
     with tempfile.TemporaryDirectory() as out:
-        return Trainer(make_config(s.name, strategy, steps, s.batch_size), s.task, model, strat, groups,
+        return Trainer(make_config(s.name, strategy, steps, s.batch_size).training, s.task, model, strat, groups,
                        s.train_ds, None, s.task.collate, s.sampler(), out).budget
 
 

@@ -144,6 +144,7 @@ class RunFolder:
         self.history_path = self.path / HISTORY_FILE
         self.checkpoints_dir = self.path / CHECKPOINTS_DIR
         self.baseline_path = self.path / BASELINE_FILE
+        self.log_path = self.path / LOG_FILE
         self._error = error
         if config is not None:
             self.__dict__["config"] = config

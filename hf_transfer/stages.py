@@ -113,7 +113,7 @@ def train_stages(cfg, overwrite: bool = False) -> dict[str, Any]:
         RunFolder(out).write_config(cfg)
     results: dict[str, dict] = {}
     for stage in stages:
-        setup_logging(out / "train.log" if main else None, main)
+        setup_logging(RunFolder(out).log_path if main else None, main)
         done = progress["completed"].get(stage.name)
         if resuming and done is not None and (stage.body_dir / "config.json").is_file():
             logger.info("Stage %d/%d (%s): finished earlier, not repeated.", stage.index + 1, len(stages), stage.name)

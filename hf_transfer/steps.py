@@ -104,7 +104,7 @@ def open_run_folder(output_dir: str, *, overwrite: bool, resuming: bool, main: b
     run = RunFolder(output_dir)
     run.check_writable(overwrite, resuming=resuming)
     run.path.mkdir(parents=True, exist_ok=True)
-    setup_logging(run.path / "train.log" if main else None, main)
+    setup_logging(run.log_path if main else None, main)
     logger.info("Run folder: %s", run.path.resolve())
     warn_if_launch_fell_back_to_one_process()
     if model.trust_remote_code:
@@ -233,19 +233,22 @@ def cache_frozen_prefix(task, strategy, model, groups, train_ds, eval_ds, collat
     """The frozen bottom of the network run once per example, so only the trainable top runs
     every epoch (`training.cache_frozen_prefix`); everything unchanged when the cache does not
     apply (the log says why). Returns `(model, groups, train_ds, eval_ds, collate)`."""
-    from hf_transfer.models.layer_groups import layer_groups
-    from hf_transfer.strategies.prefix_cache import (
-        first_trainable_group, prefix_cache_blocker, prefix_cached_training)
+    from accelerate.state import PartialState
 
-    reason = ("the trainable set changes during training" if strategy.changes_trainable_set
-              else prefix_cache_blocker(model, groups, first_trainable_group(groups), augmentation))
-    if reason is not None:
-        logger.info("Frozen-prefix cache off: %s.", reason)
+    from hf_transfer.models.layer_groups import layer_groups
+    from hf_transfer.strategies.prefix_cache import PrefixCachedModel, setup_prefix_cache
+
+    # Every process caches the whole split on the device the engine trains on (Accelerate shards
+    # the batches afterwards).
+    cache = setup_prefix_cache(model, groups, task, [train_ds, eval_ds], batch_size=batch_size,
+                               augmentation=augmentation, changes_trainable_set=strategy.changes_trainable_set,
+                               device=PartialState().device, log_name="Training: ")
+    if cache is None:
         return model, groups, train_ds, eval_ds, collate
-    model, train_ds, eval_ds, collate = prefix_cached_training(model, groups, train_ds, eval_ds, task,
-                                                               batch_size=batch_size)
+    model = PrefixCachedModel(model, cache.plan)
+    train_ds, eval_ds = cache.datasets
     logger.info("Frozen-prefix cache on: the frozen blocks ran once; training the top only.")
-    return model, layer_groups(model), train_ds, eval_ds, collate
+    return model, layer_groups(model), train_ds, eval_ds, cache.collate
 
 
 def hardware(acc) -> str:

@@ -139,7 +139,7 @@ def test_bf16_on_cpu_runs_under_autocast(text_overrides, tmp_path, tiny_bert_dir
 
     model, groups = groups_of_tiny_bert(tiny_bert_dir)
     cfg = cfg_with(text_overrides, "training.mixed_precision=bf16")
-    acc = new_accelerator(cfg, tmp_path, groups=groups)
+    acc = new_accelerator(cfg.training, tmp_path, groups=groups)
     assert acc.device.type == "cpu"
     seen = []
     model.bert.encoder.layer[0].attention.self.query.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
@@ -148,7 +148,7 @@ def test_bf16_on_cpu_runs_under_autocast(text_overrides, tmp_path, tiny_bert_dir
     assert seen == [torch.bfloat16]  # the matmuls ran in bf16
     assert out.logits.dtype == torch.float32  # Accelerate hands outputs back in fp32
     assert dist.precision_that_ran(acc) == "bf16"
-    plain = new_accelerator(cfg_with(text_overrides), tmp_path, groups=groups)
+    plain = new_accelerator(cfg_with(text_overrides).training, tmp_path, groups=groups)
     assert dist.precision_that_ran(plain) == "no"
 
 

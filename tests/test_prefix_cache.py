@@ -188,7 +188,7 @@ def _engine_run(cfg_overrides, tmp_path, name, cached):
         pc.hold_eval_mode([m for g in groups[:first] for m in g.modules])
         collate = task.collate
     sampler = EpochSampler(len(train_ds), cfg.training.seed, None, cfg.training.batch_size)
-    trainer = Trainer(cfg, task, model, strategy, groups, train_ds, eval_ds, collate, sampler, tmp_path / name)
+    trainer = Trainer(cfg.training, task, model, strategy, groups, train_ds, eval_ds, collate, sampler, tmp_path / name)
     metrics = trainer.train()
     trainer.unwrapped_model().save_pretrained(tmp_path / name)
     return metrics

@@ -338,7 +338,8 @@ def test_candidate_of_another_modality_is_refused_before_any_forward_pass(tiny_b
 
 def test_rank_concatenates_layers_of_different_widths_by_the_error_type(tiny_bert_dir, toy_text_data, tmp_path,
                                                                          monkeypatch):
-    import hf_transfer.models.features as features
+    import hf_transfer.models.features as models_features
+    import hf_transfer.tasks.features as features
     from hf_transfer.errors import ConfigError, WidthMismatch
     from hf_transfer.selection.rank import rank_candidates
 
@@ -350,7 +351,7 @@ def test_rank_concatenates_layers_of_different_widths_by_the_error_type(tiny_ber
         if spec.combine == "mean":
             raise WidthMismatch("layers of widths [8, 16]")  # no words a text match would look for
         X = np.random.default_rng(0).normal(size=(40, 24)).astype(np.float32) + y[:, None]
-        return {"train": features.Features(X=X, y=y, info={"seconds": 0.1})}
+        return {"train": models_features.Features(X=X, y=y, info={"seconds": 0.1})}
 
     monkeypatch.setattr(features, "features_for_config", fake)
     cfg = _config(tiny_bert_dir, toy_text_data, tmp_path)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from hf_transfer.config import TrainConfig, TrainingConfig
+from hf_transfer.config import TrainingConfig
 from hf_transfer.engine.checkpoints import Checkpoints, TrainerState
 from hf_transfer.engine.budget import resolve_budget, resolve_learning_rate
 from hf_transfer.engine.distributed import precision_that_ran as dist_precision
@@ -40,19 +40,14 @@ logger = get_logger(__name__)
 LOWER_IS_BETTER = ("loss", "wer", "cer", "rmse", "mae", "mse", "hamming_loss")
 
 
-def _training_settings(settings: TrainingConfig | TrainConfig) -> TrainingConfig:
-    # The engine needs the `training` section only; older call sites pass the whole run config.
-    return settings.training if isinstance(settings, TrainConfig) else settings
-
-
-def new_accelerator(training: TrainingConfig | TrainConfig, output_dir: Path, find_unused_parameters: bool = False,
+def new_accelerator(training: TrainingConfig, output_dir: Path, find_unused_parameters: bool = False,
                     groups: list | None = None) -> Accelerator:
     """An Accelerator for this run (mixed precision, trackers, DDP settings). With the model's layer
     groups (training), also `training.distributed`'s FSDP / DeepSpeed plugin and the precision
     check (`hf_transfer.engine.distributed`)."""
     from hf_transfer.engine.distributed import accelerator_plugins, finish_accelerator
 
-    tc = _training_settings(training)
+    tc = training
 
     # Accelerate keeps process-wide state; a second run in the same process (tests, sweeps) may
     # use another precision, so the non-distributed part is reset.
@@ -124,7 +119,7 @@ class Trainer:
     """Trains `model` on `train_dataset` with Accelerate.
 
     Args:
-        training: The run's `training` settings (a whole `TrainConfig` is accepted too).
+        training: The run's `training` settings.
         task: The recipe's task (loss, evaluation outputs, metrics).
         model: The model, already adapted by the strategy (frozen parts, PEFT wrapper).
         strategy: The transfer strategy (for epoch hooks and LR scales).
@@ -140,9 +135,9 @@ class Trainer:
     `_setup_optimizer`, `_prepare`, `_setup_schedule`, `_setup_checkpoints`.
     """
 
-    def __init__(self, training: TrainingConfig | TrainConfig, task, model, strategy, groups, train_dataset,
+    def __init__(self, training: TrainingConfig, task, model, strategy, groups, train_dataset,
                  eval_dataset, collate_fn, train_sampler, output_dir, hook: EngineHook | None = None):
-        self.tc = _training_settings(training)
+        self.tc = training
         self.task = task
         self.strategy = strategy
         self.groups = groups

@@ -29,7 +29,7 @@ model, other datasets and another collator)::
 
     model, train_ds, eval_ds, collate = prefix_cached_training(model, groups, train_ds, eval_ds, task)
     groups = layer_groups(model)
-    Trainer(cfg, task, model, strategy, groups, train_ds, eval_ds, collate, sampler, out)
+    Trainer(cfg.training, task, model, strategy, groups, train_ds, eval_ds, collate, sampler, out)
 
 `setup_prefix_cache` is the one set-up step for callers that decide at run time: it checks the
 conditions, and either caches the given datasets (`PrefixCache`: the plan, the cached datasets,
