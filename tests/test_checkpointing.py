@@ -199,15 +199,24 @@ def test_nothing_trainable_skips_checkpointing():
     assert enable_gradient_checkpointing(model, may_unfreeze_later=True) == "on"
 
 
-def test_feature_extraction_runs_with_checkpointing_setting(text_overrides, tmp_path):
-    """A fully frozen base (feature_extraction never runs the engine) trains as before."""
-    from hf_transfer.config import load_config
-    from hf_transfer.run import train
+def test_feature_extraction_runs_with_checkpointing_setting(text_overrides, toy_text_data, tmp_path):
+    """A fully frozen base (feature_extraction never runs the engine) trains as before: the same
+    metrics as without the setting, and eval_accuracy is what the saved model scores on the eval file."""
+    import csv
 
-    metrics = train(load_config(None, text_overrides + [
-        "strategy.name=feature_extraction", "training.gradient_checkpointing=true",
-        f"output_dir={tmp_path / 'fe'}"]))
-    assert "eval_accuracy" in metrics
+    from hf_transfer.config import load_config
+    from hf_transfer.run import predict, train
+
+    base = [o for o in text_overrides if not o.startswith("output_dir=")] + ["strategy.name=feature_extraction"]
+    plain = train(load_config(None, base + [f"output_dir={tmp_path / 'plain'}"]))
+    metrics = train(load_config(None, base + ["training.gradient_checkpointing=true", f"output_dir={tmp_path / 'fe'}"]))
+    assert metrics["eval_accuracy"] == pytest.approx(plain["eval_accuracy"])
+    assert metrics["eval_loss"] == pytest.approx(plain["eval_loss"], abs=1e-5)
+
+    rows = list(csv.DictReader(open(toy_text_data["validation"])))
+    predicted = predict(tmp_path / "fe", [r["text"] for r in rows])  # the saved folder, read back
+    accuracy = sum(p["label"] == r["label"] for p, r in zip(predicted, rows)) / len(rows)
+    assert metrics["eval_accuracy"] == pytest.approx(accuracy)
 
 
 def test_unsupported_architecture_is_a_config_error():
