@@ -203,7 +203,7 @@ def test_train_accelerate_config_command(tmp_path):
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
     assert cmd[-5:] == ["-m", "hf_transfer", "train", "my_run.yaml", "training.epochs=1"]
     assert any("2 processes" in n and "no GPU" in n for n in notes)
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"--accelerate-config '.*nope.yaml' does not exist\. Shipped ones"):
         accelerate_command(tmp_path / "nope.yaml", "my_run.yaml", [], devices=0)
 
 
