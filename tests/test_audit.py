@@ -323,17 +323,12 @@ def test_image_folder_audit(tmp_path, one_torch_thread):
     """Exact duplicates and leaks by file bytes, a corrupt file counted, clean.csv of image paths."""
     import shutil
 
-    import torch
     from PIL import Image
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     from hf_transfer.data_audit import audit
+    from tiny_models import save_vit
 
-    model = tmp_path / "vit"
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=37)).save_pretrained(model)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model)
+    model = save_vit(tmp_path / "vit")
     rng = np.random.default_rng(0)
     root = tmp_path / "images"
     for split, n in (("train", 8), ("validation", 4)):

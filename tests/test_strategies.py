@@ -25,15 +25,13 @@ from hf_transfer.strategies import available_strategies, build_strategy, strateg
 from hf_transfer.strategies._groups import groups_at_depth
 from hf_transfer.strategies.auto import choose_strategy, separability, size_band
 
-from conftest import ASSETS, NEGATIVE, POSITIVE, tiny_bert_config, toy_sentences, write_csv
+from conftest import NEGATIVE, POSITIVE, toy_sentences, write_csv
+from tiny_models import WHISPER_SHORT, bert_config, save_related_bert, vit_config, whisper_config
 
 # ----------------------------------------------------------------------------- tiny models
 
-LAYERS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
-
-
 def bert_model():
-    return T.BertForSequenceClassification(T.BertConfig(vocab_size=100, **LAYERS))
+    return T.BertForSequenceClassification(bert_config(vocab_size=100, max_position_embeddings=512))
 
 
 def bert_batch(g):
@@ -43,7 +41,7 @@ def bert_batch(g):
 
 
 def vit_model():
-    return T.ViTForImageClassification(T.ViTConfig(image_size=32, patch_size=8, num_labels=2, **LAYERS))
+    return T.ViTForImageClassification(vit_config(num_labels=2))
 
 
 def vit_batch(g):
@@ -51,13 +49,7 @@ def vit_batch(g):
 
 
 def whisper_model():
-    cfg = T.WhisperConfig(
-        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=37, decoder_ffn_dim=37, vocab_size=100, num_mel_bins=8, max_source_positions=16,
-        max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
-        num_labels=2, classifier_proj_size=16,
-    )
-    return T.WhisperForAudioClassification(cfg)
+    return T.WhisperForAudioClassification(whisper_config(**WHISPER_SHORT, num_labels=2, classifier_proj_size=16))
 
 
 def whisper_batch(g):
@@ -404,22 +396,7 @@ def test_separability_score():
 @pytest.fixture(scope="module")
 def related_bert_dir(tmp_path_factory):
     """A tiny BERT 'pretrained on a related task': the cue words carry a sentiment direction."""
-    import shutil
-
-    from transformers import AutoTokenizer, BertModel
-
-    out = tmp_path_factory.mktemp("related-bert")
-    tok = AutoTokenizer.from_pretrained(ASSETS / "tiny-bert")
-    torch.manual_seed(0)
-    model = BertModel(tiny_bert_config())
-    emb = model.embeddings.word_embeddings.weight
-    with torch.no_grad():
-        for words, sign in ((POSITIVE, 1.0), (NEGATIVE, -1.0)):
-            emb[tok.convert_tokens_to_ids([t for w in words for t in tok.tokenize(w)]), :8] = 2.0 * sign
-    model.save_pretrained(out)
-    for f in (ASSETS / "tiny-bert").iterdir():
-        shutil.copy(f, out / f.name)
-    return out
+    return save_related_bert(tmp_path_factory.mktemp("related-bert"), POSITIVE, NEGATIVE)
 
 
 def auto_prepare(model_dir, train_csv, tmp_path, *extra):
