@@ -354,7 +354,7 @@ def test_image_folder_audit(tmp_path, one_torch_thread):
     assert [row["red/0.png"], row["red/9_copy.png"]] in groups
     leaks = [(lk["eval_row"], lk["train_row"], lk["kind"]) for lk in report["leaks"]]
     assert (1 + 4 * 1, row["green/9_leak.png"], "exact") in leaks  # validation/green/1.png: row 5 of validation
-    clean = list(csv.DictReader(open(report["files"]["clean"])))
+    clean = list(csv.DictReader(Path(report["files"]["clean"]).read_text().splitlines()))
     kept = {Path(r["image"]).relative_to(root.resolve() / "train").as_posix() for r in clean}
     assert "red/9_copy.png" not in kept and "red/0.png" in kept and "green/9_leak.png" not in kept
     assert {r["label"] for r in clean} <= {"blue", "green", "red"}

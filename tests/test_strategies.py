@@ -504,9 +504,11 @@ def test_end_to_end_frozen_backbone_is_saved_unchanged(name, extra, text_overrid
 
 
 @pytest.mark.parametrize("similarity", ["low", "measure"])
-def test_auto_end_to_end(similarity, text_overrides, related_bert_dir, tmp_path):
+def test_auto_end_to_end(similarity, text_overrides, toy_text_data, related_bert_dir, tmp_path):
     """`auto` through run.train: the choice lands in metrics.json and the delegate does the work."""
-    from hf_transfer.run import train
+    import csv
+
+    from hf_transfer.run import predict, train
 
     cfg = load_config(None, text_overrides + [
         f"model.name_or_path={related_bert_dir}", "strategy.name=auto", f"strategy.similarity={similarity}",
@@ -521,7 +523,11 @@ def test_auto_end_to_end(similarity, text_overrides, related_bert_dir, tmp_path)
     else:
         assert written["auto_choice"] == "feature_extraction" and written["auto_similarity_score"] >= 0.9
         moving = ()
-    assert "eval_accuracy" in written
+    # eval_accuracy is what the saved run folder scores on the eval file, text by text.
+    rows = list(csv.DictReader(toy_text_data["validation"].read_text().splitlines()))
+    predicted = predict(out, [r["text"] for r in rows])
+    accuracy = sum(p["label"] == r["label"] for p, r in zip(predicted, rows)) / len(rows)
+    assert written["eval_accuracy"] == pytest.approx(accuracy)
     base = {f"bert.{k}": v for k, v in load_file(str(related_bert_dir / "model.safetensors")).items()}
     saved = load_file(str(out / "model.safetensors"))
     for k, v in base.items():
