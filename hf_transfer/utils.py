@@ -33,6 +33,7 @@ def setup_logging(log_file: Path | None = None, main_process: bool = True) -> No
     for h in list(root.handlers):
         if getattr(h, "_hf_transfer", False):
             root.removeHandler(h)
+            h.close()  # an earlier run's train.log: closed, not left to the garbage collector
     from hf_transfer.quiet import quiet_libraries
 
     quiet_libraries()  # no LOAD REPORT tables; no progress-bar escapes off a terminal

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models built locally, tiny tokenizer files, toy data. Offline."""
+"""Shared fixtures: tiny random models built locally (tests/tiny_models.py), toy data. Offline."""
 
 import os
 
@@ -8,12 +8,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import random
-import shutil
 from pathlib import Path
 
 import pytest
-
-ASSETS = Path(__file__).parent / "assets"
 
 POSITIVE = "good great excellent wonderful lovely fun brilliant gripping beautiful best amazing".split()
 NEGATIVE = "bad awful terrible boring dull worst poor weak ugly horrible bland".split()
@@ -45,28 +42,12 @@ def write_csv(path: Path, rows) -> Path:
     return path
 
 
-def tiny_bert_config(**kw):
-    from transformers import BertConfig
-
-    vocab = sum(1 for _ in open(ASSETS / "tiny-bert" / "vocab.txt"))
-    base = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
-    base.update(kw)
-    return BertConfig(**base)
-
-
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A bare BERT backbone (no head) with the tiny tokenizer: like a Hub base checkpoint."""
-    import torch
-    from transformers import BertModel
+    from tiny_models import save_bert
 
-    out = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(tiny_bert_config()).save_pretrained(out)
-    for f in (ASSETS / "tiny-bert").iterdir():
-        shutil.copy(f, out / f.name)
-    return out
+    return save_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

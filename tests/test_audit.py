@@ -323,17 +323,12 @@ def test_image_folder_audit(tmp_path, one_torch_thread):
     """Exact duplicates and leaks by file bytes, a corrupt file counted, clean.csv of image paths."""
     import shutil
 
-    import torch
     from PIL import Image
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     from hf_transfer.data_audit import audit
+    from tiny_models import save_vit
 
-    model = tmp_path / "vit"
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=37)).save_pretrained(model)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model)
+    model = save_vit(tmp_path / "vit")
     rng = np.random.default_rng(0)
     root = tmp_path / "images"
     for split, n in (("train", 8), ("validation", 4)):
@@ -359,7 +354,7 @@ def test_image_folder_audit(tmp_path, one_torch_thread):
     assert [row["red/0.png"], row["red/9_copy.png"]] in groups
     leaks = [(lk["eval_row"], lk["train_row"], lk["kind"]) for lk in report["leaks"]]
     assert (1 + 4 * 1, row["green/9_leak.png"], "exact") in leaks  # validation/green/1.png: row 5 of validation
-    clean = list(csv.DictReader(open(report["files"]["clean"])))
+    clean = list(csv.DictReader(Path(report["files"]["clean"]).read_text().splitlines()))
     kept = {Path(r["image"]).relative_to(root.resolve() / "train").as_posix() for r in clean}
     assert "red/9_copy.png" not in kept and "red/0.png" in kept and "green/9_leak.png" not in kept
     assert {r["label"] for r in clean} <= {"blue", "green", "red"}

@@ -1,12 +1,9 @@
 """`auto` measures similarity on `models.features`, and `feature_extraction` reuses what it computed."""
 
 import json
-import shutil
 
-import torch
-from transformers import AutoTokenizer, BertModel
-
-from conftest import ASSETS, NEGATIVE, POSITIVE, tiny_bert_config
+from conftest import NEGATIVE, POSITIVE
+from tiny_models import save_related_bert
 from hf_transfer.config import load_config
 from hf_transfer.models import features as features_mod
 from hf_transfer.run import train
@@ -14,17 +11,7 @@ from hf_transfer.run import train
 
 def _related_bert(out):
     """A tiny BERT whose cue-word embeddings carry the sentiment: frozen features separate it."""
-    tok = AutoTokenizer.from_pretrained(ASSETS / "tiny-bert")
-    torch.manual_seed(0)
-    model = BertModel(tiny_bert_config())
-    with torch.no_grad():
-        for words, sign in ((POSITIVE, 1.0), (NEGATIVE, -1.0)):
-            ids = tok.convert_tokens_to_ids([t for w in words for t in tok.tokenize(w)])
-            model.embeddings.word_embeddings.weight[ids, :8] = 2.0 * sign
-    model.save_pretrained(out)
-    for f in (ASSETS / "tiny-bert").iterdir():
-        shutil.copy(f, out / f.name)
-    return out
+    return save_related_bert(out, POSITIVE, NEGATIVE)
 
 
 def test_auto_measures_on_the_shared_features_and_feature_extraction_reuses_them(

@@ -6,6 +6,7 @@ import pytest
 
 from hf_transfer.config import TrainingConfig, load_config
 from hf_transfer.engine.budget import DEFAULT_LEARNING_RATES, DEFAULT_MIN_STEPS, resolve_budget
+from hf_transfer.errors import ConfigError
 from hf_transfer.run import train
 from hf_transfer.strategies import StrategyConfig, build_strategy
 
@@ -60,7 +61,7 @@ def test_budget_in_metrics_and_evaluations_spaced(text_overrides, tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(Exception, match="min_steps"):
+    with pytest.raises(ConfigError, match=r"training.min_steps must be 0 \(off\) or more, got -1"):
         load_config(None, ["model.name_or_path=m", "data.train=x.csv", "training.min_steps=-1"])
     assert load_config(None, ["model.name_or_path=m", "data.train=x.csv"]).training.learning_rate is None
 

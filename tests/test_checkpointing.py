@@ -40,9 +40,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny_bert():
     from transformers import BertForSequenceClassification
 
-    from tests.conftest import tiny_bert_config
+    from tiny_models import bert_config
 
-    cfg = tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)
+    cfg = bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)
     model = BertForSequenceClassification(cfg)
     g = torch.Generator().manual_seed(1)
     batch = {"input_ids": torch.randint(5, cfg.vocab_size, (4, 12), generator=g),
@@ -52,23 +52,20 @@ def tiny_bert():
 
 
 def tiny_vit():
-    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import ViTForImageClassification
 
-    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=37, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    from tiny_models import vit_config
+
+    cfg = vit_config(num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = ViTForImageClassification(cfg)
     g = torch.Generator().manual_seed(1)
     return model, {"pixel_values": torch.randn(4, 3, 32, 32, generator=g), "labels": torch.tensor([0, 1, 2, 1])}
 
 
 def _whisper_config():
-    from transformers import WhisperConfig
+    from tiny_models import whisper_config
 
-    return WhisperConfig(vocab_size=96, num_mel_bins=16, d_model=32, encoder_layers=2, decoder_layers=2,
-                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                         decoder_ffn_dim=64, max_source_positions=50, max_target_positions=32,
-                         decoder_start_token_id=1, pad_token_id=0, bos_token_id=0, eos_token_id=0,
-                         dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, num_labels=3)
+    return whisper_config(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, num_labels=3)
 
 
 def tiny_whisper_asr():
@@ -149,7 +146,7 @@ def test_same_gradients_with_checkpointing(model_name, strategy_name, settings, 
 
     done = enable_gradient_checkpointing(model, getattr(strategy, "changes_trainable_set", False))
     assert done == "on"
-    assert transformers_model(model).is_gradient_checkpointing
+    assert transformers_model(model).is_activation_checkpointing
     calls = count_block_calls(model)
     ckpt = gradients(model, batch)
 
@@ -194,20 +191,29 @@ def test_nothing_trainable_skips_checkpointing():
     for p in model.parameters():
         p.requires_grad_(False)
     assert enable_gradient_checkpointing(model).startswith("off")
-    assert not model.is_gradient_checkpointing
+    assert not model.is_activation_checkpointing
     # A schedule that unfreezes later still gets it.
     assert enable_gradient_checkpointing(model, may_unfreeze_later=True) == "on"
 
 
-def test_feature_extraction_runs_with_checkpointing_setting(text_overrides, tmp_path):
-    """A fully frozen base (feature_extraction never runs the engine) trains as before."""
-    from hf_transfer.config import load_config
-    from hf_transfer.run import train
+def test_feature_extraction_runs_with_checkpointing_setting(text_overrides, toy_text_data, tmp_path):
+    """A fully frozen base (feature_extraction never runs the engine) trains as before: the same
+    metrics as without the setting, and eval_accuracy is what the saved model scores on the eval file."""
+    import csv
 
-    metrics = train(load_config(None, text_overrides + [
-        "strategy.name=feature_extraction", "training.gradient_checkpointing=true",
-        f"output_dir={tmp_path / 'fe'}"]))
-    assert "eval_accuracy" in metrics
+    from hf_transfer.config import load_config
+    from hf_transfer.run import predict, train
+
+    base = [o for o in text_overrides if not o.startswith("output_dir=")] + ["strategy.name=feature_extraction"]
+    plain = train(load_config(None, base + [f"output_dir={tmp_path / 'plain'}"]))
+    metrics = train(load_config(None, base + ["training.gradient_checkpointing=true", f"output_dir={tmp_path / 'fe'}"]))
+    assert metrics["eval_accuracy"] == pytest.approx(plain["eval_accuracy"])
+    assert metrics["eval_loss"] == pytest.approx(plain["eval_loss"], abs=1e-5)
+
+    rows = list(csv.DictReader(toy_text_data["validation"].read_text().splitlines()))
+    predicted = predict(tmp_path / "fe", [r["text"] for r in rows])  # the saved folder, read back
+    accuracy = sum(p["label"] == r["label"] for p, r in zip(predicted, rows)) / len(rows)
+    assert metrics["eval_accuracy"] == pytest.approx(accuracy)
 
 
 def test_unsupported_architecture_is_a_config_error():

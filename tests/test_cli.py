@@ -80,10 +80,11 @@ def test_ls_lists_only_commands_the_installed_package_has(capsys):
 
 
 def test_layers_detects_the_task_from_the_config(tmp_path, capsys):
-    from transformers import ViTConfig, ViTModel
+    from transformers import ViTModel
 
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                       image_size=32, patch_size=8)).save_pretrained(tmp_path / "vit")
+    from tiny_models import vit_config
+
+    ViTModel(vit_config()).save_pretrained(tmp_path / "vit")  # no processor: the config alone says "image"
     assert main(["layers", str(tmp_path / "vit")]) == 0
     out = capsys.readouterr().out
     assert "AutoModelForImageClassification (from model_type 'vit'" in out and "ViTForImageClassification" in out

@@ -29,13 +29,9 @@ def _text_config(tmp_path, text_overrides, *extra) -> str:
 @pytest.fixture(scope="module")
 def tiny_vit_dir(tmp_path_factory):
     """A bare ViT backbone with its image processor: an image checkpoint."""
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+    from tiny_models import save_vit
 
-    out = tmp_path_factory.mktemp("tiny-vit")
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                       image_size=32, patch_size=8)).save_pretrained(out)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
-    return out
+    return save_vit(tmp_path_factory.mktemp("tiny-vit"), seed=None, num_hidden_layers=1)
 
 
 # ------------------------------------------------------------------------------------ predict --top-k

@@ -70,17 +70,14 @@ def test_fsdp_plugin_wraps_each_block_with_original_parameters(text_overrides, t
 
 
 def test_block_classes_for_vit_and_whisper():
-    from transformers import ViTConfig, ViTForImageClassification, WhisperConfig, WhisperForConditionalGeneration
+    from transformers import ViTForImageClassification, WhisperForConditionalGeneration
 
     from hf_transfer.models.layer_groups import layer_groups
+    from tiny_models import vit_config, whisper_config
 
-    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                              num_attention_heads=2, intermediate_size=37))
+    vit = ViTForImageClassification(vit_config())
     assert dist.block_class_names(layer_groups(vit)) == ["ViTLayer"]
-    whisper = WhisperForConditionalGeneration(WhisperConfig(
-        vocab_size=96, num_mel_bins=16, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=50,
-        max_target_positions=32, pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=1))
+    whisper = WhisperForConditionalGeneration(whisper_config(encoder_layers=1, decoder_layers=1))
     assert dist.block_class_names(layer_groups(whisper)) == ["WhisperEncoderLayer", "WhisperDecoderLayer"]
 
 
@@ -203,7 +200,7 @@ def test_train_accelerate_config_command(tmp_path):
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
     assert cmd[-5:] == ["-m", "hf_transfer", "train", "my_run.yaml", "training.epochs=1"]
     assert any("2 processes" in n and "no GPU" in n for n in notes)
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"--accelerate-config '.*nope.yaml' does not exist\. Shipped ones"):
         accelerate_command(tmp_path / "nope.yaml", "my_run.yaml", [], devices=0)
 
 

@@ -311,15 +311,9 @@ def _fixtures(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory, tiny_bert_dir):
-    import torch
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+    from tiny_models import save_vit
 
-    vit = tmp_path_factory.mktemp("tiny-vit")
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=37)).save_pretrained(vit)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
-    return {"text": tiny_bert_dir, "image": vit}
+    return {"text": tiny_bert_dir, "image": save_vit(tmp_path_factory.mktemp("tiny-vit"))}
 
 
 @pytest.mark.slow

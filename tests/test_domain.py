@@ -181,15 +181,10 @@ def _coloured_folder(root: Path, n: int, tint=None, seed=0) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_resnet_dir(tmp_path_factory) -> Path:
-    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+    from tiny_models import save_resnet
 
-    out = tmp_path_factory.mktemp("tiny-resnet")
-    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
-                          num_labels=3)
-    torch.manual_seed(0)
-    ResNetForImageClassification(config).save_pretrained(out)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(out)
-    return out
+    return save_resnet(tmp_path_factory.mktemp("tiny-resnet"), image_size=16, num_channels=3, layer_type="basic",
+                       num_labels=3)
 
 
 def _image_overrides(model_dir, train_dir, tmp_path, name, *extra):
@@ -265,12 +260,12 @@ def test_pretrain_mlm_loss_falls_and_train_takes_the_checkpoint(tiny_bert_dir, t
 def test_pretrain_on_a_model_with_no_masked_lm_form_is_a_clear_error(tiny_bert_dir, tmp_path):
     import shutil
 
-    from transformers import ViTConfig
+    from tiny_models import vit_config
 
     folder = tmp_path / "vit-with-tokenizer"
     shutil.copytree(tiny_bert_dir, folder)
     (folder / "model.safetensors").unlink()
-    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37).save_pretrained(folder)
+    vit_config(num_hidden_layers=1, image_size=224, patch_size=16).save_pretrained(folder)
     texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in toy_sentences(20)])
     cfg = load_config(None, ["recipe=masked_lm", f"model.name_or_path={folder}", f"data.train={texts}",
                              f"output_dir={tmp_path / 'x'}", "training.report_to=[]"])

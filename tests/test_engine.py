@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from hf_transfer.config import load_config
 from hf_transfer.engine.optim import build_param_groups, layerwise_lr_scales
+from hf_transfer.errors import HFTransferError
 from hf_transfer.run import train
 
 
@@ -60,7 +61,7 @@ def test_interrupted_run_keeps_checkpoint_and_says_how_to_resume(text_overrides,
 
 def test_resume_latest_without_checkpoint_is_a_clear_error(text_overrides, tmp_path):
     cfg = run_cfg(text_overrides, tmp_path, "none", "training.resume_from_checkpoint=latest")
-    with pytest.raises(Exception, match="holds no checkpoint"):
+    with pytest.raises(HFTransferError, match=r"resume_from_checkpoint=latest, but '.*' holds no checkpoint"):
         train(cfg)
 
 

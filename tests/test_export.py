@@ -22,6 +22,7 @@ from hf_transfer.errors import ExportError
 from hf_transfer.export.card import build_card, validate_card
 from hf_transfer.export.export import export_run, verify_export
 from hf_transfer.export.push import check_push_settings, maybe_push_after_training, push_run
+from tiny_models import vit_config, whisper_config
 
 TOKEN = "hf_standInTokenForTests0123456789abcdef"
 READ_ONLY_TOKEN = "hf_readOnlyTokenForTests0123456789abcd"
@@ -121,10 +122,8 @@ def _synthetic_run(root: Path, recipe: str) -> Path:
     """A minimal run folder for a family whose recipe is not trained here: config.yaml,
     metrics.json and a tiny model built from its config, with its processor."""
     from transformers import (
-        ViTConfig,
         ViTForImageClassification,
         ViTImageProcessor,
-        WhisperConfig,
         WhisperFeatureExtractor,
         WhisperForAudioClassification,
         WhisperForConditionalGeneration,
@@ -133,30 +132,28 @@ def _synthetic_run(root: Path, recipe: str) -> Path:
     run = root / recipe
     run.mkdir(parents=True)
     torch.manual_seed(0)
-    whisper = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-                   decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, num_mel_bins=80,
-                   max_source_positions=50, max_target_positions=32, vocab_size=64, pad_token_id=0,
-                   bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    # 80 mel bins: the default WhisperFeatureExtractor's.
+    whisper = dict(encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
+                   num_mel_bins=80, vocab_size=64, bos_token_id=1, eos_token_id=2)
     features = WhisperFeatureExtractor(chunk_length=1)  # 1 s windows: 100 frames = 2 * 50 positions
     if recipe == "image_classification":
         labels = ["angular_leaf_spot", "bean_rust", "healthy"]
-        model = ViTForImageClassification(ViTConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
-            patch_size=8, num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}))
+        model = ViTForImageClassification(vit_config(
+            num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}))
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(run)
         data = {"train": {"name": "AI-Lab-Makerere/beans", "split": "train"},
                 "eval": {"name": "AI-Lab-Makerere/beans", "split": "validation"}}
         base, metrics = "google/vit-base-patch16-224-in21k", {"eval_accuracy": 0.91, "eval_f1": 0.905}
     elif recipe == "audio_classification":
         labels = ["no", "yes"]
-        model = WhisperForAudioClassification(WhisperConfig(
+        model = WhisperForAudioClassification(whisper_config(
             **whisper, num_labels=2, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}))
         features.save_pretrained(run)
         data = {"train": {"name": str(root / "clips")}, "eval": None}
         base, metrics = "openai/whisper-tiny", {"eval_accuracy": 0.75, "eval_f1": 0.74, "test_accuracy": 0.7, "test_f1": 0.69}
     else:
         labels = []
-        model = WhisperForConditionalGeneration(WhisperConfig(**whisper))
+        model = WhisperForConditionalGeneration(whisper_config(**whisper))
         features.save_pretrained(run)
         data = {"train": {"name": "mozilla-foundation/common_voice_11_0", "config": "ja", "split": "train"},
                 "eval": {"name": "mozilla-foundation/common_voice_11_0", "config": "ja", "split": "validation"}}

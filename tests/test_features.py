@@ -2,7 +2,6 @@
 
 import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -20,12 +19,12 @@ from hf_transfer.models.features import (
     unwrap_model,
 )
 
-from conftest import ASSETS, tiny_bert_config
+from tiny_models import ASSETS, bert_config, save_bert, vit_config, whisper_config
 
 
 def _bert(cls=T.BertModel, **kw):
     torch.manual_seed(0)
-    return cls(tiny_bert_config(**kw)).eval()
+    return cls(bert_config(**kw)).eval()
 
 
 def _padded_batch():
@@ -78,9 +77,7 @@ def test_trained_pooler_rule():
 def _st_folder(tmp_path, pooling: dict, normalize: bool = True):
     """A tiny sentence-transformers folder: BERT + tokenizer at the root, 1_Pooling, Normalize."""
     folder = tmp_path / "st"
-    _bert().save_pretrained(folder)
-    for f in (ASSETS / "tiny-bert").iterdir():
-        shutil.copy(f, folder / f.name)
+    save_bert(folder, _bert())
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     if normalize:
@@ -164,9 +161,7 @@ def test_a_layer_the_model_lacks_is_a_config_error_before_any_forward_pass():
 @torch.no_grad()
 def test_vit_features_are_cls_after_the_final_norm_which_the_head_reads():
     torch.manual_seed(0)
-    vit = T.ViTForImageClassification(T.ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
-        patch_size=8, num_labels=3)).eval()
+    vit = T.ViTForImageClassification(vit_config(num_labels=3)).eval()
     pix = {"pixel_values": torch.randn(2, 3, 32, 32)}
     fx = FeatureExtractor(vit, modality="image")
     x = fx(pix)
@@ -203,7 +198,7 @@ def test_whisper_features_are_the_mean_over_real_frames():
     from hf_transfer.models.whisper import WhisperForMaskedAudioClassification
 
     torch.manual_seed(0)
-    model = WhisperForMaskedAudioClassification(T.WhisperConfig(
+    model = WhisperForMaskedAudioClassification(whisper_config(
         d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
         encoder_ffn_dim=20, decoder_ffn_dim=20, num_mel_bins=8, max_source_positions=10, num_labels=3)).eval()
     feats = torch.randn(2, 8, 20)

@@ -25,6 +25,10 @@ CHANNEL = {"red": 0, "green": 1, "blue": 2}
 SLOW_STRATEGIES: set[str] = set()
 #: Text-only strategies (refused on images; tested in their own files).
 TEXT_ONLY_STRATEGIES = {"static"}
+#: The strategies the product ships for images: each runs below even if it stopped being registered
+#: (then it fails), and a newly registered one joins them.
+IMAGE_STRATEGIES = {"adapter", "auto", "contrastive", "feature_extraction", "freeze", "full", "gradual_unfreeze",
+                    "ia3", "lora", "lora_ffn", "lp_ft", "partial", "scratch"}
 
 
 # Tiny models run ~20x slower with 2 threads when other processes load the cores.
@@ -41,17 +45,13 @@ def _coloured(rng, channel: int, size: tuple[int, int]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_vit_dir(tmp_path_factory) -> Path:
     """A 'pretrained' ViT with an ImageNet-sized (1000-class) head and its image processor."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTForImageClassification
 
-    out = tmp_path_factory.mktemp("tiny-vit")
+    from tiny_models import save_vit
+
     names = {i: f"imagenet_{i}" for i in range(1000)}
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=37, num_labels=1000, id2label=names,
-                       label2id={v: k for k, v in names.items()})
-    torch.manual_seed(0)
-    ViTForImageClassification(config).save_pretrained(out)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
-    return out
+    return save_vit(tmp_path_factory.mktemp("tiny-vit"), ViTForImageClassification, num_labels=1000, id2label=names,
+                    label2id={v: k for k, v in names.items()})
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +264,8 @@ def test_recipe_script(tiny_vit_dir, csv_data, tmp_path, monkeypatch, capsys):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["recipe"] == "image_classification"
 
 
-@pytest.mark.parametrize("strategy", sorted(set(available_strategies()) - SLOW_STRATEGIES - TEXT_ONLY_STRATEGIES))
+@pytest.mark.parametrize("strategy", sorted((IMAGE_STRATEGIES | set(available_strategies())) - SLOW_STRATEGIES
+                                             - TEXT_ONLY_STRATEGIES))
 def test_every_strategy_runs(strategy, tiny_vit_dir, image_folder, tmp_path, monkeypatch):
     from hf_transfer.run import evaluate, train
 
@@ -326,15 +327,11 @@ def test_recalibrate_batchnorm_on_a_cnn(image_folder, tmp_path):
     """`training.recalibrate_batchnorm` on a tiny ResNet: the saved running statistics are the
     exact average over the training data, not the lagging momentum average."""
     from safetensors.torch import load_file
-    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
     from hf_transfer.run import train
+    from tiny_models import save_resnet
 
-    ckpt = tmp_path / "tiny-resnet"
-    torch.manual_seed(0)
-    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                              num_labels=3)).save_pretrained(ckpt)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(ckpt)
+    ckpt = save_resnet(tmp_path / "tiny-resnet", image_size=32, num_labels=3)
     runs = {}
     for flag in ("false", "true"):
         cfg = load_config(None, _overrides(ckpt, image_folder, tmp_path / flag, "training.max_steps=3",

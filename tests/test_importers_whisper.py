@@ -107,9 +107,12 @@ def write_tiny_tokenizer(path: Path) -> None:
 
 
 def tiny_whisper(vocab_size: int = 270):
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers import WhisperForConditionalGeneration
 
-    config = WhisperConfig(
+    from tiny_models import whisper_config
+
+    # Encoder and decoder differ in layers, heads and FFN width, so a tensor the converter swaps shows.
+    config = whisper_config(
         vocab_size=vocab_size, num_mel_bins=8, d_model=16, encoder_layers=2, decoder_layers=1,
         encoder_attention_heads=2, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=24,
         max_source_positions=10, max_target_positions=12, decoder_start_token_id=257, eos_token_id=256,

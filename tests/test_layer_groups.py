@@ -18,30 +18,13 @@ from hf_transfer.models.layer_groups import (  # noqa: E402
     layer_groups,
     split_groups,
 )
+from tiny_models import WHISPER_SHORT, bert_config, resnet_config, vit_config, whisper_config  # noqa: E402
 
 # --------------------------------------------------------------------------- tiny configs
 
 TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
 VISION = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8
-)
-# Whisper's default special-token ids (50256+) do not fit a 100-token vocabulary.
-WHISPER = dict(
-    d_model=32,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=2,
-    decoder_attention_heads=2,
-    encoder_ffn_dim=37,
-    decoder_ffn_dim=37,
-    vocab_size=100,
-    num_mel_bins=8,
-    max_source_positions=16,
-    max_target_positions=16,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-    decoder_start_token_id=3,
 )
 SPEECH = dict(
     hidden_size=32,
@@ -59,7 +42,7 @@ SPEECH = dict(
 
 
 def bert_cfg():
-    return T.BertConfig(**TEXT)
+    return bert_config(vocab_size=100, max_position_embeddings=512)
 
 
 def distilbert_cfg():
@@ -139,12 +122,12 @@ CASES = [
     ),
     (
         "vit-imgcls",
-        lambda: T.ViTForImageClassification(T.ViTConfig(**VISION)),
+        lambda: T.ViTForImageClassification(vit_config()),
         2,
         None,
         {"classifier.weight", "classifier.bias"},
     ),
-    ("vit-bare", lambda: T.ViTModel(T.ViTConfig(**VISION)), 2, None, set()),
+    ("vit-bare", lambda: T.ViTModel(vit_config()), 2, None, set()),
     (
         "deit-imgcls",
         lambda: T.DeiTForImageClassification(T.DeiTConfig(**VISION)),
@@ -171,7 +154,7 @@ CASES = [
     ),
     (
         "resnet-imgcls",
-        lambda: T.ResNetForImageClassification(T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2])),
+        lambda: T.ResNetForImageClassification(resnet_config(depths=[1, 2])),
         2,  # one block per stage
         ["embedder", "encoder.stages.0", "encoder.stages.1", "head"],
         {"classifier.1.weight", "classifier.1.bias"},
@@ -207,14 +190,14 @@ CASES = [
     ),
     (
         "whisper-audiocls",
-        lambda: T.WhisperForAudioClassification(T.WhisperConfig(**WHISPER, use_weighted_layer_sum=True)),
+        lambda: T.WhisperForAudioClassification(whisper_config(**WHISPER_SHORT, use_weighted_layer_sum=True)),
         2,
         ["encoder.stem", "encoder.layers.0", "encoder.layers.1", "encoder.layer_norm", "head"],
         {"layer_weights", "projector.weight", "projector.bias", "classifier.weight", "classifier.bias"},
     ),
     (
         "whisper-encoder-bare",
-        lambda: whisper_encoder(T.WhisperConfig(**WHISPER)),
+        lambda: whisper_encoder(whisper_config(**WHISPER_SHORT)),
         2,
         ["stem", "layers.0", "layers.1", "layer_norm"],
         set(),
@@ -244,7 +227,7 @@ def test_single_tower_architectures(build, num_blocks, names, head):
 
 
 def test_vit_top_holds_final_norm_and_pooler():
-    model = T.ViTModel(T.ViTConfig(**VISION))
+    model = T.ViTModel(vit_config())
     groups = layer_groups(model)
     # transformers 5 names ViT's block list "layers" (4.x: "encoder.layer").
     assert [g.name for g in groups] == ["embeddings", "layers.0", "layers.1", "top"]
@@ -277,7 +260,7 @@ WHISPER_TWO_TOWERS = [
 
 
 def test_whisper_conditional_generation_tied_head():
-    model = T.WhisperForConditionalGeneration(T.WhisperConfig(**WHISPER))
+    model = T.WhisperForConditionalGeneration(whisper_config(**WHISPER_SHORT))
     assert model.proj_out.weight is model.model.decoder.embed_tokens.weight
     groups = layer_groups(model)
     check_partition(model, groups)
@@ -294,7 +277,7 @@ def test_whisper_conditional_generation_tied_head():
 
 
 def test_whisper_conditional_generation_untied_head():
-    model = T.WhisperForConditionalGeneration(T.WhisperConfig(**WHISPER, tie_word_embeddings=False))
+    model = T.WhisperForConditionalGeneration(whisper_config(**WHISPER_SHORT, tie_word_embeddings=False))
     groups = layer_groups(model)
     check_partition(model, groups)
     assert [g.name for g in groups] == WHISPER_TWO_TOWERS + ["head"]
@@ -302,7 +285,7 @@ def test_whisper_conditional_generation_untied_head():
 
 
 def test_whisper_bare_model():
-    model = T.WhisperModel(T.WhisperConfig(**WHISPER))
+    model = T.WhisperModel(whisper_config(**WHISPER_SHORT))
     groups = layer_groups(model)
     check_partition(model, groups)
     assert [g.name for g in groups] == WHISPER_TWO_TOWERS
@@ -354,7 +337,7 @@ def test_model_without_blocks_raises_clear_error():
 
 
 def test_peft_lora_bert_classifier():
-    peft = pytest.importorskip("peft")
+    import peft  # a core dependency: missing is a failure, not a skip
     base = T.BertForSequenceClassification(bert_cfg())
     config = peft.LoraConfig(
         task_type="SEQ_CLS", r=4, target_modules=["query", "value"], modules_to_save=["classifier"]

@@ -17,9 +17,13 @@ import hf_transfer
 
 PACKAGE = Path(hf_transfer.__file__).parent
 
-# Top to bottom. The first prefix that matches a module's dotted name (longest first) gives its layer.
+# Top to bottom. The longest prefix that matches a module's dotted name gives its layer; a prefix
+# covers the module of that name and every module below it. The package root is named exactly in
+# ROOT_LAYER instead: as a prefix it would cover every module and hide an unlisted one.
+ROOT = "hf_transfer"
+ROOT_LAYER = "entry points"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("entry points", ("hf_transfer", "hf_transfer.__main__", "hf_transfer.cli", "hf_transfer.demo",
+    ("entry points", ("hf_transfer.__main__", "hf_transfer.cli", "hf_transfer.demo",
                       "hf_transfer.export.cli", "hf_transfer.selection.cli", "hf_transfer.study.cli",
                       "hf_transfer.data_audit.cli")),
     # A study trains and compares whole runs, so it sits on top of `run`; `steps` are the steps of
@@ -52,6 +56,8 @@ def _under(module: str, prefix: str) -> bool:
 
 
 def layer_of(module: str) -> int:
+    if module == ROOT:
+        return [name for name, _ in LAYERS].index(ROOT_LAYER)
     best, best_len = None, -1
     for rank, (_, prefixes) in enumerate(LAYERS):
         for p in prefixes:
@@ -122,8 +128,18 @@ def test_every_module_imports():
 
 
 def test_every_module_has_a_layer():
+    assert ROOT in _ALL and len(_ALL) > 50  # the walk found the package
     for name in _ALL:
         layer_of(name)
+
+
+@pytest.mark.parametrize("module", ["hf_transfer.brand_new", "hf_transfer.brand_new.sub", "hf_transfer_other",
+                                    "hf_transfer.runner", "hf_transfer.configs"])
+def test_a_module_in_no_layer_fails(module):
+    """A module the table does not list fails the check: neither the root nor a name that only
+    starts with a listed one (`hf_transfer.runner` is not under `hf_transfer.run`) covers it."""
+    with pytest.raises(AssertionError, match=f"{module} is in no layer"):
+        layer_of(module)
 
 
 def test_no_module_imports_a_layer_above_it():
@@ -146,7 +162,7 @@ def test_no_module_imports_a_layer_above_it():
 
 
 @pytest.mark.parametrize("module,expected", [
-    ("hf_transfer.cli", 0), ("hf_transfer.run", 1), ("hf_transfer.export.card", 2),
+    ("hf_transfer", 0), ("hf_transfer.cli", 0), ("hf_transfer.run", 1), ("hf_transfer.export.card", 2),
     ("hf_transfer.models.heads", 3), ("hf_transfer.config", 4),
 ])
 def test_layer_table(module, expected):

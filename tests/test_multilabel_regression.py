@@ -292,15 +292,11 @@ def test_auto_measures_label_sets(tiny_bert_dir, topics, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_vit_dir(tmp_path_factory):
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTForImageClassification
 
-    out = tmp_path_factory.mktemp("tiny-vit-ml")
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=37, num_labels=10)
-    torch.manual_seed(0)
-    ViTForImageClassification(config).save_pretrained(out)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
-    return out
+    from tiny_models import save_vit
+
+    return save_vit(tmp_path_factory.mktemp("tiny-vit-ml"), ViTForImageClassification, num_labels=10)
 
 
 @pytest.fixture(scope="module")

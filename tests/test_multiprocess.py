@@ -64,18 +64,9 @@ def test_gradual_unfreeze_under_ddp(text_overrides, tmp_path, tiny_bert_dir):
 @pytest.fixture
 def dropout_free_bert_dir(tmp_path):
     """The tiny BERT with dropout off: the only randomness left is the data order, which the seed fixes."""
-    import shutil
+    from tiny_models import save_bert
 
-    from transformers import BertModel
-
-    from conftest import ASSETS, tiny_bert_config
-
-    out = tmp_path / "tiny-bert-no-dropout"
-    torch.manual_seed(0)
-    BertModel(tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(out)
-    for f in (ASSETS / "tiny-bert").iterdir():
-        shutil.copy(f, out / f.name)
-    return out
+    return save_bert(tmp_path / "tiny-bert-no-dropout", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 @pytest.mark.slow

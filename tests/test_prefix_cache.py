@@ -11,16 +11,17 @@ from hf_transfer.data.text import EpochSampler
 from hf_transfer.models.layer_groups import layer_groups
 from hf_transfer.strategies import build_strategy
 from hf_transfer.strategies import prefix_cache as pc
+from tiny_models import bert_config, vit_config
 
 TEXT = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3)
 VISION = {**TEXT, "vocab_size": None, "image_size": 32, "patch_size": 8}
 ARCHS = {
-    "bert": lambda: T.BertForSequenceClassification(T.BertConfig(**TEXT)),
+    "bert": lambda: T.BertForSequenceClassification(bert_config(**TEXT, max_position_embeddings=512)),
     "roberta": lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**TEXT, max_position_embeddings=40)),
     "electra": lambda: T.ElectraForSequenceClassification(T.ElectraConfig(**TEXT, embedding_size=16)),
     "distilbert": lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(
         dim=32, n_layers=3, n_heads=2, hidden_dim=37, vocab_size=100, num_labels=3)),
-    "vit": lambda: T.ViTForImageClassification(T.ViTConfig(**VISION)),
+    "vit": lambda: T.ViTForImageClassification(vit_config(**VISION)),
     "deit": lambda: T.DeiTForImageClassification(T.DeiTConfig(**VISION)),
 }
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ASSETS, tiny_bert_config, toy_sentences, write_csv
+from conftest import toy_sentences, write_csv
+from tiny_models import save_bert
 from hf_transfer.config import load_config
 from hf_transfer.errors import ConfigError, DataError, HFTransferError, ModelError
 from hf_transfer.run import evaluate, predict, train
@@ -158,9 +159,6 @@ def test_every_text_blank_is_a_clear_error(tiny_bert_dir, tmp_path):
 @pytest.fixture(scope="module")
 def remote_code_model(tmp_path_factory):
     """A checkpoint whose classes live in its own folder (configuration_*.py / modeling_*.py)."""
-    import torch
-    from transformers import BertModel
-
     out = tmp_path_factory.mktemp("remote-code")
     (out / "configuration_tiny.py").write_text(
         "from transformers import BertConfig\n\n\nclass TinyRemoteConfig(BertConfig):\n    model_type = 'tiny-remote'\n")
@@ -170,15 +168,12 @@ def remote_code_model(tmp_path_factory):
         "class TinyRemoteModel(BertModel):\n    config_class = TinyRemoteConfig\n\n\n"
         "class TinyRemoteForSequenceClassification(BertForSequenceClassification):\n"
         "    config_class = TinyRemoteConfig\n")
-    torch.manual_seed(0)
-    BertModel(tiny_bert_config()).save_pretrained(out)
+    save_bert(out)
     config = json.loads((out / "config.json").read_text())
     config.update(model_type="tiny-remote", architectures=["TinyRemoteModel"], auto_map={
         "AutoConfig": "configuration_tiny.TinyRemoteConfig", "AutoModel": "modeling_tiny.TinyRemoteModel",
         "AutoModelForSequenceClassification": "modeling_tiny.TinyRemoteForSequenceClassification"})
     (out / "config.json").write_text(json.dumps(config))
-    for f in (ASSETS / "tiny-bert").iterdir():
-        shutil.copy(f, out / f.name)
     return out
 
 
@@ -449,3 +444,30 @@ def test_make_test_assets_fails_when_an_asset_cannot_be_installed():
                   "espeak-ng", "sox", "pocketsphinx-testdata", "dataset-fashion-mnist"):
         assert asset in recipe, asset
     assert "make test-all" in (REPO / ".ci" / "run").read_text()
+
+
+def test_a_new_run_closes_the_log_file_of_the_run_before(tmp_path):
+    """`setup_logging` replaces the earlier run's handlers and closes its train.log (a process that
+    trains several runs, such as a study, would otherwise hold every log file open)."""
+    import logging
+    import warnings
+
+    from hf_transfer.utils import setup_logging
+
+    root = logging.getLogger("hf_transfer")
+    before = list(root.handlers)
+    try:
+        setup_logging(tmp_path / "first.log")
+        first = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+        assert len(first) == 1 and first[0].stream is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            setup_logging(tmp_path / "second.log")
+        assert first[0].stream is None  # closed
+        now = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+        assert [h.baseFilename for h in now] == [str(tmp_path / "second.log")]
+    finally:
+        for h in list(root.handlers):
+            if h not in before:
+                root.removeHandler(h)
+                h.close()

@@ -288,14 +288,14 @@ def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_d
 
     from hf_transfer.selection.candidates import resolve_candidate
 
-    from conftest import tiny_bert_config
+    from tiny_models import bert_config
 
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
     # A "pretrained" model whose weights differ from a seed-0 initialisation.
     pretrained = tmp_path / "pretrained"
     shutil.copytree(tiny_bert_dir, pretrained)
     torch.manual_seed(123)
-    BertModel(tiny_bert_config()).save_pretrained(pretrained)
+    BertModel(bert_config()).save_pretrained(pretrained)
     tiny_bert_dir = pretrained
     folder = resolve_candidate(f"random:{tiny_bert_dir}")
     assert resolve_candidate(f"random:{tiny_bert_dir}") == folder  # made once
@@ -311,14 +311,12 @@ def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_d
 
 
 def test_candidate_of_another_modality_is_refused_before_any_forward_pass(tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
-    from transformers import ViTConfig
-
     import hf_transfer.tasks.features as features
     from hf_transfer.selection.rank import rank_candidates
+    from tiny_models import vit_config
 
     vit = tmp_path / "tiny-vit"
-    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-              image_size=16, patch_size=8).save_pretrained(vit)
+    vit_config(num_hidden_layers=1, image_size=16).save_pretrained(vit)
     monkeypatch.setattr(features, "features_for_config", lambda *a, **k: pytest.fail("forward pass ran"))
     cfg = _config(tiny_bert_dir, toy_text_data, tmp_path)
     with pytest.raises(HFTransferError) as info:

@@ -14,19 +14,16 @@ from hf_transfer.run import evaluate, train
 from hf_transfer.strategies import build_strategy, strategy_config_class
 from hf_transfer.strategies._peft import ADAPTER_DIR, default_target_modules, head_module_names
 from hf_transfer.strategies.lora import Lora
+from tiny_models import WHISPER_SHORT, bert_config, vit_config, whisper_config
 
 TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3)
 SPEECH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
               conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
               classifier_proj_size=16, num_labels=3, layerdrop=0.0)  # no LayerDrop: every block runs
-WHISPER = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-               encoder_ffn_dim=37, decoder_ffn_dim=37, vocab_size=100, num_mel_bins=8, max_source_positions=16,
-               max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
-               num_labels=3)
 
 # arch -> (model class, config, example inputs, expected head modules, LoRA / IA3 / adapter leaf names)
 ARCHS = {
-    "bert": (T.BertForSequenceClassification, lambda: T.BertConfig(**TEXT),
+    "bert": (T.BertForSequenceClassification, lambda: bert_config(vocab_size=100, max_position_embeddings=512, num_labels=3),
              lambda: {"input_ids": torch.randint(5, 100, (2, 7))}, ["classifier"],
              {"query", "value"}, {"key", "value", "dense"}, {"dense"}),
     "roberta": (T.RobertaForSequenceClassification, lambda: T.RobertaConfig(**TEXT, max_position_embeddings=40),
@@ -37,13 +34,13 @@ ARCHS = {
                    lambda: {"input_ids": torch.randint(5, 100, (2, 7))}, ["pre_classifier", "classifier"],
                    {"q_lin", "v_lin"}, {"k_lin", "v_lin", "lin2"}, {"lin1", "lin2"}),
     "vit": (T.ViTForImageClassification,
-            lambda: T.ViTConfig(**{**TEXT, "vocab_size": None}, image_size=32, patch_size=8),
+            lambda: vit_config(num_labels=3),
             lambda: {"pixel_values": torch.randn(2, 3, 32, 32)}, ["classifier"],
             {"q_proj", "v_proj"}, {"k_proj", "v_proj", "fc2"}, {"fc1", "fc2"}),
     "wav2vec2": (T.Wav2Vec2ForSequenceClassification, lambda: T.Wav2Vec2Config(**SPEECH),
                  lambda: {"input_values": torch.randn(2, 400)}, ["projector", "classifier"],
                  {"q_proj", "v_proj"}, {"k_proj", "v_proj", "output_dense"}, {"intermediate_dense", "output_dense"}),
-    "whisper": (T.WhisperForAudioClassification, lambda: T.WhisperConfig(**WHISPER),
+    "whisper": (T.WhisperForAudioClassification, lambda: whisper_config(**WHISPER_SHORT, num_labels=3),
                 lambda: {"input_features": torch.randn(2, 8, 32)}, ["projector", "classifier"],
                 {"q_proj", "v_proj"}, {"k_proj", "v_proj", "fc2"}, {"fc1", "fc2"}),
 }
@@ -226,16 +223,10 @@ def test_lora_run_saves_a_folder_that_reloads_like_the_trained_model(tiny_bert_d
 def tiny_bert_no_dropout(tmp_path_factory):
     """The tiny BERT without dropout: resume is then checked for the PEFT state alone (adapter,
     head copy, optimizer, scheduler, data position), independent of RNG restoration."""
-    import shutil
+    from tiny_models import save_bert
 
-    from conftest import ASSETS, tiny_bert_config
-
-    out = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    torch.manual_seed(0)
-    T.BertModel(tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(out)
-    for f in (ASSETS / "tiny-bert").iterdir():
-        shutil.copy(f, out / f.name)
-    return out
+    return save_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
 
 
 def test_lora_resumed_mid_run_ends_with_the_uninterrupted_weights(tiny_bert_no_dropout, toy_text_data, tmp_path):

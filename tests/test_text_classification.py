@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from conftest import toy_sentences, write_csv, tiny_bert_config
+from conftest import toy_sentences, write_csv
+from tiny_models import bert_config
 from hf_transfer.config import load_config
 from hf_transfer.errors import DataError, HFTransferError
 from hf_transfer.models.heads import load_for_classification
@@ -30,7 +31,7 @@ def test_head_swap_from_bare_backbone(tiny_bert_dir):
 
 def test_head_swap_replaces_head_for_other_labels_even_with_same_size(tmp_path):
     torch.manual_seed(0)
-    old = BertForSequenceClassification(tiny_bert_config(num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1}))
+    old = BertForSequenceClassification(bert_config(num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1}))
     old.save_pretrained(tmp_path / "ckpt")
     # Different label names, same count: the old head must not be reused silently.
     model = load_for_classification(AutoModelForSequenceClassification, str(tmp_path / "ckpt"), {0: "neg", 1: "pos"})
