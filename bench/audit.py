@@ -269,7 +269,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from hf_transfer.run import setup_logging
+    from hf_transfer.utils import setup_logging
 
     setup_logging()
     from hf_transfer.data_audit import audit

@@ -30,7 +30,7 @@ def _head_input_probe(run_cfg):
 
 
 def test_head_weights_equal_the_probe_after_init(text_overrides, tmp_path, one_torch_thread):
-    from hf_transfer.run import RunContext
+    from hf_transfer.strategies import RunContext
     from hf_transfer.strategies.base import build_strategy
     from hf_transfer.tasks import get_task
 
@@ -54,7 +54,7 @@ def test_head_weights_equal_the_probe_after_init(text_overrides, tmp_path, one_t
 
 
 def test_random_head_init_leaves_the_head_alone(text_overrides, tmp_path, one_torch_thread):
-    from hf_transfer.run import RunContext
+    from hf_transfer.strategies import RunContext
     from hf_transfer.strategies.base import build_strategy
     from hf_transfer.tasks import get_task
 
@@ -95,7 +95,7 @@ def test_run_with_probe_head_saves_and_loads_with_plain_transformers(name, text_
 
 
 def test_scratch_and_feature_strategies_do_not_init_a_head(text_overrides, tmp_path, one_torch_thread):
-    from hf_transfer.run import RunContext
+    from hf_transfer.strategies import RunContext
     from hf_transfer.strategies.base import build_strategy
     from hf_transfer.tasks import get_task
 

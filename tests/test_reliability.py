@@ -399,7 +399,7 @@ def test_evaluate_reproduces_an_eval_split_carved_from_train(tiny_bert_dir, toy_
 def test_launch_that_fell_back_to_one_process_is_reported(monkeypatch, caplog):
     import torch
 
-    from hf_transfer.run import warn_if_launch_fell_back_to_one_process
+    from hf_transfer.steps import warn_if_launch_fell_back_to_one_process
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "False")  # what `accelerate launch --num_processes 2` sets
