@@ -350,9 +350,9 @@ def image_audit(work: Path) -> dict:
     """The shipped Fashion-MNIST config's data (EfficientNet-Lite0), prepared by its bench."""
     import subprocess
 
-    from hf_transfer.data_audit import audit
     from hf_transfer.cli import resolve_config_path
     from hf_transfer.config import load_config
+    from hf_transfer.data_audit import audit
 
     prep = Path("runs/bench/efficientnet_fashion_mnist/data/train_100_seed0")
     if not prep.is_dir():

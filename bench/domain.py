@@ -48,6 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from efficientnet_fashion_mnist import CLASSES, load_fashion_mnist  # noqa: E402  (the same reader and names)
+
 WORK = Path("runs/bench/domain")
 TEXT_MAX_LENGTH = 96
 

@@ -129,8 +129,13 @@ def _score(pred_ids, label_ids, names) -> dict:
 
 
 def run_trainer(seed: int, splits: dict, work: Path) -> dict:
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
 
     names = labels_of(splits["train"]["path"])
     path = resolve(MODEL)

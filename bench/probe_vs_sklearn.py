@@ -105,8 +105,8 @@ def run_image(seeds, image_size: int) -> list[dict]:
     from sklearn.linear_model import LogisticRegression
 
     from hf_transfer.config import check_config, config_from_dict
-    from hf_transfer.tasks.features import features_for_config
     from hf_transfer.run import train
+    from hf_transfer.tasks.features import features_for_config
 
     work = WORK / "image"
     model_dir = fm.prepare_model(work / f"px{image_size}", image_size)

@@ -251,10 +251,11 @@ def _read_metadata(path: Path) -> list[dict]:
 
 def transcribe_sets(model_dir: Path, sets: dict[str, list[dict]]) -> tuple[dict, dict, float]:
     """WER/CER per set (basic and whisper_english normalisation) of `model_dir`'s transcripts."""
+    from transformers import WhisperForConditionalGeneration
+
     from hf_transfer.config import load_config
     from hf_transfer.metrics.speech import compute_asr_metrics
     from hf_transfer.tasks import get_task
-    from transformers import WhisperForConditionalGeneration
 
     cfg = load_config(None, ["recipe=speech_recognition", f"model.name_or_path={model_dir}",
                              "data.train=unused.csv", "training.eval_batch_size=8"])

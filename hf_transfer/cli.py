@@ -513,7 +513,6 @@ def cmd_pretrain(args) -> int:
 def cmd_shift(args) -> int:
     from hf_transfer.config import load_config
     from hf_transfer.domain.shift import shift_report
-
     from hf_transfer.utils import setup_logging
 
     setup_logging(None)  # its progress lines, like every other command's

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE, write_csv
-from hf_transfer.data_audit import checks
 from hf_transfer.config import load_config
+from hf_transfer.data_audit import checks
 from hf_transfer.errors import HFTransferError
 
 pytest.importorskip("cleanlab")

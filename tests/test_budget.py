@@ -8,7 +8,7 @@ from hf_transfer.config import TrainingConfig, load_config
 from hf_transfer.engine.budget import DEFAULT_LEARNING_RATES, DEFAULT_MIN_STEPS, resolve_budget
 from hf_transfer.errors import ConfigError
 from hf_transfer.run import train
-from hf_transfer.strategies import StrategyConfig, build_strategy
+from hf_transfer.strategies import build_strategy
 
 
 def strategy(name):

@@ -16,7 +16,6 @@ from hf_transfer.study.report import verdicts
 from hf_transfer.study.sampling import nested_subsamples, stratified_order
 from hf_transfer.study.stats import paired_difference, summarize, t_critical
 
-
 # ------------------------------------------------------------------------------------------------
 # Subsamples
 
@@ -175,8 +174,8 @@ def test_setfit_baseline_needs_the_package(study_config, tmp_path, monkeypatch):
 
 
 def test_setfit_baseline_is_text_only(tmp_path, monkeypatch):
-    from hf_transfer.study.compare import check_baselines
     from hf_transfer.config import TrainConfig
+    from hf_transfer.study.compare import check_baselines
 
     cfg = TrainConfig()
     cfg.recipe = "image_classification"

@@ -142,7 +142,7 @@ def test_killed_ray_worker_then_rerun_completes_without_redoing_finished_cells(s
     assert not psutil.pid_exists(cell_pid) or psutil.Process(cell_pid).status() == psutil.STATUS_ZOMBIE
     assert list(report["failed_cells"]) == [name]
     assert "the Ray worker running it died" in report["failed_cells"][name]
-    assert any(f"FAILED (the Ray worker running it died" in x for x in lines)
+    assert any("FAILED (the Ray worker running it died" in x for x in lines)
     study = plan_study(study_config, **kw)
     before = _mtimes(study)
     assert len(before) == 5 and name not in before

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, launch_cpu_processes
 import torch
 import yaml
 
+from conftest import free_port, launch_cpu_processes
 from hf_transfer.config import load_config
 from hf_transfer.engine import distributed as dist
 from hf_transfer.errors import ConfigError

@@ -18,7 +18,6 @@ from hf_transfer.config import load_config
 from hf_transfer.errors import ConfigError, DataError, ModelError
 from hf_transfer.run import train
 
-
 # Tiny models run ~20x slower with 2 threads when other processes load the cores.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

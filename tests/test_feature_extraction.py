@@ -10,6 +10,8 @@ import transformers as T
 from transformers import AutoModelForSequenceClassification
 
 from hf_transfer.config import load_config
+from hf_transfer.models import features as features_mod
+from hf_transfer.models.features import HeadInputCapture, locate_head_input
 from hf_transfer.run import evaluate, train
 from hf_transfer.strategies import feature_extraction as fe
 from hf_transfer.strategies.feature_extraction import (
@@ -20,8 +22,6 @@ from hf_transfer.strategies.feature_extraction import (
     fit_classifier,
     write_into_head,
 )
-from hf_transfer.models import features as features_mod
-from hf_transfer.models.features import HeadInputCapture, locate_head_input
 
 
 def _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache, *extra):

@@ -4,9 +4,10 @@ fine-tuning and for gradual unfreezing (parameters unfrozen after DDP wrapped th
 from pathlib import Path
 
 import pytest
-from conftest import launch_cpu_processes
 import torch
 from safetensors.torch import load_file
+
+from conftest import launch_cpu_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 

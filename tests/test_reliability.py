@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from conftest import toy_sentences, write_csv
-from tiny_models import save_bert
 from hf_transfer.config import load_config
 from hf_transfer.errors import ConfigError, DataError, HFTransferError, ModelError
 from hf_transfer.run import evaluate, predict, train
+from tiny_models import save_bert
 
 REPO = Path(__file__).resolve().parent.parent
 

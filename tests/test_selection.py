@@ -191,7 +191,7 @@ def _config(tiny_bert_dir, toy_text_data, tmp_path, *extra):
         f"model.name_or_path={tiny_bert_dir}", f"data.train={toy_text_data['train']}",
         f"data.eval={toy_text_data['validation']}", f"output_dir={tmp_path / 'run'}",
         "training.report_to=[]", "training.save_strategy=no", "training.batch_size=32",
-        f"strategy.name=full", *extra])
+        "strategy.name=full", *extra])
 
 
 @pytest.fixture
@@ -287,7 +287,6 @@ def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_d
     from transformers import BertModel
 
     from hf_transfer.selection.candidates import resolve_candidate
-
     from tiny_models import bert_config
 
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))

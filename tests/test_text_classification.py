@@ -8,12 +8,11 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from conftest import toy_sentences, write_csv
-from tiny_models import bert_config
 from hf_transfer.config import load_config
 from hf_transfer.errors import DataError, HFTransferError
 from hf_transfer.models.heads import load_for_classification
 from hf_transfer.run import evaluate, predict, train
-
+from tiny_models import bert_config
 
 # ---------------------------------------------------------------- head swap
 

@@ -282,12 +282,12 @@ def test_predict_gives_pipeline_entities_with_character_offsets(ner_run):
 
 def test_export_reloads_in_the_plain_pipeline_with_the_same_entities_and_push(ner_run, tmp_path, monkeypatch):
     from huggingface_hub import constants
+    from test_export import TOKEN, StandInHub
 
     from hf_transfer.export.card import validate_card
     from hf_transfer.export.export import export_run
     from hf_transfer.export.push import push_run
     from hf_transfer.run import predict
-    from test_export import TOKEN, StandInHub
 
     out, _ = ner_run
     exp = tmp_path / "export"

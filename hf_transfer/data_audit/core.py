@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from hf_transfer.data_audit import checks
 from hf_transfer.data.overlap import exact_groups, exact_matches, normalize_text
+from hf_transfer.data_audit import checks
 from hf_transfer.errors import ConfigError, DataError, HFTransferError
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,6 @@ def _load(cfg, use_cache: bool):
     from hf_transfer.models.features import FeatureExtractor, extract, spec_from_settings
     from hf_transfer.registry import recipe_modality
     from hf_transfer.tasks.base import SOURCE_ROW, get_task
-
     from hf_transfer.tasks.targets import TargetTask
 
     task = get_task(cfg)

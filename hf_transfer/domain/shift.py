@@ -234,11 +234,10 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
         The report (also in `shift.json`), with `verdict` and `files`.
     """
     from hf_transfer.domain.target import load_target
-    from hf_transfer.registry import recipe_modality
     from hf_transfer.models.features import FeatureExtractor, extract, spec_from_settings
-    from hf_transfer.tasks import get_task
-
     from hf_transfer.models.heads import check_checkpoint_fits_recipe, load_config_checked
+    from hf_transfer.registry import recipe_modality
+    from hf_transfer.tasks import get_task
 
     m = cfg.model
     # An image checkpoint in a text config: said before a tokenizer asks for sentencepiece.

@@ -36,9 +36,10 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,9 +191,7 @@ def classifier_module(clf, num_labels: int) -> nn.Module:
     Raises:
         ExportError: A classifier with no torch form here (an RBF SVM, a distance-weighted kNN).
     """
-    from hf_transfer.models.probe import ABSENT_CLASS_LOGIT, PROBA_FLOOR
-
-    from hf_transfer.models.probe import StoredClassifier
+    from hf_transfer.models.probe import ABSENT_CLASS_LOGIT, PROBA_FLOOR, StoredClassifier
 
     if isinstance(clf, StoredClassifier):
         return _stored_classifier_module(clf, num_labels)

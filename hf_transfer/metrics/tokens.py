@@ -12,7 +12,8 @@ words (first subwords) whose tag is right, `O` included, as `evaluate`'s `overal
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -11,7 +11,6 @@ from torch import nn
 from hf_transfer.errors import ModelError
 
 
-
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The transformers model inside Accelerate (DDP, compile) and PEFT / prefix-cache wrappers."""
     from accelerate.utils import extract_model_from_parallel

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hf_transfer.models.features import FeatureExtractor, HeadInput
 from hf_transfer.errors import ModelError
+from hf_transfer.models.features import FeatureExtractor, HeadInput
 from hf_transfer.models.probe import EstimatorClassifier, StoredClassifier, classifier_state
 
 logger = logging.getLogger(__name__)

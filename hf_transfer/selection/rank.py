@@ -248,8 +248,8 @@ def _check_metrics(recipe: str, metrics, default_metric: str | None,
                    group_column: str | None) -> tuple[list[str], str]:
     """The metrics to compute for `recipe` (label sets and numbers: the target metrics when the
     defaults were asked for) and the default one; `HFTransferError` for what cannot be ranked."""
-    from hf_transfer.selection.metrics import TARGET_METRICS
     from hf_transfer.registry import recipe_info
+    from hf_transfer.selection.metrics import TARGET_METRICS
 
     metrics = list(metrics)
     unknown = [m for m in metrics if m not in METRICS]

@@ -53,7 +53,7 @@ import dataclasses
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 from torch import nn
@@ -114,7 +114,7 @@ class AutoConfig(StrategyConfig):
     similarity_threshold: float = 0.5
     measure_examples: int = 400
     measure_batch_size: int = 32
-    layers: Union[Literal["last", "mean"], list[int]] = "last"
+    layers: Literal["last", "mean"] | list[int] = "last"
     combine: Literal["mean", "concat"] = "mean"
     pooling: Literal["auto", "mean", "cls", "max", "last_token", "pooler", "head_input"] = "auto"
     normalize: bool | None = None

@@ -60,8 +60,8 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
         head stays random.
     """
     from hf_transfer.models.features import FeatureExtractor, FeatureSpec, extract, locate_head_input
-    from hf_transfer.registry import recipe_modality
     from hf_transfer.models.probe import fit_classifier, write_into_head
+    from hf_transfer.registry import recipe_modality
 
     cfg = getattr(ctx, "cfg", None)
     recipe = getattr(cfg, "recipe", "text_classification")

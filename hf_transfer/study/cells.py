@@ -169,8 +169,8 @@ def _run_target_baseline(cfg, spec: dict, cell_dir: Path, roles: list[str]) -> d
     from sklearn.multiclass import OneVsRestClassifier
 
     from hf_transfer.models.features import FeatureSpec
-    from hf_transfer.tasks.features import features_for_config
     from hf_transfer.tasks import get_task
+    from hf_transfer.tasks.features import features_for_config
     from hf_transfer.tasks.targets import TargetTask
 
     task = get_task(cfg)

@@ -22,7 +22,14 @@ from hf_transfer.config_parsing import parse_override, set_dotted
 from hf_transfer.errors import ConfigError, HFTransferError
 from hf_transfer.study import cells as cells_mod
 from hf_transfer.study.cell_state import (
-    CELL_KEYS, STUDY_FILE, Cell, Study, cell_status, config_differences, drop_keys, normalized_config,
+    CELL_KEYS,
+    STUDY_FILE,
+    Cell,
+    Study,
+    cell_status,
+    config_differences,
+    drop_keys,
+    normalized_config,
 )
 from hf_transfer.study.cells import BASELINES
 from hf_transfer.study.sampling import check_sizes, nested_subsamples

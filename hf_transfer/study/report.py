@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from hf_transfer.study.stats import (
-    MIN_SEEDS_TO_JUDGE, Outcome, Summary, bootstrap_difference, bootstrap_summary, can_bootstrap, paired_difference,
+    MIN_SEEDS_TO_JUDGE,
+    Outcome,
+    Summary,
+    bootstrap_difference,
+    bootstrap_summary,
+    can_bootstrap,
+    paired_difference,
     summarize,
 )
 
