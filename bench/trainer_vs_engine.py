@@ -424,7 +424,7 @@ def lever_compile(s: Setup, steps: int) -> None:
             arms[mode] = (torch.compile(model) if mode == "compiled" else model, opt, [], [])
         torch.manual_seed(0)
         for b in bs:
-            for mode, (run, opt, ts, losses) in arms.items():
+            for _mode, (run, opt, ts, losses) in arms.items():
                 t = time.perf_counter()
                 out = run(**{k: v for k, v in b.items() if k != "labels"})
                 loss = torch.nn.functional.cross_entropy(out.logits, b["labels"])
@@ -478,7 +478,7 @@ def lever_saved(s: Setup) -> None:
         total = [0]
         seen = set()
 
-        def pack(t):
+        def pack(t, seen=seen, total=total):
             if t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 total[0] += t.numel() * t.element_size()
@@ -486,7 +486,7 @@ def lever_saved(s: Setup) -> None:
 
         emb = {}
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        h = base.base_model.embeddings.register_forward_hook(lambda m, i, o: emb.update(rg=o.requires_grad))
+        h = base.base_model.embeddings.register_forward_hook(lambda m, i, o, emb=emb: emb.update(rg=o.requires_grad))
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(**{k: v for k, v in b.items() if k != "labels"})
         h.remove()
@@ -528,9 +528,11 @@ def main() -> None:
             part_losses(s, args.strategies, args.loss_steps)
         if "levers" in args.parts:
             for lever in args.levers:
-                {"attention": lambda: lever_attention(s, args.repeats), "adamw": lambda: lever_adamw(s, args.repeats),
-                 "compile": lambda: guarded_compile(s, args.compile_steps), "flattening": lambda: lever_flattening(s),
-                 "saved": lambda: lever_saved(s)}[lever]()
+                {"attention": lambda s=s: lever_attention(s, args.repeats),
+                 "adamw": lambda s=s: lever_adamw(s, args.repeats),
+                 "compile": lambda s=s: guarded_compile(s, args.compile_steps),
+                 "flattening": lambda s=s: lever_flattening(s),
+                 "saved": lambda s=s: lever_saved(s)}[lever]()
                 sys.stdout.flush()
     print(f"\nload average at end {load_avg()}")
 

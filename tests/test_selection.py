@@ -41,7 +41,7 @@ def direct_logme(X, y):
     for k in np.unique(y):
         z2 = (U.T @ (y == k).astype(np.float64)) ** 2
 
-        def neg_log_evidence(p):
+        def neg_log_evidence(p, z2=z2):
             alpha, beta = np.exp(p)
             c = w / alpha + 1.0 / beta
             return 0.5 * np.sum(z2 / c) + 0.5 * np.sum(np.log(c)) + n / 2 * np.log(2 * np.pi)

@@ -158,6 +158,16 @@ def test_audio_folder_layouts(tmp_path):
     assert ds[0]["audio"] == str((asr / "clips" / "one.wav").resolve()) and ds[0]["transcription"] == "one"
 
 
+def test_audio_metadata_jsonl_error_names_the_file_line(tmp_path):
+    """A bad row of metadata.jsonl is named by its line in the file (json's own "line 1" is within the row)."""
+    (tmp_path / "clips").mkdir()
+    sf.write(tmp_path / "clips" / "one.wav", tone(300), RATE)
+    good = json.dumps({"file_name": "clips/one.wav", "transcription": "one"})
+    (tmp_path / "metadata.jsonl").write_text(f"{good}\n\n{good}\n{{\"file_name\": \"clips/one.wav\",\n")
+    with pytest.raises(DataError, match=r"metadata\.jsonl' as JSON lines: line 4: .*line 1 column"):
+        audio_mod.load_audio_folder(tmp_path, "train")
+
+
 def test_read_audio_resamples_and_mixes_down(tmp_path):
     stereo = np.stack([tone(300, rate=44_100), tone(300, rate=44_100)], axis=1)
     sf.write(tmp_path / "s.flac", stereo, 44_100)
