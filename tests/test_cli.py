@@ -148,5 +148,5 @@ def test_overwrite_flag_and_readme_first_use_lines(text_overrides, tmp_path, cap
     assert main(["train", str(cfg), *text_overrides]) == 2
     assert "--overwrite" in capsys.readouterr().err
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    two_gpus = [l for l in readme.splitlines() if "accelerate launch --num_processes 2" in l]
-    assert two_gpus and all("without GPUs: one process" in l for l in two_gpus)
+    two_gpus = [line for line in readme.splitlines() if "accelerate launch --num_processes 2" in line]
+    assert two_gpus and all("without GPUs: one process" in line for line in two_gpus)

@@ -332,8 +332,8 @@ def test_push_retry_line_carries_the_license_it_needs(finished_run, tmp_path):
     assert "--license apache-2.0" in retry
     # The README's push example passes a licence (a local base model has none on record).
     readme = (REPO / "README.md").read_text()
-    push_lines = [l for l in readme.splitlines() if l.startswith("hf-transfer push")]
-    assert push_lines and all("--license" in l for l in push_lines)
+    push_lines = [line for line in readme.splitlines() if line.startswith("hf-transfer push")]
+    assert push_lines and all("--license" in line for line in push_lines)
 
 
 # ------------------------------------------------------------------ 11. recipe scripts
@@ -435,7 +435,7 @@ def test_run_and_export_files_follow_the_umask(finished_run, tmp_path):
 def test_make_test_assets_fails_when_an_asset_cannot_be_installed():
     makefile = (REPO / "Makefile").read_text()
     recipe = makefile.split("\ntest-assets:")[1].split("\n\n")[0]
-    lines = [l.strip() for l in recipe.splitlines() if l.startswith("\t")]
+    lines = [line.strip() for line in recipe.splitlines() if line.startswith("\t")]
     assert lines, "no test-assets recipe"
     for line in lines:
         assert not line.startswith("-") and "/dev/null" not in line and "|| true" not in line, line

@@ -390,7 +390,7 @@ def test_jsonl_and_span_files_train(tiny_bert_dir, ner_data, tmp_path):
     spans = tmp_path / "eval.jsonl"
     rows = []
     for toks, tags in toy_tagged(10, 6):
-        text, ents, pos = "", [], 0
+        text, ents = "", []
         for w, g in zip(toks, tags):
             start = len(text)
             text += w + " "

@@ -121,7 +121,7 @@ def test_a_plugin_package_adds_a_strategy_and_a_recipe(venv, elsewhere, tiny_ber
 
     out = _run([hf_transfer, "ls"], elsewhere, env).stdout
     assert "tweet_classification" in out and "plugin: hf-transfer-example-plugin" in out
-    assert [l for l in out.splitlines() if l.strip().startswith("bitfit")], out
+    assert [line for line in out.splitlines() if line.strip().startswith("bitfit")], out
 
     # Config validation knows the plugin's settings class: a typo is a clear error.
     bad = _run([hf_transfer, "train", "sst2.yaml", *_tiny(tiny_bert_dir, "strategy.name=bitfit",
