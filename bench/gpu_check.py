@@ -258,7 +258,9 @@ def main() -> int:
             for precision in precisions:
                 for strategy_name in ("full", "lora"):
                     for ckpt in (False, True):
-                        row = throughput(kind, precision, strategy_name, ckpt, args.steps, args.warmup, args.batch, peak)
+                        row = throughput(
+                            kind, precision, strategy_name, ckpt, args.steps, args.warmup, args.batch, peak
+                        )
                         report["throughput"].append(row)
                         print(json.dumps(row), flush=True)
     if "finetune" in only:

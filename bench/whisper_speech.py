@@ -212,14 +212,40 @@ def bench_classification(assets: dict, work: Path, quick: bool) -> list[dict]:
     ]
     epochs = 2 if quick else 5
     runs = [
-        ("pretrained", "30 s (full)", "feature_extraction (logistic regression)",
-         ["strategy.name=feature_extraction", "strategy.use_cache=false"]),
-        ("pretrained", "2 s (cut)", "feature_extraction (logistic regression)",
-         ["strategy.name=feature_extraction", "strategy.use_cache=false", "data.max_audio_seconds=2"]),
-        ("pretrained", "2 s (cut)", f"full fine-tuning, {epochs} epochs, lr 2e-4",
-         ["strategy.name=full", f"training.epochs={epochs}", "training.learning_rate=2e-4", "data.max_audio_seconds=2"]),
-        ("random init", "2 s (cut)", f"scratch, {epochs} epochs, lr 1e-3",
-         ["strategy.name=scratch", f"training.epochs={epochs}", "training.learning_rate=1e-3", "data.max_audio_seconds=2"]),
+        (
+            "pretrained",
+            "30 s (full)",
+            "feature_extraction (logistic regression)",
+            ["strategy.name=feature_extraction", "strategy.use_cache=false"],
+        ),
+        (
+            "pretrained",
+            "2 s (cut)",
+            "feature_extraction (logistic regression)",
+            ["strategy.name=feature_extraction", "strategy.use_cache=false", "data.max_audio_seconds=2"],
+        ),
+        (
+            "pretrained",
+            "2 s (cut)",
+            f"full fine-tuning, {epochs} epochs, lr 2e-4",
+            [
+                "strategy.name=full",
+                f"training.epochs={epochs}",
+                "training.learning_rate=2e-4",
+                "data.max_audio_seconds=2",
+            ],
+        ),
+        (
+            "random init",
+            "2 s (cut)",
+            f"scratch, {epochs} epochs, lr 1e-3",
+            [
+                "strategy.name=scratch",
+                f"training.epochs={epochs}",
+                "training.learning_rate=1e-3",
+                "data.max_audio_seconds=2",
+            ],
+        ),
     ]
     rows = []
     for i, (init, window, strategy, extra) in enumerate(runs):
@@ -324,8 +350,12 @@ def _table(rows: list[dict], keys: list[str]) -> str:
 
 
 def report(results: dict) -> str:
-    out = [f"Command: `{results['command']}`", f"Torch threads: {results['threads']}; total {results['total_seconds']} s "
-           f"(convert {results['prepare']['convert_seconds']} s, synthesis {results['prepare']['synthesis_seconds']} s)", ""]
+    out = [
+        f"Command: `{results['command']}`",
+        f"Torch threads: {results['threads']}; total {results['total_seconds']} s "
+        f"(convert {results['prepare']['convert_seconds']} s, synthesis {results['prepare']['synthesis_seconds']} s)",
+        "",
+    ]
     if "classification" in results:
         out += ["(a) Spoken digits, 10 classes: trained on 6 espeak-ng voices, tested on 4 unseen voices", ""]
         out.append(_table(results["classification"], ["weights", "encoder window", "strategy", "train clips",

@@ -61,7 +61,9 @@ def test_python_dash_m_entry_point():
 # ---------------------------------------------------------------- first use (issue 14, items 12-18)
 
 def test_version_and_closed_pipe_are_quiet():
-    out = subprocess.run([sys.executable, "-m", "hf_transfer", "--version"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "hf_transfer", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.startswith("hf-transfer ")
     # `hf-transfer ls | head -1`: the reader is gone before the first write.
     proc = subprocess.Popen([sys.executable, "-m", "hf_transfer", "ls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -287,7 +287,10 @@ def test_fsdp_partial_matches_ddp_and_resumes(text_overrides, tmp_path, state_di
         torch.testing.assert_close(w_fsdp[k], w_ddp[k], atol=WEIGHT_TOLERANCE, rtol=0, msg=k)
     model = AutoModelForSequenceClassification.from_pretrained(fsdp).state_dict()
     base = AutoModelForSequenceClassification.from_pretrained(pretrained_tiny).state_dict()
-    frozen, trained = "bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.1.attention.self.query.weight"
+    frozen, trained = (
+        "bert.encoder.layer.0.attention.self.query.weight",
+        "bert.encoder.layer.1.attention.self.query.weight",
+    )
     assert torch.equal(model[frozen], base[frozen])  # partial: the lower block never changed
     assert not torch.equal(model[trained], base[trained])  # the top block trained
 

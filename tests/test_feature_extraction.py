@@ -327,7 +327,9 @@ def test_C_moves_off_the_default_only_when_cross_validation_shows_it_clearly():
     X[:, :3] += np.eye(3)[y] * 1.5
     C, record = choose_C(X, y)
     assert C < 0.1 and "better than the default" in record["C_selection"]
-    assert record["cv_accuracy"] > record["cv_accuracy_default"] and record["cv_log_loss"] < record["cv_log_loss_default"]
+    assert (
+        record["cv_accuracy"] > record["cv_accuracy_default"] and record["cv_log_loss"] < record["cv_log_loss_default"]
+    )
 
     # Features on a tiny scale: the default over-regularises; a weak regularisation wins.
     Z = rng.normal(size=(900, 10))

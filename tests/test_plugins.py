@@ -58,7 +58,10 @@ def test_a_broken_plugin_is_named_and_does_not_break_the_installation(tmp_path):
     site = _site(tmp_path, "[hf_transfer.strategies]\nbroken = no_such_module_anywhere\n")
     out = _hf_transfer(site, "ls", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "! plugin broken (hf_transfer.strategies, package demo-plugin) failed to load: ModuleNotFoundError" in out.stdout
+    assert (
+        "! plugin broken (hf_transfer.strategies, package demo-plugin) failed to load: ModuleNotFoundError"
+        in out.stdout
+    )
     assert "full" in out.stdout and "Traceback" not in out.stderr
 
 
@@ -68,9 +71,13 @@ def test_a_function_entry_point_is_called(tmp_path):
         "def register():\n"
         "    from hf_transfer.registry import register_task\n"
         "    from hf_transfer.tasks.text_classification import TextClassificationTask\n"
-        "    register_task('my_recipe', 'text-classification', modality='text')(type('MyTask', (TextClassificationTask,), {}))\n")
+        "    register_task('my_recipe', 'text-classification', modality='text')"
+        "(type('MyTask', (TextClassificationTask,), {}))\n"
+    )
     out = _hf_transfer(site, "ls", cwd=tmp_path)
-    assert out.returncode == 0 and any(line.split()[:1] == ["my_recipe"] for line in out.stdout.splitlines()), out.stdout
+    assert out.returncode == 0 and any(line.split()[:1] == ["my_recipe"] for line in out.stdout.splitlines()), (
+        out.stdout
+    )
 
 
 def test_a_plugin_that_takes_a_built_in_name_is_refused_and_named(tmp_path):

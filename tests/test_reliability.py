@@ -132,7 +132,9 @@ def test_step_and_epoch_values_are_validated(override, message):
 def test_max_steps_minus_one_means_unset():
     cfg = load_config(None, ["model.name_or_path=m", "data.train=t.csv", "training.max_steps=-1"])
     assert cfg.training.max_steps is None
-    assert load_config(None, ["model.name_or_path=m", "data.train=t.csv", "training.max_steps=7"]).training.max_steps == 7
+    assert (
+        load_config(None, ["model.name_or_path=m", "data.train=t.csv", "training.max_steps=7"]).training.max_steps == 7
+    )
 
 
 # ------------------------------------------------------------------ 4. blank texts
@@ -161,7 +163,8 @@ def remote_code_model(tmp_path_factory):
     """A checkpoint whose classes live in its own folder (configuration_*.py / modeling_*.py)."""
     out = tmp_path_factory.mktemp("remote-code")
     (out / "configuration_tiny.py").write_text(
-        "from transformers import BertConfig\n\n\nclass TinyRemoteConfig(BertConfig):\n    model_type = 'tiny-remote'\n")
+        "from transformers import BertConfig\n\n\nclass TinyRemoteConfig(BertConfig):\n    model_type = 'tiny-remote'\n"
+    )
     (out / "modeling_tiny.py").write_text(
         "from transformers import BertForSequenceClassification, BertModel\n"
         "from .configuration_tiny import TinyRemoteConfig\n\n\n"
@@ -299,7 +302,9 @@ def test_missing_local_model_path_says_it_does_not_exist(toy_text_data, tmp_path
 def test_latin1_csv_shows_the_encoding_hint(tiny_bert_dir, tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("text,label\ncaf\xe9 was great,pos\nawful,neg\n".encode("latin-1") * 1)
-    cfg = load_config(None, [f"model.name_or_path={tiny_bert_dir}", f"data.train={path}", f"output_dir={tmp_path / 'r'}"])
+    cfg = load_config(
+        None, [f"model.name_or_path={tiny_bert_dir}", f"data.train={path}", f"output_dir={tmp_path / 'r'}"]
+    )
     with pytest.raises(DataError, match="encoding=latin-1"):
         train(cfg)
     from hf_transfer.config import DataSource
@@ -355,10 +360,19 @@ def test_each_recipe_script_runs_from_anywhere_with_short_names(script, tmp_path
 def test_recipe_script_trains_in_a_subprocess(tiny_bert_dir, toy_text_data, tmp_path):
     import subprocess
 
-    proc = subprocess.run([sys.executable, str(REPO / "recipes" / "text_classification.py"), "--config",
-                           "bert/sst2_full", *_overrides(tiny_bert_dir, toy_text_data, tmp_path / "run", "training.epochs=1",
-                                                         "data.text_column=text")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "recipes" / "text_classification.py"),
+            "--config",
+            "bert/sst2_full",
+            *_overrides(tiny_bert_dir, toy_text_data, tmp_path / "run", "training.epochs=1", "data.text_column=text"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "eval_accuracy" in proc.stdout and (tmp_path / "run" / "metrics.json").is_file()
 

@@ -106,7 +106,9 @@ def test_logme_equals_the_direct_formula(shape):
     assert M.logme(X, y) == pytest.approx(direct_logme(X, y), rel=1e-6, abs=1e-8)
 
 
-@pytest.mark.parametrize("name", ["duplicated_rows", "rank_deficient", "label_one_hot", "scaled_1e3", "scaled_1e-3", "all_zero"])
+@pytest.mark.parametrize(
+    "name", ["duplicated_rows", "rank_deficient", "label_one_hot", "scaled_1e3", "scaled_1e-3", "all_zero"]
+)
 def test_logme_is_finite_and_equals_the_direct_formula_on_adversarial_features(name):
     X, y = _adversarial(name)
     score = M.logme(X, y)
@@ -199,7 +201,9 @@ def feature_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
 
 
-def test_rank_names_a_failing_candidate_and_still_ranks_the_others(tiny_bert_dir, toy_text_data, tmp_path, feature_cache):
+def test_rank_names_a_failing_candidate_and_still_ranks_the_others(
+    tiny_bert_dir, toy_text_data, tmp_path, feature_cache
+):
     from hf_transfer.selection.rank import rank_candidates, write_report
 
     cfg = _config(tiny_bert_dir, toy_text_data, tmp_path)
@@ -309,7 +313,9 @@ def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_d
     assert a[key].shape == b[key].shape and not np.allclose(a[key].numpy(), b[key].numpy())
 
 
-def test_candidate_of_another_modality_is_refused_before_any_forward_pass(tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
+def test_candidate_of_another_modality_is_refused_before_any_forward_pass(
+    tiny_bert_dir, toy_text_data, tmp_path, monkeypatch
+):
     import hf_transfer.tasks.features as features
     from hf_transfer.selection.rank import rank_candidates
     from tiny_models import vit_config

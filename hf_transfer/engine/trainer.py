@@ -569,7 +569,11 @@ class Trainer:
         record = {"step": self.state.global_step, "epoch": self._epoch_progress(epoch)}
         record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         self._log(record)
-        summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("eval_") and isinstance(v, float) and "_" not in k[5:])
+        summary = ", ".join(
+            f"{k}={v:.4f}"
+            for k, v in record.items()
+            if k.startswith("eval_") and isinstance(v, float) and "_" not in k[5:]
+        )
         logger.info("Step %d: %s", self.state.global_step, summary)
         return self._after_eval(metrics)
 

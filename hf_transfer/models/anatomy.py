@@ -42,7 +42,9 @@ def backbone_of(model: nn.Module) -> nn.Module:
     """The module whose forward gives the hidden states: the encoder of an encoder-decoder
     (Whisper), else transformers' `base_model` (the model itself when it is bare)."""
     base = unwrap_model(model)
-    if getattr(getattr(base, "config", None), "is_encoder_decoder", False) and callable(getattr(base, "get_encoder", None)):
+    if getattr(getattr(base, "config", None), "is_encoder_decoder", False) and callable(
+        getattr(base, "get_encoder", None)
+    ):
         return base.get_encoder()
     return getattr(base, "base_model", base)
 

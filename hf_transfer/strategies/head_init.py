@@ -99,7 +99,10 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
     probe = fit_classifier(_probe_settings(), X, labels, linear.out_features, seed=seed)
     if not write_into_head(linear, probe):
         shape = tuple(linear.weight.shape)
-        return {"head_init": "random", "head_init_reason": f"the probe {probe.weight.shape} does not fit the head {shape}"}
+        return {
+            "head_init": "random",
+            "head_init_reason": f"the probe {probe.weight.shape} does not fit the head {shape}",
+        }
     accuracy = float(np.mean(probe.predict(X) == labels))
     seconds = round(time.time() - t0, 2)
     logger.info("Head initialised from a logistic regression on its input (%d training examples, training "
