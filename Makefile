@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install assets test-assets demo test test-all bench
+.PHONY: install assets test-assets demo test test-all lint bench
 
 install:
 	$(PYTHON) -m pip install --quiet "$(TORCH)"
@@ -32,3 +32,9 @@ test: install
 
 test-all: install test-assets
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+# Lint and format check (ruff, from the test extra; settings in pyproject.toml). `ruff format .`
+# formats the tree; `ruff check --fix .` applies the safe fixes.
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .

@@ -310,8 +310,12 @@ def main() -> None:
                 noisy_csv = work / f"train_{seed}_noise{int(rate * 100)}.csv"
                 frame.to_csv(noisy_csv, index=False)
                 start = time.time()  # the whole command, the training file's embedding included (no cache)
-                report = audit(config(noisy_csv, paths["eval"], work, seed=seed), work / f"audit_noise{int(rate * 100)}",
-                               fix="drop", cache=False)
+                report = audit(
+                    config(noisy_csv, paths["eval"], work, seed=seed),
+                    work / f"audit_noise{int(rate * 100)}",
+                    fix="drop",
+                    cache=False,
+                )
                 cmd_flags = {r["row"] for r in report["label_issues"] if r["split"] == "train"}
                 results["end_to_end"][rate] = {
                     "seconds": time.time() - start, "report_seconds": report["seconds"],
@@ -322,9 +326,11 @@ def main() -> None:
                                          work / f"audit_noise{int(rate * 100)}_relabel", fix="relabel",
                                          plots=False)["files"]["clean"],
                     "summary": report["summary"]}
-                print(f"  whole audit: {results['end_to_end'][rate]['seconds']:.1f} s, same flags as arrays: "
-                      f"{results['end_to_end'][rate]['flags_same_as_arrays']}, fix {results['end_to_end'][rate]['fix']}",
-                      flush=True)
+                print(
+                    f"  whole audit: {results['end_to_end'][rate]['seconds']:.1f} s, same flags as arrays: "
+                    f"{results['end_to_end'][rate]['flags_same_as_arrays']}, fix {results['end_to_end'][rate]['fix']}",
+                    flush=True,
+                )
         results["leakage"][seed] = leakage_experiment(paths, seed, work, args.leak)
         print(f"seed {seed} leakage: " + json.dumps({k: v for k, v in results["leakage"][seed].items()
                                                       if k not in ("unrelated",)}), flush=True)
@@ -350,9 +356,9 @@ def image_audit(work: Path) -> dict:
     """The shipped Fashion-MNIST config's data (EfficientNet-Lite0), prepared by its bench."""
     import subprocess
 
-    from hf_transfer.data_audit import audit
     from hf_transfer.cli import resolve_config_path
     from hf_transfer.config import load_config
+    from hf_transfer.data_audit import audit
 
     prep = Path("runs/bench/efficientnet_fashion_mnist/data/train_100_seed0")
     if not prep.is_dir():
@@ -395,12 +401,16 @@ def print_tables(results: dict, args) -> None:
                                           for r in args.noise) + " |")
     for r in args.noise:
         gap = [results["accuracy"][(r, s)]["clean"] - results["accuracy"][(r, s)]["noisy"] for s in seeds]
-        rec = [results["accuracy"][(r, s)]["audited (--fix drop)"] - results["accuracy"][(r, s)]["noisy"] for s in seeds]
+        rec = [
+            results["accuracy"][(r, s)]["audited (--fix drop)"] - results["accuracy"][(r, s)]["noisy"] for s in seeds
+        ]
         share = sum(rec) / sum(gap) if sum(gap) > 0 else float("nan")
         print(f"\n{r:.0%}: noise cost {np.mean(gap):.3f}; --fix drop recovered {np.mean(rec):.3f} "
               f"({share:.0%} of the cost, means over seeds)")
     if results["partial"]:
-        print(f"\n### partial (seed {seeds[0]}, {results['partial_noise']:.0%} flipped, the strategy's default budget)\n")
+        print(
+            f"\n### partial (seed {seeds[0]}, {results['partial_noise']:.0%} flipped, the strategy's default budget)\n"
+        )
         print("| training file | rows | accuracy | train_runtime s | epochs |")
         print("|---|---|---|---|---|")
         for name, r in results["partial"].items():
@@ -430,11 +440,15 @@ def print_images(im: dict) -> None:
     print(f"\n### Image folder (Fashion-MNIST, EfficientNet-Lite0): rows {im['rows']}, {im['seconds']:.0f} s\n")
     print(json.dumps(im["summary"]))
     for r in im["label_issues"]:
-        print(f"label issue: row {r['row']} {r['input']} given {r['given']} suggested {r['suggested']} score {r['score']}")
+        print(
+            f"label issue: row {r['row']} {r['input']} given {r['given']} suggested {r['suggested']} score {r['score']}"
+        )
     for g in im["duplicates"]:
         print(f"duplicates: {g['kind']} rows {g['rows']} {g['labels']}")
     for lk in im["leaks"]:
-        print(f"leak: {lk['split']} row {lk['eval_row']} = train row {lk['train_row']} ({lk['kind']}, {lk['similarity']})")
+        print(
+            f"leak: {lk['split']} row {lk['eval_row']} = train row {lk['train_row']} ({lk['kind']}, {lk['similarity']})"
+        )
 
 
 if __name__ == "__main__":

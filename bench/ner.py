@@ -129,8 +129,13 @@ def _score(pred_ids, label_ids, names) -> dict:
 
 
 def run_trainer(seed: int, splits: dict, work: Path) -> dict:
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
 
     names = labels_of(splits["train"]["path"])
     path = resolve(MODEL)
@@ -198,7 +203,7 @@ def table(results: dict, methods, seeds) -> str:
         if not runs:
             continue
 
-        def fmt(key):
+        def fmt(key, runs=runs):
             vals = [r[key] for r in runs]
             mean = statistics.mean(vals)
             return f"{mean:.3f} ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else f"{mean:.3f}"

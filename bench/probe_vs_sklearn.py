@@ -105,8 +105,8 @@ def run_image(seeds, image_size: int) -> list[dict]:
     from sklearn.linear_model import LogisticRegression
 
     from hf_transfer.config import check_config, config_from_dict
-    from hf_transfer.tasks.features import features_for_config
     from hf_transfer.run import train
+    from hf_transfer.tasks.features import features_for_config
 
     work = WORK / "image"
     model_dir = fm.prepare_model(work / f"px{image_size}", image_size)
@@ -128,9 +128,19 @@ def run_image(seeds, image_size: int) -> list[dict]:
         t0 = time.time()
         sk = LogisticRegression(max_iter=1000).fit(feats["train"].X, feats["train"].y)
         plain = float((sk.predict(feats["test"].X) == feats["test"].y).mean())
-        rows.append({"part": f"image {image_size}px", "n": 10, "seed": seed, "feature_extraction": metrics["test_accuracy"],
-                     "plain": plain, "C": metrics.get("C"), "ours_s": ours_s, "plain_s": time.time() - t0,
-                     "eval": len(feats["test"].y)})
+        rows.append(
+            {
+                "part": f"image {image_size}px",
+                "n": 10,
+                "seed": seed,
+                "feature_extraction": metrics["test_accuracy"],
+                "plain": plain,
+                "C": metrics.get("C"),
+                "ours_s": ours_s,
+                "plain_s": time.time() - t0,
+                "eval": len(feats["test"].y),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -139,8 +149,10 @@ def table(rows: list[dict]) -> str:
     def ms(v):
         return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
-    lines = ["| data | per class | seeds | feature_extraction | plain sklearn probe | per seed (ours / plain) | C chosen |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| data | per class | seeds | feature_extraction | plain sklearn probe | per seed (ours / plain) | C chosen |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for key in dict.fromkeys((r["part"], r["n"]) for r in rows):
         rs = [r for r in rows if (r["part"], r["n"]) == key]
         per = ", ".join(f"{r['feature_extraction']:.3f}/{r['plain']:.3f}" for r in rs)

@@ -57,7 +57,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -418,7 +417,9 @@ def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str
     for set_name, (data, per_class) in pool["sets"].items():
         log.info("== %s: %s", name, set_name)
         slug = set_name.split(" (")[0].replace(" ", "_").replace("/", "-")
-        cfg = config_from_dict(base_config(pool, data, per_class, 0, work / "runs" / slug, paths[pool["candidates"][0]]))
+        cfg = config_from_dict(
+            base_config(pool, data, per_class, 0, work / "runs" / slug, paths[pool["candidates"][0]])
+        )
         t0 = time.time()
         report = rank_candidates(cfg, pool["candidates"], metrics=METRICS, repeats=5, max_examples=2000, layers=layers,
                                  group_column=data.get("group_column"))
@@ -436,29 +437,44 @@ def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str
                 accs, seconds[cand] = probe_accuracies(raw, per_class)
             else:
                 accs, seconds[cand] = finetune_accuracies(raw, finetune, work / "finetune" / slug / short(cand))
-            log.info("%s %s: test accuracy per seed %s (%.1f s)", set_name, cand, [round(a, 3) for a in accs], seconds[cand])
+            log.info(
+                "%s %s: test accuracy per seed %s (%.1f s)", set_name, cand, [round(a, 3) for a in accs], seconds[cand]
+            )
             per_seed[cand] = accs
             accuracy[cand] = float(np.mean(accs))
         by_name = {r.name: r for r in report.results if r.error is None}
         if stored is not None:  # the same trained candidates, scored again
             accuracy = dict(stored["accuracy"])
             seconds = dict(stored["finetune_seconds"])
-        rows.append({
-            "pool": name, "target": set_name, "per_class": per_class, "examples": by_name[pool["candidates"][0]].examples,
-            "accuracy": {c: round(a, 4) for c, a in accuracy.items()},
-            "accuracy_std": (stored["accuracy_std"] if stored is not None
-                             else {c: round(float(np.std(v)), 4) for c, v in per_seed.items()}),
-            "scores": {c: {m: round(by_name[c].scores[m], 4) for m in METRICS} for c in pool["candidates"]},
-            "seconds_per_1000": {c: by_name[c].seconds_per_1000 for c in pool["candidates"]},
-            "parameters": {c: by_name[c].parameters for c in pool["candidates"]},
-            "random": pool["random"],
-            "stability": {m: {"too_close_to_call": report.stability.get(m, {}).get("too_close_to_call"),
-                              "top1_kept": report.stability.get(m, {}).get("top1_kept")} for m in METRICS},
-            "rank_seconds": round(rank_seconds, 1),
-            "finetune_seconds": {c: round(s, 1) for c, s in seconds.items()},
-            "candidates": len(pool["candidates"]),
-            "group_column": data.get("group_column"),
-        })
+        rows.append(
+            {
+                "pool": name,
+                "target": set_name,
+                "per_class": per_class,
+                "examples": by_name[pool["candidates"][0]].examples,
+                "accuracy": {c: round(a, 4) for c, a in accuracy.items()},
+                "accuracy_std": (
+                    stored["accuracy_std"]
+                    if stored is not None
+                    else {c: round(float(np.std(v)), 4) for c, v in per_seed.items()}
+                ),
+                "scores": {c: {m: round(by_name[c].scores[m], 4) for m in METRICS} for c in pool["candidates"]},
+                "seconds_per_1000": {c: by_name[c].seconds_per_1000 for c in pool["candidates"]},
+                "parameters": {c: by_name[c].parameters for c in pool["candidates"]},
+                "random": pool["random"],
+                "stability": {
+                    m: {
+                        "too_close_to_call": report.stability.get(m, {}).get("too_close_to_call"),
+                        "top1_kept": report.stability.get(m, {}).get("top1_kept"),
+                    }
+                    for m in METRICS
+                },
+                "rank_seconds": round(rank_seconds, 1),
+                "finetune_seconds": {c: round(s, 1) for c, s in seconds.items()},
+                "candidates": len(pool["candidates"]),
+                "group_column": data.get("group_column"),
+            }
+        )
         rows[-1]["metrics"] = summarise(rows[-1])
         save(work, rows_all=None, row=rows[-1], tag=tag)
     return rows
@@ -557,16 +573,24 @@ def markdown(state: dict) -> str:
         lines.append(f"| {label} | {mean_tau} | {np.mean(regrets):.4f} | {hits}/{len(rows)} | {last}/{len(rows)} |")
     plan = state.get("plan")
     if plan:
-        lines += ["", "## plan + train on the shipped tweets config", "",
-                  f"`plan` chose `{short(plan['checkpoint'])}`, strategy `{plan['strategy']}`, {plan['epochs']} epochs, "
-                  f"learning rate {plan['learning_rate']}; the worst-ranked candidate was `{short(plan['worst'])}`.", "",
-                  "| run | eval accuracy | eval macro-F1 | s |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## plan + train on the shipped tweets config",
+            "",
+            f"`plan` chose `{short(plan['checkpoint'])}`, strategy `{plan['strategy']}`, {plan['epochs']} epochs, "
+            f"learning rate {plan['learning_rate']}; the worst-ranked candidate was `{short(plan['worst'])}`.",
+            "",
+            "| run | eval accuracy | eval macro-F1 | s |",
+            "|---|---|---|---|",
+        ]
         for label, name in (("planned", plan["checkpoint"]), ("worst-ranked", plan["worst"]),
                             ("baseline: frozen features + logistic regression", plan["checkpoint"])):
             key = label.split(":")[0]
             if key in plan:
                 p = plan[key]
-                lines.append(f"| {label} ({short(name)}) | {p['eval_accuracy']:.3f} | {p['eval_f1']:.3f} | {p['seconds']:.0f} |")
+                lines.append(
+                    f"| {label} ({short(name)}) | {p['eval_accuracy']:.3f} | {p['eval_f1']:.3f} | {p['seconds']:.0f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -588,7 +612,9 @@ def main() -> None:
                              "accuracies of results.json (or results_full.json): after a change to the "
                              "metrics, without training anything again")
     args = parser.parse_args()
-    tag = ("" if args.layers == "last" else f"_{args.layers}") + ("" if args.finetune == "probe" else f"_{args.finetune}")
+    tag = ("" if args.layers == "last" else f"_{args.layers}") + (
+        "" if args.finetune == "probe" else f"_{args.finetune}"
+    )
     if args.report_only:
         work = Path(args.workdir)
         text = markdown(json.loads((work / f"results{tag}.json").read_text()))

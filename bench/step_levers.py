@@ -117,7 +117,10 @@ def main() -> None:
     base = statistics.median(times[base_name])
     print(f"\nMiniLM-L6 full fine-tuning, batch {args.batch_size}, max_length {args.max_length}, 1 thread, "
           f"median of {args.repeats} x {args.steps} steps\n")
-    print("| setting | s/step | speed-up | largest loss difference to baseline (first steps) | compile overhead | pays after |")
+    print(
+        "| setting | s/step | speed-up | largest loss difference to baseline (first steps) | compile overhead "
+        "| pays after |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for name in settings:
         t = statistics.median(times[name])

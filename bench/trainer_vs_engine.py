@@ -240,7 +240,15 @@ def run_hf_trainer(s: Setup, strategy: str, steps: int, budget, dropout: bool = 
 def implementation(optimizer) -> str:
     opt = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper
     d = opt.defaults
-    kind = "fused" if d.get("fused") else "foreach" if d.get("foreach") else "for-loop" if d.get("foreach") is False else "torch default"
+    kind = (
+        "fused"
+        if d.get("fused")
+        else "foreach"
+        if d.get("foreach")
+        else "for-loop"
+        if d.get("foreach") is False
+        else "torch default"
+    )
     return f"{type(opt).__name__} ({kind})"
 
 
@@ -287,7 +295,10 @@ def part_side_by_side(s: Setup, strategies: list[str], steps: int, repeats: int)
     print(f"\n## {s.model_key} ({s.name}; attention: {s.attn}), batch {s.batch_size}, {steps} steps, "
           f"median of {repeats} interleaved rounds; 1-min load average during the runs "
           f"{min(loads):.1f}-{max(loads):.1f}")
-    print("| strategy | loop | optimizer | ms / step (median, steps 2..N) | per-round medians | s to N steps | steps/s vs Trainer |")
+    print(
+        "| strategy | loop | optimizer | ms / step (median, steps 2..N) | per-round medians | s to N steps "
+        "| steps/s vs Trainer |"
+    )
     print("|---|---|---|---|---|---|---|")
     for strategy in strategies:
         base = statistics.median(step_stats(r)[0] for r in results[(strategy, "Trainer")])
@@ -296,7 +307,9 @@ def part_side_by_side(s: Setup, strategies: list[str], steps: int, repeats: int)
             ms = statistics.median(step_stats(r)[0] for r in rs)
             total = statistics.median(step_stats(r)[1] for r in rs)
             rounds = " / ".join(f"{step_stats(r)[0]:.0f}" for r in rs)
-            print(f"| {strategy} | {arm} | {rs[0]['optimizer']} | {ms:.0f} | {rounds} | {total:.1f} | {base / ms:.2f}x |")
+            print(
+                f"| {strategy} | {arm} | {rs[0]['optimizer']} | {ms:.0f} | {rounds} | {total:.1f} | {base / ms:.2f}x |"
+            )
     sys.stdout.flush()
 
 
@@ -424,7 +437,7 @@ def lever_compile(s: Setup, steps: int) -> None:
             arms[mode] = (torch.compile(model) if mode == "compiled" else model, opt, [], [])
         torch.manual_seed(0)
         for b in bs:
-            for mode, (run, opt, ts, losses) in arms.items():
+            for _mode, (run, opt, ts, losses) in arms.items():
                 t = time.perf_counter()
                 out = run(**{k: v for k, v in b.items() if k != "labels"})
                 loss = torch.nn.functional.cross_entropy(out.logits, b["labels"])
@@ -434,7 +447,10 @@ def lever_compile(s: Setup, steps: int) -> None:
                 losses.append(float(loss))
                 ts.append(time.perf_counter() - t)
         (_, _, eager, eager_losses), (_, _, comp, comp_losses) = arms["eager"], arms["compiled"]
-        log(f"compile lever dropout={dropout}: eager {[round(x, 2) for x in eager]} compiled {[round(x, 2) for x in comp]}")
+        log(
+            f"compile lever dropout={dropout}: eager {[round(x, 2) for x in eager]} "
+            f"compiled {[round(x, 2) for x in comp]}"
+        )
         steady_e, steady_c = statistics.median(eager[2:]), statistics.median(comp[2:])
         first_cost = sum(comp[:2]) - sum(eager[:2])
         gain = steady_e - steady_c
@@ -478,7 +494,7 @@ def lever_saved(s: Setup) -> None:
         total = [0]
         seen = set()
 
-        def pack(t):
+        def pack(t, seen=seen, total=total):
             if t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 total[0] += t.numel() * t.element_size()
@@ -486,7 +502,7 @@ def lever_saved(s: Setup) -> None:
 
         emb = {}
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        h = base.base_model.embeddings.register_forward_hook(lambda m, i, o: emb.update(rg=o.requires_grad))
+        h = base.base_model.embeddings.register_forward_hook(lambda m, i, o, emb=emb: emb.update(rg=o.requires_grad))
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(**{k: v for k, v in b.items() if k != "labels"})
         h.remove()
@@ -513,14 +529,22 @@ def main() -> None:
     import peft
     import transformers
 
-    print(f"# trainer_vs_engine: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch threads {args.threads}, "
-          f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, accelerate {accelerate.__version__}, peft {peft.__version__}; "
-          f"load average at start {load_avg()}")
+    print(
+        f"# trainer_vs_engine: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch threads {args.threads}, "
+        f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; "
+        f"torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, accelerate {accelerate.__version__}, peft {peft.__version__}; "
+        f"load average at start {load_avg()}"
+    )
     for key in args.models:
-        s = Setup(key, n_train=args.batch_size * max(args.steps, args.loss_steps, args.compile_steps), batch_size=args.batch_size,
-                  steps=args.steps)
+        s = Setup(
+            key,
+            n_train=args.batch_size * max(args.steps, args.loss_steps, args.compile_steps),
+            batch_size=args.batch_size,
+            steps=args.steps,
+        )
         s.model("full")  # records the attention implementation
         if "side" in args.parts:
             part_side_by_side(s, args.strategies, args.steps, args.repeats)
@@ -528,9 +552,11 @@ def main() -> None:
             part_losses(s, args.strategies, args.loss_steps)
         if "levers" in args.parts:
             for lever in args.levers:
-                {"attention": lambda: lever_attention(s, args.repeats), "adamw": lambda: lever_adamw(s, args.repeats),
-                 "compile": lambda: guarded_compile(s, args.compile_steps), "flattening": lambda: lever_flattening(s),
-                 "saved": lambda: lever_saved(s)}[lever]()
+                {"attention": lambda s=s: lever_attention(s, args.repeats),
+                 "adamw": lambda s=s: lever_adamw(s, args.repeats),
+                 "compile": lambda s=s: guarded_compile(s, args.compile_steps),
+                 "flattening": lambda s=s: lever_flattening(s),
+                 "saved": lambda s=s: lever_saved(s)}[lever]()
                 sys.stdout.flush()
     print(f"\nload average at end {load_avg()}")
 

@@ -212,14 +212,40 @@ def bench_classification(assets: dict, work: Path, quick: bool) -> list[dict]:
     ]
     epochs = 2 if quick else 5
     runs = [
-        ("pretrained", "30 s (full)", "feature_extraction (logistic regression)",
-         ["strategy.name=feature_extraction", "strategy.use_cache=false"]),
-        ("pretrained", "2 s (cut)", "feature_extraction (logistic regression)",
-         ["strategy.name=feature_extraction", "strategy.use_cache=false", "data.max_audio_seconds=2"]),
-        ("pretrained", "2 s (cut)", f"full fine-tuning, {epochs} epochs, lr 2e-4",
-         ["strategy.name=full", f"training.epochs={epochs}", "training.learning_rate=2e-4", "data.max_audio_seconds=2"]),
-        ("random init", "2 s (cut)", f"scratch, {epochs} epochs, lr 1e-3",
-         ["strategy.name=scratch", f"training.epochs={epochs}", "training.learning_rate=1e-3", "data.max_audio_seconds=2"]),
+        (
+            "pretrained",
+            "30 s (full)",
+            "feature_extraction (logistic regression)",
+            ["strategy.name=feature_extraction", "strategy.use_cache=false"],
+        ),
+        (
+            "pretrained",
+            "2 s (cut)",
+            "feature_extraction (logistic regression)",
+            ["strategy.name=feature_extraction", "strategy.use_cache=false", "data.max_audio_seconds=2"],
+        ),
+        (
+            "pretrained",
+            "2 s (cut)",
+            f"full fine-tuning, {epochs} epochs, lr 2e-4",
+            [
+                "strategy.name=full",
+                f"training.epochs={epochs}",
+                "training.learning_rate=2e-4",
+                "data.max_audio_seconds=2",
+            ],
+        ),
+        (
+            "random init",
+            "2 s (cut)",
+            f"scratch, {epochs} epochs, lr 1e-3",
+            [
+                "strategy.name=scratch",
+                f"training.epochs={epochs}",
+                "training.learning_rate=1e-3",
+                "data.max_audio_seconds=2",
+            ],
+        ),
     ]
     rows = []
     for i, (init, window, strategy, extra) in enumerate(runs):
@@ -251,10 +277,11 @@ def _read_metadata(path: Path) -> list[dict]:
 
 def transcribe_sets(model_dir: Path, sets: dict[str, list[dict]]) -> tuple[dict, dict, float]:
     """WER/CER per set (basic and whisper_english normalisation) of `model_dir`'s transcripts."""
+    from transformers import WhisperForConditionalGeneration
+
     from hf_transfer.config import load_config
     from hf_transfer.metrics.speech import compute_asr_metrics
     from hf_transfer.tasks import get_task
-    from transformers import WhisperForConditionalGeneration
 
     cfg = load_config(None, ["recipe=speech_recognition", f"model.name_or_path={model_dir}",
                              "data.train=unused.csv", "training.eval_batch_size=8"])
@@ -323,8 +350,12 @@ def _table(rows: list[dict], keys: list[str]) -> str:
 
 
 def report(results: dict) -> str:
-    out = [f"Command: `{results['command']}`", f"Torch threads: {results['threads']}; total {results['total_seconds']} s "
-           f"(convert {results['prepare']['convert_seconds']} s, synthesis {results['prepare']['synthesis_seconds']} s)", ""]
+    out = [
+        f"Command: `{results['command']}`",
+        f"Torch threads: {results['threads']}; total {results['total_seconds']} s "
+        f"(convert {results['prepare']['convert_seconds']} s, synthesis {results['prepare']['synthesis_seconds']} s)",
+        "",
+    ]
     if "classification" in results:
         out += ["(a) Spoken digits, 10 classes: trained on 6 espeak-ng voices, tested on 4 unseen voices", ""]
         out.append(_table(results["classification"], ["weights", "encoder window", "strategy", "train clips",

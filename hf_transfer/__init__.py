@@ -1,7 +1,6 @@
 """hf_transfer: transfer learning for Hugging Face checkpoints."""
 
 from hf_transfer.paths import model_cards_dir, recipes_dir  # noqa: F401  (public helpers)
-
 from hf_transfer.utils import __version__  # noqa: F401  (one place: export reads it without the root)
 
 

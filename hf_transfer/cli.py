@@ -103,7 +103,11 @@ def cmd_train(args) -> int:
     from accelerate.state import PartialState
 
     if PartialState().is_main_process:
-        shown = {k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, float) and k.count("_") == 1}
+        shown = {
+            k: v
+            for k, v in metrics.items()
+            if k.startswith(("eval_", "test_")) and isinstance(v, float) and k.count("_") == 1
+        }
         print(json.dumps(shown, indent=2))
         print(f"Run folder: {cfg.output_dir}")
         from hf_transfer.run import summary_lines
@@ -344,7 +348,9 @@ EXAMPLES = {
     "convert": "hf-transfer convert efficientnet-lite lite0.pth models/lite0",
     "export": "hf-transfer export runs/sst2 exports/sst2 --license apache-2.0",
     "push": "hf-transfer push runs/sst2 --repo-id you/bert-sst2 --license apache-2.0",
-    "compare": "hf-transfer compare my_run.yaml --strategies full,lora,scratch --sizes 8,64 --per-class -o studies/mine",
+    "compare": (
+        "hf-transfer compare my_run.yaml --strategies full,lora,scratch --sizes 8,64 --per-class -o studies/mine"
+    ),
     "shift": "hf-transfer shift my_run.yaml --target data/production.csv",
     "pretrain": "hf-transfer pretrain my_mlm.yaml output_dir=runs/my_mlm",
     "rank": "hf-transfer rank my_run.yaml --candidates asset:all-minilm-l6-v2,asset:all-mpnet-base-v2",
@@ -513,7 +519,6 @@ def cmd_pretrain(args) -> int:
 def cmd_shift(args) -> int:
     from hf_transfer.config import load_config
     from hf_transfer.domain.shift import shift_report
-
     from hf_transfer.utils import setup_logging
 
     setup_logging(None)  # its progress lines, like every other command's

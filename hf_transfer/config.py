@@ -11,13 +11,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
 from hf_transfer.config_parsing import Rules, build, parse_override, read_yaml, set_dotted  # noqa: F401
 from hf_transfer.errors import ConfigError
 from hf_transfer.registry import _did_you_mean, available_recipes, strategy_settings_class
+
 
 @dataclass
 class StrategyConfig:
@@ -299,7 +300,7 @@ class TrainingConfig:
     early_stopping_threshold: float = 0.0
     metric_for_best_model: str = "f1"
     load_best_model_at_end: bool = True
-    class_weights: Union[Literal["none", "balanced"], list[float]] = "none"
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
     label_smoothing: float = 0.0
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int = 100
@@ -320,7 +321,7 @@ class TrainingConfig:
     record_eval_predictions: bool = False
     regression_loss: Literal["mse", "huber"] = "mse"
     huber_delta: float = 1.0
-    multilabel_threshold: Union[Literal["tune"], float] = "tune"
+    multilabel_threshold: Literal["tune"] | float = "tune"
 
     def __post_init__(self):
         if self.max_steps == -1:  # transformers' spelling of "unset"

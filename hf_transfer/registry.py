@@ -112,7 +112,9 @@ def register_task(name: str, pipeline_tag: str = "", *, example_input: str = "",
     card read (`RecipeInfo`; the auto class is the task's `hub_auto_class`, else its
     `auto_model_cls`). A name registered by another class is refused (`ConfigError`)."""
     if targets not in TARGET_KINDS:
-        raise ConfigError(f"register_task('{name}'): targets must be one of {', '.join(TARGET_KINDS)}, got {targets!r}.")
+        raise ConfigError(
+            f"register_task('{name}'): targets must be one of {', '.join(TARGET_KINDS)}, got {targets!r}."
+        )
 
     def wrap(cls: type) -> type:
         if name in _RECIPES:

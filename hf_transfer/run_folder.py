@@ -90,7 +90,7 @@ class RunMetrics:
     raw: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunMetrics":
+    def from_dict(cls, data: dict) -> RunMetrics:
         known = {f.name for f in fields(cls)} - {"raw", "labels"}
         kwargs = {k: data[k] for k in known if data.get(k) is not None}
         return cls(labels=[str(x) for x in data.get("labels") or []], raw=dict(data), **kwargs)
@@ -151,7 +151,7 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: str | Path, *, finished: bool = True, needs_metrics: bool = False,
-             error: type[HFTransferError] = HFTransferError, allow_pickle: bool = False) -> "RunFolder":
+             error: type[HFTransferError] = HFTransferError, allow_pickle: bool = False) -> RunFolder:
         """The run folder at `path`.
 
         Args:

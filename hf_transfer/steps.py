@@ -118,7 +118,12 @@ def warn_if_launch_fell_back_to_one_process() -> bool:
     one ordinary process (its simple launcher sets MASTER_PORT but no WORLD_SIZE): say so, and how
     to get several CPU processes. Returns whether it warned."""
     env = os.environ
-    if "ACCELERATE_USE_CPU" in env and "MASTER_PORT" in env and "WORLD_SIZE" not in env and not torch.cuda.is_available():
+    if (
+        "ACCELERATE_USE_CPU" in env
+        and "MASTER_PORT" in env
+        and "WORLD_SIZE" not in env
+        and not torch.cuda.is_available()
+    ):
         logger.warning("accelerate launch asked for several processes, but without GPUs (and without --multi_gpu) "
                        "it runs this one process only. For several CPU processes: ACCELERATE_USE_CPU=1 "
                        "accelerate launch --multi_gpu --num_processes N -m hf_transfer train ...")

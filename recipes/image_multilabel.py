@@ -1,4 +1,5 @@
-"""Multi-label image classification: any number of labels per image, sigmoid head with BCE, per-label thresholds tuned on held-out data.
+"""Multi-label image classification: any number of labels per image, sigmoid head with BCE,
+per-label thresholds tuned on held-out data.
 
     python recipes/image_multilabel.py --config vit/images_multilabel_full training.epochs=1
 

@@ -1,4 +1,5 @@
-"""Image regression: one number per image, MSE or Huber loss on standardised targets; the saved model outputs the target's own units.
+"""Image regression: one number per image, MSE or Huber loss on standardised targets; the saved
+model outputs the target's own units.
 
     python recipes/image_regression.py --config vit/images_regression_full training.epochs=1
 

@@ -1,4 +1,6 @@
-"""Multi-label text classification: any number of labels per text (a separated string, a list column, or one 0/1 column per label), sigmoid head with BCE, per-label thresholds tuned on held-out data.
+"""Multi-label text classification: any number of labels per text (a separated string, a list
+column, or one 0/1 column per label), sigmoid head with BCE, per-label thresholds tuned on
+held-out data.
 
     python recipes/text_multilabel.py --config minilm/disaster_multilabel_full training.epochs=1
 

@@ -1,4 +1,5 @@
-"""Text regression: one number per text, MSE or Huber loss on standardised targets; the saved model outputs the target's own units.
+"""Text regression: one number per text, MSE or Huber loss on standardised targets; the saved
+model outputs the target's own units.
 
     python recipes/text_regression.py --config minilm/tweets_confidence_full training.epochs=1
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE, write_csv
-from hf_transfer.data_audit import checks
 from hf_transfer.config import load_config
+from hf_transfer.data_audit import checks
 from hf_transfer.errors import HFTransferError
 
 pytest.importorskip("cleanlab")
@@ -28,7 +28,9 @@ def strong_sentences(n: int, seed: int):
     for i in range(n):
         label = ("negative", "positive")[i % 2]
         cues = POSITIVE if label == "positive" else NEGATIVE
-        words = [rng.choice(cues) for _ in range(rng.randint(3, 5))] + [rng.choice(FILLER) for _ in range(rng.randint(0, 2))]
+        words = [rng.choice(cues) for _ in range(rng.randint(3, 5))] + [
+            rng.choice(FILLER) for _ in range(rng.randint(0, 2))
+        ]
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
     return rows
@@ -140,7 +142,15 @@ def test_relabel_fix_and_cli(tiny_bert_dir, planted, tmp_path, capsys, one_torch
     from hf_transfer.cli import main
 
     out = tmp_path / "audit"
-    args = ["audit", "--fix", "relabel", "-o", str(out), "--no-plot", str(_write_yaml(tiny_bert_dir, planted, tmp_path))]
+    args = [
+        "audit",
+        "--fix",
+        "relabel",
+        "-o",
+        str(out),
+        "--no-plot",
+        str(_write_yaml(tiny_bert_dir, planted, tmp_path)),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "Likely label errors:" in printed and f"data.train={out / 'clean.csv'}" in printed
@@ -175,8 +185,15 @@ def test_single_class_class_with_one_row_and_no_eval(tiny_bert_dir, tmp_path, on
 
     rows = strong_sentences(40, seed=3)
     one = [dict(r, label="negative") for r in rows]
-    cfg = load_config(None, [f"model.name_or_path={tiny_bert_dir}", f"data.train={write_csv(tmp_path / 'one.csv', one)}",
-                             f"output_dir={tmp_path / 'run'}", "training.report_to=[]"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={write_csv(tmp_path / 'one.csv', one)}",
+            f"output_dir={tmp_path / 'run'}",
+            "training.report_to=[]",
+        ],
+    )
     with pytest.raises(HFTransferError, match=r"single value \('negative'\) in the train split"):
         audit(cfg, tmp_path / "a1", fix="none")
 

@@ -3,10 +3,10 @@
 import json
 
 from conftest import NEGATIVE, POSITIVE
-from tiny_models import save_related_bert
 from hf_transfer.config import load_config
 from hf_transfer.models import features as features_mod
 from hf_transfer.run import train
+from tiny_models import save_related_bert
 
 
 def _related_bert(out):

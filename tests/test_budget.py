@@ -8,7 +8,7 @@ from hf_transfer.config import TrainingConfig, load_config
 from hf_transfer.engine.budget import DEFAULT_LEARNING_RATES, DEFAULT_MIN_STEPS, resolve_budget
 from hf_transfer.errors import ConfigError
 from hf_transfer.run import train
-from hf_transfer.strategies import StrategyConfig, build_strategy
+from hf_transfer.strategies import build_strategy
 
 
 def strategy(name):
@@ -75,8 +75,14 @@ def test_convolutional_networks_get_ten_times_the_backbone_rates():
         b = resolve_budget(TrainingConfig(), strategy(name), 4, model="efficientnet")
         assert b.learning_rate == pytest.approx(DEFAULT_LEARNING_RATES[name] * CONV_LR_MULTIPLIER)
         assert "convolutional network (efficientnet)" in b.sources["learning_rate"]
-        assert resolve_budget(TrainingConfig(), strategy(name), 4, model="bert").learning_rate == DEFAULT_LEARNING_RATES[name]
-    assert resolve_budget(TrainingConfig(), strategy("freeze"), 4, model="resnet").learning_rate == DEFAULT_LEARNING_RATES["freeze"]
+        assert (
+            resolve_budget(TrainingConfig(), strategy(name), 4, model="bert").learning_rate
+            == DEFAULT_LEARNING_RATES[name]
+        )
+    assert (
+        resolve_budget(TrainingConfig(), strategy("freeze"), 4, model="resnet").learning_rate
+        == DEFAULT_LEARNING_RATES["freeze"]
+    )
     assert resolve_budget(TrainingConfig(learning_rate=1e-5), strategy("full"), 4, model="resnet").learning_rate == 1e-5
     s = strategy("auto")
     s.delegate = strategy("full")
@@ -103,10 +109,14 @@ def test_a_convolutional_run_records_the_scaled_rate(tmp_path):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
                     tmp_path / "img" / split / label / f"{i}.png")
-    raw = {"recipe": "image_classification", "output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(model_dir)},
-           "data": {"train": str(tmp_path / "img" / "train"), "eval": str(tmp_path / "img" / "validation")},
-           "strategy": {"name": "full"},
-           "training": {"max_steps": 2, "batch_size": 8, "report_to": [], "save_strategy": "no", "eval_strategy": "no"}}
+    raw = {
+        "recipe": "image_classification",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(tmp_path / "img" / "train"), "eval": str(tmp_path / "img" / "validation")},
+        "strategy": {"name": "full"},
+        "training": {"max_steps": 2, "batch_size": 8, "report_to": [], "save_strategy": "no", "eval_strategy": "no"},
+    }
     m = train(config_from_dict(raw, "test"))
     assert m["budget"]["learning_rate"] == pytest.approx(DEFAULT_LEARNING_RATES["full"] * 10)
     assert "convolutional" in m["budget"]["sources"]["learning_rate"]

@@ -155,7 +155,9 @@ def test_same_gradients_with_checkpointing(model_name, strategy_name, settings, 
             assert g is None, f"frozen {name} got a gradient"
             assert plain[name] is None
             continue
-        assert (g is None) == (plain[name] is None), f"{name}: gradient with checkpointing {g is not None}, without {plain[name] is not None}"
+        assert (g is None) == (plain[name] is None), (
+            f"{name}: gradient with checkpointing {g is not None}, without {plain[name] is not None}"
+        )
         if g is not None:
             torch.testing.assert_close(g, plain[name], rtol=1e-4, atol=1e-6, msg=f"gradient of {name} differs")
     # Every trainable parameter inside a block got a gradient (the reentrant trap leaves them None).

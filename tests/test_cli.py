@@ -61,7 +61,9 @@ def test_python_dash_m_entry_point():
 # ---------------------------------------------------------------- first use (issue 14, items 12-18)
 
 def test_version_and_closed_pipe_are_quiet():
-    out = subprocess.run([sys.executable, "-m", "hf_transfer", "--version"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "hf_transfer", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.startswith("hf-transfer ")
     # `hf-transfer ls | head -1`: the reader is gone before the first write.
     proc = subprocess.Popen([sys.executable, "-m", "hf_transfer", "ls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -148,5 +150,5 @@ def test_overwrite_flag_and_readme_first_use_lines(text_overrides, tmp_path, cap
     assert main(["train", str(cfg), *text_overrides]) == 2
     assert "--overwrite" in capsys.readouterr().err
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    two_gpus = [l for l in readme.splitlines() if "accelerate launch --num_processes 2" in l]
-    assert two_gpus and all("without GPUs: one process" in l for l in two_gpus)
+    two_gpus = [line for line in readme.splitlines() if "accelerate launch --num_processes 2" in line]
+    assert two_gpus and all("without GPUs: one process" in line for line in two_gpus)

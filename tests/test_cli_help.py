@@ -21,7 +21,9 @@ def test_help_lists_every_command_with_a_description_and_an_example(capsys):
     helps = command_help(parser)
     lines = out.splitlines()
     for name in names:
-        described = [i for i, l in enumerate(lines) if l.split()[:1] == [name] and helps[name] and helps[name] in l]
+        described = [
+            i for i, line in enumerate(lines) if line.split()[:1] == [name] and helps[name] and helps[name] in line
+        ]
         assert described, f"`hf-transfer --help` does not describe {name}"
         example = lines[described[0] + 1].strip()
         assert example.startswith(f"e.g. hf-transfer {name}"), f"{name}: no example under its description: {example!r}"
@@ -41,7 +43,9 @@ def test_each_example_parses():
 
 
 def test_python_dash_m_is_the_same_command():
-    outs = [subprocess.run([sys.executable, "-m", "hf_transfer", "--help"], capture_output=True, text=True, timeout=300)]
+    outs = [
+        subprocess.run([sys.executable, "-m", "hf_transfer", "--help"], capture_output=True, text=True, timeout=300)
+    ]
     exe = shutil.which("hf-transfer")
     if exe:
         outs.append(subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=300))

@@ -111,7 +111,12 @@ def test_recipe_script_takes_options_before_overrides(text_overrides, tmp_path, 
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("data: {train: x.csv}\n")
-    assert recipe_main("text_classification", argv=["--config", str(cfg), "data.seed=1", "--overwrite", "training.epocs=1"]) == 2
+    assert (
+        recipe_main(
+            "text_classification", argv=["--config", str(cfg), "data.seed=1", "--overwrite", "training.epocs=1"]
+        )
+        == 2
+    )
     assert "training.epocs" in capsys.readouterr().err
 
 
@@ -175,8 +180,12 @@ def test_train_summary_says_time_rows_and_the_cut_eval_split(text_overrides, tmp
     out = capsys.readouterr().out
     # 96 rows: 10 carved (stratified) for eval, cut to 2 per class; 86 trained on.
     summary = out.split("Run folder:")[1]
-    assert re.search(r"Trained on 86 rows for 1 epoch \(\d+ steps\) in \d+(\.\d)? s; evaluated on 4 rows\.", summary), out
-    assert "Smaller eval split: 10 rows carved from data.train, cut to 4 by data.eval_samples_per_class=2" in summary, out
+    assert re.search(r"Trained on 86 rows for 1 epoch \(\d+ steps\) in \d+(\.\d)? s; evaluated on 4 rows\.", summary), (
+        out
+    )
+    assert "Smaller eval split: 10 rows carved from data.train, cut to 4 by data.eval_samples_per_class=2" in summary, (
+        out
+    )
     log = (tmp_path / "run" / "train.log").read_text()
     assert "cut to 4 by data.eval_samples_per_class=2" in log and "Trained on 86 rows" in log
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

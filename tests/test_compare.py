@@ -16,7 +16,6 @@ from hf_transfer.study.report import verdicts
 from hf_transfer.study.sampling import nested_subsamples, stratified_order
 from hf_transfer.study.stats import paired_difference, summarize, t_critical
 
-
 # ------------------------------------------------------------------------------------------------
 # Subsamples
 
@@ -175,8 +174,8 @@ def test_setfit_baseline_needs_the_package(study_config, tmp_path, monkeypatch):
 
 
 def test_setfit_baseline_is_text_only(tmp_path, monkeypatch):
-    from hf_transfer.study.compare import check_baselines
     from hf_transfer.config import TrainConfig
+    from hf_transfer.study.compare import check_baselines
 
     cfg = TrainConfig()
     cfg.recipe = "image_classification"
@@ -391,7 +390,9 @@ def test_ctrl_c_while_a_cell_tokenizes_stops_the_study(study_config, tmp_path, m
     printed = capsys.readouterr()
     assert interrupt["delivered"] == 1
     assert rc == 130, printed.out
-    assert "Interrupted. Finished cells are kept" in printed.out and "run the same command again to resume" in printed.out
+    assert (
+        "Interrupted. Finished cells are kept" in printed.out and "run the same command again to resume" in printed.out
+    )
     assert not list((out / "cells").glob("*/metrics.json"))  # no cell ran to the end after the interrupt
 
 
@@ -412,7 +413,9 @@ def test_tokenizing_is_fingerprinted_without_hashing_the_tokenizer(tiny_bert_dir
     ds = datasets.Dataset.from_dict({"text": ["a good film", "a bad film"], "labels": [1, 0]})
     a, b = tokenize_split(ds, tok, "text", 16), tokenize_split(ds, tok, "text", 16)
     assert a._fingerprint == b._fingerprint != tokenize_split(ds, tok, "text", 8)._fingerprint
-    assert list(a["input_ids"]) == list(b["input_ids"]) and "function" not in hashed and type(tok).__name__ not in hashed
+    assert (
+        list(a["input_ids"]) == list(b["input_ids"]) and "function" not in hashed and type(tok).__name__ not in hashed
+    )
 
 
 def test_a_resumed_cell_counts_the_seconds_of_the_attempt_it_resumed(study_config, tmp_path):
@@ -466,8 +469,11 @@ def test_a_reordered_data_file_is_refused_and_study_md_checks_the_eval_split(tmp
 
     header, *rows = data.read_text().splitlines()
     data.write_text("\n".join([header, *reversed(rows)]) + "\n")  # same rows, same counts, other order
-    with pytest.raises(ConfigError, match=r"The data changed since .* same sizes and class counts, but hold other "
-                                          r"rows, or the same rows in another order \(data fingerprint \w+ then, \w+ now\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"The data changed since .* same sizes and class counts, but hold other "
+        r"rows, or the same rows in another order \(data fingerprint \w+ then, \w+ now\)",
+    ):
         plan_study(cfg, strategies="scratch", sizes="4", per_class=True, seeds="0,1", out_dir=out)
 
     # A cell that ran on other data (a folder copied from another study, say) is named, not hidden.
@@ -607,7 +613,11 @@ def test_content_fingerprint_follows_rows_values_and_order_not_the_file():
                                      "image": [{"bytes": b"\x89PNG1", "path": None}] * 3})
     cols = ["text", "image", "labels"]
     same = datasets.Dataset.from_dict(ds.to_dict())  # another dataset object, the same rows
-    assert content_fingerprint(same, cols) == content_fingerprint(ds, cols) == content_fingerprint(ds.select([0, 1, 2]), cols)
+    assert (
+        content_fingerprint(same, cols)
+        == content_fingerprint(ds, cols)
+        == content_fingerprint(ds.select([0, 1, 2]), cols)
+    )
     assert content_fingerprint(ds.select([2, 1, 0]), cols) != content_fingerprint(ds, cols)  # same counts, other order
     edited = ds.to_dict()
     edited["image"][1] = {"bytes": b"\x89PNG2", "path": None}

@@ -58,7 +58,10 @@ def test_ray_settings_are_checked_first(study_config, tmp_path, capsys, monkeypa
     assert "--cpus-per-cell must be positive, got 0.0" in capsys.readouterr().err
     monkeypatch.setitem(__import__("sys").modules, "ray", None)
     assert main(base + ["--backend", "ray"]) != 0
-    assert "--backend ray needs Ray, which is not installed: pip install 'hf-transfer-toolkit[ray]'" in capsys.readouterr().err
+    assert (
+        "--backend ray needs Ray, which is not installed: pip install 'hf-transfer-toolkit[ray]'"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "s").exists()
     with pytest.raises(ConfigError, match="--backend must be one of local, ray"):
         run_study(plan_study(study_config, strategies="scratch", sizes="4", per_class=True, out_dir=tmp_path / "t"),
@@ -142,7 +145,7 @@ def test_killed_ray_worker_then_rerun_completes_without_redoing_finished_cells(s
     assert not psutil.pid_exists(cell_pid) or psutil.Process(cell_pid).status() == psutil.STATUS_ZOMBIE
     assert list(report["failed_cells"]) == [name]
     assert "the Ray worker running it died" in report["failed_cells"][name]
-    assert any(f"FAILED (the Ray worker running it died" in x for x in lines)
+    assert any("FAILED (the Ray worker running it died" in x for x in lines)
     study = plan_study(study_config, **kw)
     before = _mtimes(study)
     assert len(before) == 5 and name not in before

@@ -127,14 +127,18 @@ def test_non_finite_numbers_are_refused_anywhere_in_the_schema(override):
     if override == "strategy.name=lora":  # a strategy's own settings class goes through the same check
         overrides.append("strategy.dropout=.inf")
     key = overrides[-1].partition("=")[0]
-    with pytest.raises(ConfigError, match=rf"^{key} must be a finite number, got .* \(in command-line override '{key}="):
+    with pytest.raises(
+        ConfigError, match=rf"^{key} must be a finite number, got .* \(in command-line override '{key}="
+    ):
         load_config(None, overrides)
 
 
 def test_non_finite_number_in_a_yaml_file_names_the_file(tmp_path):
     path = write(tmp_path, {"model": {"name_or_path": "a/b"}, "data": {"train": "x.csv"},
                             "training": {"learning_rate": float("inf")}})
-    with pytest.raises(ConfigError, match=r"training.learning_rate must be a finite number, got inf \(in '.*run.yaml'\)"):
+    with pytest.raises(
+        ConfigError, match=r"training.learning_rate must be a finite number, got inf \(in '.*run.yaml'\)"
+    ):
         load_config(path)
 
 

@@ -99,6 +99,8 @@ def test_the_check_catches_an_undeclared_import(tmp_path):
     assert not undeclared(imports, core={"numpy"}, extras={"stats": {"scipy"}})
 
 
-@pytest.mark.parametrize("import_name, distribution", [("PIL", "pillow"), ("yaml", "pyyaml"), ("sklearn", "scikit-learn")])
+@pytest.mark.parametrize(
+    "import_name, distribution", [("PIL", "pillow"), ("yaml", "pyyaml"), ("sklearn", "scikit-learn")]
+)
 def test_import_names_map_to_their_distributions(import_name, distribution):
     assert distribution in distributions_for(import_name)

@@ -11,13 +11,14 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
-from conftest import free_port, launch_cpu_processes
 import torch
 import yaml
 
+from conftest import free_port, launch_cpu_processes
 from hf_transfer.config import load_config
 from hf_transfer.engine import distributed as dist
 from hf_transfer.errors import ConfigError
@@ -286,7 +287,10 @@ def test_fsdp_partial_matches_ddp_and_resumes(text_overrides, tmp_path, state_di
         torch.testing.assert_close(w_fsdp[k], w_ddp[k], atol=WEIGHT_TOLERANCE, rtol=0, msg=k)
     model = AutoModelForSequenceClassification.from_pretrained(fsdp).state_dict()
     base = AutoModelForSequenceClassification.from_pretrained(pretrained_tiny).state_dict()
-    frozen, trained = "bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.1.attention.self.query.weight"
+    frozen, trained = (
+        "bert.encoder.layer.0.attention.self.query.weight",
+        "bert.encoder.layer.1.attention.self.query.weight",
+    )
     assert torch.equal(model[frozen], base[frozen])  # partial: the lower block never changed
     assert not torch.equal(model[trained], base[trained])  # the top block trained
 
@@ -373,18 +377,31 @@ def test_fsdp_lora_with_activation_checkpointing(text_overrides, tmp_path, pretr
 
 
 @pytest.mark.parametrize("kind,strategy_name", [("bert-base", "lora"), ("vit-base", "full")])
-def test_gpu_check_throughput_code_path_on_cpu(kind, strategy_name):
+def test_gpu_check_throughput_code_path_on_cpu(kind, strategy_name, monkeypatch):
     """The measurement code of bench/gpu_check.py, on CPU with tiny sizes (the GPU run uses the real
-    sizes): strategies, checkpointing, autocast, the FLOPs and MFU arithmetic."""
+    sizes): strategies, checkpointing, autocast, the FLOPs and MFU arithmetic, the model released
+    before the cache is emptied."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import gpu_check
     finally:
         sys.path.pop(0)
+    models, alive_at_release = [], []
+    build = gpu_check.build
+
+    def recording_build(kind, tiny=False):
+        model, seq = build(kind, tiny)
+        models.append(weakref.ref(model))
+        return model, seq
+
+    monkeypatch.setattr(gpu_check, "build", recording_build)
+    monkeypatch.setattr(gpu_check, "release_memory", lambda device: alive_at_release.append(models[-1]() is not None))
     row = gpu_check.throughput(kind, "bf16", strategy_name, True, steps=1, warmup=1, batch=2, peak=100.0,
                                device="cpu", tiny=True)
     assert row["samples_per_s"] > 0 and row["model_tflops"] >= 0 and row["mfu"] is not None
     assert row["seq"] == (128 if kind == "bert-base" else 197) and row["cuda_peak_gb"] is None
+    # The model is gone when the CUDA cache is emptied (nothing else still holds its weights).
+    assert alive_at_release == [False]
 
 
 @pytest.mark.slow

@@ -65,14 +65,14 @@ class Block:
         if self.lang in SHELL | PYTHON:
             return True
         if self.lang == "":
-            return any(l.strip().startswith(("hf-transfer ", "python ", "accelerate ", "pip "))
-                       for l in self.code.splitlines())
+            return any(line.strip().startswith(("hf-transfer ", "python ", "accelerate ", "pip "))
+                       for line in self.code.splitlines())
         return False
 
 
 def blocks(path: Path) -> list[Block]:
     lines = path.read_text().splitlines()
-    page_illustrative = any("<!-- illustrative-page:" in l for l in lines)
+    page_illustrative = any("<!-- illustrative-page:" in line for line in lines)
     out, i = [], 0
     while i < len(lines):
         m = re.match(r"^(\s*)(```+|~~~+)\s*([\w+-]*)", lines[i])
@@ -87,7 +87,7 @@ def blocks(path: Path) -> list[Block]:
         mm = MARKER.search(prev)
         marker, args = (mm.group(1), mm.group(2)) if mm else ("illustrative" if page_illustrative else "", "")
         indent = len(m.group(1))
-        code = "\n".join(l[indent:] for l in lines[start + 1:j])
+        code = "\n".join(line[indent:] for line in lines[start + 1:j])
         out.append(Block(path, start + 1, lang, code, marker, args))
         i = j + 1
     return out
@@ -111,7 +111,7 @@ def command_lines(text: str) -> list[str]:
             continue
         out.append((current + line).strip())
         current = ""
-    return [re.sub(r"^\$\s+", "", l) for l in out if l.strip() and not l.strip().startswith("#")]
+    return [re.sub(r"^\$\s+", "", line) for line in out if line.strip() and not line.strip().startswith("#")]
 
 
 # ------------------------------------------------------------------------------------ snippets
@@ -137,7 +137,7 @@ def test_the_readme_stays_an_entry_point():
 # ------------------------------------------------------------------------------ keys and flags
 
 SECTIONS = ("model", "data", "strategy", "training", "export", "adaptation")
-KEY = re.compile(r"(?<![\w./:-])((?:%s)\.[A-Za-z_][\w.]*)" % "|".join(SECTIONS))
+KEY = re.compile(rf"(?<![\w./:-])((?:{'|'.join(SECTIONS)})\.[A-Za-z_][\w.]*)")
 FILE_SUFFIX = re.compile(r"\.(py|md|ya?ml|json|jsonl|csv|parquet|safetensors|bin|pth|pt|png|txt|joblib|pkl|log|onnx)$")
 
 
@@ -203,8 +203,8 @@ def named_flags() -> list[tuple[str, str, str]]:
     for path in doc_files():
         text = path.read_text()
         spans = re.findall(r"`([^`\n]+)`", _without_blocks(text))
-        candidates = [(l, b.where) for b in blocks(path) if b.lang in SHELL | {""}
-                      for l in command_lines(b.code)]
+        candidates = [(line, b.where) for b in blocks(path) if b.lang in SHELL | {""}
+                      for line in command_lines(b.code)]
         candidates += [(s, str(path.relative_to(REPO))) for s in spans]
         for line, where in candidates:
             line = line.split(" # ")[0].split("  #")[0]

@@ -18,7 +18,6 @@ from hf_transfer.config import load_config
 from hf_transfer.errors import ConfigError, DataError, ModelError
 from hf_transfer.run import train
 
-
 # Tiny models run ~20x slower with 2 threads when other processes load the cores.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,7 +116,10 @@ def test_dann_trains_with_target_batches_and_logs_domain_accuracy(text_overrides
     # The reversed domain gradient changes the body: the weights differ from the plain run's.
     from safetensors.torch import load_file
 
-    a, b = load_file(str(tmp_path / "plain" / "model.safetensors")), load_file(str(tmp_path / "dann" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "plain" / "model.safetensors")),
+        load_file(str(tmp_path / "dann" / "model.safetensors")),
+    )
     assert set(a) == set(b)  # no domain classifier in the saved model
     assert not torch.allclose(a["bert.encoder.layer.0.attention.self.query.weight"],
                               b["bert.encoder.layer.0.attention.self.query.weight"])
@@ -134,9 +136,14 @@ def test_dann_resumed_mid_epoch_equals_uninterrupted(text_overrides, tmp_path, u
              "training.save_strategy=steps", "training.save_steps=3", "training.epochs=2")
     with crash_at_step(5):
         train(load_config(None, _overrides(text_overrides, tmp_path, "run", *extra)))
-    train(load_config(None, _overrides(text_overrides, tmp_path, "run", *extra, "training.resume_from_checkpoint=latest")))
+    train(
+        load_config(None, _overrides(text_overrides, tmp_path, "run", *extra, "training.resume_from_checkpoint=latest"))
+    )
     train(load_config(None, _overrides(text_overrides, tmp_path, "straight", *extra)))
-    a, b = load_file(str(tmp_path / "run" / "model.safetensors")), load_file(str(tmp_path / "straight" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "run" / "model.safetensors")),
+        load_file(str(tmp_path / "straight" / "model.safetensors")),
+    )
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
@@ -280,17 +287,35 @@ def _stages_cfg(tiny_bert_dir, toy_text_data, tmp_path, stage2_data, *extra):
     import yaml
 
     path = tmp_path / "stages.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"name_or_path": str(tiny_bert_dir)},
-        "output_dir": str(tmp_path / "staged"),
-        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 0.001, "report_to": [], "warmup_ratio": 0.0,
-                     "save_strategy": "steps", "save_steps": 2},
-        "stages": [
-            {"name": "intermediate", "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])}},
-            {"name": "target", "data": {"train": str(stage2_data), "eval": str(stage2_data)},
-             "strategy": {"name": "partial", "trainable_layers": 1}, "training": {"epochs": 3}},
-        ],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "output_dir": str(tmp_path / "staged"),
+                "training": {
+                    "epochs": 2,
+                    "batch_size": 16,
+                    "learning_rate": 0.001,
+                    "report_to": [],
+                    "warmup_ratio": 0.0,
+                    "save_strategy": "steps",
+                    "save_steps": 2,
+                },
+                "stages": [
+                    {
+                        "name": "intermediate",
+                        "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
+                    },
+                    {
+                        "name": "target",
+                        "data": {"train": str(stage2_data), "eval": str(stage2_data)},
+                        "strategy": {"name": "partial", "trainable_layers": 1},
+                        "training": {"epochs": 3},
+                    },
+                ],
+            }
+        )
+    )
     return load_config(path, list(extra))
 
 
@@ -317,7 +342,9 @@ def test_stages_run_in_order_and_an_interrupted_stage_2_resumes_alone(tiny_bert_
 
     monkeypatch.setattr(Trainer, "_optimizer_step", original)
     caplog.set_level("INFO", logger="hf_transfer")
-    metrics = train(_stages_cfg(tiny_bert_dir, toy_text_data, tmp_path, stage2, "training.resume_from_checkpoint=latest"))
+    metrics = train(
+        _stages_cfg(tiny_bert_dir, toy_text_data, tmp_path, stage2, "training.resume_from_checkpoint=latest")
+    )
     assert os.stat(stage1 / "model.safetensors").st_mtime_ns == stamp  # stage 1 not repeated
     assert "(intermediate): finished earlier, not repeated" in caplog.text
     assert "Resumed from" in caplog.text and "step_4" in caplog.text

@@ -70,7 +70,9 @@ def test_gradient_accumulation_matches_larger_batch(text_overrides, tmp_path):
     common = ["training.epochs=1", "training.save_strategy=no", "data.group_by_length=false",
               "training.eval_strategy=no", "training.max_grad_norm=0"]
     a = run_cfg(text_overrides, tmp_path, "a", *common, "training.batch_size=16")
-    b = run_cfg(text_overrides, tmp_path, "b", *common, "training.batch_size=8", "training.gradient_accumulation_steps=2")
+    b = run_cfg(
+        text_overrides, tmp_path, "b", *common, "training.batch_size=8", "training.gradient_accumulation_steps=2"
+    )
     # Dropout draws differ between the two batchings; switch it off to compare the arithmetic.
     import transformers
 

@@ -150,7 +150,10 @@ def _synthetic_run(root: Path, recipe: str) -> Path:
             **whisper, num_labels=2, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}))
         features.save_pretrained(run)
         data = {"train": {"name": str(root / "clips")}, "eval": None}
-        base, metrics = "openai/whisper-tiny", {"eval_accuracy": 0.75, "eval_f1": 0.74, "test_accuracy": 0.7, "test_f1": 0.69}
+        base, metrics = (
+            "openai/whisper-tiny",
+            {"eval_accuracy": 0.75, "eval_f1": 0.74, "test_accuracy": 0.7, "test_f1": 0.69},
+        )
     else:
         labels = []
         model = WhisperForConditionalGeneration(whisper_config(**whisper))
@@ -232,7 +235,9 @@ def test_card_inherits_license_and_language_from_base_card(text_run, tiny_bert_d
 def test_card_with_scratch_baseline(text_run, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    (scratch / "config.yaml").write_text(yaml.safe_dump({"recipe": "text_classification", "strategy": {"name": "scratch"}}))
+    (scratch / "config.yaml").write_text(
+        yaml.safe_dump({"recipe": "text_classification", "strategy": {"name": "scratch"}})
+    )
     (scratch / "metrics.json").write_text(json.dumps({"eval_accuracy": 0.0625, "eval_f1": 0.05, "strategy": "scratch"}))
     text = build_card(text_run, baseline=scratch, license="mit").text
     assert "| scratch baseline (same architecture, random init) | eval | 0.0625 | 0.0500 |" in text
@@ -258,7 +263,9 @@ def test_cards_and_exports_for_other_families(recipe, tmp_path):
     results = meta["model-index"][0]["results"]
     assert all(r["task"]["type"] == tag for r in results)
     if recipe == "image_classification":
-        assert meta["datasets"] == ["AI-Lab-Makerere/beans"] and meta["base_model"] == "google/vit-base-patch16-224-in21k"
+        assert (
+            meta["datasets"] == ["AI-Lab-Makerere/beans"] and meta["base_model"] == "google/vit-base-patch16-224-in21k"
+        )
         assert results[0]["dataset"] == {"name": "AI-Lab-Makerere/beans", "type": "AI-Lab-Makerere/beans",
                                          "split": "validation"}
     elif recipe == "audio_classification":
@@ -415,7 +422,10 @@ def test_merged_lora_round_trip(lora_run, tmp_path):
     meta = _front_matter(card)
     assert meta["library_name"] == "transformers" and "lora" in meta["tags"]
     assert "transfer-strategy:lora" in meta["tags"] and "adapter merged into the base weights" in card
-    assert "| `strategy.r` | 4 |" in card and "| adapter `target_modules` | dense, key, query, value (13 modules) |" in card
+    assert (
+        "| `strategy.r` | 4 |" in card
+        and "| adapter `target_modules` | dense, key, query, value (13 modules) |" in card
+    )
     assert "| adapter `modules_to_save` | classifier |" in card and "layer_lr_decay" not in card
     model = AutoModelForSequenceClassification.from_pretrained(out)  # no peft needed
     assert model.config.id2label == {0: "negative", 1: "positive"}
@@ -601,7 +611,11 @@ class StandInHub:
         if action == "tree":
             return 200, [self._entry(p, d) for p, d in sorted(files.items())], {}
         if action == "revision":
-            return 200, {"id": repo, "sha": hashlib.sha1(repr(sorted(files)).encode()).hexdigest(), "private": False}, {}
+            return (
+                200,
+                {"id": repo, "sha": hashlib.sha1(repr(sorted(files)).encode()).hexdigest(), "private": False},
+                {},
+            )
         if action == "preupload":
             out = []
             for f in json.loads(body)["files"]:
@@ -806,7 +820,9 @@ def test_push_settings_checked_before_training(text_run, tiny_bert_dir, toy_text
     from hf_transfer.config import load_config
 
     def cfg(*extra):
-        return load_config(None, _text_overrides(tiny_bert_dir, toy_text_data, text_run, "export.push_to_hub=true", *extra))
+        return load_config(
+            None, _text_overrides(tiny_bert_dir, toy_text_data, text_run, "export.push_to_hub=true", *extra)
+        )
 
     check_push_settings(load_config(None, _text_overrides(tiny_bert_dir, toy_text_data, text_run)))  # push off
     with pytest.raises(ExportError, match="repo_id is empty"):

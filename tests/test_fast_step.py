@@ -26,7 +26,10 @@ def test_auto_picks_fused_adamw_on_cpu_and_each_name_is_honoured():
 
 
 def test_auto_keeps_torch_default_when_a_parameter_cannot_be_fused():
-    params = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.ones(2, dtype=torch.long), requires_grad=False)]
+    params = [
+        torch.nn.Parameter(torch.randn(3)),
+        torch.nn.Parameter(torch.ones(2, dtype=torch.long), requires_grad=False),
+    ]
     opt = new_adamw([{"params": params}], 1e-3, "auto")
     assert opt.defaults["fused"] is None
 

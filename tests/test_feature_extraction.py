@@ -10,6 +10,8 @@ import transformers as T
 from transformers import AutoModelForSequenceClassification
 
 from hf_transfer.config import load_config
+from hf_transfer.models import features as features_mod
+from hf_transfer.models.features import HeadInputCapture, locate_head_input
 from hf_transfer.run import evaluate, train
 from hf_transfer.strategies import feature_extraction as fe
 from hf_transfer.strategies.feature_extraction import (
@@ -20,8 +22,6 @@ from hf_transfer.strategies.feature_extraction import (
     fit_classifier,
     write_into_head,
 )
-from hf_transfer.models import features as features_mod
-from hf_transfer.models.features import HeadInputCapture, locate_head_input
 
 
 def _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache, *extra):
@@ -327,7 +327,9 @@ def test_C_moves_off_the_default_only_when_cross_validation_shows_it_clearly():
     X[:, :3] += np.eye(3)[y] * 1.5
     C, record = choose_C(X, y)
     assert C < 0.1 and "better than the default" in record["C_selection"]
-    assert record["cv_accuracy"] > record["cv_accuracy_default"] and record["cv_log_loss"] < record["cv_log_loss_default"]
+    assert (
+        record["cv_accuracy"] > record["cv_accuracy_default"] and record["cv_log_loss"] < record["cv_log_loss_default"]
+    )
 
     # Features on a tiny scale: the default over-regularises; a weak regularisation wins.
     Z = rng.normal(size=(900, 10))

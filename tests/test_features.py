@@ -18,7 +18,6 @@ from hf_transfer.models.features import (
     locate_head_input,
     unwrap_model,
 )
-
 from tiny_models import ASSETS, bert_config, save_bert, vit_config, whisper_config
 
 

@@ -13,10 +13,9 @@ from hf_transfer.errors import ConfigError
 def _head_input_probe(run_cfg):
     """What the head-init should produce, computed independently: pooler output of the pretrained
     model on the training split, scikit-learn's default logistic regression."""
+    import pandas as pd
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    import pandas as pd
 
     tok = AutoTokenizer.from_pretrained(run_cfg.model.name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(run_cfg.model.name_or_path, num_labels=2).eval()

@@ -96,7 +96,13 @@ CASES = [
         ["embeddings", "encoder.layer.0", "encoder.layer.1", "pooler", "head"],
         {"classifier.weight", "classifier.bias"},
     ),
-    ("bert-bare", lambda: T.BertModel(bert_cfg()), 2, ["embeddings", "encoder.layer.0", "encoder.layer.1", "pooler"], set()),
+    (
+        "bert-bare",
+        lambda: T.BertModel(bert_cfg()),
+        2,
+        ["embeddings", "encoder.layer.0", "encoder.layer.1", "pooler"],
+        set(),
+    ),
     (
         "roberta-seqcls",
         lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**TEXT)),
@@ -140,7 +146,12 @@ CASES = [
         lambda: T.DeiTForImageClassificationWithTeacher(T.DeiTConfig(**VISION)),
         2,
         None,
-        {"cls_classifier.weight", "cls_classifier.bias", "distillation_classifier.weight", "distillation_classifier.bias"},
+        {
+            "cls_classifier.weight",
+            "cls_classifier.bias",
+            "distillation_classifier.weight",
+            "distillation_classifier.bias",
+        },
     ),
     (
         "efficientnet-imgcls",
@@ -271,7 +282,11 @@ def test_whisper_conditional_generation_tied_head():
     assert "model.decoder.embed_tokens.weight" in decoder_stem.param_names
     assert not any(n.startswith("proj_out") for g in groups for n in g.param_names)
     encoder_stem = groups[0]
-    assert encoder_stem.modules == [model.model.encoder.conv1, model.model.encoder.conv2, model.model.encoder.embed_positions]
+    assert encoder_stem.modules == [
+        model.model.encoder.conv1,
+        model.model.encoder.conv2,
+        model.model.encoder.embed_positions,
+    ]
     stem, blocks, top, head = split_groups(groups)
     assert (len(stem), len(blocks), len(top), len(head)) == (2, 4, 2, 0)
 

@@ -123,7 +123,7 @@ def test_three_label_formats_encode_the_same(tiny_bert_dir, tmp_path):
                          (cols, ["data.label_columns=[politics,sports,weather]"])):
         task, splits = _splits(tiny_bert_dir, tmp_path, train, *extra, "data.eval_fraction=0.25")
         assert task.labels.names == ["politics", "sports", "weather"]
-        both = {t: l for t, l in zip(list(splits.train["text"]) + list(splits.eval["text"]),
+        both = {text: label for text, label in zip(list(splits.train["text"]) + list(splits.eval["text"]),
                                      list(splits.train["labels"]) + list(splits.eval["labels"]))}
         got.append(both)
     assert got[0] == got[1] == got[2]

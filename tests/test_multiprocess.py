@@ -4,9 +4,10 @@ fine-tuning and for gradual unfreezing (parameters unfrozen after DDP wrapped th
 from pathlib import Path
 
 import pytest
-from conftest import launch_cpu_processes
 import torch
 from safetensors.torch import load_file
+
+from conftest import launch_cpu_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 
@@ -78,7 +79,9 @@ def test_two_processes_train_the_same_model_as_one(text_overrides, tmp_path, dro
     from hf_transfer.config import load_config
     from hf_transfer.run import train
 
-    base = [o for o in text_overrides if not o.startswith(("output_dir=", "model.name_or_path=", "training.batch_size="))]
+    base = [
+        o for o in text_overrides if not o.startswith(("output_dir=", "model.name_or_path=", "training.batch_size="))
+    ]
     base += [f"model.name_or_path={dropout_free_bert_dir}", "training.epochs=1", "training.save_strategy=no",
              "data.group_by_length=false", "training.load_best_model_at_end=false"]
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"

@@ -133,7 +133,9 @@ def test_missing_packages_give_the_install_line(text_run, tmp_path, monkeypatch)
     from hf_transfer.run import export_onnx
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as when not installed
-    with pytest.raises(ExportError, match=r"need onnxruntime, which is not installed: pip install 'hf-transfer-toolkit\[onnx\]'"):
+    with pytest.raises(
+        ExportError, match=r"need onnxruntime, which is not installed: pip install 'hf-transfer-toolkit\[onnx\]'"
+    ):
         export_onnx(text_run, tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
 
@@ -205,7 +207,9 @@ def test_classifier_without_a_torch_form_is_named(tiny_bert_dir, toy_text_data, 
     run = tmp_path / "run"
     _train(_text(tiny_bert_dir, toy_text_data, run, "strategy.name=feature_extraction", "strategy.classifier=svm",
                  "strategy.svm_kernel=rbf", "strategy.use_cache=false"))
-    with pytest.raises(ExportError, match=r"feature classifier is an SVM with an RBF kernel \(svm\), which has no ONNX form here"):
+    with pytest.raises(
+        ExportError, match=r"feature classifier is an SVM with an RBF kernel \(svm\), which has no ONNX form here"
+    ):
         export_onnx(run, tmp_path / "onnx")
 
 

@@ -40,8 +40,8 @@ def test_entry_points_register_a_strategy_and_a_recipe(tmp_path):
     out = _hf_transfer(site, "ls", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert any(l.split()[:1] == ["bitfit"] and "[plugin: hf-transfer-example-plugin]" in l for l in lines)
-    assert any(l.split()[:2] == ["tweet_classification", "text-classification"] for l in lines)
+    assert any(line.split()[:1] == ["bitfit"] and "[plugin: hf-transfer-example-plugin]" in line for line in lines)
+    assert any(line.split()[:2] == ["tweet_classification", "text-classification"] for line in lines)
     # Validation knows the plugin's settings class.
     cfg = tmp_path / "run.yaml"
     cfg.write_text("recipe: tweet_classification\nmodel: {name_or_path: x}\ndata: {train: t.csv}\n"
@@ -58,7 +58,10 @@ def test_a_broken_plugin_is_named_and_does_not_break_the_installation(tmp_path):
     site = _site(tmp_path, "[hf_transfer.strategies]\nbroken = no_such_module_anywhere\n")
     out = _hf_transfer(site, "ls", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "! plugin broken (hf_transfer.strategies, package demo-plugin) failed to load: ModuleNotFoundError" in out.stdout
+    assert (
+        "! plugin broken (hf_transfer.strategies, package demo-plugin) failed to load: ModuleNotFoundError"
+        in out.stdout
+    )
     assert "full" in out.stdout and "Traceback" not in out.stderr
 
 
@@ -68,9 +71,13 @@ def test_a_function_entry_point_is_called(tmp_path):
         "def register():\n"
         "    from hf_transfer.registry import register_task\n"
         "    from hf_transfer.tasks.text_classification import TextClassificationTask\n"
-        "    register_task('my_recipe', 'text-classification', modality='text')(type('MyTask', (TextClassificationTask,), {}))\n")
+        "    register_task('my_recipe', 'text-classification', modality='text')"
+        "(type('MyTask', (TextClassificationTask,), {}))\n"
+    )
     out = _hf_transfer(site, "ls", cwd=tmp_path)
-    assert out.returncode == 0 and any(l.split()[:1] == ["my_recipe"] for l in out.stdout.splitlines()), out.stdout
+    assert out.returncode == 0 and any(line.split()[:1] == ["my_recipe"] for line in out.stdout.splitlines()), (
+        out.stdout
+    )
 
 
 def test_a_plugin_that_takes_a_built_in_name_is_refused_and_named(tmp_path):
@@ -85,7 +92,7 @@ def test_a_plugin_that_takes_a_built_in_name_is_refused_and_named(tmp_path):
     assert "! plugin thief (hf_transfer.strategies, package demo-plugin) failed to load: ConfigError: " \
            "Strategy 'full' is registered twice" in out.stdout
     # The built-in keeps its name.
-    full = [l for l in out.stdout.splitlines() if l.split()[:1] == ["full"]]
+    full = [line for line in out.stdout.splitlines() if line.split()[:1] == ["full"]]
     assert full and "plugin" not in full[0]
 
 

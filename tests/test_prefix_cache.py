@@ -13,7 +13,9 @@ from hf_transfer.strategies import build_strategy
 from hf_transfer.strategies import prefix_cache as pc
 from tiny_models import bert_config, vit_config
 
-TEXT = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3)
+TEXT = dict(
+    hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3
+)
 VISION = {**TEXT, "vocab_size": None, "image_size": 32, "patch_size": 8}
 ARCHS = {
     "bert": lambda: T.BertForSequenceClassification(bert_config(**TEXT, max_position_embeddings=512)),
@@ -232,11 +234,16 @@ def test_cache_frozen_prefix_through_train(text_overrides, tmp_path):
 
     transformers.BertConfig.__init__ = no_dropout
     try:
-        cached = train(load_config(None, common + [f"output_dir={tmp_path / 'cached'}", "training.cache_frozen_prefix=true"]))
+        cached = train(
+            load_config(None, common + [f"output_dir={tmp_path / 'cached'}", "training.cache_frozen_prefix=true"])
+        )
         plain = train(load_config(None, common + [f"output_dir={tmp_path / 'plain'}"]))
     finally:
         transformers.BertConfig.__init__ = orig
-    a, b = load_file(str(tmp_path / "cached" / "model.safetensors")), load_file(str(tmp_path / "plain" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "cached" / "model.safetensors")),
+        load_file(str(tmp_path / "plain" / "model.safetensors")),
+    )
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from conftest import toy_sentences, write_csv
-from tiny_models import save_bert
 from hf_transfer.config import load_config
 from hf_transfer.errors import ConfigError, DataError, HFTransferError, ModelError
 from hf_transfer.run import evaluate, predict, train
+from tiny_models import save_bert
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,7 +132,9 @@ def test_step_and_epoch_values_are_validated(override, message):
 def test_max_steps_minus_one_means_unset():
     cfg = load_config(None, ["model.name_or_path=m", "data.train=t.csv", "training.max_steps=-1"])
     assert cfg.training.max_steps is None
-    assert load_config(None, ["model.name_or_path=m", "data.train=t.csv", "training.max_steps=7"]).training.max_steps == 7
+    assert (
+        load_config(None, ["model.name_or_path=m", "data.train=t.csv", "training.max_steps=7"]).training.max_steps == 7
+    )
 
 
 # ------------------------------------------------------------------ 4. blank texts
@@ -161,7 +163,8 @@ def remote_code_model(tmp_path_factory):
     """A checkpoint whose classes live in its own folder (configuration_*.py / modeling_*.py)."""
     out = tmp_path_factory.mktemp("remote-code")
     (out / "configuration_tiny.py").write_text(
-        "from transformers import BertConfig\n\n\nclass TinyRemoteConfig(BertConfig):\n    model_type = 'tiny-remote'\n")
+        "from transformers import BertConfig\n\n\nclass TinyRemoteConfig(BertConfig):\n    model_type = 'tiny-remote'\n"
+    )
     (out / "modeling_tiny.py").write_text(
         "from transformers import BertForSequenceClassification, BertModel\n"
         "from .configuration_tiny import TinyRemoteConfig\n\n\n"
@@ -299,7 +302,9 @@ def test_missing_local_model_path_says_it_does_not_exist(toy_text_data, tmp_path
 def test_latin1_csv_shows_the_encoding_hint(tiny_bert_dir, tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("text,label\ncaf\xe9 was great,pos\nawful,neg\n".encode("latin-1") * 1)
-    cfg = load_config(None, [f"model.name_or_path={tiny_bert_dir}", f"data.train={path}", f"output_dir={tmp_path / 'r'}"])
+    cfg = load_config(
+        None, [f"model.name_or_path={tiny_bert_dir}", f"data.train={path}", f"output_dir={tmp_path / 'r'}"]
+    )
     with pytest.raises(DataError, match="encoding=latin-1"):
         train(cfg)
     from hf_transfer.config import DataSource
@@ -332,8 +337,8 @@ def test_push_retry_line_carries_the_license_it_needs(finished_run, tmp_path):
     assert "--license apache-2.0" in retry
     # The README's push example passes a licence (a local base model has none on record).
     readme = (REPO / "README.md").read_text()
-    push_lines = [l for l in readme.splitlines() if l.startswith("hf-transfer push")]
-    assert push_lines and all("--license" in l for l in push_lines)
+    push_lines = [line for line in readme.splitlines() if line.startswith("hf-transfer push")]
+    assert push_lines and all("--license" in line for line in push_lines)
 
 
 # ------------------------------------------------------------------ 11. recipe scripts
@@ -355,10 +360,19 @@ def test_each_recipe_script_runs_from_anywhere_with_short_names(script, tmp_path
 def test_recipe_script_trains_in_a_subprocess(tiny_bert_dir, toy_text_data, tmp_path):
     import subprocess
 
-    proc = subprocess.run([sys.executable, str(REPO / "recipes" / "text_classification.py"), "--config",
-                           "bert/sst2_full", *_overrides(tiny_bert_dir, toy_text_data, tmp_path / "run", "training.epochs=1",
-                                                         "data.text_column=text")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "recipes" / "text_classification.py"),
+            "--config",
+            "bert/sst2_full",
+            *_overrides(tiny_bert_dir, toy_text_data, tmp_path / "run", "training.epochs=1", "data.text_column=text"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "eval_accuracy" in proc.stdout and (tmp_path / "run" / "metrics.json").is_file()
 
@@ -435,7 +449,7 @@ def test_run_and_export_files_follow_the_umask(finished_run, tmp_path):
 def test_make_test_assets_fails_when_an_asset_cannot_be_installed():
     makefile = (REPO / "Makefile").read_text()
     recipe = makefile.split("\ntest-assets:")[1].split("\n\n")[0]
-    lines = [l.strip() for l in recipe.splitlines() if l.startswith("\t")]
+    lines = [line.strip() for line in recipe.splitlines() if line.startswith("\t")]
     assert lines, "no test-assets recipe"
     for line in lines:
         assert not line.startswith("-") and "/dev/null" not in line and "|| true" not in line, line

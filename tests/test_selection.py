@@ -41,7 +41,7 @@ def direct_logme(X, y):
     for k in np.unique(y):
         z2 = (U.T @ (y == k).astype(np.float64)) ** 2
 
-        def neg_log_evidence(p):
+        def neg_log_evidence(p, z2=z2):
             alpha, beta = np.exp(p)
             c = w / alpha + 1.0 / beta
             return 0.5 * np.sum(z2 / c) + 0.5 * np.sum(np.log(c)) + n / 2 * np.log(2 * np.pi)
@@ -106,7 +106,9 @@ def test_logme_equals_the_direct_formula(shape):
     assert M.logme(X, y) == pytest.approx(direct_logme(X, y), rel=1e-6, abs=1e-8)
 
 
-@pytest.mark.parametrize("name", ["duplicated_rows", "rank_deficient", "label_one_hot", "scaled_1e3", "scaled_1e-3", "all_zero"])
+@pytest.mark.parametrize(
+    "name", ["duplicated_rows", "rank_deficient", "label_one_hot", "scaled_1e3", "scaled_1e-3", "all_zero"]
+)
 def test_logme_is_finite_and_equals_the_direct_formula_on_adversarial_features(name):
     X, y = _adversarial(name)
     score = M.logme(X, y)
@@ -191,7 +193,7 @@ def _config(tiny_bert_dir, toy_text_data, tmp_path, *extra):
         f"model.name_or_path={tiny_bert_dir}", f"data.train={toy_text_data['train']}",
         f"data.eval={toy_text_data['validation']}", f"output_dir={tmp_path / 'run'}",
         "training.report_to=[]", "training.save_strategy=no", "training.batch_size=32",
-        f"strategy.name=full", *extra])
+        "strategy.name=full", *extra])
 
 
 @pytest.fixture
@@ -199,7 +201,9 @@ def feature_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
 
 
-def test_rank_names_a_failing_candidate_and_still_ranks_the_others(tiny_bert_dir, toy_text_data, tmp_path, feature_cache):
+def test_rank_names_a_failing_candidate_and_still_ranks_the_others(
+    tiny_bert_dir, toy_text_data, tmp_path, feature_cache
+):
     from hf_transfer.selection.rank import rank_candidates, write_report
 
     cfg = _config(tiny_bert_dir, toy_text_data, tmp_path)
@@ -287,7 +291,6 @@ def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_d
     from transformers import BertModel
 
     from hf_transfer.selection.candidates import resolve_candidate
-
     from tiny_models import bert_config
 
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
@@ -310,7 +313,9 @@ def test_random_candidate_keeps_config_and_processor_but_not_weights(tiny_bert_d
     assert a[key].shape == b[key].shape and not np.allclose(a[key].numpy(), b[key].numpy())
 
 
-def test_candidate_of_another_modality_is_refused_before_any_forward_pass(tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
+def test_candidate_of_another_modality_is_refused_before_any_forward_pass(
+    tiny_bert_dir, toy_text_data, tmp_path, monkeypatch
+):
     import hf_transfer.tasks.features as features
     from hf_transfer.selection.rank import rank_candidates
     from tiny_models import vit_config

@@ -1,8 +1,8 @@
 """Speech recipes: audio classification and Whisper speech recognition.
 
 A tiny random Whisper (d_model 32, 2+2 layers, 16 mel bins, a 1 s window = 50 encoder frames,
-64 target positions; `tiny_models.save_whisper`) is built with a byte-level tokenizer (256 byte symbols, a few merges and
-Whisper's special tokens, languages included) so nothing is downloaded. Audio is generated: tones
+64 target positions; `tiny_models.save_whisper`) is built with a byte-level tokenizer (256 byte symbols, a few merges
+and Whisper's special tokens, languages included) so nothing is downloaded. Audio is generated: tones
 (a low and a high one, at 16 kHz and 22.05 kHz to exercise resampling), noise, silence, broken
 files; and espeak-ng speech where espeak-ng is installed.
 """
@@ -158,6 +158,16 @@ def test_audio_folder_layouts(tmp_path):
     assert ds[0]["audio"] == str((asr / "clips" / "one.wav").resolve()) and ds[0]["transcription"] == "one"
 
 
+def test_audio_metadata_jsonl_error_names_the_file_line(tmp_path):
+    """A bad row of metadata.jsonl is named by its line in the file (json's own "line 1" is within the row)."""
+    (tmp_path / "clips").mkdir()
+    sf.write(tmp_path / "clips" / "one.wav", tone(300), RATE)
+    good = json.dumps({"file_name": "clips/one.wav", "transcription": "one"})
+    (tmp_path / "metadata.jsonl").write_text(f"{good}\n\n{good}\n{{\"file_name\": \"clips/one.wav\",\n")
+    with pytest.raises(DataError, match=r"metadata\.jsonl' as JSON lines: line 4: .*line 1 column"):
+        audio_mod.load_audio_folder(tmp_path, "train")
+
+
 def test_read_audio_resamples_and_mixes_down(tmp_path):
     stereo = np.stack([tone(300, rate=44_100), tone(300, rate=44_100)], axis=1)
     sf.write(tmp_path / "s.flac", stereo, 44_100)
@@ -225,9 +235,13 @@ def test_long_audio_error_or_truncate(tiny_whisper, tones, tmp_path):
     for recipe in ("audio_classification", "speech_recognition"):
         task = get_task(load_config(None, overrides(tiny_whisper, data, tmp_path / "r", recipe)))
         task.load_processor()
-        with pytest.raises(DataError, match=r"long\.wav.*1\.5 s, longer than the Whisper encoder's 1 s window.*long_audio=truncate"):
+        with pytest.raises(
+            DataError, match=r"long\.wav.*1\.5 s, longer than the Whisper encoder's 1 s window.*long_audio=truncate"
+        ):
             task.load_splits()
-        task = get_task(load_config(None, overrides(tiny_whisper, data, tmp_path / "r", recipe, "data.long_audio=truncate")))
+        task = get_task(
+            load_config(None, overrides(tiny_whisper, data, tmp_path / "r", recipe, "data.long_audio=truncate"))
+        )
         task.load_processor()
         splits = task.load_splits()
         assert task.truncated_files["train"] == 1 and max(splits.train["num_samples"]) == RATE
@@ -441,7 +455,9 @@ def _asr_task(model, data, tmp_path, *extra):
 def test_asr_labels_decoder_start_and_loss(tiny_whisper, tones, tmp_path):
     task = _asr_task(tiny_whisper, tones, tmp_path)
     tok = task.tokenizer
-    sot, notime, eot = (tok.convert_tokens_to_ids(t) for t in ("<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"))
+    sot, notime, eot = (
+        tok.convert_tokens_to_ids(t) for t in ("<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>")
+    )
     assert tok("the low one").input_ids[0] == sot  # the tokenizer adds the decoder start...
     ids = task.label_ids("the low one")
     assert ids[0] == notime and ids[-1] == eot and sot not in ids  # ...which the labels drop
@@ -452,7 +468,9 @@ def test_asr_labels_decoder_start_and_loss(tiny_whisper, tones, tmp_path):
     batch = task.collate([data[0], data[1], data[2]])
     assert batch["input_features"].shape == (3, 16, 100)
     lengths = [len(data[i]["labels"]) for i in range(3)]
-    assert batch["labels"].shape[1] == max(lengths) and (batch["labels"] == -100).sum() == sum(max(lengths) - n for n in lengths)
+    assert batch["labels"].shape[1] == max(lengths) and (batch["labels"] == -100).sum() == sum(
+        max(lengths) - n for n in lengths
+    )
     assert task.num_items(batch) == sum(lengths)
 
     model = task.build_model()

@@ -6,7 +6,6 @@ parameters moved. End-to-end runs go through `hf_transfer.run.train` on the conf
 """
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 import transformers as T
 from safetensors.torch import load_file
 
+from conftest import NEGATIVE, POSITIVE, toy_sentences, write_csv
 from hf_transfer.config import load_config
 from hf_transfer.engine.optim import build_param_groups
 from hf_transfer.errors import ConfigError, ModelError
@@ -24,8 +24,6 @@ from hf_transfer.models.layer_groups import layer_groups
 from hf_transfer.strategies import available_strategies, build_strategy, strategy_config_class
 from hf_transfer.strategies._groups import groups_at_depth
 from hf_transfer.strategies.auto import choose_strategy, separability, size_band
-
-from conftest import NEGATIVE, POSITIVE, toy_sentences, write_csv
 from tiny_models import WHISPER_SHORT, bert_config, save_related_bert, vit_config, whisper_config
 
 # ----------------------------------------------------------------------------- tiny models

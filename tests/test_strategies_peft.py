@@ -16,33 +16,69 @@ from hf_transfer.strategies._peft import ADAPTER_DIR, default_target_modules, he
 from hf_transfer.strategies.lora import Lora
 from tiny_models import WHISPER_SHORT, bert_config, vit_config, whisper_config
 
-TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3)
+TEXT = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3
+)
 SPEECH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
               conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
               classifier_proj_size=16, num_labels=3, layerdrop=0.0)  # no LayerDrop: every block runs
 
 # arch -> (model class, config, example inputs, expected head modules, LoRA / IA3 / adapter leaf names)
 ARCHS = {
-    "bert": (T.BertForSequenceClassification, lambda: bert_config(vocab_size=100, max_position_embeddings=512, num_labels=3),
-             lambda: {"input_ids": torch.randint(5, 100, (2, 7))}, ["classifier"],
-             {"query", "value"}, {"key", "value", "dense"}, {"dense"}),
-    "roberta": (T.RobertaForSequenceClassification, lambda: T.RobertaConfig(**TEXT, max_position_embeddings=40),
-                lambda: {"input_ids": torch.randint(5, 100, (2, 7))}, ["classifier"],
-                {"query", "value"}, {"key", "value", "dense"}, {"dense"}),
-    "distilbert": (T.DistilBertForSequenceClassification,
-                   lambda: T.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100, num_labels=3),
-                   lambda: {"input_ids": torch.randint(5, 100, (2, 7))}, ["pre_classifier", "classifier"],
-                   {"q_lin", "v_lin"}, {"k_lin", "v_lin", "lin2"}, {"lin1", "lin2"}),
-    "vit": (T.ViTForImageClassification,
-            lambda: vit_config(num_labels=3),
-            lambda: {"pixel_values": torch.randn(2, 3, 32, 32)}, ["classifier"],
-            {"q_proj", "v_proj"}, {"k_proj", "v_proj", "fc2"}, {"fc1", "fc2"}),
-    "wav2vec2": (T.Wav2Vec2ForSequenceClassification, lambda: T.Wav2Vec2Config(**SPEECH),
-                 lambda: {"input_values": torch.randn(2, 400)}, ["projector", "classifier"],
-                 {"q_proj", "v_proj"}, {"k_proj", "v_proj", "output_dense"}, {"intermediate_dense", "output_dense"}),
-    "whisper": (T.WhisperForAudioClassification, lambda: whisper_config(**WHISPER_SHORT, num_labels=3),
-                lambda: {"input_features": torch.randn(2, 8, 32)}, ["projector", "classifier"],
-                {"q_proj", "v_proj"}, {"k_proj", "v_proj", "fc2"}, {"fc1", "fc2"}),
+    "bert": (
+        T.BertForSequenceClassification,
+        lambda: bert_config(vocab_size=100, max_position_embeddings=512, num_labels=3),
+        lambda: {"input_ids": torch.randint(5, 100, (2, 7))},
+        ["classifier"],
+        {"query", "value"},
+        {"key", "value", "dense"},
+        {"dense"},
+    ),
+    "roberta": (
+        T.RobertaForSequenceClassification,
+        lambda: T.RobertaConfig(**TEXT, max_position_embeddings=40),
+        lambda: {"input_ids": torch.randint(5, 100, (2, 7))},
+        ["classifier"],
+        {"query", "value"},
+        {"key", "value", "dense"},
+        {"dense"},
+    ),
+    "distilbert": (
+        T.DistilBertForSequenceClassification,
+        lambda: T.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100, num_labels=3),
+        lambda: {"input_ids": torch.randint(5, 100, (2, 7))},
+        ["pre_classifier", "classifier"],
+        {"q_lin", "v_lin"},
+        {"k_lin", "v_lin", "lin2"},
+        {"lin1", "lin2"},
+    ),
+    "vit": (
+        T.ViTForImageClassification,
+        lambda: vit_config(num_labels=3),
+        lambda: {"pixel_values": torch.randn(2, 3, 32, 32)},
+        ["classifier"],
+        {"q_proj", "v_proj"},
+        {"k_proj", "v_proj", "fc2"},
+        {"fc1", "fc2"},
+    ),
+    "wav2vec2": (
+        T.Wav2Vec2ForSequenceClassification,
+        lambda: T.Wav2Vec2Config(**SPEECH),
+        lambda: {"input_values": torch.randn(2, 400)},
+        ["projector", "classifier"],
+        {"q_proj", "v_proj"},
+        {"k_proj", "v_proj", "output_dense"},
+        {"intermediate_dense", "output_dense"},
+    ),
+    "whisper": (
+        T.WhisperForAudioClassification,
+        lambda: whisper_config(**WHISPER_SHORT, num_labels=3),
+        lambda: {"input_features": torch.randn(2, 8, 32)},
+        ["projector", "classifier"],
+        {"q_proj", "v_proj"},
+        {"k_proj", "v_proj", "fc2"},
+        {"fc1", "fc2"},
+    ),
 }
 STRATEGIES = ("lora", "ia3", "adapter")
 
@@ -67,7 +103,9 @@ def test_default_targets_and_head_per_architecture(arch):
     groups = layer_groups(model)
     heads, loose = head_module_names(model, groups)
     assert heads == ARCHS[arch][3] and loose == []
-    for roles, expected in zip((("query", "value"), ("key", "value", "ffn_out"), ("ffn_in", "ffn_out")), ARCHS[arch][4:]):
+    for roles, expected in zip(
+        (("query", "value"), ("key", "value", "ffn_out"), ("ffn_in", "ffn_out")), ARCHS[arch][4:]
+    ):
         targets = default_target_modules(model, groups, roles)
         assert {t.rsplit(".", 1)[-1] for t in targets} == expected, roles
         # Adapters only go inside blocks: never into the head, never into the stem.
@@ -177,7 +215,9 @@ def _lora_overrides(tiny_bert_dir, toy_text_data, out, *extra):
     ]
 
 
-def test_lora_run_saves_a_folder_that_reloads_like_the_trained_model(tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
+def test_lora_run_saves_a_folder_that_reloads_like_the_trained_model(
+    tiny_bert_dir, toy_text_data, tmp_path, monkeypatch
+):
     from peft import PeftModel
 
     seen = {}
@@ -250,4 +290,6 @@ def test_lora_resumed_mid_run_ends_with_the_uninterrupted_weights(tiny_bert_no_d
     full_history = json.loads((full / "history.json").read_text())
     # It continued from step 9 (steps 1-8 come from the checkpoint) with the same losses.
     assert [h["step"] for h in history if "loss" in h] == list(range(1, 13))
-    assert [h["loss"] for h in history if "loss" in h] == pytest.approx([h["loss"] for h in full_history if "loss" in h])
+    assert [h["loss"] for h in history if "loss" in h] == pytest.approx(
+        [h["loss"] for h in full_history if "loss" in h]
+    )

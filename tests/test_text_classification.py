@@ -8,17 +8,18 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from conftest import toy_sentences, write_csv
-from tiny_models import bert_config
 from hf_transfer.config import load_config
 from hf_transfer.errors import DataError, HFTransferError
 from hf_transfer.models.heads import load_for_classification
 from hf_transfer.run import evaluate, predict, train
-
+from tiny_models import bert_config
 
 # ---------------------------------------------------------------- head swap
 
 def test_head_swap_from_bare_backbone(tiny_bert_dir):
-    model = load_for_classification(AutoModelForSequenceClassification, str(tiny_bert_dir), {0: "neg", 1: "pos", 2: "mixed"})
+    model = load_for_classification(
+        AutoModelForSequenceClassification, str(tiny_bert_dir), {0: "neg", 1: "pos", 2: "mixed"}
+    )
     assert model.classifier.out_features == 3
     assert model.config.id2label == {0: "neg", 1: "pos", 2: "mixed"}
     assert model.config.label2id == {"neg": 0, "pos": 1, "mixed": 2}
@@ -31,14 +32,18 @@ def test_head_swap_from_bare_backbone(tiny_bert_dir):
 
 def test_head_swap_replaces_head_for_other_labels_even_with_same_size(tmp_path):
     torch.manual_seed(0)
-    old = BertForSequenceClassification(bert_config(num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1}))
+    old = BertForSequenceClassification(
+        bert_config(num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1})
+    )
     old.save_pretrained(tmp_path / "ckpt")
     # Different label names, same count: the old head must not be reused silently.
     model = load_for_classification(AutoModelForSequenceClassification, str(tmp_path / "ckpt"), {0: "neg", 1: "pos"})
     assert not torch.equal(model.classifier.weight, old.classifier.weight)
     assert set(model.hf_transfer_new_weights) == {"classifier.weight", "classifier.bias"}
     # Different count: mismatched sizes are re-initialised.
-    model3 = load_for_classification(AutoModelForSequenceClassification, str(tmp_path / "ckpt"), {0: "a", 1: "b", 2: "c"})
+    model3 = load_for_classification(
+        AutoModelForSequenceClassification, str(tmp_path / "ckpt"), {0: "a", 1: "b", 2: "c"}
+    )
     assert model3.classifier.out_features == 3
     # Same labels (reloading a trained run): the head is kept.
     same = load_for_classification(AutoModelForSequenceClassification, str(tmp_path / "ckpt"), {0: "cat", 1: "dog"})
@@ -91,7 +96,9 @@ def test_run_folder_loads_without_hf_transfer(trained_run):
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.id2label == {0: "negative", 1: "positive"}
     with torch.no_grad():
-        logits = model(**tok(["a great wonderful film", "a terrible boring film"], return_tensors="pt", padding=True)).logits
+        logits = model(
+            **tok(["a great wonderful film", "a terrible boring film"], return_tensors="pt", padding=True)
+        ).logits
     assert logits.argmax(-1).tolist() == [1, 0]
 
 

@@ -99,13 +99,22 @@ def test_spans_become_bio_and_bioes_tags():
     assert bioes == ["B-PER", "E-PER", "O", "B-PER", "E-PER", "O", "S-LOC", "O"]
 
 
-@pytest.mark.parametrize("spans, message", [
-    ([{"start": 0, "end": 6, "label": "PER"}], r"row 4: span 1 \[0, 6\) 'PER' \('Ada Lo'\) crosses a token boundary "
-                                               r"\(it cuts the word 'Lovelace'\)"),
-    ([{"start": 0, "end": 12, "label": "PER"}, {"start": 4, "end": 16, "label": "X"}], r"row 4: span 2 .* overlaps span 1"),
-    ([{"start": 5, "end": 99, "label": "PER"}], r"row 4: span 1 \[5, 99\) 'PER' is outside the text"),
-    ([{"start": 0, "label": "PER"}], r"row 4: span 1 .* needs start, end and label"),
-])
+@pytest.mark.parametrize(
+    "spans, message",
+    [
+        (
+            [{"start": 0, "end": 6, "label": "PER"}],
+            r"row 4: span 1 \[0, 6\) 'PER' \('Ada Lo'\) crosses a token boundary "
+            r"\(it cuts the word 'Lovelace'\)",
+        ),
+        (
+            [{"start": 0, "end": 12, "label": "PER"}, {"start": 4, "end": 16, "label": "X"}],
+            r"row 4: span 2 .* overlaps span 1",
+        ),
+        ([{"start": 5, "end": 99, "label": "PER"}], r"row 4: span 1 \[5, 99\) 'PER' is outside the text"),
+        ([{"start": 0, "label": "PER"}], r"row 4: span 1 .* needs start, end and label"),
+    ],
+)
 def test_bad_spans_are_named(spans, message):
     with pytest.raises(DataError, match=message):
         T.spans_to_tags("Ada Lovelace met Babbage", spans, "BIO", "row 4")
@@ -184,7 +193,9 @@ def test_tokenize_and_align_with_a_real_tokenizer(tiny_bert_dir):
     assert out["word_labels"] == out["labels"]
     out_all = T.tokenize_and_align(ds, tok, 64, "all", names)[0]
     pieces_of_john = [i for i, w in enumerate(enc.word_ids()) if w == 0]
-    assert len(pieces_of_john) > 1 and [out_all["labels"][i] for i in pieces_of_john] == [1] + [2] * (len(pieces_of_john) - 1)
+    assert len(pieces_of_john) > 1 and [out_all["labels"][i] for i in pieces_of_john] == [1] + [2] * (
+        len(pieces_of_john) - 1
+    )
     assert out_all["word_labels"] == out["word_labels"]
 
 
@@ -282,12 +293,12 @@ def test_predict_gives_pipeline_entities_with_character_offsets(ner_run):
 
 def test_export_reloads_in_the_plain_pipeline_with_the_same_entities_and_push(ner_run, tmp_path, monkeypatch):
     from huggingface_hub import constants
+    from test_export import TOKEN, StandInHub
 
     from hf_transfer.export.card import validate_card
     from hf_transfer.export.export import export_run
     from hf_transfer.export.push import push_run
     from hf_transfer.run import predict
-    from test_export import TOKEN, StandInHub
 
     out, _ = ner_run
     exp = tmp_path / "export"
@@ -345,8 +356,18 @@ def test_feature_extraction_refuses_settings_it_cannot_write_into_the_head(tiny_
     from hf_transfer.run import train
 
     with pytest.raises(ConfigError, match="must be logistic_regression or linear"):
-        train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "x", "strategy.name=feature_extraction",
-                                              "strategy.classifier=knn")))
+        train(
+            load_config(
+                None,
+                ner_overrides(
+                    tiny_bert_dir,
+                    ner_data,
+                    tmp_path / "x",
+                    "strategy.name=feature_extraction",
+                    "strategy.classifier=knn",
+                ),
+            )
+        )
 
 
 @pytest.mark.parametrize("strategy, extra", [("lora", []), ("freeze", []), ("partial", []), ("auto", []), ("ia3", []),
@@ -390,7 +411,7 @@ def test_jsonl_and_span_files_train(tiny_bert_dir, ner_data, tmp_path):
     spans = tmp_path / "eval.jsonl"
     rows = []
     for toks, tags in toy_tagged(10, 6):
-        text, ents, pos = "", [], 0
+        text, ents = "", []
         for w, g in zip(toks, tags):
             start = len(text)
             text += w + " "

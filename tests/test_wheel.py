@@ -28,7 +28,9 @@ pytestmark = pytest.mark.slow
 def _run(cmd, cwd, env, timeout=900, ok=True):
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if ok:
-        assert proc.returncode == 0, f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, (
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -97,7 +99,11 @@ def test_ls_cp_and_train_a_shipped_config(venv, elsewhere, tiny_bert_dir):
 
 def test_python_api_with_a_config_held_elsewhere(venv, elsewhere, tiny_bert_dir):
     python, _, env = venv
-    cfg = {"recipe": "text_classification", "output_dir": "runs/api", "strategy": {"name": "partial", "trainable_layers": 1}}
+    cfg = {
+        "recipe": "text_classification",
+        "output_dir": "runs/api",
+        "strategy": {"name": "partial", "trainable_layers": 1},
+    }
     (elsewhere / "configs").mkdir(exist_ok=True)
     (elsewhere / "configs" / "run.yaml").write_text(yaml.safe_dump(cfg))
     script = elsewhere / "train_it.py"
@@ -121,7 +127,7 @@ def test_a_plugin_package_adds_a_strategy_and_a_recipe(venv, elsewhere, tiny_ber
 
     out = _run([hf_transfer, "ls"], elsewhere, env).stdout
     assert "tweet_classification" in out and "plugin: hf-transfer-example-plugin" in out
-    assert [l for l in out.splitlines() if l.strip().startswith("bitfit")], out
+    assert [line for line in out.splitlines() if line.strip().startswith("bitfit")], out
 
     # Config validation knows the plugin's settings class: a typo is a clear error.
     bad = _run([hf_transfer, "train", "sst2.yaml", *_tiny(tiny_bert_dir, "strategy.name=bitfit",

@@ -89,14 +89,17 @@ def _read_metadata(path: Path) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    try:
-        if path.suffix == ".json" and text.lstrip().startswith("["):
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
             return list(json.loads(text))
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
+        except json.JSONDecodeError as e:
+            raise DataError(f"Cannot read '{path}' as JSON lines: {e}") from None
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
                 rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-        raise DataError(f"Cannot read '{path}' as JSON lines: {e}") from None
+            except json.JSONDecodeError as e:  # its "line 1" is within the line: name the file's line
+                raise DataError(f"Cannot read '{path}' as JSON lines: line {line_no}: {e}") from None
     return rows
 
 

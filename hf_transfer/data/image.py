@@ -281,7 +281,7 @@ class Augmenter:
         self.jitter = float(color_jitter)
 
     @classmethod
-    def from_config(cls, aug) -> "Augmenter":
+    def from_config(cls, aug) -> Augmenter:
         return cls(aug.random_resized_crop, aug.horizontal_flip, aug.rotation_degrees, aug.color_jitter)
 
     @property

@@ -209,7 +209,9 @@ def apply_filter(ds: datasets.Dataset, expression: str | None, role: str) -> dat
     return out
 
 
-def select_indices(ds: datasets.Dataset, indices: list[int] | None, key: str = "data.train_indices") -> datasets.Dataset:
+def select_indices(
+    ds: datasets.Dataset, indices: list[int] | None, key: str = "data.train_indices"
+) -> datasets.Dataset:
     """The rows of `ds` at `indices` (in that order), or `ds` itself when `indices` is None.
 
     Raises:

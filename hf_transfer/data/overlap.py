@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 #: Beyond this many rows per split, `overlap_warning` hashes texts only (reading every image or
 #: clip again would no longer be cheap).

@@ -58,7 +58,9 @@ def _load_file(path: Path, source: DataSource) -> datasets.Dataset:
                 "(`encoding: latin-1` under that split in the YAML)."
             ) from None
         if "corresponds to no data" in str(e):
-            raise DataError(f"'{path}' has no data rows (only a header?). Point the split at a file with rows.") from None
+            raise DataError(
+                f"'{path}' has no data rows (only a header?). Point the split at a file with rows."
+            ) from None
         raise DataError(f"Cannot read '{path}' as {builder}: {type(e).__name__}: {e}") from None
 
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hf_transfer.errors import DataError
 
@@ -247,7 +248,9 @@ def read_rows(rows: Iterable[dict], source: str, columns: list[str], tagging, te
                 try:
                     spans = json.loads(spans)
                 except ValueError:
-                    raise DataError(f"{where}: the spans column '{span_col}' is not a JSON list: {spans[:80]!r}") from None
+                    raise DataError(
+                        f"{where}: the spans column '{span_col}' is not a JSON list: {spans[:80]!r}"
+                    ) from None
             if spans is not None and not isinstance(spans, list):
                 raise DataError(f"{where}: the spans column '{span_col}' holds {type(spans).__name__}, not a list of "
                                 "{start, end, label}.")
@@ -272,7 +275,9 @@ def read_rows(rows: Iterable[dict], source: str, columns: list[str], tagging, te
     return out
 
 
-def read_jsonl(path: Path, tagging, text_column: str | None, scheme: str, encoding: str | None = None) -> list[Sentence]:
+def read_jsonl(
+    path: Path, tagging, text_column: str | None, scheme: str, encoding: str | None = None
+) -> list[Sentence]:
     rows, columns = [], []
     try:
         lines = path.read_text(encoding=encoding or "utf-8").splitlines()
@@ -378,8 +383,14 @@ def repair_tags(sentences: list[Sentence], scheme: str, policy: str, role: str) 
                     fixed = ("S-" if tags[i][:1] == "B" else "E-") + typ
                     _repair(s, i, fixed, prev, policy, report, role, "is not followed by I-/E- of its type")
     if report.repaired:
-        logger.warning("Repaired %d tag(s) in the %s split that broke the %s scheme (data.tagging.invalid_tags=repair), "
-                       "for example %s.", report.repaired, role, scheme, "; ".join(report.repaired_examples))
+        logger.warning(
+            "Repaired %d tag(s) in the %s split that broke the %s scheme (data.tagging.invalid_tags=repair), "
+            "for example %s.",
+            report.repaired,
+            role,
+            scheme,
+            "; ".join(report.repaired_examples),
+        )
     return report
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 
 def cmd_audit(args) -> int:
-    from hf_transfer.data_audit.core import audit
     from hf_transfer.cli import resolve_config_path
     from hf_transfer.config import load_config
+    from hf_transfer.data_audit.core import audit
     from hf_transfer.utils import setup_logging
 
     setup_logging()
@@ -33,8 +33,8 @@ def cmd_audit(args) -> int:
 
 def add_commands(sub) -> None:
     """Add `audit` to the `hf-transfer` subcommands."""
-    from hf_transfer.data_audit.core import FIXES, NEAR_THRESHOLD, TEXT_THRESHOLD
     from hf_transfer.data_audit.checks import DEFAULT_METHOD, MAX_FOLDS, METHODS
+    from hf_transfer.data_audit.core import FIXES, NEAR_THRESHOLD, TEXT_THRESHOLD
 
     a = sub.add_parser("audit", help="find label errors, duplicates, train/eval leaks and outliers in a config's data")
     a.add_argument("config", help="YAML file or shipped config name: its recipe, model and data are used")

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from hf_transfer.data_audit import checks
 from hf_transfer.data.overlap import exact_groups, exact_matches, normalize_text
+from hf_transfer.data_audit import checks
 from hf_transfer.errors import ConfigError, DataError, HFTransferError
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,6 @@ def _load(cfg, use_cache: bool):
     from hf_transfer.models.features import FeatureExtractor, extract, spec_from_settings
     from hf_transfer.registry import recipe_modality
     from hf_transfer.tasks.base import SOURCE_ROW, get_task
-
     from hf_transfer.tasks.targets import TargetTask
 
     task = get_task(cfg)
@@ -150,8 +149,10 @@ def _load(cfg, use_cache: bool):
         if ds is None:
             continue
         if ds_rows is None or len(ds_rows) != len(ds):
-            raise DataError(f"The {role} split loaded differently twice ({len(ds)} then "
-                            f"{0 if ds_rows is None else len(ds_rows)} rows); its rows cannot be located in the source.")
+            raise DataError(
+                f"The {role} split loaded differently twice ({len(ds)} then "
+                f"{0 if ds_rows is None else len(ds_rows)} rows); its rows cannot be located in the source."
+            )
         rows[role] = [int(r) for r in ds_rows[SOURCE_ROW]]
     model = task.build_model()
     strategy = getattr(cfg, "strategy", None)
@@ -273,8 +274,10 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
     report["skipped"] = _skipped(task, d.train, is_text)
     report["class_balance"] = _balance(pools, names)
     if report["class_balance"]["train"].get("imbalance_ratio", 1) > 3:
-        notes.append(f"Classes are imbalanced in train (largest / smallest = "
-                     f"{report['class_balance']['train']['imbalance_ratio']}): consider training.class_weights=balanced.")
+        notes.append(
+            f"Classes are imbalanced in train (largest / smallest = "
+            f"{report['class_balance']['train']['imbalance_ratio']}): consider training.class_weights=balanced."
+        )
     report["label_issues"], report["label_noise"], oof_info = _label_issues(pools, names, method, folds, seed, notes)
     dup_groups, conflicts = _duplicates(train, names, near_threshold, text_threshold if is_text else 2.0, notes)
     report["duplicates"], report["conflicts"] = dup_groups, conflicts
@@ -546,11 +549,17 @@ def _text_lengths(task, max_len: int, pools) -> dict:
         over = np.flatnonzero(lengths > max_len)
         short = np.flatnonzero(words <= SHORT_TOKENS)
         out[name] = {
-            "tokens": {"median": int(np.median(lengths)), "p95": int(np.percentile(lengths, 95)), "max": int(lengths.max())},
-            "over_max_length": [{"row": p.rows[i], "tokens": int(lengths[i]), "cut": int(lengths[i] - max_len)}
-                                for i in over],
-            "very_short": [{"row": p.rows[i], "tokens": int(words[i]), "input": _excerpt(p.inputs[i], 60)}
-                           for i in short],
+            "tokens": {
+                "median": int(np.median(lengths)),
+                "p95": int(np.percentile(lengths, 95)),
+                "max": int(lengths.max()),
+            },
+            "over_max_length": [
+                {"row": p.rows[i], "tokens": int(lengths[i]), "cut": int(lengths[i] - max_len)} for i in over
+            ],
+            "very_short": [
+                {"row": p.rows[i], "tokens": int(words[i]), "input": _excerpt(p.inputs[i], 60)} for i in short
+            ],
         }
     return out
 
@@ -719,7 +728,9 @@ def to_markdown(report: dict) -> str:
               f"- Eval/test rows also in train (leaks): **{s['leaks']}**",
               f"- Outliers: **{s['outliers']}**"]
     if "over_max_length" in s:
-        lines.append(f"- Texts over data.max_length: **{s['over_max_length']}**; very short texts: **{s['very_short']}**")
+        lines.append(
+            f"- Texts over data.max_length: **{s['over_max_length']}**; very short texts: **{s['very_short']}**"
+        )
     for role, sk in report["skipped"].items():
         lines.append(f"- {role}: {sk['count']} rows skipped ({sk['why']})"
                      + (f": rows {', '.join(map(str, sk['rows'][:SHOWN]))}" if sk.get("rows") else ""))

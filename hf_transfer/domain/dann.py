@@ -184,7 +184,9 @@ class DANNHook(EngineHook):
         features = self._features()
         class_loss = task.loss(_Logits(logits[:n_source]), batch)
 
-        self.coeff = dann_lambda(trainer.state.global_step / max(1, trainer.total_steps), self.a.lambda_max, self.a.gamma)
+        self.coeff = dann_lambda(
+            trainer.state.global_step / max(1, trainer.total_steps), self.a.lambda_max, self.a.gamma
+        )
         domain_logits = self.domain_classifier(grad_reverse(features, self.coeff))
         domain = torch.zeros_like(domain_logits)
         domain[n_source:] = 1.0

@@ -214,8 +214,10 @@ def verdict(domain: dict, mmd: dict, label_shift: dict | None, names: list[str] 
         head = "POSSIBLE SHIFT"
     else:
         head = "NO DETECTABLE SHIFT"
-    line = (f"{head}: domain-classifier AUC {domain['auc']:.3f} [95% CI {domain['ci_low']:.3f}, {domain['ci_high']:.3f}] "
-            f"(0.5 = indistinguishable), MMD p = {mmd['p_value']:.3g}")
+    line = (
+        f"{head}: domain-classifier AUC {domain['auc']:.3f} [95% CI {domain['ci_low']:.3f}, {domain['ci_high']:.3f}] "
+        f"(0.5 = indistinguishable), MMD p = {mmd['p_value']:.3g}"
+    )
     # BBSE is only as good as the source classifier (near chance its priors are noise), and it
     # assumes p(x | y) unchanged: with features this far apart its estimate is not to be quoted.
     if label_shift and names and label_shift["heldout_source_accuracy"] >= 0.7 and domain["auc"] < STRONG_SHIFT_AUC:
@@ -234,11 +236,10 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
         The report (also in `shift.json`), with `verdict` and `files`.
     """
     from hf_transfer.domain.target import load_target
-    from hf_transfer.registry import recipe_modality
     from hf_transfer.models.features import FeatureExtractor, extract, spec_from_settings
-    from hf_transfer.tasks import get_task
-
     from hf_transfer.models.heads import check_checkpoint_fits_recipe, load_config_checked
+    from hf_transfer.registry import recipe_modality
+    from hf_transfer.tasks import get_task
 
     m = cfg.model
     # An image checkpoint in a text config: said before a tokenizer asks for sentencepiece.
@@ -290,7 +291,9 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
         label_shift.pop("_classifier")
         label_shift["labels"] = names
         if yt is not None:
-            label_shift["target_priors_true"] = [round(float(v), 4) for v in np.bincount(yt, minlength=len(names)) / len(yt)]
+            label_shift["target_priors_true"] = [
+                round(float(v), 4) for v in np.bincount(yt, minlength=len(names)) / len(yt)
+            ]
             pt = predict(Xt)
             label_shift["target_accuracy_of_source_classifier"] = round(float(np.mean(pt == yt)), 4)
         report["label_shift"] = label_shift
@@ -303,8 +306,16 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
                     row["source_classifier_accuracy"] = round(float(np.mean(pt[yt == c] == c)), 4)
                 if len(s_c) >= 5 and len(t_c) >= 5:
                     d_c = domain_classifier_test(s_c, t_c, folds=3, seed=seed, n_boot=300)
-                    row.update({"auc": d_c["auc"], "ci_low": d_c["ci_low"], "ci_high": d_c["ci_high"],
-                                "mmd_p_value": mmd_test(s_c, t_c, permutations=min(permutations, 200), seed=seed)["p_value"]})
+                    row.update(
+                        {
+                            "auc": d_c["auc"],
+                            "ci_low": d_c["ci_low"],
+                            "ci_high": d_c["ci_high"],
+                            "mmd_p_value": mmd_test(s_c, t_c, permutations=min(permutations, 200), seed=seed)[
+                                "p_value"
+                            ],
+                        }
+                    )
                 per_class.append(row)
             report["per_class"] = per_class
 
@@ -328,36 +339,63 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
 def _markdown(r: dict) -> str:
     d, m = r["domain_classifier"], r["mmd"]
     lines = [
-        "# Domain shift report", "",
-        f"**{r['verdict']}**", "",
+        "# Domain shift report",
+        "",
+        f"**{r['verdict']}**",
+        "",
         f"Train: `{r['train']}` ({r['n_train']} examples); target: `{r['target']}` ({r['n_target']} examples); "
-        f"frozen features of `{r['model']}` ({r['features'].get('pooling')} pooling, {r['features'].get('dim')}-d).", "",
-        "| test | result | reading |", "|---|---|---|",
-        f"| domain classifier, {d['folds']}-fold out-of-fold AUC | {d['auc']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}] | "
+        f"frozen features of `{r['model']}` ({r['features'].get('pooling')} pooling, {r['features'].get('dim')}-d).",
+        "",
+        "| test | result | reading |",
+        "|---|---|---|",
+        f"| domain classifier, {d['folds']}-fold out-of-fold AUC "
+        f"| {d['auc']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}] | "
         "0.5: the sets cannot be told apart; 1.0: fully separable |",
-        f"| MMD^2 (RBF, bandwidth {m['bandwidth']}) | {m['mmd2']:.5f}, p = {m['p_value']:.3g} ({m['permutations']} permutations) | "
+        f"| MMD^2 (RBF, bandwidth {m['bandwidth']}) "
+        f"| {m['mmd2']:.5f}, p = {m['p_value']:.3g} ({m['permutations']} permutations) | "
         f"p < {ALPHA}: the feature distributions differ |",
     ]
     ls = r.get("label_shift")
     if ls:
-        lines += ["", "## Label (prior) shift, black-box shift estimation", "",
-                  "| label | train prior | target prior (estimated) |" + (" target prior (true) |" if "target_priors_true" in ls else ""),
-                  "|---|---|---|" + ("---|" if "target_priors_true" in ls else "")]
+        lines += [
+            "",
+            "## Label (prior) shift, black-box shift estimation",
+            "",
+            "| label | train prior | target prior (estimated) |"
+            + (" target prior (true) |" if "target_priors_true" in ls else ""),
+            "|---|---|---|" + ("---|" if "target_priors_true" in ls else ""),
+        ]
         for i, name in enumerate(ls["labels"]):
             row = f"| {name} | {ls['source_priors'][i]:.3f} | {ls['target_priors_estimated'][i]:.3f} |"
             if "target_priors_true" in ls:
                 row += f" {ls['target_priors_true'][i]:.3f} |"
             lines.append(row)
-        lines += ["", f"Source classifier on held-out training data: accuracy {ls['heldout_source_accuracy']:.3f}"
-                  + (f"; on the labelled target: {ls['target_accuracy_of_source_classifier']:.3f}."
-                     if "target_accuracy_of_source_classifier" in ls else ".")
-                  + f" Confusion-matrix condition number {ls['confusion_condition_number']} (large: the estimate is unstable)."]
+        lines += [
+            "",
+            f"Source classifier on held-out training data: accuracy {ls['heldout_source_accuracy']:.3f}"
+            + (
+                f"; on the labelled target: {ls['target_accuracy_of_source_classifier']:.3f}."
+                if "target_accuracy_of_source_classifier" in ls
+                else "."
+            )
+            + f" Confusion-matrix condition number {ls['confusion_condition_number']} "
+            "(large: the estimate is unstable).",
+        ]
         if d["auc"] >= STRONG_SHIFT_AUC:
-            lines += ["", f"**Caution:** the estimate assumes label shift only (p(x | y) the same in both sets); with a "
-                      f"domain-classifier AUC of {d['auc']:.2f} the inputs themselves differ, so these priors are not reliable."]
+            lines += [
+                "",
+                f"**Caution:** the estimate assumes label shift only (p(x | y) the same in both sets); with a "
+                f"domain-classifier AUC of {d['auc']:.2f} the inputs themselves differ, "
+                "so these priors are not reliable.",
+            ]
     if r.get("per_class"):
-        lines += ["", "## Per class", "", "| label | n train | n target | AUC [95% CI] | MMD p | source-classifier accuracy on target |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Per class",
+            "",
+            "| label | n train | n target | AUC [95% CI] | MMD p | source-classifier accuracy on target |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in r["per_class"]:
             auc = f"{c['auc']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" if "auc" in c else "n/a (< 5 examples)"
             p = f"{c['mmd_p_value']:.3g}" if "mmd_p_value" in c else "n/a"
@@ -366,6 +404,8 @@ def _markdown(r: dict) -> str:
     lines += ["", "## Target examples least like training", "", "| # | target probability | example |", "|---|---|---|"]
     for e in r["least_like_training"]:
         ex = e["example"].replace("|", "\\|")
-        lines.append(f"| {e['index']} | {e['target_probability']:.3f} | {ex}{' (' + e['label'] + ')' if 'label' in e else ''} |")
+        lines.append(
+            f"| {e['index']} | {e['target_probability']:.3f} | {ex}{' (' + e['label'] + ')' if 'label' in e else ''} |"
+        )
     lines += ["", f"![PCA projection]({Path(r['files']['plot']).name})", ""]
     return "\n".join(lines)

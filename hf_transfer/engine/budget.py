@@ -11,8 +11,9 @@ an order of magnitude apart. So when the config leaves them unset:
   batch-normalised CNNs are fine-tuned with steps about ten times a transformer's (EfficientNet-
   Lite0 `full` on 200 images, 52 steps: chance accuracy at 5e-5, 0.70-0.80 at 5e-4);
 * **epochs** (`training.epochs` unset): 3, raised to whole epochs until the run has at least
-  `training.min_steps` optimizer steps (unset: 50, or 4 per class when that is more). An explicit `training.epochs` or `training.max_steps` is
-  taken as given (`min_steps` then applies only when it is set explicitly too);
+  `training.min_steps` optimizer steps (unset: 50, or 4 per class when that is more). An explicit
+  `training.epochs` or `training.max_steps` is taken as given (`min_steps` then applies only when
+  it is set explicitly too);
 * **warm-up**: `training.warmup_ratio` of the final number of steps.
 
 When the epochs are raised, evaluation and epoch checkpoints happen every `k` epochs (k = raised
@@ -139,7 +140,9 @@ def resolve_budget(training, strategy, steps_per_epoch: int, model=None, num_cla
         # whose number already fits the data).
         default_epochs = float(getattr(strategy, "default_epochs", None) or DEFAULT_EPOCHS)
         default_min = getattr(strategy, "default_min_steps", None)
-        per_class = default_min is None and num_classes and DEFAULT_MIN_STEPS_PER_CLASS * num_classes > DEFAULT_MIN_STEPS
+        per_class = (
+            default_min is None and num_classes and DEFAULT_MIN_STEPS_PER_CLASS * num_classes > DEFAULT_MIN_STEPS
+        )
         default_min = DEFAULT_MIN_STEPS if default_min is None else int(default_min)
         if per_class:
             default_min = DEFAULT_MIN_STEPS_PER_CLASS * int(num_classes)

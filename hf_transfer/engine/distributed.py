@@ -36,8 +36,15 @@ from torch import nn
 
 from hf_transfer.engine.deepspeed_config import deepspeed_config, deepspeed_plugin, uses_deepspeed  # noqa: F401
 from hf_transfer.engine.fsdp import (  # noqa: F401
-    block_class_names, enable_fsdp_on_cpu, final_model, fsdp_plugin, gather_state_dict, load_full_state_dict,
-    prime_optimizer_for_resume, set_distributed_type, uses_fsdp,
+    block_class_names,
+    enable_fsdp_on_cpu,
+    final_model,
+    fsdp_plugin,
+    gather_state_dict,
+    load_full_state_dict,
+    prime_optimizer_for_resume,
+    set_distributed_type,
+    uses_fsdp,
 )
 from hf_transfer.errors import ConfigError
 

@@ -32,7 +32,11 @@ def run_evaluation(accelerator: Accelerator, model, dataloader, task, prefix: st
     if was_training:
         model.train()
     arrays = {k: _concat(v) for k, v in gathered.items()}
-    metrics = task.compute_metrics_for(arrays, prefix) if hasattr(task, "compute_metrics_for") else task.compute_metrics(arrays)
+    metrics = (
+        task.compute_metrics_for(arrays, prefix)
+        if hasattr(task, "compute_metrics_for")
+        else task.compute_metrics(arrays)
+    )
     return {f"{prefix}_{k}": v for k, v in metrics.items()}
 
 

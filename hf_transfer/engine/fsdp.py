@@ -179,5 +179,7 @@ def final_model(accelerator, model: nn.Module, rebuild) -> nn.Module | None:
     # Tied weights (an output layer sharing the input embeddings) may be gathered under one name.
     tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
     if unexpected or any(k not in tied for k in missing):
-        raise RuntimeError(f"FSDP weights do not fit the rebuilt model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(
+            f"FSDP weights do not fit the rebuilt model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return fresh

@@ -58,7 +58,9 @@ def build_param_groups(
         no_decay = [named[n] for n in rest if _no_decay(n, named[n])]
         for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, ".no_decay")):
             if params:
-                out.append({"params": params, "weight_decay": wd, "lr": base_lr, "lr_scale": 1.0, "name": "other" + suffix})
+                out.append(
+                    {"params": params, "weight_decay": wd, "lr": base_lr, "lr_scale": 1.0, "name": "other" + suffix}
+                )
     return out
 
 
@@ -123,5 +125,7 @@ def new_adamw(param_groups: list[dict], lr: float, implementation: str = "auto")
     elif implementation == "for-loop":
         kwargs["foreach"] = False
     else:
-        raise ValueError(f"AdamW implementation must be auto, default, fused, foreach or for-loop, got {implementation!r}")
+        raise ValueError(
+            f"AdamW implementation must be auto, default, fused, foreach or for-loop, got {implementation!r}"
+        )
     return torch.optim.AdamW(param_groups, lr=lr, **kwargs)

@@ -16,16 +16,16 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.logging import get_logger
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hf_transfer.config import TrainingConfig
-from hf_transfer.engine.checkpoints import Checkpoints, TrainerState
 from hf_transfer.engine.budget import resolve_budget, resolve_learning_rate
+from hf_transfer.engine.checkpoints import Checkpoints, TrainerState
 from hf_transfer.engine.distributed import precision_that_ran as dist_precision
 from hf_transfer.engine.evaluation import recalibrate_batchnorm, run_evaluation
 from hf_transfer.engine.optim import build_param_groups, new_adamw
@@ -97,21 +97,21 @@ class EngineHook:
         """Modules trained alongside the model (own optimizer group, prepared and checkpointed)."""
         return []
 
-    def setup(self, trainer: "Trainer", modules: list[torch.nn.Module]) -> None:
+    def setup(self, trainer: Trainer, modules: list[torch.nn.Module]) -> None:
         """After `accelerator.prepare`; `modules` are the prepared `extra_modules`."""
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int, batches_done: int) -> None:
+    def on_epoch_start(self, trainer: Trainer, epoch: int, batches_done: int) -> None:
         """Start of an epoch (`batches_done` micro-batches of it already ran: a resumed run)."""
 
-    def loss(self, trainer: "Trainer", batch) -> torch.Tensor:
+    def loss(self, trainer: Trainer, batch) -> torch.Tensor:
         """Summed training loss of one micro-batch (the engine divides by the item count)."""
         return trainer.task.loss(trainer.model, batch)
 
-    def log_values(self, trainer: "Trainer") -> dict[str, float]:
+    def log_values(self, trainer: Trainer) -> dict[str, float]:
         """Extra values for the training log record (averaged since the last record)."""
         return {}
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def on_train_end(self, trainer: Trainer) -> None:
         """After the best weights are loaded, before the final evaluation and save."""
 
 
@@ -569,7 +569,11 @@ class Trainer:
         record = {"step": self.state.global_step, "epoch": self._epoch_progress(epoch)}
         record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         self._log(record)
-        summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("eval_") and isinstance(v, float) and "_" not in k[5:])
+        summary = ", ".join(
+            f"{k}={v:.4f}"
+            for k, v in record.items()
+            if k.startswith("eval_") and isinstance(v, float) and "_" not in k[5:]
+        )
         logger.info("Step %d: %s", self.state.global_step, summary)
         return self._after_eval(metrics)
 

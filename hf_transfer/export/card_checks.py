@@ -183,7 +183,9 @@ def validate_card(card: ModelCard | str | Path) -> list[str]:
     if base is not None:
         for b in _as_list(base):
             if not _is_hub_id(b):
-                problems.append(f"base_model {b!r} is not a Hub model id (owner/name); describe local checkpoints in the text.")
+                problems.append(
+                    f"base_model {b!r} is not a Hub model id (owner/name); describe local checkpoints in the text."
+                )
     if data.get("library_name") == "peft" and not base:
         problems.append(
             "An unmerged adapter (library_name: peft) needs base_model, the Hub id of the model it "

@@ -91,9 +91,12 @@ def _card_options(p) -> None:
 
 def add_commands(subparsers) -> None:
     """Add `export` and `push` to the `hf-transfer` sub-command parser."""
-    e = subparsers.add_parser("export", help="write a Hub-ready folder (weights, processor, card) for a run and check it reloads",
-                              description="Write a Hub-ready folder for a finished run (weights, processor, model "
-                                          "card, images) and check that it reloads to the run's own outputs.")
+    e = subparsers.add_parser(
+        "export",
+        help="write a Hub-ready folder (weights, processor, card) for a run and check it reloads",
+        description="Write a Hub-ready folder for a finished run (weights, processor, model "
+        "card, images) and check that it reloads to the run's own outputs.",
+    )
     e.add_argument("run_dir", help="the run folder (output_dir of a finished `hf-transfer train`)")
     e.add_argument("out_dir", help="the folder to write (an earlier export there is replaced; any other "
                                    "non-empty folder is refused)")

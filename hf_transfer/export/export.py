@@ -217,7 +217,10 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
         fe = AutoFeatureExtractor.from_pretrained(folder, **_remote(run))
         sr = int(getattr(fe, "sampling_rate", 16000))
         t = np.arange(sr, dtype=np.float32) / sr
-        clips = [0.1 * rng.standard_normal(sr).astype(np.float32), 0.5 * np.sin(2 * math.pi * 440 * t).astype(np.float32)]
+        clips = [
+            0.1 * rng.standard_normal(sr).astype(np.float32),
+            0.5 * np.sin(2 * math.pi * 440 * t).astype(np.float32),
+        ]
         feats = dict(fe(clips, sampling_rate=sr, return_tensors="pt", padding=True))
         main = "input_features" if "input_features" in feats else "input_values"
         inputs = {main: feats[main]}

@@ -36,9 +36,10 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,9 +191,7 @@ def classifier_module(clf, num_labels: int) -> nn.Module:
     Raises:
         ExportError: A classifier with no torch form here (an RBF SVM, a distance-weighted kNN).
     """
-    from hf_transfer.models.probe import ABSENT_CLASS_LOGIT, PROBA_FLOOR
-
-    from hf_transfer.models.probe import StoredClassifier
+    from hf_transfer.models.probe import ABSENT_CLASS_LOGIT, PROBA_FLOOR, StoredClassifier
 
     if isinstance(clf, StoredClassifier):
         return _stored_classifier_module(clf, num_labels)
@@ -207,7 +206,9 @@ def classifier_module(clf, num_labels: int) -> nn.Module:
             raise ExportError(f"The feature classifier's pipeline has a {name} step, which has no ONNX form here.")
         mean = step.mean_ if getattr(step, "with_mean", True) and step.mean_ is not None else 0.0
         scale = step.scale_ if getattr(step, "with_std", True) and step.scale_ is not None else 1.0
-        layers.append(_Scale(np.broadcast_to(mean, (step.n_features_in_,)), np.broadcast_to(scale, (step.n_features_in_,))))
+        layers.append(
+            _Scale(np.broadcast_to(mean, (step.n_features_in_,)), np.broadcast_to(scale, (step.n_features_in_,)))
+        )
     final = steps[-1]
     name = type(final).__name__
     classes = np.asarray(final.classes_, dtype=np.int64)
@@ -221,7 +222,9 @@ def classifier_module(clf, num_labels: int) -> nn.Module:
         coef = np.asarray(final.coef_ if name != "SVC" else final.coef_.toarray() if hasattr(final.coef_, "toarray")
                           else final.coef_)
         if name == "SVC" and len(classes) > 2:
-            raise ExportError("A multi-class SVC (one-vs-one) has no ONNX form here; train with svm_kernel: linear (LinearSVC).")
+            raise ExportError(
+                "A multi-class SVC (one-vs-one) has no ONNX form here; train with svm_kernel: linear (LinearSVC)."
+            )
         layers.append(_Affine(coef, final.intercept_))
         if coef.shape[0] == 1:
             layers.append(_BinaryDecision())
@@ -262,12 +265,15 @@ def _stored_classifier_module(clf, num_labels: int) -> nn.Module:
         if np.asarray(t["coef"]).shape[0] == 1:
             decision.append(_BinaryDecision())
         if clf.settings.get("has_proba"):
-            layers.append(_LogProba(nn.Sequential(*decision, _Softmax()), _Expand(classes, num_labels, 0.0), PROBA_FLOOR))
+            layers.append(
+                _LogProba(nn.Sequential(*decision, _Softmax()), _Expand(classes, num_labels, 0.0), PROBA_FLOOR)
+            )
         else:
             layers.extend([*decision, _Expand(classes, num_labels, ABSENT_CLASS_LOGIT)])
     else:
         raise ExportError(
-            f"The run's feature classifier is an SVM with an RBF kernel ({clf.kind}), which has no ONNX form here. ONNX export "
+            f"The run's feature classifier is an SVM with an RBF kernel ({clf.kind}), which has no ONNX form here. "
+            "ONNX export "
             "supports logistic regression, the linear classifier, a linear SVM and k-nearest neighbours "
             "(uniform weights); retrain with one of them (strategy.classifier)."
         )
@@ -565,7 +571,9 @@ def export_onnx(
             result.accuracy = {k: float((v == refs).mean()) for k, v in preds.items()}
         fp32_agree = float((preds["onnx_fp32"] == preds["pytorch"]).mean()) if len(refs) else 1.0
         if fp32_agree < 1.0:
-            logger.warning("fp32 ONNX and PyTorch differ on %.2f%% of the eval labels (near-ties).", 100 * (1 - fp32_agree))
+            logger.warning(
+                "fp32 ONNX and PyTorch differ on %.2f%% of the eval labels (near-ties).", 100 * (1 - fp32_agree)
+            )
         if quantize == "int8":
             agree = float((preds["onnx_int8"] == preds["pytorch"]).mean()) if len(refs) else 1.0
             result.int8_agreement = agree
@@ -583,11 +591,17 @@ def export_onnx(
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, tmp / name)
         result.sizes = {p.name: p.stat().st_size for p in tmp.glob("*.onnx")}
-        spec = {"format": "onnx", "recipe": recipe, "labels": list(labels), "inputs": names,
-                "model_file": result.model_file, "files": {"fp32": ONNX_FILE, **({"int8": INT8_FILE} if quantize else {})},
-                "quantization": "dynamic int8 (ONNX Runtime quantize_dynamic, QInt8 weights)" if quantize else None,
-                "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-                "parity": {k: v for k, v in asdict(result).items() if k != "folder"}}
+        spec = {
+            "format": "onnx",
+            "recipe": recipe,
+            "labels": list(labels),
+            "inputs": names,
+            "model_file": result.model_file,
+            "files": {"fp32": ONNX_FILE, **({"int8": INT8_FILE} if quantize else {})},
+            "quantization": "dynamic int8 (ONNX Runtime quantize_dynamic, QInt8 weights)" if quantize else None,
+            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+            "parity": {k: v for k, v in asdict(result).items() if k != "folder"},
+        }
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         (tmp / "README.md").write_text(_card(spec, result))
         from hf_transfer.files import respect_umask

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from hf_transfer.config import ExportConfig
 from hf_transfer.errors import ExportError
-from hf_transfer.run_folder import IMAGES, RunFolder
 from hf_transfer.export.card import build_card, resolve_license
 from hf_transfer.export.card_checks import validate_card
 from hf_transfer.export.export import (
@@ -43,6 +42,7 @@ from hf_transfer.export.export import (
     export_run,
     merge_setting,
 )
+from hf_transfer.run_folder import IMAGES, RunFolder
 
 logger = logging.getLogger(__name__)
 

@@ -75,7 +75,9 @@ class _Reader:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise ModelError(f"{self.path} is corrupt: {what} at offset {self.pos - length} is not text ({err}).")
+            raise ModelError(
+                f"{self.path} is corrupt: {what} at offset {self.pos - length} is not text ({err})."
+            ) from err
 
     def raw(self, n: int, what: str) -> memoryview:
         self._need(n, what)

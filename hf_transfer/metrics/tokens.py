@@ -12,7 +12,8 @@ words (first subwords) whose tag is right, `O` included, as `evaluate`'s `overal
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def compute_token_metrics(predictions: np.ndarray, references: np.ndarray, names
     metrics = entity_metrics(y_true, y_pred, scheme, strict)
     per_type = metrics.pop("per_type")
     # Flat keys per entity type, as the classification metrics have per label (`f1_<type>`).
-    for key, (typ, values) in zip(label_keys(list(per_type)), per_type.items()):
+    for key, values in zip(label_keys(list(per_type)), per_type.values()):
         for name in ("precision", "recall", "f1", "support"):
             metrics[f"{name}_{key}"] = values[name]
     return metrics

@@ -11,7 +11,6 @@ from torch import nn
 from hf_transfer.errors import ModelError
 
 
-
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The transformers model inside Accelerate (DDP, compile) and PEFT / prefix-cache wrappers."""
     from accelerate.utils import extract_model_from_parallel
@@ -43,7 +42,9 @@ def backbone_of(model: nn.Module) -> nn.Module:
     """The module whose forward gives the hidden states: the encoder of an encoder-decoder
     (Whisper), else transformers' `base_model` (the model itself when it is bare)."""
     base = unwrap_model(model)
-    if getattr(getattr(base, "config", None), "is_encoder_decoder", False) and callable(getattr(base, "get_encoder", None)):
+    if getattr(getattr(base, "config", None), "is_encoder_decoder", False) and callable(
+        getattr(base, "get_encoder", None)
+    ):
         return base.get_encoder()
     return getattr(base, "base_model", base)
 

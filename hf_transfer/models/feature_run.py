@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hf_transfer.models.features import FeatureExtractor, HeadInput
 from hf_transfer.errors import ModelError
+from hf_transfer.models.features import FeatureExtractor, HeadInput
 from hf_transfer.models.probe import EstimatorClassifier, StoredClassifier, classifier_state
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,9 @@ def save_feature_run(out, model: nn.Module, task, clf, extractor: FeatureExtract
         write_sentence_transformers(out, extractor, dim, max_length)
         # For SetFit users (`SetFitModel.from_pretrained` unpickles it); hf_transfer never reads it.
         joblib.dump(clf.to_sklearn(), out / SETFIT_HEAD_FILE)
-        (out / SETFIT_CONFIG_FILE).write_text(json.dumps({"labels": list(labels), "normalize_embeddings": False}, indent=2))
+        (out / SETFIT_CONFIG_FILE).write_text(
+            json.dumps({"labels": list(labels), "normalize_embeddings": False}, indent=2)
+        )
     (out / SPEC_FILE).write_text(json.dumps({
         "layout": layout, "classifier": clf.kind, "head_written": head_written,
         "features": extractor.describe(), **record}, indent=2, default=str))

@@ -161,7 +161,8 @@ class FeatureExtractor:
             return None
         if n is None:
             raise ConfigError(
-                f"strategy.layers={layers!r} needs the model's block list, and {type(unwrap_model(self.model)).__name__} "
+                f"strategy.layers={layers!r} needs the model's block list, "
+                f"and {type(unwrap_model(self.model)).__name__} "
                 "has none that hf_transfer can find. Use layers: last."
             )
         if layers == "mean":
@@ -190,10 +191,18 @@ class FeatureExtractor:
             return (spec.pooling,), normalize, f"pooling={spec.pooling} set explicitly"
         if self.modality == "text":
             if st is not None and not st["error"]:
-                why = "sentence-transformers folder (1_Pooling/config.json" + (", Normalize" if st["normalize"] else "") + ")"
+                why = (
+                    "sentence-transformers folder (1_Pooling/config.json"
+                    + (", Normalize" if st["normalize"] else "")
+                    + ")"
+                )
                 return st["modes"], normalize, why
             if st is not None:
-                return ("mean",), normalize, f"sentence-transformers pooling config unreadable ({st['error']}): masked mean"
+                return (
+                    ("mean",),
+                    normalize,
+                    f"sentence-transformers pooling config unreadable ({st['error']}): masked mean",
+                )
             if spec.layers == "last" and has_trained_pooler(base, folder):
                 return ("pooler",), normalize, "text classifier checkpoint with a trained pooler"
             return ("mean",), normalize, "text encoder without a trained pooler: mean over real tokens"
@@ -208,8 +217,12 @@ class FeatureExtractor:
         layers = desc.get("layers", "last")
         layers = tuple(layers) if isinstance(layers, list) else layers
         modes = tuple(str(desc.get("pooling", "auto")).split("+"))
-        fx = cls(model, modality=desc.get("modality", "text"), name_or_path=name_or_path,
-                 spec=FeatureSpec(layers=layers, combine=desc.get("combine", "mean"), normalize=bool(desc.get("normalize"))))
+        fx = cls(
+            model,
+            modality=desc.get("modality", "text"),
+            name_or_path=name_or_path,
+            spec=FeatureSpec(layers=layers, combine=desc.get("combine", "mean"), normalize=bool(desc.get("normalize"))),
+        )
         fx.pooling, fx.source = modes, f"as saved: {desc.get('source', '')}"
         fx._head_input = locate_head_input(model, "auto", fx.modality == "text") if modes == ("head_input",) else None
         return fx
@@ -249,7 +262,9 @@ class FeatureExtractor:
             hidden = list(out.hidden_states)
             hidden[-1] = last  # layer L is the backbone's own output (after any final norm)
             if len(hidden) - 1 != self.num_layers:
-                raise ModelError(f"{type(backbone).__name__} returned {len(hidden) - 1} hidden layers, expected {self.num_layers}.")
+                raise ModelError(
+                    f"{type(backbone).__name__} returned {len(hidden) - 1} hidden layers, expected {self.num_layers}."
+                )
             chosen = [(hidden[i], i == len(hidden) - 1) for i in self.layer_indices]
         else:
             chosen = [(last, True)]
@@ -369,7 +384,9 @@ def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, devi
                 if "labels" in batch:
                     labels.append(torch.as_tensor(batch["labels"]).cpu())
                 inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in pick(batch).items()}
-                with torch.autocast(device_type=torch.device(device).type, dtype=autocast, enabled=autocast is not None):
+                with torch.autocast(
+                    device_type=torch.device(device).type, dtype=autocast, enabled=autocast is not None
+                ):
                     feats.append(extractor(inputs).float().cpu())
     finally:
         model.train(was_training)

@@ -76,7 +76,9 @@ def has_trained_pooler(model: nn.Module, name_or_path: str | None = None) -> boo
     pooler = getattr(backbone_of(base), "pooler", None)
     if not isinstance(pooler, nn.Module) or not any(True for _ in pooler.parameters()):
         return False
-    if name_or_path and any((Path(name_or_path) / f).is_file() for f in ("feature_classifier.json", "config_setfit.json")):
+    if name_or_path and any(
+        (Path(name_or_path) / f).is_file() for f in ("feature_classifier.json", "config_setfit.json")
+    ):
         return False  # the head was fitted on features, the pooler never trained
     new = getattr(base, "hf_transfer_new_weights", None) or []
     return not any(".pooler." in f".{n}" for n in new)

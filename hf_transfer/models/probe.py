@@ -17,7 +17,8 @@ keeps asking for a weaker regularisation that makes the probabilities sharper, n
 predictions better), and a one-standard-error rule still moved C on such noise: on one 5-class
 split of 8 examples a class it took C = 1000 and lost 3 points to the default (0.797 against
 0.827). With 16 or more a class and two standard errors a clearly better C still wins. With a
-class of a single example nothing can be held out: `DEFAULT_C`, and the selection record says so. `svm` uses `DEFAULT_C` when unset.
+class of a single example nothing can be held out: `DEFAULT_C`, and the selection record says so.
+`svm` uses `DEFAULT_C` when unset.
 
 **Loss.** `log_proba` gives the per-example log loss: exact for the linear classifiers; for `knn`
 the log of its neighbour-vote probabilities clipped at `PROBA_FLOOR`; None for `svm`.

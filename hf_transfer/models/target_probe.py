@@ -75,8 +75,16 @@ def _fit_ovr(X: np.ndarray, Y: np.ndarray, C: float, balanced: bool, max_iter: i
     return W, b
 
 
-def fit_multilabel(X: np.ndarray, Y: np.ndarray, *, C: float | None = None, balanced: bool = True,
-                   max_iter: int = 1000, seed: int = 0, tune: bool = True) -> tuple[TargetLinearProbe, np.ndarray, dict]:
+def fit_multilabel(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    C: float | None = None,
+    balanced: bool = True,
+    max_iter: int = 1000,
+    seed: int = 0,
+    tune: bool = True,
+) -> tuple[TargetLinearProbe, np.ndarray, dict]:
     """One-vs-rest logistic regression and its per-label thresholds (module docstring).
 
     Returns:
@@ -99,9 +107,11 @@ def fit_multilabel(X: np.ndarray, Y: np.ndarray, *, C: float | None = None, bala
             oof[te] = 1.0 / (1.0 + np.exp(-(X[te] @ Wf.T + bf)))
         thresholds = tune_thresholds(oof, Y, min_positives=MIN_TUNING_POSITIVES)
         tuned = int((Y.sum(0) >= MIN_TUNING_POSITIVES).sum())
-        record["threshold_selection"] = (f"per-label F1 on out-of-fold probabilities of a {k}-fold cross-validation "
-                                         f"over the {len(Y)} training rows, for the {tuned} of {Y.shape[1]} labels with at "
-                                         f"least {MIN_TUNING_POSITIVES} positives (0.5 for the others)")
+        record["threshold_selection"] = (
+            f"per-label F1 on out-of-fold probabilities of a {k}-fold cross-validation "
+            f"over the {len(Y)} training rows, for the {tuned} of {Y.shape[1]} labels with at "
+            f"least {MIN_TUNING_POSITIVES} positives (0.5 for the others)"
+        )
     else:
         record["threshold_selection"] = "default 0.5 (too few training rows to cross-validate)" if tune else "fixed"
     return TargetLinearProbe(W, b, "one_vs_rest_logistic_regression", record), thresholds, record

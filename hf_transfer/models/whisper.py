@@ -91,7 +91,9 @@ class WhisperForMaskedAudioClassification(WhisperForAudioClassification):
         logits = self.classifier(self.projector(pooled))
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1))
+            loss = nn.functional.cross_entropy(
+                logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1)
+            )
         return SequenceClassifierOutput(
             loss=loss,
             logits=logits,

@@ -201,7 +201,6 @@ def inspect_candidate(name: str, recipe: str) -> CandidateInfo:
             recipe's modality.
     """
     from hf_transfer.models.heads import load_config_checked
-
     from hf_transfer.registry import recipe_modality
 
     modality = recipe_modality(recipe) or None

@@ -19,8 +19,8 @@ def _load(args):
 
 
 def cmd_rank(args) -> int:
-    from hf_transfer.utils import setup_logging
     from hf_transfer.selection.rank import rank_candidates, write_report
+    from hf_transfer.utils import setup_logging
 
     setup_logging()
     cfg = _load(args)
@@ -37,9 +37,9 @@ def cmd_rank(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from hf_transfer.utils import setup_logging
     from hf_transfer.selection.plan import make_plan, write_plan
     from hf_transfer.selection.rank import write_report
+    from hf_transfer.utils import setup_logging
 
     setup_logging()
     cfg = _load(args)

@@ -127,8 +127,10 @@ def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: st
         why_similarity = "could not be measured (a class has fewer than 2 examples); assumed high, as auto does"
     else:
         similarity = "high" if score >= auto_defaults.similarity_threshold else "low"
-        why_similarity = (f"separability {score:.3f} (balanced accuracy {bacc:.3f} on held-out folds, {len(y)} examples) "
-                          f"{'>=' if similarity == 'high' else '<'} auto's threshold {auto_defaults.similarity_threshold}")
+        why_similarity = (
+            f"separability {score:.3f} (balanced accuracy {bacc:.3f} on held-out folds, {len(y)} examples) "
+            f"{'>=' if similarity == 'high' else '<'} auto's threshold {auto_defaults.similarity_threshold}"
+        )
 
     task = get_task(cfg)
     task.load_processor()
@@ -145,7 +147,8 @@ def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: st
     lr = learning_rate(choice.name, chosen.family or "", chosen.parameters or 0)
     reasons = [
         f"checkpoint: `{chosen.name}` -> {chosen.path}: {why_checkpoint}; {chosen.parameters / 1e6:.1f}M parameters, "
-        f"family {chosen.family}, licence {chosen.licence}" + (f" (WARNING: {chosen.licence_warning})" if chosen.licence_warning else ""),
+        f"family {chosen.family}, licence {chosen.licence}"
+        + (f" (WARNING: {chosen.licence_warning})" if chosen.licence_warning else ""),
         f"similarity: {similarity}: {why_similarity}",
         f"strategy: {choice.name} {choice.settings or ''}".rstrip() + f": auto's table, {choice.reason}",
     ]

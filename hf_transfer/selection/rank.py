@@ -248,13 +248,15 @@ def _check_metrics(recipe: str, metrics, default_metric: str | None,
                    group_column: str | None) -> tuple[list[str], str]:
     """The metrics to compute for `recipe` (label sets and numbers: the target metrics when the
     defaults were asked for) and the default one; `HFTransferError` for what cannot be ranked."""
-    from hf_transfer.selection.metrics import TARGET_METRICS
     from hf_transfer.registry import recipe_info
+    from hf_transfer.selection.metrics import TARGET_METRICS
 
     metrics = list(metrics)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
-        raise HFTransferError(f"Unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}.")
+        raise HFTransferError(
+            f"Unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}."
+        )
     if recipe == "speech_recognition":
         raise HFTransferError("rank scores class labels; recipe speech_recognition has transcripts. Rank with an "
                               "audio_classification config over the same audio.")
@@ -380,9 +382,16 @@ def format_markdown(report: RankReport) -> str:
             "parameters", "s / 1k examples", "licence", "family"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in ok:
-            cells = [str(r.ranks[m0]), f"`{r.name}`"] + [f"{r.scores[m]:.4f} ({r.ranks[m]})" for m in report.metrics] + [
-                _fmt_params(r.parameters), f"{r.seconds_per_1000:.1f}" + (" (cached)" if r.features_cached else ""),
-                r.licence or "unknown", r.family or "-"]
+            cells = (
+                [str(r.ranks[m0]), f"`{r.name}`"]
+                + [f"{r.scores[m]:.4f} ({r.ranks[m]})" for m in report.metrics]
+                + [
+                    _fmt_params(r.parameters),
+                    f"{r.seconds_per_1000:.1f}" + (" (cached)" if r.features_cached else ""),
+                    r.licence or "unknown",
+                    r.family or "-",
+                ]
+            )
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if report.stability:
@@ -397,7 +406,9 @@ def format_markdown(report: RankReport) -> str:
             else:
                 runner, rint = "-", "-"
             verdict = "too close to call" if s["too_close_to_call"] else "clear"
-            lines.append(f"| {m} | `{s['top1']}` | {s['top1_kept']:.0%} | [{lo:.4f}, {hi:.4f}] | {runner} | {rint} | {verdict} |")
+            lines.append(
+                f"| {m} | `{s['top1']}` | {s['top1_kept']:.0%} | [{lo:.4f}, {hi:.4f}] | {runner} | {rint} | {verdict} |"
+            )
         lines.append("")
     warnings = [f"- `{r.name}`: {r.licence_warning}" for r in report.results if r.error is None and r.licence_warning]
     if warnings:

@@ -1,5 +1,7 @@
 """Transfer strategies. Importing this package registers every built-in strategy."""
 
+# Registration order: kept as written, not sorted.
+# isort: off
 from hf_transfer.strategies import full  # noqa: F401
 from hf_transfer.strategies import freeze  # noqa: F401
 from hf_transfer.strategies import partial  # noqa: F401
@@ -12,8 +14,16 @@ from hf_transfer.strategies import adapter  # noqa: F401
 from hf_transfer.strategies import feature_extraction  # noqa: F401
 from hf_transfer.strategies import contrastive  # noqa: F401
 from hf_transfer.strategies import static  # noqa: F401
-from hf_transfer.strategies.base import RunContext, Strategy, StrategyConfig, available_strategies  # noqa: I001
-from hf_transfer.strategies.base import build_strategy, register_strategy, strategy_config_class
+# isort: on
+from hf_transfer.strategies.base import (
+    RunContext,
+    Strategy,
+    StrategyConfig,
+    available_strategies,
+    build_strategy,
+    register_strategy,
+    strategy_config_class,
+)
 
 __all__ = [
     "RunContext",

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from torch import nn
 

@@ -45,7 +45,7 @@ and delegates every hook to it (composition): what trains, learning-rate scales,
 schedule, saving, resume state. `describe()` (merged into `metrics.json`) and the log record
 `auto_choice`, `auto_reason`, `auto_similarity` (high/low), `auto_similarity_score` (the measured
 `s`, or None when given), `auto_balanced_accuracy`, `auto_train_size` and `auto_size_band`.
-"""
+"""  # noqa: E501  (a markdown table above: its rows cannot wrap)
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ import dataclasses
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 from torch import nn
@@ -114,7 +114,7 @@ class AutoConfig(StrategyConfig):
     similarity_threshold: float = 0.5
     measure_examples: int = 400
     measure_batch_size: int = 32
-    layers: Union[Literal["last", "mean"], list[int]] = "last"
+    layers: Literal["last", "mean"] | list[int] = "last"
     combine: Literal["mean", "concat"] = "mean"
     pooling: Literal["auto", "mean", "cls", "max", "last_token", "pooler", "head_input"] = "auto"
     normalize: bool | None = None
@@ -126,7 +126,9 @@ class AutoConfig(StrategyConfig):
 
     def __post_init__(self) -> None:
         if self.max_cost < 1.0:
-            raise ConfigError(f"strategy.max_cost must be at least 1 (the chosen strategy's own run), got {self.max_cost!r}.")
+            raise ConfigError(
+                f"strategy.max_cost must be at least 1 (the chosen strategy's own run), got {self.max_cost!r}."
+            )
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"strategy.holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}.")
         if self.min_holdout < 2:
@@ -398,7 +400,9 @@ class Auto(Strategy):
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             # The race scores accuracy on held-out rows: one class id per row. Label sets, numbers
             # and tagged sentences keep the prior's choice.
-            self.decided_by = "prior: the race compares single-label accuracy; this recipe's labels are not one class per row"
+            self.decided_by = (
+                "prior: the race compares single-label accuracy; this recipe's labels are not one class per row"
+            )
             return
         seed = getattr(getattr(getattr(ctx, "cfg", None), "training", None), "seed", 0)
         train_idx, held_idx = inner_split(labels, c.holdout_fraction, seed)
@@ -463,8 +467,13 @@ class Auto(Strategy):
         })
         r = self.race_result
         if r is not None:
-            info.update({"auto_race": [e.as_dict() for e in r.entries], "auto_race_seconds": round(self.race_seconds, 2),
-                         "auto_race_limit_seconds": None if r.limit_seconds is None else round(r.limit_seconds, 2)})
+            info.update(
+                {
+                    "auto_race": [e.as_dict() for e in r.entries],
+                    "auto_race_seconds": round(self.race_seconds, 2),
+                    "auto_race_limit_seconds": None if r.limit_seconds is None else round(r.limit_seconds, 2),
+                }
+            )
         return info
 
     def state_dict(self) -> dict[str, Any]:

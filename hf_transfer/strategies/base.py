@@ -40,7 +40,7 @@ class RunContext:
     output_dir: Path
 
 
-def build_strategy(config: StrategyConfig) -> "Strategy":
+def build_strategy(config: StrategyConfig) -> Strategy:
     """Instantiate the strategy that `config.name` names."""
     return strategy_class(config.name)(config)
 

@@ -49,11 +49,23 @@ from torch.utils.data import Dataset
 
 from hf_transfer.errors import ConfigError, DataError
 from hf_transfer.strategies._groups import (
-    check_fraction, check_non_negative, check_positive, groups_at_depth, num_blocks, set_trainable, top_blocks,
-    trainable_group_names)
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    groups_at_depth,
+    num_blocks,
+    set_trainable,
+    top_blocks,
+    trainable_group_names,
+)
 from hf_transfer.strategies.base import Strategy, register_strategy
 from hf_transfer.strategies.feature_extraction import (
-    FeatureExtractionConfig, fit_feature_classifier, held_out_metrics, split_features, write_feature_run)
+    FeatureExtractionConfig,
+    fit_feature_classifier,
+    held_out_metrics,
+    split_features,
+    write_feature_run,
+)
 
 logger = logging.getLogger(__name__)
 

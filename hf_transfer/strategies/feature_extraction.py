@@ -27,7 +27,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -116,7 +116,7 @@ class FeatureExtractionConfig(StrategyConfig):
     epochs: int = 100
     lr: float = 1e-2
     batch_size: int = 64
-    layers: Union[Literal["last", "mean"], list[int]] = "last"
+    layers: Literal["last", "mean"] | list[int] = "last"
     combine: Literal["mean", "concat"] = "mean"
     pooling: Literal["auto", "mean", "cls", "max", "last_token", "pooler", "head_input"] = "auto"
     normalize: bool | None = None

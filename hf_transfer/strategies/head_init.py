@@ -60,8 +60,8 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
         head stays random.
     """
     from hf_transfer.models.features import FeatureExtractor, FeatureSpec, extract, locate_head_input
-    from hf_transfer.registry import recipe_modality
     from hf_transfer.models.probe import fit_classifier, write_into_head
+    from hf_transfer.registry import recipe_modality
 
     cfg = getattr(ctx, "cfg", None)
     recipe = getattr(cfg, "recipe", "text_classification")
@@ -99,7 +99,10 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
     probe = fit_classifier(_probe_settings(), X, labels, linear.out_features, seed=seed)
     if not write_into_head(linear, probe):
         shape = tuple(linear.weight.shape)
-        return {"head_init": "random", "head_init_reason": f"the probe {probe.weight.shape} does not fit the head {shape}"}
+        return {
+            "head_init": "random",
+            "head_init_reason": f"the probe {probe.weight.shape} does not fit the head {shape}",
+        }
     accuracy = float(np.mean(probe.predict(X) == labels))
     seconds = round(time.time() - t0, 2)
     logger.info("Head initialised from a logistic regression on its input (%d training examples, training "

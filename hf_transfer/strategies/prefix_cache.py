@@ -199,8 +199,9 @@ def collate_prefix(features: list[dict]) -> dict[str, torch.Tensor]:
                           for f in features])
     batch = {HIDDEN_KEY: hidden, "labels": torch.as_tensor([int(f["labels"]) for f in features])}
     if "attention_mask" in features[0]:
-        batch["attention_mask"] = torch.stack([nn.functional.pad(f["attention_mask"], (0, longest - len(f["attention_mask"])))
-                                               for f in features])
+        batch["attention_mask"] = torch.stack(
+            [nn.functional.pad(f["attention_mask"], (0, longest - len(f["attention_mask"]))) for f in features]
+        )
     return batch
 
 

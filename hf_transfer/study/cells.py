@@ -70,11 +70,17 @@ def run_cell(cell_dir: str | Path, backend: str | None = None) -> dict[str, Any]
     before = 0.0
     if spec["kind"] == "train" and isinstance(metrics.get("train_runtime_this_process"), (int, float)):
         before = max(0.0, float(metrics.get("train_runtime", 0.0)) - float(metrics["train_runtime_this_process"]))
-    _write_json(cell_dir / CELL_RESULT, {"seconds": round(seconds + before, 3), "seconds_this_attempt": round(seconds, 3),
-                                         "seconds_before_resume": round(before, 3),
-                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                         "backend": backend or os.environ.get(BACKEND_ENV) or "local",
-                                         "host": socket.gethostname()})
+    _write_json(
+        cell_dir / CELL_RESULT,
+        {
+            "seconds": round(seconds + before, 3),
+            "seconds_this_attempt": round(seconds, 3),
+            "seconds_before_resume": round(before, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "backend": backend or os.environ.get(BACKEND_ENV) or "local",
+            "host": socket.gethostname(),
+        },
+    )
     return metrics
 
 
@@ -169,8 +175,8 @@ def _run_target_baseline(cfg, spec: dict, cell_dir: Path, roles: list[str]) -> d
     from sklearn.multiclass import OneVsRestClassifier
 
     from hf_transfer.models.features import FeatureSpec
-    from hf_transfer.tasks.features import features_for_config
     from hf_transfer.tasks import get_task
+    from hf_transfer.tasks.features import features_for_config
     from hf_transfer.tasks.targets import TargetTask
 
     task = get_task(cfg)
@@ -218,7 +224,9 @@ def _run_setfit(cfg, spec: dict, cell_dir: Path) -> dict[str, Any]:
     try:
         from setfit import SetFitModel, Trainer, TrainingArguments
     except ImportError:
-        raise HFTransferError("The setfit baseline needs the setfit package: pip install 'hf-transfer-toolkit[setfit]'.") from None
+        raise HFTransferError(
+            "The setfit baseline needs the setfit package: pip install 'hf-transfer-toolkit[setfit]'."
+        ) from None
     from datasets import Dataset
 
     from hf_transfer.paths import resolve
@@ -242,8 +250,13 @@ def _run_setfit(cfg, spec: dict, cell_dir: Path) -> dict[str, Any]:
     for role, ds in (("eval", splits.eval), ("test", splits.test)):
         if ds is None:
             continue
-        pred = np.asarray(model.predict(list(ds[col]), batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
-                                        show_progress_bar=False))
+        pred = np.asarray(
+            model.predict(
+                list(ds[col]),
+                batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
+                show_progress_bar=False,
+            )
+        )
         metrics[f"{role}_size"] = len(ds)
         metrics.update(_classification_metrics(pred.astype(int), np.asarray(ds["labels"]), names, role))
     return _finish_baseline(cfg, cell_dir, metrics)

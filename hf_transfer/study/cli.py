@@ -15,10 +15,16 @@ def add_commands(sub) -> None:
     from hf_transfer.cli import add_overrides
 
     add_overrides(c, "a.b=value overrides applied to every cell (options may come before, between or after them)")
-    c.add_argument("--strategies", required=True, help="comma-separated, e.g. full,partial,feature_extraction,lora,scratch")
-    c.add_argument("--sizes", required=True, help="training-set sizes, comma-separated: totals, or per class with --per-class")
+    c.add_argument(
+        "--strategies", required=True, help="comma-separated, e.g. full,partial,feature_extraction,lora,scratch"
+    )
+    c.add_argument(
+        "--sizes", required=True, help="training-set sizes, comma-separated: totals, or per class with --per-class"
+    )
     c.add_argument("--per-class", action="store_true", help="--sizes count examples per class")
-    c.add_argument("--seeds", default="0,1,2", help="seeds (default 0,1,2): each draws its own subsample and training seed")
+    c.add_argument(
+        "--seeds", default="0,1,2", help="seeds (default 0,1,2): each draws its own subsample and training seed"
+    )
     c.add_argument("--baselines", default="", help="logreg (frozen features + scikit-learn) and/or setfit (text only)")
     c.add_argument("--set", dest="sets", action="append", default=[], metavar="LABEL:KEY=VALUE",
                    help="a setting for one entry of --strategies or --baselines only (repeatable), e.g. "

@@ -23,11 +23,23 @@ pool, progress). This module keeps every name importable from `hf_transfer.study
 """
 
 from hf_transfer.study.cell_state import (  # noqa: F401
-    STUDY_FILE, Cell, Study, cell_result, cell_status, config_differences,
+    STUDY_FILE,
+    Cell,
+    Study,
+    cell_result,
+    cell_status,
+    config_differences,
 )
 from hf_transfer.study.planning import (  # noqa: F401
-    CLASSIFICATION_METRICS, LOWER_IS_BETTER, check_baselines, check_strategy_labels, format_command,
-    parse_int_list, parse_name_list, parse_sets, plan_study,
+    CLASSIFICATION_METRICS,
+    LOWER_IS_BETTER,
+    check_baselines,
+    check_strategy_labels,
+    format_command,
+    parse_int_list,
+    parse_name_list,
+    parse_sets,
+    plan_study,
 )
 from hf_transfer.study.runner import run_study  # noqa: F401
 

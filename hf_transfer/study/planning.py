@@ -22,7 +22,14 @@ from hf_transfer.config_parsing import parse_override, set_dotted
 from hf_transfer.errors import ConfigError, HFTransferError
 from hf_transfer.study import cells as cells_mod
 from hf_transfer.study.cell_state import (
-    CELL_KEYS, STUDY_FILE, Cell, Study, cell_status, config_differences, drop_keys, normalized_config,
+    CELL_KEYS,
+    STUDY_FILE,
+    Cell,
+    Study,
+    cell_status,
+    config_differences,
+    drop_keys,
+    normalized_config,
 )
 from hf_transfer.study.cells import BASELINES
 from hf_transfer.study.sampling import check_sizes, nested_subsamples
@@ -78,7 +85,9 @@ def parse_sets(items: list[str], labels: list[str], baselines: list[str]) -> dic
     for item in items or []:
         label, sep, override = item.partition(":")
         if not sep or "=" not in override:
-            raise ConfigError(f"--set {item!r} is not LABEL:key=value (e.g. --set scratch:training.learning_rate=3e-4).")
+            raise ConfigError(
+                f"--set {item!r} is not LABEL:key=value (e.g. --set scratch:training.learning_rate=3e-4)."
+            )
         if label not in known:
             raise ConfigError(f"--set {item!r} names '{label}', which is not in --strategies or --baselines "
                               f"({', '.join(known)}).{_did_you_mean(label, known)}")
@@ -166,11 +175,14 @@ def _load_pool(base: TrainConfig, data_seed: int) -> tuple[np.ndarray, list[str]
         splits = TargetTask.load_splits(task)
         strata, names = task.strata(splits.train)
         counts = np.bincount(strata, minlength=len(names))
-        pool = {"train_pool": int(len(strata)), "train_pool_per_class": dict(zip(names, counts.tolist())),  # per stratum
-                "target_labels": list(task.labels.names),
-                "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
-                "test_size": int(len(splits.test)) if splits.test is not None else 0,
-                "fingerprint": _data_fingerprint(task, splits, list(task.labels.names))}
+        pool = {
+            "train_pool": int(len(strata)),
+            "train_pool_per_class": dict(zip(names, counts.tolist())),  # per stratum
+            "target_labels": list(task.labels.names),
+            "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
+            "test_size": int(len(splits.test)) if splits.test is not None else 0,
+            "fingerprint": _data_fingerprint(task, splits, list(task.labels.names)),
+        }
         return strata, names, pool
     if getattr(task, "token_level", False):
         # Tagged sentences have no single class: nested subsamples of sentences at random (one
@@ -261,8 +273,11 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
     check_baselines(baselines, base)
     for b in baselines:
         if b == "logreg":
-            unknown = [o.partition("=")[0] for o in by_label.get(b, [])
-                       if o.partition("=")[0] not in ("C", "max_iter", "penalty", "solver", "class_weight", "tol", "alpha")]
+            unknown = [
+                o.partition("=")[0]
+                for o in by_label.get(b, [])
+                if o.partition("=")[0] not in ("C", "max_iter", "penalty", "solver", "class_weight", "tol", "alpha")
+            ]
         else:
             from setfit import TrainingArguments
 
@@ -295,14 +310,39 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
         raise ConfigError("--per-class counts examples per class; tagged sentences have none: give --sizes in "
                           "sentences without --per-class.")
     check_sizes(pool_labels, sizes, per_class, names)
-    command = format_command(config_name or str(config), overrides, labels, sizes, seeds, per_class, baselines, set_items,
-                             jobs, str(out), metric)
+    command = format_command(
+        config_name or str(config),
+        overrides,
+        labels,
+        sizes,
+        seeds,
+        per_class,
+        baselines,
+        set_items,
+        jobs,
+        str(out),
+        metric,
+    )
     identity = drop_keys(config_to_dict(base), CELL_KEYS)
     identity["data"]["seed"] = data_seed
-    record = {"command": command, "config_file": config_name or str(config), "overrides": overrides, "per_class": per_class,
-              "data_seed": data_seed, "pool": pool, "labels": names, "config": identity,
-              "plan": {"strategies": labels, "baselines": baselines, "sizes": sizes, "seeds": seeds,
-                       "sets": set_items, "metric": metric}}
+    record = {
+        "command": command,
+        "config_file": config_name or str(config),
+        "overrides": overrides,
+        "per_class": per_class,
+        "data_seed": data_seed,
+        "pool": pool,
+        "labels": names,
+        "config": identity,
+        "plan": {
+            "strategies": labels,
+            "baselines": baselines,
+            "sizes": sizes,
+            "seeds": seeds,
+            "sets": set_items,
+            "metric": metric,
+        },
+    }
     _check_study_folder(out, record)
 
     cell_list: list[Cell] = []

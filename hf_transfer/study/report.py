@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from hf_transfer.study.stats import (
-    MIN_SEEDS_TO_JUDGE, Outcome, Summary, bootstrap_difference, bootstrap_summary, can_bootstrap, paired_difference,
+    MIN_SEEDS_TO_JUDGE,
+    Outcome,
+    Summary,
+    bootstrap_difference,
+    bootstrap_summary,
+    can_bootstrap,
+    paired_difference,
     summarize,
 )
 
@@ -50,10 +56,21 @@ def collect_rows(study) -> list[dict[str, Any]]:
         m = cell_result(cell)
         if m is None:
             continue
-        row = {"strategy": cell.label, "runs": cell.strategy, "kind": cell.kind, "size": cell.size,
-               "per_class": study.per_class, "seed": cell.seed, "train_size": m.get("train_size"),
-               "seconds": m.get("seconds"), "chosen": m.get("auto_choice") or "", "backend": m.get("backend") or "local",
-               "host": m.get("host") or "", "run_dir": str(cell.dir), "outcome": Outcome.from_metrics(m)}
+        row = {
+            "strategy": cell.label,
+            "runs": cell.strategy,
+            "kind": cell.kind,
+            "size": cell.size,
+            "per_class": study.per_class,
+            "seed": cell.seed,
+            "train_size": m.get("train_size"),
+            "seconds": m.get("seconds"),
+            "chosen": m.get("auto_choice") or "",
+            "backend": m.get("backend") or "local",
+            "host": m.get("host") or "",
+            "run_dir": str(cell.dir),
+            "outcome": Outcome.from_metrics(m),
+        }
         for k, v in sorted(m.items()):
             if k.startswith(("eval_", "test_")) and isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[k] = v
@@ -245,13 +262,20 @@ def markdown(study, rows: list[dict], verdict: dict, table_stats: dict) -> str:
     pc = study.per_class
     pool = study.pool
     seeds = ",".join(map(str, study.seeds))
-    lines = [f"# Transfer study: {study.record['config_file']}", "",
-             f"Command: `{study.command}`", "",
-             f"Training pool {pool['train_pool']} rows ({', '.join(f'{k} {v}' for k, v in pool['train_pool_per_class'].items())}); "
-             f"eval split {pool['eval_size']} rows, {_eval_split_note(study, rows)}. Sizes are "
-             f"{'per class' if pc else 'totals'}, nested and stratified; seeds {seeds}. "
-             f"{len(rows)} of {len(study.cells)} runs finished.", "",
-             f"## {metric}: mean ± sd over seeds [95% interval]", ""]
+    lines = [
+        f"# Transfer study: {study.record['config_file']}",
+        "",
+        f"Command: `{study.command}`",
+        "",
+        f"Training pool {pool['train_pool']} rows "
+        f"({', '.join(f'{k} {v}' for k, v in pool['train_pool_per_class'].items())}); "
+        f"eval split {pool['eval_size']} rows, {_eval_split_note(study, rows)}. Sizes are "
+        f"{'per class' if pc else 'totals'}, nested and stratified; seeds {seeds}. "
+        f"{len(rows)} of {len(study.cells)} runs finished.",
+        "",
+        f"## {metric}: mean ± sd over seeds [95% interval]",
+        "",
+    ]
     head = "| strategy | " + " | ".join(_size_name(s, pc) for s in sizes) + " |"
     lines += [head, "|---|" + "---|" * len(sizes)]
     for lab in labels:
@@ -352,7 +376,11 @@ def backend_line(rows: list[dict]) -> str:
         hosts.setdefault(b, set()).add(r.get("host") or "?")
     parts = [f"{b} {n} cell{'s' if n != 1 else ''} on {len(hosts[b])} host{'s' if len(hosts[b]) != 1 else ''}"
              for b, n in sorted(counts.items())]
-    return "Backends: " + ("; ".join(parts) if parts else "no cell finished") + " (per cell: `backend`, `host` in study.csv)."
+    return (
+        "Backends: "
+        + ("; ".join(parts) if parts else "no cell finished")
+        + " (per cell: `backend`, `host` in study.csv)."
+    )
 
 
 def verdict_lines(verdict: dict, per_class: bool) -> list[str]:
@@ -364,7 +392,9 @@ def verdict_lines(verdict: dict, per_class: bool) -> list[str]:
     for b in verdict["best"]:
         tied = (f"; no clear difference from {', '.join(b['tied_within_interval'])} (the paired interval holds 0)"
                 if b["tied_within_interval"] else "")
-        lines.append(f"- {_size_name(b['size'], per_class)}: best is **{b['strategy']}** ({metric} {_fmt(b['mean'])}){tied}.")
+        lines.append(
+            f"- {_size_name(b['size'], per_class)}: best is **{b['strategy']}** ({metric} {_fmt(b['mean'])}){tied}."
+        )
     if verdict["scratch"] is None:
         lines.append("- No `scratch` cells: transfer against scratch was not measured (add scratch to --strategies).")
     for t in verdict["transfer_vs_scratch"]:
@@ -385,8 +415,10 @@ def verdict_lines(verdict: dict, per_class: bool) -> list[str]:
     if verdict["negative_transfer"]:
         for n in verdict["negative_transfer"]:
             sure = " (beyond the interval)" if n["beyond_interval"] else " (within the interval: may be noise)"
-            lines.append(f"- **NEGATIVE TRANSFER** {_size_name(n['size'], per_class)}: {n['strategy']} is {n['reason']}: "
-                         f"{_fmt(n['mean'])} against {_fmt(n['reference_mean'])}{sure}.")
+            lines.append(
+                f"- **NEGATIVE TRANSFER** {_size_name(n['size'], per_class)}: {n['strategy']} is {n['reason']}: "
+                f"{_fmt(n['mean'])} against {_fmt(n['reference_mean'])}{sure}."
+            )
     else:
         checks = []
         if verdict["scratch"]:
@@ -448,12 +480,24 @@ def write_report(study) -> dict[str, Any]:
     (out / "study.md").write_text(markdown(study, rows, verdict, table_stats))
     plot(study, table_stats, out / "study.png")
     report = {
-        "command": study.command, "metric": study.metric, "per_class": study.per_class,
-        "pool": study.pool, "cells": len(study.cells), "finished": len(rows),
-        "summary": [{"strategy": lab, "size": size, **st.to_dict(),
-                     "seconds_mean": (summaries(rows, "seconds").get((lab, size)) or Summary(0, math.nan, 0, 0, 0)).mean,
-                     "chosen": sorted({r["chosen"] for r in rows if r["strategy"] == lab and r["size"] == size and r["chosen"]})}
-                    for (lab, size), st in sorted(table_stats.items(), key=lambda kv: (kv[0][1], kv[0][0]))],
+        "command": study.command,
+        "metric": study.metric,
+        "per_class": study.per_class,
+        "pool": study.pool,
+        "cells": len(study.cells),
+        "finished": len(rows),
+        "summary": [
+            {
+                "strategy": lab,
+                "size": size,
+                **st.to_dict(),
+                "seconds_mean": (summaries(rows, "seconds").get((lab, size)) or Summary(0, math.nan, 0, 0, 0)).mean,
+                "chosen": sorted(
+                    {r["chosen"] for r in rows if r["strategy"] == lab and r["size"] == size and r["chosen"]}
+                ),
+            }
+            for (lab, size), st in sorted(table_stats.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        ],
         "verdicts": verdict,
     }
     (out / "study.json").write_text(json.dumps(_clean(report), indent=2, default=str))

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -281,10 +282,10 @@ def _run_workers(study: Study, pending: list[Cell], jobs: int, progress: _Progre
                 progress.line(cell, m, (m or {}).get("seconds"), queue + [c for c, _, _ in running.values()],
                               error, running=elapsed)
     finally:
-        for proc, (cell, _, log) in running.items():
+        for proc in running:
             if proc.poll() is None:
                 proc.terminate()
-        for proc, (cell, _, log) in running.items():
+        for proc, (_cell, _, log) in running.items():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -30,7 +30,7 @@ def stratified_order(labels, seed: int) -> np.ndarray:
     orders = _class_orders(labels, seed)
     tiebreak = np.random.default_rng([seed, 1])
     keys, positions = [], []
-    for c, order in orders.items():
+    for order in orders.values():
         rank = np.arange(len(order), dtype=float)
         key = (rank + 0.5) / len(order)
         key[0] = -1.0  # one row of every class first

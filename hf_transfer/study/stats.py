@@ -112,7 +112,7 @@ class Outcome:
     losses: np.ndarray | None = None
 
     @classmethod
-    def from_metrics(cls, metrics: dict, prefix: str = "eval") -> "Outcome | None":
+    def from_metrics(cls, metrics: dict, prefix: str = "eval") -> Outcome | None:
         """From a cell's metrics.json (`eval_predictions`, `eval_references`, `eval_example_losses`)."""
         p, r = metrics.get(f"{prefix}_predictions"), metrics.get(f"{prefix}_references")
         if not isinstance(p, list) or not isinstance(r, list) or len(p) != len(r) or not p:

@@ -72,7 +72,9 @@ class AutoAudioClassifier:
     def from_pretrained(cls, name_or_path, *args, **kwargs):
         config = kwargs.get("config")
         if config is None:
-            config = load_config_checked(str(name_or_path), kwargs.get("revision"), kwargs.get("trust_remote_code", False))
+            config = load_config_checked(
+                str(name_or_path), kwargs.get("revision"), kwargs.get("trust_remote_code", False)
+            )
         if cls._whisper(config):
             kwargs.pop("trust_remote_code", None)
             return WhisperForMaskedAudioClassification.from_pretrained(name_or_path, *args, **kwargs)

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 #: 0-based index in its source (file row, header not counted; image folders: sorted file order).
 SOURCE_ROW = "__source_row__"
 
-def get_task(cfg: TrainConfig) -> "Task":
+def get_task(cfg: TrainConfig) -> Task:
     """The task object for `cfg.recipe` (built-in or a plugin's; `ConfigError` if unknown)."""
     return task_class(cfg.recipe)(cfg)
 

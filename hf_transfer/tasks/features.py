@@ -64,10 +64,12 @@ def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = Non
             ds = ds.shuffle(seed=seed).select(range(max_examples))
         missing = [c for c in columns if c not in ds.column_names]
         if missing:
-            raise DataError(f"The {name} split has no column {', '.join(repr(c) for c in missing)} (its columns: "
-                            f"{', '.join(ds.column_names)}). Name a column of the data, or add it: a column of the csv / "
-                            "dataset, or for an audio folder a metadata.csv with file_name and that column; "
-                            "image folders carry no extra columns, use a csv of image paths instead).")
+            raise DataError(
+                f"The {name} split has no column {', '.join(repr(c) for c in missing)} (its columns: "
+                f"{', '.join(ds.column_names)}). Name a column of the data, or add it: a column of the csv / "
+                "dataset, or for an audio folder a metadata.csv with file_name and that column; "
+                "image folders carry no extra columns, use a csv of image paths instead)."
+            )
         out[name] = extract(extractor, task, ds, batch_size=bs, cache=getattr(strategy, "use_cache", True),
                             cache_dir=getattr(strategy, "cache_dir", None))
         out[name].columns = {c: list(ds[c]) for c in columns}

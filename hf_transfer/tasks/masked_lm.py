@@ -120,10 +120,21 @@ class MaskedLMTask(Task):
                 "labels": labels,
             }
 
-        masked = encoded.map(mask, batched=True, batch_size=64, remove_columns=encoded.column_names,
-                             desc="Masking eval texts", load_from_cache_file=False,
-                             new_fingerprint=transform_fingerprint(encoded, "mlm_eval_masks", tokenizer_identity(tok),
-                                                                   self.cfg.data.mlm_probability, self.cfg.training.seed))
+        masked = encoded.map(
+            mask,
+            batched=True,
+            batch_size=64,
+            remove_columns=encoded.column_names,
+            desc="Masking eval texts",
+            load_from_cache_file=False,
+            new_fingerprint=transform_fingerprint(
+                encoded,
+                "mlm_eval_masks",
+                tokenizer_identity(tok),
+                self.cfg.data.mlm_probability,
+                self.cfg.training.seed,
+            ),
+        )
         if not any(v != -100 for lab in masked["labels"] for v in lab):
             raise DataError(f"The {len(masked)} held-out text(s) have no token that can be masked (only special "
                             "tokens): the masked-LM eval loss would measure nothing. Give more (or longer) eval texts.")

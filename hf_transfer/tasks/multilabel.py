@@ -273,7 +273,9 @@ class MultiLabelTask(TargetTask):
         t = np.asarray([float(saved.get(n, DEFAULT_THRESHOLD)) for n in names])
         device = next(model.parameters()).device
         with torch.no_grad():
-            probs = torch.sigmoid(model(**send_to_device(self.predict_inputs(inputs), device)).logits.float()).cpu().numpy()
+            probs = (
+                torch.sigmoid(model(**send_to_device(self.predict_inputs(inputs), device)).logits.float()).cpu().numpy()
+            )
         out = []
         for item, p in zip(inputs, probs):
             order = np.argsort(-p)

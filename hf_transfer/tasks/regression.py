@@ -102,7 +102,9 @@ class RegressionTask(TargetTask):
         y = targets_mod.numeric_targets(ds, self.label_column, where)
         if fit:
             targets_mod.check_not_constant(y, self.label_column, where)
-        ds = ds.remove_columns([c for c in (self.label_column, "labels") if c in ds.column_names and c != self.input_col])
+        ds = ds.remove_columns(
+            [c for c in (self.label_column, "labels") if c in ds.column_names and c != self.input_col]
+        )
         import datasets
 
         ds = ds.add_column("labels", y.tolist())

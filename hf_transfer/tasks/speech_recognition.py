@@ -111,7 +111,9 @@ class SpeechRecognitionTask(Task):
         try:
             processor = AutoProcessor.from_pretrained(path, revision=m.revision, trust_remote_code=m.trust_remote_code)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelError(f"Cannot load the processor (tokenizer + feature extractor) of '{m.name_or_path}': {e}") from None
+            raise ModelError(
+                f"Cannot load the processor (tokenizer + feature extractor) of '{m.name_or_path}': {e}"
+            ) from None
         self.tokenizer = getattr(processor, "tokenizer", None)
         self.feature_extractor = getattr(processor, "feature_extractor", None)
         if self.tokenizer is None or self.feature_extractor is None:

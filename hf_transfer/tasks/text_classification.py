@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
-
 import logging
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hf_transfer.data import labels as labels_mod
 from hf_transfer.data.fingerprints import transform_fingerprint
@@ -12,7 +12,6 @@ from hf_transfer.data.text import tokenize_split
 from hf_transfer.errors import DataError, HFTransferError
 from hf_transfer.models.heads import load_for_classification
 from hf_transfer.tasks.base import ClassificationTask, register_task
-
 
 logger = logging.getLogger(__name__)
 

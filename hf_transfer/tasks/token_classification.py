@@ -271,8 +271,15 @@ class TokenClassificationTask(Task):
                         continue
                     idx = int(scores[j, k].argmax())
                     s, e = (int(x) for x in offsets[j, k])
-                    tokens.append({"entity": id2label[idx], "score": float(scores[j, k, idx]),
-                                   "word": tok.convert_ids_to_tokens(int(enc["input_ids"][j, k])), "start": s, "end": e})
+                    tokens.append(
+                        {
+                            "entity": id2label[idx],
+                            "score": float(scores[j, k, idx]),
+                            "word": tok.convert_ids_to_tokens(int(enc["input_ids"][j, k])),
+                            "start": s,
+                            "end": e,
+                        }
+                    )
                 results.append({"input": text, "entities": group_entities(tokens, tok)})
         return results
 

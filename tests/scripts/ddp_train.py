@@ -3,7 +3,6 @@ ended with, so a test can check that all processes hold identical models."""
 
 import sys
 
-import torch
 from safetensors.torch import save_file
 
 from hf_transfer.config import load_config
