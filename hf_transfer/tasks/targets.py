@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: The recipes of this module's families, filled by `register_target_recipe`.
 TARGET_RECIPES: dict[str, str] = {}
-#: Strategies that need one class per example.
-SINGLE_LABEL_STRATEGIES = ("contrastive",)
+#: Strategies that need classes (or label sets: `contrastive` pairs rows by label overlap), not numbers.
+CLASS_STRATEGIES = ("contrastive",)
 
 
 def register_target_recipe(name: str, kind: str) -> None:
@@ -44,9 +44,9 @@ def _check_target_config(cfg, source: str) -> None:
     kind = TARGET_RECIPES.get(getattr(cfg, "recipe", ""))
     if kind is None:
         return
-    if cfg.strategy.name in SINGLE_LABEL_STRATEGIES:
-        raise ConfigError(f"strategy.name '{cfg.strategy.name}' pairs examples of the same class and needs a "
-                          f"single-label recipe; recipe {cfg.recipe} ({source}) has {kind} targets. Use "
+    if kind == "regression" and cfg.strategy.name in CLASS_STRATEGIES:
+        raise ConfigError(f"strategy.name '{cfg.strategy.name}' pairs examples by their labels and needs classes or "
+                          f"label sets; recipe {cfg.recipe} ({source}) has numeric targets. Use "
                           "feature_extraction, freeze, partial, lora, full or auto.")
     if cfg.data.samples_per_class is not None or cfg.data.eval_samples_per_class is not None:
         raise ConfigError(f"data.samples_per_class / eval_samples_per_class need classes; recipe {cfg.recipe} "
