@@ -266,3 +266,81 @@ def test_thresholds_are_tuned_from_enough_rows_only():
     assert (t_small == 0.5).all() and f"from {MIN_TUNING_ROWS} rows on" in rec_small["threshold_selection"]
     _, t_big, rec_big = fit_multilabel(X, Y)
     assert "cross-validation" in rec_big["threshold_selection"] and (t_big != 0.5).any()
+
+
+# ----------------------------------------------------------------------------- refit at the last epoch
+
+def _sentence_transformers_copy(tiny_bert_dir, tmp_path):
+    """The tiny BERT as a sentence-transformers folder (mean pooling + Normalize), whose frozen
+    features are L2-normalised by convention: the head's input is not."""
+    import shutil
+
+    out = tmp_path / "st"
+    shutil.copytree(tiny_bert_dir, out)
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (out / "1_Pooling").mkdir()
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                               "pooling_mode_mean_tokens": True}))
+    (out / "2_Normalize").mkdir()
+    return out
+
+
+def test_probe_fits_the_raw_head_input_of_a_sentence_transformers_checkpoint(tiny_bert_dir, topics, tmp_path):  # noqa: F811
+    from hf_transfer.models.target_probe import fit_multilabel
+    from hf_transfer.run import RunContext
+    from hf_transfer.strategies.base import build_strategy
+
+    st = _sentence_transformers_copy(tiny_bert_dir, tmp_path)
+    cfg = load_config(None, _overrides("text_multilabel", st, topics, tmp_path / "run", "strategy.name=full"))
+    task, splits, model = _built(cfg)
+    assert build_strategy(cfg.strategy).init_head(RunContext(cfg, task, splits, tmp_path), model)["head_init"] == "probe"
+    X, enc = _pooled(model, task.processor, list(splits.train["text"]), cfg.data.max_length)
+    probe, _, _ = fit_multilabel(X, np.asarray(list(splits.train["labels"])), tune=False)
+    with torch.no_grad():
+        got = model(**enc).logits.double().numpy()
+    np.testing.assert_allclose(got, probe.logits(X), atol=2e-3)
+    # the weights themselves, not only the logits (on these near-constant features the biases dominate)
+    np.testing.assert_allclose(model.classifier.weight.detach().double().numpy(), probe.weight, rtol=0.02, atol=1e-4)
+
+
+def test_head_is_fitted_again_on_the_trained_body_at_the_last_epoch(tiny_bert_dir, topics, tmp_path):  # noqa: F811
+    from hf_transfer.models.target_probe import fit_multilabel
+    from hf_transfer.run import train
+
+    out = tmp_path / "run"
+    cfg = load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, out, "strategy.name=full",
+                                       "training.epochs=3", "training.save_strategy=no"))
+    metrics = train(cfg)
+    assert metrics["head_refits"] == 1 and metrics["head_refit_epoch"] == 2
+    assert metrics["budget"]["epochs_per_eval"] == 3  # evaluated after the refit only
+    assert [r["step"] for r in json.loads((out / "history.json").read_text()) if "eval_loss" in r] == [metrics["train_steps"]]
+    assert "0.5" in metrics["threshold_selection"] and set(metrics["thresholds"].values()) == {0.5}
+    # the saved head is the balanced probe of the saved body: the body did not move after the refit
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_transfer.tasks import get_task
+
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    task = get_task(cfg)
+    task.load_processor()
+    splits = task.load_splits()
+    X, enc = _pooled(model, AutoTokenizer.from_pretrained(out), list(splits.train["text"]), cfg.data.max_length)
+    probe, _, _ = fit_multilabel(X, np.asarray(list(splits.train["labels"])), tune=False)
+    with torch.no_grad():
+        got = model(**enc).logits.double().numpy()
+    np.testing.assert_allclose(got, probe.logits(X), atol=0.05)  # 1/3 of an epoch of head steps at a tiny rate
+
+
+def test_a_one_epoch_run_and_a_random_head_are_not_refitted(tiny_bert_dir, topics, tmp_path):  # noqa: F811
+    from hf_transfer.run import train
+
+    one = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "a", "strategy.name=full",
+                                             "training.epochs=1", "training.save_strategy=no")))
+    assert "head_refits" not in one and one["head_init"] == "probe"
+    rnd = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "b", "strategy.name=full",
+                                             "strategy.head_init=random", "training.save_strategy=no")))
+    assert "head_refits" not in rnd and rnd["budget"]["epochs_per_eval"] == 1
+    assert "per-label F1 on the eval split" in rnd["threshold_selection"]  # a calibrated head: tuned on eval
