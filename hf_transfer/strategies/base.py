@@ -133,14 +133,14 @@ class Strategy:
     def on_epoch_start(self, epoch: int, model: nn.Module, groups: list) -> bool:
         """Change what trains at the start of `epoch` (0-based). True if anything changed.
 
-        Label sets and numbers: the head started from a probe is fitted again on the trained body
+        Label sets: the head started from a probe is fitted again on the trained body
         (`head_init.refit_target_head`); an override calls `self.refit_head(epoch, model)`."""
         return self.refit_head(epoch, model)
 
     def on_budget(self, budget) -> None:
         """The run's budget (`engine.budget.resolve_budget`), once the trainer has resolved it.
 
-        A label-set or numeric head that is fitted again at the last epoch (`refit_head`) is
+        A label-set head that is fitted again at the last epoch (`refit_head`) is
         evaluated only after it: the heads of earlier epochs are replaced, so a checkpoint of
         theirs is no candidate for the best model (a 20-row eval split picked one on the
         benchmark, 0.48 macro F1 against 0.55-0.56 for the refitted model of the other seeds)."""
@@ -151,8 +151,8 @@ class Strategy:
                                                  "at its start (strategies.head_init.refit_target_head)")
 
     def refit_head(self, epoch: int, model: nn.Module) -> bool:
-        """`strategies.head_init.refit_target_head` (a no-op unless the head of a label-set or
-        numeric target started from a probe). True when it changed what trains."""
+        """`strategies.head_init.refit_target_head` (a no-op unless the head of a label-set target
+        started from a probe). True when it changed what trains."""
         if getattr(self, "_target_head_ctx", None) is None:
             return False
         from hf_transfer.strategies.head_init import refit_target_head
