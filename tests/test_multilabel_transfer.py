@@ -337,3 +337,13 @@ def test_a_one_epoch_run_and_a_random_head_are_not_refitted(tiny_bert_dir, topic
                                              "strategy.head_init=random", "training.save_strategy=no")))
     assert "head_refits" not in rnd and rnd["budget"]["epochs_per_eval"] == 1
     assert "per-label F1 on the eval split" in rnd["threshold_selection"]  # a calibrated head: tuned on eval
+
+
+def test_lora_head_copy_is_fitted_again(tiny_bert_dir, topics, tmp_path):  # noqa: F811
+    from hf_transfer.run import train
+
+    metrics = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "run",
+                                                 "strategy.name=lora", "training.epochs=2",
+                                                 "training.save_strategy=no")))
+    assert metrics["head_init"] == "probe"
+    assert metrics["head_refits"] == 1 and metrics["head_refit_epoch"] == 1  # the trained copy under PEFT

@@ -132,6 +132,14 @@ def _head_linear(model: nn.Module, modality: str) -> tuple[nn.Linear | None, str
     except ModelError as e:
         return None, str(e)
     if head.linear is None:
+        # Under PEFT the head is a `ModulesToSaveWrapper`: its trained copy is the linear layer.
+        for name in head.candidates:
+            module = model.get_submodule(name)
+            copies = getattr(module, "modules_to_save", None)
+            adapter = getattr(module, "active_adapter", None)
+            adapter = adapter[0] if isinstance(adapter, (list, tuple)) and adapter else adapter
+            if copies is not None and adapter in copies and isinstance(copies[adapter], nn.Linear):
+                return copies[adapter], ""
         return None, f"the head ({', '.join(head.candidates)}) is not one linear layer"
     return model.get_submodule(head.linear), ""
 
