@@ -58,7 +58,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-METHODS = ["baseline", "feature_extraction", "full", "contrastive", "auto", "scratch"]
+METHODS = ["baseline", "feature_extraction", "full", "partial", "lora", "lp_ft", "contrastive", "auto", "scratch"]
 MAX_LENGTH = 64
 TEST_ROWS = 600
 MIN_POSITIVE = 0.06
@@ -206,6 +206,7 @@ def run(args) -> dict:
 
 LABELS = {"baseline": "plain baseline (frozen MiniLM + one-vs-rest balanced LR / Ridge)",
           "feature_extraction": "feature_extraction (defaults)", "full": "full (defaults; the default strategy)",
+          "partial": "partial (defaults)", "lora": "lora (defaults)", "lp_ft": "lp_ft (defaults)",
           "contrastive": "contrastive (defaults; multi-label only)", "auto": "auto (defaults)",
           "scratch": "scratch (defaults)"}
 
@@ -229,6 +230,8 @@ def print_tables(results: dict) -> None:
         print("| method | " + " | ".join(f"n={n}: {c}" for n in sizes for c in cols) + " |")
         print("|---|" + "---|" * (len(cols) * len(sizes)))
         for method in METHODS:
+            if not any(results.get(f"{family}|{n}|{method}") for n in sizes):
+                continue
             cells = []
             for n in sizes:
                 rs = results.get(f"{family}|{n}|{method}")
