@@ -30,7 +30,8 @@ Per seed, `n` training rows are drawn from the pool. Methods:
 * hf_transfer strategies with the tool's defaults (`hf-transfer train` with the recipe, the data and
   the strategy name only: budget, learning rate, eval carve-out of 10% of the `n` rows, per-epoch
   evaluation, best-checkpoint selection, thresholds tuned on the carve-out): `feature_extraction`,
-  `full` (the default strategy), `auto`, and `scratch` (same architecture, random init).
+  `full` (the default strategy), `contrastive` (multi-label only: pairs by label overlap), `auto`,
+  and `scratch` (same architecture, random init).
 
 Scores on the fixed test set: macro F1 (multi-label; also micro F1 and LRAP), RMSE and Spearman
 (regression). Seconds are wall time per run, one torch thread, on a shared machine.
@@ -57,7 +58,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-METHODS = ["baseline", "feature_extraction", "full", "auto", "scratch"]
+METHODS = ["baseline", "feature_extraction", "full", "partial", "lora", "lp_ft", "contrastive", "auto", "scratch"]
 MAX_LENGTH = 64
 TEST_ROWS = 600
 MIN_POSITIVE = 0.06
@@ -205,7 +206,9 @@ def run(args) -> dict:
 
 LABELS = {"baseline": "plain baseline (frozen MiniLM + one-vs-rest balanced LR / Ridge)",
           "feature_extraction": "feature_extraction (defaults)", "full": "full (defaults; the default strategy)",
-          "auto": "auto (defaults)", "scratch": "scratch (defaults)"}
+          "partial": "partial (defaults)", "lora": "lora (defaults)", "lp_ft": "lp_ft (defaults)",
+          "contrastive": "contrastive (defaults; multi-label only)", "auto": "auto (defaults)",
+          "scratch": "scratch (defaults)"}
 
 
 def _cell(rs, key):
@@ -227,6 +230,8 @@ def print_tables(results: dict) -> None:
         print("| method | " + " | ".join(f"n={n}: {c}" for n in sizes for c in cols) + " |")
         print("|---|" + "---|" * (len(cols) * len(sizes)))
         for method in METHODS:
+            if not any(results.get(f"{family}|{n}|{method}") for n in sizes):
+                continue
             cells = []
             for n in sizes:
                 rs = results.get(f"{family}|{n}|{method}")

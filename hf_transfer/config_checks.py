@@ -66,8 +66,8 @@ def check_domain_settings(cfg, source: str = "config") -> None:
         raise ConfigError(f"data.mlm_probability must be between 0 and 1, got {cfg.data.mlm_probability}.")
 
 
-#: Strategies that need one class per example.
-SINGLE_LABEL_STRATEGIES = ("contrastive",)
+#: Strategies that need classes (or label sets: `contrastive` pairs rows by label overlap), not numbers.
+CLASS_STRATEGIES = ("contrastive",)
 
 
 def check_target_settings(cfg, source: str = "config") -> None:
@@ -79,9 +79,9 @@ def check_target_settings(cfg, source: str = "config") -> None:
     kind = {"label_set": "multilabel", "number": "regression"}.get(targets)
     if kind is None:
         return
-    if cfg.strategy.name in SINGLE_LABEL_STRATEGIES:
-        raise ConfigError(f"strategy.name '{cfg.strategy.name}' pairs examples of the same class and needs a "
-                          f"single-label recipe; recipe {cfg.recipe} ({source}) has {kind} targets. Use "
+    if kind == "regression" and cfg.strategy.name in CLASS_STRATEGIES:
+        raise ConfigError(f"strategy.name '{cfg.strategy.name}' pairs examples by their labels and needs classes or "
+                          f"label sets; recipe {cfg.recipe} ({source}) has numeric targets. Use "
                           "feature_extraction, freeze, partial, lora, full or auto.")
     if cfg.data.samples_per_class is not None or cfg.data.eval_samples_per_class is not None:
         raise ConfigError(f"data.samples_per_class / eval_samples_per_class need classes; recipe {cfg.recipe} "

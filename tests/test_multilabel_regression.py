@@ -171,8 +171,8 @@ def test_constant_regression_target_is_refused(tiny_bert_dir, tmp_path):
 
 
 def test_single_label_only_settings_are_refused(tiny_bert_dir, topics, tmp_path):
-    with pytest.raises(ConfigError, match="contrastive.*single-label recipe"):
-        load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path, "strategy.name=contrastive"))
+    with pytest.raises(ConfigError, match="contrastive.*numeric targets"):
+        load_config(None, _overrides("text_regression", tiny_bert_dir, topics, tmp_path, "strategy.name=contrastive"))
     with pytest.raises(ConfigError, match="samples_per_class need classes"):
         load_config(None, _overrides("text_regression", tiny_bert_dir, topics, tmp_path, "data.samples_per_class=8"))
     cfg = load_config(None, _overrides("text_regression", tiny_bert_dir, topics, tmp_path))
@@ -228,7 +228,13 @@ def test_text_multilabel_feature_extraction_learns_and_tunes_by_cv(tiny_bert_dir
                                                  "strategy.name=feature_extraction",
                                                  f"strategy.cache_dir={tmp_path / 'cache'}")))
     assert metrics["test_f1_macro"] > 0.7  # the cue words are linearly visible in the features
-    assert "cross-validation over the" in metrics["threshold_selection"]
+    assert "120 training rows" in metrics["threshold_selection"]  # too few to tune: 0.5
+    assert set(metrics["thresholds"].values()) == {0.5}
+    many = dict(topics, train=write_csv(tmp_path / "many.csv", topic_rows(420, 7)))
+    tuned = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, many, tmp_path / "fe2",
+                                               "strategy.name=feature_extraction",
+                                               f"strategy.cache_dir={tmp_path / 'cache'}")))
+    assert "cross-validation over the 420 training rows" in tuned["threshold_selection"]
     assert metrics["classifier"] == "one_vs_rest_logistic_regression"
     assert evaluate(out)["test_f1_macro"] == pytest.approx(metrics["test_f1_macro"])
     rows = predict(out, ["the match and the vote", "the the"])

@@ -166,5 +166,8 @@ def resolve_budget(training, strategy, steps_per_epoch: int, model=None, num_cla
     n_epochs = math.ceil(total / spe)
     warmup = int(training.warmup_ratio * total)
     sources["warmup_steps"] = f"training.warmup_ratio={training.warmup_ratio:g} of {total} steps"
-    return Budget(learning_rate=lr, total_steps=total, epochs=n_epochs, steps_per_epoch=spe,
-                  warmup_steps=warmup, epochs_per_eval=epochs_per_eval, sources=sources)
+    budget = Budget(learning_rate=lr, total_steps=total, epochs=n_epochs, steps_per_epoch=spe,
+                    warmup_steps=warmup, epochs_per_eval=epochs_per_eval, sources=sources)
+    if hasattr(strategy, "on_budget"):  # the strategy learns its schedule (e.g. which epoch is the last)
+        strategy.on_budget(budget)
+    return budget

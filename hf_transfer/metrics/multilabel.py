@@ -27,13 +27,18 @@ import numpy as np
 from hf_transfer.metrics.classification import label_keys
 
 __all__ = ["THRESHOLD_GRID", "compute_multilabel_metrics", "cross_fitted_predictions", "tune_thresholds",
-           "DEFAULT_THRESHOLD", "THRESHOLD_FOLDS"]
+           "DEFAULT_THRESHOLD", "THRESHOLD_FOLDS", "MIN_TUNING_POSITIVES", "MIN_TUNING_ROWS"]
 
 DEFAULT_THRESHOLD = 0.5
 #: Candidate thresholds on the probability.
 THRESHOLD_GRID = tuple(round(float(t), 2) for t in np.arange(0.05, 0.951, 0.05))
 #: Folds of the cross-fitting that scores tuned thresholds (fewer when there are fewer rows).
 THRESHOLD_FOLDS = 5
+#: The tools' defaults move a label's threshold from 0.5 only when the rows it is tuned on hold at
+#: least this many of its positives ...
+MIN_TUNING_POSITIVES = 50
+#: ... and number at least this many (`models.target_probe` has the measurements).
+MIN_TUNING_ROWS = 400
 
 
 def _f1_counts(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
@@ -69,7 +74,7 @@ def tune_thresholds(probs: np.ndarray, refs: np.ndarray, grid: Sequence[float] =
 
 
 def cross_fitted_predictions(probs: np.ndarray, refs: np.ndarray, folds: int = THRESHOLD_FOLDS,
-                             seed: int = 0) -> tuple[np.ndarray, int]:
+                             seed: int = 0, min_positives: int = 1) -> tuple[np.ndarray, int]:
     """0/1 predictions where each row is thresholded with thresholds tuned on the other rows' folds.
 
     Returns:
@@ -80,12 +85,12 @@ def cross_fitted_predictions(probs: np.ndarray, refs: np.ndarray, folds: int = T
     n = len(probs)
     k = int(min(folds, n // 2))
     if k < 2:
-        return probs >= tune_thresholds(probs, refs)[None, :], 1
+        return probs >= tune_thresholds(probs, refs, min_positives=min_positives)[None, :], 1
     order = np.random.default_rng(seed).permutation(n)
     pred = np.zeros(probs.shape, dtype=bool)
     for part in np.array_split(order, k):
         rest = np.setdiff1d(order, part)
-        t = tune_thresholds(probs[rest], np.asarray(refs)[rest])
+        t = tune_thresholds(probs[rest], np.asarray(refs)[rest], min_positives=min_positives)
         pred[part] = probs[part] >= t[None, :]
     return pred, k
 

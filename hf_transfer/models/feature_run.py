@@ -9,8 +9,9 @@ Three layouts, recorded in `feature_classifier.json` (`layout`):
   model (`modules.json`, `1_Pooling/`, `2_Normalize`) with a scikit-learn head (`model_head.pkl`,
   `config_setfit.json`), so `setfit.SetFitModel.from_pretrained(run_dir)` loads and predicts
   without hf_transfer.
-- `beside`: anything else (several layers, image/audio features that are not the head input):
-  the feature description is in the JSON.
+- `beside`: anything else (several layers, image/audio features that are not the head input;
+  label sets' and numbers' linear models, `models.target_probe`, which SetFit's single-label head
+  cannot hold): the feature description is in the JSON.
 
 In the `setfit` and `beside` layouts the classifier itself is `classifier.safetensors` (its
 tensors: weights, support vectors, kNN's training features) plus `classifier.json` (its kind,
@@ -111,7 +112,10 @@ def save_feature_run(out, model: nn.Module, task, clf, extractor: FeatureExtract
     if head_written:
         layout = "head"
     else:
-        layout = "setfit" if setfit_compatible(extractor) and dim else "beside"
+        # A label set's or a number's linear model (`output` sigmoid / identity) has no SetFit
+        # single-label head to pickle: those folders are `beside` (tensors + JSON only).
+        single_label = getattr(clf, "output", "softmax") == "softmax"
+        layout = "setfit" if setfit_compatible(extractor) and dim and single_label else "beside"
         save_classifier(out, clf, labels)
     if layout == "setfit":
         import joblib

@@ -60,22 +60,41 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 class LinearProbe:
-    """A linear classifier on raw features: `logits = X @ weight.T + bias`, one row per label."""
+    """A linear model on raw features: `logits = X @ weight.T + bias`, one row per output.
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, kind: str, selection: dict | None = None):
+    `output` says what the logits are: `softmax` (single-label classes, the default: `log_proba`
+    is their log-softmax, `predict` the argmax), `sigmoid` (one independent logit per label of a
+    label set, `models.target_probe`) or `identity` (the prediction itself, in the target's units:
+    regression). For `sigmoid` and `identity`, `log_proba` is None (a softmax over independent
+    labels or a number means nothing), `predict` gives the labels at probability 0.5 or the
+    numbers, and `to_sklearn` refuses (there is no SetFit head to pickle for them).
+    """
+
+    OUTPUTS = ("softmax", "sigmoid", "identity")
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, kind: str, selection: dict | None = None,
+                 output: str = "softmax"):
+        if output not in self.OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(self.OUTPUTS)}, got {output!r}")
         self.weight = np.asarray(weight, dtype=np.float64)
         self.bias = np.asarray(bias, dtype=np.float64)
         self.kind = kind
         self.selection = selection or {}
+        self.output = output
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, dtype=np.float64) @ self.weight.T + self.bias
 
-    def log_proba(self, X: np.ndarray) -> np.ndarray:
-        return _log_softmax(self.logits(X))
+    def log_proba(self, X: np.ndarray) -> np.ndarray | None:
+        return _log_softmax(self.logits(X)) if self.output == "softmax" else None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.logits(X).argmax(1)
+        z = self.logits(X)
+        if self.output == "sigmoid":
+            return (z >= 0).astype(int)
+        if self.output == "identity":
+            return z.reshape(-1) if z.shape[1] == 1 else z
+        return z.argmax(1)
 
     def num_parameters(self) -> int:
         return int(self.weight.size + self.bias.size)
@@ -83,6 +102,11 @@ class LinearProbe:
     def to_sklearn(self):
         """A fitted scikit-learn `LogisticRegression` whose `predict_proba` is this probe's softmax
         (what a SetFit folder's `model_head.pkl` holds; loads without hf_transfer)."""
+        if self.output != "softmax":
+            from hf_transfer.errors import ModelError
+
+            raise ModelError(f"A {self.kind} ({self.output} outputs) has no scikit-learn single-label form: "
+                             "its run folder keeps it as classifier.safetensors + classifier.json only.")
         from sklearn.linear_model import LogisticRegression
 
         lr = LogisticRegression()
@@ -399,11 +423,9 @@ def _classifier_state(clf) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from hf_transfer.errors import ModelError
 
     settings: dict[str, Any] = {"kind": clf.kind, "selection": dict(getattr(clf, "selection", {}) or {})}
-    from hf_transfer.models.target_probe import TargetLinearProbe
-
-    if isinstance(clf, (LinearProbe, TargetLinearProbe)):  # logits = X W^T + b (label sets, numbers too)
+    if isinstance(clf, LinearProbe):  # logits = X W^T + b (label sets and numbers too: `output`)
         return ({"weight": np.asarray(clf.weight, np.float64), "bias": np.asarray(clf.bias, np.float64)},
-                {**settings, "form": "linear", "num_labels": int(clf.weight.shape[0])})
+                {**settings, "form": "linear", "num_labels": int(clf.weight.shape[0]), "output": clf.output})
     if not isinstance(clf, EstimatorClassifier):
         raise ModelError(f"A {type(clf).__name__} classifier cannot be stored without pickle.")
     from sklearn.linear_model import LogisticRegression
@@ -519,8 +541,8 @@ class StoredClassifier:
         return _ovr_from_ovo(np.stack(pairs, axis=1), len(ns))
 
     def log_proba(self, X: np.ndarray) -> np.ndarray | None:
-        if self.form == "linear":
-            return _log_softmax(self.logits(X))
+        if self.form == "linear":  # label sets and numbers (`output` sigmoid / identity) have none
+            return _log_softmax(self.logits(X)) if self.settings.get("output", "softmax") == "softmax" else None
         if self.form == "knn":
             Z = self._scaled(X)
             fit_X, fit_y, classes = self.t["fit_X"], self.t["fit_y"], self.t["classes"]

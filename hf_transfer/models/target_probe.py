@@ -6,16 +6,19 @@
   in the training split gets a constant logit (+-`CONSTANT_LOGIT`). A label's threshold moves from
   0.5 to the one that maximises its F1 on out-of-fold probabilities of a k-fold cross-validation
   over the training features (k = min(5, rows // 2)) only when the training rows hold at least
-  `MIN_TUNING_POSITIVES` of its positives: on the disaster-messages benchmark (13 labels;
-  `python bench/families.py --thresholds --sizes 200 800`, docs/benchmarks/families.md) tuning
-  lowered macro F1 with 200 training rows (0.514-0.550 against 0.542-0.572 at 0.5, 3 seeds) and
-  raised it with 800 (0.578-0.615 against 0.558-0.593).
+  `MIN_TUNING_POSITIVES` of its positives, and only from `MIN_TUNING_ROWS` training rows on: on
+  the disaster-messages benchmark (13 labels; `python bench/families.py --thresholds --sizes 200
+  800`, docs/benchmarks/families.md) tuning every label lowered macro F1 with 200 training rows
+  (0.514-0.550 against 0.542-0.572 at 0.5, 3 seeds); tuning the labels with 50 positives changed
+  it by -0.003..+0.002 per seed at 200 rows (mean -0.0005) and raised it with 800
+  (0.582-0.609 against 0.558-0.593).
 - Regression: ridge regression, its strength chosen by scikit-learn's efficient leave-one-out
   cross-validation (`RidgeCV`) over `RIDGE_ALPHAS`.
 
-Both give a `TargetLinearProbe`: `logits = X @ W.T + b` (per-label logits, or the prediction in
-the target's units), which is what a transformers linear head computes, so it can be written
-into one.
+Both give a `models.probe.LinearProbe`: `logits = X @ W.T + b`, which is what a transformers linear
+head computes, so it can be written into one; its `output` is `sigmoid` (per-label logits) or
+`identity` (the prediction in the target's units) instead of single-label's `softmax`, so it has no
+log-softmax and no scikit-learn single-label form (its run folder stores it as tensors + JSON only).
 """
 
 from __future__ import annotations
@@ -24,35 +27,15 @@ import warnings
 
 import numpy as np
 
-from hf_transfer.metrics.multilabel import tune_thresholds
+from hf_transfer.metrics.multilabel import MIN_TUNING_POSITIVES, MIN_TUNING_ROWS, tune_thresholds
+from hf_transfer.models.probe import LinearProbe
 
 CONSTANT_LOGIT = 10.0
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 15))
 MAX_FOLDS = 5
-#: A label's threshold is tuned only with at least this many positive training rows.
-MIN_TUNING_POSITIVES = 50
-
-
-class TargetLinearProbe:
-    """`logits = X @ weight.T + bias`; `kind` is `one_vs_rest_logistic_regression` or `ridge`."""
-
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, kind: str, selection: dict | None = None):
-        self.weight = np.asarray(weight, dtype=np.float64)
-        self.bias = np.asarray(bias, dtype=np.float64)
-        self.kind = kind
-        self.selection = selection or {}
-
-    def logits(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X, dtype=np.float64) @ self.weight.T + self.bias
-
-    def log_proba(self, X: np.ndarray):
-        return None
-
-    def num_parameters(self) -> int:
-        return int(self.weight.size + self.bias.size)
-
-    def to_sklearn(self):
-        return self
+# A label's threshold is tuned only with at least MIN_TUNING_POSITIVES positive training rows, and
+# only when the training set has at least MIN_TUNING_ROWS rows (the out-of-fold models of a smaller
+# one are fitted on too few rows to say where the final model's threshold belongs).
 
 
 def _fit_ovr(X: np.ndarray, Y: np.ndarray, C: float, balanced: bool, max_iter: int, seed: int):
@@ -75,16 +58,8 @@ def _fit_ovr(X: np.ndarray, Y: np.ndarray, C: float, balanced: bool, max_iter: i
     return W, b
 
 
-def fit_multilabel(
-    X: np.ndarray,
-    Y: np.ndarray,
-    *,
-    C: float | None = None,
-    balanced: bool = True,
-    max_iter: int = 1000,
-    seed: int = 0,
-    tune: bool = True,
-) -> tuple[TargetLinearProbe, np.ndarray, dict]:
+def fit_multilabel(X: np.ndarray, Y: np.ndarray, *, C: float | None = None, balanced: bool = True,
+                   max_iter: int = 1000, seed: int = 0, tune: bool = True) -> tuple[LinearProbe, np.ndarray, dict]:
     """One-vs-rest logistic regression and its per-label thresholds (module docstring).
 
     Returns:
@@ -98,7 +73,7 @@ def fit_multilabel(
               "class_weight": "balanced" if balanced else "none"}
     thresholds = np.full(Y.shape[1], 0.5)
     k = int(min(MAX_FOLDS, len(Y) // 2))
-    if tune and k >= 2:
+    if tune and k >= 2 and len(Y) >= MIN_TUNING_ROWS:
         from sklearn.model_selection import KFold
 
         oof = np.zeros(Y.shape, dtype=np.float64)
@@ -107,17 +82,18 @@ def fit_multilabel(
             oof[te] = 1.0 / (1.0 + np.exp(-(X[te] @ Wf.T + bf)))
         thresholds = tune_thresholds(oof, Y, min_positives=MIN_TUNING_POSITIVES)
         tuned = int((Y.sum(0) >= MIN_TUNING_POSITIVES).sum())
-        record["threshold_selection"] = (
-            f"per-label F1 on out-of-fold probabilities of a {k}-fold cross-validation "
-            f"over the {len(Y)} training rows, for the {tuned} of {Y.shape[1]} labels with at "
-            f"least {MIN_TUNING_POSITIVES} positives (0.5 for the others)"
-        )
+        record["threshold_selection"] = (f"per-label F1 on out-of-fold probabilities of a {k}-fold cross-validation "
+                                         f"over the {len(Y)} training rows, for the {tuned} of {Y.shape[1]} labels with at "
+                                         f"least {MIN_TUNING_POSITIVES} positives (0.5 for the others)")
+    elif tune:
+        record["threshold_selection"] = (f"default 0.5 ({len(Y)} training rows: thresholds are tuned from "
+                                         f"{MIN_TUNING_ROWS} rows on)")
     else:
-        record["threshold_selection"] = "default 0.5 (too few training rows to cross-validate)" if tune else "fixed"
-    return TargetLinearProbe(W, b, "one_vs_rest_logistic_regression", record), thresholds, record
+        record["threshold_selection"] = "fixed"
+    return LinearProbe(W, b, "one_vs_rest_logistic_regression", record, output="sigmoid"), thresholds, record
 
 
-def fit_ridge(X: np.ndarray, y: np.ndarray, alpha: float | None = None) -> TargetLinearProbe:
+def fit_ridge(X: np.ndarray, y: np.ndarray, alpha: float | None = None) -> LinearProbe:
     """Ridge regression (alpha by leave-one-out cross-validation unless given)."""
     from sklearn.linear_model import Ridge, RidgeCV
 
@@ -130,4 +106,4 @@ def fit_ridge(X: np.ndarray, y: np.ndarray, alpha: float | None = None) -> Targe
     else:
         model = Ridge(alpha=float(alpha)).fit(X, y)
         record = {"alpha": float(alpha), "alpha_selection": "given"}
-    return TargetLinearProbe(model.coef_.reshape(1, -1), np.atleast_1d(model.intercept_), "ridge", record)
+    return LinearProbe(model.coef_.reshape(1, -1), np.atleast_1d(model.intercept_), "ridge", record, output="identity")

@@ -28,6 +28,13 @@ one), and the run folder is written as a feature-extraction run: a SetFit model 
 sentence-transformers-compatible features (`setfit.SetFitModel.from_pretrained(run_dir)` loads
 it), which `hf-transfer evaluate` / `predict` read too.
 
+**Label sets** (`text_multilabel`, `image_multilabel`): pairs come from label overlap, as in
+SetFit's multi-label mode: positive when the two rows' label sets are the same or overlap by
+Jaccard >= `min_jaccard` (0.5), negative when they share no label (`sample_label_set_pairs`); the
+classifier afterwards is `feature_extraction`'s for label sets (`strategies.feature_targets`:
+one-vs-rest logistic regression, per-label thresholds), written as a `beside` run folder. Numeric
+targets (regression) are refused: there is no pair rule for them.
+
 **Bad input, before anything trains.** Fewer than two classes is an error. A class with a single
 training example has no positive pair: an error by default; with
 `single_example_classes: negatives_only` it takes part in negative pairs only (logged).
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +102,9 @@ class ContrastiveConfig(FeatureExtractionConfig):
             `negatives_only` (it appears in negative pairs only; logged).
         cache_prefix: Run the frozen blocks once per example and train on their cached outputs
             (BERT family; off or impossible: the whole model runs every step).
+        min_jaccard: Multi-label recipes: two rows make a positive pair when their label sets are
+            the same or overlap by at least this Jaccard index (shared labels / labels of either);
+            a negative pair when they share no label.
     """
 
     name: str = "contrastive"
@@ -105,9 +116,12 @@ class ContrastiveConfig(FeatureExtractionConfig):
     max_pairs: int = 2000
     single_example_classes: Literal["error", "negatives_only"] = "error"
     cache_prefix: bool = True
+    min_jaccard: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0.0 < self.min_jaccard <= 1.0:
+            raise ConfigError(f"strategy.min_jaccard must be in (0, 1], got {self.min_jaccard!r}.")
         check_non_negative(self.trainable_layers, "trainable_layers")
         check_fraction(self.trainable_fraction, "trainable_fraction")
         for key in ("pairs_per_example", "min_pairs", "max_pairs"):
@@ -191,6 +205,97 @@ def sample_pairs(labels: np.ndarray, num_pairs: int, seed: int = 0) -> np.ndarra
     for k in range(n_pos, num_pairs):
         c1, c2 = rng.choice(len(all_classes), size=2, replace=False)
         out[k] = (rng.choice(members[all_classes[c1]]), rng.choice(members[all_classes[c2]]), 0.0)
+    return out[rng.permutation(num_pairs)]
+
+
+def _label_set_overlap(Y: np.ndarray, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Jaccard overlap of the label sets of rows `i` and `j` (two empty sets: 1, the same set) and
+    whether the two sets are disjoint (an empty set and a non-empty one are)."""
+    inter = (Y[i] & Y[j]).sum(1)
+    union = (Y[i] | Y[j]).sum(1)
+    jaccard = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return jaccard, (inter == 0) & (union > 0)
+
+
+def check_label_sets(Y: np.ndarray, min_jaccard: float = 0.5) -> None:
+    """Raise a clear `DataError` when no positive or no negative pair of label sets exists."""
+    Y = np.asarray(Y) > 0.5
+    n = len(Y)
+    if n < 2:
+        raise DataError("strategy contrastive needs at least two training rows.")
+    keys, counts = np.unique(Y, axis=0, return_counts=True)
+    if len(keys) < 2:
+        raise DataError("strategy contrastive: every training row has the same label set, so there is no negative "
+                        "pair (two rows whose label sets are disjoint). Check data.train and the label columns.")
+    inter = (keys[:, None, :] & keys[None, :, :]).sum(-1)
+    union = (keys[:, None, :] | keys[None, :, :]).sum(-1)
+    if not ((inter == 0) & (union > 0)).any():
+        raise DataError("strategy contrastive: no two training rows have disjoint label sets, so there is no "
+                        "negative pair. Use feature_extraction for this data.")
+    same = (counts >= 2).any()
+    jacc = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    np.fill_diagonal(jacc, 0.0)
+    if not same and not (jacc >= min_jaccard).any():
+        raise DataError(f"strategy contrastive: no two training rows share a label set or overlap by Jaccard >= "
+                        f"{min_jaccard:g}, so there is no positive pair. Use feature_extraction for this data.")
+
+
+def sample_label_set_pairs(Y: np.ndarray, num_pairs: int, seed: int = 0, min_jaccard: float = 0.5) -> np.ndarray:
+    """`num_pairs` pairs `(i, j, target)` for label sets (multi-label recipes).
+
+    Positive (target 1): the two rows' label sets are the same (two rows without a label included)
+    or overlap by Jaccard >= `min_jaccard`. Negative (target 0): the sets are disjoint (no label
+    shared; a row without labels against one with labels is disjoint). Pairs in between (some
+    overlap, below `min_jaccard`) are not used. Half the pairs are positive, each drawn from the
+    distinct qualifying pairs, all of which are used before any repeats (with more than
+    `_ENUMERATE_LIMIT` candidate pairs, random pairs are drawn and kept when they qualify).
+
+    Returns:
+        A float64 array (num_pairs, 3): left index, right index, target (1.0 or 0.0).
+    """
+    Y = np.asarray(Y) > 0.5
+    n = len(Y)
+    rng = np.random.default_rng(seed)
+    n_pos = num_pairs // 2
+    n_neg = num_pairs - n_pos
+
+    def take(candidates: np.ndarray, k: int) -> np.ndarray:
+        if k == 0:
+            return np.empty((0, 2), dtype=np.int64)
+        if len(candidates) == 0:
+            raise DataError("strategy contrastive: the training label sets give no "
+                            f"{'positive' if candidates is pos else 'negative'} pair.")
+        rounds = [rng.permutation(candidates) for _ in range(math.ceil(k / len(candidates)))]
+        return np.concatenate(rounds)[:k]
+
+    if n * (n - 1) // 2 <= _ENUMERATE_LIMIT:
+        i, j = np.triu_indices(n, k=1)
+        jaccard, disjoint = _label_set_overlap(Y, i, j)
+        both = np.stack([i, j], 1)
+        pos, neg = both[jaccard >= min_jaccard], both[disjoint]
+        chosen_pos, chosen_neg = take(pos, n_pos), take(neg, n_neg)
+    else:
+        found_pos: list[np.ndarray] = []
+        found_neg: list[np.ndarray] = []
+        have_pos = have_neg = 0
+        for _ in range(1000):
+            if have_pos >= n_pos and have_neg >= n_neg:
+                break
+            i = rng.integers(0, n, size=4 * num_pairs + 1024)
+            j = rng.integers(0, n, size=len(i))
+            keep = i != j
+            i, j = i[keep], j[keep]
+            jaccard, disjoint = _label_set_overlap(Y, i, j)
+            both = np.stack([i, j], 1)
+            found_pos.append(both[jaccard >= min_jaccard])
+            found_neg.append(both[disjoint])
+            have_pos += len(found_pos[-1])
+            have_neg += len(found_neg[-1])
+        pos, neg = np.concatenate(found_pos), np.concatenate(found_neg)
+        chosen_pos, chosen_neg = take(pos, n_pos), take(neg, n_neg)
+    out = np.empty((num_pairs, 3), dtype=np.float64)
+    out[:n_pos, :2], out[:n_pos, 2] = chosen_pos, 1.0
+    out[n_pos:, :2], out[n_pos:, 2] = chosen_neg, 0.0
     return out[rng.permutation(num_pairs)]
 
 
@@ -302,6 +407,9 @@ class Contrastive(Strategy):
 
     def prepare(self, ctx) -> None:
         task, splits = ctx.task, ctx.splits
+        if getattr(task, "target_kind", "") == "multilabel":
+            check_label_sets(np.asarray(list(splits.train["labels"])), self.config.min_jaccard)
+            return
         labels = np.asarray(splits.train["labels"])
         names = list(task.labels.names) if getattr(task, "labels", None) is not None else None
         self._singles = check_labels(labels, names, self.config.single_example_classes)
@@ -347,9 +455,11 @@ class Contrastive(Strategy):
 
         cfg, task = ctx.cfg, ctx.task
         start = time.time()
-        labels = np.asarray(ctx.splits.train["labels"])
+        multilabel = getattr(task, "target_kind", "") == "multilabel"
+        labels = np.asarray(list(ctx.splits.train["labels"]) if multilabel else ctx.splits.train["labels"])
         n_pairs = pair_budget(self.config, len(labels))
-        pairs = sample_pairs(labels, n_pairs, seed=cfg.training.seed)
+        pairs = (sample_label_set_pairs(labels, n_pairs, seed=cfg.training.seed, min_jaccard=self.config.min_jaccard)
+                 if multilabel else sample_pairs(labels, n_pairs, seed=cfg.training.seed))
         extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe), spec=spec_from_settings(self.config),
                                      name_or_path=cfg.model.name_or_path)
         examples, collate, plan = self._examples(ctx, model, groups)
@@ -360,6 +470,9 @@ class Contrastive(Strategy):
         body_seconds = time.time() - start
 
         model = trainer.unwrapped_model().model
+        if multilabel:  # one-vs-rest logistic regression, as feature_extraction fits for label sets
+            fx, feats = self._body_features(ctx, model, extractor, trainer.accelerator.device)
+            return self._fit_label_sets(ctx, model, fx, feats, trainer, train_metrics, pairs, plan, start, body_seconds)
         fx, clf, feats = self._fit_classifier(ctx, model, extractor, trainer.accelerator.device)
         metrics = held_out_metrics(clf, feats, task)
         runtime = time.time() - start
@@ -405,9 +518,9 @@ class Contrastive(Strategy):
         return Trainer(tc, PairTask(ctx.task), encoder, self, layer_groups(encoder), pair_ds, None, collator,
                        sampler, Path(ctx.output_dir))
 
-    def _fit_classifier(self, ctx, model: nn.Module, extractor, device):
-        """The classifier on the trained body's features (never cached: the weights are new).
-        Returns the body's feature extractor, the classifier and the features per split."""
+    def _body_features(self, ctx, model: nn.Module, extractor, device):
+        """The trained body's feature extractor and its features per split (never cached: the
+        weights are new)."""
         from hf_transfer.models.features import FeatureExtractor
 
         cfg = ctx.cfg
@@ -416,8 +529,14 @@ class Contrastive(Strategy):
                               name_or_path=cfg.model.name_or_path)
         feats, _ = split_features(fx, ctx.task, ctx.splits, device=device, cache=False,
                                   batch_size=cfg.training.eval_batch_size or cfg.training.batch_size)
+        return fx, feats
+
+    def _fit_classifier(self, ctx, model: nn.Module, extractor, device):
+        """The classifier on the trained body's features. Returns the body's feature extractor,
+        the classifier and the features per split."""
+        fx, feats = self._body_features(ctx, model, extractor, device)
         X, y = feats["train"]
-        return fx, fit_feature_classifier(self.config, cfg.training, ctx.task, X, y), feats
+        return fx, fit_feature_classifier(self.config, ctx.cfg.training, ctx.task, X, y), feats
 
     def _record(self, trainer, fx, clf, dim: int, pairs: np.ndarray, plan) -> dict[str, Any]:
         """What `describe` adds to metrics.json: the pairs, the loss, the classifier, the layout."""
@@ -448,3 +567,38 @@ class Contrastive(Strategy):
             (out / "history.json").write_text(json.dumps(trainer.state.history, indent=1))
         acc.wait_for_everyone()
         acc.end_training()
+
+    def _fit_label_sets(self, ctx, model, fx, feats, trainer, train_metrics, pairs, plan, start,
+                        body_seconds) -> dict[str, Any]:
+        """Multi-label: `feature_targets.fit_targets` on the trained body's features (one-vs-rest
+        logistic regression, thresholds, the run folder through `models.feature_run`)."""
+        import json
+
+        from hf_transfer.strategies.feature_targets import fit_targets
+
+        acc = trainer.accelerator
+        history = trainer.state.history
+        losses = [r["loss"] for r in history if "loss" in r]
+        metrics = fit_targets(self, ctx, model, fx, feats, [False], start, acc.device)
+        self._info = {
+            "contrastive_pairs": len(pairs),
+            "contrastive_positive_pairs": int(pairs[:, 2].sum()),
+            "contrastive_pair_rule": f"positive: same label set or Jaccard >= {self.config.min_jaccard:g}; "
+                                     "negative: disjoint label sets",
+            "contrastive_steps": trainer.state.global_step,
+            "contrastive_first_loss": round(float(losses[0]), 5) if losses else None,
+            "contrastive_last_loss": round(float(losses[-1]), 5) if losses else None,
+            "contrastive_prefix_cached": plan is not None,
+            **self._fitted,
+        }
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (Path(ctx.output_dir) / "history.json").write_text(json.dumps(history, indent=1))
+        acc.end_training()
+        metrics.update({
+            "contrastive_seconds": round(body_seconds, 3),
+            "train_steps": trainer.state.global_step,
+            "budget": train_metrics.get("budget"),
+        })
+        metrics["_model"] = model
+        return metrics

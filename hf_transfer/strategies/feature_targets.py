@@ -14,7 +14,6 @@ the model with its linear model beside it as tensors and JSON (`classifier.safet
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from hf_transfer.errors import ConfigError, ModelError
-from hf_transfer.models.feature_run import CLASSIFIER_TENSORS_FILE, SPEC_FILE, fit_record, save_classifier
+from hf_transfer.models.feature_run import CLASSIFIER_TENSORS_FILE, fit_record, save_feature_run
 from hf_transfer.models.features import locate_head_input
 from hf_transfer.models.probe import write_into_head
 from hf_transfer.models.target_probe import fit_multilabel, fit_ridge
@@ -45,37 +44,25 @@ def fit_targets(strategy, ctx, model, extractor, feats: dict, hits: list, start:
     X, y = feats["train"]
     t0 = time.time()
     multilabel = task.target_kind == "multilabel"
-    if multilabel:
-        fixed = task._fixed()
-        probe, thresholds, record = fit_multilabel(
-            X, y, C=c.C, balanced=True, max_iter=c.max_iter,
-            seed=cfg.training.seed, tune=fixed is None)
-        if fixed is not None:
-            thresholds = np.full(len(task.labels), fixed)
-        task.thresholds = thresholds
-        task.threshold_selection = record.get("threshold_selection", "")
-        task.fixed_thresholds = thresholds  # evaluation applies them; it never re-tunes
-    else:
-        probe = fit_ridge(X, y)
-        task.mean, task.std, task.folded = 0.0, 1.0, True  # ridge fits the target in its own units
+    probe = _fit(task, c, cfg, X, y)
     classifier_seconds = time.time() - t0
     runtime = time.time() - start
-
     metrics: dict[str, Any] = {}
-    for role in ("eval", "test"):
-        if role not in feats:
-            continue
-        Xr, yr = feats[role]
-        z = probe.logits(Xr)
-        if multilabel:
-            p = 1.0 / (1.0 + np.exp(-z))
-            eps = 1e-7
-            loss = -(yr * np.log(np.clip(p, eps, 1)) + (1 - yr) * np.log(np.clip(1 - p, eps, 1))).mean(1)
-            arrays = {"probabilities": p, "references": yr, "loss": loss}
-        else:
-            arrays = {"predictions": z.reshape(-1), "references": yr, "loss": (z.reshape(-1) - yr) ** 2}
-        m = task.compute_metrics_for(arrays, role)
-        metrics.update({f"{role}_{k}": v for k, v in m.items()})
+    if "eval" in feats:
+        metrics.update(_score(task, probe, *feats["eval"], "eval", multilabel))
+    refit = "eval" in feats and _eval_carved(cfg)
+    if refit:
+        # The eval rows came out of the training data and were scored just above by the model that
+        # never saw them; the model kept (and tested) is fitted again on all the rows.
+        Xe, ye = feats["eval"]
+        X, y = np.concatenate([X, Xe]), np.concatenate([y, ye])
+        t0 = time.time()
+        probe = _fit(task, c, cfg, X, y)
+        classifier_seconds += time.time() - t0
+        runtime = time.time() - start
+        metrics["refit_rows"] = int(len(y))
+    if "test" in feats:
+        metrics.update(_score(task, probe, *feats["test"], "test", multilabel))
 
     head_written = False
     try:
@@ -89,20 +76,19 @@ def fit_targets(strategy, ctx, model, extractor, feats: dict, hits: list, start:
         head_written = write_into_head(model.get_submodule(head.linear), probe)
     fitted = {"head_written": head_written, **fit_record(extractor, probe, X.shape[1]),
               "run_layout": "head" if head_written else "beside", "classifier": probe.kind}
+    if refit:
+        fitted["refit"] = (f"fitted again on the {len(y)} training + carved eval rows after the eval split "
+                           "was scored (eval metrics: the fit on the training rows alone)")
     strategy._fitted = fitted
     if not head_written:
         logger.info("The %s is saved beside the model (%s): hf-transfer evaluate/predict use it; "
                     "plain transformers would not.", probe.kind, CLASSIFIER_TENSORS_FILE)
     if _is_main():
-        out = Path(ctx.output_dir)
-        model.save_pretrained(out)
-        task.save_processor(out)
-        if not head_written:
-            save_classifier(out, probe, list(task.labels.names) if multilabel else ["score"])
-        (out / SPEC_FILE).write_text(json.dumps({
-            "layout": fitted["run_layout"], "classifier": probe.kind, "head_written": head_written,
-            "features": extractor.describe(), **{k: v for k, v in fitted.items() if k != "head_written"}},
-            indent=2, default=str))
+        fitted["run_layout"] = save_feature_run(
+            Path(ctx.output_dir), model, task, probe, extractor, head_written=head_written,
+            labels=list(task.labels.names) if multilabel else ["score"],
+            max_length=getattr(cfg.data, "max_length", None),
+            record={k: v for k, v in fitted.items() if k not in ("head_written", "run_layout", "classifier")})
     metrics.update({
         "train_runtime": round(runtime, 3),
         "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
@@ -111,3 +97,40 @@ def fit_targets(strategy, ctx, model, extractor, feats: dict, hits: list, start:
         "feature_cache_hit": bool(hits) and all(hits),
     })
     return metrics
+
+
+def _eval_carved(cfg) -> bool:
+    """Whether the eval split was carved from the training data (no `data.eval` given) and the
+    training rows are the whole of what is left (no `data.train_indices` / `max_train_samples`
+    subsample, which fixes the training rows on purpose)."""
+    d = cfg.data
+    return (not (d.eval is not None and d.eval.name) and not getattr(d, "train_indices", None)
+            and getattr(d, "max_train_samples", None) is None)
+
+
+def _fit(task, c, cfg, X: np.ndarray, y: np.ndarray):
+    """The linear model on `(X, y)`; for label sets also the thresholds, set on the task."""
+    if task.target_kind == "multilabel":
+        fixed = task._fixed()
+        probe, thresholds, record = fit_multilabel(X, y, C=c.C, balanced=True, max_iter=c.max_iter,
+                                                   seed=cfg.training.seed, tune=fixed is None)
+        if fixed is not None:
+            thresholds = np.full(len(task.labels), fixed)
+        task.thresholds = thresholds
+        task.threshold_selection = record.get("threshold_selection", "")
+        task.fixed_thresholds = thresholds  # evaluation applies them; it never re-tunes
+        return probe
+    task.mean, task.std, task.folded = 0.0, 1.0, True  # ridge fits the target in its own units
+    return fit_ridge(X, y)
+
+
+def _score(task, probe, X: np.ndarray, y: np.ndarray, role: str, multilabel: bool) -> dict[str, Any]:
+    z = probe.logits(X)
+    if multilabel:
+        p = 1.0 / (1.0 + np.exp(-z))
+        eps = 1e-7
+        loss = -(y * np.log(np.clip(p, eps, 1)) + (1 - y) * np.log(np.clip(1 - p, eps, 1))).mean(1)
+        arrays = {"probabilities": p, "references": y, "loss": loss}
+    else:
+        arrays = {"predictions": z.reshape(-1), "references": y, "loss": (z.reshape(-1) - y) ** 2}
+    return {f"{role}_{k}": v for k, v in task.compute_metrics_for(arrays, role).items()}

@@ -81,6 +81,7 @@ class GradualUnfreeze(GroupFreezing):
 
     def on_epoch_start(self, epoch: int, model, groups: list) -> bool:
         changed = self._set_epoch(epoch, model, groups)
+        changed = self.refit_head(epoch, model) or changed
         if changed:
             what = "every group" if self.depth is ALL else f"the top {self.depth} blocks and the head"
             logger.info("gradual_unfreeze: epoch %d trains %s.", epoch, what)

@@ -61,6 +61,7 @@ class LinearProbeThenFineTune(GroupFreezing):
 
     def on_epoch_start(self, epoch: int, model, groups: list) -> bool:
         changed = self._set_epoch(epoch, model, groups)
+        changed = self.refit_head(epoch, model) or changed
         if changed:
             phase = "linear probe (head only)" if self.depth == 0 else "full fine-tuning"
             logger.info("lp_ft: epoch %d starts the %s phase.", epoch, phase)

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -197,7 +198,12 @@ def collate_prefix(features: list[dict]) -> dict[str, torch.Tensor]:
     longest = max(f[HIDDEN_KEY].shape[0] for f in features)
     hidden = torch.stack([nn.functional.pad(f[HIDDEN_KEY], (0, 0, 0, longest - f[HIDDEN_KEY].shape[0]))
                           for f in features])
-    batch = {HIDDEN_KEY: hidden, "labels": torch.as_tensor([int(f["labels"]) for f in features])}
+    labels = [f["labels"] for f in features]
+    if isinstance(labels[0], (list, tuple)) or getattr(labels[0], "ndim", 0) > 0:  # label sets: one row each
+        labels_t = torch.as_tensor(np.asarray([np.asarray(x, dtype=np.float32) for x in labels]))
+    else:
+        labels_t = torch.as_tensor([int(x) for x in labels])
+    batch = {HIDDEN_KEY: hidden, "labels": labels_t}
     if "attention_mask" in features[0]:
         batch["attention_mask"] = torch.stack(
             [nn.functional.pad(f["attention_mask"], (0, longest - len(f["attention_mask"]))) for f in features]

@@ -41,6 +41,8 @@ from hf_transfer.data.labels import LabelSpace
 from hf_transfer.errors import DataError
 from hf_transfer.metrics.multilabel import (
     DEFAULT_THRESHOLD,
+    MIN_TUNING_POSITIVES,
+    MIN_TUNING_ROWS,
     compute_multilabel_metrics,
     cross_fitted_predictions,
     tune_thresholds,
@@ -79,6 +81,9 @@ class MultiLabelTask(TargetTask):
         self._declared = ""
         #: Share of training rows with each label: the new head's initial bias (`init_bias_to_prior`).
         self.prior: np.ndarray | None = None
+        #: The head was fitted as a balanced one-vs-rest probe (`strategies.head_init`): its
+        #: decisions sit at 0.5, which a small eval split does not move.
+        self.balanced_head = False
 
     # Targets ----------------------------------------------------------------------------
     def find_target(self, ds, role: str) -> None:
@@ -198,12 +203,22 @@ class MultiLabelTask(TargetTask):
             else:  # test during training: the thresholds the last evaluation tuned
                 t = self.thresholds if self.thresholds is not None else np.full(n_labels, DEFAULT_THRESHOLD)
             pred = probs >= t[None, :]
-        else:
-            pred, folds = cross_fitted_predictions(probs, refs, seed=self.cfg.training.seed)
-            self.thresholds = tune_thresholds(probs, refs)
+        elif self.balanced_head and (len(probs) < MIN_TUNING_ROWS or not (refs.sum(0) >= MIN_TUNING_POSITIVES).any()):
+            # A head fitted as a balanced probe (strategies.head_init) puts each label's decision at
+            # 0.5; too few held-out rows to move it (the same rule as feature_extraction's).
+            self.thresholds = np.full(n_labels, DEFAULT_THRESHOLD)
+            pred = probs >= DEFAULT_THRESHOLD
             self.threshold_selection = (
-                f"per-label F1 on the eval split's {len(probs)} held-out predictions (eval metrics cross-fitted over "
-                f"{folds} folds)")
+                f"default 0.5 (the eval split's {len(probs)} rows are too few to tune on: thresholds are tuned from "
+                f"{MIN_TUNING_ROWS} rows on, for labels with at least {MIN_TUNING_POSITIVES} positives)")
+        else:
+            least = MIN_TUNING_POSITIVES if self.balanced_head else 1
+            pred, folds = cross_fitted_predictions(probs, refs, seed=self.cfg.training.seed, min_positives=least)
+            self.thresholds = tune_thresholds(probs, refs, min_positives=least)
+            self.threshold_selection = (
+                f"per-label F1 on the eval split's {len(probs)} held-out predictions"
+                + (f", for the labels with at least {least} positives there (0.5 for the others" if least > 1 else " (")
+                + f"; eval metrics cross-fitted over {folds} folds)")
             extra["f1_macro_at_0.5"] = compute_multilabel_metrics(probs >= DEFAULT_THRESHOLD, refs, probs,
                                                                    self.labels.names)["f1_macro"]
         metrics = compute_multilabel_metrics(pred, refs, probs, self.labels.names)
