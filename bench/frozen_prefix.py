@@ -50,13 +50,26 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "minilm" 
 
 
 def run(variant: str, args, out: Path) -> dict:
-    strategy = ["strategy.name=full"] if variant == "full" else [
-        "strategy.name=partial", f"strategy.trainable_layers={args.trainable_layers}"]
-    cfg = load_config(RECIPE, [
-        f"output_dir={out / variant}", f"training.epochs={args.epochs}", "training.save_strategy=no",
-        "training.eval_strategy=no", "training.report_to=[]", "training.warmup_ratio=0.0",
-        f"data.samples_per_class={args.per_class}", f"data.eval_samples_per_class={args.eval_per_class}",
-        "data.group_by_length=false", *strategy])
+    strategy = (
+        ["strategy.name=full"]
+        if variant == "full"
+        else ["strategy.name=partial", f"strategy.trainable_layers={args.trainable_layers}"]
+    )
+    cfg = load_config(
+        RECIPE,
+        [
+            f"output_dir={out / variant}",
+            f"training.epochs={args.epochs}",
+            "training.save_strategy=no",
+            "training.eval_strategy=no",
+            "training.report_to=[]",
+            "training.warmup_ratio=0.0",
+            f"data.samples_per_class={args.per_class}",
+            f"data.eval_samples_per_class={args.eval_per_class}",
+            "data.group_by_length=false",
+            *strategy,
+        ],
+    )
     set_seed_all(cfg.training.seed)
     task = get_task(cfg)
     task.load_processor()
@@ -81,9 +94,14 @@ def run(variant: str, args, out: Path) -> dict:
     sampler = EpochSampler(len(train_ds), cfg.training.seed, None, cfg.training.batch_size)
     trainer = Trainer(cfg.training, task, model, strat, groups, train_ds, eval_ds, collate, sampler, out / variant)
     metrics = trainer.train()
-    return {"epoch_s": metrics["train_runtime"] / args.epochs, "cache_s": cache_seconds,
-            "total_s": metrics["train_runtime"] + cache_seconds, "accuracy": metrics["eval_accuracy"],
-            "loss": metrics["eval_loss"], "blocks": sum(g.kind == "block" for g in groups)}
+    return {
+        "epoch_s": metrics["train_runtime"] / args.epochs,
+        "cache_s": cache_seconds,
+        "total_s": metrics["train_runtime"] + cache_seconds,
+        "accuracy": metrics["eval_accuracy"],
+        "loss": metrics["eval_loss"],
+        "blocks": sum(g.kind == "block" for g in groups),
+    }
 
 
 def step_times(args) -> dict[str, float]:
@@ -108,9 +126,11 @@ def step_times(args) -> dict[str, float]:
     rows = [{"input_ids": ids[i], "attention_mask": mask[i], "labels": int(labels[i])} for i in range(16)]
 
     def collate(f):
-        return {"input_ids": torch.stack([x["input_ids"] for x in f]),
-                "attention_mask": torch.stack([x["attention_mask"] for x in f]),
-                "labels": torch.tensor([x["labels"] for x in f])}
+        return {
+            "input_ids": torch.stack([x["input_ids"] for x in f]),
+            "attention_mask": torch.stack([x["attention_mask"] for x in f]),
+            "labels": torch.tensor([x["labels"] for x in f]),
+        }
 
     train_top(args.trainable_layers)
     plan = pc.plan_prefix(model, groups, pc.first_trainable_group(groups))
@@ -118,8 +138,11 @@ def step_times(args) -> dict[str, float]:
     batch = pc.collate_prefix([cached[i] for i in range(16)])
     wrapped = pc.PrefixCachedModel(model, plan)
     raw = {"input_ids": ids, "attention_mask": mask}
-    variants = {"full": (None, model, raw), "partial": (args.trainable_layers, model, raw),
-                "partial+cache": (args.trainable_layers, wrapped, {k: v for k, v in batch.items() if k != "labels"})}
+    variants = {
+        "full": (None, model, raw),
+        "partial": (args.trainable_layers, model, raw),
+        "partial+cache": (args.trainable_layers, wrapped, {k: v for k, v in batch.items() if k != "labels"}),
+    }
     times: dict[str, list[float]] = {v: [] for v in variants}
     model.train()
     for _ in range(args.steps + 1):
@@ -159,20 +182,28 @@ def main() -> None:
 
     blocks = results["full"][0]["blocks"]
     full_epoch = med("full", "epoch_s")
-    print(f"MiniLM ({blocks} blocks), {2 * args.per_class} training tweets, {args.epochs} epochs, "
-          f"top {args.trainable_layers} of {blocks} blocks trainable in partial; median of {args.repeats}")
+    print(
+        f"MiniLM ({blocks} blocks), {2 * args.per_class} training tweets, {args.epochs} epochs, "
+        f"top {args.trainable_layers} of {blocks} blocks trainable in partial; median of {args.repeats}"
+    )
     print(f"{'variant':<15}{'s/epoch':>9}{'vs full':>9}{'cache s':>9}{'total s':>9}{'eval acc':>10}{'eval loss':>11}")
     for v in variants:
-        print(f"{v:<15}{med(v, 'epoch_s'):>9.2f}{med(v, 'epoch_s') / full_epoch:>9.2f}{med(v, 'cache_s'):>9.2f}"
-              f"{med(v, 'total_s'):>9.2f}{med(v, 'accuracy'):>10.4f}{med(v, 'loss'):>11.5f}")
+        print(
+            f"{v:<15}{med(v, 'epoch_s'):>9.2f}{med(v, 'epoch_s') / full_epoch:>9.2f}{med(v, 'cache_s'):>9.2f}"
+            f"{med(v, 'total_s'):>9.2f}{med(v, 'accuracy'):>10.4f}{med(v, 'loss'):>11.5f}"
+        )
     k, n = args.trainable_layers, blocks
     print(f"cached/uncached partial epoch time: {med('partial+cache', 'epoch_s') / med('partial', 'epoch_s'):.2f}")
     steps = step_times(args)
-    print(f"one step on the same batch (median of {args.steps}): " + ", ".join(
-        f"{v} {t * 1000:.0f} ms" for v, t in steps.items()))
-    print(f"  partial/full {steps['partial'] / steps['full']:.2f} (expected {(n + 2 * k) / (3 * n):.2f}), "
-          f"cached/full {steps['partial+cache'] / steps['full']:.2f} (expected {k / n:.2f}), "
-          f"cached/partial {steps['partial+cache'] / steps['partial']:.2f} (expected {3 * k / (n + 2 * k):.2f})")
+    print(
+        f"one step on the same batch (median of {args.steps}): "
+        + ", ".join(f"{v} {t * 1000:.0f} ms" for v, t in steps.items())
+    )
+    print(
+        f"  partial/full {steps['partial'] / steps['full']:.2f} (expected {(n + 2 * k) / (3 * n):.2f}), "
+        f"cached/full {steps['partial+cache'] / steps['full']:.2f} (expected {k / n:.2f}), "
+        f"cached/partial {steps['partial+cache'] / steps['partial']:.2f} (expected {3 * k / (n + 2 * k):.2f})"
+    )
 
 
 if __name__ == "__main__":

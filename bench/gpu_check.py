@@ -38,9 +38,22 @@ TOLERANCE = 0.02
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s for bf16 / fp16, from the vendors' data sheets.
 PEAK_TFLOPS = {
-    "H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
-    "H100": 756.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0,
-    "V100": 125.0, "T4": 65.0, "RTX 4090": 165.0, "RTX 3090": 71.0,
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 756.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "V100": 125.0,
+    "T4": 65.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
 }
 
 
@@ -51,9 +64,12 @@ def no_gpu_exit() -> None:
         sys.exit("gpu_check: torch is not installed. Install this project first (make install).")
     if not torch.cuda.is_available():
         build = torch.version.cuda or "none (a CPU-only build)"
-        print(f"gpu_check: FAILED: no CUDA GPU is visible (torch {torch.__version__}, CUDA build: {build}). "
-              "This check measures GPU throughput, memory and FSDP; run it on a machine with an NVIDIA GPU "
-              "and a CUDA build of torch. Nothing was run.", file=sys.stderr)
+        print(
+            f"gpu_check: FAILED: no CUDA GPU is visible (torch {torch.__version__}, CUDA build: {build}). "
+            "This check measures GPU throughput, memory and FSDP; run it on a machine with an NVIDIA GPU "
+            "and a CUDA build of torch. Nothing was run.",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 
@@ -86,8 +102,18 @@ def non_embedding_params(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not any(s in n for s in skip))
 
 
-def throughput(kind: str, precision: str, strategy_name: str, checkpointing: bool, steps: int, warmup: int,
-               batch: int, peak: float | None, device: str = "cuda", tiny: bool = False) -> dict:
+def throughput(
+    kind: str,
+    precision: str,
+    strategy_name: str,
+    checkpointing: bool,
+    steps: int,
+    warmup: int,
+    batch: int,
+    peak: float | None,
+    device: str = "cuda",
+    tiny: bool = False,
+) -> dict:
     """One row of the throughput table. The model, its optimizer and the batch live in `_measure`'s
     frame only, so they are all released when it returns, before the CUDA cache is emptied."""
     row = _measure(kind, precision, strategy_name, checkpointing, steps, warmup, batch, peak, device, tiny)
@@ -103,8 +129,18 @@ def release_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _measure(kind: str, precision: str, strategy_name: str, checkpointing: bool, steps: int, warmup: int,
-             batch: int, peak: float | None, device: str, tiny: bool) -> dict:
+def _measure(
+    kind: str,
+    precision: str,
+    strategy_name: str,
+    checkpointing: bool,
+    steps: int,
+    warmup: int,
+    batch: int,
+    peak: float | None,
+    device: str,
+    tiny: bool,
+) -> dict:
     import torch
 
     cuda = device == "cuda"
@@ -127,8 +163,10 @@ def _measure(kind: str, precision: str, strategy_name: str, checkpointing: bool,
     scaler = torch.amp.GradScaler(device) if precision == "fp16" else None
     g = torch.Generator(device=device).manual_seed(0)
     if kind == "bert-base":
-        batch_inputs = {"input_ids": torch.randint(1000, 30000, (batch, seq), device=device, generator=g),
-                        "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device)}
+        batch_inputs = {
+            "input_ids": torch.randint(1000, 30000, (batch, seq), device=device, generator=g),
+            "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device),
+        }
     else:
         batch_inputs = {"pixel_values": torch.randn(batch, 3, 224, 224, device=device, generator=g)}
     labels = torch.randint(0, 2, (batch,), device=device, generator=g)
@@ -164,9 +202,16 @@ def _measure(kind: str, precision: str, strategy_name: str, checkpointing: bool,
     per_token = (6 if strategy_name == "full" else 4) * n + 12 * cfg.num_hidden_layers * seq * cfg.hidden_size
     achieved = per_token * batch * seq / sec / 1e12
     row = {
-        "model": kind, "precision": precision, "strategy": strategy_name, "checkpointing": checkpointing,
-        "batch": batch, "seq": seq, "s_per_step": round(sec, 4), "samples_per_s": round(batch / sec, 1),
-        "model_tflops": round(achieved, 1), "mfu": round(achieved / peak, 3) if peak else None,
+        "model": kind,
+        "precision": precision,
+        "strategy": strategy_name,
+        "checkpointing": checkpointing,
+        "batch": batch,
+        "seq": seq,
+        "s_per_step": round(sec, 4),
+        "samples_per_s": round(batch / sec, 1),
+        "model_tflops": round(achieved, 1),
+        "mfu": round(achieved / peak, 3) if peak else None,
         "cuda_peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
     return row
@@ -177,8 +222,13 @@ def _measure(kind: str, precision: str, strategy_name: str, checkpointing: bool,
 
 
 def tweets_overrides(out: Path) -> list[str]:
-    return [f"output_dir={out}", "training.max_steps=200", "training.mixed_precision=bf16",
-            "training.report_to=[]", "training.save_strategy=no"]
+    return [
+        f"output_dir={out}",
+        "training.max_steps=200",
+        "training.mixed_precision=bf16",
+        "training.report_to=[]",
+        "training.save_strategy=no",
+    ]
 
 
 def finetune(out: Path) -> dict:
@@ -189,21 +239,52 @@ def finetune(out: Path) -> dict:
     start = time.time()
     m = train(load_config(resolve_config_path("minilm/tweets_full"), tweets_overrides(out)))
     acc = m["eval_accuracy"]
-    return {"eval_accuracy": round(acc, 4), "eval_f1": round(m["eval_f1"], 4), "train_steps": m["train_steps"],
-            "mixed_precision": m.get("mixed_precision"), "seconds": round(time.time() - start, 1),
-            "cpu_accuracy": CPU_DEMO_ACCURACY, "passed": acc >= CPU_DEMO_ACCURACY - TOLERANCE}
+    return {
+        "eval_accuracy": round(acc, 4),
+        "eval_f1": round(m["eval_f1"], 4),
+        "train_steps": m["train_steps"],
+        "mixed_precision": m.get("mixed_precision"),
+        "seconds": round(time.time() - start, 1),
+        "cpu_accuracy": CPU_DEMO_ACCURACY,
+        "passed": acc >= CPU_DEMO_ACCURACY - TOLERANCE,
+    }
 
 
 def fsdp_one_process(out: Path) -> dict:
     from hf_transfer.cli import resolve_config_path
 
-    overrides = [f"output_dir={out}", "training.max_steps=30", "training.distributed=fsdp",
-                 "training.fsdp_state_dict_type=sharded", "strategy.name=partial", "strategy.trainable_layers=2",
-                 "training.report_to=[]", "training.save_strategy=steps", "training.save_steps=20",
-                 "training.mixed_precision=bf16"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "1",
-           "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "bf16",
-           "-m", "hf_transfer", "train", str(resolve_config_path("minilm/tweets_full")), *overrides, "--overwrite"]
+    overrides = [
+        f"output_dir={out}",
+        "training.max_steps=30",
+        "training.distributed=fsdp",
+        "training.fsdp_state_dict_type=sharded",
+        "strategy.name=partial",
+        "strategy.trainable_layers=2",
+        "training.report_to=[]",
+        "training.save_strategy=steps",
+        "training.save_steps=20",
+        "training.mixed_precision=bf16",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--use_fsdp",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        "--mixed_precision",
+        "bf16",
+        "-m",
+        "hf_transfer",
+        "train",
+        str(resolve_config_path("minilm/tweets_full")),
+        *overrides,
+        "--overwrite",
+    ]
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     row: dict = {"seconds": round(time.time() - start, 1), "returncode": proc.returncode}
@@ -219,9 +300,13 @@ def fsdp_one_process(out: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - reported in the JSON
         loads = repr(e)
     ckpt = sorted((out / "checkpoints").glob("step_*"))
-    row.update(distributed=m.get("distributed"), eval_accuracy=round(m["eval_accuracy"], 4),
-               checkpoint=[p.name for p in ckpt], loads_with_transformers=loads,
-               passed=m.get("distributed") == "FSDP" and loads is True and m["eval_accuracy"] > 0.7)
+    row.update(
+        distributed=m.get("distributed"),
+        eval_accuracy=round(m["eval_accuracy"], 4),
+        checkpoint=[p.name for p in ckpt],
+        loads_with_transformers=loads,
+        passed=m.get("distributed") == "FSDP" and loads is True and m["eval_accuracy"] > 0.7,
+    )
     return row
 
 
@@ -247,8 +332,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name()
     peak = peak_tflops(name, args.peak_tflops)
-    report: dict = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-                    "peak_tflops_assumed": peak, "throughput": [], "finetune": None, "fsdp_one_process": None}
+    report: dict = {
+        "device": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "peak_tflops_assumed": peak,
+        "throughput": [],
+        "finetune": None,
+        "fsdp_one_process": None,
+    }
     only = set(args.only.split(","))
     t0 = time.time()
     if "throughput" in only:
@@ -277,18 +369,24 @@ def main() -> int:
         print("| model | precision | strategy | checkpointing | samples/s | MFU | CUDA peak GB |")
         print("|---|---|---|---|---|---|---|")
         for r in report["throughput"]:
-            print(f"| {r['model']} | {r['precision']} | {r['strategy']} | {'on' if r['checkpointing'] else 'off'} | "
-                  f"{r['samples_per_s']} | {r['mfu'] if r['mfu'] is not None else 'n/a'} | {r['cuda_peak_gb']} |")
+            print(
+                f"| {r['model']} | {r['precision']} | {r['strategy']} | {'on' if r['checkpointing'] else 'off'} | "
+                f"{r['samples_per_s']} | {r['mfu'] if r['mfu'] is not None else 'n/a'} | {r['cuda_peak_gb']} |"
+            )
     failed = []
     if report["finetune"]:
         f = report["finetune"]
-        print(f"fine-tune, 200 steps bf16: accuracy {f['eval_accuracy']} (CPU demo {CPU_DEMO_ACCURACY}) "
-              f"{'PASS' if f['passed'] else 'FAIL'}")
+        print(
+            f"fine-tune, 200 steps bf16: accuracy {f['eval_accuracy']} (CPU demo {CPU_DEMO_ACCURACY}) "
+            f"{'PASS' if f['passed'] else 'FAIL'}"
+        )
         failed += [] if f["passed"] else ["finetune"]
     if report["fsdp_one_process"]:
         f = report["fsdp_one_process"]
-        print(f"FSDP, one process: {'PASS' if f['passed'] else 'FAIL'} "
-              f"(distributed={f.get('distributed')}, accuracy {f.get('eval_accuracy')})")
+        print(
+            f"FSDP, one process: {'PASS' if f['passed'] else 'FAIL'} "
+            f"(distributed={f.get('distributed')}, accuracy {f.get('eval_accuracy')})"
+        )
         failed += [] if f["passed"] else ["fsdp"]
     return 1 if failed else 0
 

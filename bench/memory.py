@@ -80,9 +80,11 @@ def child(model_name: str, mode: str, steps: int, threads: int) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-5)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(1000, vocab, (BATCH, SEQ), generator=g).to(device),
-             "attention_mask": torch.ones(BATCH, SEQ, dtype=torch.long, device=device),
-             "labels": torch.randint(0, 2, (BATCH,), generator=g).to(device)}
+    batch = {
+        "input_ids": torch.randint(1000, vocab, (BATCH, SEQ), generator=g).to(device),
+        "attention_mask": torch.ones(BATCH, SEQ, dtype=torch.long, device=device),
+        "labels": torch.randint(0, 2, (BATCH,), generator=g).to(device),
+    }
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -98,7 +100,10 @@ def child(model_name: str, mode: str, steps: int, threads: int) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     out = {
-        "model": model_name, "mode": mode, "threads": threads, "steps": steps,
+        "model": model_name,
+        "mode": mode,
+        "threads": threads,
+        "steps": steps,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in params),
         "rss_before_mb": round(before, 1),
@@ -114,17 +119,40 @@ def child(model_name: str, mode: str, steps: int, threads: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     cuda = any("cuda_peak_mb" in r for r in rows)
-    head = ["model", "strategy", "trainable params", "peak RSS (MB)", "training peak above model (MB)",
-            *(["CUDA peak (MB)"] if cuda else []), "s/step", "vs full (memory, time)"]
+    head = [
+        "model",
+        "strategy",
+        "trainable params",
+        "peak RSS (MB)",
+        "training peak above model (MB)",
+        *(["CUDA peak (MB)"] if cuda else []),
+        "s/step",
+        "vs full (memory, time)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         full = next((f for f in rows if f["model"] == r["model"] and f["mode"] == "full"), None)
         key = "cuda_peak_mb" if cuda else "training_peak_mb"
-        rel = (f"{r[key] / full[key]:.2f}x, {r['s_per_step'] / full['s_per_step']:.2f}x"
-               if full and full[key] > 0 else "")
-        lines.append("| " + " | ".join(str(x) for x in [
-            r["model"], r["mode"], f"{r['trainable'] / 1e6:.1f}M", r["peak_rss_mb"], r["training_peak_mb"],
-            *([r.get("cuda_peak_mb")] if cuda else []), r["s_per_step"], rel]) + " |")
+        rel = (
+            f"{r[key] / full[key]:.2f}x, {r['s_per_step'] / full['s_per_step']:.2f}x" if full and full[key] > 0 else ""
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                str(x)
+                for x in [
+                    r["model"],
+                    r["mode"],
+                    f"{r['trainable'] / 1e6:.1f}M",
+                    r["peak_rss_mb"],
+                    r["training_peak_mb"],
+                    *([r.get("cuda_peak_mb")] if cuda else []),
+                    r["s_per_step"],
+                    rel,
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -144,15 +172,31 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     for model_name in args.models.split(","):
         for mode in args.modes.split(","):
-            proc = subprocess.run([sys.executable, __file__, "--child", model_name, mode, "--steps", str(args.steps),
-                                   "--threads", str(args.threads)], capture_output=True, text=True, env=env)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    model_name,
+                    mode,
+                    "--steps",
+                    str(args.steps),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if proc.returncode != 0:
                 sys.exit(f"{model_name} {mode} failed:\n{proc.stderr[-3000:]}")
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print(f"batch {BATCH} x {SEQ} tokens, {args.steps} AdamW steps per configuration, {args.threads} thread(s), "
-          f"one process per configuration")
+    print(
+        f"batch {BATCH} x {SEQ} tokens, {args.steps} AdamW steps per configuration, {args.threads} thread(s), "
+        f"one process per configuration"
+    )
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

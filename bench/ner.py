@@ -62,14 +62,18 @@ def make_splits(work: Path) -> dict:
     order = list(range(len(sents)))
     random.Random(SPLIT_SEED).shuffle(order)
     n_test, n_dev = round(0.2 * len(sents)), round(0.1 * len(sents))
-    parts = {"test": order[:n_test], "dev": order[n_test:n_test + n_dev], "train": order[n_test + n_dev:]}
+    parts = {"test": order[:n_test], "dev": order[n_test : n_test + n_dev], "train": order[n_test + n_dev :]}
     info = {"sentences": len(sents), "repaired_tags": report.repaired}
     for name, idx in parts.items():
         path = work / f"{name}.conll"
-        path.write_text("".join("".join(f"{t}\t{g}\n" for t, g in zip(sents[i].tokens, sents[i].tags)) + "\n"
-                                for i in sorted(idx)))
-        info[name] = {"path": str(path), "sentences": len(idx),
-                      "entities": sum(g.startswith("B-") for i in idx for g in sents[i].tags)}
+        path.write_text(
+            "".join("".join(f"{t}\t{g}\n" for t, g in zip(sents[i].tokens, sents[i].tags)) + "\n" for i in sorted(idx))
+        )
+        info[name] = {
+            "path": str(path),
+            "sentences": len(idx),
+            "entities": sum(g.startswith("B-") for i in idx for g in sents[i].tags),
+        }
     return info
 
 
@@ -84,15 +88,30 @@ def run_tool(strategy: str, seed: int, splits: dict, work: Path) -> dict:
     from hf_transfer.run import train
 
     out = work / "runs" / f"{strategy}_{seed}"
-    cfg = load_config(recipes_dir() / "configs" / f"{CONFIG}.yaml", [
-        f"data.train={splits['train']['path']}", f"data.eval={splits['dev']['path']}",
-        f"data.test={splits['test']['path']}", f"strategy.name={strategy}", f"training.seed={seed}",
-        f"output_dir={out}", "overwrite_output_dir=true", "training.report_to=[]"])
+    cfg = load_config(
+        recipes_dir() / "configs" / f"{CONFIG}.yaml",
+        [
+            f"data.train={splits['train']['path']}",
+            f"data.eval={splits['dev']['path']}",
+            f"data.test={splits['test']['path']}",
+            f"strategy.name={strategy}",
+            f"training.seed={seed}",
+            f"output_dir={out}",
+            "overwrite_output_dir=true",
+            "training.report_to=[]",
+        ],
+    )
     t0 = time.time()
     m = train(cfg)
-    return {"f1": m["test_f1"], "precision": m["test_precision"], "recall": m["test_recall"],
-            "accuracy": m["test_accuracy"], "dev_f1": m.get("eval_f1"), "seconds": round(time.time() - t0, 1),
-            "budget": m.get("budget")}
+    return {
+        "f1": m["test_f1"],
+        "precision": m["test_precision"],
+        "recall": m["test_recall"],
+        "accuracy": m["test_accuracy"],
+        "dev_f1": m.get("eval_f1"),
+        "seconds": round(time.time() - t0, 1),
+        "budget": m.get("budget"),
+    }
 
 
 def _read(path, names):
@@ -100,8 +119,9 @@ def _read(path, names):
 
     sents = T.read_conll(path)
     ids = {t: i for i, t in enumerate(names)}
-    return datasets.Dataset.from_dict({"tokens": [s.tokens for s in sents],
-                                       "ner_tags": [[ids[t] for t in s.tags] for s in sents]})
+    return datasets.Dataset.from_dict(
+        {"tokens": [s.tokens for s in sents], "ner_tags": [[ids[t] for t in s.tags] for s in sents]}
+    )
 
 
 def _first_subword_labels(tok, examples):
@@ -140,17 +160,31 @@ def run_trainer(seed: int, splits: dict, work: Path) -> dict:
     names = labels_of(splits["train"]["path"])
     path = resolve(MODEL)
     tok = AutoTokenizer.from_pretrained(path)
-    train = _read(splits["train"]["path"], names).map(lambda b: _first_subword_labels(tok, b), batched=True,
-                                                      remove_columns=["tokens", "ner_tags"])
-    test = _read(splits["test"]["path"], names).map(lambda b: _first_subword_labels(tok, b), batched=True,
-                                                    remove_columns=["tokens", "ner_tags"])
+    train = _read(splits["train"]["path"], names).map(
+        lambda b: _first_subword_labels(tok, b), batched=True, remove_columns=["tokens", "ner_tags"]
+    )
+    test = _read(splits["test"]["path"], names).map(
+        lambda b: _first_subword_labels(tok, b), batched=True, remove_columns=["tokens", "ner_tags"]
+    )
     t0 = time.time()
     model = AutoModelForTokenClassification.from_pretrained(
-        path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    args = TrainingArguments(output_dir=str(work / "runs" / f"trainer_{seed}"), seed=seed, report_to="none",
-                             save_strategy="no", use_cpu=True, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tok,
-                      data_collator=DataCollatorForTokenClassification(tok))
+        path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    args = TrainingArguments(
+        output_dir=str(work / "runs" / f"trainer_{seed}"),
+        seed=seed,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=tok,
+        data_collator=DataCollatorForTokenClassification(tok),
+    )
     trainer.train()
     out = trainer.predict(test)
     preds = out.predictions.argmax(-1)
@@ -163,7 +197,7 @@ def run_trainer(seed: int, splits: dict, work: Path) -> dict:
 def _features(model, tok, ds):
     xs, ys = [], []
     for i in range(0, len(ds), 32):
-        batch = ds[i:i + 32]
+        batch = ds[i : i + 32]
         enc = _first_subword_labels(tok, batch)
         labels = enc.pop("labels")
         padded = tok.pad(dict(enc), return_tensors="pt")
@@ -195,11 +229,14 @@ def run_logreg(splits: dict, work: Path) -> dict:
 
 
 def table(results: dict, methods, seeds) -> str:
-    rows = ["| method | runs | test entity F1 (mean ± sd) | precision | recall | token accuracy | s / run |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| method | runs | test entity F1 (mean ± sd) | precision | recall | token accuracy | s / run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m in methods:
         runs = [results[f"{m}/{s}"] for s in seeds if f"{m}/{s}" in results] or (
-            [results[f"{m}/0"]] if f"{m}/0" in results else [])
+            [results[f"{m}/0"]] if f"{m}/0" in results else []
+        )
         if not runs:
             continue
 
@@ -208,8 +245,10 @@ def table(results: dict, methods, seeds) -> str:
             mean = statistics.mean(vals)
             return f"{mean:.3f} ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else f"{mean:.3f}"
 
-        rows.append(f"| {m} | {len(runs)} | {fmt('f1')} | {fmt('precision')} | {fmt('recall')} | {fmt('accuracy')} | "
-                    f"{statistics.mean(r['seconds'] for r in runs):.0f} |")
+        rows.append(
+            f"| {m} | {len(runs)} | {fmt('f1')} | {fmt('precision')} | {fmt('recall')} | {fmt('accuracy')} | "
+            f"{statistics.mean(r['seconds'] for r in runs):.0f} |"
+        )
     return "\n".join(rows)
 
 
@@ -231,8 +270,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--work", default="/tmp/ner-bench")
-    ap.add_argument("--order", choices=("seed", "method"), default="seed",
-                    help="run every method per seed (default), or each method's seeds in turn")
+    ap.add_argument(
+        "--order",
+        choices=("seed", "method"),
+        default="seed",
+        help="run every method per seed (default), or each method's seeds in turn",
+    )
     ap.add_argument("--table-only", action="store_true", help="print the table of the runs already done")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -243,11 +286,18 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     splits = make_splits(work)
-    print(json.dumps({k: v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != 'path'}
-                      for k, v in splits.items()}), flush=True)
+    print(
+        json.dumps(
+            {
+                k: v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "path"}
+                for k, v in splits.items()
+            }
+        ),
+        flush=True,
+    )
     store = work / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
-    for m, seed in ([] if args.table_only else plan(methods, args.seeds, args.order)):
+    for m, seed in [] if args.table_only else plan(methods, args.seeds, args.order):
         key = f"{m}/{seed}"
         results = json.loads(store.read_text()) if store.is_file() else results
         if key in results:

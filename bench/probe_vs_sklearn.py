@@ -43,10 +43,19 @@ def text_config(n: int, seed: int, out: Path):
     from hf_transfer.config import load_config
 
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "minilm" / "tweets_full.yaml"
-    return load_config(recipe, [f"data.samples_per_class={n}", "data.eval_samples_per_class=150",
-                                f"data.seed={seed}", f"training.seed={seed}", f"output_dir={out}",
-                                "strategy.name=feature_extraction", "training.report_to=[]",
-                                f"strategy.cache_dir={WORK / 'cache'}"])
+    return load_config(
+        recipe,
+        [
+            f"data.samples_per_class={n}",
+            "data.eval_samples_per_class=150",
+            f"data.seed={seed}",
+            f"training.seed={seed}",
+            f"output_dir={out}",
+            "strategy.name=feature_extraction",
+            "training.report_to=[]",
+            f"strategy.cache_dir={WORK / 'cache'}",
+        ],
+    )
 
 
 def plain_text_probe(train_texts, train_y, eval_texts, eval_y, max_length: int) -> float:
@@ -63,7 +72,7 @@ def plain_text_probe(train_texts, train_y, eval_texts, eval_y, max_length: int) 
     def embed(texts):
         rows = []
         for i in range(0, len(texts), 64):
-            b = tok(texts[i:i + 64], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            b = tok(texts[i : i + 64], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             h = model(**b).last_hidden_state
             m = b["attention_mask"].unsqueeze(-1).float()
             rows.append(((h * m).sum(1) / m.sum(1)).numpy())
@@ -90,12 +99,27 @@ def run_text(sizes, seeds) -> list[dict]:
             splits = task.load_splits()  # the same rows the run used (same config, same seeds)
             col = task.input_col
             t0 = time.time()
-            plain = plain_text_probe(list(splits.train[col]), list(splits.train["labels"]),
-                                     list(splits.eval[col]), list(splits.eval["labels"]), cfg.data.max_length)
+            plain = plain_text_probe(
+                list(splits.train[col]),
+                list(splits.train["labels"]),
+                list(splits.eval[col]),
+                list(splits.eval["labels"]),
+                cfg.data.max_length,
+            )
             plain_s = time.time() - t0
-            rows.append({"part": "text", "n": n, "seed": seed, "feature_extraction": metrics["eval_accuracy"],
-                         "plain": plain, "C": metrics.get("C"), "ours_s": ours_s, "plain_s": plain_s,
-                         "eval": len(splits.eval)})
+            rows.append(
+                {
+                    "part": "text",
+                    "n": n,
+                    "seed": seed,
+                    "feature_extraction": metrics["eval_accuracy"],
+                    "plain": plain,
+                    "C": metrics.get("C"),
+                    "ours_s": ours_s,
+                    "plain_s": plain_s,
+                    "eval": len(splits.eval),
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -113,11 +137,14 @@ def run_image(seeds, image_size: int) -> list[dict]:
     paths = fm.prepare_data(work, [10], list(seeds), 50)
     rows = []
     for seed in seeds:
-        raw = {"recipe": "image_classification", "output_dir": str(work / "runs" / f"fe_{image_size}_seed{seed}"),
-               "model": {"name_or_path": str(model_dir)},
-               "data": {"train": str(paths[(10, seed)]), "eval": str(paths["validation"]), "test": str(paths["test"])},
-               "strategy": {"name": "feature_extraction", "cache_dir": str(WORK / "cache")},
-               "training": {"batch_size": 32, "seed": seed, "report_to": []}}
+        raw = {
+            "recipe": "image_classification",
+            "output_dir": str(work / "runs" / f"fe_{image_size}_seed{seed}"),
+            "model": {"name_or_path": str(model_dir)},
+            "data": {"train": str(paths[(10, seed)]), "eval": str(paths["validation"]), "test": str(paths["test"])},
+            "strategy": {"name": "feature_extraction", "cache_dir": str(WORK / "cache")},
+            "training": {"batch_size": 32, "seed": seed, "report_to": []},
+        }
         cfg = config_from_dict(raw, f"bench image seed {seed}")
         check_config(cfg)
         t0 = time.time()
@@ -157,8 +184,10 @@ def table(rows: list[dict]) -> str:
         rs = [r for r in rows if (r["part"], r["n"]) == key]
         per = ", ".join(f"{r['feature_extraction']:.3f}/{r['plain']:.3f}" for r in rs)
         cs = ", ".join(f"{r['C']:.3g}" if r["C"] is not None else "-" for r in rs)
-        lines.append(f"| {key[0]} | {key[1]} | {len(rs)} | {ms([r['feature_extraction'] for r in rs])} | "
-                     f"{ms([r['plain'] for r in rs])} | {per} | {cs} |")
+        lines.append(
+            f"| {key[0]} | {key[1]} | {len(rs)} | {ms([r['feature_extraction'] for r in rs])} | "
+            f"{ms([r['plain'] for r in rs])} | {per} | {cs} |"
+        )
     return "\n".join(lines)
 
 
@@ -177,8 +206,10 @@ def main() -> None:
         rows += run_text(args.sizes, args.seeds)
     if args.part in ("image", "both"):
         rows += run_image(args.seeds, args.image_size)
-    print(f"\nprobe_vs_sklearn ({args.threads} torch thread(s); text: eval = held-out tweets; image: test = 500 "
-          "Fashion-MNIST test images)\n")
+    print(
+        f"\nprobe_vs_sklearn ({args.threads} torch thread(s); text: eval = held-out tweets; image: test = 500 "
+        "Fashion-MNIST test images)\n"
+    )
     print(table(rows))
 
 

@@ -103,8 +103,11 @@ def tweets(work: Path, classes: tuple[str, ...], test_per_class: int = TEST_PER_
     df["text"] = df["text"].str.replace(r"\s+", " ", regex=True).str.strip()  # no line breaks inside a CSV cell
     df = df[df["text"].astype(bool)]
     test = df.groupby("sentiment", group_keys=False).sample(n=test_per_class, random_state=TEST_SEED)
-    train = df.drop(test.index).groupby("sentiment", group_keys=False).sample(n=POOL_PER_CLASS["text"],
-                                                                               random_state=TEST_SEED)
+    train = (
+        df.drop(test.index)
+        .groupby("sentiment", group_keys=False)
+        .sample(n=POOL_PER_CLASS["text"], random_state=TEST_SEED)
+    )
     return {"train": _write_csv(folder / "train.csv", train), "test": _write_csv(folder / "test.csv", test)}
 
 
@@ -130,7 +133,7 @@ def _split_indices(labels, per_class_test: int, per_class_train: int, seed: int)
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         test += idx[:per_class_test].tolist()
-        train += idx[per_class_test:per_class_test + per_class_train].tolist()
+        train += idx[per_class_test : per_class_test + per_class_train].tolist()
     return sorted(train), sorted(test)
 
 
@@ -146,8 +149,10 @@ def fashion(work: Path) -> dict:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)
     train, test = _split_indices(labels, TEST_PER_CLASS["vision"], POOL_PER_CLASS["vision"], TEST_SEED)
     folder = work / "data" / "fashion"
-    return {"train": _image_folder(folder / "train", images, labels, names, train),
-            "test": _image_folder(folder / "test", images, labels, names, test)}
+    return {
+        "train": _image_folder(folder / "train", images, labels, names, train),
+        "test": _image_folder(folder / "test", images, labels, names, test),
+    }
 
 
 def digits(work: Path) -> dict:
@@ -156,13 +161,19 @@ def digits(work: Path) -> dict:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    images = np.stack([np.asarray(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((32, 32), Image.BILINEAR))
-                       for im in d.images])
+    images = np.stack(
+        [
+            np.asarray(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((32, 32), Image.BILINEAR))
+            for im in d.images
+        ]
+    )
     names = [str(i) for i in range(10)]
     train, test = _split_indices(d.target, TEST_PER_CLASS["vision"], POOL_PER_CLASS["vision"], TEST_SEED)
     folder = work / "data" / "digits"
-    return {"train": _image_folder(folder / "train", images, d.target, names, train),
-            "test": _image_folder(folder / "test", images, d.target, names, test)}
+    return {
+        "train": _image_folder(folder / "train", images, d.target, names, train),
+        "test": _image_folder(folder / "test", images, d.target, names, test),
+    }
 
 
 def _speaker_metadata(train: Path) -> None:
@@ -194,12 +205,25 @@ def spoken_digits(work: Path) -> dict:
     return {"train": folder / "train", "test": folder / "test", "group_column": "speaker"}
 
 
-GENDER_WORDS = ("hello", "water", "morning", "yesterday", "music", "window", "orange", "table",
-                "garden", "seven", "thank you", "good night")
-GENDER_TRAIN = {"male": ("en-us+m1", "en-gb+m2", "en-us+m3", "en-gb+Andy"),
-                "female": ("en-us+f1", "en-gb+f2", "en-us+f3", "en-gb+Annie")}
-GENDER_TEST = {"male": ("en-us+m5", "en-gb+m7", "en-us+boris"),
-               "female": ("en-us+f4", "en-gb+f5", "en-us+belinda")}
+GENDER_WORDS = (
+    "hello",
+    "water",
+    "morning",
+    "yesterday",
+    "music",
+    "window",
+    "orange",
+    "table",
+    "garden",
+    "seven",
+    "thank you",
+    "good night",
+)
+GENDER_TRAIN = {
+    "male": ("en-us+m1", "en-gb+m2", "en-us+m3", "en-gb+Andy"),
+    "female": ("en-us+f1", "en-gb+f2", "en-us+f3", "en-gb+Annie"),
+}
+GENDER_TEST = {"male": ("en-us+m5", "en-gb+m7", "en-us+boris"), "female": ("en-us+f4", "en-gb+f5", "en-us+belinda")}
 
 
 def speaker_gender(work: Path) -> dict:
@@ -246,13 +270,16 @@ def pools(work: Path, which: list[str]) -> dict:
             "candidates": ["asset:all-minilm-l6-v2", "asset:all-mpnet-base-v2", "random:asset:all-minilm-l6-v2"],
             "random": "random:asset:all-minilm-l6-v2",
             "recipe": "text_classification",
-            "sets": {"tweets pos/neg": (tweets(work, ("negative", "positive")), None),
-                     "tweets 3-class": (tweets(work, ("negative", "neutral", "positive")), None)},
+            "sets": {
+                "tweets pos/neg": (tweets(work, ("negative", "positive")), None),
+                "tweets 3-class": (tweets(work, ("negative", "neutral", "positive")), None),
+            },
             "extra": {"data": {"text_column": "text", "label_column": "sentiment", "max_length": 64}},
         }
     if "vision" in which:
-        lites = [str(sized_copy(materialise(f"efficientnet-lite{i}"), work / "models" / f"lite{i}-96", 96))
-                 for i in range(3)]
+        lites = [
+            str(sized_copy(materialise(f"efficientnet-lite{i}"), work / "models" / f"lite{i}-96", 96)) for i in range(3)
+        ]
         out["vision"] = {
             "candidates": lites + [f"random:{lites[0]}"],
             "random": f"random:{lites[0]}",
@@ -266,8 +293,10 @@ def pools(work: Path, which: list[str]) -> dict:
             "candidates": [str(tiny), str(base), f"random:{tiny}"],
             "random": f"random:{tiny}",
             "recipe": "audio_classification",
-            "sets": {"spoken digits (unseen voices)": (spoken_digits(work), None),
-                     "speaker gender (unseen voices)": (speaker_gender(work), None)},
+            "sets": {
+                "spoken digits (unseen voices)": (spoken_digits(work), None),
+                "speaker gender (unseen voices)": (speaker_gender(work), None),
+            },
             "extra": {"data": {"max_audio_seconds": 2}},
         }
     return out
@@ -282,8 +311,13 @@ def base_config(pool: dict, data: dict, per_class: int | None, seed: int, out: P
         "recipe": pool["recipe"],
         "output_dir": str(out),
         "model": {"name_or_path": model},
-        "data": {"train": str(data["train"]), "eval": str(data["test"]), "test": str(data["test"]),
-                 "samples_per_class": per_class, "seed": seed},
+        "data": {
+            "train": str(data["train"]),
+            "eval": str(data["test"]),
+            "test": str(data["test"]),
+            "samples_per_class": per_class,
+            "seed": seed,
+        },
         "strategy": {"name": "feature_extraction"},
         "training": {"seed": seed, "report_to": [], "save_strategy": "no", "eval_batch_size": 16},
     }
@@ -316,8 +350,12 @@ def probe_accuracies(raw: dict, per_class: int) -> tuple[list[float], float]:
     accs = []
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
-        idx = np.concatenate([rng.choice(members, size=int(round(SEED_FRACTION * len(members))), replace=False)
-                              for members in (np.flatnonzero(train.y == k) for k in np.unique(train.y))])
+        idx = np.concatenate(
+            [
+                rng.choice(members, size=int(round(SEED_FRACTION * len(members))), replace=False)
+                for members in (np.flatnonzero(train.y == k) for k in np.unique(train.y))
+            ]
+        )
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
         clf.fit(train.X[idx], train.y[idx])
         accs.append(float((clf.predict(test.X) == test.y).mean()))
@@ -385,10 +423,14 @@ def summarise(row: dict) -> dict:
         metric = default_of(row) if m == "default" else m
         scores = {c: row["scores"][c][metric] for c in row["scores"]}
         tau, regret, pick = kendall_and_regret(scores, row["accuracy"])
-        out[m] = {"tau": None if tau is None else round(tau, 3), "regret": round(regret, 4), "top1": pick,
-                  "random_rank": position(scores, row["random"]),
-                  "random_last": all(v > scores[row["random"]] for c, v in scores.items() if c != row["random"]),
-                  "metric": metric}
+        out[m] = {
+            "tau": None if tau is None else round(tau, 3),
+            "regret": round(regret, 4),
+            "top1": pick,
+            "random_rank": position(scores, row["random"]),
+            "random_last": all(v > scores[row["random"]] for c, v in scores.items() if c != row["random"]),
+            "metric": metric,
+        }
     return out
 
 
@@ -404,8 +446,15 @@ def stored_row(work: Path, tag: str, pool: str, target: str, candidates: list[st
     return None
 
 
-def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str = "",
-               finetune: str = "probe", rescore: bool = False) -> list[dict]:
+def bench_pool(
+    name: str,
+    pool: dict,
+    work: Path,
+    layers: str = "last",
+    tag: str = "",
+    finetune: str = "probe",
+    rescore: bool = False,
+) -> list[dict]:
     import numpy as np
 
     from hf_transfer.config import config_from_dict
@@ -421,8 +470,15 @@ def bench_pool(name: str, pool: dict, work: Path, layers: str = "last", tag: str
             base_config(pool, data, per_class, 0, work / "runs" / slug, paths[pool["candidates"][0]])
         )
         t0 = time.time()
-        report = rank_candidates(cfg, pool["candidates"], metrics=METRICS, repeats=5, max_examples=2000, layers=layers,
-                                 group_column=data.get("group_column"))
+        report = rank_candidates(
+            cfg,
+            pool["candidates"],
+            metrics=METRICS,
+            repeats=5,
+            max_examples=2000,
+            layers=layers,
+            group_column=data.get("group_column"),
+        )
         rank_seconds = time.time() - t0
         from hf_transfer.selection.rank import write_report
 
@@ -495,13 +551,22 @@ def plan_check(work: Path) -> dict:
     plan = make_plan(cfg, candidates, output_dir=str(work / "runs" / "planned"))
     planned = write_plan(plan, work / "planned.yaml", "python bench/rank.py (plan step)")
     worst = plan.report.ranked[-1]
-    results = {"planned_yaml": str(planned), "checkpoint": plan.checkpoint, "strategy": plan.strategy,
-               "epochs": plan.epochs, "learning_rate": plan.learning_rate, "reasons": plan.reasons,
-               "worst": worst.name}
+    results = {
+        "planned_yaml": str(planned),
+        "checkpoint": plan.checkpoint,
+        "strategy": plan.strategy,
+        "epochs": plan.epochs,
+        "learning_rate": plan.learning_rate,
+        "reasons": plan.reasons,
+        "worst": worst.name,
+    }
     # The planned config, the same from the worst-ranked candidate, and the simple baseline on the
     # same split: the planned checkpoint's frozen features + logistic regression.
-    runs = (("planned", plan.checkpoint_path, None), ("worst-ranked", worst.path, None),
-            ("baseline", plan.checkpoint_path, {"name": "feature_extraction"}))
+    runs = (
+        ("planned", plan.checkpoint_path, None),
+        ("worst-ranked", worst.path, None),
+        ("baseline", plan.checkpoint_path, {"name": "feature_extraction"}),
+    )
     for label, path, strategy in runs:
         raw = json.loads(json.dumps(plan.config))
         raw["model"]["name_or_path"] = path
@@ -511,9 +576,12 @@ def plan_check(work: Path) -> dict:
         shutil.rmtree(raw["output_dir"], ignore_errors=True)
         start = time.time()
         metrics = train(config_from_dict(raw, f"plan check {label}"))
-        results[label] = {"checkpoint": path, "eval_accuracy": round(float(metrics["eval_accuracy"]), 4),
-                          "eval_f1": round(float(metrics.get("eval_f1", float("nan"))), 4),
-                          "seconds": round(time.time() - start, 1)}
+        results[label] = {
+            "checkpoint": path,
+            "eval_accuracy": round(float(metrics["eval_accuracy"]), 4),
+            "eval_f1": round(float(metrics.get("eval_f1", float("nan"))), 4),
+            "seconds": round(time.time() - start, 1),
+        }
         shutil.rmtree(raw["output_dir"], ignore_errors=True)
         log.info("plan check %s: %s", label, results[label])
     return results
@@ -536,7 +604,7 @@ def save(work: Path, rows_all=None, row=None, plan=None, tag: str = "") -> None:
 def short(name: str) -> str:
     name = name.replace("asset:", "")
     if name.startswith("random:"):
-        return "random " + short(name[len("random:"):])
+        return "random " + short(name[len("random:") :])
     return Path(name).name.replace("-96", "")
 
 
@@ -547,22 +615,36 @@ def markdown(state: dict) -> str:
     for r in rows:
         r.setdefault("random", next(c for c in r["scores"] if c.startswith("random:")))
         r["metrics"] = summarise(r)
-    lines = ["## Per target set", "",
-             "| pool | target | train examples | mean test accuracy per candidate (3 seeds) | " +
-             " | ".join(f"{m} tau / regret" for m in METRICS) + " | random-init rank (knn, logme, hscore, hscore_raw) "
-             "| default metric: random-init rank |",
-             "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
+    lines = [
+        "## Per target set",
+        "",
+        "| pool | target | train examples | mean test accuracy per candidate (3 seeds) | "
+        + " | ".join(f"{m} tau / regret" for m in METRICS)
+        + " | random-init rank (knn, logme, hscore, hscore_raw) "
+        "| default metric: random-init rank |",
+        "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|",
+    ]
     for r in rows:
         accs = ", ".join(f"{short(c)} {a:.3f}" for c, a in r["accuracy"].items())
-        cells = [("n/a" if r["metrics"][m]["tau"] is None else f"{r['metrics'][m]['tau']:+.2f}")
-                 + f" / {r['metrics'][m]['regret']:.3f}" for m in METRICS]
+        cells = [
+            ("n/a" if r["metrics"][m]["tau"] is None else f"{r['metrics'][m]['tau']:+.2f}")
+            + f" / {r['metrics'][m]['regret']:.3f}"
+            for m in METRICS
+        ]
         rr = ", ".join(f"{r['metrics'][m]['random_rank']}/{r['candidates']}" for m in METRICS)
         d = r["metrics"]["default"]
-        lines.append(f"| {r['pool']} | {r['target']} | {r['examples']} | {accs} | " + " | ".join(cells)
-                     + f" | {rr} | {d['metric']}: {d['random_rank']}/{r['candidates']} |")
-    lines += ["", "## Per metric, over every target set", "",
-              "| metric | mean Kendall tau | mean top-1 regret | top-1 = best | random-init ranked last |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['pool']} | {r['target']} | {r['examples']} | {accs} | "
+            + " | ".join(cells)
+            + f" | {rr} | {d['metric']}: {d['random_rank']}/{r['candidates']} |"
+        )
+    lines += [
+        "",
+        "## Per metric, over every target set",
+        "",
+        "| metric | mean Kendall tau | mean top-1 regret | top-1 = best | random-init ranked last |",
+        "|---|---|---|---|---|",
+    ]
     for m in (*METRICS, "default"):
         taus = [r["metrics"][m]["tau"] for r in rows if r["metrics"][m]["tau"] is not None]
         regrets = [r["metrics"][m]["regret"] for r in rows]
@@ -583,8 +665,11 @@ def markdown(state: dict) -> str:
             "| run | eval accuracy | eval macro-F1 | s |",
             "|---|---|---|---|",
         ]
-        for label, name in (("planned", plan["checkpoint"]), ("worst-ranked", plan["worst"]),
-                            ("baseline: frozen features + logistic regression", plan["checkpoint"])):
+        for label, name in (
+            ("planned", plan["checkpoint"]),
+            ("worst-ranked", plan["worst"]),
+            ("baseline: frozen features + logistic regression", plan["checkpoint"]),
+        ):
             key = label.split(":")[0]
             if key in plan:
                 p = plan[key]
@@ -600,17 +685,28 @@ def main() -> None:
     parser.add_argument("--pools", default="text,vision,speech")
     parser.add_argument("--skip-plan", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rewrite results.md from results.json")
-    parser.add_argument("--layers", choices=["last", "mean"], default="last",
-                        help="features the ranking scores (the probes always use the last layer, as "
-                             "feature_extraction does); `mean` writes results_mean.json/md")
-    parser.add_argument("--finetune", choices=["probe", "full"], default="probe",
-                        help="how every candidate is trained for the ground truth: `probe` (frozen "
-                             "features + logistic regression, 3 seeded 80%% subsets) or `full` (hf-transfer "
-                             "train, strategy full, its defaults, 3 seeds); `full` writes results_full.json/md")
-    parser.add_argument("--rescore", action="store_true",
-                        help="score the candidates again (features from the cache) and keep the stored "
-                             "accuracies of results.json (or results_full.json): after a change to the "
-                             "metrics, without training anything again")
+    parser.add_argument(
+        "--layers",
+        choices=["last", "mean"],
+        default="last",
+        help="features the ranking scores (the probes always use the last layer, as "
+        "feature_extraction does); `mean` writes results_mean.json/md",
+    )
+    parser.add_argument(
+        "--finetune",
+        choices=["probe", "full"],
+        default="probe",
+        help="how every candidate is trained for the ground truth: `probe` (frozen "
+        "features + logistic regression, 3 seeded 80%% subsets) or `full` (hf-transfer "
+        "train, strategy full, its defaults, 3 seeds); `full` writes results_full.json/md",
+    )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the candidates again (features from the cache) and keep the stored "
+        "accuracies of results.json (or results_full.json): after a change to the "
+        "metrics, without training anything again",
+    )
     args = parser.parse_args()
     tag = ("" if args.layers == "last" else f"_{args.layers}") + (
         "" if args.finetune == "probe" else f"_{args.finetune}"

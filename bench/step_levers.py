@@ -55,9 +55,14 @@ def batches(n: int, batch_size: int, max_length: int):
     texts = data.text.tolist()
     out = []
     for i in range(n):
-        enc = tok(texts[i * batch_size:(i + 1) * batch_size], truncation=True, max_length=max_length,
-                  padding=True, return_tensors="pt")
-        enc["labels"] = torch.tensor(labels[i * batch_size:(i + 1) * batch_size])
+        enc = tok(
+            texts[i * batch_size : (i + 1) * batch_size],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        enc["labels"] = torch.tensor(labels[i * batch_size : (i + 1) * batch_size])
         out.append(dict(enc))
     return out
 
@@ -115,8 +120,10 @@ def main() -> None:
             del model, fwd, opt
     base_name = next(iter(settings))
     base = statistics.median(times[base_name])
-    print(f"\nMiniLM-L6 full fine-tuning, batch {args.batch_size}, max_length {args.max_length}, 1 thread, "
-          f"median of {args.repeats} x {args.steps} steps\n")
+    print(
+        f"\nMiniLM-L6 full fine-tuning, batch {args.batch_size}, max_length {args.max_length}, 1 thread, "
+        f"median of {args.repeats} x {args.steps} steps\n"
+    )
     print(
         "| setting | s/step | speed-up | largest loss difference to baseline (first steps) | compile overhead "
         "| pays after |"

@@ -35,8 +35,12 @@ STRATEGIES: dict[str, list[str]] = {
     "gradual_unfreeze": ["training.learning_rate=2e-4"],
     "lp_ft": ["strategy.probe_epochs=1", "training.learning_rate=1e-4"],
     "full": ["training.learning_rate=1e-4"],
-    "full+llrd": ["strategy.name=full", "strategy.layer_lr_decay=0.8", "strategy.head_lr_multiplier=10",
-                  "training.learning_rate=1e-4"],
+    "full+llrd": [
+        "strategy.name=full",
+        "strategy.layer_lr_decay=0.8",
+        "strategy.head_lr_multiplier=10",
+        "training.learning_rate=1e-4",
+    ],
     "lora": ["training.learning_rate=1e-3"],
     "ia3": ["training.learning_rate=5e-3"],
     "adapter": ["training.learning_rate=1e-3"],
@@ -48,10 +52,22 @@ def build_command(args) -> list[str]:
     for size in args.sizes:
         if size % 2:
             sys.exit(f"--sizes are balanced totals over two classes: {size} is odd.")
-    cmd = ["compare", "minilm/tweets_full", f"data.eval_samples_per_class={args.eval_per_class}", "data.seed=0",
-           f"training.epochs={args.epochs}", "training.report_to=[]", "training.save_strategy=no",
-           "--strategies", ",".join(args.strategies), "--sizes", ",".join(str(s // 2) for s in args.sizes),
-           "--per-class", "--seeds", ",".join(map(str, args.seeds))]
+    cmd = [
+        "compare",
+        "minilm/tweets_full",
+        f"data.eval_samples_per_class={args.eval_per_class}",
+        "data.seed=0",
+        f"training.epochs={args.epochs}",
+        "training.report_to=[]",
+        "training.save_strategy=no",
+        "--strategies",
+        ",".join(args.strategies),
+        "--sizes",
+        ",".join(str(s // 2) for s in args.sizes),
+        "--per-class",
+        "--seeds",
+        ",".join(map(str, args.seeds)),
+    ]
     if args.baselines:
         cmd += ["--baselines", args.baselines]
     for label in args.strategies:

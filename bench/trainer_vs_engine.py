@@ -72,16 +72,30 @@ def load_avg() -> str:
 
 # ---------------------------------------------------------------------------------------- setup
 
+
 def make_config(model: str, strategy: str, steps: int, batch_size: int, out: str = "unused"):
     from hf_transfer.config import load_config
 
-    return load_config(None, [
-        "recipe=text_classification", f"model.name_or_path={model}", "data.train=unused.csv",
-        "data.text_column=text", "data.label_column=label", "data.max_length=64", f"strategy.name={strategy}",
-        f"training.max_steps={steps}", f"training.batch_size={batch_size}", "training.report_to=[]",
-        "training.save_strategy=no", "training.eval_strategy=no", "training.load_best_model_at_end=false",
-        "training.logging_steps=1000000", f"output_dir={out}",
-    ])
+    return load_config(
+        None,
+        [
+            "recipe=text_classification",
+            f"model.name_or_path={model}",
+            "data.train=unused.csv",
+            "data.text_column=text",
+            "data.label_column=label",
+            "data.max_length=64",
+            f"strategy.name={strategy}",
+            f"training.max_steps={steps}",
+            f"training.batch_size={batch_size}",
+            "training.report_to=[]",
+            "training.save_strategy=no",
+            "training.eval_strategy=no",
+            "training.load_best_model_at_end=false",
+            "training.logging_steps=1000000",
+            f"output_dir={out}",
+        ],
+    )
 
 
 class Setup:
@@ -110,9 +124,10 @@ class Setup:
         self.task.labels = LabelSpace(self.labels)
         self.task.input_col = "text"
         to_ds = lambda d: datasets.Dataset.from_dict(  # noqa: E731
-            {"text": list(d.text), "labels": [self.labels.index(x) for x in d.label]})
+            {"text": list(d.text), "labels": [self.labels.index(x) for x in d.label]}
+        )
         self.train_ds = self.task.preprocess(to_ds(tweets.iloc[:n_train]), train=True)
-        self.eval_ds = self.task.preprocess(to_ds(tweets.iloc[n_train:n_train + 200]), train=False)
+        self.eval_ds = self.task.preprocess(to_ds(tweets.iloc[n_train : n_train + 200]), train=False)
         self.lengths = self.task.lengths(self.train_ds)
         torch.manual_seed(0)
         self.init_state = copy.deepcopy(self.task.build_model().state_dict())
@@ -160,6 +175,7 @@ class Setup:
 
 # ---------------------------------------------------------------------------------------- loops
 
+
 def run_engine(s: Setup, strategy: str, steps: int, adamw: str = "auto", dropout: bool = True) -> dict:
     import hf_transfer.engine.trainer as engine
 
@@ -169,8 +185,9 @@ def run_engine(s: Setup, strategy: str, steps: int, adamw: str = "auto", dropout
     with tempfile.TemporaryDirectory() as out:
         engine.new_adamw = lambda groups_, lr, impl: original(groups_, lr, adamw if impl == "auto" else impl)
         try:
-            trainer = engine.Trainer(cfg.training, s.task, model, strat, groups, s.train_ds, None, s.task.collate,
-                                     s.sampler(), out)
+            trainer = engine.Trainer(
+                cfg.training, s.task, model, strat, groups, s.train_ds, None, s.task.collate, s.sampler(), out
+            )
         finally:
             engine.new_adamw = original
         ends, losses = [], []
@@ -186,8 +203,14 @@ def run_engine(s: Setup, strategy: str, steps: int, adamw: str = "auto", dropout
         start = time.perf_counter()
         trainer.train()
         acc = accuracy(trainer.unwrapped_model(), s)
-    return {"start": start, "ends": ends, "losses": losses, "budget": trainer.budget, "accuracy": acc,
-            "optimizer": implementation(trainer.optimizer)}
+    return {
+        "start": start,
+        "ends": ends,
+        "losses": losses,
+        "budget": trainer.budget,
+        "accuracy": acc,
+        "optimizer": implementation(trainer.optimizer),
+    }
 
 
 def engine_budget(s: Setup, strategy: str, steps: int):
@@ -195,8 +218,18 @@ def engine_budget(s: Setup, strategy: str, steps: int):
 
     model, strat, groups = s.model(strategy)
     with tempfile.TemporaryDirectory() as out:
-        return Trainer(make_config(s.name, strategy, steps, s.batch_size).training, s.task, model, strat, groups,
-                       s.train_ds, None, s.task.collate, s.sampler(), out).budget
+        return Trainer(
+            make_config(s.name, strategy, steps, s.batch_size).training,
+            s.task,
+            model,
+            strat,
+            groups,
+            s.train_ds,
+            None,
+            s.task.collate,
+            s.sampler(),
+            out,
+        ).budget
 
 
 def run_hf_trainer(s: Setup, strategy: str, steps: int, budget, dropout: bool = True) -> dict:
@@ -224,17 +257,32 @@ def run_hf_trainer(s: Setup, strategy: str, steps: int, budget, dropout: bool = 
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=s.batch_size, max_steps=steps,
-            learning_rate=budget.learning_rate, warmup_steps=budget.warmup_steps, weight_decay=0.01,
-            lr_scheduler_type="linear", save_strategy="no", report_to="none", disable_tqdm=True,
-            logging_strategy="no", use_cpu=not torch.cuda.is_available(), seed=0,
+            output_dir=out,
+            per_device_train_batch_size=s.batch_size,
+            max_steps=steps,
+            learning_rate=budget.learning_rate,
+            warmup_steps=budget.warmup_steps,
+            weight_decay=0.01,
+            lr_scheduler_type="linear",
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            logging_strategy="no",
+            use_cpu=not torch.cuda.is_available(),
+            seed=0,
         )
-        trainer = SameOrder(model=model, args=args, train_dataset=s.train_ds, processing_class=s.task.processor,
-                            callbacks=[Clock()])
+        trainer = SameOrder(
+            model=model, args=args, train_dataset=s.train_ds, processing_class=s.task.processor, callbacks=[Clock()]
+        )
         trainer.train()
         acc = accuracy(trainer.model, s)
-    return {"start": marks["start"], "ends": ends, "losses": losses, "accuracy": acc,
-            "optimizer": implementation(trainer.optimizer)}
+    return {
+        "start": marks["start"],
+        "ends": ends,
+        "losses": losses,
+        "accuracy": acc,
+        "optimizer": implementation(trainer.optimizer),
+    }
 
 
 def implementation(optimizer) -> str:
@@ -275,6 +323,7 @@ def step_stats(r: dict) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------------- parts
 
+
 def part_side_by_side(s: Setup, strategies: list[str], steps: int, repeats: int) -> None:
     arms = ["Trainer", "engine", "engine, for-loop AdamW"]
     results: dict = {}
@@ -284,7 +333,7 @@ def part_side_by_side(s: Setup, strategies: list[str], steps: int, repeats: int)
     loads = []
     for rep in range(repeats):
         for strategy in strategies:
-            for arm in arms[rep % len(arms):] + arms[:rep % len(arms)]:  # each arm in each position
+            for arm in arms[rep % len(arms) :] + arms[: rep % len(arms)]:  # each arm in each position
                 log(f"{s.model_key} {strategy} {arm} round {rep + 1} (load {load_avg()})")
                 loads.append(os.getloadavg()[0])
                 if arm == "Trainer":
@@ -292,9 +341,11 @@ def part_side_by_side(s: Setup, strategies: list[str], steps: int, repeats: int)
                 else:
                     r = run_engine(s, strategy, steps, "auto" if arm == "engine" else "for-loop")
                 results.setdefault((strategy, arm), []).append(r)
-    print(f"\n## {s.model_key} ({s.name}; attention: {s.attn}), batch {s.batch_size}, {steps} steps, "
-          f"median of {repeats} interleaved rounds; 1-min load average during the runs "
-          f"{min(loads):.1f}-{max(loads):.1f}")
+    print(
+        f"\n## {s.model_key} ({s.name}; attention: {s.attn}), batch {s.batch_size}, {steps} steps, "
+        f"median of {repeats} interleaved rounds; 1-min load average during the runs "
+        f"{min(loads):.1f}-{max(loads):.1f}"
+    )
     print(
         "| strategy | loop | optimizer | ms / step (median, steps 2..N) | per-round medians | s to N steps "
         "| steps/s vs Trainer |"
@@ -314,8 +365,10 @@ def part_side_by_side(s: Setup, strategies: list[str], steps: int, repeats: int)
 
 
 def part_losses(s: Setup, strategies: list[str], steps: int) -> None:
-    print(f"\n## {s.model_key}: loss curves and accuracy, dropout off, {steps} steps "
-          "(the same initial weights, batches and hyper-parameters)")
+    print(
+        f"\n## {s.model_key}: loss curves and accuracy, dropout off, {steps} steps "
+        "(the same initial weights, batches and hyper-parameters)"
+    )
     print("| strategy | pair | max abs loss difference over all steps | final loss | eval accuracy (200 tweets) |")
     print("|---|---|---|---|---|")
     for strategy in strategies:
@@ -324,8 +377,10 @@ def part_losses(s: Setup, strategies: list[str], steps: int) -> None:
         hf = run_hf_trainer(s, strategy, steps, eng["budget"], dropout=False)
         for name, other in (("engine vs Trainer", hf), ("engine fused vs for-loop AdamW", loop)):
             diff = max(abs(a - b) for a, b in zip(eng["losses"], other["losses"]))
-            print(f"| {strategy} | {name} | {diff:.2e} | {eng['losses'][-1]:.5f} vs {other['losses'][-1]:.5f} | "
-                  f"{eng['accuracy']:.3f} vs {other['accuracy']:.3f} |")
+            print(
+                f"| {strategy} | {name} | {diff:.2e} | {eng['losses'][-1]:.5f} vs {other['losses'][-1]:.5f} | "
+                f"{eng['accuracy']:.3f} vs {other['accuracy']:.3f} |"
+            )
     sys.stdout.flush()
 
 
@@ -353,8 +408,10 @@ def lever_attention(s: Setup, repeats: int) -> None:
     from hf_transfer.paths import resolve
 
     families = {"bert (MiniLM, BERT-base)": s.name, "tests' tiny families": None}
-    print("\n## Attention implementation each family loads by default (transformers "
-          f"{__import__('transformers').__version__})")
+    print(
+        "\n## Attention implementation each family loads by default (transformers "
+        f"{__import__('transformers').__version__})"
+    )
     print("| model | config._attn_implementation |\n|---|---|")
     print(f"| {families['bert (MiniLM, BERT-base)']} | {s.attn} |")
     for mt in ("bert", "roberta", "distilbert", "deberta-v2", "xlm-roberta", "electra", "mpnet", "vit"):
@@ -362,8 +419,13 @@ def lever_attention(s: Setup, repeats: int) -> None:
             cfg = AutoConfig.for_model(mt)
             for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
                 if hasattr(cfg, k):
-                    setattr(cfg, k, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                     "num_attention_heads": 2}[k])
+                    setattr(
+                        cfg,
+                        k,
+                        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}[
+                            k
+                        ],
+                    )
             from transformers import AutoModel
 
             m = AutoModel.from_config(cfg)
@@ -376,7 +438,8 @@ def lever_attention(s: Setup, repeats: int) -> None:
     for impl in times:
         torch.manual_seed(0)
         models[impl] = AutoModelForSequenceClassification.from_pretrained(
-            resolve(s.name), num_labels=len(s.labels), attn_implementation=impl)
+            resolve(s.name), num_labels=len(s.labels), attn_implementation=impl
+        )
         models[impl].train()
     for _ in range(repeats):
         for impl, m in models.items():
@@ -385,8 +448,10 @@ def lever_attention(s: Setup, repeats: int) -> None:
                 fwd_bwd(m, b)
                 times[impl].append(time.perf_counter() - t)
     sd, ea = statistics.median(times["sdpa"]) * 1000, statistics.median(times["eager"]) * 1000
-    print(f"\nforward+backward per batch ({s.model_key}, {len(bs)} tweet batches x {repeats}, median): "
-          f"sdpa {sd:.0f} ms, eager {ea:.0f} ms, eager/sdpa = {ea / sd:.2f}")
+    print(
+        f"\nforward+backward per batch ({s.model_key}, {len(bs)} tweet batches x {repeats}, median): "
+        f"sdpa {sd:.0f} ms, eager {ea:.0f} ms, eager/sdpa = {ea / sd:.2f}"
+    )
 
 
 def lever_adamw(s: Setup, repeats: int) -> None:
@@ -397,8 +462,9 @@ def lever_adamw(s: Setup, repeats: int) -> None:
     times: dict = {k: [] for k in ("for-loop", "foreach", "fused")}
     opts = {}
     for impl in times:
-        opts[impl] = (new_adamw([{"params": [p.detach().clone().requires_grad_() for p in params],
-                                  "weight_decay": 0.01}], 1e-5, impl))
+        opts[impl] = new_adamw(
+            [{"params": [p.detach().clone().requires_grad_() for p in params], "weight_decay": 0.01}], 1e-5, impl
+        )
         for p in opts[impl].param_groups[0]["params"]:
             p.grad = torch.randn_like(p)
     for _ in range(repeats):
@@ -408,8 +474,10 @@ def lever_adamw(s: Setup, repeats: int) -> None:
                 opt.step()
                 times[impl].append(time.perf_counter() - t)
     n = sum(p.numel() for p in params)
-    print(f"\n## AdamW step alone ({s.model_key}, {n / 1e6:.1f}M parameters, {len(params)} tensors, "
-          f"median of {3 * repeats})")
+    print(
+        f"\n## AdamW step alone ({s.model_key}, {n / 1e6:.1f}M parameters, {len(params)} tensors, "
+        f"median of {3 * repeats})"
+    )
     print("| implementation | ms / optimizer step |\n|---|---|")
     for impl, ts in times.items():
         print(f"| {impl} | {statistics.median(ts) * 1000:.1f} |")
@@ -422,10 +490,14 @@ def lever_compile(s: Setup, steps: int) -> None:
 
     bs = batches(s, steps)
     shapes = sorted({tuple(b["input_ids"].shape) for b in bs})
-    print(f"\n## torch.compile of the model ({s.model_key}, full, {steps} tweet batches, {len(shapes)} distinct "
-          "shapes; default mode; eager and compiled steps alternating)")
-    print("| dropout | first 2 steps, eager (s) | first 2 steps, compiled (s; compile + dynamic-shape recompile) "
-          "| steady ms/step eager | steady ms/step compiled | compile pays after | largest loss difference |")
+    print(
+        f"\n## torch.compile of the model ({s.model_key}, full, {steps} tweet batches, {len(shapes)} distinct "
+        "shapes; default mode; eager and compiled steps alternating)"
+    )
+    print(
+        "| dropout | first 2 steps, eager (s) | first 2 steps, compiled (s; compile + dynamic-shape recompile) "
+        "| steady ms/step eager | steady ms/step compiled | compile pays after | largest loss difference |"
+    )
     print("|---|---|---|---|---|---|---|")
     for dropout in (True, False):
         torch._dynamo.reset()
@@ -456,8 +528,10 @@ def lever_compile(s: Setup, steps: int) -> None:
         gain = steady_e - steady_c
         pays = f"{first_cost / gain:.0f} steps" if gain > 0 else "never"
         diff = max(abs(a - b) for a, b in zip(eager_losses, comp_losses))
-        print(f"| {'on' if dropout else 'off'} | {sum(eager[:2]):.1f} | {sum(comp[:2]):.1f} | {steady_e * 1000:.0f} | "
-              f"{steady_c * 1000:.0f} | {pays} | {diff:.1e} |")
+        print(
+            f"| {'on' if dropout else 'off'} | {sum(eager[:2]):.1f} | {sum(comp[:2]):.1f} | {steady_e * 1000:.0f} | "
+            f"{steady_c * 1000:.0f} | {pays} | {diff:.1e} |"
+        )
         sys.stdout.flush()
 
 
@@ -473,15 +547,16 @@ def lever_flattening(s: Setup) -> None:
 
     model, _, _ = s.model("full")
     feats = [s.train_ds[i] for i in range(8)]
-    flat = DataCollatorWithFlattening(return_position_ids=True)(
-        [{"input_ids": f["input_ids"]} for f in feats])
+    flat = DataCollatorWithFlattening(return_position_ids=True)([{"input_ids": f["input_ids"]} for f in feats])
     inputs = {k: v for k, v in flat.items() if k in ("input_ids", "position_ids")}
     with torch.no_grad():
         logits = model(**inputs).logits
     print(f"\n## Padding-free batches (DataCollatorWithFlattening) on a sequence classifier ({s.model_key})")
-    print(f"8 tweets flattened to input_ids {tuple(flat['input_ids'].shape)}; the classifier returns logits "
-          f"{tuple(logits.shape)} (one row: the head pools the first token of the row, so 7 of 8 examples "
-          "get no prediction); not applicable to classification without a per-sequence pooling.")
+    print(
+        f"8 tweets flattened to input_ids {tuple(flat['input_ids'].shape)}; the classifier returns logits "
+        f"{tuple(logits.shape)} (one row: the head pools the first token of the row, so 7 of 8 examples "
+        "get no prediction); not applicable to classification without a per-sequence pooling."
+    )
 
 
 def lever_saved(s: Setup) -> None:
@@ -518,8 +593,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--parts", nargs="+", default=["side", "losses"], choices=["side", "losses", "levers"])
-    p.add_argument("--levers", nargs="+", default=["attention", "adamw", "flattening", "saved"],
-                   choices=["attention", "adamw", "compile", "flattening", "saved"])
+    p.add_argument(
+        "--levers",
+        nargs="+",
+        default=["attention", "adamw", "flattening", "saved"],
+        choices=["attention", "adamw", "compile", "flattening", "saved"],
+    )
     p.add_argument("--loss-steps", type=int, default=8)
     p.add_argument("--compile-steps", type=int, default=8)
     args = p.parse_args()
@@ -552,11 +631,13 @@ def main() -> None:
             part_losses(s, args.strategies, args.loss_steps)
         if "levers" in args.parts:
             for lever in args.levers:
-                {"attention": lambda s=s: lever_attention(s, args.repeats),
-                 "adamw": lambda s=s: lever_adamw(s, args.repeats),
-                 "compile": lambda s=s: guarded_compile(s, args.compile_steps),
-                 "flattening": lambda s=s: lever_flattening(s),
-                 "saved": lambda s=s: lever_saved(s)}[lever]()
+                {
+                    "attention": lambda s=s: lever_attention(s, args.repeats),
+                    "adamw": lambda s=s: lever_adamw(s, args.repeats),
+                    "compile": lambda s=s: guarded_compile(s, args.compile_steps),
+                    "flattening": lambda s=s: lever_flattening(s),
+                    "saved": lambda s=s: lever_saved(s),
+                }[lever]()
                 sys.stdout.flush()
     print(f"\nload average at end {load_avg()}")
 

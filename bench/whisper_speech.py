@@ -180,8 +180,12 @@ def prepare(work: Path, quick: bool) -> dict:
     make_digits(data / "digits", quick)
     make_cards(data / "cards", quick)
     make_real(data / "real")
-    return {"model": model, "data": data, "convert_seconds": round(convert_s, 1),
-            "synthesis_seconds": round(time.time() - start, 1)}
+    return {
+        "model": model,
+        "data": data,
+        "convert_seconds": round(convert_s, 1),
+        "synthesis_seconds": round(time.time() - start, 1),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,8 +207,11 @@ def train_run(overrides: list[str]) -> tuple[dict, float]:
 def bench_classification(assets: dict, work: Path, quick: bool) -> list[dict]:
     digits = assets["data"] / "digits"
     base = [
-        "recipe=audio_classification", f"model.name_or_path={assets['model']}",
-        f"data.train={digits}", f"data.test={digits}", "data.eval_fraction=0.1",
+        "recipe=audio_classification",
+        f"model.name_or_path={assets['model']}",
+        f"data.train={digits}",
+        f"data.test={digits}",
+        "data.eval_fraction=0.1",
         "training.batch_size=8",
         # Loss, not accuracy: accuracy saturates at 1.0 on the seen-voice eval split within an
         # epoch, and the first tie would be kept as the "best" model.
@@ -251,14 +258,19 @@ def bench_classification(assets: dict, work: Path, quick: bool) -> list[dict]:
     for i, (init, window, strategy, extra) in enumerate(runs):
         log.info("(a) %s, %s, %s", init, window, strategy)
         metrics, wall = train_run(base + extra + [f"output_dir={work / 'runs' / f'digits_{i}'}"])
-        rows.append({
-            "weights": init, "encoder window": window, "strategy": strategy,
-            "train clips": metrics.get("train_size"), "test clips (unseen voices)": metrics.get("test_size"),
-            "test accuracy": round(float(metrics["test_accuracy"]), 3),
-            "eval accuracy (seen voices)": round(float(metrics["eval_accuracy"]), 3),
-            "run seconds": round(wall, 1),
-            "feature seconds": metrics.get("feature_seconds"),
-        })
+        rows.append(
+            {
+                "weights": init,
+                "encoder window": window,
+                "strategy": strategy,
+                "train clips": metrics.get("train_size"),
+                "test clips (unseen voices)": metrics.get("test_size"),
+                "test accuracy": round(float(metrics["test_accuracy"]), 3),
+                "eval accuracy (seen voices)": round(float(metrics["eval_accuracy"]), 3),
+                "run seconds": round(wall, 1),
+                "feature seconds": metrics.get("feature_seconds"),
+            }
+        )
     return rows
 
 
@@ -283,8 +295,15 @@ def transcribe_sets(model_dir: Path, sets: dict[str, list[dict]]) -> tuple[dict,
     from hf_transfer.metrics.speech import compute_asr_metrics
     from hf_transfer.tasks import get_task
 
-    cfg = load_config(None, ["recipe=speech_recognition", f"model.name_or_path={model_dir}",
-                             "data.train=unused.csv", "training.eval_batch_size=8"])
+    cfg = load_config(
+        None,
+        [
+            "recipe=speech_recognition",
+            f"model.name_or_path={model_dir}",
+            "data.train=unused.csv",
+            "training.eval_batch_size=8",
+        ],
+    )
     task = get_task(cfg)
     task.load_processor()
     model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
@@ -294,8 +313,12 @@ def transcribe_sets(model_dir: Path, sets: dict[str, list[dict]]) -> tuple[dict,
         hyps, refs = [o["text"] for o in out], [r["transcription"] for r in rows]
         basic = compute_asr_metrics(hyps, refs, "basic")
         english = compute_asr_metrics(hyps, refs, "whisper_english")
-        scores[name] = {"n": len(rows), "wer": round(basic["wer"], 3), "cer": round(basic["cer"], 3),
-                        "wer_whisper_english": round(english["wer"], 3)}
+        scores[name] = {
+            "n": len(rows),
+            "wer": round(basic["wer"], 3),
+            "cer": round(basic["cer"], 3),
+            "wer_whisper_english": round(english["wer"], 3),
+        }
         samples[name] = [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:3]]
     return scores, samples, time.time() - start
 
@@ -314,28 +337,49 @@ def bench_asr(assets: dict, work: Path, quick: bool) -> dict:
     for lr in ("1e-4", "2e-5"):
         run = work / "runs" / f"cards_asr_lr{lr}"
         log.info("(b) fine-tuning the decoder blocks on synthetic cards, lr %s", lr)
-        metrics, wall = train_run([
-            "recipe=speech_recognition", f"model.name_or_path={assets['model']}",
-            f"data.train={cards / 'train' / 'metadata.csv'}", "data.eval_fraction=0.1",
-            "strategy.name=partial", "strategy.trainable_layers=4",
-            f"training.epochs={epochs}", f"training.learning_rate={lr}", "training.batch_size=8",
-            "training.warmup_ratio=0.1", "training.eval_strategy=no", "training.metric_for_best_model=wer",
-            f"output_dir={run}",
-        ])
+        metrics, wall = train_run(
+            [
+                "recipe=speech_recognition",
+                f"model.name_or_path={assets['model']}",
+                f"data.train={cards / 'train' / 'metadata.csv'}",
+                "data.eval_fraction=0.1",
+                "strategy.name=partial",
+                "strategy.trainable_layers=4",
+                f"training.epochs={epochs}",
+                f"training.learning_rate={lr}",
+                "training.batch_size=8",
+                "training.warmup_ratio=0.1",
+                "training.eval_strategy=no",
+                "training.metric_for_best_model=wer",
+                f"output_dir={run}",
+            ]
+        )
         log.info("(b) transcribing after fine-tuning with lr %s", lr)
         after, after_samples, after_s = transcribe_sets(run, sets)
-        runs.append({
-            "learning_rate": lr,
-            "train": {"train clips": metrics.get("train_size"), "eval clips": metrics.get("eval_size"),
-                      "strategy": "partial, trainable_layers=4 (decoder blocks; encoder and embeddings frozen)",
-                      "epochs": epochs, "steps": metrics.get("train_steps"),
-                      "trainable_parameters": metrics.get("trainable_parameters"),
-                      "eval_wer (seen voices)": round(float(metrics.get("eval_wer", float("nan"))), 3),
-                      "run seconds": round(wall, 1), "transcribe seconds": round(after_s, 1)},
-            "after": after, "samples_after": after_samples,
-        })
-    return {"before": before, "samples_before": before_samples, "transcribe seconds before": round(before_s, 1),
-            "runs": runs}
+        runs.append(
+            {
+                "learning_rate": lr,
+                "train": {
+                    "train clips": metrics.get("train_size"),
+                    "eval clips": metrics.get("eval_size"),
+                    "strategy": "partial, trainable_layers=4 (decoder blocks; encoder and embeddings frozen)",
+                    "epochs": epochs,
+                    "steps": metrics.get("train_steps"),
+                    "trainable_parameters": metrics.get("trainable_parameters"),
+                    "eval_wer (seen voices)": round(float(metrics.get("eval_wer", float("nan"))), 3),
+                    "run seconds": round(wall, 1),
+                    "transcribe seconds": round(after_s, 1),
+                },
+                "after": after,
+                "samples_after": after_samples,
+            }
+        )
+    return {
+        "before": before,
+        "samples_before": before_samples,
+        "transcribe seconds before": round(before_s, 1),
+        "runs": runs,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,14 +402,30 @@ def report(results: dict) -> str:
     ]
     if "classification" in results:
         out += ["(a) Spoken digits, 10 classes: trained on 6 espeak-ng voices, tested on 4 unseen voices", ""]
-        out.append(_table(results["classification"], ["weights", "encoder window", "strategy", "train clips",
-                                                      "test clips (unseen voices)", "test accuracy",
-                                                      "eval accuracy (seen voices)", "run seconds", "feature seconds"]))
+        out.append(
+            _table(
+                results["classification"],
+                [
+                    "weights",
+                    "encoder window",
+                    "strategy",
+                    "train clips",
+                    "test clips (unseen voices)",
+                    "test accuracy",
+                    "eval accuracy (seen voices)",
+                    "run seconds",
+                    "feature seconds",
+                ],
+            )
+        )
         out.append("")
     if "asr" in results:
         asr = results["asr"]
-        out += ["(b) Card phrases: the 4 decoder blocks fine-tuned on 6 espeak-ng voices (encoder frozen). "
-                "WER with basic normalisation (Whisper English normalisation in brackets)", ""]
+        out += [
+            "(b) Card phrases: the 4 decoder blocks fine-tuned on 6 espeak-ng voices (encoder frozen). "
+            "WER with basic normalisation (Whisper English normalisation in brackets)",
+            "",
+        ]
         keys = ["set", "clips", "before"] + [f"after, lr {r['learning_rate']}" for r in asr["runs"]]
         rows = []
         for name, b in asr["before"].items():
@@ -385,8 +445,9 @@ def report(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench" / "whisper_speech")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 is fastest on a 2-core machine shared with other work)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a 2-core machine shared with other work)"
+    )
     parser.add_argument("--prepare-only", action="store_true", help="convert the model and write the data, then stop")
     parser.add_argument("--quick", action="store_true", help="tiny sets and few steps: a smoke test of this script")
     parser.add_argument("--skip", choices=["classification", "asr"], action="append", default=[])
@@ -403,8 +464,11 @@ def main() -> None:
     if args.prepare_only:
         print(f"Model: {assets['model']}\nData: {assets['data']}")
         return
-    results = {"command": " ".join(["python"] + sys.argv), "threads": args.threads,
-               "prepare": {k: v for k, v in assets.items() if k.endswith("seconds")}}
+    results = {
+        "command": " ".join(["python"] + sys.argv),
+        "threads": args.threads,
+        "prepare": {k: v for k, v in assets.items() if k.endswith("seconds")},
+    }
     if "classification" not in args.skip:
         results["classification"] = bench_classification(assets, work, args.quick)
     if "asr" not in args.skip:

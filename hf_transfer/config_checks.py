@@ -43,11 +43,13 @@ def check_domain_settings(cfg, source: str = "config") -> None:
         if cfg.strategy.name == "feature_extraction":
             raise ConfigError(
                 f"adaptation.name=dann in {source} trains the network adversarially, but strategy.name="
-                "feature_extraction trains no network layer. Use full, partial, freeze (head only), lora, ...")
+                "feature_extraction trains no network layer. Use full, partial, freeze (head only), lora, ..."
+            )
         if cfg.training.cache_frozen_prefix:
             raise ConfigError(
                 f"adaptation.name=dann in {source} needs the target examples to pass through the whole network; "
-                "set training.cache_frozen_prefix=false.")
+                "set training.cache_frozen_prefix=false."
+            )
         if a.lambda_max < 0 or a.gamma <= 0:
             raise ConfigError(f"adaptation.lambda_max must be >= 0 and adaptation.gamma > 0 (in {source}).")
         if a.domain_hidden_size < 0:
@@ -58,10 +60,12 @@ def check_domain_settings(cfg, source: str = "config") -> None:
         if cfg.recipe != "image_classification":
             raise ConfigError(
                 f"data.normalize_from=target in {source} recomputes image normalisation; recipe {cfg.recipe} has "
-                "no images. Leave it at checkpoint.")
+                "no images. Leave it at checkpoint."
+            )
         if not has_target(cfg.data):
             raise ConfigError(
-                f"data.normalize_from=target in {source} needs data.target (a folder or file of target images).")
+                f"data.normalize_from=target in {source} needs data.target (a folder or file of target images)."
+            )
     if cfg.recipe == "masked_lm" and not 0.0 < cfg.data.mlm_probability < 1.0:
         raise ConfigError(f"data.mlm_probability must be between 0 and 1, got {cfg.data.mlm_probability}.")
 
@@ -80,19 +84,26 @@ def check_target_settings(cfg, source: str = "config") -> None:
     if kind is None:
         return
     if kind == "regression" and cfg.strategy.name in CLASS_STRATEGIES:
-        raise ConfigError(f"strategy.name '{cfg.strategy.name}' pairs examples by their labels and needs classes or "
-                          f"label sets; recipe {cfg.recipe} ({source}) has numeric targets. Use "
-                          "feature_extraction, freeze, partial, lora, full or auto.")
+        raise ConfigError(
+            f"strategy.name '{cfg.strategy.name}' pairs examples by their labels and needs classes or "
+            f"label sets; recipe {cfg.recipe} ({source}) has numeric targets. Use "
+            "feature_extraction, freeze, partial, lora, full or auto."
+        )
     if cfg.data.samples_per_class is not None or cfg.data.eval_samples_per_class is not None:
-        raise ConfigError(f"data.samples_per_class / eval_samples_per_class need classes; recipe {cfg.recipe} "
-                          f"({source}) has {kind} targets. Use data.max_train_samples / max_eval_samples.")
+        raise ConfigError(
+            f"data.samples_per_class / eval_samples_per_class need classes; recipe {cfg.recipe} "
+            f"({source}) has {kind} targets. Use data.max_train_samples / max_eval_samples."
+        )
     if kind == "regression" and cfg.data.label_columns:
-        raise ConfigError(f"data.label_columns is for multi-label recipes; {cfg.recipe} ({source}) reads one "
-                          "numeric target from data.label_column.")
+        raise ConfigError(
+            f"data.label_columns is for multi-label recipes; {cfg.recipe} ({source}) reads one "
+            "numeric target from data.label_column."
+        )
     t = cfg.training
     if kind == "multilabel" and not isinstance(t.multilabel_threshold, str) and not 0 < t.multilabel_threshold < 1:
-        raise ConfigError(f"training.multilabel_threshold must be 'tune' or between 0 and 1, got "
-                          f"{t.multilabel_threshold} ({source}).")
+        raise ConfigError(
+            f"training.multilabel_threshold must be 'tune' or between 0 and 1, got {t.multilabel_threshold} ({source})."
+        )
     if t.huber_delta <= 0:
         raise ConfigError(f"training.huber_delta must be positive, got {t.huber_delta} ({source}).")
     if kind == "regression" and t.metric_for_best_model in ("f1", "accuracy", "eval_f1", "eval_accuracy"):
@@ -156,12 +167,16 @@ def stage_configs(cfg, source: str = "config") -> list[Stage]:
             if key in raw:
                 raise ConfigError(f"{where} sets '{key}'; stages share the top-level output_dir and cannot nest.")
         if i > 0 and "model" in raw:
-            raise ConfigError(f"{where} sets 'model': every stage after the first starts from the previous stage's "
-                              "body. Set model.name_or_path at the top level (or in the first stage).")
+            raise ConfigError(
+                f"{where} sets 'model': every stage after the first starts from the previous stage's "
+                "body. Set model.name_or_path at the top level (or in the first stage)."
+            )
         # Stage names key stages.json (what resume skips) and the combined metrics: one name, one stage.
         if name in seen:
-            raise ConfigError(f"{where} is named '{name}', like stages[{seen[name]}]: every stage needs its own "
-                              "name (it keys the progress record and the combined metrics). Rename one of them.")
+            raise ConfigError(
+                f"{where} is named '{name}', like stages[{seen[name]}]: every stage needs its own "
+                "name (it keys the progress record and the combined metrics). Rename one of them."
+            )
         seen[name] = i
         dirname = f"{i + 1:02d}_{_slug(name)}"
         merged = _merge(copy.deepcopy(base), raw)

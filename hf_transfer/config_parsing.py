@@ -83,8 +83,12 @@ def coerce(value: Any, tp: Any, key: str, source: str, rules: Rules) -> Any:
         choices = typing.get_args(tp)
         if isinstance(value, bool):
             # YAML 1.1 reads an unquoted `no` / `off` as False: map it back to the choice meant.
-            spelled = [c for c in choices if isinstance(c, str) and c.lower() in
-                       (("no", "false", "off", "none") if value is False else ("yes", "true", "on"))]
+            spelled = [
+                c
+                for c in choices
+                if isinstance(c, str)
+                and c.lower() in (("no", "false", "off", "none") if value is False else ("yes", "true", "on"))
+            ]
             if len(spelled) == 1:
                 return spelled[0]
             raise _Mismatch()
@@ -150,15 +154,12 @@ def build(cls: type, raw: dict, prefix: str, source: str, rules: Rules) -> Any:
             close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
             hint = f" Did you mean '{(prefix + '.' if prefix else '') + close[0]}'?" if close else ""
             valid = ", ".join(names)
-            raise ConfigError(
-                f"Unknown config key '{full_key}' in {source}.{hint} Valid keys here: {valid}."
-            )
+            raise ConfigError(f"Unknown config key '{full_key}' in {source}.{hint} Valid keys here: {valid}.")
         try:
             kwargs[k] = coerce(v, hints[k], full_key, source, rules)
         except _Mismatch:
             raise ConfigError(
-                f"Config key '{full_key}' in {source} must be {_type_name(hints[k])}, "
-                f"got {v!r} ({type(v).__name__})."
+                f"Config key '{full_key}' in {source} must be {_type_name(hints[k])}, got {v!r} ({type(v).__name__})."
             ) from None
     return cls(**kwargs)
 
@@ -181,9 +182,7 @@ def set_dotted(raw: dict, dotted: str, value: Any) -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """Split `a.b=value` and parse the value as YAML (so `3`, `1e-4`, `true`, `[1, 2]` are typed)."""
     if "=" not in text:
-        raise ConfigError(
-            f"Override '{text}' is not of the form key=value (for example training.epochs=2)."
-        )
+        raise ConfigError(f"Override '{text}' is not of the form key=value (for example training.epochs=2).")
     key, _, value = text.partition("=")
     key = key.strip()
     if not key:

@@ -26,8 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_config_path("minilm/tweets_full")
     runs = {
         "pretrained MiniLM (full fine-tuning)": ["strategy.name=full", f"output_dir={args.output_dir}/full"],
-        "same architecture from scratch": ["strategy.name=scratch", "training.learning_rate=3e-4",
-                                           "training.epochs=8", f"output_dir={args.output_dir}/scratch"],
+        "same architecture from scratch": [
+            "strategy.name=scratch",
+            "training.learning_rate=3e-4",
+            "training.epochs=8",
+            f"output_dir={args.output_dir}/scratch",
+        ],
     }
     results = {}
     try:

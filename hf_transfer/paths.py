@@ -26,7 +26,7 @@ def resolve(name: str) -> str:
     """
     if not isinstance(name, str) or not name.startswith(PREFIX):
         return name
-    package, _, rest = name[len(PREFIX):].partition("/")
+    package, _, rest = name[len(PREFIX) :].partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         dist = package.replace("_", "-")

@@ -26,6 +26,7 @@ from hf_transfer.errors import ConfigError
 #: like the entry points of an installed plugin (first, so a plugin cannot take a built-in name).
 BUILTIN_MODULES = ("hf_transfer.strategies", "hf_transfer.tasks")
 
+
 @dataclass(frozen=True)
 class RecipeInfo:
     """What every layer needs to know about a recipe (a task family), without importing its task.
@@ -84,7 +85,8 @@ _loading = threading.RLock()
 def _refuse_duplicate(kind: str, name: str, existing: type, new: type) -> None:
     raise ConfigError(
         f"{kind} '{name}' is registered twice: by {existing.__module__}.{existing.__qualname__} and by "
-        f"{new.__module__}.{new.__qualname__}. Give the second one another name.")
+        f"{new.__module__}.{new.__qualname__}. Give the second one another name."
+    )
 
 
 def register_strategy(name: str, settings_cls: type):
@@ -105,9 +107,16 @@ def register_strategy(name: str, settings_cls: type):
     return wrap
 
 
-def register_task(name: str, pipeline_tag: str = "", *, example_input: str = "",
-                  metrics: tuple[str, ...] = ("accuracy", "f1"), lower_is_better: bool = False,
-                  modality: str = "", targets: str = "class"):
+def register_task(
+    name: str,
+    pipeline_tag: str = "",
+    *,
+    example_input: str = "",
+    metrics: tuple[str, ...] = ("accuracy", "f1"),
+    lower_is_better: bool = False,
+    modality: str = "",
+    targets: str = "class",
+):
     """Class decorator: the task behind `recipe: <name>`, with the Hub facts export and the model
     card read (`RecipeInfo`; the auto class is the task's `hub_auto_class`, else its
     `auto_model_cls`). A name registered by another class is refused (`ConfigError`)."""
@@ -123,9 +132,17 @@ def register_task(name: str, pipeline_tag: str = "", *, example_input: str = "",
             _refuse_duplicate("Recipe", name, _RECIPES[name].task_cls, cls)
         cls.name = name
         auto = getattr(cls, "hub_auto_class", "") or getattr(getattr(cls, "auto_model_cls", None), "__name__", "")
-        info = RecipeInfo(name, pipeline_tag=pipeline_tag, task_name=pipeline_tag.replace("-", " ").title(),
-                          auto_class=auto, metrics=tuple(metrics), lower_is_better=lower_is_better,
-                          example_input=example_input, modality=modality, targets=targets)
+        info = RecipeInfo(
+            name,
+            pipeline_tag=pipeline_tag,
+            task_name=pipeline_tag.replace("-", " ").title(),
+            auto_class=auto,
+            metrics=tuple(metrics),
+            lower_is_better=lower_is_better,
+            example_input=example_input,
+            modality=modality,
+            targets=targets,
+        )
         _RECIPES[name] = RecipeEntry(info, cls)
         return cls
 
@@ -200,7 +217,11 @@ def _load_plugins() -> None:
 
                 logging.getLogger("hf_transfer").warning(
                     "hf_transfer plugin %r (entry point group %s, package %s) failed to load: %s",
-                    ep.name, group, dist or "?", error)
+                    ep.name,
+                    group,
+                    dist or "?",
+                    error,
+                )
             _PLUGINS.append(Plugin(group, ep.name, ep.value, dist, error))
 
 
@@ -249,9 +270,7 @@ def _strategy(name: str) -> StrategyEntry:
     _load()
     if name not in _STRATEGIES:
         known = sorted(_STRATEGIES)
-        raise ConfigError(
-            f"Unknown strategy.name '{name}'.{_did_you_mean(name, known)} Available: {', '.join(known)}."
-        )
+        raise ConfigError(f"Unknown strategy.name '{name}'.{_did_you_mean(name, known)} Available: {', '.join(known)}.")
     return _STRATEGIES[name]
 
 

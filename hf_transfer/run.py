@@ -66,13 +66,25 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
     check_adaptation(cfg.adaptation.name, strategy, model)  # adabn without batch norm, dann with features
     steps.take_over_folder(run, cfg, clear=overwrite and not resuming, main=main)
     info = strategy.describe(model)
-    logger.info("Strategy %s: %s trainable / %s frozen parameters", strategy.name,
-                f"{info['trainable_parameters']:,}", f"{info['frozen_parameters']:,}")
+    logger.info(
+        "Strategy %s: %s trainable / %s frozen parameters",
+        strategy.name,
+        f"{info['trainable_parameters']:,}",
+        f"{info['frozen_parameters']:,}",
+    )
 
     if strategy.trains_with_engine:
         metrics = steps.fit_with_engine(
-            task, splits, strategy, model, groups, run, training=cfg.training, data=cfg.data,
-            adaptation_hook_factory=lambda m, ds, collate: build_adaptation_hook(cfg, task, m, ds, collate))
+            task,
+            splits,
+            strategy,
+            model,
+            groups,
+            run,
+            training=cfg.training,
+            data=cfg.data,
+            adaptation_hook_factory=lambda m, ds, collate: build_adaptation_hook(cfg, task, m, ds, collate),
+        )
     else:
         metrics = strategy.fit(ctx, model, groups)
     metrics.update(strategy.describe(metrics.pop("_model", model)))
@@ -158,17 +170,24 @@ def evaluate(run_dir: str | Path, split: str = "auto", allow_pickle: bool = Fals
     acc = new_accelerator(cfg.training, run.path)
     acc.trackers = []
     model = acc.prepare(model)
-    wanted = {"eval": [("eval", splits.eval)], "test": [("test", splits.test)],
-              "auto": [("eval", splits.eval), ("test", splits.test)]}[split]
+    wanted = {
+        "eval": [("eval", splits.eval)],
+        "test": [("test", splits.test)],
+        "auto": [("eval", splits.eval), ("test", splits.test)],
+    }[split]
     metrics: dict[str, Any] = {}
     for prefix, ds in wanted:
         if ds is None:
             if split != "auto":
                 raise HFTransferError(f"The run's config has no {prefix} split (data.{prefix}).")
             continue
-        dl = acc.prepare(DataLoader(task.preprocess(ds, train=False),
-                                    batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
-                                    collate_fn=task.collate))
+        dl = acc.prepare(
+            DataLoader(
+                task.preprocess(ds, train=False),
+                batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
+                collate_fn=task.collate,
+            )
+        )
         metrics.update(run_evaluation(acc, model, dl, task, prefix))
     return metrics
 
@@ -187,8 +206,14 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 1, allow_pickle
     return task.predict(model, inputs, top_k=top_k)
 
 
-def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, *,
-                batch_size: int = 32, min_agreement: float | None = None):
+def export_onnx(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    quantize: str | None = None,
+    *,
+    batch_size: int = 32,
+    min_agreement: float | None = None,
+):
     """ONNX export of a finished classification run, checked against PyTorch on its eval split.
 
     The model is loaded as `evaluate` loads it (merged weights for PEFT runs; the feature
@@ -213,8 +238,10 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None =
     run = open_finished_run(run_dir)
     cfg = run.config
     if cfg.recipe not in ("text_classification", "image_classification", "audio_classification"):
-        raise ExportError(f"ONNX export covers text, image and audio classification runs; '{run_dir}' is a "
-                          f"{cfg.recipe} run. Export it with --format hub.")
+        raise ExportError(
+            f"ONNX export covers text, image and audio classification runs; '{run_dir}' is a "
+            f"{cfg.recipe} run. Export it with --format hub."
+        )
     set_seed_all(cfg.training.seed)
     task = _task_for(run)
     task.only_roles = ("eval", "test")
@@ -231,6 +258,14 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, quantize: str | None =
         for batch in DataLoader(data, batch_size=batch_size, collate_fn=task.collate):
             yield task.model_inputs(batch), batch["labels"]
 
-    return write_onnx(model, run_dir, out_dir, sample_inputs=sample, eval_batches=batches, recipe=cfg.recipe,
-                      labels=run.labels, quantize=quantize,
-                      min_agreement=MIN_INT8_AGREEMENT if min_agreement is None else min_agreement)
+    return write_onnx(
+        model,
+        run_dir,
+        out_dir,
+        sample_inputs=sample,
+        eval_batches=batches,
+        recipe=cfg.recipe,
+        labels=run.labels,
+        quantize=quantize,
+        min_agreement=MIN_INT8_AGREEMENT if min_agreement is None else min_agreement,
+    )

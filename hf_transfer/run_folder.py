@@ -39,8 +39,12 @@ BASELINE_FILE = "baseline_metrics.json"
 #: Images the run writes that a model card shows.
 IMAGES = ("training_curves.png", "confusion_matrix.png", "test_confusion_matrix.png")
 #: The model's weights, any one of which means the model was saved.
-MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+MODEL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 #: A static-embedding run's description (`strategies.static`): its model is not a transformers one.
 STATIC_INFO_FILE = "static.json"
 #: An ONNX export's description and graph (`export.onnx`).
@@ -50,10 +54,23 @@ ONNX_FILE = "model.onnx"
 # Files and folders a finished (or interrupted) run leaves in its output_dir. `--overwrite` removes
 # exactly these (never anything else the folder may hold), once the new run has been validated.
 RUN_ARTIFACTS = (
-    METRICS_FILE, HISTORY_FILE, "training_curves.png", "confusion_matrix.json", "confusion_matrix.png",
-    "test_confusion_matrix.json", "test_confusion_matrix.png", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "pytorch_model.bin", "classifier.joblib", FEATURE_CLASSIFIER_FILE,
-    FEATURE_CLASSIFIER_SETTINGS_FILE, CHECKPOINTS_DIR, ADAPTER_DIR, "logs",
+    METRICS_FILE,
+    HISTORY_FILE,
+    "training_curves.png",
+    "confusion_matrix.json",
+    "confusion_matrix.png",
+    "test_confusion_matrix.json",
+    "test_confusion_matrix.png",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "classifier.joblib",
+    FEATURE_CLASSIFIER_FILE,
+    FEATURE_CLASSIFIER_SETTINGS_FILE,
+    CHECKPOINTS_DIR,
+    ADAPTER_DIR,
+    "logs",
 )
 
 
@@ -135,8 +152,13 @@ class RunFolder:
             (unpickling runs code from the file); off unless the user asks (`--trust-pickle`).
     """
 
-    def __init__(self, path: str | Path, config: TrainConfig | None = None,
-                 error: type[HFTransferError] = HFTransferError, allow_pickle: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        config: TrainConfig | None = None,
+        error: type[HFTransferError] = HFTransferError,
+        allow_pickle: bool = False,
+    ):
         self.path = Path(path)
         self.allow_pickle = allow_pickle
         self.config_path = self.path / CONFIG_FILE
@@ -150,8 +172,15 @@ class RunFolder:
             self.__dict__["config"] = config
 
     @classmethod
-    def open(cls, path: str | Path, *, finished: bool = True, needs_metrics: bool = False,
-             error: type[HFTransferError] = HFTransferError, allow_pickle: bool = False) -> RunFolder:
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        finished: bool = True,
+        needs_metrics: bool = False,
+        error: type[HFTransferError] = HFTransferError,
+        allow_pickle: bool = False,
+    ) -> RunFolder:
         """The run folder at `path`.
 
         Args:
@@ -168,10 +197,13 @@ class RunFolder:
             )
         if finished and not run.has_model:
             ckpts = run.checkpoints()
-            state = (f"It holds checkpoints ({', '.join(p.name for p in ckpts)}) of a run that was interrupted: "
-                     f"finish it with `hf-transfer train {run.config_path} "
-                     "training.resume_from_checkpoint=latest`." if ckpts else
-                     "No checkpoint was saved either: train it again.")
+            state = (
+                f"It holds checkpoints ({', '.join(p.name for p in ckpts)}) of a run that was interrupted: "
+                f"finish it with `hf-transfer train {run.config_path} "
+                "training.resume_from_checkpoint=latest`."
+                if ckpts
+                else "No checkpoint was saved either: train it again."
+            )
             raise error(f"'{path}' has no trained model yet (training did not finish). {state}")
         if needs_metrics and not run.metrics_path.is_file():
             raise error(
@@ -327,9 +359,12 @@ class RunFolder:
         if not path.is_file():
             return None
         data = json.loads(path.read_text())
-        return FeatureClassifierSpec(classifier=data.get("classifier"),
-                                     head_written=bool(data.get("head_written", True)),
-                                     module=data.get("module"), raw=data)
+        return FeatureClassifierSpec(
+            classifier=data.get("classifier"),
+            head_written=bool(data.get("head_written", True)),
+            module=data.get("module"),
+            raw=data,
+        )
 
     @property
     def feature_layout(self) -> str | None:
@@ -375,10 +410,10 @@ class RunFolder:
         for prefix in ("eval", "test"):
             cm = metrics.pop(f"{prefix}_confusion_matrix", None)
             if cm is not None and labels:
-                save_confusion_matrix(cm, labels, self.path,
-                                      stem="confusion_matrix" if prefix == "eval" else "test_confusion_matrix")
-        clean = {k: v for k, v in metrics.items()
-                 if isinstance(v, (int, float, str, bool, list, dict)) or v is None}
+                save_confusion_matrix(
+                    cm, labels, self.path, stem="confusion_matrix" if prefix == "eval" else "test_confusion_matrix"
+                )
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool, list, dict)) or v is None}
         # Written aside and renamed: a killed process never leaves half a file that reads as finished.
         tmp = self.metrics_path.with_name(METRICS_FILE + ".tmp")
         tmp.write_text(json.dumps(clean, indent=2, default=str))

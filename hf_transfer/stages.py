@@ -61,8 +61,11 @@ def save_body(stage: Stage) -> Path:
     if body is model:
         # No separable backbone (a custom head layout): the next stage loads the whole model and
         # swaps the head (reinitialised when its labels differ).
-        logger.info("Stage %s: %s has no separate backbone; the next stage starts from the whole model.",
-                    stage.name, type(model).__name__)
+        logger.info(
+            "Stage %s: %s has no separate backbone; the next stage starts from the whole model.",
+            stage.name,
+            type(model).__name__,
+        )
         model.save_pretrained(out)
     else:
         body.save_pretrained(out)
@@ -104,7 +107,8 @@ def train_stages(cfg, overwrite: bool = False) -> dict[str, Any]:
     if progress["completed"] and not (resuming or overwrite):
         raise ConfigError(
             f"output_dir '{out}' holds a staged run ({', '.join(progress['completed'])} done). Continue it with "
-            "training.resume_from_checkpoint=latest, replace it with --overwrite, or choose another output_dir.")
+            "training.resume_from_checkpoint=latest, replace it with --overwrite, or choose another output_dir."
+        )
     if overwrite and not resuming:
         progress = {"completed": {}}
     out.mkdir(parents=True, exist_ok=True)
@@ -122,9 +126,15 @@ def train_stages(cfg, overwrite: bool = False) -> dict[str, Any]:
         ckpts = stage.dir / "checkpoints"
         has_ckpt = ckpts.is_dir() and any(p.name.startswith("step_") for p in ckpts.iterdir())
         stage.cfg.training.resume_from_checkpoint = "latest" if resuming and has_ckpt else None
-        logger.info("Stage %d/%d (%s): %s from %s%s", stage.index + 1, len(stages), stage.name,
-                    stage.cfg.strategy.name, stage.cfg.model.name_or_path,
-                    " (resuming its last checkpoint)" if stage.cfg.training.resume_from_checkpoint else "")
+        logger.info(
+            "Stage %d/%d (%s): %s from %s%s",
+            stage.index + 1,
+            len(stages),
+            stage.name,
+            stage.cfg.strategy.name,
+            stage.cfg.model.name_or_path,
+            " (resuming its last checkpoint)" if stage.cfg.training.resume_from_checkpoint else "",
+        )
         try:
             metrics = train(stage.cfg, overwrite=overwrite or resuming)
         except HFTransferError as e:

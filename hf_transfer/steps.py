@@ -58,7 +58,8 @@ def refuse_non_finite_settings(cfg: TrainConfig) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(
                 f"{key}={value} is not a finite number: give a number (for training.learning_rate, a small "
-                "positive one such as 2e-5), or remove the key to use the default.")
+                "positive one such as 2e-5), or remove the key to use the default."
+            )
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             for f in dataclasses.fields(value):
                 walk(getattr(value, f.name), f"{key}.{f.name}" if key else f.name)
@@ -97,8 +98,7 @@ def check_before_loading(cfg: TrainConfig) -> None:
 
 
 # 2. The run folder ----------------------------------------------------------------------------
-def open_run_folder(output_dir: str, *, overwrite: bool, resuming: bool, main: bool,
-                    model: ModelConfig) -> RunFolder:
+def open_run_folder(output_dir: str, *, overwrite: bool, resuming: bool, main: bool, model: ModelConfig) -> RunFolder:
     """The run folder, refused when it holds another run (unless overwriting or resuming); the
     log file starts here."""
     run = RunFolder(output_dir)
@@ -108,8 +108,11 @@ def open_run_folder(output_dir: str, *, overwrite: bool, resuming: bool, main: b
     logger.info("Run folder: %s", run.path.resolve())
     warn_if_launch_fell_back_to_one_process()
     if model.trust_remote_code:
-        logger.warning("model.trust_remote_code=true: code shipped with '%s' will run (and travels with the "
-                       "run folder: evaluate, predict and export run it too).", model.name_or_path)
+        logger.warning(
+            "model.trust_remote_code=true: code shipped with '%s' will run (and travels with the "
+            "run folder: evaluate, predict and export run it too).",
+            model.name_or_path,
+        )
     return run
 
 
@@ -124,9 +127,11 @@ def warn_if_launch_fell_back_to_one_process() -> bool:
         and "WORLD_SIZE" not in env
         and not torch.cuda.is_available()
     ):
-        logger.warning("accelerate launch asked for several processes, but without GPUs (and without --multi_gpu) "
-                       "it runs this one process only. For several CPU processes: ACCELERATE_USE_CPU=1 "
-                       "accelerate launch --multi_gpu --num_processes N -m hf_transfer train ...")
+        logger.warning(
+            "accelerate launch asked for several processes, but without GPUs (and without --multi_gpu) "
+            "it runs this one process only. For several CPU processes: ACCELERATE_USE_CPU=1 "
+            "accelerate launch --multi_gpu --num_processes N -m hf_transfer train ..."
+        )
         return True
     return False
 
@@ -187,8 +192,18 @@ def take_over_folder(run: RunFolder, cfg: TrainConfig, *, clear: bool, main: boo
 
 
 # 6. Fitting -----------------------------------------------------------------------------------
-def fit_with_engine(task, splits, strategy, model, groups, run: RunFolder, *, training: TrainingConfig,
-                    data: DataConfig, adaptation_hook_factory) -> dict[str, Any]:
+def fit_with_engine(
+    task,
+    splits,
+    strategy,
+    model,
+    groups,
+    run: RunFolder,
+    *,
+    training: TrainingConfig,
+    data: DataConfig,
+    adaptation_hook_factory,
+) -> dict[str, Any]:
     """Train with the engine's Trainer, score the test split, save the model and the history.
 
     Args:
@@ -206,18 +221,38 @@ def fit_with_engine(task, splits, strategy, model, groups, run: RunFolder, *, tr
     collate = task.collate
     if training.cache_frozen_prefix:
         model, groups, train_ds, eval_ds, collate = cache_frozen_prefix(
-            task, strategy, model, groups, train_ds, eval_ds, collate,
-            augmentation=data.augmentation.enabled, batch_size=eval_batch_size)
+            task,
+            strategy,
+            model,
+            groups,
+            train_ds,
+            eval_ds,
+            collate,
+            augmentation=data.augmentation.enabled,
+            batch_size=eval_batch_size,
+        )
     sampler = EpochSampler(len(train_ds), training.seed, lengths, training.batch_size)
     hook = adaptation_hook_factory(model, train_ds, collate)  # None unless adaptation.name is set
-    trainer = Trainer(training, task, model, strategy, groups, train_dataset=train_ds, eval_dataset=eval_ds,
-                      collate_fn=collate, train_sampler=sampler, output_dir=run.path, hook=hook)
+    trainer = Trainer(
+        training,
+        task,
+        model,
+        strategy,
+        groups,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        collate_fn=collate,
+        train_sampler=sampler,
+        output_dir=run.path,
+        hook=hook,
+    )
     metrics = trainer.train()
     acc = trainer.accelerator
     metrics["hardware"] = hardware(acc)
     if splits.test is not None:
-        dl = acc.prepare(DataLoader(task.preprocess(splits.test, train=False), batch_size=eval_batch_size,
-                                    collate_fn=task.collate))
+        dl = acc.prepare(
+            DataLoader(task.preprocess(splits.test, train=False), batch_size=eval_batch_size, collate_fn=task.collate)
+        )
         metrics.update(trainer.evaluate(dl, prefix="test"))
     acc.wait_for_everyone()
     # FSDP: full weights gathered from the shards into a fresh copy on the main process.
@@ -233,8 +268,9 @@ def fit_with_engine(task, splits, strategy, model, groups, run: RunFolder, *, tr
     return metrics
 
 
-def cache_frozen_prefix(task, strategy, model, groups, train_ds, eval_ds, collate, *, augmentation: bool,
-                        batch_size: int):
+def cache_frozen_prefix(
+    task, strategy, model, groups, train_ds, eval_ds, collate, *, augmentation: bool, batch_size: int
+):
     """The frozen bottom of the network run once per example, so only the trainable top runs
     every epoch (`training.cache_frozen_prefix`); everything unchanged when the cache does not
     apply (the log says why). Returns `(model, groups, train_ds, eval_ds, collate)`."""
@@ -245,9 +281,17 @@ def cache_frozen_prefix(task, strategy, model, groups, train_ds, eval_ds, collat
 
     # Every process caches the whole split on the device the engine trains on (Accelerate shards
     # the batches afterwards).
-    cache = setup_prefix_cache(model, groups, task, [train_ds, eval_ds], batch_size=batch_size,
-                               augmentation=augmentation, changes_trainable_set=strategy.changes_trainable_set,
-                               device=PartialState().device, log_name="Training: ")
+    cache = setup_prefix_cache(
+        model,
+        groups,
+        task,
+        [train_ds, eval_ds],
+        batch_size=batch_size,
+        augmentation=augmentation,
+        changes_trainable_set=strategy.changes_trainable_set,
+        device=PartialState().device,
+        log_name="Training: ",
+    )
     if cache is None:
         return model, groups, train_ds, eval_ds, collate
     model = PrefixCachedModel(model, cache.plan)
@@ -277,8 +321,11 @@ def write_results(run: RunFolder, metrics: dict[str, Any]) -> None:
     from hf_transfer.files import respect_umask
 
     clean = run.write_metrics(metrics)
-    scalars = {k: v for k, v in clean.items()
-               if k.startswith(("eval_", "test_")) and isinstance(v, float) and k.count("_") == 1}
+    scalars = {
+        k: v
+        for k, v in clean.items()
+        if k.startswith(("eval_", "test_")) and isinstance(v, float) and k.count("_") == 1
+    }
     logger.info("Final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
     for line in summary_lines(metrics):
         logger.info("%s", line)
@@ -311,15 +358,20 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     if isinstance(metrics.get("train_runtime"), (int, float)):
         parts.append(f"in {_duration(float(metrics['train_runtime']))}")
     line = " ".join(parts)
-    scored = [f"{verb} on {metrics[key]:,} rows" for verb, key in (("evaluated", "eval_size"), ("tested", "test_size"))
-              if isinstance(metrics.get(key), int)]
+    scored = [
+        f"{verb} on {metrics[key]:,} rows"
+        for verb, key in (("evaluated", "eval_size"), ("tested", "test_size"))
+        if isinstance(metrics.get(key), int)
+    ]
     lines = [line + ("; " + ", ".join(scored) if scored else "") + "."]
     before = metrics.get("eval_size_before_cut")
     if isinstance(before, int) and isinstance(metrics.get("eval_size"), int):
         n = metrics["eval_size"]
-        lines.append(f"Smaller eval split: {before:,} rows {metrics.get('eval_origin', '')}, cut to {n:,} by "
-                     f"{metrics.get('eval_cut_by')}; each eval row moves accuracy by {100 / max(n, 1):.1f} points. "
-                     "Unset it to evaluate on every row.")
+        lines.append(
+            f"Smaller eval split: {before:,} rows {metrics.get('eval_origin', '')}, cut to {n:,} by "
+            f"{metrics.get('eval_cut_by')}; each eval row moves accuracy by {100 / max(n, 1):.1f} points. "
+            "Unset it to evaluate on every row."
+        )
     return lines
 
 

@@ -57,10 +57,20 @@ def planted(tmp_path_factory):
 
 
 def _cfg(tiny_bert_dir, data, tmp_path, *extra):
-    return load_config(None, [
-        f"model.name_or_path={tiny_bert_dir}", f"data.train={data['train']}", f"data.eval={data['eval']}",
-        f"output_dir={tmp_path / 'run'}", "training.report_to=[]", "strategy.name=feature_extraction",
-        "strategy.layers=[0]", f"strategy.cache_dir={tmp_path / 'cache'}", *extra])
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={data['train']}",
+            f"data.eval={data['eval']}",
+            f"output_dir={tmp_path / 'run'}",
+            "training.report_to=[]",
+            "strategy.name=feature_extraction",
+            "strategy.layers=[0]",
+            f"strategy.cache_dir={tmp_path / 'cache'}",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +143,8 @@ def test_fix_file_drops_flagged_rows_and_keeps_the_source(report, planted):
     flagged = {r["row"] for r in report["label_issues"] if r["split"] == "train"}
     assert flagged <= dropped
     assert 156 in dropped and 3 not in dropped  # one copy kept
-    assert {8, 158} <= dropped                    # conflicting, no majority
-    assert {20, 21} <= dropped                    # leaked into eval
+    assert {8, 158} <= dropped  # conflicting, no majority
+    assert {20, 21} <= dropped  # leaked into eval
     assert [r["text"] for r in rows] == [s["text"] for i, s in enumerate(source) if i not in dropped]
 
 
@@ -173,7 +183,8 @@ def _write_yaml(tiny_bert_dir, data, tmp_path):
         f"model: {{name_or_path: {tiny_bert_dir}}}\n"
         f"data: {{train: {data['train']}, eval: {data['eval']}}}\n"
         f"strategy: {{name: feature_extraction, layers: [0], cache_dir: {tmp_path / 'cache'}}}\n"
-        "training: {report_to: []}\n")
+        "training: {report_to: []}\n"
+    )
     return path
 
 
@@ -216,8 +227,16 @@ def test_blank_rows_counted_by_row(tiny_bert_dir, tmp_path, one_torch_thread):
     rows[4]["text"] = "   "
     rows[9]["text"] = ""
     rows[11]["text"] = "good"
-    cfg = load_config(None, [f"model.name_or_path={tiny_bert_dir}", f"data.train={write_csv(tmp_path / 't.csv', rows)}",
-                             f"output_dir={tmp_path / 'run'}", "training.report_to=[]", "data.max_length=6"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={write_csv(tmp_path / 't.csv', rows)}",
+            f"output_dir={tmp_path / 'run'}",
+            "training.report_to=[]",
+            "data.max_length=6",
+        ],
+    )
     report = audit(cfg, tmp_path / "a", fix="none", plots=False)
     assert report["skipped"]["train"]["count"] == 2 and report["skipped"]["train"]["rows"] == [4, 9]
     lengths = report["text_lengths"]["train"]
@@ -290,8 +309,15 @@ def test_overlap_warning_text(tiny_bert_dir, tmp_path):
     rows = strong_sentences(30, seed=5)
     ev = strong_sentences(10, seed=6)
     ev[2] = {"text": "  " + rows[4]["text"].upper(), "label": rows[4]["label"]}
-    cfg = load_config(None, [f"model.name_or_path={tiny_bert_dir}", f"data.train={write_csv(tmp_path / 'a.csv', rows)}",
-                             f"data.eval={write_csv(tmp_path / 'b.csv', ev)}", f"output_dir={tmp_path / 'r'}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={write_csv(tmp_path / 'a.csv', rows)}",
+            f"data.eval={write_csv(tmp_path / 'b.csv', ev)}",
+            f"output_dir={tmp_path / 'r'}",
+        ],
+    )
     task = get_task(cfg)
     task.load_processor()
     splits = task.load_splits()
@@ -311,7 +337,10 @@ def test_train_logs_the_overlap_warning(text_overrides, toy_text_data, tmp_path,
     train_rows = list(csv.DictReader(open(toy_text_data["train"])))
     leaked = write_csv(tmp_path / "train.csv", train_rows + src[:3])
     overrides = [o for o in text_overrides if not o.startswith("data.train=")] + [
-        f"data.train={leaked}", "strategy.name=feature_extraction", "training.epochs=1"]
+        f"data.train={leaked}",
+        "strategy.name=feature_extraction",
+        "training.epochs=1",
+    ]
     with caplog.at_level(logging.WARNING, logger="hf_transfer"):
         train(load_config(None, overrides))
     lines = [r.getMessage() for r in caplog.records if "also appear in the training data" in r.getMessage()]
@@ -359,10 +388,19 @@ def test_image_folder_audit(tmp_path, one_torch_thread):
     shutil.copy(root / "train/red/0.png", root / "train/red/9_copy.png")
     shutil.copy(root / "validation/green/1.png", root / "train/green/9_leak.png")
     (root / "train/blue/9_corrupt.png").write_bytes(b"not a png")
-    cfg = load_config(None, ["recipe=image_classification", f"model.name_or_path={model}",
-                             f"data.train={root}", f"data.eval={root}", f"output_dir={tmp_path / 'run'}",
-                             "training.report_to=[]", "strategy.name=feature_extraction",
-                             f"strategy.cache_dir={tmp_path / 'cache'}"])
+    cfg = load_config(
+        None,
+        [
+            "recipe=image_classification",
+            f"model.name_or_path={model}",
+            f"data.train={root}",
+            f"data.eval={root}",
+            f"output_dir={tmp_path / 'run'}",
+            "training.report_to=[]",
+            "strategy.name=feature_extraction",
+            f"strategy.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     report = audit(cfg, tmp_path / "audit", fix="drop")
     files = sorted(str(p.resolve()) for p in (root / "train").rglob("*.png"))  # the folder's row order
     row = {Path(f).relative_to(root.resolve() / "train").as_posix(): i for i, f in enumerate(files)}
@@ -392,10 +430,12 @@ def test_label_sets_are_refused_with_the_recipes_it_audits(tmp_path, tiny_bert_d
     import hf_transfer
 
     pd.DataFrame({"text": [f"t {i}" for i in range(12)], "labels": ["a;b", "a", "b"] * 4}).to_csv(
-        tmp_path / "ml.csv", index=False)
+        tmp_path / "ml.csv", index=False
+    )
     (tmp_path / "ml.yaml").write_text(
         f"recipe: text_multilabel\noutput_dir: {tmp_path / 'run'}\nmodel:\n  name_or_path: {tiny_bert_dir}\n"
-        f"data:\n  train: {tmp_path / 'ml.csv'}\n  label_column: labels\n")
+        f"data:\n  train: {tmp_path / 'ml.csv'}\n  label_column: labels\n"
+    )
     cfg = load_config(tmp_path / "ml.yaml")
     with pytest.raises(HFTransferError, match=r"audits classification data; recipe text_multilabel is not one"):
         hf_transfer.audit(cfg, tmp_path / "audit")

@@ -14,8 +14,7 @@ def _related_bert(out):
     return save_related_bert(out, POSITIVE, NEGATIVE)
 
 
-def test_auto_measures_on_the_shared_features_and_feature_extraction_reuses_them(
-        toy_text_data, tmp_path, monkeypatch):
+def test_auto_measures_on_the_shared_features_and_feature_extraction_reuses_them(toy_text_data, tmp_path, monkeypatch):
     model_dir = _related_bert(tmp_path / "related")
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
     seen = []
@@ -26,10 +25,20 @@ def test_auto_measures_on_the_shared_features_and_feature_extraction_reuses_them
         seen.append(self.describe())
 
     monkeypatch.setattr(features_mod.FeatureExtractor, "__init__", spy)
-    metrics = train(load_config(None, [
-        f"model.name_or_path={model_dir}", f"data.train={toy_text_data['train']}",
-        f"data.eval={toy_text_data['validation']}", f"output_dir={tmp_path / 'run'}", "training.report_to=[]",
-        "strategy.name=auto", "strategy.layers=mean"]))
+    metrics = train(
+        load_config(
+            None,
+            [
+                f"model.name_or_path={model_dir}",
+                f"data.train={toy_text_data['train']}",
+                f"data.eval={toy_text_data['validation']}",
+                f"output_dir={tmp_path / 'run'}",
+                "training.report_to=[]",
+                "strategy.name=auto",
+                "strategy.layers=mean",
+            ],
+        )
+    )
     assert metrics["auto_choice"] == "feature_extraction" and metrics["auto_similarity"] == "high"
     # Both the measurement and the fit read the same features: masked mean, every layer averaged.
     assert len(seen) == 2 and seen[0] == seen[1]

@@ -16,10 +16,12 @@ class FakeClock:
 
 def _scorer(clock, table):
     """Each candidate 'trains' for its seconds and scores its accuracy."""
+
     def score(name, settings):
         seconds, accuracy = table[name]
         clock.t += seconds
         return accuracy
+
     return score
 
 
@@ -42,8 +44,13 @@ def test_ties_go_to_the_prior_order_and_the_first_candidate_always_runs():
     r = run_race([(n, {}) for n in table], _scorer(clock, table), train_fraction=0.75, max_cost=3.0, clock=clock)
     assert r.entries[r.winner].name == "feature_extraction"
     clock = FakeClock()
-    r = run_race([("full", {}), ("feature_extraction", {})], _scorer(clock, table), train_fraction=0.75,
-                 max_cost=1.0, clock=clock)
+    r = run_race(
+        [("full", {}), ("feature_extraction", {})],
+        _scorer(clock, table),
+        train_fraction=0.75,
+        max_cost=1.0,
+        clock=clock,
+    )
     assert r.winner == 0 and r.entries[1].accuracy is None  # max_cost 1: no budget beyond the pick itself
 
 
@@ -74,10 +81,18 @@ def test_auto_races_on_training_data_only_and_records_it(text_overrides, tmp_pat
         return real(ctx, name, settings, train_idx, held_idx, make_config)
 
     monkeypatch.setattr(auto_race, "score_on_inner_split", spy)
-    cfg = load_config(None, text_overrides + [
-        "strategy.name=auto", "strategy.min_holdout=16", "strategy.race_candidates=[feature_extraction,freeze]",
-        "strategy.max_cost=100",  # every candidate runs (the cost limit is tested with a fake clock above)
-        "training.save_strategy=no", "training.epochs=1"])
+    cfg = load_config(
+        None,
+        text_overrides
+        + [
+            "strategy.name=auto",
+            "strategy.min_holdout=16",
+            "strategy.race_candidates=[feature_extraction,freeze]",
+            "strategy.max_cost=100",  # every candidate runs (the cost limit is tested with a fake clock above)
+            "training.save_strategy=no",
+            "training.epochs=1",
+        ],
+    )
     metrics = train(cfg)
     import pandas as pd
 

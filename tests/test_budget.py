@@ -33,10 +33,10 @@ def test_defaults_raise_the_epochs_to_min_steps_with_the_strategy_learning_rate(
 def test_explicit_settings_win():
     t = TrainingConfig(epochs=2, learning_rate=1e-2)
     b = resolve_budget(t, strategy("freeze"), steps_per_epoch=4)
-    assert (b.total_steps, b.learning_rate) == (8, 1e-2)   # no min_steps with explicit epochs
+    assert (b.total_steps, b.learning_rate) == (8, 1e-2)  # no min_steps with explicit epochs
     assert b.sources["learning_rate"] == "training.learning_rate"
     b = resolve_budget(TrainingConfig(epochs=2, min_steps=20), strategy("freeze"), steps_per_epoch=4)
-    assert b.total_steps == 20                               # unless min_steps is set too
+    assert b.total_steps == 20  # unless min_steps is set too
     assert resolve_budget(TrainingConfig(max_steps=7), strategy("full"), 4).total_steps == 7
     assert resolve_budget(TrainingConfig(min_steps=0), strategy("full"), 4).total_steps == 12
 
@@ -98,8 +98,7 @@ def test_a_convolutional_run_records_the_scaled_rate(tmp_path):
     from hf_transfer.config import config_from_dict
 
     model_dir = tmp_path / "effnet"
-    cfg = EfficientNetConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.2, hidden_dim=320,
-                             num_labels=2)
+    cfg = EfficientNetConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.2, hidden_dim=320, num_labels=2)
     EfficientNetForImageClassification(cfg).save_pretrained(model_dir)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
     rng = np.random.default_rng(0)
@@ -108,7 +107,8 @@ def test_a_convolutional_run_records_the_scaled_rate(tmp_path):
             (tmp_path / "img" / split / label).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
-                    tmp_path / "img" / split / label / f"{i}.png")
+                    tmp_path / "img" / split / label / f"{i}.png"
+                )
     raw = {
         "recipe": "image_classification",
         "output_dir": str(tmp_path / "run"),

@@ -45,8 +45,11 @@ def tiny_bert():
     cfg = bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)
     model = BertForSequenceClassification(cfg)
     g = torch.Generator().manual_seed(1)
-    batch = {"input_ids": torch.randint(5, cfg.vocab_size, (4, 12), generator=g),
-             "attention_mask": torch.ones(4, 12, dtype=torch.long), "labels": torch.tensor([0, 1, 2, 1])}
+    batch = {
+        "input_ids": torch.randint(5, cfg.vocab_size, (4, 12), generator=g),
+        "attention_mask": torch.ones(4, 12, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 2, 1]),
+    }
     batch["attention_mask"][0, 8:] = 0
     return model, batch
 
@@ -73,8 +76,10 @@ def tiny_whisper_asr():
 
     model = WhisperForConditionalGeneration(_whisper_config())
     g = torch.Generator().manual_seed(1)
-    return model, {"input_features": torch.randn(2, 16, 100, generator=g),
-                   "labels": torch.randint(3, 96, (2, 7), generator=g)}
+    return model, {
+        "input_features": torch.randn(2, 16, 100, generator=g),
+        "labels": torch.randint(3, 96, (2, 7), generator=g),
+    }
 
 
 def tiny_whisper_audio_classification():
@@ -87,8 +92,12 @@ def tiny_whisper_audio_classification():
 
 HEAD_FIRST = ("freeze", "gradual_unfreeze", "lp_ft")
 
-MODELS = {"bert": tiny_bert, "vit": tiny_vit, "whisper_asr": tiny_whisper_asr,
-          "whisper_audio": tiny_whisper_audio_classification}
+MODELS = {
+    "bert": tiny_bert,
+    "vit": tiny_vit,
+    "whisper_asr": tiny_whisper_asr,
+    "whisper_audio": tiny_whisper_audio_classification,
+}
 
 
 def adapted(model_name: str, strategy_name: str, settings: dict, epoch: int):
@@ -132,8 +141,7 @@ def count_block_calls(model) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
-@pytest.mark.parametrize("strategy_name,settings,epoch", STRATEGIES,
-                         ids=[f"{s}-e{e}" for s, _, e in STRATEGIES])
+@pytest.mark.parametrize("strategy_name,settings,epoch", STRATEGIES, ids=[f"{s}-e{e}" for s, _, e in STRATEGIES])
 def test_same_gradients_with_checkpointing(model_name, strategy_name, settings, epoch):
     if model_name == "whisper_asr" and strategy_name in HEAD_FIRST:
         with pytest.raises(ModelError, match="no separate head group"):
@@ -248,7 +256,11 @@ def test_engine_run_with_checkpointing(text_overrides, tmp_path):
     from hf_transfer.run import train
 
     base = [o for o in text_overrides if not o.startswith("output_dir=")] + [
-        "strategy.name=partial", "strategy.trainable_layers=1", "training.epochs=1", "training.save_strategy=no"]
+        "strategy.name=partial",
+        "strategy.trainable_layers=1",
+        "training.epochs=1",
+        "training.save_strategy=no",
+    ]
     # The tiny model keeps its dropout here: non-reentrant checkpointing replays the forward with
     # the RNG state it saved, so the recompute draws the same dropout masks.
     a = train(load_config(None, base + [f"output_dir={tmp_path / 'a'}"]))

@@ -75,10 +75,18 @@ def test_a_classifier_it_cannot_store_is_refused_by_name():
 
 # ------------------------------------------------------------------------------------ whole runs
 
+
 def _overrides(tiny_bert_dir, toy_text_data, tmp_path, *extra):
-    return [f"model.name_or_path={tiny_bert_dir}", f"data.train={toy_text_data['train']}",
-            f"data.eval={toy_text_data['validation']}", f"output_dir={tmp_path / 'run'}", "training.report_to=[]",
-            "strategy.name=feature_extraction", f"strategy.cache_dir={tmp_path / 'cache'}", *extra]
+    return [
+        f"model.name_or_path={tiny_bert_dir}",
+        f"data.train={toy_text_data['train']}",
+        f"data.eval={toy_text_data['validation']}",
+        f"output_dir={tmp_path / 'run'}",
+        "training.report_to=[]",
+        "strategy.name=feature_extraction",
+        f"strategy.cache_dir={tmp_path / 'cache'}",
+        *extra,
+    ]
 
 
 def _refuse_unpickling(monkeypatch) -> None:
@@ -93,12 +101,18 @@ def _refuse_unpickling(monkeypatch) -> None:
     monkeypatch.setattr(pickle, "loads", refuse)
 
 
-@pytest.mark.parametrize("extra,layout", [(["strategy.classifier=svm"], "setfit"),
-                                          (["strategy.classifier=svm", "strategy.svm_kernel=rbf"], "setfit"),
-                                          (["strategy.classifier=knn", "strategy.k=3"], "setfit"),
-                                          (["strategy.layers=mean", "strategy.combine=concat"], "beside")])
-def test_a_run_folder_is_evaluated_without_unpickling_anything(tiny_bert_dir, toy_text_data, tmp_path, extra, layout,
-                                                               monkeypatch):
+@pytest.mark.parametrize(
+    "extra,layout",
+    [
+        (["strategy.classifier=svm"], "setfit"),
+        (["strategy.classifier=svm", "strategy.svm_kernel=rbf"], "setfit"),
+        (["strategy.classifier=knn", "strategy.k=3"], "setfit"),
+        (["strategy.layers=mean", "strategy.combine=concat"], "beside"),
+    ],
+)
+def test_a_run_folder_is_evaluated_without_unpickling_anything(
+    tiny_bert_dir, toy_text_data, tmp_path, extra, layout, monkeypatch
+):
     metrics = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, *extra)))
     out = tmp_path / "run"
     assert json.loads((out / feature_run.SPEC_FILE).read_text())["layout"] == layout
@@ -126,8 +140,9 @@ class _Planted:
         return (open, (str(self.marker), "w"))
 
 
-def test_an_older_run_folder_with_only_a_pickle_is_refused_unless_trusted(tiny_bert_dir, toy_text_data, tmp_path,
-                                                                         capsys):
+def test_an_older_run_folder_with_only_a_pickle_is_refused_unless_trusted(
+    tiny_bert_dir, toy_text_data, tmp_path, capsys
+):
     from hf_transfer.cli import main
 
     train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, "strategy.classifier=svm")))
@@ -149,7 +164,8 @@ def test_an_older_run_folder_with_only_a_pickle_is_refused_unless_trusted(tiny_b
 
 
 def test_export_of_a_feature_classifier_run_ships_safetensors_and_says_so_on_the_card(
-        tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
+    tiny_bert_dir, toy_text_data, tmp_path, monkeypatch
+):
     from transformers import AutoModelForSequenceClassification
 
     from hf_transfer.errors import ExportError
@@ -160,8 +176,17 @@ def test_export_of_a_feature_classifier_run_ships_safetensors_and_says_so_on_the
     run, out = tmp_path / "run", tmp_path / "export"
     _refuse_unpickling(monkeypatch)
     export_run(run, out, license="mit")  # the reload check runs without unpickling anything
-    for name in ("classifier.safetensors", "classifier.json", "feature_classifier.json", "model.safetensors",
-                 "modules.json", "1_Pooling/config.json", "config_setfit.json", "model_head.pkl", "README.md"):
+    for name in (
+        "classifier.safetensors",
+        "classifier.json",
+        "feature_classifier.json",
+        "model.safetensors",
+        "modules.json",
+        "1_Pooling/config.json",
+        "config_setfit.json",
+        "model_head.pkl",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     card = (out / "README.md").read_text()
     assert "classifier.safetensors" in card and "attach_feature_classifier" in card

@@ -25,8 +25,12 @@ def test_cp_copies_and_refuses_to_overwrite(tmp_path, capsys):
 
 def test_train_evaluate_predict(text_overrides, tmp_path, capsys):
     out = tmp_path / "cli-run"
-    overrides = [o for o in text_overrides if not o.startswith("output_dir=")] + [f"output_dir={out}",
-                 "training.epochs=6", "training.learning_rate=0.003", "training.save_strategy=no"]
+    overrides = [o for o in text_overrides if not o.startswith("output_dir=")] + [
+        f"output_dir={out}",
+        "training.epochs=6",
+        "training.learning_rate=0.003",
+        "training.save_strategy=no",
+    ]
     cfg = tmp_path / "run.yaml"
     cfg.write_text("recipe: text_classification\n")
     assert main(["train", str(cfg), *overrides]) == 0
@@ -59,6 +63,7 @@ def test_python_dash_m_entry_point():
 
 
 # ---------------------------------------------------------------- first use (issue 14, items 12-18)
+
 
 def test_version_and_closed_pipe_are_quiet():
     out = subprocess.run(

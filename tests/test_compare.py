@@ -87,17 +87,24 @@ def test_one_value_has_no_interval_and_paired_difference_pairs_by_seed():
 
 
 def _rows(label, runs, size, values, kind="train", chosen=""):
-    return [{"strategy": label, "runs": runs, "kind": kind, "size": size, "seed": s, "chosen": chosen,
-             "eval_accuracy": v} for s, v in enumerate(values)]
+    return [
+        {"strategy": label, "runs": runs, "kind": kind, "size": size, "seed": s, "chosen": chosen, "eval_accuracy": v}
+        for s, v in enumerate(values)
+    ]
 
 
 def test_verdicts_negative_transfer_and_transfer_beyond_interval():
-    rows = (_rows("scratch", "scratch", 8, [0.60, 0.62, 0.61]) + _rows("full", "full", 8, [0.50, 0.52, 0.49])
-            + _rows("partial", "partial", 8, [0.80, 0.83, 0.81]) + _rows("lora", "lora", 8, [0.66, 0.67, 0.65])
-            + _rows("feature_extraction", "feature_extraction", 8, [0.62, 0.63, 0.60])
-            + _rows("logreg", "logreg", 8, [0.70, 0.71, 0.69], kind="logreg")
-            + _rows("auto", "auto", 8, [0.64, 0.64, 0.64], chosen="feature_extraction")
-            + _rows("scratch", "scratch", 64, [0.70, 0.72, 0.71]) + _rows("full", "full", 64, [0.90, 0.91, 0.92]))
+    rows = (
+        _rows("scratch", "scratch", 8, [0.60, 0.62, 0.61])
+        + _rows("full", "full", 8, [0.50, 0.52, 0.49])
+        + _rows("partial", "partial", 8, [0.80, 0.83, 0.81])
+        + _rows("lora", "lora", 8, [0.66, 0.67, 0.65])
+        + _rows("feature_extraction", "feature_extraction", 8, [0.62, 0.63, 0.60])
+        + _rows("logreg", "logreg", 8, [0.70, 0.71, 0.69], kind="logreg")
+        + _rows("auto", "auto", 8, [0.64, 0.64, 0.64], chosen="feature_extraction")
+        + _rows("scratch", "scratch", 64, [0.70, 0.72, 0.71])
+        + _rows("full", "full", 64, [0.90, 0.91, 0.92])
+    )
     v = verdicts(rows, "accuracy")
     assert v["scratch"] == "scratch" and v["frozen_reference"] == "logreg"
     best = {b["size"]: b for b in v["best"]}
@@ -117,8 +124,10 @@ def test_verdicts_negative_transfer_and_transfer_beyond_interval():
 
 
 def test_verdicts_lower_is_better_metric():
-    rows = [dict(r, eval_loss=r.pop("eval_accuracy")) for r in
-            _rows("scratch", "scratch", 8, [0.5, 0.52]) + _rows("full", "full", 8, [0.7, 0.72])]
+    rows = [
+        dict(r, eval_loss=r.pop("eval_accuracy"))
+        for r in _rows("scratch", "scratch", 8, [0.5, 0.52]) + _rows("full", "full", 8, [0.7, 0.72])
+    ]
     v = verdicts(rows, "loss", higher_is_better=False)
     assert v["best"][0]["strategy"] == "scratch"
     assert [(n["strategy"], n["against"]) for n in v["negative_transfer"]] == [("full", "scratch")]
@@ -133,29 +142,42 @@ def test_verdicts_lower_is_better_metric():
 def study_config(tmp_path, tiny_bert_dir, toy_text_data, monkeypatch):
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
     cfg = tmp_path / "study.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "recipe": "text_classification",
-        "model": {"name_or_path": str(tiny_bert_dir)},
-        "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
-        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003, "warmup_ratio": 0.0,
-                     "report_to": [], "save_strategy": "no"},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "text_classification",
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
+                "training": {
+                    "epochs": 1,
+                    "batch_size": 16,
+                    "learning_rate": 0.003,
+                    "warmup_ratio": 0.0,
+                    "report_to": [],
+                    "save_strategy": "no",
+                },
+            }
+        )
+    )
     return cfg
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--strategies", "ful,scratch", "--sizes", "4"], "Did you mean 'full'"),
-    (["--strategies", "full", "--sizes", "4", "--baselines", "logrg"], "Did you mean 'logreg'"),
-    (["--strategies", "logreg", "--sizes", "4"], "--baselines logreg"),
-    (["--strategies", "full", "--sizes", "4", "--jobs", "0"], "--jobs must be at least 1"),
-    (["--strategies", "full", "--sizes", "4", "--metric", "acuracy"], "Did you mean 'accuracy'"),
-    (["--strategies", "full", "--sizes", "49", "--per-class"], "more than class"),
-    (["--strategies", "full", "--sizes", "97"], "more than the training pool holds (96 rows"),
-    (["--strategies", "full", "--sizes", "1"], "fewer than the 2 classes"),
-    (["--strategies", "full", "--sizes", "4,x"], "'x' is not one"),
-    (["--strategies", "full", "--sizes", "4", "--set", "fulll:training.epochs=2"], "Did you mean 'full'"),
-    (["--strategies", "full", "--sizes", "4", "--set", "full:training.epoch=2"], "training.epochs"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategies", "ful,scratch", "--sizes", "4"], "Did you mean 'full'"),
+        (["--strategies", "full", "--sizes", "4", "--baselines", "logrg"], "Did you mean 'logreg'"),
+        (["--strategies", "logreg", "--sizes", "4"], "--baselines logreg"),
+        (["--strategies", "full", "--sizes", "4", "--jobs", "0"], "--jobs must be at least 1"),
+        (["--strategies", "full", "--sizes", "4", "--metric", "acuracy"], "Did you mean 'accuracy'"),
+        (["--strategies", "full", "--sizes", "49", "--per-class"], "more than class"),
+        (["--strategies", "full", "--sizes", "97"], "more than the training pool holds (96 rows"),
+        (["--strategies", "full", "--sizes", "1"], "fewer than the 2 classes"),
+        (["--strategies", "full", "--sizes", "4,x"], "'x' is not one"),
+        (["--strategies", "full", "--sizes", "4", "--set", "fulll:training.epochs=2"], "Did you mean 'full'"),
+        (["--strategies", "full", "--sizes", "4", "--set", "full:training.epoch=2"], "training.epochs"),
+    ],
+)
 def test_bad_input_fails_before_any_run(study_config, tmp_path, capsys, args, message):
     out = tmp_path / "study-out"
     assert main(["compare", str(study_config), *args, "-o", str(out)]) == 2
@@ -206,8 +228,11 @@ def test_study_end_to_end_resume_and_refusals(study_config, tmp_path):
     assert len(rows) == 5 and rows[0].startswith("strategy,runs,kind,size,per_class,seed,train_size,seconds")
     # The same eval split everywhere; nested, balanced training sets per seed.
     for seed in (0, 1):
-        cfgs = {c.size: yaml.safe_load((c.dir / "cell.yaml").read_text()) for c in study.cells
-                if c.seed == seed and c.label == "scratch"}
+        cfgs = {
+            c.size: yaml.safe_load((c.dir / "cell.yaml").read_text())
+            for c in study.cells
+            if c.seed == seed and c.label == "scratch"
+        }
         assert set(cfgs[4]["data"]["train_indices"]) < set(cfgs[8]["data"]["train_indices"])
     metrics = [json.loads((c.dir / "metrics.json").read_text()) for c in study.cells]
     assert {m["eval_size"] for m in metrics} == {32}
@@ -273,14 +298,31 @@ def test_negative_transfer_alarm_end_to_end(tmp_path, tiny_bert_dir, toy_text_da
         if not (bad / f.name).exists():
             shutil.copy(f, bad / f.name)
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "recipe": "text_classification", "model": {"name_or_path": str(bad)},
-        "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
-        "training": {"epochs": 8, "batch_size": 16, "learning_rate": 0.003, "warmup_ratio": 0.0,
-                     "report_to": [], "save_strategy": "no"},
-    }))
-    study = plan_study(cfg, strategies="feature_extraction,scratch", sizes="48", per_class=True, seeds="0,1",
-                       out_dir=tmp_path / "study")
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "text_classification",
+                "model": {"name_or_path": str(bad)},
+                "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
+                "training": {
+                    "epochs": 8,
+                    "batch_size": 16,
+                    "learning_rate": 0.003,
+                    "warmup_ratio": 0.0,
+                    "report_to": [],
+                    "save_strategy": "no",
+                },
+            }
+        )
+    )
+    study = plan_study(
+        cfg,
+        strategies="feature_extraction,scratch",
+        sizes="48",
+        per_class=True,
+        seeds="0,1",
+        out_dir=tmp_path / "study",
+    )
     report = run_study(study, echo=lambda _: None)
     alarms = report["verdicts"]["negative_transfer"]
     assert [(a["strategy"], a["against"]) for a in alarms] == [("feature_extraction", "scratch")]
@@ -292,9 +334,27 @@ def test_negative_transfer_alarm_end_to_end(tmp_path, tiny_bert_dir, toy_text_da
 def test_worker_processes_and_baselines(study_config, tmp_path, capsys):
     """--jobs 2: cells in worker processes; logreg and setfit baselines on the same splits."""
     out = tmp_path / "study"
-    rc = main(["compare", str(study_config), "--strategies", "feature_extraction", "--sizes", "4",
-               "--per-class", "--seeds", "0,1", "--baselines", "logreg,setfit", "--set", "setfit:num_iterations=2",
-               "--jobs", "2", "-o", str(out)])
+    rc = main(
+        [
+            "compare",
+            str(study_config),
+            "--strategies",
+            "feature_extraction",
+            "--sizes",
+            "4",
+            "--per-class",
+            "--seeds",
+            "0,1",
+            "--baselines",
+            "logreg,setfit",
+            "--set",
+            "setfit:num_iterations=2",
+            "--jobs",
+            "2",
+            "-o",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed
     rows = (out / "study.csv").read_text().splitlines()
@@ -340,8 +400,9 @@ def test_interrupted_cell_with_a_checkpoint_resumes_from_it(study_config, tmp_pa
     assert any((cell.dir / "checkpoints").iterdir())
     (cell.dir / "metrics.json").unlink()  # killed after its last checkpoint, before the end
     lines = []
-    report = run_study(plan_study(study_config, ["training.save_strategy=epoch", "training.epochs=2"], **kw),
-                       echo=lines.append)
+    report = run_study(
+        plan_study(study_config, ["training.save_strategy=epoch", "training.epochs=2"], **kw), echo=lines.append
+    )
     assert report["finished"] == 1
     log = (cell.dir / "cell.log").read_text()
     assert "resuming from its latest checkpoint" in log and "Resumed from" in log
@@ -385,8 +446,21 @@ def test_ctrl_c_while_a_cell_tokenizes_stops_the_study(study_config, tmp_path, m
     monkeypatch.setattr(fingerprint.Hasher, "update", update)
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", call)
     out = tmp_path / "study"
-    rc = main(["compare", str(study_config), "--strategies", "scratch", "--sizes", "4", "--per-class",
-               "--seeds", "0,1", "-o", str(out)])
+    rc = main(
+        [
+            "compare",
+            str(study_config),
+            "--strategies",
+            "scratch",
+            "--sizes",
+            "4",
+            "--per-class",
+            "--seeds",
+            "0,1",
+            "-o",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr()
     assert interrupt["delivered"] == 1
     assert rc == 130, printed.out
@@ -407,8 +481,11 @@ def test_tokenizing_is_fingerprinted_without_hashing_the_tokenizer(tiny_bert_dir
 
     hashed = []
     real_update = fingerprint.Hasher.update
-    monkeypatch.setattr(fingerprint.Hasher, "update", lambda self, value: (hashed.append(type(value).__name__),
-                                                                           real_update(self, value))[1])
+    monkeypatch.setattr(
+        fingerprint.Hasher,
+        "update",
+        lambda self, value: (hashed.append(type(value).__name__), real_update(self, value))[1],
+    )
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
     ds = datasets.Dataset.from_dict({"text": ["a good film", "a bad film"], "labels": [1, 0]})
     a, b = tokenize_split(ds, tok, "text", 16), tokenize_split(ds, tok, "text", 16)
@@ -442,8 +519,9 @@ def test_a_resumed_cell_counts_the_seconds_of_the_attempt_it_resumed(study_confi
     assert float(row.split(",")[7]) == pytest.approx(timing["seconds"])
 
 
-def test_a_reordered_data_file_is_refused_and_study_md_checks_the_eval_split(tmp_path, tiny_bert_dir, toy_text_data,
-                                                                             monkeypatch):
+def test_a_reordered_data_file_is_refused_and_study_md_checks_the_eval_split(
+    tmp_path, tiny_bert_dir, toy_text_data, monkeypatch
+):
     """The training file rewritten with its rows in another order (same class counts) and a new
     seed: the eval split carved from it and the rows behind data.train_indices are not the
     ones the finished cells used. Planning refuses it; study.md claims one eval split only when
@@ -456,11 +534,23 @@ def test_a_reordered_data_file_is_refused_and_study_md_checks_the_eval_split(tmp
     data = tmp_path / "train.csv"
     shutil.copy(toy_text_data["train"], data)
     cfg = tmp_path / "carved.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "recipe": "text_classification", "model": {"name_or_path": str(tiny_bert_dir)},
-        "data": {"train": str(data), "eval_fraction": 0.25},
-        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003, "warmup_ratio": 0.0,
-                     "report_to": [], "save_strategy": "no"}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "text_classification",
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "data": {"train": str(data), "eval_fraction": 0.25},
+                "training": {
+                    "epochs": 1,
+                    "batch_size": 16,
+                    "learning_rate": 0.003,
+                    "warmup_ratio": 0.0,
+                    "report_to": [],
+                    "save_strategy": "no",
+                },
+            }
+        )
+    )
     out = tmp_path / "study"
     study = plan_study(cfg, strategies="scratch", sizes="4", per_class=True, seeds="0", out_dir=out)
     run_study(study, echo=lambda _: None)
@@ -500,8 +590,19 @@ def _outcome(refs, correct: int, rng):
 
 
 def _outcome_rows(label, runs, size, corrects, refs, rng):
-    return [{"strategy": label, "runs": runs, "kind": "train", "size": size, "seed": s, "chosen": "",
-             "eval_accuracy": c / len(refs), "outcome": _outcome(refs, c, rng)} for s, c in enumerate(corrects)]
+    return [
+        {
+            "strategy": label,
+            "runs": runs,
+            "kind": "train",
+            "size": size,
+            "seed": s,
+            "chosen": "",
+            "eval_accuracy": c / len(refs),
+            "outcome": _outcome(refs, c, rng),
+        }
+        for s, c in enumerate(corrects)
+    ]
 
 
 def test_two_seeds_far_apart_are_not_called_tied_and_intervals_stay_in_0_1():
@@ -515,8 +616,9 @@ def test_two_seeds_far_apart_are_not_called_tied_and_intervals_stay_in_0_1():
 
     rng = np.random.default_rng(0)
     refs = rng.integers(0, 3, size=240)
-    rows = (_outcome_rows("feature_extraction", "feature_extraction", 4, [183, 199], refs, rng)
-            + _outcome_rows("scratch", "scratch", 4, [60, 83], refs, rng))
+    rows = _outcome_rows("feature_extraction", "feature_extraction", 4, [183, 199], refs, rng) + _outcome_rows(
+        "scratch", "scratch", 4, [60, 83], refs, rng
+    )
     v = verdicts(rows, "accuracy")
     best = v["best"][0]
     assert best["strategy"] == "feature_extraction" and best["tied_within_interval"] == []
@@ -526,10 +628,18 @@ def test_two_seeds_far_apart_are_not_called_tied_and_intervals_stay_in_0_1():
     assert t["gain"] == pytest.approx((183 + 199 - 60 - 83) / 480)
     for st in summaries(rows, "eval_accuracy").values():
         assert 0 <= st.low <= st.mean <= st.high <= 1
-    study = SimpleNamespace(metric="accuracy", labels=["feature_extraction", "scratch"], baselines=[], sizes=[4],
-                            per_class=True, seeds=[0, 1], cells=[], command="hf-transfer compare ...",
-                            record={"config_file": "x.yaml"},
-                            pool={"train_pool": 96, "train_pool_per_class": {"a": 48, "b": 48}, "eval_size": 240})
+    study = SimpleNamespace(
+        metric="accuracy",
+        labels=["feature_extraction", "scratch"],
+        baselines=[],
+        sizes=[4],
+        per_class=True,
+        seeds=[0, 1],
+        cells=[],
+        command="hf-transfer compare ...",
+        record={"config_file": "x.yaml"},
+        pool={"train_pool": 96, "train_pool_per_class": {"a": 48, "b": 48}, "eval_size": 240},
+    )
     md = markdown(study, rows, v, summaries(rows, "eval_accuracy"))
     assert "**Only 2 seeds: too few to judge**" in md and "beats scratch beyond the interval" in md
     assert "paired bootstrap over 240 eval examples and 2 seed(s)" in md
@@ -597,8 +707,10 @@ def test_an_interrupt_that_a_library_swallows_still_stops_the_study(study_config
     out = tmp_path / "study"
     lines = []
     with pytest.raises(KeyboardInterrupt):
-        run_study(plan_study(study_config, strategies="scratch", sizes="4", per_class=True, seeds="0,1",
-                             out_dir=out), echo=lines.append)
+        run_study(
+            plan_study(study_config, strategies="scratch", sizes="4", per_class=True, seeds="0,1", out_dir=out),
+            echo=lines.append,
+        )
     assert len(calls) == 1 and "run the same command again to resume" in lines[-1]
     assert len(list((out / "cells").glob("*/metrics.json"))) == 1  # the cell that went on is kept
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual handler is back
@@ -609,8 +721,9 @@ def test_content_fingerprint_follows_rows_values_and_order_not_the_file():
 
     from hf_transfer.data.fingerprints import content_fingerprint
 
-    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "labels": [0, 1, 0],
-                                     "image": [{"bytes": b"\x89PNG1", "path": None}] * 3})
+    ds = datasets.Dataset.from_dict(
+        {"text": ["a", "b", "c"], "labels": [0, 1, 0], "image": [{"bytes": b"\x89PNG1", "path": None}] * 3}
+    )
     cols = ["text", "image", "labels"]
     same = datasets.Dataset.from_dict(ds.to_dict())  # another dataset object, the same rows
     assert (

@@ -27,13 +27,23 @@ def study_config(tmp_path, tiny_bert_dir, toy_text_data, monkeypatch):
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cfg = tmp_path / "study.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "recipe": "text_classification",
-        "model": {"name_or_path": str(tiny_bert_dir)},
-        "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
-        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003, "warmup_ratio": 0.0,
-                     "report_to": [], "save_strategy": "no"},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "text_classification",
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
+                "training": {
+                    "epochs": 1,
+                    "batch_size": 16,
+                    "learning_rate": 0.003,
+                    "warmup_ratio": 0.0,
+                    "report_to": [],
+                    "save_strategy": "no",
+                },
+            }
+        )
+    )
     return cfg
 
 
@@ -43,15 +53,27 @@ def _rows(out):
 
 
 def _mtimes(study):
-    return {c.dir.name: (c.dir / "metrics.json").stat().st_mtime_ns for c in study.cells
-            if (c.dir / "metrics.json").is_file()}
+    return {
+        c.dir.name: (c.dir / "metrics.json").stat().st_mtime_ns
+        for c in study.cells
+        if (c.dir / "metrics.json").is_file()
+    }
 
 
 def test_ray_settings_are_checked_first(study_config, tmp_path, capsys, monkeypatch):
     from hf_transfer.cli import main
 
-    base = ["compare", str(study_config), "--strategies", "scratch", "--sizes", "4", "--per-class", "-o",
-            str(tmp_path / "s")]
+    base = [
+        "compare",
+        str(study_config),
+        "--strategies",
+        "scratch",
+        "--sizes",
+        "4",
+        "--per-class",
+        "-o",
+        str(tmp_path / "s"),
+    ]
     assert main(base + ["--address", "auto"]) != 0
     assert "--address, --cpus-per-cell and --gpus-per-cell apply to --backend ray only" in capsys.readouterr().err
     assert main(base + ["--backend", "ray", "--cpus-per-cell", "0"]) != 0
@@ -64,8 +86,10 @@ def test_ray_settings_are_checked_first(study_config, tmp_path, capsys, monkeypa
     )
     assert not (tmp_path / "s").exists()
     with pytest.raises(ConfigError, match="--backend must be one of local, ray"):
-        run_study(plan_study(study_config, strategies="scratch", sizes="4", per_class=True, out_dir=tmp_path / "t"),
-                  backend="slurm")
+        run_study(
+            plan_study(study_config, strategies="scratch", sizes="4", per_class=True, out_dir=tmp_path / "t"),
+            backend="slurm",
+        )
 
 
 @pytest.mark.slow
@@ -73,8 +97,12 @@ def test_ray_and_local_backends_write_the_same_study(study_config, tmp_path):
     kw = dict(strategies="scratch,full", sizes="4", per_class=True, seeds="0,1", baselines="logreg")
     local = run_study(plan_study(study_config, out_dir=tmp_path / "local", **kw), echo=lambda s: None)
     lines = []
-    on_ray = run_study(plan_study(study_config, out_dir=tmp_path / "ray", **kw), echo=lines.append,
-                       backend="ray", ray_init={"num_cpus": 2})
+    on_ray = run_study(
+        plan_study(study_config, out_dir=tmp_path / "ray", **kw),
+        echo=lines.append,
+        backend="ray",
+        ray_init={"num_cpus": 2},
+    )
     assert local["finished"] == on_ray["finished"] == 6 and not on_ray["failed_cells"]
     assert lines[0].startswith("Ray: 6 cell(s) as tasks of 1 CPU / 0 GPU each on a cluster of 2 CPU(s)")
     a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
@@ -135,8 +163,9 @@ def test_killed_ray_worker_then_rerun_completes_without_redoing_finished_cells(s
     killer.start()
     lines = []
     try:
-        report = run_study(plan_study(study_config, **kw), echo=lines.append, backend="ray",
-                           ray_init={"num_cpus": 2}, ray_retries=0)
+        report = run_study(
+            plan_study(study_config, **kw), echo=lines.append, backend="ray", ray_init={"num_cpus": 2}, ray_retries=0
+        )
     finally:
         stop.set()
         killer.join()

@@ -19,19 +19,33 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 
 def test_defaults_then_yaml_then_overrides(tmp_path):
-    p = write(tmp_path, {"model": {"name_or_path": "a/b"}, "data": {"train": "x.csv"},
-                         "training": {"epochs": 5, "learning_rate": 1e-4}})
+    p = write(
+        tmp_path,
+        {
+            "model": {"name_or_path": "a/b"},
+            "data": {"train": "x.csv"},
+            "training": {"epochs": 5, "learning_rate": 1e-4},
+        },
+    )
     cfg = load_config(p, ["training.epochs=2"])
-    assert cfg.training.epochs == 2.0                  # override beats YAML
-    assert cfg.training.learning_rate == 1e-4          # YAML beats default
+    assert cfg.training.epochs == 2.0  # override beats YAML
+    assert cfg.training.learning_rate == 1e-4  # YAML beats default
     assert cfg.training.batch_size == TrainConfig().training.batch_size  # default kept
     assert cfg.data.train == DataSource(name="x.csv")  # string shorthand
 
 
 def test_override_values_are_typed(tmp_path):
-    cfg = load_config(None, BASE + ["training.class_weights=[1, 2.5]", "training.max_steps=7",
-                                    "training.learning_rate=1e-3", "data.train.split=train[:50%]",
-                                    "training.report_to=[]"])
+    cfg = load_config(
+        None,
+        BASE
+        + [
+            "training.class_weights=[1, 2.5]",
+            "training.max_steps=7",
+            "training.learning_rate=1e-3",
+            "data.train.split=train[:50%]",
+            "training.report_to=[]",
+        ],
+    )
     assert cfg.training.class_weights == [1.0, 2.5]
     assert cfg.training.max_steps == 7
     assert cfg.training.learning_rate == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string
@@ -40,8 +54,9 @@ def test_override_values_are_typed(tmp_path):
 
 
 def test_unknown_key_names_key_file_and_suggestion(tmp_path):
-    p = write(tmp_path, {"model": {"name_or_path": "a/b"}, "data": {"train": "x.csv"},
-                         "training": {"learning_rte": 0.1}})
+    p = write(
+        tmp_path, {"model": {"name_or_path": "a/b"}, "data": {"train": "x.csv"}, "training": {"learning_rte": 0.1}}
+    )
     with pytest.raises(ConfigError) as e:
         load_config(p)
     msg = str(e.value)
@@ -53,14 +68,17 @@ def test_unknown_override_key_names_command_line():
         load_config(None, BASE + ["training.epoch=3"])
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("training.epochs=many", "training.epochs"),
-    ("training.batch_size=2.5", "training.batch_size"),
-    ("training.mixed_precision=fp8", "training.mixed_precision"),
-    ("training.class_weights=heavy", "training.class_weights"),
-    ("model.trust_remote_code=maybe", "model.trust_remote_code"),
-    ("data=3", "data"),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("training.epochs=many", "training.epochs"),
+        ("training.batch_size=2.5", "training.batch_size"),
+        ("training.mixed_precision=fp8", "training.mixed_precision"),
+        ("training.class_weights=heavy", "training.class_weights"),
+        ("model.trust_remote_code=maybe", "model.trust_remote_code"),
+        ("data=3", "data"),
+    ],
+)
 def test_wrong_types(override, expected):
     with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
         load_config(None, BASE + [override])
@@ -118,10 +136,19 @@ def test_every_shipped_yaml_loads_and_starts_with_its_command():
         load_config(path)
 
 
-@pytest.mark.parametrize("override", ["training.learning_rate=inf", "training.learning_rate=.nan",
-                                      "training.learning_rate=-.inf", "training.weight_decay=nan",
-                                      "training.max_grad_norm=.inf", "adaptation.lambda_max=nan",
-                                      "strategy.name=lora", "data.max_audio_seconds=inf"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "training.learning_rate=inf",
+        "training.learning_rate=.nan",
+        "training.learning_rate=-.inf",
+        "training.weight_decay=nan",
+        "training.max_grad_norm=.inf",
+        "adaptation.lambda_max=nan",
+        "strategy.name=lora",
+        "data.max_audio_seconds=inf",
+    ],
+)
 def test_non_finite_numbers_are_refused_anywhere_in_the_schema(override):
     overrides = BASE + [override]
     if override == "strategy.name=lora":  # a strategy's own settings class goes through the same check
@@ -134,8 +161,10 @@ def test_non_finite_numbers_are_refused_anywhere_in_the_schema(override):
 
 
 def test_non_finite_number_in_a_yaml_file_names_the_file(tmp_path):
-    path = write(tmp_path, {"model": {"name_or_path": "a/b"}, "data": {"train": "x.csv"},
-                            "training": {"learning_rate": float("inf")}})
+    path = write(
+        tmp_path,
+        {"model": {"name_or_path": "a/b"}, "data": {"train": "x.csv"}, "training": {"learning_rate": float("inf")}},
+    )
     with pytest.raises(
         ConfigError, match=r"training.learning_rate must be a finite number, got inf \(in '.*run.yaml'\)"
     ):

@@ -33,8 +33,19 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 # Modules that may take the whole config: file names anywhere (cli.py) or at the package's top
 # level (the rest), and whole subpackages.
-EXCLUDED_FILES = {"__init__.py", "__main__.py", "cli.py", "demo.py", "run.py", "steps.py", "stages.py",
-                  "config.py", "config_parsing.py", "config_checks.py", "registry.py"}
+EXCLUDED_FILES = {
+    "__init__.py",
+    "__main__.py",
+    "cli.py",
+    "demo.py",
+    "run.py",
+    "steps.py",
+    "stages.py",
+    "config.py",
+    "config_parsing.py",
+    "config_checks.py",
+    "registry.py",
+}
 EXCLUDED_DIRS = {"study", "recipes", "model_cards"}
 
 # Offenders in modules whose owners change them separately: "path:function" -> what it reads.
@@ -117,8 +128,9 @@ class Index:
         fn = where.functions[name]
         return where, fn, False
 
-    def reach(self, module: Module, qual: str, fn: Function, name: str,
-              stack: frozenset = frozenset()) -> set[str] | None:
+    def reach(
+        self, module: Module, qual: str, fn: Function, name: str, stack: frozenset = frozenset()
+    ) -> set[str] | None:
         """Top-level fields of parameter `name` that `fn` reads; None when it hands the object on."""
         key = (module.name, qual, name)
         if key in stack:
@@ -150,8 +162,9 @@ class Index:
                 if target is None:
                     return True
                 where, callee, bound = target
-                param = _parameter_for(callee, bound, keyword, call.args.index(child) if keyword is None else None,
-                                       call)
+                param = _parameter_for(
+                    callee, bound, keyword, call.args.index(child) if keyword is None else None, call
+                )
                 if param is None:
                     return True
                 got = self.reach(where, _qualname(where, callee), callee, param, stack)
@@ -166,8 +179,12 @@ class Index:
                 if _binds(child, name):
                     continue  # a nested function with its own parameter of that name: checked on its own
                 parents[child] = node
-                if (isinstance(child, ast.Name) and child.id == name and isinstance(child.ctx, ast.Load)
-                        and use(child, node)):
+                if (
+                    isinstance(child, ast.Name)
+                    and child.id == name
+                    and isinstance(child.ctx, ast.Load)
+                    and use(child, node)
+                ):
                     return True
                 if walk(child):
                     return True
@@ -189,8 +206,7 @@ def _qualname(module: Module, fn: Function) -> str:
     return next(q for q, f in module.functions.items() if f is fn)
 
 
-def _parameter_for(fn: Function, bound: bool, keyword: str | None, index: int | None,
-                   call: ast.Call) -> str | None:
+def _parameter_for(fn: Function, bound: bool, keyword: str | None, index: int | None, call: ast.Call) -> str | None:
     """The parameter of `fn` an argument lands in (None: *args, **kwargs or a starred call)."""
     a = fn.args
     if keyword is not None:
@@ -198,7 +214,7 @@ def _parameter_for(fn: Function, bound: bool, keyword: str | None, index: int | 
         return keyword if keyword in names else None
     if any(isinstance(x, ast.Starred) for x in call.args[: index + 1]):
         return None
-    positional = [p.arg for p in [*a.posonlyargs, *a.args]][1 if bound else 0:]
+    positional = [p.arg for p in [*a.posonlyargs, *a.args]][1 if bound else 0 :]
     return positional[index] if index < len(positional) else None
 
 
@@ -298,11 +314,14 @@ def _all_offenders() -> list[tuple[str, str, int, str]]:
 
 
 def test_no_function_below_run_takes_the_whole_config_for_a_field_or_two():
-    problems = [f"{file}:{line} {qual}() takes the whole config and reads: {what}"
-                for file, qual, line, what in _all_offenders() if f"{file}:{qual}" not in ALLOWED]
-    assert not problems, (
-        "Pass the settings object (cfg.data, cfg.training, ...) or the values instead:\n"
-        + "\n".join(problems))
+    problems = [
+        f"{file}:{line} {qual}() takes the whole config and reads: {what}"
+        for file, qual, line, what in _all_offenders()
+        if f"{file}:{qual}" not in ALLOWED
+    ]
+    assert not problems, "Pass the settings object (cfg.data, cfg.training, ...) or the values instead:\n" + "\n".join(
+        problems
+    )
 
 
 def test_allow_list_has_no_stale_entries():
@@ -313,20 +332,38 @@ def test_allow_list_has_no_stale_entries():
 
 def test_excluded_modules_are_the_entry_points_run_layer_and_schema():
     checked = {m.filename for m in INDEX.modules.values() if _checked(m)}
-    for name in ("cli.py", "run.py", "demo.py", "__init__.py", "__main__.py", "config.py", "registry.py",
-                 "config_parsing.py", "export/cli.py", "study/planning.py", "data_audit/cli.py"):
+    for name in (
+        "cli.py",
+        "run.py",
+        "demo.py",
+        "__init__.py",
+        "__main__.py",
+        "config.py",
+        "registry.py",
+        "config_parsing.py",
+        "export/cli.py",
+        "study/planning.py",
+        "data_audit/cli.py",
+    ):
         assert f"hf_transfer/{name}" not in checked
-    for name in ("data_audit/core.py", "export/push.py", "tasks/base.py", "data/labels.py",
-                 "selection/plan.py", "models/feature_cache.py", "data_audit/__init__.py"):
+    for name in (
+        "data_audit/core.py",
+        "export/push.py",
+        "tasks/base.py",
+        "data/labels.py",
+        "selection/plan.py",
+        "models/feature_cache.py",
+        "data_audit/__init__.py",
+    ):
         assert f"hf_transfer/{name}" in checked
 
 
-HELPERS = '''
+HELPERS = """
 def reads_data(cfg):
     return cfg.data.train
-'''
+"""
 
-FAKE = '''
+FAKE = """
 from dataclasses import replace
 from fake.helpers import reads_data as data_of
 from hf_transfer.config import DataConfig, TrainConfig
@@ -387,12 +424,16 @@ class Task:
 
     def other(self, cfg):                  # offends; `self.other(cfg)` resolves here
         return cfg.strategy
-'''
+"""
 
 
 def _fake_index() -> Index:
-    return Index({"fake.mod": Module("fake.mod", FAKE, "fake/mod.py"),
-                  "fake.helpers": Module("fake.helpers", HELPERS, "fake/helpers.py")})
+    return Index(
+        {
+            "fake.mod": Module("fake.mod", FAKE, "fake/mod.py"),
+            "fake.helpers": Module("fake.helpers", HELPERS, "fake/helpers.py"),
+        }
+    )
 
 
 def test_the_check_finds_what_it_should_and_nothing_else():

@@ -45,11 +45,11 @@ def test_pairs_respect_the_budget_and_balance_classes():
 
 def test_budget_is_capped_whatever_the_data_size_and_class_count():
     c = ContrastiveConfig()
-    assert pair_budget(c, 16) == 320                     # 20 per example
-    assert pair_budget(c, 4) == c.min_pairs              # at least min_pairs
-    assert pair_budget(c, 100_000) == c.max_pairs        # never more than max_pairs
+    assert pair_budget(c, 16) == 320  # 20 per example
+    assert pair_budget(c, 4) == c.min_pairs  # at least min_pairs
+    assert pair_budget(c, 100_000) == c.max_pairs  # never more than max_pairs
     assert pair_budget(ContrastiveConfig(num_pairs=50), 100_000) == 50
-    labels = np.repeat(np.arange(500), 3)                # 500 classes: pairs stay at the budget
+    labels = np.repeat(np.arange(500), 3)  # 500 classes: pairs stay at the budget
     pairs = sample_pairs(labels, pair_budget(c, len(labels)), seed=1)
     assert len(pairs) == c.max_pairs
 
@@ -108,8 +108,14 @@ def pair_loss(run_dir, cfg, state: dict) -> float:
 def test_only_the_chosen_top_blocks_move_and_the_loss_falls(text_overrides, tiny_bert_dir, tmp_path):
     from transformers import BertModel
 
-    cfg = cfg_for(text_overrides, tmp_path, "run", "strategy.trainable_layers=1", "strategy.num_pairs=480",
-                  "training.learning_rate=0.003")
+    cfg = cfg_for(
+        text_overrides,
+        tmp_path,
+        "run",
+        "strategy.trainable_layers=1",
+        "strategy.num_pairs=480",
+        "training.learning_rate=0.003",
+    )
     metrics = train(cfg)
     before = {f"bert.{k}": v for k, v in BertModel.from_pretrained(tiny_bert_dir).state_dict().items()}
     after = load_file(str(tmp_path / "run" / "model.safetensors"))

@@ -37,8 +37,9 @@ def declared_distributions() -> tuple[set[str], dict[str, set[str]]]:
     """The core dependencies and each extra's, as normalised distribution names."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {_requirement_name(r) for r in project.get("dependencies", [])}
-    extras = {name: {_requirement_name(r) for r in reqs}
-              for name, reqs in project.get("optional-dependencies", {}).items()}
+    extras = {
+        name: {_requirement_name(r) for r in reqs} for name, reqs in project.get("optional-dependencies", {}).items()
+    }
     return core, extras
 
 
@@ -74,9 +75,11 @@ def undeclared(imports: dict[str, list[str]], core: set[str], extras: dict[str, 
     problems = []
     for name, modules in sorted(imports.items()):
         if not distributions_for(name) & declared:
-            problems.append(f"{name} (imported by {', '.join(sorted(set(modules)))}) is not declared in "
-                            f"pyproject.toml: add {sorted(distributions_for(name))[0]} to the dependencies "
-                            f"or to the extra of the feature that needs it")
+            problems.append(
+                f"{name} (imported by {', '.join(sorted(set(modules)))}) is not declared in "
+                f"pyproject.toml: add {sorted(distributions_for(name))[0]} to the dependencies "
+                f"or to the extra of the feature that needs it"
+            )
     return problems
 
 

@@ -48,15 +48,23 @@ def groups_of_tiny_bert(tiny_bert_dir):
 def test_defaults(text_overrides):
     t = cfg_with(text_overrides).training
     assert (t.distributed, t.gradient_checkpointing, t.fsdp_state_dict_type, t.deepspeed_zero_stage) == (
-        "auto", False, "sharded", 2)
+        "auto",
+        False,
+        "sharded",
+        2,
+    )
     with pytest.raises(ConfigError, match="training.distributed"):
         cfg_with(text_overrides, "training.distributed=horovod")
 
 
 def test_fsdp_plugin_wraps_each_block_with_original_parameters(text_overrides, tiny_bert_dir):
     _, groups = groups_of_tiny_bert(tiny_bert_dir)
-    t = cfg_with(text_overrides, "training.distributed=fsdp", "training.fsdp_state_dict_type=full",
-                 "training.gradient_checkpointing=true").training
+    t = cfg_with(
+        text_overrides,
+        "training.distributed=fsdp",
+        "training.fsdp_state_dict_type=full",
+        "training.gradient_checkpointing=true",
+    ).training
     plugin = dist.fsdp_plugin(t, groups)
     from torch.distributed.fsdp import ShardingStrategy, StateDictType
 
@@ -85,9 +93,14 @@ def test_block_classes_for_vit_and_whisper():
 @pytest.mark.parametrize("stage", [2, 3])
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "no"])
 def test_deepspeed_config_from_settings(text_overrides, stage, precision):
-    t = cfg_with(text_overrides, f"training.deepspeed_zero_stage={stage}", f"training.mixed_precision={precision}",
-                 "training.gradient_accumulation_steps=4", "training.max_grad_norm=0.5",
-                 "training.batch_size=8").training
+    t = cfg_with(
+        text_overrides,
+        f"training.deepspeed_zero_stage={stage}",
+        f"training.mixed_precision={precision}",
+        "training.gradient_accumulation_steps=4",
+        "training.max_grad_norm=0.5",
+        "training.batch_size=8",
+    ).training
     ds = dist.deepspeed_config(t, num_processes=4)
     assert ds["zero_optimization"]["stage"] == stage
     assert ds["train_micro_batch_size_per_gpu"] == 8
@@ -157,8 +170,15 @@ def test_bf16_run_records_the_precision_that_ran(text_overrides, tmp_path):
     from hf_transfer.run import train
 
     out = tmp_path / "bf16"
-    metrics = train(cfg_with(text_overrides, "training.mixed_precision=bf16", "training.epochs=1",
-                             "training.save_strategy=no", f"output_dir={out}"))
+    metrics = train(
+        cfg_with(
+            text_overrides,
+            "training.mixed_precision=bf16",
+            "training.epochs=1",
+            "training.save_strategy=no",
+            f"output_dir={out}",
+        )
+    )
     assert metrics["mixed_precision"] == "bf16"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["mixed_precision"] == "bf16" and saved["gradient_checkpointing"] == "off"
@@ -196,8 +216,9 @@ def test_shipped_accelerate_configs_parse():
 def test_train_accelerate_config_command(tmp_path):
     from hf_transfer.engine.distributed import accelerate_command
 
-    cmd, notes = accelerate_command(ACCELERATE_CONFIGS / "multi_gpu.yaml", "my_run.yaml", ["training.epochs=1"],
-                                    devices=0)
+    cmd, notes = accelerate_command(
+        ACCELERATE_CONFIGS / "multi_gpu.yaml", "my_run.yaml", ["training.epochs=1"], devices=0
+    )
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
     assert cmd[-5:] == ["-m", "hf_transfer", "train", "my_run.yaml", "training.epochs=1"]
     assert any("2 processes" in n and "no GPU" in n for n in notes)
@@ -222,18 +243,37 @@ def pretrained_tiny(tmp_path_factory, tiny_bert_dir, toy_text_data):
 
     d = tmp_path_factory.mktemp("pretrained")
     data = write_csv(d / "pretrain.csv", toy_sentences(96, seed=7))
-    train(load_config(None, [
-        f"model.name_or_path={tiny_bert_dir}", f"data.train={data}", f"data.eval={toy_text_data['validation']}",
-        f"output_dir={d / 'run'}", "training.epochs=8", "training.learning_rate=0.003", "training.batch_size=16",
-        "training.warmup_ratio=0.0", "training.report_to=[]", "training.save_strategy=no"]))
+    train(
+        load_config(
+            None,
+            [
+                f"model.name_or_path={tiny_bert_dir}",
+                f"data.train={data}",
+                f"data.eval={toy_text_data['validation']}",
+                f"output_dir={d / 'run'}",
+                "training.epochs=8",
+                "training.learning_rate=0.003",
+                "training.batch_size=16",
+                "training.warmup_ratio=0.0",
+                "training.report_to=[]",
+                "training.save_strategy=no",
+            ],
+        )
+    )
     return d / "run"
 
 
 def run_settings(text_overrides, out, strategy=("strategy.name=partial", "strategy.trainable_layers=1"), base=None):
     return [o for o in text_overrides if not o.startswith(("output_dir=", "model.name_or_path="))] + [
-        f"model.name_or_path={base}", f"output_dir={out}", *strategy, "training.epochs=3",
-        "training.batch_size=8", "training.save_strategy=epoch", "training.save_total_limit=3",
-        "training.load_best_model_at_end=false"]
+        f"model.name_or_path={base}",
+        f"output_dir={out}",
+        *strategy,
+        "training.epochs=3",
+        "training.batch_size=8",
+        "training.save_strategy=epoch",
+        "training.save_total_limit=3",
+        "training.load_best_model_at_end=false",
+    ]
 
 
 def final_metrics(out):
@@ -254,8 +294,10 @@ def test_fsdp_partial_matches_ddp_and_resumes(text_overrides, tmp_path, state_di
 
     ddp, fsdp, resumed = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "resumed"
     launch(run_settings(text_overrides, ddp, base=pretrained_tiny) + ["training.distributed=ddp"])
-    fsdp_args = run_settings(text_overrides, fsdp, base=pretrained_tiny) + ["training.distributed=fsdp",
-                                                      f"training.fsdp_state_dict_type={state_dict_type}"]
+    fsdp_args = run_settings(text_overrides, fsdp, base=pretrained_tiny) + [
+        "training.distributed=fsdp",
+        f"training.fsdp_state_dict_type={state_dict_type}",
+    ]
     launch(fsdp_args)
     a, b = final_metrics(ddp), final_metrics(fsdp)
     assert a["distributed"] == "MULTI_CPU" and b["distributed"] == "FSDP"
@@ -272,9 +314,14 @@ def test_fsdp_partial_matches_ddp_and_resumes(text_overrides, tmp_path, state_di
     assert ("pytorch_model_fsdp.bin" in files) is (state_dict_type == "full"), files
 
     # Resume from the first checkpoint in another run folder: the same final metrics.
-    launch(run_settings(text_overrides, resumed, base=pretrained_tiny) + [
-        "training.distributed=fsdp", f"training.fsdp_state_dict_type={state_dict_type}",
-        f"training.resume_from_checkpoint={ckpts[0]}"])
+    launch(
+        run_settings(text_overrides, resumed, base=pretrained_tiny)
+        + [
+            "training.distributed=fsdp",
+            f"training.fsdp_state_dict_type={state_dict_type}",
+            f"training.resume_from_checkpoint={ckpts[0]}",
+        ]
+    )
     c = final_metrics(resumed)
     assert (c["eval_accuracy"], c["eval_f1"]) == (b["eval_accuracy"], b["eval_f1"])
     assert abs(c["eval_loss"] - b["eval_loss"]) < 1e-6
@@ -298,11 +345,25 @@ def test_fsdp_partial_matches_ddp_and_resumes(text_overrides, tmp_path, state_di
 @pytest.mark.slow
 def test_fsdp_rejects_strategies_that_unfreeze(text_overrides, tmp_path, tiny_bert_dir):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(SCRIPT),
-           *run_settings(text_overrides, tmp_path / "g", ("strategy.name=gradual_unfreeze",), base=tiny_bert_dir),
-           "training.distributed=fsdp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(SCRIPT),
+        *run_settings(text_overrides, tmp_path / "g", ("strategy.name=gradual_unfreeze",), base=tiny_bert_dir),
+        "training.distributed=fsdp",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "not supported with training.distributed=fsdp" in proc.stderr
@@ -317,8 +378,12 @@ def test_gpu_check_fails_fast_without_gpu(tmp_path):
     import time
 
     start = time.time()
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "no CUDA GPU is visible" in proc.stderr and "Nothing was run" in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -363,9 +428,12 @@ def test_fsdp_lora_with_activation_checkpointing(text_overrides, tmp_path, pretr
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "lora"
-    launch(run_settings(text_overrides, out, ("strategy.name=lora", "strategy.target_modules=[query,value]"),
-                        base=pretrained_tiny) + [
-        "training.distributed=fsdp", "training.gradient_checkpointing=true", "training.epochs=2"])
+    launch(
+        run_settings(
+            text_overrides, out, ("strategy.name=lora", "strategy.target_modules=[query,value]"), base=pretrained_tiny
+        )
+        + ["training.distributed=fsdp", "training.gradient_checkpointing=true", "training.epochs=2"]
+    )
     m = final_metrics(out)
     assert m["distributed"] == "FSDP" and m["gradient_checkpointing"].startswith("on (FSDP")
     assert (out / "adapter").is_dir()
@@ -396,8 +464,9 @@ def test_gpu_check_throughput_code_path_on_cpu(kind, strategy_name, monkeypatch)
 
     monkeypatch.setattr(gpu_check, "build", recording_build)
     monkeypatch.setattr(gpu_check, "release_memory", lambda device: alive_at_release.append(models[-1]() is not None))
-    row = gpu_check.throughput(kind, "bf16", strategy_name, True, steps=1, warmup=1, batch=2, peak=100.0,
-                               device="cpu", tiny=True)
+    row = gpu_check.throughput(
+        kind, "bf16", strategy_name, True, steps=1, warmup=1, batch=2, peak=100.0, device="cpu", tiny=True
+    )
     assert row["samples_per_s"] > 0 and row["model_tflops"] >= 0 and row["mfu"] is not None
     assert row["seq"] == (128 if kind == "bert-base" else 197) and row["cuda_peak_gb"] is None
     # The model is gone when the CUDA cache is emptied (nothing else still holds its weights).
@@ -412,14 +481,34 @@ def test_gradual_unfreeze_with_checkpointing_under_ddp(text_overrides, tmp_path,
     from transformers import BertModel
 
     out = tmp_path / "gu"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               ACCELERATE_USE_CPU="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(Path(__file__).parent / "scripts" / "ddp_train.py"),
-           *[o for o in text_overrides if not o.startswith("output_dir=")], f"output_dir={out}",
-           "strategy.name=gradual_unfreeze", "training.epochs=3", "training.batch_size=8",
-           "training.gradient_checkpointing=true", "training.save_strategy=no", "training.load_best_model_at_end=false"]
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="1"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(Path(__file__).parent / "scripts" / "ddp_train.py"),
+        *[o for o in text_overrides if not o.startswith("output_dir=")],
+        f"output_dir={out}",
+        "strategy.name=gradual_unfreeze",
+        "training.epochs=3",
+        "training.batch_size=8",
+        "training.gradient_checkpointing=true",
+        "training.save_strategy=no",
+        "training.load_best_model_at_end=false",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
     r0, r1 = load_file(str(out / "rank0_of2.safetensors")), load_file(str(out / "rank1_of2.safetensors"))

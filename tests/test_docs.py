@@ -65,8 +65,10 @@ class Block:
         if self.lang in SHELL | PYTHON:
             return True
         if self.lang == "":
-            return any(line.strip().startswith(("hf-transfer ", "python ", "accelerate ", "pip "))
-                       for line in self.code.splitlines())
+            return any(
+                line.strip().startswith(("hf-transfer ", "python ", "accelerate ", "pip "))
+                for line in self.code.splitlines()
+            )
         return False
 
 
@@ -87,7 +89,7 @@ def blocks(path: Path) -> list[Block]:
         mm = MARKER.search(prev)
         marker, args = (mm.group(1), mm.group(2)) if mm else ("illustrative" if page_illustrative else "", "")
         indent = len(m.group(1))
-        code = "\n".join(line[indent:] for line in lines[start + 1:j])
+        code = "\n".join(line[indent:] for line in lines[start + 1 : j])
         out.append(Block(path, start + 1, lang, code, marker, args))
         i = j + 1
     return out
@@ -121,8 +123,10 @@ def test_every_snippet_is_tested_or_marked_illustrative():
     unmarked = [b.where for b in all_blocks() if b.runnable and not b.marker]
     assert not unmarked, (
         "These shell/Python blocks are neither run by tests/test_docs.py nor marked illustrative: "
-        + ", ".join(unmarked) + ". Put `<!-- tested: GROUP -->` (and make the test run it) or "
-        "`<!-- illustrative: why -->` on the line before the fence.")
+        + ", ".join(unmarked)
+        + ". Put `<!-- tested: GROUP -->` (and make the test run it) or "
+        "`<!-- illustrative: why -->` on the line before the fence."
+    )
 
 
 def test_the_readme_stays_an_entry_point():
@@ -161,7 +165,7 @@ def named_keys() -> list[tuple[str, str]]:
                 continue
             for m in KEY.finditer(line):
                 key = m.group(1).rstrip(".")
-                if FILE_SUFFIX.search(key) or line[m.end():m.end() + 1] == "(":  # a file, a method call
+                if FILE_SUFFIX.search(key) or line[m.end() : m.end() + 1] == "(":  # a file, a method call
                     continue
                 found.append((key, f"{path.relative_to(REPO)}:{n}"))
     return found
@@ -177,19 +181,37 @@ def test_the_key_check_catches_a_wrong_key(tmp_path):
     known = _gen_ref().key_names()
     assert "training.epochs" in known and "data.train.name" in known and "strategy.trainable_layers" in known
     assert "training.epocs" not in known and "strategy.nonsense" not in known
-    assert KEY.findall("set `training.epocs=2` and model.safetensors") == ["training.epocs=2".split("=")[0],
-                                                                         "model.safetensors"]
+    assert KEY.findall("set `training.epocs=2` and model.safetensors") == [
+        "training.epocs=2".split("=")[0],
+        "model.safetensors",
+    ]
 
 
 def test_every_config_key_has_a_documented_meaning():
     undocumented = [k.key for k in _gen_ref().config_keys() if k.meaning == _gen_ref().UNDOCUMENTED]
-    assert not undocumented, ("Config keys without a meaning (add them to their dataclass's `Attributes:` "
-                              "docstring or `field(metadata={'help': ...})`): " + ", ".join(undocumented))
+    assert not undocumented, (
+        "Config keys without a meaning (add them to their dataclass's `Attributes:` "
+        "docstring or `field(metadata={'help': ...})`): " + ", ".join(undocumented)
+    )
 
 
 # Flags of other tools the docs show (pip, accelerate, make, pytest, mkdocs, torchrun, python -m venv).
-EXTERNAL = ("pip ", "accelerate ", "make ", "pytest", "python -m pytest", "mkdocs ", "torchrun ", "srun ",
-            "python -m venv", "python -m build", "sbatch ", "git ", "deepspeed ", "bash ")
+EXTERNAL = (
+    "pip ",
+    "accelerate ",
+    "make ",
+    "pytest",
+    "python -m pytest",
+    "mkdocs ",
+    "torchrun ",
+    "srun ",
+    "python -m venv",
+    "python -m build",
+    "sbatch ",
+    "git ",
+    "deepspeed ",
+    "bash ",
+)
 
 
 def _flags(words: list[str]) -> list[str]:
@@ -203,8 +225,7 @@ def named_flags() -> list[tuple[str, str, str]]:
     for path in doc_files():
         text = path.read_text()
         spans = re.findall(r"`([^`\n]+)`", _without_blocks(text))
-        candidates = [(line, b.where) for b in blocks(path) if b.lang in SHELL | {""}
-                      for line in command_lines(b.code)]
+        candidates = [(line, b.where) for b in blocks(path) if b.lang in SHELL | {""} for line in command_lines(b.code)]
         candidates += [(s, str(path.relative_to(REPO))) for s in spans]
         for line, where in candidates:
             line = line.split(" # ")[0].split("  #")[0]
@@ -286,8 +307,15 @@ def _write_config(block: Block, dest: Path, tiny: dict) -> None:
     cfg = yaml.safe_load(block.code)
     cfg.setdefault("model", {})["name_or_path"] = _tiny_for(cfg.get("recipe", "text_classification"), tiny)
     training = cfg.setdefault("training", {})
-    training.update({"max_steps": 4, "batch_size": 8, "report_to": [], "save_strategy": "no",
-                     "learning_rate": training.get("learning_rate", 3e-3)})
+    training.update(
+        {
+            "max_steps": 4,
+            "batch_size": 8,
+            "report_to": [],
+            "save_strategy": "no",
+            "learning_rate": training.get("learning_rate", 3e-3),
+        }
+    )
     cfg.setdefault("data", {}).setdefault("max_length", 32)
     dest.write_text(yaml.safe_dump(cfg))
 

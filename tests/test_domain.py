@@ -74,9 +74,12 @@ def test_shift_command_writes_report_and_exits_zero(text_overrides, tmp_path, to
     cfg_path = tmp_path / "run.yaml"
     import yaml
 
-    raw = {"model": {"name_or_path": text_overrides[0].split("=", 1)[1]},
-           "data": {"train": str(toy_text_data["train"])}, "output_dir": str(tmp_path / "run"),
-           "training": {"report_to": []}}
+    raw = {
+        "model": {"name_or_path": text_overrides[0].split("=", 1)[1]},
+        "data": {"train": str(toy_text_data["train"])},
+        "output_dir": str(tmp_path / "run"),
+        "training": {"report_to": []},
+    }
     cfg_path.write_text(yaml.safe_dump(raw))
     target = write_csv(tmp_path / "labelled_target.csv", toy_sentences(40, seed=9))
     out = tmp_path / "shift"
@@ -104,9 +107,18 @@ def test_gradient_reversal_and_lambda_schedule():
 
 def test_dann_trains_with_target_batches_and_logs_domain_accuracy(text_overrides, tmp_path, unlabelled_target):
     plain = train(load_config(None, _overrides(text_overrides, tmp_path, "plain", "training.save_strategy=no")))
-    cfg = load_config(None, _overrides(text_overrides, tmp_path, "dann", "training.save_strategy=no",
-                                       "adaptation.name=dann", f"data.target={unlabelled_target}",
-                                       "adaptation.target_batch_size=8"))
+    cfg = load_config(
+        None,
+        _overrides(
+            text_overrides,
+            tmp_path,
+            "dann",
+            "training.save_strategy=no",
+            "adaptation.name=dann",
+            f"data.target={unlabelled_target}",
+            "adaptation.target_batch_size=8",
+        ),
+    )
     metrics = train(cfg)
     history = json.loads((tmp_path / "dann" / "history.json").read_text())
     logged = [r for r in history if "domain_accuracy" in r]
@@ -121,8 +133,9 @@ def test_dann_trains_with_target_batches_and_logs_domain_accuracy(text_overrides
         load_file(str(tmp_path / "dann" / "model.safetensors")),
     )
     assert set(a) == set(b)  # no domain classifier in the saved model
-    assert not torch.allclose(a["bert.encoder.layer.0.attention.self.query.weight"],
-                              b["bert.encoder.layer.0.attention.self.query.weight"])
+    assert not torch.allclose(
+        a["bert.encoder.layer.0.attention.self.query.weight"], b["bert.encoder.layer.0.attention.self.query.weight"]
+    )
     assert "eval_accuracy" in plain and "eval_accuracy" in metrics
 
 
@@ -132,8 +145,14 @@ def test_dann_resumed_mid_epoch_equals_uninterrupted(text_overrides, tmp_path, u
     domain classifier is checkpointed: a resumed DANN run ends with the same weights."""
     from safetensors.torch import load_file
 
-    extra = ("adaptation.name=dann", f"data.target={unlabelled_target}", "adaptation.target_batch_size=8",
-             "training.save_strategy=steps", "training.save_steps=3", "training.epochs=2")
+    extra = (
+        "adaptation.name=dann",
+        f"data.target={unlabelled_target}",
+        "adaptation.target_batch_size=8",
+        "training.save_strategy=steps",
+        "training.save_steps=3",
+        "training.epochs=2",
+    )
     with crash_at_step(5):
         train(load_config(None, _overrides(text_overrides, tmp_path, "run", *extra)))
     train(
@@ -167,8 +186,9 @@ def test_target_of_another_modality_is_refused(text_overrides, tmp_path):
 
 
 def test_adabn_on_a_model_without_batch_norm_says_what_to_do(text_overrides, tmp_path, unlabelled_target):
-    cfg = load_config(None, _overrides(text_overrides, tmp_path, "x", "adaptation.name=adabn",
-                                       f"data.target={unlabelled_target}"))
+    cfg = load_config(
+        None, _overrides(text_overrides, tmp_path, "x", "adaptation.name=adabn", f"data.target={unlabelled_target}")
+    )
     with pytest.raises(ModelError, match="has no batch norm.*adaptation.name=dann"):
         train(cfg)
 
@@ -190,14 +210,24 @@ def _coloured_folder(root: Path, n: int, tint=None, seed=0) -> Path:
 def tiny_resnet_dir(tmp_path_factory) -> Path:
     from tiny_models import save_resnet
 
-    return save_resnet(tmp_path_factory.mktemp("tiny-resnet"), image_size=16, num_channels=3, layer_type="basic",
-                       num_labels=3)
+    return save_resnet(
+        tmp_path_factory.mktemp("tiny-resnet"), image_size=16, num_channels=3, layer_type="basic", num_labels=3
+    )
 
 
 def _image_overrides(model_dir, train_dir, tmp_path, name, *extra):
-    return [f"model.name_or_path={model_dir}", "recipe=image_classification", f"data.train={train_dir}",
-            f"output_dir={tmp_path / name}", "training.epochs=1", "training.batch_size=8", "training.report_to=[]",
-            "training.save_strategy=no", "training.learning_rate=0.01", *extra]
+    return [
+        f"model.name_or_path={model_dir}",
+        "recipe=image_classification",
+        f"data.train={train_dir}",
+        f"output_dir={tmp_path / name}",
+        "training.epochs=1",
+        "training.batch_size=8",
+        "training.report_to=[]",
+        "training.save_strategy=no",
+        "training.learning_rate=0.01",
+        *extra,
+    ]
 
 
 def test_adabn_recomputes_batch_norm_statistics_on_target(tiny_resnet_dir, tmp_path):
@@ -209,8 +239,14 @@ def test_adabn_recomputes_batch_norm_statistics_on_target(tiny_resnet_dir, tmp_p
     for i in range(12):  # unlabelled, much brighter
         Image.fromarray(np.full((16, 16, 3), 230, np.uint8)).save(target / f"{i}.png")
     train(load_config(None, _image_overrides(tiny_resnet_dir, train_dir, tmp_path, "plain")))
-    train(load_config(None, _image_overrides(tiny_resnet_dir, train_dir, tmp_path, "adabn", "adaptation.name=adabn",
-                                             f"data.target={target}")))
+    train(
+        load_config(
+            None,
+            _image_overrides(
+                tiny_resnet_dir, train_dir, tmp_path, "adabn", "adaptation.name=adabn", f"data.target={target}"
+            ),
+        )
+    )
     a = load_file(str(tmp_path / "plain" / "model.safetensors"))
     b = load_file(str(tmp_path / "adabn" / "model.safetensors"))
     stats = [k for k in a if k.endswith("running_mean")]
@@ -227,8 +263,20 @@ def test_normalize_from_target_sets_processor_mean_and_std(tiny_resnet_dir, tmp_
     colour = (51, 102, 204)
     for i in range(5):
         Image.fromarray(np.tile(np.array(colour, np.uint8), (16, 16, 1))).save(target / f"{i}.png")
-    train(load_config(None, _image_overrides(tiny_resnet_dir, train_dir, tmp_path, "norm", "data.normalize_from=target",
-                                             f"data.target={target}", "training.epochs=0.5")))
+    train(
+        load_config(
+            None,
+            _image_overrides(
+                tiny_resnet_dir,
+                train_dir,
+                tmp_path,
+                "norm",
+                "data.normalize_from=target",
+                f"data.target={target}",
+                "training.epochs=0.5",
+            ),
+        )
+    )
     saved = json.loads((tmp_path / "norm" / "preprocessor_config.json").read_text())
     np.testing.assert_allclose(saved["image_mean"], [c / 255 for c in colour], atol=1e-3)
     assert max(saved["image_std"]) < 1e-3
@@ -236,8 +284,10 @@ def test_normalize_from_target_sets_processor_mean_and_std(tiny_resnet_dir, tmp_
 
 def test_normalize_from_target_needs_images(text_overrides, tmp_path, unlabelled_target):
     with pytest.raises(ConfigError, match="recomputes image normalisation"):
-        load_config(None, _overrides(text_overrides, tmp_path, "x", "data.normalize_from=target",
-                                     f"data.target={unlabelled_target}"))
+        load_config(
+            None,
+            _overrides(text_overrides, tmp_path, "x", "data.normalize_from=target", f"data.target={unlabelled_target}"),
+        )
 
 
 # ----------------------------------------------------------------------------- continued pretraining
@@ -248,19 +298,40 @@ def test_pretrain_mlm_loss_falls_and_train_takes_the_checkpoint(tiny_bert_dir, t
 
     texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in toy_sentences(160, seed=11)])
     cfg_path = tmp_path / "mlm.yaml"
-    cfg_path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)}, "data": {"train": str(texts)},
-                                        "output_dir": str(tmp_path / "mlm"),
-                                        "training": {"epochs": 4, "learning_rate": 0.002, "batch_size": 16,
-                                                     "report_to": [], "save_strategy": "no", "warmup_ratio": 0.0}}))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "data": {"train": str(texts)},
+                "output_dir": str(tmp_path / "mlm"),
+                "training": {
+                    "epochs": 4,
+                    "learning_rate": 0.002,
+                    "batch_size": 16,
+                    "report_to": [],
+                    "save_strategy": "no",
+                    "warmup_ratio": 0.0,
+                },
+            }
+        )
+    )
     caplog.set_level("INFO", logger="hf_transfer")
     assert cli_main(["pretrain", str(cfg_path)]) == 0
     assert "Added a masked-LM head" in caplog.text  # the bare BERT checkpoint has none
     history = json.loads((tmp_path / "mlm" / "history.json").read_text())
     losses = [r["eval_loss"] for r in history if "eval_loss" in r]
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.5, losses
-    cfg = load_config(None, [f"model.name_or_path={tmp_path / 'mlm'}", f"data.train={toy_text_data['train']}",
-                             f"output_dir={tmp_path / 'clf'}", "training.epochs=1", "training.report_to=[]",
-                             "training.save_strategy=no"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tmp_path / 'mlm'}",
+            f"data.train={toy_text_data['train']}",
+            f"output_dir={tmp_path / 'clf'}",
+            "training.epochs=1",
+            "training.report_to=[]",
+            "training.save_strategy=no",
+        ],
+    )
     assert "eval_accuracy" in train(cfg)
 
 
@@ -274,8 +345,16 @@ def test_pretrain_on_a_model_with_no_masked_lm_form_is_a_clear_error(tiny_bert_d
     (folder / "model.safetensors").unlink()
     vit_config(num_hidden_layers=1, image_size=224, patch_size=16).save_pretrained(folder)
     texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in toy_sentences(20)])
-    cfg = load_config(None, ["recipe=masked_lm", f"model.name_or_path={folder}", f"data.train={texts}",
-                             f"output_dir={tmp_path / 'x'}", "training.report_to=[]"])
+    cfg = load_config(
+        None,
+        [
+            "recipe=masked_lm",
+            f"model.name_or_path={folder}",
+            f"data.train={texts}",
+            f"output_dir={tmp_path / 'x'}",
+            "training.report_to=[]",
+        ],
+    )
     with pytest.raises(ModelError, match="no masked-language-model form"):
         train(cfg)
 
@@ -319,8 +398,9 @@ def _stages_cfg(tiny_bert_dir, toy_text_data, tmp_path, stage2_data, *extra):
     return load_config(path, list(extra))
 
 
-def test_stages_run_in_order_and_an_interrupted_stage_2_resumes_alone(tiny_bert_dir, toy_text_data, tmp_path,
-                                                                      monkeypatch, caplog):
+def test_stages_run_in_order_and_an_interrupted_stage_2_resumes_alone(
+    tiny_bert_dir, toy_text_data, tmp_path, monkeypatch, caplog
+):
     from hf_transfer.engine.trainer import Trainer
 
     stage2 = write_csv(tmp_path / "stage2.csv", toy_sentences(48, seed=4, labels=("bad", "good")))
@@ -359,9 +439,14 @@ def test_stage_config_errors_name_the_stage(tiny_bert_dir, toy_text_data, tmp_pa
     import yaml
 
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)},
-                                    "stages": [{"data": {"train": str(toy_text_data["train"])}},
-                                               {"training": {"epochz": 2}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "stages": [{"data": {"train": str(toy_text_data["train"])}}, {"training": {"epochz": 2}}],
+            }
+        )
+    )
     with pytest.raises(ConfigError, match=r"epochz.* in stages\[1\] of"):
         load_config(path)
 
@@ -373,8 +458,9 @@ def test_dann_under_two_processes_keeps_ranks_identical(text_overrides, tmp_path
     from test_multiprocess import common, launch, rank_weights
 
     out = tmp_path / "ddp_dann"
-    launch(common(text_overrides, out) + ["training.epochs=2", "adaptation.name=dann",
-                                          f"data.target={unlabelled_target}"])
+    launch(
+        common(text_overrides, out) + ["training.epochs=2", "adaptation.name=dann", f"data.target={unlabelled_target}"]
+    )
     rank_weights(out)
     history = json.loads((out / "history.json").read_text())
     assert any("domain_accuracy" in r for r in history)
@@ -384,15 +470,33 @@ def test_two_stages_with_one_name_are_refused_before_anything_trains(tiny_bert_d
     import yaml
 
     path = tmp_path / "dup.yaml"
-    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)}, "output_dir": str(tmp_path / "run"),
-                                    "stages": [{"name": "target", "data": {"train": str(toy_text_data["train"])}},
-                                               {"name": "target", "data": {"train": str(toy_text_data["train"])}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "output_dir": str(tmp_path / "run"),
+                "stages": [
+                    {"name": "target", "data": {"train": str(toy_text_data["train"])}},
+                    {"name": "target", "data": {"train": str(toy_text_data["train"])}},
+                ],
+            }
+        )
+    )
     with pytest.raises(ConfigError, match=r"stages\[1\] of .* is named 'target', like stages\[0\]"):
         load_config(path)
     # A default name ("stage2") taken by another stage is the same clash.
-    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)}, "output_dir": str(tmp_path / "run"),
-                                    "stages": [{"name": "stage2", "data": {"train": str(toy_text_data["train"])}},
-                                               {"data": {"train": str(toy_text_data["train"])}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "output_dir": str(tmp_path / "run"),
+                "stages": [
+                    {"name": "stage2", "data": {"train": str(toy_text_data["train"])}},
+                    {"data": {"train": str(toy_text_data["train"])}},
+                ],
+            }
+        )
+    )
     with pytest.raises(ConfigError, match="named 'stage2', like stages"):
         load_config(path)
     assert not (tmp_path / "run").exists()
@@ -409,11 +513,16 @@ def test_pretrain_on_a_tiny_file_masks_every_eval_text(tiny_bert_dir, tmp_path, 
     texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in toy_sentences(12, seed=11)])
     held = write_csv(tmp_path / "held.csv", [{"text": t} for t in ("good film", "bad plot", "fine")])
     cfg_path = tmp_path / "mlm.yaml"
-    cfg_path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_bert_dir)},
-                                        "data": {"train": str(texts), "eval": str(held), "mlm_probability": 0.01},
-                                        "output_dir": str(tmp_path / "mlm"),
-                                        "training": {"epochs": 1, "batch_size": 4, "report_to": [],
-                                                     "save_strategy": "no", "warmup_ratio": 0.0}}))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "data": {"train": str(texts), "eval": str(held), "mlm_probability": 0.01},
+                "output_dir": str(tmp_path / "mlm"),
+                "training": {"epochs": 1, "batch_size": 4, "report_to": [], "save_strategy": "no", "warmup_ratio": 0.0},
+            }
+        )
+    )
     assert cli_main(["pretrain", str(cfg_path)]) == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "mlm" / "metrics.json").read_text())
     assert metrics["eval_masked_tokens"] >= 3 and math.isfinite(metrics["eval_loss"]), metrics
@@ -421,7 +530,15 @@ def test_pretrain_on_a_tiny_file_masks_every_eval_text(tiny_bert_dir, tmp_path, 
 
 def test_pretrain_refuses_a_file_too_small_to_hold_texts_out(tiny_bert_dir, tmp_path):
     one = write_csv(tmp_path / "one.csv", [{"text": "a single line"}, {"text": "  "}])
-    cfg = load_config(None, ["recipe=masked_lm", f"model.name_or_path={tiny_bert_dir}", f"data.train={one}",
-                             f"output_dir={tmp_path / 'x'}", "training.report_to=[]"])
+    cfg = load_config(
+        None,
+        [
+            "recipe=masked_lm",
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={one}",
+            f"output_dir={tmp_path / 'x'}",
+            "training.report_to=[]",
+        ],
+    )
     with pytest.raises(DataError, match=r"data.train holds 1 non-blank text\(s\): too few to hold any out"):
         train(cfg)

@@ -22,20 +22,33 @@ def assert_same_weights(a, b, atol=1e-6):
 
 
 def run_cfg(text_overrides, tmp_path, name, *extra):
-    return load_config(None, [o for o in text_overrides if not o.startswith("output_dir=")]
-                       + [f"output_dir={tmp_path / name}", "training.epochs=3", *extra])
+    return load_config(
+        None,
+        [o for o in text_overrides if not o.startswith("output_dir=")]
+        + [f"output_dir={tmp_path / name}", "training.epochs=3", *extra],
+    )
 
 
 def test_resume_is_exact(text_overrides, tmp_path):
     """Stopped after step 4 (mid-epoch 0: 6 steps per epoch) and resumed == uninterrupted."""
-    full = run_cfg(text_overrides, tmp_path, "full", "training.save_strategy=steps", "training.save_steps=4",
-                   "training.save_total_limit=10")
+    full = run_cfg(
+        text_overrides,
+        tmp_path,
+        "full",
+        "training.save_strategy=steps",
+        "training.save_steps=4",
+        "training.save_total_limit=10",
+    )
     train(full)
     ckpts = sorted((tmp_path / "full" / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
     assert [c.name for c in ckpts] == ["step_4", "step_8", "step_12", "step_16"]
     for step in (4, 8):  # mid-epoch and a later epoch
-        resumed = run_cfg(text_overrides, tmp_path, f"resumed{step}",
-                          f"training.resume_from_checkpoint={tmp_path / 'full' / 'checkpoints' / f'step_{step}'}")
+        resumed = run_cfg(
+            text_overrides,
+            tmp_path,
+            f"resumed{step}",
+            f"training.resume_from_checkpoint={tmp_path / 'full' / 'checkpoints' / f'step_{step}'}",
+        )
         metrics = train(resumed)
         assert metrics["train_steps"] == 18
         assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / f"resumed{step}"))
@@ -51,8 +64,14 @@ def test_interrupted_run_keeps_checkpoint_and_says_how_to_resume(text_overrides,
     log = (tmp_path / "run" / "train.log").read_text()
     assert "step_6" in log and "training.resume_from_checkpoint=latest" in log
 
-    resumed = run_cfg(text_overrides, tmp_path, "run", "training.save_strategy=steps", "training.save_steps=3",
-                      "training.resume_from_checkpoint=latest")
+    resumed = run_cfg(
+        text_overrides,
+        tmp_path,
+        "run",
+        "training.save_strategy=steps",
+        "training.save_steps=3",
+        "training.resume_from_checkpoint=latest",
+    )
     train(resumed)
     straight = run_cfg(text_overrides, tmp_path, "straight", "training.save_strategy=steps", "training.save_steps=3")
     train(straight)
@@ -67,8 +86,13 @@ def test_resume_latest_without_checkpoint_is_a_clear_error(text_overrides, tmp_p
 
 def test_gradient_accumulation_matches_larger_batch(text_overrides, tmp_path):
     """batch 16 x 1 and batch 8 x 2 take the same optimizer steps (loss averaged per example)."""
-    common = ["training.epochs=1", "training.save_strategy=no", "data.group_by_length=false",
-              "training.eval_strategy=no", "training.max_grad_norm=0"]
+    common = [
+        "training.epochs=1",
+        "training.save_strategy=no",
+        "data.group_by_length=false",
+        "training.eval_strategy=no",
+        "training.max_grad_norm=0",
+    ]
     a = run_cfg(text_overrides, tmp_path, "a", *common, "training.batch_size=16")
     b = run_cfg(
         text_overrides, tmp_path, "b", *common, "training.batch_size=8", "training.gradient_accumulation_steps=2"
@@ -93,8 +117,14 @@ def test_gradient_accumulation_matches_larger_batch(text_overrides, tmp_path):
 
 
 def test_bf16_on_cpu(text_overrides, tmp_path):
-    cfg = run_cfg(text_overrides, tmp_path, "bf16", "training.mixed_precision=bf16", "training.max_steps=3",
-                  "training.save_strategy=no")
+    cfg = run_cfg(
+        text_overrides,
+        tmp_path,
+        "bf16",
+        "training.mixed_precision=bf16",
+        "training.max_steps=3",
+        "training.save_strategy=no",
+    )
     metrics = train(cfg)
     assert metrics["train_steps"] == 3
     w = weights(tmp_path / "bf16")
@@ -104,9 +134,17 @@ def test_bf16_on_cpu(text_overrides, tmp_path):
 
 def test_early_stopping(text_overrides, tmp_path):
     # A learning rate of ~0 never improves the metric: patience 1 stops after the second eval.
-    cfg = run_cfg(text_overrides, tmp_path, "es", "training.learning_rate=1e-12", "training.epochs=6",
-                  "training.early_stopping_patience=1", "training.metric_for_best_model=loss",
-                  "training.early_stopping_threshold=0.01", "training.save_strategy=no")
+    cfg = run_cfg(
+        text_overrides,
+        tmp_path,
+        "es",
+        "training.learning_rate=1e-12",
+        "training.epochs=6",
+        "training.early_stopping_patience=1",
+        "training.metric_for_best_model=loss",
+        "training.early_stopping_threshold=0.01",
+        "training.save_strategy=no",
+    )
     metrics = train(cfg)
     assert metrics["stopped_early"] is True
     assert metrics["train_steps"] == 12  # two epochs of six steps
@@ -160,11 +198,20 @@ def test_a_diverging_run_stops_naming_the_step_and_the_learning_rate(text_overri
     keeps its last checkpoint (finite weights), and writes no model or metrics as a finished run."""
     from hf_transfer.errors import TrainingError
 
-    cfg = run_cfg(text_overrides, tmp_path, "run", "training.learning_rate=1e6", "training.save_strategy=steps",
-                  "training.save_steps=1")
-    with pytest.raises(TrainingError, match=r"Training diverged at step \d+: the training loss is nan\. The likely "
-                                            r"cause is a learning rate too high .*: 1e\+06 \(training\.learning_rate\)"
-                                            r".*holds finite weights and is kept\. No model was written"):
+    cfg = run_cfg(
+        text_overrides,
+        tmp_path,
+        "run",
+        "training.learning_rate=1e6",
+        "training.save_strategy=steps",
+        "training.save_steps=1",
+    )
+    with pytest.raises(
+        TrainingError,
+        match=r"Training diverged at step \d+: the training loss is nan\. The likely "
+        r"cause is a learning rate too high .*: 1e\+06 \(training\.learning_rate\)"
+        r".*holds finite weights and is kept\. No model was written",
+    ):
         train(cfg)
     run = tmp_path / "run"
     assert not (run / "model.safetensors").exists() and not (run / "metrics.json").exists()
@@ -189,8 +236,11 @@ def test_checkpoints_work_from_what_they_are_given(tmp_path):
     model = acc.prepare(torch.nn.Linear(3, 2))
     optimizer = acc.prepare(torch.optim.AdamW(model.parameters(), lr=0.1))
     checked, replayed, restored = [], [], []
-    strategy = SimpleNamespace(state_dict=lambda: {"depth": 2}, load_state_dict=restored.append,
-                               on_epoch_start=lambda epoch, m, groups: replayed.append(epoch))
+    strategy = SimpleNamespace(
+        state_dict=lambda: {"depth": 2},
+        load_state_dict=restored.append,
+        on_epoch_start=lambda epoch, m, groups: replayed.append(epoch),
+    )
     ckpts = Checkpoints(acc, tmp_path / "checkpoints", 2, lambda: checked.append(True))
     with pytest.raises(HFTransferError, match="holds no checkpoint"):
         ckpts.resolve("latest")

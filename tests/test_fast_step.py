@@ -54,8 +54,11 @@ def _run(text_overrides, tmp_path, name, implementation, monkeypatch):
 
     monkeypatch.setattr(engine, "new_adamw", forced)
     monkeypatch.setattr(engine.Trainer, "_optimizer_step", record)
-    cfg = load_config(None, [o for o in text_overrides if not o.startswith("output_dir=")]
-                      + [f"output_dir={tmp_path / name}", "training.epochs=2", "training.save_strategy=no"])
+    cfg = load_config(
+        None,
+        [o for o in text_overrides if not o.startswith("output_dir=")]
+        + [f"output_dir={tmp_path / name}", "training.epochs=2", "training.save_strategy=no"],
+    )
     metrics = train(cfg)
     monkeypatch.undo()
     return losses, metrics, load_file(str(tmp_path / name / "model.safetensors")), chosen[0]

@@ -101,8 +101,9 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
 
 def _tiny(cls, config_cls, **kw):
     torch.manual_seed(0)
-    base = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                vocab_size=100, num_labels=3)
+    base = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3
+    )
     base.update(kw)
     return cls(config_cls(**base)).eval()
 
@@ -128,8 +129,9 @@ def test_features_are_what_the_head_sees():
         assert mode == "first_token"
         torch.testing.assert_close(x, roberta.roberta(input_ids=ids).last_hidden_state[:, 0])
     # DistilBERT: pre_classifier is the head's entry; its input is the [CLS] hidden state.
-    distil = T.DistilBertForSequenceClassification(T.DistilBertConfig(
-        dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100, num_labels=3)).eval()
+    distil = T.DistilBertForSequenceClassification(
+        T.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, vocab_size=100, num_labels=3)
+    ).eval()
     spec = locate_head_input(distil)
     assert spec.linear is None and set(spec.candidates) == {"pre_classifier", "classifier"}
     with HeadInputCapture(distil, spec) as cap, torch.no_grad():
@@ -145,10 +147,22 @@ def test_features_are_what_the_head_sees():
 @pytest.mark.parametrize("classifier", ["logistic_regression", "linear"])
 def test_run_folder_predicts_exactly_like_the_fitted_classifier(classifier, tiny_bert_dir, toy_text_data, tmp_path):
     # pooling=pooler: BERT's head reads the pooler output, so the fit can live in the head itself.
-    metrics = train(load_config(None, _overrides(
-        tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", f"strategy.classifier={classifier}",
-        "strategy.epochs=30", "strategy.pooling=pooler", "strategy.C=1.0",
-        "strategy.standardize=true")))
+    metrics = train(
+        load_config(
+            None,
+            _overrides(
+                tiny_bert_dir,
+                toy_text_data,
+                tmp_path,
+                tmp_path / "cache",
+                f"strategy.classifier={classifier}",
+                "strategy.epochs=30",
+                "strategy.pooling=pooler",
+                "strategy.C=1.0",
+                "strategy.standardize=true",
+            ),
+        )
+    )
     out = tmp_path / "run"
     info = json.loads((out / fe.SPEC_FILE).read_text())
     assert info["head_written"] and info["layout"] == "head" and info["features"]["pooling"] == "pooler"
@@ -192,7 +206,8 @@ def test_run_folder_predicts_exactly_like_the_fitted_classifier(classifier, tiny
 
 
 def test_second_identical_run_reads_the_cache_and_never_runs_the_backbone(
-        tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
+    tiny_bert_dir, toy_text_data, tmp_path, monkeypatch
+):
     cache = tmp_path / "cache"
     first = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache)))
     assert first["feature_cache_hit"] is False
@@ -203,8 +218,9 @@ def test_second_identical_run_reads_the_cache_and_never_runs_the_backbone(
         raise AssertionError("the backbone ran although the features were cached")
 
     monkeypatch.setattr(features_mod.FeatureExtractor, "__call__", no_backbone)
-    second = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache,
-                                                f"output_dir={tmp_path / 'run2'}")))
+    second = train(
+        load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache, f"output_dir={tmp_path / 'run2'}"))
+    )
     assert second["feature_cache_hit"] is True
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")} == stamps
     same = [k for k in first if k.startswith("eval_")]
@@ -212,15 +228,24 @@ def test_second_identical_run_reads_the_cache_and_never_runs_the_backbone(
 
     # Anything the features depend on changes the key: here the tokenisation length.
     monkeypatch.undo()
-    third = train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, cache, "data.max_length=8",
-                                               f"output_dir={tmp_path / 'run3'}")))
+    third = train(
+        load_config(
+            None,
+            _overrides(
+                tiny_bert_dir, toy_text_data, tmp_path, cache, "data.max_length=8", f"output_dir={tmp_path / 'run3'}"
+            ),
+        )
+    )
     assert third["feature_cache_hit"] is False
     assert len(list(cache.glob("*.safetensors"))) == 4
 
 
 def test_svm_is_saved_beside_the_model_and_used_when_the_run_is_loaded(tiny_bert_dir, toy_text_data, tmp_path):
-    metrics = train(load_config(None, _overrides(
-        tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", "strategy.classifier=svm")))
+    metrics = train(
+        load_config(
+            None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", "strategy.classifier=svm")
+        )
+    )
     out = tmp_path / "run"
     info = json.loads((out / fe.SPEC_FILE).read_text())
     # Masked-mean features (the tiny BERT has no trained pooler) are not the head's input.
@@ -235,7 +260,6 @@ def test_svm_is_saved_beside_the_model_and_used_when_the_run_is_loaded(tiny_bert
             correct += (model(**batch).logits.argmax(-1) == labels).sum().item()
             total += len(labels)
     assert correct / total == pytest.approx(metrics["eval_accuracy"])
-
 
 
 # --------------------------------------------------------------------------- layouts, C selection
@@ -276,8 +300,19 @@ def test_setfit_layout_loads_in_setfit_and_in_hf_transfer_alike(tiny_bert_dir, t
 
 
 def test_several_layers_are_saved_beside_the_model_and_reloaded(tiny_bert_dir, toy_text_data, tmp_path):
-    metrics = train(load_config(None, _overrides(
-        tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", "strategy.layers=mean", "strategy.combine=concat")))
+    metrics = train(
+        load_config(
+            None,
+            _overrides(
+                tiny_bert_dir,
+                toy_text_data,
+                tmp_path,
+                tmp_path / "cache",
+                "strategy.layers=mean",
+                "strategy.combine=concat",
+            ),
+        )
+    )
     out = tmp_path / "run"
     info = json.loads((out / fe.SPEC_FILE).read_text())
     assert info["layout"] == "beside" and info["feature_dim"] == 64 and (out / fe.CLASSIFIER_TENSORS_FILE).is_file()
@@ -286,8 +321,9 @@ def test_several_layers_are_saved_beside_the_model_and_reloaded(tiny_bert_dir, t
     assert evaluate(out, split="eval")["eval_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-4)
 
 
-def test_a_layer_the_model_lacks_fails_before_any_feature_is_computed(tiny_bert_dir, toy_text_data, tmp_path,
-                                                                      monkeypatch):
+def test_a_layer_the_model_lacks_fails_before_any_feature_is_computed(
+    tiny_bert_dir, toy_text_data, tmp_path, monkeypatch
+):
     from hf_transfer.errors import ConfigError
 
     def no_extract(*a, **k):
@@ -295,8 +331,11 @@ def test_a_layer_the_model_lacks_fails_before_any_feature_is_computed(tiny_bert_
 
     monkeypatch.setattr(fe, "extract", no_extract)
     with pytest.raises(ConfigError, match="this model has 2 layers"):
-        train(load_config(None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache",
-                                           "strategy.layers=[5]")))
+        train(
+            load_config(
+                None, _overrides(tiny_bert_dir, toy_text_data, tmp_path, tmp_path / "cache", "strategy.layers=[5]")
+            )
+        )
 
 
 def test_C_is_cross_validated_and_falls_back_with_a_single_example_class():
@@ -336,8 +375,12 @@ def test_C_moves_off_the_default_only_when_cross_validation_shows_it_clearly():
     yz = (Z[:, 0] + 0.3 * Z[:, 1] > 0).astype(int)
     C, record = choose_C(Z[:300] * 1e-3, yz[:300])
     assert C > 10 * DEFAULT_C
-    acc = {c: (LogisticRegression(C=c, max_iter=1000).fit(Z[:300] * 1e-3, yz[:300]).predict(Z[300:] * 1e-3)
-               == yz[300:]).mean() for c in (C, DEFAULT_C)}
+    acc = {
+        c: (
+            LogisticRegression(C=c, max_iter=1000).fit(Z[:300] * 1e-3, yz[:300]).predict(Z[300:] * 1e-3) == yz[300:]
+        ).mean()
+        for c in (C, DEFAULT_C)
+    }
     assert acc[C] > acc[DEFAULT_C] + 0.1  # the choice is right on fresh data, too
 
     # Eight examples a class: too few to cross-validate, the default stays (even with a signal a

@@ -77,8 +77,10 @@ def _st_folder(tmp_path, pooling: dict, normalize: bool = True):
     """A tiny sentence-transformers folder: BERT + tokenizer at the root, 1_Pooling, Normalize."""
     folder = tmp_path / "st"
     save_bert(folder, _bert())
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
     if normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     (folder / "modules.json").write_text(json.dumps(modules))
@@ -88,11 +90,14 @@ def _st_folder(tmp_path, pooling: dict, normalize: bool = True):
     return folder
 
 
-@pytest.mark.parametrize("pooling", [
-    {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},
-    {"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False},
-    {"pooling_mode": ["mean", "lasttoken"]},
-])
+@pytest.mark.parametrize(
+    "pooling",
+    [
+        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},
+        {"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False},
+        {"pooling_mode": ["mean", "lasttoken"]},
+    ],
+)
 def test_sentence_transformers_folder_is_pooled_as_sentence_transformers_pools_it(tmp_path, pooling):
     from sentence_transformers import SentenceTransformer
 
@@ -178,8 +183,9 @@ def test_vit_features_are_cls_after_the_final_norm_which_the_head_reads():
 @torch.no_grad()
 def test_cnn_features_are_the_pooled_map_the_head_reads():
     torch.manual_seed(0)
-    net = T.ConvNextForImageClassification(T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
-                                                            num_labels=3)).eval()
+    net = T.ConvNextForImageClassification(
+        T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3)
+    ).eval()
     pix = {"pixel_values": torch.randn(2, 3, 32, 32)}
     spec = locate_head_input(net, text=False)
     with HeadInputCapture(net, spec) as cap:
@@ -197,9 +203,20 @@ def test_whisper_features_are_the_mean_over_real_frames():
     from hf_transfer.models.whisper import WhisperForMaskedAudioClassification
 
     torch.manual_seed(0)
-    model = WhisperForMaskedAudioClassification(whisper_config(
-        d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=20, decoder_ffn_dim=20, num_mel_bins=8, max_source_positions=10, num_labels=3)).eval()
+    model = WhisperForMaskedAudioClassification(
+        whisper_config(
+            d_model=16,
+            encoder_layers=2,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=20,
+            decoder_ffn_dim=20,
+            num_mel_bins=8,
+            max_source_positions=10,
+            num_labels=3,
+        )
+    ).eval()
     feats = torch.randn(2, 8, 20)
     mask = torch.zeros(2, 20, dtype=torch.long)
     mask[0, :20] = 1

@@ -20,8 +20,7 @@ def _head_input_probe(run_cfg):
     tok = AutoTokenizer.from_pretrained(run_cfg.model.name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(run_cfg.model.name_or_path, num_labels=2).eval()
     train = pd.read_csv(run_cfg.data.train.name)
-    enc = tok(list(train.text), padding=True, truncation=True, max_length=run_cfg.data.max_length,
-              return_tensors="pt")
+    enc = tok(list(train.text), padding=True, truncation=True, max_length=run_cfg.data.max_length, return_tensors="pt")
     with torch.no_grad():
         pooled = model.bert(**enc).pooler_output.double().numpy()
     y = (train.label == "positive").to_numpy().astype(int)  # labels sorted: negative 0, positive 1
@@ -74,14 +73,14 @@ def test_head_init_is_checked():
 
 
 @pytest.mark.parametrize("name", ["full", "lora"])
-def test_run_with_probe_head_saves_and_loads_with_plain_transformers(name, text_overrides, tmp_path,
-                                                                     one_torch_thread):
+def test_run_with_probe_head_saves_and_loads_with_plain_transformers(name, text_overrides, tmp_path, one_torch_thread):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from hf_transfer.run import train
 
-    cfg = load_config(None, text_overrides + [f"strategy.name={name}", "training.save_strategy=no",
-                                              "training.epochs=1"])
+    cfg = load_config(
+        None, text_overrides + [f"strategy.name={name}", "training.save_strategy=no", "training.epochs=1"]
+    )
     metrics = train(cfg)
     assert metrics["head_init"] == "probe"
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -121,8 +120,11 @@ def test_only_single_label_classification_heads_are_probed(text_overrides, tmp_p
     splits = task.load_splits()
     model = task.build_model()
     before = model.classifier.weight.detach().clone()
-    ctx = SimpleNamespace(cfg=SimpleNamespace(recipe="speech_recognition", training=cfg.training, model=cfg.model),
-                          task=task, splits=splits)
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(recipe="speech_recognition", training=cfg.training, model=cfg.model),
+        task=task,
+        splits=splits,
+    )
     assert init_head_from_probe(ctx, model)["head_init"] == "random"
     model.config.problem_type = "multi_label_classification"
     record = init_head_from_probe(SimpleNamespace(cfg=cfg, task=task, splits=splits), model)

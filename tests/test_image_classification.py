@@ -27,8 +27,21 @@ SLOW_STRATEGIES: set[str] = set()
 TEXT_ONLY_STRATEGIES = {"static"}
 #: The strategies the product ships for images: each runs below even if it stopped being registered
 #: (then it fails), and a newly registered one joins them.
-IMAGE_STRATEGIES = {"adapter", "auto", "contrastive", "feature_extraction", "freeze", "full", "gradual_unfreeze",
-                    "ia3", "lora", "lora_ffn", "lp_ft", "partial", "scratch"}
+IMAGE_STRATEGIES = {
+    "adapter",
+    "auto",
+    "contrastive",
+    "feature_extraction",
+    "freeze",
+    "full",
+    "gradual_unfreeze",
+    "ia3",
+    "lora",
+    "lora_ffn",
+    "lp_ft",
+    "partial",
+    "scratch",
+}
 
 
 # Tiny models run ~20x slower with 2 threads when other processes load the cores.
@@ -50,8 +63,13 @@ def tiny_vit_dir(tmp_path_factory) -> Path:
     from tiny_models import save_vit
 
     names = {i: f"imagenet_{i}" for i in range(1000)}
-    return save_vit(tmp_path_factory.mktemp("tiny-vit"), ViTForImageClassification, num_labels=1000, id2label=names,
-                    label2id={v: k for k, v in names.items()})
+    return save_vit(
+        tmp_path_factory.mktemp("tiny-vit"),
+        ViTForImageClassification,
+        num_labels=1000,
+        id2label=names,
+        label2id={v: k for k, v in names.items()},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -178,9 +196,13 @@ def test_csv_of_relative_paths(tiny_vit_dir, csv_data, tmp_path):
 
 
 def test_augmentation_only_on_training_split(tiny_vit_dir, image_folder, tmp_path):
-    aug = ["data.augmentation.enabled=true", "data.augmentation.random_resized_crop=0.5",
-           "data.augmentation.horizontal_flip=0.5", "data.augmentation.rotation_degrees=15",
-           "data.augmentation.color_jitter=0.3"]
+    aug = [
+        "data.augmentation.enabled=true",
+        "data.augmentation.random_resized_crop=0.5",
+        "data.augmentation.horizontal_flip=0.5",
+        "data.augmentation.rotation_degrees=15",
+        "data.augmentation.color_jitter=0.3",
+    ]
     task = _task(tmp_path, _overrides(tiny_vit_dir, image_folder, tmp_path, *aug))
     splits = task.load_splits()
     assert task.augmentation_active(True) and not task.augmentation_active(False)
@@ -213,8 +235,14 @@ def trained_run(tiny_vit_dir, image_folder, tmp_path_factory):
     from hf_transfer.run import train
 
     tmp = tmp_path_factory.mktemp("image-run")
-    overrides = _overrides(tiny_vit_dir, image_folder, tmp, f"data.test={image_folder}", "training.epochs=3",
-                           "training.metric_for_best_model=accuracy")
+    overrides = _overrides(
+        tiny_vit_dir,
+        image_folder,
+        tmp,
+        f"data.test={image_folder}",
+        "training.epochs=3",
+        "training.metric_for_best_model=accuracy",
+    )
     metrics = train(_cfg(tmp, overrides))
     return tmp / "run", metrics
 
@@ -254,8 +282,13 @@ def test_recipe_script(tiny_vit_dir, csv_data, tmp_path, monkeypatch, capsys):
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_vit_dir)}, "data": {"train": str(csv_data)}}))
-    overrides = [f"output_dir={tmp_path / 'run'}", "training.max_steps=1", "training.report_to=[]",
-                 "training.save_strategy=no", "training.metric_for_best_model=accuracy"]
+    overrides = [
+        f"output_dir={tmp_path / 'run'}",
+        "training.max_steps=1",
+        "training.report_to=[]",
+        "training.save_strategy=no",
+        "training.metric_for_best_model=accuracy",
+    ]
     monkeypatch.setattr("sys.argv", ["image_classification.py", "--config", str(config), *overrides])
     with pytest.raises(SystemExit) as done:  # the script exits with recipe_main's status
         runpy.run_path(str(recipes_dir() / "image_classification.py"), run_name="__main__")
@@ -264,15 +297,23 @@ def test_recipe_script(tiny_vit_dir, csv_data, tmp_path, monkeypatch, capsys):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["recipe"] == "image_classification"
 
 
-@pytest.mark.parametrize("strategy", sorted((IMAGE_STRATEGIES | set(available_strategies())) - SLOW_STRATEGIES
-                                             - TEXT_ONLY_STRATEGIES))
+@pytest.mark.parametrize(
+    "strategy", sorted((IMAGE_STRATEGIES | set(available_strategies())) - SLOW_STRATEGIES - TEXT_ONLY_STRATEGIES)
+)
 def test_every_strategy_runs(strategy, tiny_vit_dir, image_folder, tmp_path, monkeypatch):
     from hf_transfer.run import evaluate, train
 
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))  # feature_extraction's cache
 
-    overrides = _overrides(tiny_vit_dir, image_folder, tmp_path, f"strategy.name={strategy}", "training.max_steps=2",
-                           "training.eval_strategy=no", "training.metric_for_best_model=accuracy")
+    overrides = _overrides(
+        tiny_vit_dir,
+        image_folder,
+        tmp_path,
+        f"strategy.name={strategy}",
+        "training.max_steps=2",
+        "training.eval_strategy=no",
+        "training.metric_for_best_model=accuracy",
+    )
     metrics = train(_cfg(tmp_path, overrides))
     assert metrics["strategy"] == strategy
     assert metrics["labels"] == list(CLASSES)
@@ -293,8 +334,9 @@ def test_scratch_lite0_is_neutralised_and_se_stays_frozen(image_folder, tmp_path
     from hf_transfer.strategies import build_strategy
 
     model_dir = tmp_path / "lite"
-    config = EfficientNetConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.2, hidden_dim=320,
-                                hidden_act="relu6", num_labels=5)
+    config = EfficientNetConfig(
+        image_size=32, width_coefficient=0.25, depth_coefficient=0.2, hidden_dim=320, hidden_act="relu6", num_labels=5
+    )
     config.squeeze_excite_neutralised = True
     config.frozen_parameter_patterns = ["squeeze_excite"]
     model = EfficientNetForImageClassification(config)
@@ -334,9 +376,17 @@ def test_recalibrate_batchnorm_on_a_cnn(image_folder, tmp_path):
     ckpt = save_resnet(tmp_path / "tiny-resnet", image_size=32, num_labels=3)
     runs = {}
     for flag in ("false", "true"):
-        cfg = load_config(None, _overrides(ckpt, image_folder, tmp_path / flag, "training.max_steps=3",
-                                           f"training.recalibrate_batchnorm={flag}",
-                                           "training.load_best_model_at_end=false"))
+        cfg = load_config(
+            None,
+            _overrides(
+                ckpt,
+                image_folder,
+                tmp_path / flag,
+                "training.max_steps=3",
+                f"training.recalibrate_batchnorm={flag}",
+                "training.load_best_model_at_end=false",
+            ),
+        )
         train(cfg)
         runs[flag] = load_file(str(tmp_path / flag / "run" / "model.safetensors"))
     key = next(k for k in runs["true"] if k.endswith("running_mean"))

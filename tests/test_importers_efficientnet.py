@@ -40,8 +40,13 @@ def _reference_lite0_logits(sd: dict, x: torch.Tensor) -> torch.Tensor:
 
     def bn(t, prefix):
         return F.batch_norm(
-            t, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"], sd[f"{prefix}.weight"],
-            sd[f"{prefix}.bias"], training=False, eps=1e-3,
+            t,
+            sd[f"{prefix}.running_mean"],
+            sd[f"{prefix}.running_var"],
+            sd[f"{prefix}.weight"],
+            sd[f"{prefix}.bias"],
+            training=False,
+            eps=1e-3,
         )
 
     x = F.relu6(bn(F.conv2d(_tf_same_pad(x, 3, 2), sd["_conv_stem.weight"], stride=2), "_bn0"))

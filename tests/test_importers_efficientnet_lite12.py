@@ -61,8 +61,10 @@ def test_real_lite_loads_strict_and_sees_the_palace(variant, tmp_path):
     # Every tensor of the .pth arrived unchanged.
     converted = model.state_dict()
     assert torch.equal(converted["efficientnet.encoder.top_conv.weight"], state["_conv_head.weight"])
-    assert torch.equal(converted["efficientnet.encoder.blocks.20.projection.project_conv.weight"],
-                       state["_blocks.20._project_conv.weight"])
+    assert torch.equal(
+        converted["efficientnet.encoder.blocks.20.projection.project_conv.weight"],
+        state["_blocks.20._project_conv.weight"],
+    )
     # sklearn's china.jpg is a palace for ImageNet models (the flower photo, "daisy" for Lite0,
     # is honeycomb/sea anemone for Lite1/2: the larger models look at the bee-covered centre).
     image = Image.fromarray(load_sample_images().images[0])

@@ -87,7 +87,12 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 SPECIALS = [
-    "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>", "<|startofprev|>",
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startofprev|>",
     "<|notimestamps|>",
 ]
 
@@ -113,10 +118,21 @@ def tiny_whisper(vocab_size: int = 270):
 
     # Encoder and decoder differ in layers, heads and FFN width, so a tensor the converter swaps shows.
     config = whisper_config(
-        vocab_size=vocab_size, num_mel_bins=8, d_model=16, encoder_layers=2, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=24,
-        max_source_positions=10, max_target_positions=12, decoder_start_token_id=257, eos_token_id=256,
-        pad_token_id=256, bos_token_id=257,
+        vocab_size=vocab_size,
+        num_mel_bins=8,
+        d_model=16,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=24,
+        max_source_positions=10,
+        max_target_positions=12,
+        decoder_start_token_id=257,
+        eos_token_id=256,
+        pad_token_id=256,
+        bos_token_id=257,
     )
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config).eval()
@@ -145,9 +161,7 @@ def to_ct2_variables(model, store=np.float16) -> dict:
 
     def fused(ct, hf, parts):
         put(ct + "/weight", np.concatenate([sd[f"{hf}.{p}.weight"] for p in parts]))
-        put(ct + "/bias", np.concatenate([
-            sd.get(f"{hf}.{p}.bias", np.zeros(cfg.d_model, np.float32)) for p in parts
-        ]))
+        put(ct + "/bias", np.concatenate([sd.get(f"{hf}.{p}.bias", np.zeros(cfg.d_model, np.float32)) for p in parts]))
 
     for side, layers in (("encoder", cfg.encoder_layers), ("decoder", cfg.decoder_layers)):
         for i in range(layers):
@@ -207,8 +221,14 @@ def test_reader_dtypes_and_aliases(tmp_path):
     a = rng.standard_normal((3, 4)).astype(np.float32)
     write_ct2(
         tmp_path / "model.bin",
-        {"f32": a, "f16": a.astype(np.float16), "bf16": BF16(a), "i8": np.arange(-3, 3, dtype=np.int8),
-         "i16": np.int16(-7), "i32": np.array([1, 2**31 - 1], np.int32)},
+        {
+            "f32": a,
+            "f16": a.astype(np.float16),
+            "bf16": BF16(a),
+            "i8": np.arange(-3, 3, dtype=np.int8),
+            "i16": np.int16(-7),
+            "i32": np.array([1, 2**31 - 1], np.int32),
+        },
         {"alias": "f32", "alias_of_alias": "alias"},
     )
     m = read_ctranslate2_model(tmp_path / "model.bin")

@@ -353,6 +353,7 @@ def test_model_without_blocks_raises_clear_error():
 
 def test_peft_lora_bert_classifier():
     import peft  # a core dependency: missing is a failure, not a skip
+
     base = T.BertForSequenceClassification(bert_cfg())
     config = peft.LoraConfig(
         task_type="SEQ_CLS", r=4, target_modules=["query", "value"], modules_to_save=["classifier"]

@@ -23,26 +23,56 @@ PACKAGE = Path(hf_transfer.__file__).parent
 ROOT = "hf_transfer"
 ROOT_LAYER = "entry points"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("entry points", ("hf_transfer.__main__", "hf_transfer.cli", "hf_transfer.demo",
-                      "hf_transfer.export.cli", "hf_transfer.selection.cli", "hf_transfer.study.cli",
-                      "hf_transfer.data_audit.cli")),
+    (
+        "entry points",
+        (
+            "hf_transfer.__main__",
+            "hf_transfer.cli",
+            "hf_transfer.demo",
+            "hf_transfer.export.cli",
+            "hf_transfer.selection.cli",
+            "hf_transfer.study.cli",
+            "hf_transfer.data_audit.cli",
+        ),
+    ),
     # A study trains and compares whole runs, so it sits on top of `run`; `steps` are the steps of
     # one run, `stages` runs them once per stage.
     ("run", ("hf_transfer.run", "hf_transfer.steps", "hf_transfer.stages", "hf_transfer.study")),
-    ("operations", ("hf_transfer.tasks", "hf_transfer.strategies", "hf_transfer.engine",
-                    "hf_transfer.export", "hf_transfer.importers", "hf_transfer.assets",
-                    "hf_transfer.selection", "hf_transfer.domain", "hf_transfer.data_audit")),
-    ("knowledge", ("hf_transfer.models", "hf_transfer.data", "hf_transfer.metrics",
-                   "hf_transfer.run_folder")),
-    ("foundation", ("hf_transfer.config", "hf_transfer.errors", "hf_transfer.paths",
-                    "hf_transfer.utils", "hf_transfer.files", "hf_transfer.quiet",
-                    "hf_transfer.registry", "hf_transfer.config_parsing", "hf_transfer.config_checks")),
+    (
+        "operations",
+        (
+            "hf_transfer.tasks",
+            "hf_transfer.strategies",
+            "hf_transfer.engine",
+            "hf_transfer.export",
+            "hf_transfer.importers",
+            "hf_transfer.assets",
+            "hf_transfer.selection",
+            "hf_transfer.domain",
+            "hf_transfer.data_audit",
+        ),
+    ),
+    ("knowledge", ("hf_transfer.models", "hf_transfer.data", "hf_transfer.metrics", "hf_transfer.run_folder")),
+    (
+        "foundation",
+        (
+            "hf_transfer.config",
+            "hf_transfer.errors",
+            "hf_transfer.paths",
+            "hf_transfer.utils",
+            "hf_transfer.files",
+            "hf_transfer.quiet",
+            "hf_transfer.registry",
+            "hf_transfer.config_parsing",
+            "hf_transfer.config_checks",
+        ),
+    ),
 ]
 
 # Same-layer imports that are still wrong: the left side must not know about the right side.
 FORBIDDEN = [
-    ("hf_transfer.tasks", "hf_transfer.importers"),     # architecture fixes live in models/families
-    ("hf_transfer.engine", "hf_transfer.strategies"),   # strategies train with the engine, never the reverse
+    ("hf_transfer.tasks", "hf_transfer.importers"),  # architecture fixes live in models/families
+    ("hf_transfer.engine", "hf_transfer.strategies"),  # strategies train with the engine, never the reverse
     ("hf_transfer.strategies", "hf_transfer.export"),
     ("hf_transfer.engine", "hf_transfer.export"),
     ("hf_transfer.export", "hf_transfer.engine"),
@@ -84,7 +114,8 @@ def _modules() -> dict[str, Path]:
 def _is_type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def imports_of(module: str, path: Path) -> list[tuple[int, str]]:
@@ -133,8 +164,16 @@ def test_every_module_has_a_layer():
         layer_of(name)
 
 
-@pytest.mark.parametrize("module", ["hf_transfer.brand_new", "hf_transfer.brand_new.sub", "hf_transfer_other",
-                                    "hf_transfer.runner", "hf_transfer.configs"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "hf_transfer.brand_new",
+        "hf_transfer.brand_new.sub",
+        "hf_transfer_other",
+        "hf_transfer.runner",
+        "hf_transfer.configs",
+    ],
+)
 def test_a_module_in_no_layer_fails(module):
     """A module the table does not list fails the check: neither the root nor a name that only
     starts with a listed one (`hf_transfer.runner` is not under `hf_transfer.run`) covers it."""
@@ -151,19 +190,29 @@ def test_no_module_imports_a_layer_above_it():
                 continue  # the package root itself is only a namespace; its helpers live in paths
             there = layer_of(target)
             if there < own:
-                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({LAYERS[own][0]}) imports "
-                                f"{target} ({LAYERS[there][0]})")
+                problems.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line} ({LAYERS[own][0]}) imports "
+                    f"{target} ({LAYERS[there][0]})"
+                )
             for left, right in FORBIDDEN:
                 if _under(module, left) and _under(target, right):
-                    problems.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}: "
-                                    f"{left} must not depend on {right}")
+                    problems.append(
+                        f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}: {left} must not depend on {right}"
+                    )
     problems = list(dict.fromkeys(problems))  # one line per import statement
     assert not problems, "Imports against the layering:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("module,expected", [
-    ("hf_transfer", 0), ("hf_transfer.cli", 0), ("hf_transfer.run", 1), ("hf_transfer.export.card", 2),
-    ("hf_transfer.models.heads", 3), ("hf_transfer.config", 4),
-])
+@pytest.mark.parametrize(
+    "module,expected",
+    [
+        ("hf_transfer", 0),
+        ("hf_transfer.cli", 0),
+        ("hf_transfer.run", 1),
+        ("hf_transfer.export.card", 2),
+        ("hf_transfer.models.heads", 3),
+        ("hf_transfer.config", 4),
+    ],
+)
 def test_layer_table(module, expected):
     assert layer_of(module) == expected

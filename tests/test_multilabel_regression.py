@@ -16,8 +16,11 @@ from hf_transfer.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CUES = {"sports": "match goal team".split(), "politics": "vote election minister".split(),
-        "weather": "rain sunny storm".split()}
+CUES = {
+    "sports": "match goal team".split(),
+    "politics": "vote election minister".split(),
+    "weather": "rain sunny storm".split(),
+}
 FILL = "the a it was very really quite this".split()
 
 
@@ -39,20 +42,34 @@ def topic_rows(n, seed):
 @pytest.fixture(scope="module")
 def topics(tmp_path_factory):
     d = tmp_path_factory.mktemp("topics")
-    return {"train": write_csv(d / "train.csv", topic_rows(120, 1)),
-            "eval": write_csv(d / "val.csv", topic_rows(40, 2)),
-            "test": write_csv(d / "test.csv", topic_rows(40, 3)), "dir": d}
+    return {
+        "train": write_csv(d / "train.csv", topic_rows(120, 1)),
+        "eval": write_csv(d / "val.csv", topic_rows(40, 2)),
+        "test": write_csv(d / "test.csv", topic_rows(40, 3)),
+        "dir": d,
+    }
 
 
 def _overrides(recipe, model_dir, data, out, *extra):
-    return [f"recipe={recipe}", f"model.name_or_path={model_dir}", f"data.train={data['train']}",
-            f"data.eval={data['eval']}", f"data.test={data['test']}", f"output_dir={out}",
-            "training.epochs=3", "training.batch_size=16", "training.learning_rate=0.003",
-            "training.warmup_ratio=0.0", "training.report_to=[]",
-            "data.label_column=" + ("score" if "regression" in recipe else "label"), *extra]
+    return [
+        f"recipe={recipe}",
+        f"model.name_or_path={model_dir}",
+        f"data.train={data['train']}",
+        f"data.eval={data['eval']}",
+        f"data.test={data['test']}",
+        f"output_dir={out}",
+        "training.epochs=3",
+        "training.batch_size=16",
+        "training.learning_rate=0.003",
+        "training.warmup_ratio=0.0",
+        "training.report_to=[]",
+        "data.label_column=" + ("score" if "regression" in recipe else "label"),
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------------- metrics
+
 
 def test_multilabel_metrics_on_known_data():
     from hf_transfer.metrics.multilabel import compute_multilabel_metrics
@@ -99,32 +116,59 @@ def test_regression_metrics_on_known_data():
 
 # ----------------------------------------------------------------------------- label formats
 
+
 def _splits(tiny_bert_dir, tmp_path, train, *extra, recipe="text_multilabel"):
     from hf_transfer.tasks import get_task
 
-    cfg = load_config(None, [f"recipe={recipe}", f"model.name_or_path={tiny_bert_dir}", f"data.train={train}",
-                             f"output_dir={tmp_path / 'run'}", "data.eval_fraction=0.25", *extra])
+    cfg = load_config(
+        None,
+        [
+            f"recipe={recipe}",
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={train}",
+            f"output_dir={tmp_path / 'run'}",
+            "data.eval_fraction=0.25",
+            *extra,
+        ],
+    )
     task = get_task(cfg)
     return task, task.load_splits()
 
 
 def test_three_label_formats_encode_the_same(tiny_bert_dir, tmp_path):
-    rows = [{"text": "goal and vote", "label": "sports;politics"}, {"text": "rain", "label": "weather"},
-            {"text": "nothing", "label": ""}, {"text": "team", "label": "sports"}]
+    rows = [
+        {"text": "goal and vote", "label": "sports;politics"},
+        {"text": "rain", "label": "weather"},
+        {"text": "nothing", "label": ""},
+        {"text": "team", "label": "sports"},
+    ]
     sep = write_csv(tmp_path / "sep.csv", rows)
     listed = tmp_path / "list.jsonl"
-    listed.write_text("\n".join(json.dumps({"text": r["text"], "tags": [x for x in r["label"].split(";") if x]})
-                                for r in rows))
-    cols = write_csv(tmp_path / "cols.csv", [{"text": r["text"], **{n: int(n in r["label"].split(";"))
-                                                                  for n in ("politics", "sports", "weather")}}
-                                             for r in rows])
+    listed.write_text(
+        "\n".join(json.dumps({"text": r["text"], "tags": [x for x in r["label"].split(";") if x]}) for r in rows)
+    )
+    cols = write_csv(
+        tmp_path / "cols.csv",
+        [
+            {"text": r["text"], **{n: int(n in r["label"].split(";")) for n in ("politics", "sports", "weather")}}
+            for r in rows
+        ],
+    )
     got = []
-    for train, extra in ((sep, ["data.label_column=label"]), (listed, ["data.label_column=tags"]),
-                         (cols, ["data.label_columns=[politics,sports,weather]"])):
+    for train, extra in (
+        (sep, ["data.label_column=label"]),
+        (listed, ["data.label_column=tags"]),
+        (cols, ["data.label_columns=[politics,sports,weather]"]),
+    ):
         task, splits = _splits(tiny_bert_dir, tmp_path, train, *extra, "data.eval_fraction=0.25")
         assert task.labels.names == ["politics", "sports", "weather"]
-        both = {text: label for text, label in zip(list(splits.train["text"]) + list(splits.eval["text"]),
-                                     list(splits.train["labels"]) + list(splits.eval["labels"]))}
+        both = {
+            text: label
+            for text, label in zip(
+                list(splits.train["text"]) + list(splits.eval["text"]),
+                list(splits.train["labels"]) + list(splits.eval["labels"]),
+            )
+        }
         got.append(both)
     assert got[0] == got[1] == got[2]
     assert got[0]["goal and vote"] == [1.0, 1.0, 0.0] and got[0]["nothing"] == [0.0, 0.0, 0.0]
@@ -132,8 +176,15 @@ def test_three_label_formats_encode_the_same(tiny_bert_dir, tmp_path):
 
 
 def test_label_outside_declared_set_names_file_and_row(tiny_bert_dir, tmp_path):
-    train = write_csv(tmp_path / "train.csv", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"},
-                                               {"text": "c", "label": "x;zz"}, {"text": "d", "label": "y"}])
+    train = write_csv(
+        tmp_path / "train.csv",
+        [
+            {"text": "a", "label": "x"},
+            {"text": "b", "label": "y"},
+            {"text": "c", "label": "x;zz"},
+            {"text": "d", "label": "y"},
+        ],
+    )
     with pytest.raises(DataError) as e:
         _splits(tiny_bert_dir, tmp_path, train, "data.label_names=[x,y]")
     msg = str(e.value)
@@ -145,14 +196,27 @@ def test_label_outside_declared_set_names_file_and_row(tiny_bert_dir, tmp_path):
 
 
 def test_label_columns_must_be_zero_one(tiny_bert_dir, tmp_path):
-    train = write_csv(tmp_path / "cols.csv", [{"text": "a", "p": 1, "q": 0}, {"text": "b", "p": 0, "q": 2},
-                                              {"text": "c", "p": 1, "q": 1}, {"text": "d", "p": 0, "q": 1}])
+    train = write_csv(
+        tmp_path / "cols.csv",
+        [
+            {"text": "a", "p": 1, "q": 0},
+            {"text": "b", "p": 0, "q": 2},
+            {"text": "c", "p": 1, "q": 1},
+            {"text": "d", "p": 0, "q": 1},
+        ],
+    )
     with pytest.raises(DataError, match=r"Label column 'q' .*cols.csv.* found 2 at row 2"):
         _splits(tiny_bert_dir, tmp_path, train, "data.label_columns=[p,q]")
 
 
-@pytest.mark.parametrize("value, expected", [("abc", r"must hold finite numbers; found 'abc' at row 3"),
-                                             ("", r"no target at row 3"), ("inf", r"found inf at row 3")])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("abc", r"must hold finite numbers; found 'abc' at row 3"),
+        ("", r"no target at row 3"),
+        ("inf", r"found inf at row 3"),
+    ],
+)
 def test_bad_regression_targets_name_the_row(tiny_bert_dir, tmp_path, value, expected):
     rows = [{"text": t, "score": s} for t, s in (("a", "1.5"), ("b", "2"), ("c", value), ("d", "0.5"))]
     train = tmp_path / "train.csv"
@@ -181,10 +245,13 @@ def test_single_label_only_settings_are_refused(tiny_bert_dir, topics, tmp_path)
 
 # ----------------------------------------------------------------------------- end to end
 
+
 def _pipeline_labels(pipe, texts):
     thresholds = pipe.model.config.thresholds
-    return [[s["label"] for s in sorted(row, key=lambda s: -s["score"]) if s["score"] >= thresholds[s["label"]]]
-            for row in pipe(texts, top_k=None)]
+    return [
+        [s["label"] for s in sorted(row, key=lambda s: -s["score"]) if s["score"] >= thresholds[s["label"]]]
+        for row in pipe(texts, top_k=None)
+    ]
 
 
 def test_text_multilabel_full_round_trip(tiny_bert_dir, topics, tmp_path):
@@ -224,16 +291,36 @@ def test_text_multilabel_feature_extraction_learns_and_tunes_by_cv(tiny_bert_dir
     from hf_transfer.run import evaluate, predict, train
 
     out = tmp_path / "fe"
-    metrics = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, out,
-                                                 "strategy.name=feature_extraction",
-                                                 f"strategy.cache_dir={tmp_path / 'cache'}")))
+    metrics = train(
+        load_config(
+            None,
+            _overrides(
+                "text_multilabel",
+                tiny_bert_dir,
+                topics,
+                out,
+                "strategy.name=feature_extraction",
+                f"strategy.cache_dir={tmp_path / 'cache'}",
+            ),
+        )
+    )
     assert metrics["test_f1_macro"] > 0.7  # the cue words are linearly visible in the features
     assert "120 training rows" in metrics["threshold_selection"]  # too few to tune: 0.5
     assert set(metrics["thresholds"].values()) == {0.5}
     many = dict(topics, train=write_csv(tmp_path / "many.csv", topic_rows(420, 7)))
-    tuned = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, many, tmp_path / "fe2",
-                                               "strategy.name=feature_extraction",
-                                               f"strategy.cache_dir={tmp_path / 'cache'}")))
+    tuned = train(
+        load_config(
+            None,
+            _overrides(
+                "text_multilabel",
+                tiny_bert_dir,
+                many,
+                tmp_path / "fe2",
+                "strategy.name=feature_extraction",
+                f"strategy.cache_dir={tmp_path / 'cache'}",
+            ),
+        )
+    )
     assert "cross-validation over the 420 training rows" in tuned["threshold_selection"]
     assert metrics["classifier"] == "one_vs_rest_logistic_regression"
     assert evaluate(out)["test_f1_macro"] == pytest.approx(metrics["test_f1_macro"])
@@ -248,8 +335,14 @@ def test_text_regression_full_round_trip(tiny_bert_dir, topics, tmp_path):
     from hf_transfer.run import evaluate, predict, train
 
     out = tmp_path / "reg"
-    metrics = train(load_config(None, _overrides("text_regression", tiny_bert_dir, topics, out, "training.epochs=6",
-                                                 "training.regression_loss=huber")))
+    metrics = train(
+        load_config(
+            None,
+            _overrides(
+                "text_regression", tiny_bert_dir, topics, out, "training.epochs=6", "training.regression_loss=huber"
+            ),
+        )
+    )
     assert metrics["regression_loss"] == "huber" and metrics["budget"]
     scaling = json.loads((out / "target_scaling.json").read_text())
     y = np.array([float(r["score"]) for r in csv.DictReader(open(topics["train"]))])
@@ -276,9 +369,19 @@ def test_text_regression_feature_extraction_is_ridge(tiny_bert_dir, topics, tmp_
     from hf_transfer.run import evaluate, train
 
     out = tmp_path / "ridge"
-    metrics = train(load_config(None, _overrides("text_regression", tiny_bert_dir, topics, out,
-                                                 "strategy.name=feature_extraction",
-                                                 f"strategy.cache_dir={tmp_path / 'cache'}")))
+    metrics = train(
+        load_config(
+            None,
+            _overrides(
+                "text_regression",
+                tiny_bert_dir,
+                topics,
+                out,
+                "strategy.name=feature_extraction",
+                f"strategy.cache_dir={tmp_path / 'cache'}",
+            ),
+        )
+    )
     assert metrics["classifier"] == "ridge" and metrics["alpha"] > 0
     assert metrics["test_r2"] > 0.5
     assert evaluate(out)["test_rmse"] == pytest.approx(metrics["test_rmse"])
@@ -288,13 +391,15 @@ def test_auto_measures_label_sets(tiny_bert_dir, topics, tmp_path, monkeypatch):
     from hf_transfer.run import train
 
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
-    metrics = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "auto",
-                                                 "strategy.name=auto")))
+    metrics = train(
+        load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "auto", "strategy.name=auto"))
+    )
     assert metrics["auto_choice"] in ("feature_extraction", "partial", "full", "freeze")
     assert metrics["auto_similarity_score"] is not None and "eval_f1_macro" in metrics
 
 
 # ----------------------------------------------------------------------------- images
+
 
 @pytest.fixture(scope="module")
 def tiny_vit_dir(tmp_path_factory):
@@ -324,8 +429,13 @@ def colour_images(tmp_path_factory):
                 a[..., 1] = 220
             path = root / f"{split}_{i}.png"
             Image.fromarray(a).save(path)
-            rows.append({"image": path.name, "label": ";".join(n for n, on in (("red", red), ("green", green)) if on),
-                         "score": float(a.mean())})
+            rows.append(
+                {
+                    "image": path.name,
+                    "label": ";".join(n for n, on in (("red", red), ("green", green)) if on),
+                    "score": float(a.mean()),
+                }
+            )
         files[split] = write_csv(root / f"{split}.csv", rows)
     return files
 
@@ -353,6 +463,7 @@ def test_image_recipes_round_trip(tiny_vit_dir, colour_images, tmp_path, recipe)
 
 
 # ----------------------------------------------------------------------------- rank
+
 
 def test_logme_scores_label_sets_and_numbers():
     from hf_transfer.selection.metrics import logme_targets, score
@@ -382,6 +493,7 @@ def test_rank_uses_logme_for_targets(tiny_bert_dir, topics, tmp_path):
 
 # ----------------------------------------------------------------------------- compare
 
+
 @pytest.mark.parametrize("recipe, metric", [("text_multilabel", "f1"), ("text_regression", "rmse")])
 def test_compare_runs_strategies_and_the_plain_baseline(tiny_bert_dir, topics, tmp_path, monkeypatch, recipe, metric):
     import yaml
@@ -390,13 +502,26 @@ def test_compare_runs_strategies_and_the_plain_baseline(tiny_bert_dir, topics, t
 
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
     config = tmp_path / "study.yaml"
-    raw = {"recipe": recipe, "model": {"name_or_path": str(tiny_bert_dir)}, "output_dir": str(tmp_path / "unused"),
-           "data": {"train": str(topics["train"]), "eval": str(topics["eval"]),
-                    "label_column": "score" if recipe == "text_regression" else "label"},
-           "training": {"epochs": 1, "report_to": [], "learning_rate": 0.003}}
+    raw = {
+        "recipe": recipe,
+        "model": {"name_or_path": str(tiny_bert_dir)},
+        "output_dir": str(tmp_path / "unused"),
+        "data": {
+            "train": str(topics["train"]),
+            "eval": str(topics["eval"]),
+            "label_column": "score" if recipe == "text_regression" else "label",
+        },
+        "training": {"epochs": 1, "report_to": [], "learning_rate": 0.003},
+    }
     config.write_text(yaml.safe_dump(raw))
-    study = plan_study(config, strategies="feature_extraction,freeze", sizes="30,60", seeds="0",
-                       baselines="logreg", out_dir=tmp_path / "s")
+    study = plan_study(
+        config,
+        strategies="feature_extraction,freeze",
+        sizes="30,60",
+        seeds="0",
+        baselines="logreg",
+        out_dir=tmp_path / "s",
+    )
     assert study.metric == metric  # a regression study judges RMSE, not the classification default
     report = run_study(study, echo=lambda line: None)
     rows = json.loads((tmp_path / "s" / "study.json").read_text())
@@ -413,8 +538,10 @@ def test_compare_runs_strategies_and_the_plain_baseline(tiny_bert_dir, topics, t
 
 
 def test_new_head_starts_at_the_label_base_rates(tiny_bert_dir, tmp_path):
-    train = write_csv(tmp_path / "t.csv", [{"text": f"w{i}", "label": "a" if i % 4 == 0 else ("a;b" if i == 1 else "")}
-                                           for i in range(40)])
+    train = write_csv(
+        tmp_path / "t.csv",
+        [{"text": f"w{i}", "label": "a" if i % 4 == 0 else ("a;b" if i == 1 else "")} for i in range(40)],
+    )
     task, splits = _splits(tiny_bert_dir, tmp_path, train, "data.label_column=label")
     task.load_processor()
     model = task.build_model()

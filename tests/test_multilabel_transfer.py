@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_multilabel_regression import _overrides, topic_rows, topics  # noqa: F401  (the topics fixture)
 
 from conftest import write_csv
 from hf_transfer import load_config
 from hf_transfer.errors import ConfigError, DataError
-from test_multilabel_regression import _overrides, topic_rows, topics  # noqa: F401  (the topics fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,13 +35,16 @@ def _pooled(model, tokenizer, texts, max_length):
 
 # ----------------------------------------------------------------------------- head init
 
+
 def test_sigmoid_head_starts_as_the_one_vs_rest_probe(tiny_bert_dir, topics, tmp_path):  # noqa: F811
     from sklearn.linear_model import LogisticRegression
 
     from hf_transfer.run import RunContext
     from hf_transfer.strategies.base import build_strategy
 
-    cfg = load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "run", "strategy.name=full"))
+    cfg = load_config(
+        None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "run", "strategy.name=full")
+    )
     task, splits, model = _built(cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     record = build_strategy(cfg.strategy).init_head(RunContext(cfg, task, splits, tmp_path), model)
@@ -54,8 +57,13 @@ def test_sigmoid_head_starts_as_the_one_vs_rest_probe(tiny_bert_dir, topics, tmp
     texts = list(splits.train["text"])
     Y = np.asarray(list(splits.train["labels"])).astype(int)
     X, enc = _pooled(model, task.processor, texts, cfg.data.max_length)
-    expected = np.stack([LogisticRegression(class_weight="balanced", max_iter=1000).fit(X, Y[:, j]).predict_proba(X)[:, 1]
-                         for j in range(Y.shape[1])], 1)
+    expected = np.stack(
+        [
+            LogisticRegression(class_weight="balanced", max_iter=1000).fit(X, Y[:, j]).predict_proba(X)[:, 1]
+            for j in range(Y.shape[1])
+        ],
+        1,
+    )
     with torch.no_grad():
         got = torch.sigmoid(model(**enc).logits).double().numpy()
     np.testing.assert_allclose(got, expected, atol=2e-3)
@@ -67,7 +75,9 @@ def test_regression_head_stays_random(tiny_bert_dir, topics, tmp_path):  # noqa:
     from hf_transfer.run import RunContext
     from hf_transfer.strategies.base import build_strategy
 
-    cfg = load_config(None, _overrides("text_regression", tiny_bert_dir, topics, tmp_path / "run", "strategy.name=full"))
+    cfg = load_config(
+        None, _overrides("text_regression", tiny_bert_dir, topics, tmp_path / "run", "strategy.name=full")
+    )
     task, splits, model = _built(cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     strategy = build_strategy(cfg.strategy)
@@ -81,19 +91,41 @@ def test_random_head_init_keeps_the_prior_biases(tiny_bert_dir, topics, tmp_path
     from hf_transfer.run import RunContext
     from hf_transfer.strategies.base import build_strategy
 
-    cfg = load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "run", "strategy.name=full",
-                                       "strategy.head_init=random"))
+    cfg = load_config(
+        None,
+        _overrides(
+            "text_multilabel",
+            tiny_bert_dir,
+            topics,
+            tmp_path / "run",
+            "strategy.name=full",
+            "strategy.head_init=random",
+        ),
+    )
     task, splits, model = _built(cfg)
     before = model.classifier.bias.detach().clone()
-    assert build_strategy(cfg.strategy).init_head(RunContext(cfg, task, splits, tmp_path), model)["head_init"] == "random"
+    assert (
+        build_strategy(cfg.strategy).init_head(RunContext(cfg, task, splits, tmp_path), model)["head_init"] == "random"
+    )
     assert torch.equal(before, model.classifier.bias)
 
 
 # ----------------------------------------------------------------------------- contrastive pairs
 
-LABEL_SETS = np.array([
-    [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 1, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0], [0, 1, 1], [1, 0, 1],
-])
+LABEL_SETS = np.array(
+    [
+        [1, 0, 0],
+        [1, 0, 0],
+        [1, 1, 0],
+        [1, 1, 1],
+        [0, 1, 0],
+        [0, 0, 1],
+        [0, 0, 0],
+        [0, 0, 0],
+        [0, 1, 1],
+        [1, 0, 1],
+    ]
+)
 
 
 def _jaccard(a, b):
@@ -161,17 +193,37 @@ def test_contrastive_is_refused_for_numbers_only(tiny_bert_dir, topics, tmp_path
     cfg = load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path, "strategy.name=contrastive"))
     assert cfg.strategy.min_jaccard == 0.5
     with pytest.raises(ConfigError, match="min_jaccard"):
-        load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path, "strategy.name=contrastive",
-                                     "strategy.min_jaccard=0"))
+        load_config(
+            None,
+            _overrides(
+                "text_multilabel",
+                tiny_bert_dir,
+                topics,
+                tmp_path,
+                "strategy.name=contrastive",
+                "strategy.min_jaccard=0",
+            ),
+        )
 
 
 def test_contrastive_multilabel_run_round_trip(tiny_bert_dir, topics, tmp_path):  # noqa: F811
     from hf_transfer.run import evaluate, predict, train
 
     out = tmp_path / "con"
-    metrics = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, out,
-                                                 "strategy.name=contrastive", "strategy.num_pairs=64",
-                                                 "training.learning_rate=0.0001")))
+    metrics = train(
+        load_config(
+            None,
+            _overrides(
+                "text_multilabel",
+                tiny_bert_dir,
+                topics,
+                out,
+                "strategy.name=contrastive",
+                "strategy.num_pairs=64",
+                "training.learning_rate=0.0001",
+            ),
+        )
+    )
     assert metrics["contrastive_pairs"] == 64 and metrics["contrastive_positive_pairs"] == 32
     assert "Jaccard >= 0.5" in metrics["contrastive_pair_rule"]
     assert metrics["classifier"] == "one_vs_rest_logistic_regression"
@@ -184,6 +236,7 @@ def test_contrastive_multilabel_run_round_trip(tiny_bert_dir, topics, tmp_path):
 
 
 # ----------------------------------------------------------------------------- feature runs
+
 
 def test_feature_run_of_label_sets_goes_through_feature_run(tiny_bert_dir, topics, tmp_path, monkeypatch):  # noqa: F811
     from hf_transfer.models import feature_run
@@ -202,9 +255,20 @@ def test_feature_run_of_label_sets_goes_through_feature_run(tiny_bert_dir, topic
     monkeypatch.setattr(ft, "save_feature_run", spy)
     out = tmp_path / "fe"
     # normalised features are not the head's input: the classifier stays beside the model
-    metrics = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, out,
-                                                 "strategy.name=feature_extraction", "strategy.normalize=true",
-                                                 f"strategy.cache_dir={tmp_path / 'cache'}")))
+    metrics = train(
+        load_config(
+            None,
+            _overrides(
+                "text_multilabel",
+                tiny_bert_dir,
+                topics,
+                out,
+                "strategy.name=feature_extraction",
+                "strategy.normalize=true",
+                f"strategy.cache_dir={tmp_path / 'cache'}",
+            ),
+        )
+    )
     assert len(calls) == 1 and calls[0]["head_written"] is False
     info = json.loads((out / "feature_classifier.json").read_text())
     assert info["layout"] == "beside" and info["classifier"] == "one_vs_rest_logistic_regression"
@@ -239,9 +303,15 @@ def test_feature_extraction_refits_on_the_carved_eval_rows(tiny_bert_dir, tmp_pa
     from hf_transfer.run import train
 
     train_csv = write_csv(tmp_path / "train.csv", topic_rows(100, 5))
-    base = [f"recipe=text_multilabel", f"model.name_or_path={tiny_bert_dir}", f"data.train={train_csv}",
-            "data.label_column=label", "strategy.name=feature_extraction", "training.report_to=[]",
-            f"strategy.cache_dir={tmp_path / 'cache'}"]
+    base = [
+        "recipe=text_multilabel",
+        f"model.name_or_path={tiny_bert_dir}",
+        f"data.train={train_csv}",
+        "data.label_column=label",
+        "strategy.name=feature_extraction",
+        "training.report_to=[]",
+        f"strategy.cache_dir={tmp_path / 'cache'}",
+    ]
     carved = train(load_config(None, base + [f"output_dir={tmp_path / 'a'}"]))
     assert carved["refit_rows"] == 100  # 90 training + the 10 carved eval rows
     assert "refit" in json.loads((tmp_path / "a" / "feature_classifier.json").read_text())
@@ -255,13 +325,14 @@ def test_thresholds_are_tuned_from_enough_rows_only():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(MIN_TUNING_ROWS, 3))
     Y = np.stack([X[:, 0] + 0.8 * rng.normal(size=len(X)) > -0.5, X[:, 1] > 0], 1).astype(int)
-    _, t_small, rec_small = fit_multilabel(X[:MIN_TUNING_ROWS - 1], Y[:MIN_TUNING_ROWS - 1])
+    _, t_small, rec_small = fit_multilabel(X[: MIN_TUNING_ROWS - 1], Y[: MIN_TUNING_ROWS - 1])
     assert (t_small == 0.5).all() and f"from {MIN_TUNING_ROWS} rows on" in rec_small["threshold_selection"]
     _, t_big, rec_big = fit_multilabel(X, Y)
     assert "cross-validation" in rec_big["threshold_selection"] and (t_big != 0.5).any()
 
 
 # ----------------------------------------------------------------------------- refit at the last epoch
+
 
 def _sentence_transformers_copy(tiny_bert_dir, tmp_path):
     """The tiny BERT as a sentence-transformers folder (mean pooling + Normalize), whose frozen
@@ -270,13 +341,19 @@ def _sentence_transformers_copy(tiny_bert_dir, tmp_path):
 
     out = tmp_path / "st"
     shutil.copytree(tiny_bert_dir, out)
-    (out / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (out / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            ]
+        )
+    )
     (out / "1_Pooling").mkdir()
-    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
-                                                               "pooling_mode_mean_tokens": True}))
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
+    )
     (out / "2_Normalize").mkdir()
     return out
 
@@ -289,7 +366,9 @@ def test_probe_fits_the_raw_head_input_of_a_sentence_transformers_checkpoint(tin
     st = _sentence_transformers_copy(tiny_bert_dir, tmp_path)
     cfg = load_config(None, _overrides("text_multilabel", st, topics, tmp_path / "run", "strategy.name=full"))
     task, splits, model = _built(cfg)
-    assert build_strategy(cfg.strategy).init_head(RunContext(cfg, task, splits, tmp_path), model)["head_init"] == "probe"
+    assert (
+        build_strategy(cfg.strategy).init_head(RunContext(cfg, task, splits, tmp_path), model)["head_init"] == "probe"
+    )
     X, enc = _pooled(model, task.processor, list(splits.train["text"]), cfg.data.max_length)
     probe, _, _ = fit_multilabel(X, np.asarray(list(splits.train["labels"])), tune=False)
     with torch.no_grad():
@@ -304,12 +383,24 @@ def test_head_is_fitted_again_on_the_trained_body_at_the_last_epoch(tiny_bert_di
     from hf_transfer.run import train
 
     out = tmp_path / "run"
-    cfg = load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, out, "strategy.name=full",
-                                       "training.epochs=3", "training.save_strategy=no"))
+    cfg = load_config(
+        None,
+        _overrides(
+            "text_multilabel",
+            tiny_bert_dir,
+            topics,
+            out,
+            "strategy.name=full",
+            "training.epochs=3",
+            "training.save_strategy=no",
+        ),
+    )
     metrics = train(cfg)
     assert metrics["head_refits"] == 1 and metrics["head_refit_epoch"] == 2
     assert metrics["budget"]["epochs_per_eval"] == 3  # evaluated after the refit only
-    assert [r["step"] for r in json.loads((out / "history.json").read_text()) if "eval_loss" in r] == [metrics["train_steps"]]
+    assert [r["step"] for r in json.loads((out / "history.json").read_text()) if "eval_loss" in r] == [
+        metrics["train_steps"]
+    ]
     assert "0.5" in metrics["threshold_selection"] and set(metrics["thresholds"].values()) == {0.5}
     # the saved head is the balanced probe of the saved body: the body did not move after the refit
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -330,11 +421,35 @@ def test_head_is_fitted_again_on_the_trained_body_at_the_last_epoch(tiny_bert_di
 def test_a_one_epoch_run_and_a_random_head_are_not_refitted(tiny_bert_dir, topics, tmp_path):  # noqa: F811
     from hf_transfer.run import train
 
-    one = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "a", "strategy.name=full",
-                                             "training.epochs=1", "training.save_strategy=no")))
+    one = train(
+        load_config(
+            None,
+            _overrides(
+                "text_multilabel",
+                tiny_bert_dir,
+                topics,
+                tmp_path / "a",
+                "strategy.name=full",
+                "training.epochs=1",
+                "training.save_strategy=no",
+            ),
+        )
+    )
     assert "head_refits" not in one and one["head_init"] == "probe"
-    rnd = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "b", "strategy.name=full",
-                                             "strategy.head_init=random", "training.save_strategy=no")))
+    rnd = train(
+        load_config(
+            None,
+            _overrides(
+                "text_multilabel",
+                tiny_bert_dir,
+                topics,
+                tmp_path / "b",
+                "strategy.name=full",
+                "strategy.head_init=random",
+                "training.save_strategy=no",
+            ),
+        )
+    )
     assert "head_refits" not in rnd and rnd["budget"]["epochs_per_eval"] == 1
     assert "per-label F1 on the eval split" in rnd["threshold_selection"]  # a calibrated head: tuned on eval
 
@@ -342,8 +457,19 @@ def test_a_one_epoch_run_and_a_random_head_are_not_refitted(tiny_bert_dir, topic
 def test_lora_head_copy_is_fitted_again(tiny_bert_dir, topics, tmp_path):  # noqa: F811
     from hf_transfer.run import train
 
-    metrics = train(load_config(None, _overrides("text_multilabel", tiny_bert_dir, topics, tmp_path / "run",
-                                                 "strategy.name=lora", "training.epochs=2",
-                                                 "training.save_strategy=no")))
+    metrics = train(
+        load_config(
+            None,
+            _overrides(
+                "text_multilabel",
+                tiny_bert_dir,
+                topics,
+                tmp_path / "run",
+                "strategy.name=lora",
+                "training.epochs=2",
+                "training.save_strategy=no",
+            ),
+        )
+    )
     assert metrics["head_init"] == "probe"
     assert metrics["head_refits"] == 1 and metrics["head_refit_epoch"] == 1  # the trained copy under PEFT

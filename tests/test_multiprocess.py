@@ -33,7 +33,10 @@ def base_weights(tiny_bert_dir):
 
 def common(text_overrides, out):
     return [o for o in text_overrides if not o.startswith("output_dir=")] + [
-        f"output_dir={out}", "training.batch_size=8", "training.save_strategy=no"]
+        f"output_dir={out}",
+        "training.batch_size=8",
+        "training.save_strategy=no",
+    ]
 
 
 @pytest.mark.slow
@@ -52,8 +55,10 @@ def test_two_processes_end_with_identical_weights(text_overrides, tmp_path, tiny
 def test_gradual_unfreeze_under_ddp(text_overrides, tmp_path, tiny_bert_dir):
     """Blocks unfrozen in epochs 1 and 2 train, identically on both ranks (they are all-reduced)."""
     out = tmp_path / "gradual"
-    launch(common(text_overrides, out) + ["strategy.name=gradual_unfreeze", "training.epochs=3",
-                                          "training.load_best_model_at_end=false"])
+    launch(
+        common(text_overrides, out)
+        + ["strategy.name=gradual_unfreeze", "training.epochs=3", "training.load_best_model_at_end=false"]
+    )
     weights = rank_weights(out)
     for k, v in base_weights(tiny_bert_dir).items():
         if k.startswith("bert.embeddings."):
@@ -82,8 +87,13 @@ def test_two_processes_train_the_same_model_as_one(text_overrides, tmp_path, dro
     base = [
         o for o in text_overrides if not o.startswith(("output_dir=", "model.name_or_path=", "training.batch_size="))
     ]
-    base += [f"model.name_or_path={dropout_free_bert_dir}", "training.epochs=1", "training.save_strategy=no",
-             "data.group_by_length=false", "training.load_best_model_at_end=false"]
+    base += [
+        f"model.name_or_path={dropout_free_bert_dir}",
+        "training.epochs=1",
+        "training.save_strategy=no",
+        "data.group_by_length=false",
+        "training.load_best_model_at_end=false",
+    ]
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     launch(base + [f"output_dir={ddp_out}", "training.batch_size=4"])
     single = train(load_config(None, base + [f"output_dir={single_out}", "training.batch_size=8"]))

@@ -32,10 +32,19 @@ def _train(overrides):
 
 
 def _text(tiny_bert_dir, toy_text_data, out, *extra):
-    return [f"model.name_or_path={tiny_bert_dir}", f"data.train={toy_text_data['train']}",
-            f"data.eval={toy_text_data['validation']}", f"output_dir={out}", "training.epochs=3",
-            "training.batch_size=16", "training.learning_rate=0.003", "training.warmup_ratio=0.0",
-            "training.report_to=[]", "training.save_strategy=no", *extra]
+    return [
+        f"model.name_or_path={tiny_bert_dir}",
+        f"data.train={toy_text_data['train']}",
+        f"data.eval={toy_text_data['validation']}",
+        f"output_dir={out}",
+        "training.epochs=3",
+        "training.batch_size=16",
+        "training.learning_rate=0.003",
+        "training.warmup_ratio=0.0",
+        "training.report_to=[]",
+        "training.save_strategy=no",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +76,13 @@ def _onnx_logits(folder, task, inputs, file=None):
     return OnnxClassifier(folder, file=file).run(dict(task.predict_inputs(inputs)))
 
 
-SENTENCES = ["a wonderful gripping film", "the plot was dull and the acting awful", "ok",
-             "brilliant", "this movie is really the worst thing I have seen in a long while, boring"]
+SENTENCES = [
+    "a wonderful gripping film",
+    "the plot was dull and the acting awful",
+    "ok",
+    "brilliant",
+    "this movie is really the worst thing I have seen in a long while, boring",
+]
 
 
 def test_text_run_exports_with_int8_and_serves(text_run, tmp_path, capsys, monkeypatch):
@@ -153,13 +167,19 @@ def test_int8_below_the_agreement_floor_writes_nothing(text_run, tmp_path, monke
         return -logits if self.file == onnx_export.INT8_FILE else logits
 
     monkeypatch.setattr(onnx_export.OnnxClassifier, "run", bad_int8)
-    with pytest.raises(ExportError, match=r"int8 model agrees with PyTorch on 0.00% of the eval labels, below the 99% "
-                                          r"required; accuracy .* \(PyTorch\) vs .* \(int8\)\. Serve the fp32"):
+    with pytest.raises(
+        ExportError,
+        match=r"int8 model agrees with PyTorch on 0.00% of the eval labels, below the 99% "
+        r"required; accuracy .* \(PyTorch\) vs .* \(int8\)\. Serve the fp32",
+    ):
         export_onnx(text_run, tmp_path / "onnx", quantize="int8")
     assert not (tmp_path / "onnx").exists() and not list(tmp_path.glob(".onnx.*"))
     r = export_onnx(text_run, tmp_path / "onnx", quantize="int8", min_agreement=0.0)  # accepted when asked
-    assert r.int8_agreement == 0.0 and "| int8 predicted labels equal to PyTorch's, 32 eval examples | 0.00% |" in (
-        r.folder / "README.md").read_text()
+    assert (
+        r.int8_agreement == 0.0
+        and "| int8 predicted labels equal to PyTorch's, 32 eval examples | 0.00% |"
+        in (r.folder / "README.md").read_text()
+    )
 
 
 def test_lora_run_exports_merged(tiny_bert_dir, toy_text_data, tmp_path):
@@ -173,13 +193,21 @@ def test_lora_run_exports_merged(tiny_bert_dir, toy_text_data, tmp_path):
     np.testing.assert_allclose(_onnx_logits(r.folder, task, SENTENCES), ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("extra", [
-    ("strategy.name=feature_extraction",),                                              # setfit layout
-    ("strategy.name=feature_extraction", "strategy.classifier=knn", "strategy.k=3"),
-    ("strategy.name=feature_extraction", "strategy.classifier=svm", "strategy.standardize=true",
-     "strategy.layers=mean"),
-    ("strategy.name=contrastive", "strategy.C=1.0", "strategy.num_pairs=48"),
-], ids=["logistic", "knn", "linear-svm-scaled-mean-layers", "contrastive"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("strategy.name=feature_extraction",),  # setfit layout
+        ("strategy.name=feature_extraction", "strategy.classifier=knn", "strategy.k=3"),
+        (
+            "strategy.name=feature_extraction",
+            "strategy.classifier=svm",
+            "strategy.standardize=true",
+            "strategy.layers=mean",
+        ),
+        ("strategy.name=contrastive", "strategy.C=1.0", "strategy.num_pairs=48"),
+    ],
+    ids=["logistic", "knn", "linear-svm-scaled-mean-layers", "contrastive"],
+)
 def test_feature_classifier_runs_are_one_graph(extra, tiny_bert_dir, toy_text_data, tmp_path):
     from hf_transfer.run import evaluate, export_onnx
 
@@ -197,7 +225,10 @@ def test_feature_classifier_runs_are_one_graph(extra, tiny_bert_dir, toy_text_da
 
     graph = onnx.load(str(r.folder / "model.onnx")).graph
     assert [o.name for o in graph.output] == ["logits"] and {i.name for i in graph.input} <= {
-        "input_ids", "attention_mask", "token_type_ids"}
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+    }
     assert evaluate(r.folder, split="eval")["eval_accuracy"] == pytest.approx(r.accuracy["onnx_int8"])
 
 
@@ -205,8 +236,17 @@ def test_classifier_without_a_torch_form_is_named(tiny_bert_dir, toy_text_data, 
     from hf_transfer.run import export_onnx
 
     run = tmp_path / "run"
-    _train(_text(tiny_bert_dir, toy_text_data, run, "strategy.name=feature_extraction", "strategy.classifier=svm",
-                 "strategy.svm_kernel=rbf", "strategy.use_cache=false"))
+    _train(
+        _text(
+            tiny_bert_dir,
+            toy_text_data,
+            run,
+            "strategy.name=feature_extraction",
+            "strategy.classifier=svm",
+            "strategy.svm_kernel=rbf",
+            "strategy.use_cache=false",
+        )
+    )
     with pytest.raises(
         ExportError, match=r"feature classifier is an SVM with an RBF kernel \(svm\), which has no ONNX form here"
     ):
@@ -219,9 +259,20 @@ def test_image_run(tiny_vit_dir, image_folder, tmp_path):  # noqa: F811
     from hf_transfer.run import evaluate, export_onnx, predict
 
     run = tmp_path / "run"
-    _train(["recipe=image_classification", f"model.name_or_path={tiny_vit_dir}", f"data.train={image_folder}",
-            f"data.eval={image_folder}", f"output_dir={run}", "training.epochs=2", "training.batch_size=8",
-            "training.report_to=[]", "training.save_strategy=no", "training.learning_rate=0.003"])
+    _train(
+        [
+            "recipe=image_classification",
+            f"model.name_or_path={tiny_vit_dir}",
+            f"data.train={image_folder}",
+            f"data.eval={image_folder}",
+            f"output_dir={run}",
+            "training.epochs=2",
+            "training.batch_size=8",
+            "training.report_to=[]",
+            "training.save_strategy=no",
+            "training.learning_rate=0.003",
+        ]
+    )
     r = export_onnx(run, tmp_path / "onnx", quantize="int8", min_agreement=0.8)
     assert r.fp32_max_abs_diff <= 1e-4 and (r.folder / "preprocessor_config.json").is_file()
     files = sorted(str(p) for p in (image_folder / "test").rglob("*.png"))[:4]
@@ -237,10 +288,21 @@ def test_audio_run(tiny_whisper, tones, tmp_path):  # noqa: F811
     from hf_transfer.run import evaluate, export_onnx
 
     run = tmp_path / "run"
-    _train(["recipe=audio_classification", f"model.name_or_path={tiny_whisper}", f"data.train={tones['train']}",
-            f"data.eval={tones['test']}", f"output_dir={run}", "training.epochs=2", "training.batch_size=8",
-            "training.learning_rate=0.003", "training.warmup_ratio=0.0", "training.report_to=[]",
-            "training.save_strategy=no"])
+    _train(
+        [
+            "recipe=audio_classification",
+            f"model.name_or_path={tiny_whisper}",
+            f"data.train={tones['train']}",
+            f"data.eval={tones['test']}",
+            f"output_dir={run}",
+            "training.epochs=2",
+            "training.batch_size=8",
+            "training.learning_rate=0.003",
+            "training.warmup_ratio=0.0",
+            "training.report_to=[]",
+            "training.save_strategy=no",
+        ]
+    )
     r = export_onnx(run, tmp_path / "onnx")
     assert r.fp32_max_abs_diff <= 1e-4
     clips = sorted(str(p) for p in (tones["root"] / "clips").glob("test_*.wav"))[:3]

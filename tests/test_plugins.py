@@ -26,16 +26,23 @@ def _site(tmp_path: Path, entry_points: str, name: str = "demo-plugin") -> Path:
 
 
 def _hf_transfer(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "hf_transfer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "hf_transfer", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_entry_points_register_a_strategy_and_a_recipe(tmp_path):
-    site = _site(tmp_path, "[hf_transfer.strategies]\nbitfit = hf_transfer_example_plugin.bitfit\n\n"
-                           "[hf_transfer.recipes]\ntweet_classification = hf_transfer_example_plugin.tweets\n",
-                 name="hf-transfer-example-plugin")
+    site = _site(
+        tmp_path,
+        "[hf_transfer.strategies]\nbitfit = hf_transfer_example_plugin.bitfit\n\n"
+        "[hf_transfer.recipes]\ntweet_classification = hf_transfer_example_plugin.tweets\n",
+        name="hf-transfer-example-plugin",
+    )
     shutil.copytree(PLUGIN_SRC / "hf_transfer_example_plugin", site / "hf_transfer_example_plugin")
     out = _hf_transfer(site, "ls", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -44,8 +51,10 @@ def test_entry_points_register_a_strategy_and_a_recipe(tmp_path):
     assert any(line.split()[:2] == ["tweet_classification", "text-classification"] for line in lines)
     # Validation knows the plugin's settings class.
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("recipe: tweet_classification\nmodel: {name_or_path: x}\ndata: {train: t.csv}\n"
-                   "strategy: {name: bitfit, train_layer_nrom: true}\n")
+    cfg.write_text(
+        "recipe: tweet_classification\nmodel: {name_or_path: x}\ndata: {train: t.csv}\n"
+        "strategy: {name: bitfit, train_layer_nrom: true}\n"
+    )
     bad = _hf_transfer(site, "train", str(cfg), cwd=tmp_path)
     assert bad.returncode == 2 and "strategy.train_layer_nrom" in bad.stderr and "train_layer_norm" in bad.stderr
     # compare checks its strategy names against the same registry.
@@ -86,11 +95,14 @@ def test_a_plugin_that_takes_a_built_in_name_is_refused_and_named(tmp_path):
         "from hf_transfer.strategies import Strategy, StrategyConfig, register_strategy\n"
         "@register_strategy('full', StrategyConfig)\n"
         "class Thief(Strategy):\n"
-        "    pass\n")
+        "    pass\n"
+    )
     out = _hf_transfer(site, "ls", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "! plugin thief (hf_transfer.strategies, package demo-plugin) failed to load: ConfigError: " \
-           "Strategy 'full' is registered twice" in out.stdout
+    assert (
+        "! plugin thief (hf_transfer.strategies, package demo-plugin) failed to load: ConfigError: "
+        "Strategy 'full' is registered twice" in out.stdout
+    )
     # The built-in keeps its name.
     full = [line for line in out.stdout.splitlines() if line.split()[:1] == ["full"]]
     assert full and "plugin" not in full[0]

@@ -21,8 +21,9 @@ ARCHS = {
     "bert": lambda: T.BertForSequenceClassification(bert_config(**TEXT, max_position_embeddings=512)),
     "roberta": lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**TEXT, max_position_embeddings=40)),
     "electra": lambda: T.ElectraForSequenceClassification(T.ElectraConfig(**TEXT, embedding_size=16)),
-    "distilbert": lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(
-        dim=32, n_layers=3, n_heads=2, hidden_dim=37, vocab_size=100, num_labels=3)),
+    "distilbert": lambda: T.DistilBertForSequenceClassification(
+        T.DistilBertConfig(dim=32, n_layers=3, n_heads=2, hidden_dim=37, vocab_size=100, num_labels=3)
+    ),
     "vit": lambda: T.ViTForImageClassification(vit_config(**VISION)),
     "deit": lambda: T.DeiTForImageClassification(T.DeiTConfig(**VISION)),
 }
@@ -52,8 +53,10 @@ def _examples(model, n=6):
 
 def _collate(features):
     if "pixel_values" in features[0]:
-        return {"pixel_values": torch.stack([f["pixel_values"] for f in features]),
-                "labels": torch.tensor([f["labels"] for f in features])}
+        return {
+            "pixel_values": torch.stack([f["pixel_values"] for f in features]),
+            "labels": torch.tensor([f["labels"] for f in features]),
+        }
     longest = max(len(f["input_ids"]) for f in features)
     ids = torch.zeros(len(features), longest, dtype=torch.long)
     mask = torch.zeros(len(features), longest, dtype=torch.long)
@@ -158,9 +161,19 @@ def test_what_blocks_caching():
     groups[1].requires_grad_(False)
     groups[0].parameters()[0].requires_grad_(True)  # a trainable embedding below the cut
     assert "below the cut is trainable" in pc.prefix_cache_blocker(model, groups, first)
-    audio = T.Wav2Vec2ForSequenceClassification(T.Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
-        conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2))
+    audio = T.Wav2Vec2ForSequenceClassification(
+        T.Wav2Vec2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            conv_dim=(8, 8),
+            conv_stride=(5, 2),
+            conv_kernel=(10, 3),
+            num_conv_pos_embeddings=8,
+            num_conv_pos_embedding_groups=2,
+        )
+    )
     assert "wav2vec2" in pc.prefix_cache_blocker(audio, layer_groups(audio), 1)
 
 
@@ -170,9 +183,18 @@ def _engine_run(cfg_overrides, tmp_path, name, cached):
     from hf_transfer.models.heads import set_seed_all
     from hf_transfer.tasks import get_task
 
-    cfg = load_config(None, [o for o in cfg_overrides if not o.startswith("output_dir=")] + [
-        f"output_dir={tmp_path / name}", "strategy.name=partial", "strategy.trainable_layers=1",
-        "training.epochs=1", "training.save_strategy=no", "data.group_by_length=false"])
+    cfg = load_config(
+        None,
+        [o for o in cfg_overrides if not o.startswith("output_dir=")]
+        + [
+            f"output_dir={tmp_path / name}",
+            "strategy.name=partial",
+            "strategy.trainable_layers=1",
+            "training.epochs=1",
+            "training.save_strategy=no",
+            "data.group_by_length=false",
+        ],
+    )
     set_seed_all(cfg.training.seed)
     task = get_task(cfg)
     task.load_processor()
@@ -220,8 +242,12 @@ def test_cache_frozen_prefix_through_train(text_overrides, tmp_path):
     from hf_transfer.run import train
 
     common = [o for o in text_overrides if not o.startswith("output_dir=")] + [
-        "strategy.name=partial", "strategy.trainable_layers=1", "training.save_strategy=no",
-        "training.max_steps=4", "training.load_best_model_at_end=false"]
+        "strategy.name=partial",
+        "strategy.trainable_layers=1",
+        "training.save_strategy=no",
+        "training.max_steps=4",
+        "training.load_best_model_at_end=false",
+    ]
     # Frozen blocks in eval mode either way would be needed for exact equality with dropout on.
     import transformers
 

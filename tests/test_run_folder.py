@@ -13,8 +13,13 @@ from hf_transfer.run_folder import RUN_ARTIFACTS, RunFolder
 
 
 def _cfg(tmp_path, **data):
-    return config_from_dict({"model": {"name_or_path": "m"}, "output_dir": str(tmp_path / "run"),
-                             "data": {"train": data.get("train", "t.csv")}})
+    return config_from_dict(
+        {
+            "model": {"name_or_path": "m"},
+            "output_dir": str(tmp_path / "run"),
+            "data": {"train": data.get("train", "t.csv")},
+        }
+    )
 
 
 def test_a_folder_without_config_is_not_a_run(tmp_path):
@@ -57,8 +62,9 @@ def test_write_config_makes_local_data_paths_absolute(tmp_path, monkeypatch):
 
 def test_write_metrics_keeps_json_values_and_writes_confusion_matrices(tmp_path):
     run = RunFolder(tmp_path)
-    written = run.write_metrics({"labels": ["a", "b"], "eval_accuracy": 0.75, "eval_confusion_matrix": [[1, 0], [1, 2]],
-                                 "_model": object()})
+    written = run.write_metrics(
+        {"labels": ["a", "b"], "eval_accuracy": 0.75, "eval_confusion_matrix": [[1, 0], [1, 2]], "_model": object()}
+    )
     assert written == {"labels": ["a", "b"], "eval_accuracy": 0.75}
     assert json.loads(run.metrics_path.read_text()) == written
     assert json.loads((tmp_path / "confusion_matrix.json").read_text())

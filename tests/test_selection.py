@@ -47,9 +47,16 @@ def direct_logme(X, y):
             return 0.5 * np.sum(z2 / c) + 0.5 * np.sum(np.log(c)) + n / 2 * np.log(2 * np.pi)
 
         bounds = [(-30.0, 60.0), (-30.0, np.log(M.MAX_NOISE_PRECISION))]
-        fits = [minimize(neg_log_evidence, np.array(p0, dtype=np.float64), method="L-BFGS-B", bounds=bounds,
-                         options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000})
-                for p0 in [(0.0, 0.0), (5.0, 5.0), (-5.0, 10.0), (10.0, -5.0), (20.0, 13.0)]]
+        fits = [
+            minimize(
+                neg_log_evidence,
+                np.array(p0, dtype=np.float64),
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
+            )
+            for p0 in [(0.0, 0.0), (5.0, 5.0), (-5.0, 10.0), (10.0, -5.0), (20.0, 13.0)]
+        ]
         out.append(-min(f.fun for f in fits) / n)
     return float(np.mean(out))
 
@@ -189,11 +196,20 @@ def test_unknown_metric_and_bad_input_are_errors():
 def _config(tiny_bert_dir, toy_text_data, tmp_path, *extra):
     from hf_transfer.config import load_config
 
-    return load_config(None, [
-        f"model.name_or_path={tiny_bert_dir}", f"data.train={toy_text_data['train']}",
-        f"data.eval={toy_text_data['validation']}", f"output_dir={tmp_path / 'run'}",
-        "training.report_to=[]", "training.save_strategy=no", "training.batch_size=32",
-        "strategy.name=full", *extra])
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={toy_text_data['train']}",
+            f"data.eval={toy_text_data['validation']}",
+            f"output_dir={tmp_path / 'run'}",
+            "training.report_to=[]",
+            "training.save_strategy=no",
+            "training.batch_size=32",
+            "strategy.name=full",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture
@@ -226,8 +242,7 @@ def test_rank_names_a_failing_candidate_and_still_ranks_the_others(
     assert "could not be ranked" in text and bad in text and "Stability" in text
 
 
-def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, toy_text_data, tmp_path,
-                                                                 feature_cache):
+def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, toy_text_data, tmp_path, feature_cache):
     import pandas as pd
 
     from hf_transfer.errors import DataError
@@ -243,8 +258,12 @@ def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, t
     assert grouped.group_column == "author" and grouped.groups == 12
     # The default metric: LogME without groups; with groups the group-aware k-NN.
     assert plain.default_metric == "logme" and grouped.default_metric == "knn"
-    assert rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="author",
-                           metrics=["logme", "hscore"]).default_metric == "logme"  # knn not computed
+    assert (
+        rank_candidates(
+            cfg, [str(tiny_bert_dir)], repeats=0, group_column="author", metrics=["logme", "hscore"]
+        ).default_metric
+        == "logme"
+    )  # knn not computed
     r, p = grouped.results[0], plain.results[0]
     assert r.scores["logme"] == pytest.approx(p.scores["logme"])  # not a held-out estimate: no groups
     # The same features, scored leave-one-author-out:
@@ -255,8 +274,10 @@ def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, t
     assert r.scores["knn"] == pytest.approx(M.knn_loo_accuracy(feats.X, feats.y, groups=feats.columns["author"]))
     _, mpath = write_report(grouped, tmp_path / "out")
     assert "column `author`, 12 groups" in mpath.read_text()
-    _, mpath = write_report(rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="author",
-                                            default_metric="logme"), tmp_path / "out_logme")
+    _, mpath = write_report(
+        rank_candidates(cfg, [str(tiny_bert_dir)], repeats=0, group_column="author", default_metric="logme"),
+        tmp_path / "out_logme",
+    )
     assert "default metric `logme` is not group-aware" in mpath.read_text()
     # plan follows the same default: k-NN when the examples come in groups.
     from hf_transfer.selection.plan import make_plan
@@ -272,13 +293,34 @@ def test_rank_with_a_group_column_scores_knn_by_held_out_groups(tiny_bert_dir, t
     from hf_transfer.cli import main
 
     cfg_path = tmp_path / "run.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "recipe": "text_classification", "output_dir": str(tmp_path / "run"),
-        "model": {"name_or_path": str(tiny_bert_dir)},
-        "data": {"train": str(train), "eval": str(toy_text_data["validation"])},
-        "training": {"report_to": [], "save_strategy": "no", "batch_size": 32}}))
-    assert main(["rank", str(cfg_path), "--candidates", str(tiny_bert_dir), "--group-column", "author",
-                 "--repeats", "0", "-o", str(tmp_path / "cli")]) == 0
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "text_classification",
+                "output_dir": str(tmp_path / "run"),
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "data": {"train": str(train), "eval": str(toy_text_data["validation"])},
+                "training": {"report_to": [], "save_strategy": "no", "batch_size": 32},
+            }
+        )
+    )
+    assert (
+        main(
+            [
+                "rank",
+                str(cfg_path),
+                "--candidates",
+                str(tiny_bert_dir),
+                "--group-column",
+                "author",
+                "--repeats",
+                "0",
+                "-o",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     written = json.loads((tmp_path / "cli" / "rank.json").read_text())
     assert written["group_column"] == "author" and written["groups"] == 12
 
@@ -339,8 +381,9 @@ def test_candidate_of_another_modality_is_refused_before_any_forward_pass(
     assert not isinstance(info.value, WrongModality)
 
 
-def test_rank_concatenates_layers_of_different_widths_by_the_error_type(tiny_bert_dir, toy_text_data, tmp_path,
-                                                                         monkeypatch):
+def test_rank_concatenates_layers_of_different_widths_by_the_error_type(
+    tiny_bert_dir, toy_text_data, tmp_path, monkeypatch
+):
     import hf_transfer.models.features as models_features
     import hf_transfer.tasks.features as features
     from hf_transfer.errors import ConfigError, WidthMismatch
@@ -397,19 +440,25 @@ def test_licence_from_the_card_and_non_commercial_warning(tmp_path):
 
 
 @pytest.mark.slow  # rank + plan + a training run: about 50 s on 2 shared cores
-def test_rank_and_plan_commands_write_their_files_and_the_plan_trains(tiny_bert_dir, toy_text_data, tmp_path,
-                                                                       feature_cache):
+def test_rank_and_plan_commands_write_their_files_and_the_plan_trains(
+    tiny_bert_dir, toy_text_data, tmp_path, feature_cache
+):
     import yaml
 
     from hf_transfer.cli import main
 
     cfg_path = tmp_path / "run.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "recipe": "text_classification", "output_dir": str(tmp_path / "run"),
-        "model": {"name_or_path": str(tiny_bert_dir)},
-        "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
-        "training": {"report_to": [], "save_strategy": "no", "batch_size": 32},
-    }))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "text_classification",
+                "output_dir": str(tmp_path / "run"),
+                "model": {"name_or_path": str(tiny_bert_dir)},
+                "data": {"train": str(toy_text_data["train"]), "eval": str(toy_text_data["validation"])},
+                "training": {"report_to": [], "save_strategy": "no", "batch_size": 32},
+            }
+        )
+    )
     candidates = f"{tiny_bert_dir},random:{tiny_bert_dir}"
     assert main(["rank", str(cfg_path), "--candidates", candidates, "--repeats", "2", "-o", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "rank.json").is_file() and (tmp_path / "r" / "rank.md").is_file()

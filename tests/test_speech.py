@@ -92,10 +92,19 @@ def tones(tmp_path_factory) -> dict:
 def overrides(model: Path, data: dict, out: Path, recipe: str, *extra: str) -> list[str]:
     metric = "wer" if recipe == "speech_recognition" else "accuracy"
     return [
-        f"recipe={recipe}", f"model.name_or_path={model}", f"data.train={data['train']}",
-        f"data.eval={data['test']}", f"output_dir={out}", "training.epochs=1", "training.batch_size=8",
-        "training.learning_rate=0.003", "training.warmup_ratio=0.0", "training.report_to=[]",
-        f"training.metric_for_best_model={metric}", "training.save_strategy=no", *extra,
+        f"recipe={recipe}",
+        f"model.name_or_path={model}",
+        f"data.train={data['train']}",
+        f"data.eval={data['test']}",
+        f"output_dir={out}",
+        "training.epochs=1",
+        "training.batch_size=8",
+        "training.learning_rate=0.003",
+        "training.warmup_ratio=0.0",
+        "training.report_to=[]",
+        f"training.metric_for_best_model={metric}",
+        "training.save_strategy=no",
+        *extra,
     ]
 
 
@@ -163,7 +172,7 @@ def test_audio_metadata_jsonl_error_names_the_file_line(tmp_path):
     (tmp_path / "clips").mkdir()
     sf.write(tmp_path / "clips" / "one.wav", tone(300), RATE)
     good = json.dumps({"file_name": "clips/one.wav", "transcription": "one"})
-    (tmp_path / "metadata.jsonl").write_text(f"{good}\n\n{good}\n{{\"file_name\": \"clips/one.wav\",\n")
+    (tmp_path / "metadata.jsonl").write_text(f'{good}\n\n{good}\n{{"file_name": "clips/one.wav",\n')
     with pytest.raises(DataError, match=r"metadata\.jsonl' as JSON lines: line 4: .*line 1 column"):
         audio_mod.load_audio_folder(tmp_path, "train")
 
@@ -218,8 +227,9 @@ def test_bad_files_are_skipped_and_counted(recipe, tiny_whisper, bad_files, tmp_
 
 
 def test_bad_file_error_names_the_file(tiny_whisper, bad_files, tmp_path):
-    cfg = load_config(None, overrides(tiny_whisper, bad_files, tmp_path / "run", "audio_classification",
-                                      "data.on_bad_file=error"))
+    cfg = load_config(
+        None, overrides(tiny_whisper, bad_files, tmp_path / "run", "audio_classification", "data.on_bad_file=error")
+    )
     task = get_task(cfg)
     task.load_processor()
     with pytest.raises(DataError, match=r"corrupt\.wav.*unreadable.*on_bad_file=skip"):
@@ -228,8 +238,10 @@ def test_bad_file_error_names_the_file(tiny_whisper, bad_files, tmp_path):
 
 def test_long_audio_error_or_truncate(tiny_whisper, tones, tmp_path):
     sf.write(tmp_path / "long.wav", tone(300, seconds=1.5), RATE)
-    rows = [{"path": str(tones["root"] / "clips" / f"train_{w}_{i}.wav"), "text": f"the {w} one", "label": w}
-            for i, w in enumerate(["low", "high"] * 4)]
+    rows = [
+        {"path": str(tones["root"] / "clips" / f"train_{w}_{i}.wav"), "text": f"the {w} one", "label": w}
+        for i, w in enumerate(["low", "high"] * 4)
+    ]
     rows.append({"path": "long.wav", "text": "the low one", "label": "low"})
     data = {"train": write_rows(tmp_path / "train.csv", rows), "test": tones["test"]}
     for recipe in ("audio_classification", "speech_recognition"):
@@ -255,8 +267,9 @@ def test_hub_audio_feature_decodes_without_torchcodec(tiny_whisper, tones, tmp_p
     with open(tones["train"]) as f:
         rows = list(csv.DictReader(f))
     audio = [{"bytes": (tones["root"] / r["path"]).read_bytes(), "path": Path(r["path"]).name} for r in rows]
-    ds = datasets.Dataset.from_dict({"audio": audio, "sentence": [r["text"] for r in rows],
-                                     "label": [r["label"] for r in rows]})
+    ds = datasets.Dataset.from_dict(
+        {"audio": audio, "sentence": [r["text"] for r in rows], "label": [r["label"] for r in rows]}
+    )
     ds = ds.cast_column("audio", datasets.Audio(decode=False)).cast_column("audio", datasets.Audio(sampling_rate=RATE))
     ds.to_parquet(str(tmp_path / "train.parquet"))
     data = {"train": tmp_path / "train.parquet", "test": tmp_path / "train.parquet"}
@@ -347,8 +360,16 @@ def test_the_speech_strategies_are_registered():
 def test_audio_classification_strategies(strategy, tiny_whisper, tones, tmp_path):
     from hf_transfer.run import evaluate, predict
 
-    metrics = _train(tiny_whisper, tones, tmp_path / "run", "audio_classification", f"strategy.name={strategy}",
-                     "training.epochs=6", "training.learning_rate=0.01", "training.eval_strategy=no")
+    metrics = _train(
+        tiny_whisper,
+        tones,
+        tmp_path / "run",
+        "audio_classification",
+        f"strategy.name={strategy}",
+        "training.epochs=6",
+        "training.learning_rate=0.01",
+        "training.eval_strategy=no",
+    )
     assert metrics["strategy"] == strategy
     again = evaluate(tmp_path / "run", split="eval")
     assert again["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-4)
@@ -362,27 +383,53 @@ def test_audio_classification_strategies(strategy, tiny_whisper, tones, tmp_path
 
 
 def test_audio_classification_learns_tones(tiny_whisper, tones, tmp_path):
-    metrics = _train(tiny_whisper, tones, tmp_path / "run", "audio_classification",
-                     "training.epochs=12", "training.learning_rate=0.01", "training.eval_strategy=no")
+    metrics = _train(
+        tiny_whisper,
+        tones,
+        tmp_path / "run",
+        "audio_classification",
+        "training.epochs=12",
+        "training.learning_rate=0.01",
+        "training.eval_strategy=no",
+    )
     assert metrics["eval_accuracy"] == 1.0
 
 
 def _tiny_wav2vec2(path: Path) -> None:
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                            conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-                            num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True)
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+    )
     Wav2Vec2Model(config).save_pretrained(path)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=RATE, padding_value=0.0, do_normalize=True,
-                             return_attention_mask=True).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(path)
 
 
 def _tiny_ast(path: Path) -> None:
     from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
-    config = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                       num_mel_bins=32, max_length=100, frequency_stride=8, time_stride=8)
+    config = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        num_mel_bins=32,
+        max_length=100,
+        frequency_stride=8,
+        time_stride=8,
+    )
     ASTModel(config).save_pretrained(path)
     ASTFeatureExtractor(num_mel_bins=32, max_length=100).save_pretrained(path)
 
@@ -395,8 +442,16 @@ def test_other_audio_classifiers(family, tones, tmp_path):
 
     torch.manual_seed(0)
     {"wav2vec2": _tiny_wav2vec2, "ast": _tiny_ast}[family](tmp_path / family)
-    metrics = _train(tmp_path / family, tones, tmp_path / "run", "audio_classification", "strategy.name=full",
-                     "training.epochs=12", "training.learning_rate=0.01", "training.eval_strategy=no")
+    metrics = _train(
+        tmp_path / family,
+        tones,
+        tmp_path / "run",
+        "audio_classification",
+        "strategy.name=full",
+        "training.epochs=12",
+        "training.learning_rate=0.01",
+        "training.eval_strategy=no",
+    )
     assert metrics["eval_accuracy"] == 1.0
     clips = [str(tones["root"] / "clips" / f"test_{word}_{i}.wav") for i, word in ((0, "low"), (1, "high"))]
     assert [r["label"] for r in predict(tmp_path / "run", clips)] == ["low", "high"]
@@ -405,8 +460,18 @@ def test_other_audio_classifiers(family, tones, tmp_path):
 def test_bf16_on_cpu(tiny_whisper, tones, tmp_path):
     """bf16 autocast runs on CPU and gives the fp32 run's loss to bf16 precision."""
     for recipe in ("audio_classification", "speech_recognition"):
-        runs = {p: _train(tiny_whisper, tones, tmp_path / f"{recipe}_{p}", recipe, f"training.mixed_precision={p}",
-                          "training.max_steps=1", "training.eval_strategy=no") for p in ("no", "bf16")}
+        runs = {
+            p: _train(
+                tiny_whisper,
+                tones,
+                tmp_path / f"{recipe}_{p}",
+                recipe,
+                f"training.mixed_precision={p}",
+                "training.max_steps=1",
+                "training.eval_strategy=no",
+            )
+            for p in ("no", "bf16")
+        }
         assert runs["bf16"]["train_steps"] == 1 and runs["bf16"]["mixed_precision"] == "bf16"
         # Same seed, same data, one step: only the arithmetic differs (bf16 keeps ~3 significant digits).
         assert runs["bf16"]["eval_loss"] == pytest.approx(runs["no"]["eval_loss"], rel=0.05)
@@ -418,8 +483,14 @@ def test_lora_saved_and_reloaded(tiny_whisper, tones, tmp_path):
 
     from hf_transfer.tasks.audio_classification import AutoAudioClassifier
 
-    _train(tiny_whisper, tones, tmp_path / "cls", "audio_classification", "strategy.name=lora",
-           "training.learning_rate=0.01")
+    _train(
+        tiny_whisper,
+        tones,
+        tmp_path / "cls",
+        "audio_classification",
+        "strategy.name=lora",
+        "training.learning_rate=0.01",
+    )
     run = tmp_path / "cls"
     merged = AutoAudioClassifier.from_pretrained(run).eval()
     base = AutoAudioClassifier.from_pretrained(tiny_whisper, config=merged.config)
@@ -428,18 +499,27 @@ def test_lora_saved_and_reloaded(tiny_whisper, tones, tmp_path):
     mask = torch.ones(2, 100, dtype=torch.long)
     mask[0, 40:] = 0
     with torch.no_grad():
-        torch.testing.assert_close(adapted(input_features=x, attention_mask=mask).logits,
-                                   merged(input_features=x, attention_mask=mask).logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            adapted(input_features=x, attention_mask=mask).logits,
+            merged(input_features=x, attention_mask=mask).logits,
+            rtol=1e-4,
+            atol=1e-5,
+        )
     assert type(AutoModelForAudioClassification.from_pretrained(run)).__name__ == "WhisperForAudioClassification"
 
     _train(tiny_whisper, tones, tmp_path / "asr", "speech_recognition", "strategy.name=lora")
     merged = WhisperForConditionalGeneration.from_pretrained(tmp_path / "asr").eval()
-    adapted = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(tiny_whisper),
-                                        tmp_path / "asr" / "adapter").eval()
+    adapted = PeftModel.from_pretrained(
+        WhisperForConditionalGeneration.from_pretrained(tiny_whisper), tmp_path / "asr" / "adapter"
+    ).eval()
     dec = torch.tensor([[264, 370, 83]])
     with torch.no_grad():
-        torch.testing.assert_close(adapted(input_features=x, decoder_input_ids=dec).logits,
-                                   merged(input_features=x, decoder_input_ids=dec).logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            adapted(input_features=x, decoder_input_ids=dec).logits,
+            merged(input_features=x, decoder_input_ids=dec).logits,
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,8 +612,15 @@ def test_asr_strategies_train_and_transcribe(strategy, tiny_whisper, tones, tmp_
 
 
 def test_asr_learns_tone_words(tiny_whisper, tones, tmp_path):
-    metrics = _train(tiny_whisper, tones, tmp_path / "run", "speech_recognition", "training.epochs=25",
-                     "training.learning_rate=0.01", "training.eval_strategy=no")
+    metrics = _train(
+        tiny_whisper,
+        tones,
+        tmp_path / "run",
+        "speech_recognition",
+        "training.epochs=25",
+        "training.learning_rate=0.01",
+        "training.eval_strategy=no",
+    )
     assert metrics["eval_wer"] < 0.5
 
 
@@ -579,6 +666,7 @@ def test_espeak_speech_asr_step(tiny_whisper, tmp_path):
             rows.append({"file_name": f.name, "transcription": text})
     write_rows(folder / "metadata.csv", rows)
     data = {"train": folder, "test": folder}
-    metrics = _train(tiny_whisper, data, tmp_path / "run", "speech_recognition", "training.max_steps=1",
-                     "data.long_audio=truncate")
+    metrics = _train(
+        tiny_whisper, data, tmp_path / "run", "speech_recognition", "training.max_steps=1", "data.long_audio=truncate"
+    )
     assert metrics["train_size"] == 6 and metrics["skipped_files"]["train"] == 0

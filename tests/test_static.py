@@ -12,8 +12,9 @@ from hf_transfer.errors import ConfigError
 pytest.importorskip("model2vec")
 
 
-def test_static_trains_saves_safetensors_and_evaluates_and_predicts(text_overrides, tmp_path, one_torch_thread,
-                                                                     monkeypatch):
+def test_static_trains_saves_safetensors_and_evaluates_and_predicts(
+    text_overrides, tmp_path, one_torch_thread, monkeypatch
+):
     from safetensors.torch import load_file
 
     from hf_transfer.run import evaluate, predict, train
@@ -51,8 +52,9 @@ def test_static_trains_saves_safetensors_and_evaluates_and_predicts(text_overrid
     w = model.head.weight.detach().double().numpy()
     np.testing.assert_allclose(w[1] - w[0], lr.coef_[0], rtol=1e-3, atol=1e-3)
     # a second run reuses the distilled model from the cache
-    cfg2 = load_config(None, text_overrides + ["strategy.name=static", "strategy.pca_dims=16",
-                                               f"output_dir={tmp_path / 'run2'}"])
+    cfg2 = load_config(
+        None, text_overrides + ["strategy.name=static", "strategy.pca_dims=16", f"output_dir={tmp_path / 'run2'}"]
+    )
     m2 = train(cfg2)
     assert m2["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
     x = model.embed(tok(["good"], return_tensors="pt")["input_ids"])

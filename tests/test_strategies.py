@@ -28,14 +28,17 @@ from tiny_models import WHISPER_SHORT, bert_config, save_related_bert, vit_confi
 
 # ----------------------------------------------------------------------------- tiny models
 
+
 def bert_model():
     return T.BertForSequenceClassification(bert_config(vocab_size=100, max_position_embeddings=512))
 
 
 def bert_batch(g):
-    return {"input_ids": torch.randint(0, 100, (4, 8), generator=g),
-            "attention_mask": torch.ones(4, 8, dtype=torch.long),
-            "labels": torch.randint(0, 2, (4,), generator=g)}
+    return {
+        "input_ids": torch.randint(0, 100, (4, 8), generator=g),
+        "attention_mask": torch.ones(4, 8, dtype=torch.long),
+        "labels": torch.randint(0, 2, (4,), generator=g),
+    }
 
 
 def vit_model():
@@ -101,8 +104,7 @@ def drive(model_key, strategy, epochs=3, steps=2, lr=1e-2, seed=0):
     model_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     groups = layer_groups(model)
     model = strategy.apply(model, groups)
-    optimizer = torch.optim.AdamW(
-        build_param_groups(model, groups, strategy.lr_scales(groups), lr, 0.01), lr=lr)
+    optimizer = torch.optim.AdamW(build_param_groups(model, groups, strategy.lr_scales(groups), lr, 0.01), lr=lr)
     g = torch.Generator().manual_seed(seed)
     per_epoch = []
     model.train()
@@ -115,8 +117,9 @@ def drive(model_key, strategy, epochs=3, steps=2, lr=1e-2, seed=0):
             F.cross_entropy(model(**b).logits, labels).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return SimpleNamespace(model=model, groups=groups, before=before, optimizer=optimizer,
-                           per_epoch=per_epoch, model_frozen=model_frozen)
+    return SimpleNamespace(
+        model=model, groups=groups, before=before, optimizer=optimizer, per_epoch=per_epoch, model_frozen=model_frozen
+    )
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -147,11 +150,14 @@ def test_strategy_matrix_changes_exactly_the_trained_groups(name, model_key):
 
 
 @pytest.mark.parametrize("model_key", list(MODELS))
-@pytest.mark.parametrize("n, similarity, delegate, expected", [
-    (99, "low", "partial", [{1, 2, 3, 4}] * 3),      # trainable_layers 2: both blocks, top, head
-    (500, "high", "partial", [{2, 3, 4}] * 3),       # trainable_fraction 0.5 of 2 blocks
-    (20_000, "low", "full", [{0, 1, 2, 3, 4}] * 3),
-])
+@pytest.mark.parametrize(
+    "n, similarity, delegate, expected",
+    [
+        (99, "low", "partial", [{1, 2, 3, 4}] * 3),  # trainable_layers 2: both blocks, top, head
+        (500, "high", "partial", [{2, 3, 4}] * 3),  # trainable_fraction 0.5 of 2 blocks
+        (20_000, "low", "full", [{0, 1, 2, 3, 4}] * 3),
+    ],
+)
 def test_strategy_matrix_auto_trains_what_its_choice_trains(n, similarity, delegate, expected, model_key):
     strategy = make_strategy("auto", similarity=similarity)
     strategy.prepare(SimpleNamespace(splits=SimpleNamespace(train=range(n)), cfg=None))
@@ -269,17 +275,21 @@ def names_at(strategy, epochs, model_key="bert"):
     out = []
     for e in epochs:
         strategy.on_epoch_start(e, model, groups)
-        out.append(sorted(GROUP_NAMES[model_key].index(g.name) for g in groups
-                          if any(p.requires_grad for p in g.parameters())))
+        out.append(
+            sorted(GROUP_NAMES[model_key].index(g.name) for g in groups if any(p.requires_grad for p in g.parameters()))
+        )
     return out
 
 
-@pytest.mark.parametrize("settings, expected", [
-    ({}, [[4], [2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]),
-    ({"unfreeze_every": 2}, [[4], [4], [2, 3, 4], [2, 3, 4], [1, 2, 3, 4]]),
-    ({"blocks_per_step": 2}, [[4], [1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]),
-    ({"milestones": [2, 3]}, [[4], [4], [2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]),
-])
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ({}, [[4], [2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]),
+        ({"unfreeze_every": 2}, [[4], [4], [2, 3, 4], [2, 3, 4], [1, 2, 3, 4]]),
+        ({"blocks_per_step": 2}, [[4], [1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]),
+        ({"milestones": [2, 3]}, [[4], [4], [2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]),
+    ],
+)
 def test_gradual_unfreeze_schedule(settings, expected):
     assert names_at(make_strategy("gradual_unfreeze", **settings), range(5)) == expected
 
@@ -291,15 +301,20 @@ def test_lp_ft_schedule_and_partial_fraction():
     assert names_at(make_strategy("partial", trainable_fraction=0.5), [0]) == [[2, 3, 4]]
 
 
-@pytest.mark.parametrize("settings", [{"trainable_layers": 1}, {"trainable_layers": 2}, {"trainable_fraction": 0.4},
-                                      {"trainable_fraction": 1.0}])
+@pytest.mark.parametrize(
+    "settings",
+    [{"trainable_layers": 1}, {"trainable_layers": 2}, {"trainable_fraction": 0.4}, {"trainable_fraction": 1.0}],
+)
 def test_partial_and_contrastive_count_their_top_blocks_alike(settings):
     from hf_transfer.strategies._groups import top_blocks
 
     groups = layer_groups(bert_model())  # 2 blocks
     expected = top_blocks(groups, settings.get("trainable_layers", 2), settings.get("trainable_fraction"))
-    assert expected == (settings["trainable_layers"] if "trainable_layers" in settings
-                        else max(1, int(np.ceil(settings["trainable_fraction"] * 2))))
+    assert expected == (
+        settings["trainable_layers"]
+        if "trainable_layers" in settings
+        else max(1, int(np.ceil(settings["trainable_fraction"] * 2)))
+    )
     for name in ("partial", "contrastive"):
         assert make_strategy(name, **settings).trainable_blocks(groups) == expected
     for name in ("partial", "contrastive"):
@@ -333,8 +348,10 @@ def test_on_epoch_start_reports_changes_only_and_is_idempotent():
     assert getattr(make_strategy("partial"), "changes_trainable_set", False) is False
 
 
-@pytest.mark.parametrize("name, settings", [("gradual_unfreeze", {}), ("gradual_unfreeze", {"milestones": [1, 2]}),
-                                            ("lp_ft", {"probe_epochs": 2})])
+@pytest.mark.parametrize(
+    "name, settings",
+    [("gradual_unfreeze", {}), ("gradual_unfreeze", {"milestones": [1, 2]}), ("lp_ft", {"probe_epochs": 2})],
+)
 def test_resume_keeps_the_schedule(name, settings):
     first = make_strategy(name, **settings)
     m1 = bert_model()
@@ -375,24 +392,30 @@ def test_partial_rejects_more_layers_than_blocks():
     with pytest.raises(ConfigError, match="only 2 blocks"):
         make_strategy("partial", trainable_layers=3).apply(model, layer_groups(model))
     with pytest.raises(ConfigError, match="trainable_layers"):
-        load_config(None, ["model.name_or_path=x", "data.train=y", "strategy.name=partial",
-                           "strategy.trainable_layers=-1"])
+        load_config(
+            None, ["model.name_or_path=x", "data.train=y", "strategy.name=partial", "strategy.trainable_layers=-1"]
+        )
     with pytest.raises(ConfigError, match="milestones"):
-        load_config(None, ["model.name_or_path=x", "data.train=y", "strategy.name=gradual_unfreeze",
-                           "strategy.milestones=[3, 1]"])
+        load_config(
+            None,
+            ["model.name_or_path=x", "data.train=y", "strategy.name=gradual_unfreeze", "strategy.milestones=[3, 1]"],
+        )
 
 
 # ----------------------------------------------------------------------------- auto
 
 
-@pytest.mark.parametrize("n, sim, name, settings", [
-    (50, "high", "partial", {"trainable_layers": 2}),
-    (99, "low", "partial", {"trainable_layers": 2}),
-    (100, "high", "partial", {"trainable_fraction": 0.5}),
-    (10_000, "low", "full", {}),
-    (10_001, "high", "full", {}),
-    (50_000, "low", "full", {}),
-])
+@pytest.mark.parametrize(
+    "n, sim, name, settings",
+    [
+        (50, "high", "partial", {"trainable_layers": 2}),
+        (99, "low", "partial", {"trainable_layers": 2}),
+        (100, "high", "partial", {"trainable_fraction": 0.5}),
+        (10_000, "low", "full", {}),
+        (10_001, "high", "full", {}),
+        (50_000, "low", "full", {}),
+    ],
+)
 def test_auto_table(n, sim, name, settings):
     choice = choose_strategy(n, sim, available=["freeze", "partial", "full"])
     assert (choice.name, choice.settings) == (name, settings)
@@ -426,8 +449,16 @@ def auto_prepare(model_dir, train_csv, tmp_path, *extra):
     from hf_transfer.strategies import RunContext
     from hf_transfer.tasks import get_task
 
-    cfg = load_config(None, [f"model.name_or_path={model_dir}", f"data.train={train_csv}",
-                             f"output_dir={tmp_path / 'run'}", "strategy.name=auto", *extra])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            f"data.train={train_csv}",
+            f"output_dir={tmp_path / 'run'}",
+            "strategy.name=auto",
+            *extra,
+        ],
+    )
     task = get_task(cfg)
     task.load_processor()
     splits = task.load_splits()
@@ -494,11 +525,14 @@ def _base_weights(tiny_bert_dir):
     return {f"bert.{k}": v for k, v in load_file(str(Path(tiny_bert_dir) / "model.safetensors")).items()}
 
 
-@pytest.mark.parametrize("name, extra", [
-    ("freeze", []),
-    ("gradual_unfreeze", ["training.load_best_model_at_end=false"]),
-    ("feature_extraction", []),  # the fitted linear classifier is written into the head
-])
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("freeze", []),
+        ("gradual_unfreeze", ["training.load_best_model_at_end=false"]),
+        ("feature_extraction", []),  # the fitted linear classifier is written into the head
+    ],
+)
 def test_end_to_end_frozen_backbone_is_saved_unchanged(name, extra, text_overrides, tiny_bert_dir, tmp_path):
     from hf_transfer.run import train
 
@@ -533,9 +567,17 @@ def test_auto_end_to_end(similarity, text_overrides, toy_text_data, related_bert
 
     from hf_transfer.run import predict, train
 
-    cfg = load_config(None, text_overrides + [
-        f"model.name_or_path={related_bert_dir}", "strategy.name=auto", f"strategy.similarity={similarity}",
-        "training.epochs=1", "training.save_strategy=no"])
+    cfg = load_config(
+        None,
+        text_overrides
+        + [
+            f"model.name_or_path={related_bert_dir}",
+            "strategy.name=auto",
+            f"strategy.similarity={similarity}",
+            "training.epochs=1",
+            "training.save_strategy=no",
+        ],
+    )
     train(cfg)
     out = Path(cfg.output_dir)
     written = json.loads((out / "metrics.json").read_text())

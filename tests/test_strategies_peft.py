@@ -19,9 +19,20 @@ from tiny_models import WHISPER_SHORT, bert_config, vit_config, whisper_config
 TEXT = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=3
 )
-SPEECH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
-              conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
-              classifier_proj_size=16, num_labels=3, layerdrop=0.0)  # no LayerDrop: every block runs
+SPEECH = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=37,
+    conv_dim=(8, 8),
+    conv_stride=(5, 2),
+    conv_kernel=(10, 3),
+    num_conv_pos_embeddings=8,
+    num_conv_pos_embedding_groups=2,
+    classifier_proj_size=16,
+    num_labels=3,
+    layerdrop=0.0,
+)  # no LayerDrop: every block runs
 
 # arch -> (model class, config, example inputs, expected head modules, LoRA / IA3 / adapter leaf names)
 ARCHS = {
@@ -148,8 +159,11 @@ def test_exactly_adapters_and_head_train_and_the_save_reloads_both_ways(arch, na
     head_copies = {n for n in trainable if ".modules_to_save.default." in n}
     assert trainable == {n for n in trainable if _adapter_param(n)} | head_copies
     # Every parameter of every head module trains (as its modules_to_save copy).
-    expected_heads = {f"base_model.model.{h}.modules_to_save.default.{p}" for h in heads
-                      for p, _ in wrapped.base_model.model.get_submodule(h).original_module.named_parameters()}
+    expected_heads = {
+        f"base_model.model.{h}.modules_to_save.default.{p}"
+        for h in heads
+        for p, _ in wrapped.base_model.model.get_submodule(h).original_module.named_parameters()
+    }
     assert head_copies == expected_heads
 
     # One optimizer step: exactly the trainable parameters move; everything else is bit-identical.
@@ -197,8 +211,11 @@ def test_target_modules_override_and_describe():
 def test_ia3_feedforward_names_select_among_default_targets():
     model, _ = _build("bert")
     wrapped = _strategy("ia3", feedforward_modules=["output.dense"]).apply(model, layer_groups(model))
-    shapes = {n.split(".ia3_l")[0].split("layer.0.")[-1]: tuple(p.shape)
-              for n, p in wrapped.named_parameters() if "ia3_l" in n and "layer.0." in n}
+    shapes = {
+        n.split(".ia3_l")[0].split("layer.0.")[-1]: tuple(p.shape)
+        for n, p in wrapped.named_parameters()
+        if "ia3_l" in n and "layer.0." in n
+    }
     # Keys and values are scaled on their outputs, the feed-forward output layer on its input (37).
     assert shapes == {"attention.self.key": (32, 1), "attention.self.value": (32, 1), "output.dense": (1, 37)}
 
@@ -208,10 +225,18 @@ def test_ia3_feedforward_names_select_among_default_targets():
 
 def _lora_overrides(tiny_bert_dir, toy_text_data, out, *extra):
     return [
-        f"model.name_or_path={tiny_bert_dir}", f"data.train={toy_text_data['train']}",
-        f"data.eval={toy_text_data['validation']}", f"output_dir={out}", "training.report_to=[]",
-        "training.epochs=2", "training.batch_size=16", "training.learning_rate=0.01",
-        "training.warmup_ratio=0.0", "strategy.name=lora", "strategy.r=4", *extra,
+        f"model.name_or_path={tiny_bert_dir}",
+        f"data.train={toy_text_data['train']}",
+        f"data.eval={toy_text_data['validation']}",
+        f"output_dir={out}",
+        "training.report_to=[]",
+        "training.epochs=2",
+        "training.batch_size=16",
+        "training.learning_rate=0.01",
+        "training.warmup_ratio=0.0",
+        "strategy.name=lora",
+        "strategy.r=4",
+        *extra,
     ]
 
 
@@ -235,8 +260,11 @@ def test_lora_run_saves_a_folder_that_reloads_like_the_trained_model(
     monkeypatch.setattr(Lora, "apply", spy_apply)
     monkeypatch.setattr(Lora, "save_model", spy_save)
     out = tmp_path / "run"
-    metrics = train(load_config(None, _lora_overrides(tiny_bert_dir, toy_text_data, out, "training.save_strategy=no",
-                                                      "training.epochs=1")))
+    metrics = train(
+        load_config(
+            None, _lora_overrides(tiny_bert_dir, toy_text_data, out, "training.save_strategy=no", "training.epochs=1")
+        )
+    )
     assert metrics["peft_method"] == "lora" and metrics["modules_to_save"] == ["classifier"]
     # `hf-transfer evaluate` reads the merged root with plain transformers: the same metrics.
     assert evaluate(out, split="eval")["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
@@ -265,22 +293,35 @@ def tiny_bert_no_dropout(tmp_path_factory):
     head copy, optimizer, scheduler, data position), independent of RNG restoration."""
     from tiny_models import save_bert
 
-    return save_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
+    return save_bert(
+        tmp_path_factory.mktemp("tiny-bert-no-dropout"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
 
 
 def test_lora_resumed_mid_run_ends_with_the_uninterrupted_weights(tiny_bert_no_dropout, toy_text_data, tmp_path):
     # 96 examples / 16 = 6 steps per epoch, 12 in all; step 8 is in the middle of epoch 1.
-    common = ["training.save_strategy=steps", "training.save_steps=4", "training.save_total_limit=5",
-              "training.load_best_model_at_end=false", "training.logging_steps=1", "strategy.dropout=0.0"]
+    common = [
+        "training.save_strategy=steps",
+        "training.save_steps=4",
+        "training.save_total_limit=5",
+        "training.load_best_model_at_end=false",
+        "training.logging_steps=1",
+        "strategy.dropout=0.0",
+    ]
     full = tmp_path / "full"
     train(load_config(None, _lora_overrides(tiny_bert_no_dropout, toy_text_data, full, *common)))
     checkpoint = full / "checkpoints" / "step_8"
     assert (checkpoint / "trainer_state.json").is_file()
 
     resumed = tmp_path / "resumed"
-    train(load_config(None, _lora_overrides(tiny_bert_no_dropout, toy_text_data, resumed, *common,
-                                            f"training.resume_from_checkpoint={checkpoint}")))
+    train(
+        load_config(
+            None,
+            _lora_overrides(
+                tiny_bert_no_dropout, toy_text_data, resumed, *common, f"training.resume_from_checkpoint={checkpoint}"
+            ),
+        )
+    )
     for name in (f"{ADAPTER_DIR}/adapter_model.safetensors", "model.safetensors"):
         a, b = load_file(full / name), load_file(resumed / name)
         assert a.keys() == b.keys()

@@ -16,6 +16,7 @@ from tiny_models import bert_config
 
 # ---------------------------------------------------------------- head swap
 
+
 def test_head_swap_from_bare_backbone(tiny_bert_dir):
     model = load_for_classification(
         AutoModelForSequenceClassification, str(tiny_bert_dir), {0: "neg", 1: "pos", 2: "mixed"}
@@ -25,9 +26,11 @@ def test_head_swap_from_bare_backbone(tiny_bert_dir):
     assert model.config.label2id == {"neg": 0, "pos": 1, "mixed": 2}
     assert set(model.hf_transfer_new_weights) == {"classifier.weight", "classifier.bias"}
     from transformers import BertModel  # backbone weights come from the checkpoint
+
     bare = BertModel.from_pretrained(tiny_bert_dir)
-    assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
-                       bare.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(
+        model.bert.encoder.layer[0].attention.self.query.weight, bare.encoder.layer[0].attention.self.query.weight
+    )
 
 
 def test_head_swap_replaces_head_for_other_labels_even_with_same_size(tmp_path):
@@ -53,18 +56,28 @@ def test_head_swap_replaces_head_for_other_labels_even_with_same_size(tmp_path):
 
 # ---------------------------------------------------------------- a whole run
 
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_bert_dir, toy_text_data):
     out = tmp_path_factory.mktemp("runs") / "run"
-    cfg = load_config(None, [
-        f"model.name_or_path={tiny_bert_dir}", f"data.train={toy_text_data['train']}",
-        f"data.eval={toy_text_data['validation']}", f"data.test={toy_text_data['test']}",
-        f"output_dir={out}", "training.epochs=8", "training.learning_rate=0.003",
-        "training.report_to=[tensorboard]", "training.logging_steps=1", "training.save_strategy=no",
-        # The loss must fall from chance: a random head (the probe-initialised one is tested in
-        # test_head_init.py; on this random backbone it starts at chance too, but need not).
-        "strategy.head_init=random",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={toy_text_data['train']}",
+            f"data.eval={toy_text_data['validation']}",
+            f"data.test={toy_text_data['test']}",
+            f"output_dir={out}",
+            "training.epochs=8",
+            "training.learning_rate=0.003",
+            "training.report_to=[tensorboard]",
+            "training.logging_steps=1",
+            "training.save_strategy=no",
+            # The loss must fall from chance: a random head (the probe-initialised one is tested in
+            # test_head_init.py; on this random backbone it starts at chance too, but need not).
+            "strategy.head_init=random",
+        ],
+    )
     return out, train(cfg)
 
 
@@ -75,15 +88,32 @@ def test_run_learns_and_writes_metrics(trained_run):
     assert losses[-1] < 0.5 * losses[0], losses
     assert metrics["eval_accuracy"] >= 0.9
     saved = json.loads((out / "metrics.json").read_text())
-    for key in ("eval_accuracy", "eval_f1", "eval_loss", "eval_precision", "eval_recall",
-                "eval_precision_negative", "eval_recall_positive", "train_runtime",
-                "train_samples_per_second", "test_accuracy", "test_f1", "test_loss"):
+    for key in (
+        "eval_accuracy",
+        "eval_f1",
+        "eval_loss",
+        "eval_precision",
+        "eval_recall",
+        "eval_precision_negative",
+        "eval_recall_positive",
+        "train_runtime",
+        "train_samples_per_second",
+        "test_accuracy",
+        "test_f1",
+        "test_loss",
+    ):
         assert key in saved, key
     assert saved["labels"] == ["negative", "positive"]
     cm = json.loads((out / "confusion_matrix.json").read_text())
     assert cm["labels"] == ["negative", "positive"] and sum(map(sum, cm["matrix"])) == 32
-    for f in ("config.yaml", "model.safetensors", "tokenizer.json", "training_curves.png",
-              "confusion_matrix.png", "train.log"):
+    for f in (
+        "config.yaml",
+        "model.safetensors",
+        "tokenizer.json",
+        "training_curves.png",
+        "confusion_matrix.png",
+        "train.log",
+    ):
         assert (out / f).is_file(), f
     assert any((out / "logs").rglob("events.out.tfevents*")), "no TensorBoard events"
 
@@ -124,9 +154,19 @@ def test_evaluate_and_predict(trained_run):
 def test_scratch_baseline_starts_from_random_weights(tiny_bert_dir, toy_text_data, tmp_path):
     from transformers import BertModel
 
-    cfg = load_config(None, [f"model.name_or_path={tiny_bert_dir}", f"data.train={toy_text_data['train']}",
-                             f"output_dir={tmp_path / 'scratch'}", "strategy.name=scratch", "training.max_steps=1",
-                             "training.report_to=[]", "training.learning_rate=1e-9", "training.warmup_ratio=0"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={toy_text_data['train']}",
+            f"output_dir={tmp_path / 'scratch'}",
+            "strategy.name=scratch",
+            "training.max_steps=1",
+            "training.report_to=[]",
+            "training.learning_rate=1e-9",
+            "training.warmup_ratio=0",
+        ],
+    )
     train(cfg)
     trained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "scratch")
     base = BertModel.from_pretrained(tiny_bert_dir)
@@ -140,8 +180,15 @@ def test_class_weights_balanced_and_eval_carved(tiny_bert_dir, tmp_path):
     path = write_csv(tmp_path / "skewed.csv", rows)
     from hf_transfer.tasks import get_task
 
-    cfg = load_config(None, [f"model.name_or_path={tiny_bert_dir}", f"data.train={path}",
-                             "training.class_weights=balanced", "data.eval_fraction=0.25"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert_dir}",
+            f"data.train={path}",
+            "training.class_weights=balanced",
+            "data.eval_fraction=0.25",
+        ],
+    )
     task = get_task(cfg)
     splits = task.load_splits()
     assert len(splits.eval) == 10 and len(splits.train) == 30
@@ -155,9 +202,18 @@ def test_class_weights_balanced_and_eval_carved(tiny_bert_dir, tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
+
 def _cfg(tiny_bert_dir, tmp_path, *extra):
-    return load_config(None, [f"model.name_or_path={tiny_bert_dir}", f"output_dir={tmp_path / 'run'}",
-                              "training.report_to=[]", "training.max_steps=1", *extra])
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert_dir}",
+            f"output_dir={tmp_path / 'run'}",
+            "training.report_to=[]",
+            "training.max_steps=1",
+            *extra,
+        ],
+    )
 
 
 def test_missing_label_column(tiny_bert_dir, tmp_path, toy_text_data):
@@ -196,8 +252,14 @@ def test_path_that_does_not_exist(tiny_bert_dir, tmp_path):
 
 
 def test_model_that_does_not_exist(tmp_path, toy_text_data):
-    cfg = load_config(None, [f"model.name_or_path={tmp_path / 'nothing'}", f"data.train={toy_text_data['train']}",
-                             f"output_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tmp_path / 'nothing'}",
+            f"data.train={toy_text_data['train']}",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
     with pytest.raises(HFTransferError, match="local path .* does not exist"):
         train(cfg)
 
@@ -205,8 +267,13 @@ def test_model_that_does_not_exist(tmp_path, toy_text_data):
 def test_filter_and_per_class(tiny_bert_dir, tmp_path, toy_text_data):
     from hf_transfer.tasks import get_task
 
-    cfg = _cfg(tiny_bert_dir, tmp_path, f"data.train={toy_text_data['train']}", "data.samples_per_class=5",
-               f"data.eval={toy_text_data['validation']}")
+    cfg = _cfg(
+        tiny_bert_dir,
+        tmp_path,
+        f"data.train={toy_text_data['train']}",
+        "data.samples_per_class=5",
+        f"data.eval={toy_text_data['validation']}",
+    )
     splits = get_task(cfg).load_splits()
     assert sorted(splits.train["labels"]) == [0] * 5 + [1] * 5
     bad = _cfg(tiny_bert_dir, tmp_path, f"data.train={toy_text_data['train']}", "data.filter=colour == 'red'")

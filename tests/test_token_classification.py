@@ -48,16 +48,29 @@ def write_conll(path, rows):
 @pytest.fixture(scope="module")
 def ner_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("ner")
-    return {"train": write_conll(d / "train.conll", toy_tagged(120, 1)),
-            "eval": write_conll(d / "dev.conll", toy_tagged(30, 2)),
-            "test": write_conll(d / "test.conll", toy_tagged(30, 3)), "dir": d}
+    return {
+        "train": write_conll(d / "train.conll", toy_tagged(120, 1)),
+        "eval": write_conll(d / "dev.conll", toy_tagged(30, 2)),
+        "test": write_conll(d / "test.conll", toy_tagged(30, 3)),
+        "dir": d,
+    }
 
 
 def ner_overrides(tiny_bert_dir, ner_data, out, *extra):
-    return ["recipe=token_classification", f"model.name_or_path={tiny_bert_dir}", f"data.train={ner_data['train']}",
-            f"data.eval={ner_data['eval']}", f"output_dir={out}", "data.max_length=64", "training.epochs=8",
-            "training.learning_rate=0.003", "training.report_to=[]", "training.save_strategy=no",
-            "training.warmup_ratio=0.0", *extra]
+    return [
+        "recipe=token_classification",
+        f"model.name_or_path={tiny_bert_dir}",
+        f"data.train={ner_data['train']}",
+        f"data.eval={ner_data['eval']}",
+        f"output_dir={out}",
+        "data.max_length=64",
+        "training.epochs=8",
+        "training.learning_rate=0.003",
+        "training.report_to=[]",
+        "training.save_strategy=no",
+        "training.warmup_ratio=0.0",
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------------------- readers
@@ -65,8 +78,10 @@ def ner_overrides(tiny_bert_dir, ner_data, out, *extra):
 
 def test_conll_reader_takes_the_last_column_skips_docstart_and_whitespace_lines(tmp_path):
     p = tmp_path / "c.conll"
-    p.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP B-MISC\n"
-                 "\t\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n")
+    p.write_text(
+        "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP B-MISC\n"
+        "\t\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n"
+    )
     s = T.read_conll(p)
     assert [x.tokens for x in s] == [["EU", "rejects", "German"], ["Peter", "Blackburn"]]
     assert [x.tags for x in s] == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"]]
@@ -82,16 +97,23 @@ def test_conll_line_without_a_tag_is_named(tmp_path):
 
 def test_jsonl_tokens_and_tags_length_mismatch_names_the_line(tmp_path):
     p = tmp_path / "d.jsonl"
-    p.write_text(json.dumps({"tokens": ["a", "b"], "tags": ["O", "O"]}) + "\n\n"
-                 + json.dumps({"tokens": ["John", "runs"], "tags": ["B-PER"]}) + "\n")
+    p.write_text(
+        json.dumps({"tokens": ["a", "b"], "tags": ["O", "O"]})
+        + "\n\n"
+        + json.dumps({"tokens": ["John", "runs"], "tags": ["B-PER"]})
+        + "\n"
+    )
     with pytest.raises(DataError, match=r"'d.jsonl' line 3: 2 tokens but 1 tags"):
         T.read_jsonl(p, TaggingConfig(), None, "BIO")
 
 
 def test_spans_become_bio_and_bioes_tags():
     text = "Ada Lovelace met Charles Babbage in London."
-    spans = [{"start": 0, "end": 12, "label": "PER"}, {"start": 17, "end": 32, "label": "PER"},
-             {"start": 36, "end": 42, "label": "LOC"}]
+    spans = [
+        {"start": 0, "end": 12, "label": "PER"},
+        {"start": 17, "end": 32, "label": "PER"},
+        {"start": 36, "end": 42, "label": "LOC"},
+    ]
     words, bio = T.spans_to_tags(text, spans, "BIO", "row 1")
     assert words == ["Ada", "Lovelace", "met", "Charles", "Babbage", "in", "London", "."]
     assert bio == ["B-PER", "I-PER", "O", "B-PER", "I-PER", "O", "B-LOC", "O"]
@@ -134,8 +156,11 @@ def test_scheme_detection_and_bio_repair_is_counted(caplog):
 
 def test_i_without_b_refused_when_asked():
     s = [T.Sentence(["a", "b"], ["O", "I-PER"], "'x.conll' line 10", 10)]
-    with pytest.raises(DataError, match=r"'x.conll' line 11: tag 'I-PER' after 'O' does not continue an entity .*"
-                                        r"data.tagging.invalid_tags=repair"):
+    with pytest.raises(
+        DataError,
+        match=r"'x.conll' line 11: tag 'I-PER' after 'O' does not continue an entity .*"
+        r"data.tagging.invalid_tags=repair",
+    ):
         T.repair_tags(s, "BIO", "error", "train")
 
 
@@ -148,8 +173,11 @@ def test_bioes_repairs():
 
 def test_tag_outside_the_set_and_malformed_tags_are_named():
     s = [T.Sentence(["a", "b"], ["O", "B-FOO"], "'dev.conll' line 5", 5)]
-    with pytest.raises(DataError, match=r"'dev.conll' line 6: tag 'B-FOO' in the eval split is not in the training "
-                                        r"data's tag set: O, B-PER, I-PER"):
+    with pytest.raises(
+        DataError,
+        match=r"'dev.conll' line 6: tag 'B-FOO' in the eval split is not in the training "
+        r"data's tag set: O, B-PER, I-PER",
+    ):
         T.check_labels(s, ["O", "B-PER", "I-PER"], "eval", declared=False)
     with pytest.raises(DataError, match=r"'dev.conll' line 5: tag 'PER' is neither O nor B-/I-/E-/S-<type>"):
         T.check_tag_form([T.Sentence(["a"], ["PER"], "'dev.conll' line 5", 5)])
@@ -266,15 +294,27 @@ def _pipeline_entities(folder):
     from transformers import pipeline
 
     nlp = pipeline("token-classification", model=str(folder), aggregation_strategy="simple", device=-1)
-    return [[{"entity_group": e["entity_group"], "word": e["word"], "start": int(e["start"]), "end": int(e["end"]),
-              "score": float(e["score"])} for e in nlp(t)] for t in TEXTS]
+    return [
+        [
+            {
+                "entity_group": e["entity_group"],
+                "word": e["word"],
+                "start": int(e["start"]),
+                "end": int(e["end"]),
+                "score": float(e["score"]),
+            }
+            for e in nlp(t)
+        ]
+        for t in TEXTS
+    ]
 
 
 def _same_entities(ours, theirs):
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
-        assert [(e["entity_group"], e["word"], e["start"], e["end"]) for e in a] == \
-               [(e["entity_group"], e["word"], e["start"], e["end"]) for e in b]
+        assert [(e["entity_group"], e["word"], e["start"], e["end"]) for e in a] == [
+            (e["entity_group"], e["word"], e["start"], e["end"]) for e in b
+        ]
         assert [e["score"] for e in a] == pytest.approx([e["score"] for e in b], abs=1e-4)
 
 
@@ -340,8 +380,11 @@ def test_feature_extraction_writes_a_per_token_classifier_into_the_head(tiny_ber
     from hf_transfer.run import evaluate, predict, train
 
     out = tmp_path / "fe"
-    m = train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, out, "strategy.name=feature_extraction",
-                                              "strategy.C=10")))
+    m = train(
+        load_config(
+            None, ner_overrides(tiny_bert_dir, ner_data, out, "strategy.name=feature_extraction", "strategy.C=10")
+        )
+    )
     assert m["head_written"] and m["run_layout"] == "head" and m["C"] == 10.0
     assert m["trainable_parameters"] == 32 * 5 + 5
     assert m["eval_f1"] > 0.3
@@ -370,17 +413,30 @@ def test_feature_extraction_refuses_settings_it_cannot_write_into_the_head(tiny_
         )
 
 
-@pytest.mark.parametrize("strategy, extra", [("lora", []), ("freeze", []), ("partial", []), ("auto", []), ("ia3", []),
-                                             ("gradual_unfreeze", []), ("lp_ft", []),
-                                             ("scratch", ["data.tagging.subword_labels=all"])])
+@pytest.mark.parametrize(
+    "strategy, extra",
+    [
+        ("lora", []),
+        ("freeze", []),
+        ("partial", []),
+        ("auto", []),
+        ("ia3", []),
+        ("gradual_unfreeze", []),
+        ("lp_ft", []),
+        ("scratch", ["data.tagging.subword_labels=all"]),
+    ],
+)
 def test_strategies_train_a_token_classifier(strategy, extra, tiny_bert_dir, ner_data, tmp_path):
     from transformers import AutoModelForTokenClassification
 
     from hf_transfer.run import train
 
     out = tmp_path / strategy
-    m = train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, out, f"strategy.name={strategy}",
-                                              "training.epochs=2", *extra)))
+    m = train(
+        load_config(
+            None, ner_overrides(tiny_bert_dir, ner_data, out, f"strategy.name={strategy}", "training.epochs=2", *extra)
+        )
+    )
     assert "eval_f1" in m and 0.0 <= m["eval_f1"] <= 1.0
     AutoModelForTokenClassification.from_pretrained(out)
     if strategy == "lora":
@@ -421,8 +477,13 @@ def test_jsonl_and_span_files_train(tiny_bert_dir, ner_data, tmp_path):
                 ents[-1]["end"] = start + len(w)
         rows.append({"text": text.strip(), "entities": ents})
     spans.write_text("\n".join(json.dumps(r) for r in rows))
-    m = train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "run") +
-                          [f"data.train={tok}", f"data.eval={spans}", "training.epochs=1"]))
+    m = train(
+        load_config(
+            None,
+            ner_overrides(tiny_bert_dir, ner_data, tmp_path / "run")
+            + [f"data.train={tok}", f"data.eval={spans}", "training.epochs=1"],
+        )
+    )
     assert m["train_size"] == 40 and m["eval_size"] == 10
 
 
@@ -434,8 +495,14 @@ def test_settings_that_do_not_apply_are_refused(tiny_bert_dir, ner_data, tmp_pat
     with pytest.raises(ConfigError, match="strategy contrastive trains sentence embeddings"):
         train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "r", "strategy.name=contrastive")))
     with pytest.raises(ConfigError, match="cache_frozen_prefix keeps one label per example"):
-        train(load_config(None, ner_overrides(tiny_bert_dir, ner_data, tmp_path / "r", "strategy.name=freeze",
-                                              "training.cache_frozen_prefix=true")))
+        train(
+            load_config(
+                None,
+                ner_overrides(
+                    tiny_bert_dir, ner_data, tmp_path / "r", "strategy.name=freeze", "training.cache_frozen_prefix=true"
+                ),
+            )
+        )
 
 
 def test_layers_command_on_a_token_classifier(tiny_bert_dir, capsys):
@@ -466,14 +533,18 @@ def test_compare_plans_sentence_subsamples_and_runs(tiny_bert_dir, ner_data, tmp
 
     cfg = tmp_path / "ner.yaml"
     cfg.write_text("recipe: token_classification\n")
-    over = [o for o in ner_overrides(tiny_bert_dir, ner_data, tmp_path / "unused", "training.epochs=1")
-            if not o.startswith("recipe=")]
+    over = [
+        o
+        for o in ner_overrides(tiny_bert_dir, ner_data, tmp_path / "unused", "training.epochs=1")
+        if not o.startswith("recipe=")
+    ]
     with pytest.raises(DataError, match="feature_extraction"):
         plan_study(cfg, over, strategies="full", sizes="20", baselines="logreg", out_dir=tmp_path / "s0")
     with pytest.raises(ConfigError, match="--per-class"):
         plan_study(cfg, over, strategies="full", sizes="20", per_class=True, out_dir=tmp_path / "s1")
-    study = plan_study(cfg, over, strategies="full,feature_extraction", sizes="20,40", seeds="0",
-                       out_dir=tmp_path / "s", metric="f1")
+    study = plan_study(
+        cfg, over, strategies="full,feature_extraction", sizes="20,40", seeds="0", out_dir=tmp_path / "s", metric="f1"
+    )
     small = next(c for c in study.cells if c.size == 20 and c.label == "full")
     big = next(c for c in study.cells if c.size == 40 and c.label == "full")
     assert set(small.cfg.data.train_indices) < set(big.cfg.data.train_indices)  # nested sentence subsamples
@@ -493,19 +564,35 @@ def test_grouping_follows_the_simple_pipeline_and_reads_bioes_as_bio(tiny_bert_d
     def t(tag, word, start, score=0.5):
         return {"entity": tag, "score": score, "word": word, "start": start, "end": start + len(word.lstrip("#"))}
 
-    tokens = [t("B-PER", "jo", 0, 0.9), t("I-PER", "##hn", 2, 0.7), t("B-PER", "mary", 5), t("O", "in", 10),
-              t("I-LOC", "rome", 13), t("S-ORG", "un", 18), t("E-ORG", "##it", 20), t("B-LOC", "x", 23)]
+    tokens = [
+        t("B-PER", "jo", 0, 0.9),
+        t("I-PER", "##hn", 2, 0.7),
+        t("B-PER", "mary", 5),
+        t("O", "in", 10),
+        t("I-LOC", "rome", 13),
+        t("S-ORG", "un", 18),
+        t("E-ORG", "##it", 20),
+        t("B-LOC", "x", 23),
+    ]
     got = group_entities(tokens, tok)
     assert [(e["entity_group"], e["start"], e["end"]) for e in got] == [
-        ("PER", 0, 4), ("PER", 5, 9), ("LOC", 13, 17), ("ORG", 18, 22), ("LOC", 23, 24)]
+        ("PER", 0, 4),
+        ("PER", 5, 9),
+        ("LOC", 13, 17),
+        ("ORG", 18, 22),
+        ("LOC", 23, 24),
+    ]
     assert got[0]["score"] == pytest.approx(0.8) and got[0]["word"] == "john"
 
 
 def test_evaluate_recarves_the_same_eval_split(tiny_bert_dir, ner_data, tmp_path):
     from hf_transfer.run import evaluate, train
 
-    over = [o for o in ner_overrides(tiny_bert_dir, ner_data, tmp_path / "run", "training.epochs=2")
-            if not o.startswith("data.eval=")]
+    over = [
+        o
+        for o in ner_overrides(tiny_bert_dir, ner_data, tmp_path / "run", "training.epochs=2")
+        if not o.startswith("data.eval=")
+    ]
     m = train(load_config(None, over + ["data.eval_fraction=0.25"]))
     assert m["eval_size"] == 30 and m["train_size"] == 90
     assert evaluate(tmp_path / "run")["eval_f1"] == pytest.approx(m["eval_f1"])
@@ -516,8 +603,12 @@ def test_dataset_with_classlabel_tag_ids_is_read_by_name(tmp_path):
 
     from hf_transfer.config import DataSource
 
-    feats = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
-                               "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
+    feats = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"])),
+        }
+    )
     ds = datasets.Dataset.from_dict({"tokens": [["Ada", "Lovelace", "wrote"]], "ner_tags": [[1, 2, 0]]}, features=feats)
     path = tmp_path / "train.parquet"
     ds.to_parquet(str(path))

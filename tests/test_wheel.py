@@ -45,8 +45,13 @@ def venv(tmp_path_factory):
     """A fresh virtual environment holding hf_transfer's wheel; (python, hf-transfer, env)."""
     root = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
     # The build backend comes from PyPI unless it is already installed here.
     isolation = ["--no-build-isolation"] if _has("hatchling") else []
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", root / "dist", REPO], root, env)
@@ -70,10 +75,23 @@ def elsewhere(tmp_path_factory, tiny_bert_dir, toy_text_data):
 
 
 def _tiny(tiny_bert_dir, *extra):
-    return [f"model.name_or_path={tiny_bert_dir}", "data.train=train.csv", "data.eval=validation.csv",
-            "data.test=null", "data.text_column=text", "data.label_column=label", "data.max_length=32",
-            "training.epochs=null", "training.max_steps=6", "training.batch_size=16", "training.learning_rate=0.003",
-            "training.report_to=[]", "training.save_strategy=no", "training.early_stopping_patience=0", *extra]
+    return [
+        f"model.name_or_path={tiny_bert_dir}",
+        "data.train=train.csv",
+        "data.eval=validation.csv",
+        "data.test=null",
+        "data.text_column=text",
+        "data.label_column=label",
+        "data.max_length=32",
+        "training.epochs=null",
+        "training.max_steps=6",
+        "training.batch_size=16",
+        "training.learning_rate=0.003",
+        "training.report_to=[]",
+        "training.save_strategy=no",
+        "training.early_stopping_patience=0",
+        *extra,
+    ]
 
 
 def test_the_wheel_is_what_runs(venv, elsewhere):
@@ -112,7 +130,8 @@ def test_python_api_with_a_config_held_elsewhere(venv, elsewhere, tiny_bert_dir)
         "from hf_transfer import load_config, predict, train\n"
         "metrics = train(load_config('configs/run.yaml', sys.argv[1:]))\n"
         "rows = predict('runs/api', ['a great wonderful film'])\n"
-        "print(json.dumps({'strategy': metrics['strategy'], 'label': rows[0]['label']}))\n")
+        "print(json.dumps({'strategy': metrics['strategy'], 'label': rows[0]['label']}))\n"
+    )
     out = _run([python, script, *_tiny(tiny_bert_dir)], elsewhere, env).stdout
     shown = json.loads(out.strip().splitlines()[-1])
     assert shown["strategy"] == "partial" and shown["label"] in ("positive", "negative")
@@ -130,15 +149,32 @@ def test_a_plugin_package_adds_a_strategy_and_a_recipe(venv, elsewhere, tiny_ber
     assert [line for line in out.splitlines() if line.strip().startswith("bitfit")], out
 
     # Config validation knows the plugin's settings class: a typo is a clear error.
-    bad = _run([hf_transfer, "train", "sst2.yaml", *_tiny(tiny_bert_dir, "strategy.name=bitfit",
-                "strategy.train_layer_nrom=true", "output_dir=runs/bad")], elsewhere, env, ok=False)
+    bad = _run(
+        [
+            hf_transfer,
+            "train",
+            "sst2.yaml",
+            *_tiny(tiny_bert_dir, "strategy.name=bitfit", "strategy.train_layer_nrom=true", "output_dir=runs/bad"),
+        ],
+        elsewhere,
+        env,
+        ok=False,
+    )
     assert bad.returncode == 2 and "train_layer_nrom" in bad.stderr and "train_layer_norm" in bad.stderr
     assert "Traceback" not in bad.stderr
 
     # The plugin's recipe with the plugin's strategy trains; only biases (and the head) changed.
     (elsewhere / "tweets.yaml").write_text(yaml.safe_dump({"recipe": "tweet_classification"}))
-    _run([hf_transfer, "train", "tweets.yaml", *_tiny(tiny_bert_dir, "strategy.name=bitfit",
-          "strategy.train_layer_norm=true", "output_dir=runs/bitfit")], elsewhere, env)
+    _run(
+        [
+            hf_transfer,
+            "train",
+            "tweets.yaml",
+            *_tiny(tiny_bert_dir, "strategy.name=bitfit", "strategy.train_layer_norm=true", "output_dir=runs/bitfit"),
+        ],
+        elsewhere,
+        env,
+    )
     metrics = json.loads((elsewhere / "runs" / "bitfit" / "metrics.json").read_text())
     assert metrics["strategy"] == "bitfit" and 0 < metrics["trainable_parameters"] < metrics["frozen_parameters"]
     saved = yaml.safe_load((elsewhere / "runs" / "bitfit" / "config.yaml").read_text())
@@ -150,14 +186,32 @@ def test_a_plugin_package_adds_a_strategy_and_a_recipe(venv, elsewhere, tiny_ber
         "base = AutoModel.from_pretrained(sys.argv[1]).state_dict()\n"
         "tuned = load_file('runs/bitfit/model.safetensors')\n"
         "changed = sorted(k for k, v in base.items() if 'bert.' + k in tuned and not (tuned['bert.' + k] == v).all())\n"
-        "print('\\n'.join(changed))\n")
+        "print('\\n'.join(changed))\n"
+    )
     changed = _run([python, "-c", check, tiny_bert_dir], elsewhere, env).stdout.split()
     assert changed and all(k.endswith(".bias") or "LayerNorm.weight" in k for k in changed), changed
     predicted = _run([hf_transfer, "predict", "runs/bitfit", "@someone a great film https://t.co/x"], elsewhere, env)
     assert json.loads(predicted.stdout.splitlines()[0])["label"] in ("positive", "negative")
 
     # compare runs the plugin's strategy beside a built-in one.
-    _run([hf_transfer, "compare", "tweets.yaml", *_tiny(tiny_bert_dir), "--strategies", "freeze,bitfit",
-          "--sizes", "8", "--per-class", "--seeds", "0", "-o", "studies/plugin"], elsewhere, env)
+    _run(
+        [
+            hf_transfer,
+            "compare",
+            "tweets.yaml",
+            *_tiny(tiny_bert_dir),
+            "--strategies",
+            "freeze,bitfit",
+            "--sizes",
+            "8",
+            "--per-class",
+            "--seeds",
+            "0",
+            "-o",
+            "studies/plugin",
+        ],
+        elsewhere,
+        env,
+    )
     study = (elsewhere / "studies" / "plugin" / "study.csv").read_text()
     assert "bitfit" in study and "freeze" in study

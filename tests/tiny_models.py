@@ -140,19 +140,43 @@ def whisper_config(**kw):
     replace Whisper's 50256+ special tokens, which do not fit it."""
     from transformers import WhisperConfig
 
-    base = dict(vocab_size=96, num_mel_bins=16, d_model=32, encoder_layers=2, decoder_layers=2,
-                encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                max_source_positions=50, max_target_positions=32, decoder_start_token_id=1, pad_token_id=0,
-                bos_token_id=0, eos_token_id=0)
+    base = dict(
+        vocab_size=96,
+        num_mel_bins=16,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=50,
+        max_target_positions=32,
+        decoder_start_token_id=1,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     base.update(kw)
     return WhisperConfig(**base)
 
 
 #: A shorter Whisper for structure tests: 8 mel bins, 32 input frames (16 positions), 2 heads, FFN 37,
 #: a 100-token vocabulary with pad 0, bos 1, eos 2, decoder start 3; `whisper_config(**WHISPER_SHORT)`.
-WHISPER_SHORT = dict(encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
-                     vocab_size=100, num_mel_bins=8, max_source_positions=16, max_target_positions=16,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
+WHISPER_SHORT = dict(
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=37,
+    decoder_ffn_dim=37,
+    vocab_size=100,
+    num_mel_bins=8,
+    max_source_positions=16,
+    max_target_positions=16,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    decoder_start_token_id=3,
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -184,27 +208,52 @@ def save_whisper(out: Path, multilingual: bool = False, seed: int = 0) -> Path:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{c}|>" for c in LANGUAGES],
-                "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
-                "<|notimestamps|>"]
+    specials = [
+        "<|endoftext|>",
+        "<|startoftranscript|>",
+        *[f"<|{c}|>" for c in LANGUAGES],
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nospeech|>",
+        "<|notimestamps|>",
+    ]
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     with tempfile.TemporaryDirectory() as tmp:
         tok.save(str(Path(tmp) / "tokenizer.json"))
         tokenizer = WhisperTokenizer.from_pretrained(
-            tmp, pad_token="<|endoftext|>", extra_special_tokens=specials[1:], model_max_length=64,
-            clean_up_tokenization_spaces=False, language=None, task=None, predict_timestamps=False,
+            tmp,
+            pad_token="<|endoftext|>",
+            extra_special_tokens=specials[1:],
+            model_max_length=64,
+            clean_up_tokenization_spaces=False,
+            language=None,
+            task=None,
+            predict_timestamps=False,
         )
     for key in ("is_local", "local_files_only", "name_or_path"):
         tokenizer.init_kwargs.pop(key, None)
     ids = {s: tokenizer.convert_tokens_to_ids(s) for s in specials}
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
-    config = whisper_config(vocab_size=len(tokenizer), max_target_positions=64, decoder_start_token_id=sot,
-                            bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
+    config = whisper_config(
+        vocab_size=len(tokenizer),
+        max_target_positions=64,
+        decoder_start_token_id=sot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+    )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
     gen = GenerationConfig(
-        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=multilingual, max_length=64,
+        decoder_start_token_id=sot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=multilingual,
+        max_length=64,
     )
     if multilingual:
         gen.lang_to_id = {f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES}
@@ -212,8 +261,7 @@ def save_whisper(out: Path, multilingual: bool = False, seed: int = 0) -> Path:
     model.generation_config = gen
     out = Path(out)
     model.save_pretrained(out)
-    fe = WhisperFeatureExtractor(feature_size=16, sampling_rate=WHISPER_RATE, hop_length=160, chunk_length=1,
-                                 n_fft=400)
+    fe = WhisperFeatureExtractor(feature_size=16, sampling_rate=WHISPER_RATE, hop_length=160, chunk_length=1, n_fft=400)
     WhisperProcessor(feature_extractor=fe, tokenizer=tokenizer).save_pretrained(out)
     fe.save_pretrained(out)
     return out

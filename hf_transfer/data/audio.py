@@ -53,7 +53,13 @@ logger = logging.getLogger(__name__)
 AUDIO_CANDIDATES = ("audio", "audio_path", "audio_file", "file_name", "filename", "file", "path", "wav", "speech")
 #: Transcript column names looked for, in priority order.
 TRANSCRIPT_CANDIDATES = (
-    "text", "transcription", "transcript", "sentence", "normalized_text", "raw_transcription", "raw_text",
+    "text",
+    "transcription",
+    "transcript",
+    "sentence",
+    "normalized_text",
+    "raw_transcription",
+    "raw_text",
 )
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.json")
 #: A clip whose peak stays below this level (dB full scale) counts as silent: -60 dBFS is a peak
@@ -72,8 +78,7 @@ def _visible(p: Path, root: Path) -> bool:
 
 def _audio_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and _visible(p, folder)
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and _visible(p, folder)
     )
 
 
@@ -138,7 +143,10 @@ def load_audio_folder(folder: str | Path, split: str = "train") -> datasets.Data
     if loose and classes:
         logger.warning(
             "%d clips directly in '%s' belong to no class folder and are ignored (for example %s). "
-            "Put each class's clips in a folder named after the class.", len(loose), root, loose[0].name,
+            "Put each class's clips in a folder named after the class.",
+            len(loose),
+            root,
+            loose[0].name,
         )
     if not classes:
         if loose:
@@ -245,8 +253,12 @@ def resolve_paths(ds: datasets.Dataset, column: str, base: Path | None, role: st
     is_text = isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
     if not (is_text or isinstance(feature, datasets.Audio)):
         return ds
-    return ds.map(_resolve_batch, batched=True, fn_kwargs={"column": column, "base": str(base)},
-                  desc=f"Resolving {role} audio paths")
+    return ds.map(
+        _resolve_batch,
+        batched=True,
+        fn_kwargs={"column": column, "base": str(base)},
+        desc=f"Resolving {role} audio paths",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,24 +427,43 @@ def check_audio(
     if check.skipped:
         shown = "; ".join(f"{n} ({r})" for n, r in check.skipped[:5])
         more = f"; ... ({len(check.skipped) - 5} more)" if len(check.skipped) > 5 else ""
-        logger.warning("Skipped %d unusable clip(s) of %d in the %s split (data.on_bad_file=skip): %s%s",
-                       len(check.skipped), index, role, shown, more)
+        logger.warning(
+            "Skipped %d unusable clip(s) of %d in the %s split (data.on_bad_file=skip): %s%s",
+            len(check.skipped),
+            index,
+            role,
+            shown,
+            more,
+        )
     if not keep:
         raise DataError(
-            f"Every clip of the {role} split is unusable (for example '{check.skipped[0][0]}': "
-            f"{check.skipped[0][1]})." if check.skipped else f"The {role} split has no clips."
+            f"Every clip of the {role} split is unusable (for example '{check.skipped[0][0]}': {check.skipped[0][1]})."
+            if check.skipped
+            else f"The {role} split has no clips."
         )
     if check.truncated:
-        logger.warning("Truncated %d clip(s) of the %s split to %s (data.long_audio=truncate).",
-                       check.truncated, role, window.where)
+        logger.warning(
+            "Truncated %d clip(s) of the %s split to %s (data.long_audio=truncate).",
+            check.truncated,
+            role,
+            window.where,
+        )
     if len(keep) < len(ds):
         ds = ds.select(keep)
     if "num_samples" in ds.column_names:
         ds = ds.remove_columns("num_samples")
     ds = ds.add_column("num_samples", lengths)
     secs = np.asarray(check.seconds)
-    logger.info("Checked %d %s clips in %.1fs: %.1f min of audio, %.2f-%.2f s per clip (median %.2f s).",
-                index, role, time.time() - start, secs.sum() / 60, secs.min(), secs.max(), float(np.median(secs)))
+    logger.info(
+        "Checked %d %s clips in %.1fs: %.1f min of audio, %.2f-%.2f s per clip (median %.2f s).",
+        index,
+        role,
+        time.time() - start,
+        secs.sum() / 60,
+        secs.min(),
+        secs.max(),
+        float(np.median(secs)),
+    )
     return ds, check
 
 

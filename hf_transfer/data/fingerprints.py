@@ -28,8 +28,13 @@ def transform_fingerprint(ds: datasets.Dataset, step: str, *settings) -> str:
 
 def tokenizer_identity(tokenizer) -> tuple:
     """What names a tokenizer in a fingerprint: class, source, size and the sides it cuts and pads."""
-    return (type(tokenizer).__name__, str(getattr(tokenizer, "name_or_path", "")), len(tokenizer),
-            getattr(tokenizer, "truncation_side", None), getattr(tokenizer, "padding_side", None))
+    return (
+        type(tokenizer).__name__,
+        str(getattr(tokenizer, "name_or_path", "")),
+        len(tokenizer),
+        getattr(tokenizer, "truncation_side", None),
+        getattr(tokenizer, "padding_side", None),
+    )
 
 
 def content_fingerprint(ds: datasets.Dataset, columns, batch_size: int = 4096) -> str:
@@ -42,7 +47,7 @@ def content_fingerprint(ds: datasets.Dataset, columns, batch_size: int = 4096) -
     h.update(repr((len(ds), columns)).encode())
     table_view = ds.with_format("arrow")
     for start in range(0, len(ds), batch_size):
-        table = table_view[start:start + batch_size]
+        table = table_view[start : start + batch_size]
         for column in columns:
             for value in table.column(column).to_pylist():
                 _feed(h, value)

@@ -57,8 +57,10 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
@@ -104,7 +106,10 @@ def load_image_folder(folder: str | Path, split: str = "train") -> datasets.Data
     if loose:
         logger.warning(
             "%d images directly in '%s' belong to no class folder and are ignored (for example %s). "
-            "Put each class's images in a folder named after the class.", len(loose), root, loose[0],
+            "Put each class's images in a folder named after the class.",
+            len(loose),
+            root,
+            loose[0],
         )
     if empty:
         logger.warning("Class folders with no images in '%s' are ignored: %s", root, ", ".join(empty))
@@ -114,9 +119,7 @@ def load_image_folder(folder: str | Path, split: str = "train") -> datasets.Data
             f"class ({root}/<class>/<image>.png), optionally inside train/ validation/ test/ folders."
         )
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
-    ds = datasets.Dataset.from_dict(
-        {"image": paths, "label": [classes.index(c) for c in labels]}, features=features
-    )
+    ds = datasets.Dataset.from_dict({"image": paths, "label": [classes.index(c) for c in labels]}, features=features)
     logger.info("Image folder '%s': %d images in %d classes.", root, len(ds), len(classes))
     return ds
 
@@ -240,7 +243,10 @@ def check_images(
         shown = "; ".join(bad_names[:5]) + (f"; ... ({len(bad_names) - 5} more)" if len(bad_names) > 5 else "")
         logger.warning(
             "Skipped %d unreadable image(s) of %d in the %s split (data.on_bad_file=skip): %s",
-            len(bad_rows), len(ds), role, shown,
+            len(bad_rows),
+            len(ds),
+            role,
+            shown,
         )
         bad = set(bad_rows)
         ds = ds.select([i for i in range(len(ds)) if i not in bad])
@@ -289,8 +295,10 @@ class Augmenter:
         return self.min_scale >= 1.0 and self.flip_p <= 0 and self.degrees <= 0 and self.jitter <= 0
 
     def describe(self) -> str:
-        return (f"random_resized_crop={self.min_scale}, horizontal_flip={self.flip_p}, "
-                f"rotation_degrees={self.degrees}, color_jitter={self.jitter}")
+        return (
+            f"random_resized_crop={self.min_scale}, horizontal_flip={self.flip_p}, "
+            f"rotation_degrees={self.degrees}, color_jitter={self.jitter}"
+        )
 
     def _crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         area = width * height
@@ -347,8 +355,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         on_bad_file: What to do if a file that passed the up-front check fails now.
     """
 
-    def __init__(self, ds: datasets.Dataset, column: str, processor, augment: Augmenter | None = None,
-                 on_bad_file: str = "skip"):
+    def __init__(
+        self, ds: datasets.Dataset, column: str, processor, augment: Augmenter | None = None, on_bad_file: str = "skip"
+    ):
         self.ds = ds
         self.column = column
         self.processor = processor
@@ -368,8 +377,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             name = describe_image(value, index)
             if self.on_bad_file == "error":
                 raise DataError(f"Cannot read image '{name}' ({type(e).__name__}: {e}).") from None
-            logger.warning("Image '%s' became unreadable after the up-front check (%s): dropped from its batch.",
-                           name, e)
+            logger.warning(
+                "Image '%s' became unreadable after the up-front check (%s): dropped from its batch.", name, e
+            )
             return None
         if self.augment is not None:
             image = self.augment(image)

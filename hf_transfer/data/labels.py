@@ -50,9 +50,7 @@ def find_column(
             f"No {what} column found in the {role} split (looked for {', '.join(candidates)}). "
             f"Its columns are: {', '.join(cols)}. Set {key} to the right one."
         )
-    raise DataError(
-        f"Several columns could hold the {what}: {', '.join(found)}. Set {key} to pick one."
-    )
+    raise DataError(f"Several columns could hold the {what}: {', '.join(found)}. Set {key} to pick one.")
 
 
 @dataclass
@@ -90,9 +88,7 @@ def label_space_from(ds: datasets.Dataset, column: str) -> LabelSpace:
     return LabelSpace([str(v) for v in distinct])
 
 
-def encode_labels(
-    ds: datasets.Dataset, column: str, labels: LabelSpace, role: str
-) -> datasets.Dataset:
+def encode_labels(ds: datasets.Dataset, column: str, labels: LabelSpace, role: str) -> datasets.Dataset:
     """Map the label column to integer ids under the name `labels`.
 
     Raises:
@@ -125,9 +121,7 @@ def encode_labels(
     return ds.cast_column("labels", datasets.ClassLabel(names=labels.names))
 
 
-def stratified_split(
-    ds: datasets.Dataset, fraction: float, seed: int
-) -> tuple[datasets.Dataset, datasets.Dataset]:
+def stratified_split(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Carve `fraction` of `ds` out as an eval split, stratified by `labels` when every class allows."""
     counts = Counter(ds["labels"])
     stratify = "labels" if min(counts.values()) >= 2 else None
@@ -196,8 +190,9 @@ def apply_filter(ds: datasets.Dataset, expression: str | None, role: str) -> dat
         return frame.eval(expression).astype(bool).tolist()
 
     try:
-        out = ds.filter(keep, batched=True, desc="Filtering",
-                        new_fingerprint=transform_fingerprint(ds, "data.filter", expression))
+        out = ds.filter(
+            keep, batched=True, desc="Filtering", new_fingerprint=transform_fingerprint(ds, "data.filter", expression)
+        )
     except Exception as e:  # pandas raises several types for a bad expression
         raise DataError(
             f"data.filter {expression!r} cannot be applied to the {role} split ({type(e).__name__}: {e}). "

@@ -88,8 +88,7 @@ def _is_file_column(ds, column: str) -> bool:
     import datasets
 
     feature = ds.features.get(column)
-    return isinstance(feature, (datasets.Image, datasets.Audio)) or (
-        isinstance(feature, dict) and "bytes" in feature)
+    return isinstance(feature, (datasets.Image, datasets.Audio)) or (isinstance(feature, dict) and "bytes" in feature)
 
 
 def overlap_warning(task, splits) -> str | None:
@@ -121,7 +120,8 @@ def overlap_warning(task, splits) -> str | None:
             found.append(f"{len(hits)} of {len(ds)} {role} rows")
     if not found:
         return None
-    return (f"{' and '.join(found)} also appear in the training data (same content after normalising "
-            "case and whitespace): those scores overstate accuracy. `hf-transfer audit CONFIG` lists them "
-            "(and near duplicates).")
-
+    return (
+        f"{' and '.join(found)} also appear in the training data (same content after normalising "
+        "case and whitespace): those scores overstate accuracy. `hf-transfer audit CONFIG` lists them "
+        "(and near duplicates)."
+    )

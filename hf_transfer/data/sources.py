@@ -22,12 +22,7 @@ _DEFAULT_SPLITS = {"train": "train", "eval": "validation", "test": "test", "targ
 def looks_local(name: str) -> bool:
     """`name` is a local path, not a Hub dataset id: the rule `load_split` applies."""
     p = Path(name)
-    return (
-        name.startswith((".", "/", "~"))
-        or p.suffix.lower() in _BUILDERS
-        or name.count("/") > 1
-        or p.exists()
-    )
+    return name.startswith((".", "/", "~")) or p.suffix.lower() in _BUILDERS or name.count("/") > 1 or p.exists()
 
 
 _looks_local = looks_local  # older private name
@@ -127,9 +122,7 @@ def _load_folder(folder: Path, split: str, source: DataSource) -> datasets.Datas
         from hf_transfer.data.image import load_image_folder
 
         return load_image_folder(folder, split)
-    raise DataError(
-        f"Folder '{folder}' holds no data files (csv, json, jsonl, parquet), images or audio."
-    )
+    raise DataError(f"Folder '{folder}' holds no data files (csv, json, jsonl, parquet), images or audio.")
 
 
 def load_split(source: DataSource, role: str = "train") -> datasets.Dataset:

@@ -92,8 +92,10 @@ def multi_hot_from_columns(ds: datasets.Dataset, columns: Sequence[str], where: 
     """
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise DataError(f"data.label_columns names {', '.join(map(repr, missing))}, not in the {where}. Its "
-                        f"columns are: {', '.join(ds.column_names)}.")
+        raise DataError(
+            f"data.label_columns names {', '.join(map(repr, missing))}, not in the {where}. Its "
+            f"columns are: {', '.join(ds.column_names)}."
+        )
     out = np.zeros((len(ds), len(columns)), dtype=np.float32)
     for j, c in enumerate(columns):
         values = ds[c]
@@ -105,9 +107,11 @@ def multi_hot_from_columns(ds: datasets.Dataset, columns: Sequence[str], where: 
             else:
                 out[i, j] = t
         if bad:
-            raise DataError(f"Label column '{c}' of the {where} must hold 0/1 (or true/false) values; "
-                            f"found {values[bad[0]]!r} at {_rows(bad)}. Fix those rows or drop the column from "
-                            "data.label_columns.")
+            raise DataError(
+                f"Label column '{c}' of the {where} must hold 0/1 (or true/false) values; "
+                f"found {values[bad[0]]!r} at {_rows(bad)}. Fix those rows or drop the column from "
+                "data.label_columns."
+            )
     return out
 
 
@@ -129,11 +133,16 @@ def multi_hot(sets: list[list[str]], names: Sequence[str], where: str, declared:
                 out[i, j] = 1.0
     if unknown:
         label, rows = next(iter(unknown.items()))
-        others = f" (and {len(unknown) - 1} other unknown label(s): {', '.join(map(repr, list(unknown)[1:6]))})" \
-            if len(unknown) > 1 else ""
-        raise DataError(f"The {where} has label {label!r} at {_rows(rows)}, outside the declared label set "
-                        f"({declared}: {', '.join(names)}){others}. Fix the rows, add the label to data.label_names, "
-                        "or check data.label_separator.")
+        others = (
+            f" (and {len(unknown) - 1} other unknown label(s): {', '.join(map(repr, list(unknown)[1:6]))})"
+            if len(unknown) > 1
+            else ""
+        )
+        raise DataError(
+            f"The {where} has label {label!r} at {_rows(rows)}, outside the declared label set "
+            f"({declared}: {', '.join(names)}){others}. Fix the rows, add the label to data.label_names, "
+            "or check data.label_separator."
+        )
     return out
 
 
@@ -141,11 +150,13 @@ def count_empty(matrix: np.ndarray, where: str) -> int:
     """Rows without any label: allowed, logged, returned for metrics.json."""
     empty = int((matrix.sum(axis=1) == 0).sum())
     if empty:
-        logger.info("%d of %d rows of the %s have no label (kept: they teach 'none of these').", empty, len(matrix),
-                    where)
+        logger.info(
+            "%d of %d rows of the %s have no label (kept: they teach 'none of these').", empty, len(matrix), where
+        )
     if len(matrix) and empty == len(matrix):
-        raise DataError(f"No row of the {where} has a label: check data.label_column / data.label_columns "
-                        "and data.label_separator.")
+        raise DataError(
+            f"No row of the {where} has a label: check data.label_column / data.label_columns and data.label_separator."
+        )
     return empty
 
 
@@ -175,17 +186,23 @@ def numeric_targets(ds: datasets.Dataset, column: str, where: str) -> np.ndarray
             continue
         out[i] = x
     if missing:
-        raise DataError(f"The {where} has no target at {_rows(missing)} of column '{column}' ({len(missing)} rows). "
-                        "Regression needs a number in every row: fill them or drop them (data.filter, e.g. "
-                        f"\"{column}.notna()\").")
+        raise DataError(
+            f"The {where} has no target at {_rows(missing)} of column '{column}' ({len(missing)} rows). "
+            "Regression needs a number in every row: fill them or drop them (data.filter, e.g. "
+            f'"{column}.notna()").'
+        )
     if bad:
-        raise DataError(f"Column '{column}' of the {where} must hold finite numbers; found {values[bad[0]]!r} at "
-                        f"{_rows(bad)}. Fix those rows, or set data.label_column to the numeric target column.")
+        raise DataError(
+            f"Column '{column}' of the {where} must hold finite numbers; found {values[bad[0]]!r} at "
+            f"{_rows(bad)}. Fix those rows, or set data.label_column to the numeric target column."
+        )
     return out
 
 
 def check_not_constant(y: np.ndarray, column: str, where: str) -> None:
     """A constant target leaves nothing to learn (and no standard deviation to scale by)."""
     if len(y) and float(np.ptp(y)) == 0.0:
-        raise DataError(f"The target column '{column}' of the {where} is constant ({y[0]:g} in all {len(y)} rows): "
-                        "there is nothing to learn. Check data.label_column and data.filter.")
+        raise DataError(
+            f"The target column '{column}' of the {where} is constant ({y[0]:g} in all {len(y)} rows): "
+            "there is nothing to learn. Check data.label_column and data.filter."
+        )

@@ -33,10 +33,17 @@ def tokenize_split(
     drop = [c for c in ds.column_names if c not in keep]
     # Our own fingerprint: datasets would otherwise hash the closure (and the tokenizer in it) under a
     # bare `except:` that swallows Ctrl-C (hf_transfer.data.fingerprints).
-    fingerprint = transform_fingerprint(ds, "tokenize_split", tokenizer_identity(tokenizer), text_column,
-                                        text_pair_column, max_length, drop)
-    return ds.map(tok, batched=True, remove_columns=drop, desc="Tokenizing", new_fingerprint=fingerprint,
-                  load_from_cache_file=False)
+    fingerprint = transform_fingerprint(
+        ds, "tokenize_split", tokenizer_identity(tokenizer), text_column, text_pair_column, max_length, drop
+    )
+    return ds.map(
+        tok,
+        batched=True,
+        remove_columns=drop,
+        desc="Tokenizing",
+        new_fingerprint=fingerprint,
+        load_from_cache_file=False,
+    )
 
 
 class EpochSampler(Sampler[int]):

@@ -104,8 +104,9 @@ def read_conll(path: str | Path, separator: str | None = None, encoding: str | N
     try:
         text = path.read_text(encoding=encoding or "utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"'{path}' is not {encoding or 'utf-8'} text ({e}). Set data.train.encoding "
-                        "(for example latin-1).") from None
+        raise DataError(
+            f"'{path}' is not {encoding or 'utf-8'} text ({e}). Set data.train.encoding (for example latin-1)."
+        ) from None
     except OSError as e:
         raise DataError(f"Cannot read '{path}': {e}") from None
     for n, line in enumerate(text.splitlines(), start=1):
@@ -121,7 +122,8 @@ def read_conll(path: str | Path, separator: str | None = None, encoding: str | N
             raise DataError(
                 f"'{name}' line {n}: expected a token and its tag separated by "
                 f"{'whitespace' if not separator else repr(separator)}, got {stripped!r}. CoNLL files hold one "
-                "token per line with its tag in the last column, and a blank line between sentences.")
+                "token per line with its tag in the last column, and a blank line between sentences."
+            )
         if start is None:
             start = n
         elif start + len(tokens) != n:  # a skipped line inside a sentence breaks token->line arithmetic
@@ -171,8 +173,9 @@ def spans_to_tags(text: str, spans: list[dict], scheme: str, where: str) -> tupl
             raise DataError(f"{where}: span {k + 1} has non-integer offsets {span!r}.") from None
         label = str(span["label"])
         if not 0 <= s < e <= len(text):
-            raise DataError(f"{where}: span {k + 1} [{s}, {e}) '{label}' is outside the text (length {len(text)}) "
-                            "or empty.")
+            raise DataError(
+                f"{where}: span {k + 1} [{s}, {e}) '{label}' is outside the text (length {len(text)}) or empty."
+            )
         # Whitespace at a span's edges is not part of the entity.
         while s < e and text[s].isspace():
             s += 1
@@ -182,9 +185,11 @@ def spans_to_tags(text: str, spans: list[dict], scheme: str, where: str) -> tupl
     parsed.sort()
     for (s0, e0, l0, k0), (s1, e1, l1, k1) in zip(parsed, parsed[1:]):
         if s1 < e0:
-            raise DataError(f"{where}: span {k1 + 1} [{s1}, {e1}) '{l1}' ({text[s1:e1]!r}) overlaps span {k0 + 1} "
-                            f"[{s0}, {e0}) '{l0}' ({text[s0:e0]!r}). Token classification tags each word once: "
-                            "keep one of them.")
+            raise DataError(
+                f"{where}: span {k1 + 1} [{s1}, {e1}) '{l1}' ({text[s1:e1]!r}) overlaps span {k0 + 1} "
+                f"[{s0}, {e0}) '{l0}' ({text[s0:e0]!r}). Token classification tags each word once: "
+                "keep one of them."
+            )
     for s, e, label, k in parsed:
         if s not in starts or e not in ends:
             where_cut = s if s not in starts else e
@@ -192,7 +197,8 @@ def spans_to_tags(text: str, spans: list[dict], scheme: str, where: str) -> tupl
             raise DataError(
                 f"{where}: span {k + 1} [{s}, {e}) '{label}' ({text[s:e]!r}) crosses a token boundary"
                 + (f" (it cuts the word {word!r})" if word else "")
-                + ". Spans must start and end on word boundaries; fix the offsets.")
+                + ". Spans must start and end on word boundaries; fix the offsets."
+            )
         first, last = starts[s], ends[e]
         n = last - first + 1
         if scheme == "BIOES" and n == 1:
@@ -212,9 +218,17 @@ def _tag_names(feature) -> list[str] | None:
     return list(getattr(inner, "names", None) or []) or None
 
 
-def read_rows(rows: Iterable[dict], source: str, columns: list[str], tagging, text_column: str | None,
-              scheme: str, line_based: bool, tag_names: list[str] | None = None,
-              numbers: list[int] | None = None) -> list[Sentence]:
+def read_rows(
+    rows: Iterable[dict],
+    source: str,
+    columns: list[str],
+    tagging,
+    text_column: str | None,
+    scheme: str,
+    line_based: bool,
+    tag_names: list[str] | None = None,
+    numbers: list[int] | None = None,
+) -> list[Sentence]:
     """Sentences from mapping rows (JSON lines, or a dataset's rows); `numbers`: each row's line
     (or row) number, default 1, 2, ..."""
     tok_col = _find(columns, tagging.tokens_column, TOKENS_CANDIDATES)
@@ -227,9 +241,12 @@ def read_rows(rows: Iterable[dict], source: str, columns: list[str], tagging, te
     elif span_col and text_col:
         mode = "spans"
     else:
-        for key, wanted in (("data.tagging.tokens_column", tagging.tokens_column),
-                            ("data.tagging.tags_column", tagging.tags_column),
-                            ("data.tagging.spans_column", tagging.spans_column), ("data.text_column", text_column)):
+        for key, wanted in (
+            ("data.tagging.tokens_column", tagging.tokens_column),
+            ("data.tagging.tags_column", tagging.tags_column),
+            ("data.tagging.spans_column", tagging.spans_column),
+            ("data.text_column", text_column),
+        ):
             if wanted and wanted not in columns:
                 raise DataError(f"{source} has no column '{wanted}' ({key}). Its columns are: {', '.join(columns)}.")
         raise DataError(
@@ -237,7 +254,8 @@ def read_rows(rows: Iterable[dict], source: str, columns: list[str], tagging, te
             f"list of tokens and a list of tags per row ({'/'.join(TOKENS_CANDIDATES)} + {'/'.join(TAGS_CANDIDATES)}, "
             "or data.tagging.tokens_column / tags_column), or a text and character spans "
             f"[{{start, end, label}}] ({'/'.join(SPAN_TEXT_CANDIDATES)} + {'/'.join(SPANS_CANDIDATES)}, or "
-            "data.text_column / data.tagging.spans_column), or a CoNLL file (token and tag per line).")
+            "data.text_column / data.tagging.spans_column), or a CoNLL file (token and tag per line)."
+        )
     out = []
     for k, row in enumerate(rows):
         n = numbers[k] if numbers is not None else k + 1
@@ -252,21 +270,26 @@ def read_rows(rows: Iterable[dict], source: str, columns: list[str], tagging, te
                         f"{where}: the spans column '{span_col}' is not a JSON list: {spans[:80]!r}"
                     ) from None
             if spans is not None and not isinstance(spans, list):
-                raise DataError(f"{where}: the spans column '{span_col}' holds {type(spans).__name__}, not a list of "
-                                "{start, end, label}.")
+                raise DataError(
+                    f"{where}: the spans column '{span_col}' holds {type(spans).__name__}, not a list of "
+                    "{start, end, label}."
+                )
             tokens, tags = spans_to_tags(row.get(text_col), spans or [], "BIOES" if scheme == "BIOES" else "BIO", where)
         else:
             tokens, tags = row.get(tok_col), row.get(tag_col)
             if not isinstance(tokens, (list, tuple)) or not isinstance(tags, (list, tuple)):
-                raise DataError(f"{where}: '{tok_col}' and '{tag_col}' must both be lists (got "
-                                f"{type(tokens).__name__} and {type(tags).__name__}).")
+                raise DataError(
+                    f"{where}: '{tok_col}' and '{tag_col}' must both be lists (got "
+                    f"{type(tokens).__name__} and {type(tags).__name__})."
+                )
             tokens = [str(t) for t in tokens]
             if tag_names is not None:
                 try:
                     tags = [tag_names[int(t)] for t in tags]
                 except (IndexError, ValueError, TypeError):
-                    raise DataError(f"{where}: tag ids {list(tags)[:10]} are not ids of the column's names "
-                                    f"{tag_names}.") from None
+                    raise DataError(
+                        f"{where}: tag ids {list(tags)[:10]} are not ids of the column's names {tag_names}."
+                    ) from None
             else:
                 tags = [str(t) for t in tags]
         if len(tokens) != len(tags):
@@ -300,8 +323,7 @@ def read_jsonl(
                 columns.append(k)
     if not rows:
         raise DataError(f"'{path}' holds no rows.")
-    return read_rows(rows, f"'{path.name}'", columns, tagging, text_column, scheme, line_based=True,
-                     numbers=kept_lines)
+    return read_rows(rows, f"'{path.name}'", columns, tagging, text_column, scheme, line_based=True, numbers=kept_lines)
 
 
 def read_source(source, role: str, tagging, text_column: str | None, scheme: str) -> list[Sentence]:
@@ -340,7 +362,8 @@ def check_tag_form(sentences: list[Sentence]) -> None:
             if t != "O" and not _TAG.match(t):
                 raise DataError(
                     f"{s.token_where(i)}: tag {t!r} is neither O nor B-/I-/E-/S-<type> (BIO or BIOES). "
-                    "Tags without a prefix (IO tagging) need one: write B- on each entity's first token.")
+                    "Tags without a prefix (IO tagging) need one: write B- on each entity's first token."
+                )
 
 
 def detect_scheme(sentences: list[Sentence], wanted: str) -> str:
@@ -400,7 +423,8 @@ def _repair(s: Sentence, i: int, fixed: str, prev: str, policy: str, report: Tag
         raise DataError(
             f"{s.token_where(i)}: tag {t!r} after {prev!r} {why} (an {t[:2]} without a B-). Fix the data, or set "
             "data.tagging.invalid_tags=repair to rewrite it as "
-            f"{fixed!r}.")
+            f"{fixed!r}."
+        )
     s.tags[i] = fixed
     report.repaired += 1
     if len(report.repaired_examples) < 3:
@@ -435,19 +459,25 @@ def check_labels(sentences: list[Sentence], labels: list[str], role: str, declar
     for s in sentences:
         for i, t in enumerate(s.tags):
             if t not in known:
-                origin = ("the declared tag set (data.tagging.labels)" if declared else
-                          "the training data's tag set")
+                origin = "the declared tag set (data.tagging.labels)" if declared else "the training data's tag set"
                 raise DataError(
                     f"{s.token_where(i)}: tag {t!r} in the {role} split is not in {origin}: {', '.join(labels)}. "
-                    + ("Add it to data.tagging.labels or fix the data." if declared else
-                       "Fix the data, or declare the full tag set with data.tagging.labels."))
+                    + (
+                        "Add it to data.tagging.labels or fix the data."
+                        if declared
+                        else "Fix the data, or declare the full tag set with data.tagging.labels."
+                    )
+                )
 
 
 def to_rows(sentences: list[Sentence], labels: list[str]) -> dict[str, list]:
     """Columns for a `datasets.Dataset`: tokens, tag ids, and where each row came from."""
     ids = {t: i for i, t in enumerate(labels)}
-    return {"tokens": [s.tokens for s in sentences], "tags": [[ids[t] for t in s.tags] for s in sentences],
-            "source": [s.where for s in sentences]}
+    return {
+        "tokens": [s.tokens for s in sentences],
+        "tags": [[ids[t] for t in s.tags] for s in sentences],
+        "source": [s.where for s in sentences],
+    }
 
 
 # --------------------------------------------------------------------------------- alignment
@@ -460,8 +490,9 @@ def continuation_ids(labels: list[str]) -> list[int]:
     return [ids.get("I-" + t[2:], i) if t.startswith("B-") else i for i, t in enumerate(labels)]
 
 
-def align_word_labels(word_ids: list[int | None], word_tags: list[int], mode: str,
-                      cont: list[int] | None = None) -> tuple[list[int], list[int]]:
+def align_word_labels(
+    word_ids: list[int | None], word_tags: list[int], mode: str, cont: list[int] | None = None
+) -> tuple[list[int], list[int]]:
     """Subword labels for one tokenised sentence.
 
     Args:
@@ -517,12 +548,21 @@ def tokenize_and_align(ds, tokenizer, max_length: int, mode: str, labels: list[s
         enc["word_labels"] = all_first
         return dict(enc)
 
-    out = ds.map(tok, batched=True, remove_columns=ds.column_names, desc="Tokenizing and aligning tags",
-                 load_from_cache_file=False)
+    out = ds.map(
+        tok,
+        batched=True,
+        remove_columns=ds.column_names,
+        desc="Tokenizing and aligning tags",
+        load_from_cache_file=False,
+    )
     if cut["words"]:
-        logger.warning("%d word(s) in %d sentence(s) have no subword within data.max_length=%d (truncated, or "
-                       "characters the tokenizer drops): they are not trained on or scored.", cut["words"],
-                       cut["sentences"], max_length)
+        logger.warning(
+            "%d word(s) in %d sentence(s) have no subword within data.max_length=%d (truncated, or "
+            "characters the tokenizer drops): they are not trained on or scored.",
+            cut["words"],
+            cut["sentences"],
+            max_length,
+        )
     return out
 
 

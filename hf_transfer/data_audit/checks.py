@@ -47,15 +47,23 @@ def unit_rows(X: np.ndarray) -> np.ndarray:
 class OutOfFold:
     """Held-out class probabilities for the rows whose class can be cross-validated."""
 
-    probs: np.ndarray          # (len(rows), num_labels)
-    rows: np.ndarray           # indices into the input with probabilities
+    probs: np.ndarray  # (len(rows), num_labels)
+    rows: np.ndarray  # indices into the input with probabilities
     folds: int
     left_out_classes: list[int] = field(default_factory=list)  # classes with fewer than 2 rows
 
 
-def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, num_labels: int, *, C: float = 1.0,
-                              standardize: bool = False, max_iter: int = 1000, seed: int = 0,
-                              folds: int = MAX_FOLDS) -> OutOfFold:
+def out_of_fold_probabilities(
+    X: np.ndarray,
+    y: np.ndarray,
+    num_labels: int,
+    *,
+    C: float = 1.0,
+    standardize: bool = False,
+    max_iter: int = 1000,
+    seed: int = 0,
+    folds: int = MAX_FOLDS,
+) -> OutOfFold:
     """Stratified k-fold out-of-fold probabilities of the frozen-feature logistic regression
     (`models.probe.fit_classifier`, the classifier `feature_extraction` fits).
 
@@ -90,11 +98,11 @@ def out_of_fold_probabilities(X: np.ndarray, y: np.ndarray, num_labels: int, *, 
 
 @dataclass
 class LabelIssues:
-    rows: np.ndarray            # indices into the labels given, most suspicious first
-    quality: np.ndarray         # label quality of those rows (0..1, low = likely wrong)
-    suggested: np.ndarray       # the class the probabilities favour
-    noise_rate: dict            # per given class: estimated share of wrong labels
-    estimated_issues: int       # cleanlab's estimate of the number of label errors
+    rows: np.ndarray  # indices into the labels given, most suspicious first
+    quality: np.ndarray  # label quality of those rows (0..1, low = likely wrong)
+    suggested: np.ndarray  # the class the probabilities favour
+    noise_rate: dict  # per given class: estimated share of wrong labels
+    estimated_issues: int  # cleanlab's estimate of the number of label errors
 
 
 def label_issues(y: np.ndarray, probs: np.ndarray, method: str = DEFAULT_METHOD) -> LabelIssues:

@@ -63,8 +63,8 @@ class Pool:
     """The rows of one source (train, eval or test file) with their features."""
 
     def __init__(self, name: str, source: str):
-        self.name = name           # "train", "eval", "test": the file the rows come from
-        self.source = source       # its path / Hub id, for the report
+        self.name = name  # "train", "eval", "test": the file the rows come from
+        self.source = source  # its path / Hub id, for the report
         self.rows: list[int] = []  # source rows
         self.labels: list[int] = []
         self.keys: list[str | None] = []
@@ -134,8 +134,10 @@ def _load(cfg, use_cache: bool):
     task = get_task(cfg)
     # One class id per row: label sets, numbers and tagged sentences are not audited (yet).
     if not hasattr(task, "source_rows") or isinstance(task, TargetTask) or getattr(task, "token_level", False):
-        raise ConfigError(f"`hf-transfer audit` audits classification data; recipe {cfg.recipe} is not one "
-                          "(text_classification, image_classification, audio_classification).")
+        raise ConfigError(
+            f"`hf-transfer audit` audits classification data; recipe {cfg.recipe} is not one "
+            "(text_classification, image_classification, audio_classification)."
+        )
     task.load_processor()
     splits = task.load_splits()
     located = get_task(cfg)
@@ -156,14 +158,23 @@ def _load(cfg, use_cache: bool):
         rows[role] = [int(r) for r in ds_rows[SOURCE_ROW]]
     model = task.build_model()
     strategy = getattr(cfg, "strategy", None)
-    extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe, "text"),
-                                 spec=spec_from_settings(strategy), name_or_path=cfg.model.name_or_path)
+    extractor = FeatureExtractor(
+        model,
+        modality=recipe_modality(cfg.recipe, "text"),
+        spec=spec_from_settings(strategy),
+        name_or_path=cfg.model.name_or_path,
+    )
     bs = cfg.training.eval_batch_size or cfg.training.batch_size
     feats = {}
     for role in rows:
-        feats[role] = extract(extractor, task, getattr(splits, role), batch_size=bs,
-                              cache=getattr(strategy, "use_cache", True) and use_cache,
-                              cache_dir=getattr(strategy, "cache_dir", None))
+        feats[role] = extract(
+            extractor,
+            task,
+            getattr(splits, role),
+            batch_size=bs,
+            cache=getattr(strategy, "use_cache", True) and use_cache,
+            cache_dir=getattr(strategy, "cache_dir", None),
+        )
     return task, splits, feats, rows, extractor.describe()
 
 
@@ -180,10 +191,20 @@ class _quiet_second_load:
         return False
 
 
-def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: str = checks.DEFAULT_METHOD,
-          near_threshold: float = NEAR_THRESHOLD, text_threshold: float = TEXT_THRESHOLD,
-          folds: int = checks.MAX_FOLDS, seed: int = 0, all_rows: bool = False, plots: bool = True,
-          cache: bool = True) -> dict[str, Any]:
+def audit(
+    cfg,
+    output_dir: str | Path = "audit",
+    *,
+    fix: str = "drop",
+    method: str = checks.DEFAULT_METHOD,
+    near_threshold: float = NEAR_THRESHOLD,
+    text_threshold: float = TEXT_THRESHOLD,
+    folds: int = checks.MAX_FOLDS,
+    seed: int = 0,
+    all_rows: bool = False,
+    plots: bool = True,
+    cache: bool = True,
+) -> dict[str, Any]:
     """Audit the labelled data of a config; write audit.json, audit.md, audit.png and clean.csv.
 
     Args:
@@ -244,8 +265,10 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
         else:  # carved from the training file: audited with it
             pools["train"].add(splits.eval, source_rows["eval"], feats["eval"].X, task.input_col, pair_col)
     if not separate_eval:
-        notes.append("No separate eval split (data.eval): the training data is audited alone, the rows a run "
-                     "would carve out for evaluation included; no leakage check.")
+        notes.append(
+            "No separate eval split (data.eval): the training data is audited alone, the rows a run "
+            "would carve out for evaluation included; no leakage check."
+        )
     if splits.test is not None:
         pools["test"] = Pool("test", _source_name(d.test))
         pools["test"].add(splits.test, source_rows["test"], feats["test"].X, task.input_col, pair_col)
@@ -261,14 +284,25 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
     is_text = cfg.recipe == "text_classification"
 
     report: dict[str, Any] = {
-        "config": {"recipe": cfg.recipe, "model": cfg.model.name_or_path, "train": train.source,
-                   "eval": pools["eval"].source if "eval" in pools else None,
-                   "test": pools["test"].source if "test" in pools else None},
+        "config": {
+            "recipe": cfg.recipe,
+            "model": cfg.model.name_or_path,
+            "train": train.source,
+            "eval": pools["eval"].source if "eval" in pools else None,
+            "test": pools["test"].source if "test" in pools else None,
+        },
         "labels": names,
         "rows": {name: len(p) for name, p in pools.items()},
-        "settings": {"method": method, "near_threshold": near_threshold, "text_threshold": text_threshold,
-                     "folds": folds, "seed": seed, "fix": fix, "all_rows": all_rows,
-                     "features": {k: feature_info.get(k) for k in ("source", "pooling", "layers")}},
+        "settings": {
+            "method": method,
+            "near_threshold": near_threshold,
+            "text_threshold": text_threshold,
+            "folds": folds,
+            "seed": seed,
+            "fix": fix,
+            "all_rows": all_rows,
+            "features": {k: feature_info.get(k) for k in ("source", "pooling", "layers")},
+        },
         "notes": notes,
     }
     report["skipped"] = _skipped(task, d.train, is_text)
@@ -284,16 +318,20 @@ def audit(cfg, output_dir: str | Path = "audit", *, fix: str = "drop", method: s
     report["leaks"] = []
     for role in ("eval", "test"):
         if role in pools:
-            leaks, leak_conflicts = _leaks(train, pools[role], names, near_threshold,
-                                           text_threshold if is_text else 2.0, notes)
+            leaks, leak_conflicts = _leaks(
+                train, pools[role], names, near_threshold, text_threshold if is_text else 2.0, notes
+            )
             report["leaks"] += leaks
             report["conflicts"] += leak_conflicts
     report["outliers"] = _outliers(train, names)
     if is_text:
         report["text_lengths"] = _text_lengths(task, d.max_length, pools)
     report["summary"] = _summary(report, oof_info)
-    report["seconds"] = {"total": round(time.time() - start, 2), "embedding": round(embed_seconds, 2),
-                         "features_cached": all(f.cache_hit for f in feats.values())}
+    report["seconds"] = {
+        "total": round(time.time() - start, 2),
+        "embedding": round(embed_seconds, 2),
+        "features_cached": all(f.cache_hit for f in feats.values()),
+    }
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": str(out / "audit.json"), "markdown": str(out / "audit.md")}
     if fix != "none":
@@ -359,8 +397,11 @@ def _blank_rows(train, task) -> list[int]:
         values = raw[task.input_col]
     except (HFTransferError, KeyError):
         return []
-    return [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v)
-            or (isinstance(v, str) and not v.strip())]
+    return [
+        i
+        for i, v in enumerate(values)
+        if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
+    ]
 
 
 def _balance(pools: dict, names: list[str]) -> dict:
@@ -385,13 +426,17 @@ def _label_issues(pools: dict, names: list[str], method: str, folds: int, seed: 
     counts = np.bincount(y, minlength=len(names))
     present = np.flatnonzero(counts)
     if len(present) < 2:
-        notes.append(f"Label issues not searched: every row has the same label ({names[int(present[0])]!r}); "
-                     "a classifier needs two classes. Duplicates, leaks and outliers are still audited.")
+        notes.append(
+            f"Label issues not searched: every row has the same label ({names[int(present[0])]!r}); "
+            "a classifier needs two classes. Duplicates, leaks and outliers are still audited."
+        )
         return [], {}, {"searched": False}
     singles = [names[int(c)] for c in present if counts[c] < 2]
     if singles:
-        notes.append(f"Class(es) with a single row: {', '.join(map(repr, singles))}: nothing to cross-validate "
-                     "them against, so their rows are not searched for label errors (the rest are).")
+        notes.append(
+            f"Class(es) with a single row: {', '.join(map(repr, singles))}: nothing to cross-validate "
+            "them against, so their rows are not searched for label errors (the rest are)."
+        )
     try:
         oof = checks.out_of_fold_probabilities(X, y, len(names), folds=folds, seed=seed)
     except HFTransferError:
@@ -402,20 +447,37 @@ def _label_issues(pools: dict, names: list[str], method: str, folds: int, seed: 
     for r, q, s in zip(found.rows, found.quality, found.suggested):
         pool_name, i = where[int(oof.rows[r])]
         p = pools[pool_name]
-        issues.append({"split": pool_name, "row": p.rows[i], "given": names[p.labels[i]], "suggested": names[int(s)],
-                       "score": round(float(q), 4), "input": _excerpt(p.inputs[i], 200)})
+        issues.append(
+            {
+                "split": pool_name,
+                "row": p.rows[i],
+                "given": names[p.labels[i]],
+                "suggested": names[int(s)],
+                "score": round(float(q), 4),
+                "input": _excerpt(p.inputs[i], 200),
+            }
+        )
     noise = {names[c]: round(v, 4) for c, v in found.noise_rate.items()}
     accuracy = float((oof.probs.argmax(1) == y[oof.rows]).mean())
-    return issues, noise, {"searched": True, "folds": oof.folds, "oof_accuracy": round(accuracy, 4),
-                           "estimated_label_errors": found.estimated_issues,
-                           "disagreements": int(len(checks.disagreement(y[oof.rows], oof.probs)))}
+    return (
+        issues,
+        noise,
+        {
+            "searched": True,
+            "folds": oof.folds,
+            "oof_accuracy": round(accuracy, 4),
+            "estimated_label_errors": found.estimated_issues,
+            "disagreements": int(len(checks.disagreement(y[oof.rows], oof.probs))),
+        },
+    )
 
 
 def _text_matrix(inputs: list[str], others: list[list[str]] = ()):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    v = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), preprocessor=normalize_text, sublinear_tf=True,
-                        dtype=np.float32)
+    v = TfidfVectorizer(
+        analyzer="char_wb", ngram_range=(3, 5), preprocessor=normalize_text, sublinear_tf=True, dtype=np.float32
+    )
     try:
         T = v.fit_transform(inputs)
     except ValueError:  # no n-grams at all (every text shorter than 3 characters)
@@ -444,8 +506,10 @@ def _plausible(pairs, n: int, what: str, option: str, threshold: float, notes: l
     """`pairs`, unless they pair so many rows that the similarity cannot tell rows apart."""
     paired = len({i for a, b, _ in pairs for i in (a, b)})
     if n and paired > MAX_NEAR_SHARE * n:
-        notes.append(f"Near duplicates by {what} left out: at {option} {threshold} they would pair {paired} of {n} "
-                     f"training rows, so this similarity does not tell the rows apart (raise {option}).")
+        notes.append(
+            f"Near duplicates by {what} left out: at {option} {threshold} they would pair {paired} of {n} "
+            f"training rows, so this similarity does not tell the rows apart (raise {option})."
+        )
         return []
     return pairs
 
@@ -453,13 +517,25 @@ def _plausible(pairs, n: int, what: str, option: str, threshold: float, notes: l
 def _duplicates(train: Pool, names, near_threshold: float, text_threshold: float, notes: list[str]):
     """Groups of exact and near duplicates inside the training data; conflicting ones."""
     exact = exact_groups(train.keys)
-    pairs = _plausible(checks.near_pairs(train.U, near_threshold, NEIGHBOURS), len(train), "embedding",
-                       "--near-threshold", near_threshold, notes)
+    pairs = _plausible(
+        checks.near_pairs(train.U, near_threshold, NEIGHBOURS),
+        len(train),
+        "embedding",
+        "--near-threshold",
+        near_threshold,
+        notes,
+    )
     if text_threshold <= 1:
         mats = _text_matrix(train.inputs)
         if mats is not None:
-            pairs += _plausible(_text_pairs(mats[0], text_threshold, NEIGHBOURS), len(train), "characters",
-                                "--text-threshold", text_threshold, notes)
+            pairs += _plausible(
+                _text_pairs(mats[0], text_threshold, NEIGHBOURS),
+                len(train),
+                "characters",
+                "--text-threshold",
+                text_threshold,
+                notes,
+            )
     exact_pairs = [(g[0], j, 1.0) for g in exact for j in g[1:]]
     groups = checks.groups_from_pairs(len(train), exact_pairs + pairs)
     exact_sets = {frozenset(g) for g in exact}
@@ -470,10 +546,15 @@ def _duplicates(train: Pool, names, near_threshold: float, text_threshold: float
     for g in groups:
         kind = "exact" if frozenset(g) in exact_sets else "near"
         labels = [names[train.labels[i]] for i in g]
-        inner = [sims.get((a, b), 1.0) for ai, a in enumerate(g) for b in g[ai + 1:] if (a, b) in sims]
-        entry = {"kind": kind, "split": "train", "rows": [train.rows[i] for i in g], "labels": labels,
-                 "similarity": round(min(inner), 4) if inner and kind == "near" else 1.0,
-                 "input": _excerpt(train.inputs[g[0]], 120)}
+        inner = [sims.get((a, b), 1.0) for ai, a in enumerate(g) for b in g[ai + 1 :] if (a, b) in sims]
+        entry = {
+            "kind": kind,
+            "split": "train",
+            "rows": [train.rows[i] for i in g],
+            "labels": labels,
+            "similarity": round(min(inner), 4) if inner and kind == "near" else 1.0,
+            "input": _excerpt(train.inputs[g[0]], 120),
+        }
         dups.append(entry)
         if len(set(labels)) > 1:
             conflicts.append({**entry, "kind": f"{kind} duplicates"})
@@ -494,33 +575,50 @@ def _leaks(train: Pool, other: Pool, names, near_threshold: float, text_threshol
 
             T, (To,) = mats
             dist, idx = NearestNeighbors(metric="cosine", algorithm="brute").fit(T).kneighbors(To, n_neighbors=1)
-            text = [(int(j), int(idx[j, 0]), float(other.U[j] @ train.U[int(idx[j, 0])]), "near (text)")
-                    for j in np.flatnonzero(1 - dist[:, 0] >= text_threshold)]
-            near += _plausible_leaks(text, len(other), other.name, "characters", "--text-threshold", text_threshold,
-                                     notes)
+            text = [
+                (int(j), int(idx[j, 0]), float(other.U[j] @ train.U[int(idx[j, 0])]), "near (text)")
+                for j in np.flatnonzero(1 - dist[:, 0] >= text_threshold)
+            ]
+            near += _plausible_leaks(
+                text, len(other), other.name, "characters", "--text-threshold", text_threshold, notes
+            )
     for j, i, s, kind in near:
         if j not in found:
             found[j] = (i, s, kind)
     leaks, conflicts = [], []
     for j in sorted(found):
         i, s, kind = found[j]
-        entry = {"split": other.name, "eval_row": other.rows[j], "train_row": train.rows[i],
-                 "similarity": round(float(s), 4), "kind": kind,
-                 "eval_label": names[other.labels[j]], "train_label": names[train.labels[i]],
-                 "input": _excerpt(other.inputs[j], 120)}
+        entry = {
+            "split": other.name,
+            "eval_row": other.rows[j],
+            "train_row": train.rows[i],
+            "similarity": round(float(s), 4),
+            "kind": kind,
+            "eval_label": names[other.labels[j]],
+            "train_label": names[train.labels[i]],
+            "input": _excerpt(other.inputs[j], 120),
+        }
         leaks.append(entry)
         if entry["eval_label"] != entry["train_label"]:
-            conflicts.append({"kind": f"{other.name} row also in train", "split": f"{other.name}+train",
-                              "rows": [other.rows[j], train.rows[i]],
-                              "labels": [entry["eval_label"], entry["train_label"]],
-                              "similarity": entry["similarity"], "input": entry["input"]})
+            conflicts.append(
+                {
+                    "kind": f"{other.name} row also in train",
+                    "split": f"{other.name}+train",
+                    "rows": [other.rows[j], train.rows[i]],
+                    "labels": [entry["eval_label"], entry["train_label"]],
+                    "similarity": entry["similarity"],
+                    "input": entry["input"],
+                }
+            )
     return leaks, conflicts
 
 
 def _plausible_leaks(matches, n: int, role: str, what: str, option: str, threshold: float, notes: list[str]):
     if n and len(matches) > 2 * MAX_NEAR_SHARE * n:
-        notes.append(f"Near leaks by {what} left out: at {option} {threshold} {len(matches)} of {n} {role} rows "
-                     f"would match a training row, so this similarity does not tell the rows apart (raise {option}).")
+        notes.append(
+            f"Near leaks by {what} left out: at {option} {threshold} {len(matches)} of {n} {role} rows "
+            f"would match a training row, so this similarity does not tell the rows apart (raise {option})."
+        )
         return []
     return matches
 
@@ -530,10 +628,21 @@ def _outliers(train: Pool, names) -> dict:
     cutoff = checks.outlier_cutoff(score)
     rows = np.flatnonzero(score > cutoff)
     rows = rows[np.argsort(-score[rows])]
-    return {"k": OUTLIER_K, "cutoff": round(cutoff, 4), "median_distance": round(float(np.median(score)), 4)
-            if len(score) else None,
-            "rows": [{"split": "train", "row": train.rows[i], "label": names[train.labels[i]],
-                      "distance": round(float(score[i]), 4), "input": _excerpt(train.inputs[i], 120)} for i in rows]}
+    return {
+        "k": OUTLIER_K,
+        "cutoff": round(cutoff, 4),
+        "median_distance": round(float(np.median(score)), 4) if len(score) else None,
+        "rows": [
+            {
+                "split": "train",
+                "row": train.rows[i],
+                "label": names[train.labels[i]],
+                "distance": round(float(score[i]), 4),
+                "input": _excerpt(train.inputs[i], 120),
+            }
+            for i in rows
+        ],
+    }
 
 
 def _text_lengths(task, max_len: int, pools) -> dict:
@@ -637,8 +746,10 @@ def _write_fix(train, report: dict, path: Path, fix: str, names: list[str], task
         if isinstance(feature, datasets.ClassLabel):
             values = [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
         elif isinstance(feature, (datasets.Image, datasets.Audio)):
-            values = [v.get("path") if isinstance(v, dict) else v for v in
-                      raw.cast_column(col, type(feature)(decode=False))[col]]
+            values = [
+                v.get("path") if isinstance(v, dict) else v
+                for v in raw.cast_column(col, type(feature)(decode=False))[col]
+            ]
         frame[col] = values
     import pandas as pd
 
@@ -655,9 +766,17 @@ def _write_fix(train, report: dict, path: Path, fix: str, names: list[str], task
     # entry (its `encoding` too), and UTF-8 is what a csv without one is read as.
     kept.to_csv(tmp, index=False, encoding="utf-8")
     tmp.replace(path)
-    report["_fix"] = {"mode": fix, "file": str(path), "rows_in": len(df), "rows_out": len(kept),
-                      "dropped": len(drop), "relabelled": len(relabel), "why": why,
-                      "dropped_rows": sorted(drop), "relabelled_rows": {str(k): v for k, v in sorted(relabel.items())}}
+    report["_fix"] = {
+        "mode": fix,
+        "file": str(path),
+        "rows_in": len(df),
+        "rows_out": len(kept),
+        "dropped": len(drop),
+        "relabelled": len(relabel),
+        "why": why,
+        "dropped_rows": sorted(drop),
+        "relabelled_rows": {str(k): v for k, v in sorted(relabel.items())},
+    }
     return path
 
 
@@ -713,73 +832,133 @@ def _plot(report: dict, pools: dict, path: Path, names: list[str]) -> Path:
 def to_markdown(report: dict) -> str:
     s = report["summary"]
     c = report["config"]
-    lines = [f"# Data audit: {c['train']}", "",
-             f"Model `{c['model']}` ({c['recipe']}); rows: "
-             + ", ".join(f"{k} {v}" for k, v in report["rows"].items())
-             + (f"; eval: {c['eval']}" if c.get("eval") else "") + (f"; test: {c['test']}" if c.get("test") else ""),
-             "", "Rows are 0-based data rows of their source file (the header line not counted).", ""]
-    lines += ["## Summary", "",
-              f"- Likely label errors: **{s['label_issues']}**"
-              + (f" (out-of-fold accuracy of the frozen-feature probe {s['oof_accuracy']:.3f}, {s['folds']} folds; "
-                 f"cleanlab estimates {s['estimated_label_errors']} label errors; the probe disagrees with "
-                 f"{s['disagreements']} labels)" if s.get("searched") else " (not searched)"),
-              f"- Duplicate groups in train: **{s['duplicate_groups']}** ({s['duplicate_rows']} extra copies)",
-              f"- Conflicting duplicates: **{s['conflicts']}**",
-              f"- Eval/test rows also in train (leaks): **{s['leaks']}**",
-              f"- Outliers: **{s['outliers']}**"]
+    lines = [
+        f"# Data audit: {c['train']}",
+        "",
+        f"Model `{c['model']}` ({c['recipe']}); rows: "
+        + ", ".join(f"{k} {v}" for k, v in report["rows"].items())
+        + (f"; eval: {c['eval']}" if c.get("eval") else "")
+        + (f"; test: {c['test']}" if c.get("test") else ""),
+        "",
+        "Rows are 0-based data rows of their source file (the header line not counted).",
+        "",
+    ]
+    lines += [
+        "## Summary",
+        "",
+        f"- Likely label errors: **{s['label_issues']}**"
+        + (
+            f" (out-of-fold accuracy of the frozen-feature probe {s['oof_accuracy']:.3f}, {s['folds']} folds; "
+            f"cleanlab estimates {s['estimated_label_errors']} label errors; the probe disagrees with "
+            f"{s['disagreements']} labels)"
+            if s.get("searched")
+            else " (not searched)"
+        ),
+        f"- Duplicate groups in train: **{s['duplicate_groups']}** ({s['duplicate_rows']} extra copies)",
+        f"- Conflicting duplicates: **{s['conflicts']}**",
+        f"- Eval/test rows also in train (leaks): **{s['leaks']}**",
+        f"- Outliers: **{s['outliers']}**",
+    ]
     if "over_max_length" in s:
         lines.append(
             f"- Texts over data.max_length: **{s['over_max_length']}**; very short texts: **{s['very_short']}**"
         )
     for role, sk in report["skipped"].items():
-        lines.append(f"- {role}: {sk['count']} rows skipped ({sk['why']})"
-                     + (f": rows {', '.join(map(str, sk['rows'][:SHOWN]))}" if sk.get("rows") else ""))
+        lines.append(
+            f"- {role}: {sk['count']} rows skipped ({sk['why']})"
+            + (f": rows {', '.join(map(str, sk['rows'][:SHOWN]))}" if sk.get("rows") else "")
+        )
     if "fix" in report:
         f = report["fix"]
-        lines.append(f"- Fix file (`--fix {f['mode']}`): `{f['file']}`: {f['rows_out']} of {f['rows_in']} rows "
-                     f"({f['dropped']} dropped, {f['relabelled']} relabelled). Train on it with "
-                     f"`data.train={f['file']}`.")
+        lines.append(
+            f"- Fix file (`--fix {f['mode']}`): `{f['file']}`: {f['rows_out']} of {f['rows_in']} rows "
+            f"({f['dropped']} dropped, {f['relabelled']} relabelled). Train on it with "
+            f"`data.train={f['file']}`."
+        )
     for note in report["notes"]:
         lines.append(f"- Note: {note}")
-    lines += ["", "## Class balance", "", "| split | " + " | ".join(report["labels"]) + " | largest / smallest |",
-              "|---" * (len(report["labels"]) + 2) + "|"]
+    lines += [
+        "",
+        "## Class balance",
+        "",
+        "| split | " + " | ".join(report["labels"]) + " | largest / smallest |",
+        "|---" * (len(report["labels"]) + 2) + "|",
+    ]
     for name, b in report["class_balance"].items():
-        lines.append(f"| {name} | " + " | ".join(str(b["counts"][n]) for n in report["labels"])
-                     + f" | {b.get('imbalance_ratio', '-')} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(str(b["counts"][n]) for n in report["labels"])
+            + f" | {b.get('imbalance_ratio', '-')} |"
+        )
     if report["label_noise"]:
-        lines += ["", "Estimated share of wrong labels per given class (cleanlab's confident joint): "
-                  + ", ".join(f"{k} {v:.1%}" for k, v in report["label_noise"].items()) + "."]
-    lines += _table("Likely label errors", "Lowest label quality first (score: cleanlab's self-confidence, the "
-                    "held-out probability of the given label).",
-                    ["split", "row", "given", "suggested", "score", "input"], report["label_issues"])
-    lines += _table("Duplicates in train", f"Exact: same text after normalising case and whitespace (files: same "
-                    f"bytes); near: embedding cosine >= {report['settings']['near_threshold']} or similar characters.",
-                    ["kind", "rows", "labels", "similarity", "input"], report["duplicates"])
-    lines += _table("Conflicts", "The same or nearly the same input with different labels.",
-                    ["kind", "split", "rows", "labels", "input"], report["conflicts"])
-    lines += _table("Leaks", "Eval or test rows that are also, or nearly, training rows.",
-                    ["split", "eval_row", "train_row", "similarity", "kind", "eval_label", "train_label", "input"],
-                    report["leaks"])
+        lines += [
+            "",
+            "Estimated share of wrong labels per given class (cleanlab's confident joint): "
+            + ", ".join(f"{k} {v:.1%}" for k, v in report["label_noise"].items())
+            + ".",
+        ]
+    lines += _table(
+        "Likely label errors",
+        "Lowest label quality first (score: cleanlab's self-confidence, the held-out probability of the given label).",
+        ["split", "row", "given", "suggested", "score", "input"],
+        report["label_issues"],
+    )
+    lines += _table(
+        "Duplicates in train",
+        f"Exact: same text after normalising case and whitespace (files: same "
+        f"bytes); near: embedding cosine >= {report['settings']['near_threshold']} or similar characters.",
+        ["kind", "rows", "labels", "similarity", "input"],
+        report["duplicates"],
+    )
+    lines += _table(
+        "Conflicts",
+        "The same or nearly the same input with different labels.",
+        ["kind", "split", "rows", "labels", "input"],
+        report["conflicts"],
+    )
+    lines += _table(
+        "Leaks",
+        "Eval or test rows that are also, or nearly, training rows.",
+        ["split", "eval_row", "train_row", "similarity", "kind", "eval_label", "train_label", "input"],
+        report["leaks"],
+    )
     o = report["outliers"]
-    lines += _table("Outliers", f"Mean cosine distance to the {o['k']} nearest training rows above {o['cutoff']} "
-                    f"(median {o['median_distance']}).", ["row", "label", "distance", "input"], o["rows"])
+    lines += _table(
+        "Outliers",
+        f"Mean cosine distance to the {o['k']} nearest training rows above {o['cutoff']} "
+        f"(median {o['median_distance']}).",
+        ["row", "label", "distance", "input"],
+        o["rows"],
+    )
     for role, tl in report.get("text_lengths", {}).items():
         if not isinstance(tl, dict) or "tokens" not in tl:
             continue
         t = tl["tokens"]
-        lines += ["", f"## Text lengths ({role})", "",
-                  f"Tokens per row: median {t['median']}, 95th percentile {t['p95']}, max {t['max']}; "
-                  f"data.max_length {report['text_lengths']['max_length']}."]
+        lines += [
+            "",
+            f"## Text lengths ({role})",
+            "",
+            f"Tokens per row: median {t['median']}, 95th percentile {t['p95']}, max {t['max']}; "
+            f"data.max_length {report['text_lengths']['max_length']}.",
+        ]
         if tl["over_max_length"]:
-            lines.append(f"{len(tl['over_max_length'])} rows are cut by truncation: "
-                         + ", ".join(f"row {r['row']} (-{r['cut']} tokens)" for r in tl["over_max_length"][:SHOWN]))
+            lines.append(
+                f"{len(tl['over_max_length'])} rows are cut by truncation: "
+                + ", ".join(f"row {r['row']} (-{r['cut']} tokens)" for r in tl["over_max_length"][:SHOWN])
+            )
         if tl["very_short"]:
-            lines.append(f"{len(tl['very_short'])} rows have at most {report['text_lengths']['short_tokens']} tokens: "
-                         + ", ".join(f"row {r['row']} ({r['input']!r})" for r in tl["very_short"][:SHOWN]))
+            lines.append(
+                f"{len(tl['very_short'])} rows have at most {report['text_lengths']['short_tokens']} tokens: "
+                + ", ".join(f"row {r['row']} ({r['input']!r})" for r in tl["very_short"][:SHOWN])
+            )
     if "plot" in report.get("files", {}):
         lines += ["", f"![audit]({Path(report['files']['plot']).name})"]
-    lines += ["", f"Audit took {report['seconds']['total']} s (embedding {report['seconds']['embedding']} s"
-              + ("; features from the cache" if report["seconds"]["features_cached"] else "") + ")."]
+    lines += [
+        "",
+        f"Audit took {report['seconds']['total']} s (embedding {report['seconds']['embedding']} s"
+        + ("; features from the cache" if report["seconds"]["features_cached"] else "")
+        + ").",
+    ]
     return "\n".join(lines) + "\n"
 
 

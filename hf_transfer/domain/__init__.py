@@ -15,7 +15,8 @@ def check_adaptation(name: str, strategy, model) -> None:
     if not strategy.trains_with_engine:
         raise ConfigError(
             f"adaptation.name={name} adapts a network trained by the engine, but strategy {strategy.name} "
-            "fits a classifier on cached features. Choose an engine strategy (full, partial, freeze, lora, ...).")
+            "fits a classifier on cached features. Choose an engine strategy (full, partial, freeze, lora, ...)."
+        )
     if name == "adabn":
         from hf_transfer.domain.adabn import check_adabn_model
 

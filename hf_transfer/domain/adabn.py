@@ -25,8 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 def check_adabn_model(model: nn.Module) -> int:
@@ -55,14 +54,24 @@ class AdaBNHook(EngineHook):
 
     def on_train_end(self, trainer):
         tc = trainer.tc
-        loader = trainer.accelerator.prepare(DataLoader(
-            self.target_dataset, batch_size=tc.eval_batch_size or tc.batch_size, shuffle=False,
-            collate_fn=self.collate_fn, num_workers=tc.num_workers))
+        loader = trainer.accelerator.prepare(
+            DataLoader(
+                self.target_dataset,
+                batch_size=tc.eval_batch_size or tc.batch_size,
+                shuffle=False,
+                collate_fn=self.collate_fn,
+                num_workers=tc.num_workers,
+            )
+        )
         model = trainer.model
-        n = recalibrate_batchnorm(trainer.unwrapped_model(), loader,
-                                  lambda batch: model(**self.task.model_inputs(batch)), trainer.accelerator)
-        logger.info("AdaBN: recomputed the running statistics of %d batch-norm layers over %d target examples.",
-                    n, len(self.target_dataset))
+        n = recalibrate_batchnorm(
+            trainer.unwrapped_model(), loader, lambda batch: model(**self.task.model_inputs(batch)), trainer.accelerator
+        )
+        logger.info(
+            "AdaBN: recomputed the running statistics of %d batch-norm layers over %d target examples.",
+            n,
+            len(self.target_dataset),
+        )
 
 
 def image_mean_std(task, ds, max_images: int = 1000, batch_size: int = 64) -> tuple[list[float], list[float]]:
@@ -90,12 +99,12 @@ def image_mean_std(task, ds, max_images: int = 1000, batch_size: int = 64) -> tu
         if pixels.shape[1] != 3:
             raise DataError(f"data.normalize_from=target expects 3-channel images, got {pixels.shape[1]} channels.")
         total += pixels.sum(dim=(0, 2, 3)).numpy()
-        total_sq += (pixels ** 2).sum(dim=(0, 2, 3)).numpy()
+        total_sq += (pixels**2).sum(dim=(0, 2, 3)).numpy()
         count += pixels.shape[0] * pixels.shape[2] * pixels.shape[3]
     if count == 0:
         raise DataError("data.normalize_from=target: no readable target image.")
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
@@ -104,13 +113,20 @@ def normalize_from_target(cfg, task) -> dict:
     from hf_transfer.domain.target import load_target
 
     if not hasattr(task.processor, "image_mean"):
-        raise ModelError(f"data.normalize_from=target: the image processor {type(task.processor).__name__} has no "
-                         "image_mean/image_std to set.")
+        raise ModelError(
+            f"data.normalize_from=target: the image processor {type(task.processor).__name__} has no "
+            "image_mean/image_std to set."
+        )
     target, _ = load_target(cfg, task, max_samples=1000)
     before = (list(task.processor.image_mean), list(task.processor.image_std))
     mean, std = image_mean_std(task, target)
     task.processor.image_mean, task.processor.image_std = mean, std
     task.processor.do_normalize = True
-    logger.info("Image normalisation from the target images: mean %s, std %s (the checkpoint's: mean %s, std %s).",
-                mean, std, [round(float(v), 4) for v in before[0]], [round(float(v), 4) for v in before[1]])
+    logger.info(
+        "Image normalisation from the target images: mean %s, std %s (the checkpoint's: mean %s, std %s).",
+        mean,
+        std,
+        [round(float(v), 4) for v in before[0]],
+        [round(float(v), 4) for v in before[1]],
+    )
     return {"image_mean": mean, "image_std": std, "checkpoint_image_mean": before[0], "checkpoint_image_std": before[1]}

@@ -63,8 +63,12 @@ class DomainClassifier(nn.Module):
         super().__init__()
         if hidden_size > 0:
             self.net = nn.Sequential(
-                nn.Linear(in_features, hidden_size), nn.ReLU(), nn.Dropout(dropout),
-                nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Dropout(dropout),
+                nn.Linear(in_features, hidden_size),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden_size, hidden_size),
+                nn.ReLU(),
+                nn.Dropout(dropout),
                 nn.Linear(hidden_size, 1),
             )
         else:
@@ -130,9 +134,14 @@ class DANNHook(EngineHook):
         self.pad_values = {"input_ids": pad_id or 0}
         self._stats = torch.zeros(3)  # domain loss sum, correct, count since the last log record
         self.coeff = 0.0
-        logger.info("DANN: domain classifier (%s, hidden %d) on the %d-d input of %s; %d target examples.",
-                    "MLP" if self.a.domain_hidden_size else "linear", self.a.domain_hidden_size, width,
-                    "/".join(spec.candidates), len(target_dataset))
+        logger.info(
+            "DANN: domain classifier (%s, hidden %d) on the %d-d input of %s; %d target examples.",
+            "MLP" if self.a.domain_hidden_size else "linear",
+            self.a.domain_hidden_size,
+            width,
+            "/".join(spec.candidates),
+            len(target_dataset),
+        )
 
     def _features(self) -> torch.Tensor:
         features, _ = self.capture.features()
@@ -146,9 +155,14 @@ class DANNHook(EngineHook):
         (self.domain_classifier,) = modules
         tc = trainer.tc
         self.sampler = EpochSampler(len(self.target_dataset), tc.seed + 1)
-        loader = DataLoader(self.target_dataset, batch_size=self.a.target_batch_size or tc.batch_size,
-                            sampler=self.sampler, collate_fn=self.collate_fn, num_workers=tc.num_workers,
-                            generator=torch.Generator().manual_seed(tc.seed + 1))
+        loader = DataLoader(
+            self.target_dataset,
+            batch_size=self.a.target_batch_size or tc.batch_size,
+            sampler=self.sampler,
+            collate_fn=self.collate_fn,
+            num_workers=tc.num_workers,
+            generator=torch.Generator().manual_seed(tc.seed + 1),
+        )
         self.loader = trainer.accelerator.prepare(loader)  # sharded between processes like the source
         self._epoch, self._cycle, self._iterator = 0, 0, None
 
@@ -193,8 +207,9 @@ class DANNHook(EngineHook):
         domain_loss = F.binary_cross_entropy_with_logits(domain_logits, domain)
         with torch.no_grad():
             correct = ((domain_logits > 0).float() == domain).sum()
-            self._stats += torch.stack([domain_loss.detach().float().cpu() * len(domain), correct.cpu(),
-                                        torch.tensor(float(len(domain)))])
+            self._stats += torch.stack(
+                [domain_loss.detach().float().cpu() * len(domain), correct.cpu(), torch.tensor(float(len(domain)))]
+            )
         # The engine divides the summed loss by the source item count: the domain term, a mean, is
         # scaled by this batch's item count so that it weighs as a mean in the window's loss.
         return class_loss + domain_loss * task.num_items(batch)
@@ -206,8 +221,11 @@ class DANNHook(EngineHook):
         self._stats = torch.zeros(3)
         if stats[2] == 0:
             return {}
-        return {"domain_loss": float(stats[0] / stats[2]), "domain_accuracy": float(stats[1] / stats[2]),
-                "dann_lambda": self.coeff}
+        return {
+            "domain_loss": float(stats[0] / stats[2]),
+            "domain_accuracy": float(stats[1] / stats[2]),
+            "dann_lambda": self.coeff,
+        }
 
     def on_train_end(self, trainer):
         self.capture.__exit__(None, None, None)

@@ -51,8 +51,9 @@ def _classifier(n: int, dim: int, seed: int):
     # A few components keep a linear probe from memorising small samples (which would push the
     # out-of-fold AUC of two identical sets below 0.5).
     k = max(1, min(dim, 32, n // 10))
-    return make_pipeline(StandardScaler(), PCA(n_components=k, random_state=seed),
-                         LogisticRegression(C=1.0, max_iter=2000))
+    return make_pipeline(
+        StandardScaler(), PCA(n_components=k, random_state=seed), LogisticRegression(C=1.0, max_iter=2000)
+    )
 
 
 def _bootstrap_auc(negative: np.ndarray, positive: np.ndarray, n_boot: int, rng) -> np.ndarray:
@@ -67,8 +68,9 @@ def _bootstrap_auc(negative: np.ndarray, positive: np.ndarray, n_boot: int, rng)
     return (ranks[:, n0:].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
-def domain_classifier_test(Xs: np.ndarray, Xt: np.ndarray, *, folds: int = 5, seed: int = 0,
-                           n_boot: int = 1000) -> dict[str, Any]:
+def domain_classifier_test(
+    Xs: np.ndarray, Xt: np.ndarray, *, folds: int = 5, seed: int = 0, n_boot: int = 1000
+) -> dict[str, Any]:
     """Cross-validated AUC of source-vs-target, with a 95% bootstrap interval.
 
     Returns:
@@ -82,19 +84,25 @@ def domain_classifier_test(Xs: np.ndarray, Xt: np.ndarray, *, folds: int = 5, se
     d = np.r_[np.zeros(len(Xs), int), np.ones(len(Xt), int)]
     folds = max(2, min(folds, len(Xs), len(Xt)))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    scores = cross_val_predict(_classifier(len(X) * (folds - 1) // folds, X.shape[1], seed), X, d, cv=cv,
-                               method="predict_proba")[:, 1]
+    scores = cross_val_predict(
+        _classifier(len(X) * (folds - 1) // folds, X.shape[1], seed), X, d, cv=cv, method="predict_proba"
+    )[:, 1]
     auc = float(roc_auc_score(d, scores))
     rng = np.random.default_rng(seed)
     s_scores, t_scores = scores[d == 0], scores[d == 1]
     boots = _bootstrap_auc(s_scores, t_scores, n_boot, rng)
     low, high = np.percentile(boots, [2.5, 97.5])
-    return {"auc": round(auc, 4), "ci_low": round(float(low), 4), "ci_high": round(float(high), 4),
-            "folds": folds, "target_scores": scores[len(Xs):]}
+    return {
+        "auc": round(auc, 4),
+        "ci_low": round(float(low), 4),
+        "ci_high": round(float(high), 4),
+        "folds": folds,
+        "target_scores": scores[len(Xs) :],
+    }
 
 
 def _sq_distances(Z: np.ndarray) -> np.ndarray:
-    sq = (Z ** 2).sum(1)
+    sq = (Z**2).sum(1)
     return np.maximum(sq[:, None] + sq[None, :] - 2.0 * Z @ Z.T, 0.0)
 
 
@@ -111,8 +119,9 @@ def _mmd2_from_kernel(K: np.ndarray, a: np.ndarray) -> float:
     return float(xx + yy - 2 * xy)
 
 
-def mmd_test(Xs: np.ndarray, Xt: np.ndarray, *, permutations: int = 500, seed: int = 0,
-             max_per_side: int = 750) -> dict[str, Any]:
+def mmd_test(
+    Xs: np.ndarray, Xt: np.ndarray, *, permutations: int = 500, seed: int = 0, max_per_side: int = 750
+) -> dict[str, Any]:
     """RBF-kernel MMD^2 (median heuristic bandwidth) with a permutation p-value."""
     rng = np.random.default_rng(seed)
     if len(Xs) > max_per_side:
@@ -128,12 +137,19 @@ def mmd_test(Xs: np.ndarray, Xt: np.ndarray, *, permutations: int = 500, seed: i
     observed = _mmd2_from_kernel(K, a)
     null = np.array([_mmd2_from_kernel(K, rng.permutation(a)) for _ in range(permutations)])
     p = (1 + int(np.sum(null >= observed))) / (1 + permutations)
-    return {"mmd2": round(observed, 6), "p_value": round(p, 4), "permutations": permutations,
-            "bandwidth": round(float(np.sqrt(bandwidth2)), 4), "n_source": len(Xs), "n_target": len(Xt)}
+    return {
+        "mmd2": round(observed, 6),
+        "p_value": round(p, 4),
+        "permutations": permutations,
+        "bandwidth": round(float(np.sqrt(bandwidth2)), 4),
+        "n_source": len(Xs),
+        "n_target": len(Xt),
+    }
 
 
-def black_box_shift_estimation(Xs: np.ndarray, ys: np.ndarray, Xt: np.ndarray, n_classes: int,
-                               seed: int = 0) -> dict[str, Any]:
+def black_box_shift_estimation(
+    Xs: np.ndarray, ys: np.ndarray, Xt: np.ndarray, n_classes: int, seed: int = 0
+) -> dict[str, Any]:
     """Target class priors from a source classifier's predictions (Lipton et al. 2018, BBSE).
 
     With C[i, j] = P_source(prediction i, label j) on held-out source data and mu[i] =
@@ -169,7 +185,8 @@ def black_box_shift_estimation(Xs: np.ndarray, ys: np.ndarray, Xt: np.ndarray, n
         "target_prediction_rates": [round(float(v), 4) for v in mu],
         "heldout_source_accuracy": round(float(np.mean(pb == yb)), 4),
         "confusion_condition_number": round(float(np.linalg.cond(C)), 2) if np.all(np.isfinite(C)) else None,
-        "_classifier": clf, "_predict": predict,
+        "_classifier": clf,
+        "_predict": predict,
     }
 
 
@@ -194,7 +211,7 @@ def _plot(Xs: np.ndarray, Xt: np.ndarray, path: Path, title: str) -> None:
     Z = PCA(n_components=2, random_state=0).fit_transform(np.vstack([Xs, Xt]))
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.scatter(Z[: len(Xs), 0], Z[: len(Xs), 1], s=6, alpha=0.5, label=f"train ({len(Xs)})")
-    ax.scatter(Z[len(Xs):, 0], Z[len(Xs):, 1], s=6, alpha=0.5, label=f"target ({len(Xt)})")
+    ax.scatter(Z[len(Xs) :, 0], Z[len(Xs) :, 1], s=6, alpha=0.5, label=f"target ({len(Xt)})")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.set_title(title, fontsize=9)
@@ -228,8 +245,15 @@ def verdict(domain: dict, mmd: dict, label_shift: dict | None, names: list[str] 
     return line + "."
 
 
-def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int = 2000, permutations: int = 500,
-                 seed: int = 0, top_k: int = 10) -> dict[str, Any]:
+def shift_report(
+    cfg,
+    output_dir: str | Path | None = None,
+    *,
+    max_examples: int = 2000,
+    permutations: int = 500,
+    seed: int = 0,
+    top_k: int = 10,
+) -> dict[str, Any]:
     """Measure the shift between `cfg.data.train` and `cfg.data.target`; write the report files.
 
     Returns:
@@ -243,8 +267,9 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
 
     m = cfg.model
     # An image checkpoint in a text config: said before a tokenizer asks for sentencepiece.
-    check_checkpoint_fits_recipe(load_config_checked(m.name_or_path, m.revision, m.trust_remote_code), cfg.recipe,
-                                 m.name_or_path)
+    check_checkpoint_fits_recipe(
+        load_config_checked(m.name_or_path, m.revision, m.trust_remote_code), cfg.recipe, m.name_or_path
+    )
     out = Path(output_dir) if output_dir else Path(cfg.output_dir) / "shift"
     out.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg)
@@ -261,10 +286,15 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
             raise DataError(
                 f"{key} has {rows} row{'s' if rows != 1 else ''}: the shift tests need at least {MIN_EXAMPLES} "
                 f"{side} rows (the domain classifier is cross-validated on both sets, and its interval "
-                f"narrows only with more rows). Give more {side} data in {key}.")
+                f"narrows only with more rows). Give more {side} data in {key}."
+            )
     model = task.build_model()
-    extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe, "text"),
-                                 spec=spec_from_settings(cfg.strategy), name_or_path=cfg.model.name_or_path)
+    extractor = FeatureExtractor(
+        model,
+        modality=recipe_modality(cfg.recipe, "text"),
+        spec=spec_from_settings(cfg.strategy),
+        name_or_path=cfg.model.name_or_path,
+    )
     bs = cfg.training.eval_batch_size or cfg.training.batch_size
     fs = extract(extractor, task, source, batch_size=bs)
     ft = extract(extractor, task, target, batch_size=bs)
@@ -273,13 +303,22 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
     yt = np.asarray(target["labels"], dtype=int) if target_labelled else None
     names = list(task.labels.names) if getattr(task, "labels", None) is not None else None
 
-    logger.info("Shift: %d training and %d target examples, %d-d features (%s).", len(Xs), len(Xt), Xs.shape[1],
-                fs.info.get("pooling"))
+    logger.info(
+        "Shift: %d training and %d target examples, %d-d features (%s).",
+        len(Xs),
+        len(Xt),
+        Xs.shape[1],
+        fs.info.get("pooling"),
+    )
     domain = domain_classifier_test(Xs, Xt, seed=seed)
     mmd = mmd_test(Xs, Xt, permutations=permutations, seed=seed)
     report: dict[str, Any] = {
-        "model": cfg.model.name_or_path, "train": cfg.data.train.name, "target": cfg.data.target.name,
-        "n_train": len(Xs), "n_target": len(Xt), "features": {k: v for k, v in fs.info.items() if k != "cache_path"},
+        "model": cfg.model.name_or_path,
+        "train": cfg.data.train.name,
+        "target": cfg.data.target.name,
+        "n_train": len(Xs),
+        "n_target": len(Xt),
+        "features": {k: v for k, v in fs.info.items() if k != "cache_path"},
         "domain_classifier": {k: v for k, v in domain.items() if k != "target_scores"},
         "mmd": mmd,
     }
@@ -322,9 +361,14 @@ def shift_report(cfg, output_dir: str | Path | None = None, *, max_examples: int
     col = task.input_col
     order = np.argsort(-domain["target_scores"])[:top_k]
     report["least_like_training"] = [
-        {"index": int(i), "target_probability": round(float(domain["target_scores"][i]), 4),
-         "example": _preview(target, col, i), **({"label": names[int(yt[i])]} if yt is not None else {})}
-        for i in order]
+        {
+            "index": int(i),
+            "target_probability": round(float(domain["target_scores"][i]), 4),
+            "example": _preview(target, col, i),
+            **({"label": names[int(yt[i])]} if yt is not None else {}),
+        }
+        for i in order
+    ]
     report["verdict"] = verdict(domain, mmd, label_shift, names)
 
     png = out / "shift.png"

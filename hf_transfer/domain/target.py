@@ -65,8 +65,9 @@ def _flat_image_folder(path: Path) -> datasets.Dataset | None:
     return datasets.Dataset.from_dict({"image": files}, features=datasets.Features({"image": datasets.Image()}))
 
 
-def load_target(cfg, task, *, keep_labels: bool = False,
-                max_samples: int | None = None) -> tuple[datasets.Dataset, bool]:
+def load_target(
+    cfg, task, *, keep_labels: bool = False, max_samples: int | None = None
+) -> tuple[datasets.Dataset, bool]:
     """Load `data.target` for `task` (whose `load_splits` has run: it knows the input column).
 
     Args:

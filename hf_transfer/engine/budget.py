@@ -78,8 +78,9 @@ def default_learning_rate(strategy, model=None) -> tuple[float, str]:
     else:
         return FALLBACK_LEARNING_RATE, f"general default (strategy {strategy.name} declares none)"
     if strategy.name in CONV_SCALED and is_convolutional(model):
-        return lr * CONV_LR_MULTIPLIER, (f"{why} x {CONV_LR_MULTIPLIER:g} for a convolutional network "
-                                         f"({model_type_of(model)})")
+        return lr * CONV_LR_MULTIPLIER, (
+            f"{why} x {CONV_LR_MULTIPLIER:g} for a convolutional network ({model_type_of(model)})"
+        )
     return lr, why
 
 
@@ -148,26 +149,36 @@ def resolve_budget(training, strategy, steps_per_epoch: int, model=None, num_cla
             default_min = DEFAULT_MIN_STEPS_PER_CLASS * int(num_classes)
         epochs = training.epochs if training.epochs is not None else default_epochs
         total = max(1, math.ceil(epochs * spe))
-        sources["total_steps"] = (f"training.epochs={epochs:g}" if training.epochs is not None
-                                  else f"default {default_epochs:g} epochs")
+        sources["total_steps"] = (
+            f"training.epochs={epochs:g}" if training.epochs is not None else f"default {default_epochs:g} epochs"
+        )
         min_steps = training.min_steps
         if min_steps is None:
             min_steps = default_min if training.epochs is None else 0
-            min_source = (f"default min_steps={default_min} ({DEFAULT_MIN_STEPS_PER_CLASS} per class)" if per_class
-                          else f"default min_steps={default_min}")
+            min_source = (
+                f"default min_steps={default_min} ({DEFAULT_MIN_STEPS_PER_CLASS} per class)"
+                if per_class
+                else f"default min_steps={default_min}"
+            )
         else:
             min_source = f"training.min_steps={min_steps}"
         if min_steps and total < min_steps:
             raised = math.ceil(min_steps / spe)
-            sources["total_steps"] += (f" gave {total} steps (< {min_source}): raised to {raised} epochs "
-                                       f"of {spe} steps")
+            sources["total_steps"] += f" gave {total} steps (< {min_source}): raised to {raised} epochs of {spe} steps"
             epochs_per_eval = max(1, math.ceil(raised / max(1.0, epochs)))
             total = raised * spe
     n_epochs = math.ceil(total / spe)
     warmup = int(training.warmup_ratio * total)
     sources["warmup_steps"] = f"training.warmup_ratio={training.warmup_ratio:g} of {total} steps"
-    budget = Budget(learning_rate=lr, total_steps=total, epochs=n_epochs, steps_per_epoch=spe,
-                    warmup_steps=warmup, epochs_per_eval=epochs_per_eval, sources=sources)
+    budget = Budget(
+        learning_rate=lr,
+        total_steps=total,
+        epochs=n_epochs,
+        steps_per_epoch=spe,
+        warmup_steps=warmup,
+        epochs_per_eval=epochs_per_eval,
+        sources=sources,
+    )
     if hasattr(strategy, "on_budget"):  # the strategy learns its schedule (e.g. which epoch is the last)
         strategy.on_budget(budget)
     return budget

@@ -39,22 +39,30 @@ def deepspeed_config(training, num_processes: int | None = None) -> dict[str, An
     if stage == 2:
         zero.update({"allgather_partitions": True, "allgather_bucket_size": 2e8, "reduce_scatter": True})
     else:
-        zero.update({
-            "stage3_prefetch_bucket_size": "auto",
-            "stage3_param_persistence_threshold": "auto",
-            "stage3_max_live_parameters": 1e9,
-            "stage3_max_reuse_distance": 1e9,
-            # The run folder needs full weights: gather them at save time.
-            "stage3_gather_16bit_weights_on_model_save": True,
-        })
+        zero.update(
+            {
+                "stage3_prefetch_bucket_size": "auto",
+                "stage3_param_persistence_threshold": "auto",
+                "stage3_max_live_parameters": 1e9,
+                "stage3_max_reuse_distance": 1e9,
+                # The run folder needs full weights: gather them at save time.
+                "stage3_gather_16bit_weights_on_model_save": True,
+            }
+        )
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": training.batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
         "gradient_clipping": float(training.max_grad_norm) if training.max_grad_norm else 0.0,
         "zero_optimization": zero,
         "bf16": {"enabled": mp == "bf16"},
-        "fp16": {"enabled": mp == "fp16", "loss_scale": 0, "initial_scale_power": 16,
-                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "fp16": {
+            "enabled": mp == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

@@ -49,11 +49,29 @@ from hf_transfer.engine.fsdp import (  # noqa: F401
 from hf_transfer.errors import ConfigError
 
 __all__ = [
-    "DISTRIBUTED", "accelerate_command", "accelerator_plugins", "block_class_names", "check_mixed_precision",
-    "deepspeed_config", "deepspeed_plugin", "enable_fsdp_on_cpu", "enable_gradient_checkpointing", "final_model",
-    "finish_accelerator", "fsdp_plugin", "gather_state_dict", "launch_with_accelerate", "load_full_state_dict",
-    "precision_that_ran", "prepare_model", "prime_optimizer_for_resume", "remove_input_grad_hooks",
-    "set_distributed_type", "transformers_model", "uses_deepspeed", "uses_fsdp",
+    "DISTRIBUTED",
+    "accelerate_command",
+    "accelerator_plugins",
+    "block_class_names",
+    "check_mixed_precision",
+    "deepspeed_config",
+    "deepspeed_plugin",
+    "enable_fsdp_on_cpu",
+    "enable_gradient_checkpointing",
+    "final_model",
+    "finish_accelerator",
+    "fsdp_plugin",
+    "gather_state_dict",
+    "launch_with_accelerate",
+    "load_full_state_dict",
+    "precision_that_ran",
+    "prepare_model",
+    "prime_optimizer_for_resume",
+    "remove_input_grad_hooks",
+    "set_distributed_type",
+    "transformers_model",
+    "uses_deepspeed",
+    "uses_fsdp",
 ]
 
 logger = logging.getLogger(__name__)
@@ -202,13 +220,21 @@ def finish_accelerator(accelerator, training, plugins: dict) -> None:
 
         # torch 2.13 deprecates the FSDP1 state-dict APIs Accelerate's FSDP1 checkpointing calls, once
         # per FSDP unit and process: nothing a user of this run can act on.
-        for text in ("FSDP.state_dict_type", "Please use DTensor", "`_get_pg_default_device`",
-                     "Multiple backends are registered"):
+        for text in (
+            "FSDP.state_dict_type",
+            "Please use DTensor",
+            "`_get_pg_default_device`",
+            "Multiple backends are registered",
+        ):
             warnings.filterwarnings("ignore", message=f".*{text}", module="torch.distributed.fsdp")
     if "fsdp_plugin" in plugins and enable_fsdp_on_cpu(accelerator, plugins["fsdp_plugin"]):
         logger.info("FSDP on %d CPU processes (gloo).", accelerator.num_processes)
-    elif "fsdp_plugin" not in plugins and accelerator.device.type == "cpu" and uses_fsdp(accelerator) \
-            and getattr(accelerator.state, "fsdp_plugin", None) is None:
+    elif (
+        "fsdp_plugin" not in plugins
+        and accelerator.device.type == "cpu"
+        and uses_fsdp(accelerator)
+        and getattr(accelerator.state, "fsdp_plugin", None) is None
+    ):
         # An earlier FSDP run in this CPU process left PartialState saying FSDP: back to DDP.
         from accelerate.utils import DistributedType
 
@@ -238,8 +264,9 @@ def prepare_model(accelerator, training, model: nn.Module, may_unfreeze_later: b
 # `hf-transfer train CONFIG --accelerate-config FILE`
 
 
-def accelerate_command(accelerate_config, config: str, overrides: list[str], extra: list[str] = (),
-                       devices: int | None = None) -> tuple[list[str], list[str]]:
+def accelerate_command(
+    accelerate_config, config: str, overrides: list[str], extra: list[str] = (), devices: int | None = None
+) -> tuple[list[str], list[str]]:
     """The `accelerate launch` command that runs `hf-transfer train` under an accelerate config
     file, and notes on it (such as asking for more processes than the machine has devices).
 
@@ -252,8 +279,12 @@ def accelerate_command(accelerate_config, config: str, overrides: list[str], ext
     from hf_transfer.config_parsing import read_yaml
 
     path = Path(accelerate_config)
-    conf = read_yaml(path, "--accelerate-config", "Shipped ones: recipes/accelerate/*.yaml (single_gpu, "
-                     "multi_gpu, fsdp, deepspeed_zero2, deepspeed_zero3, multi_node, cpu_2proc).")
+    conf = read_yaml(
+        path,
+        "--accelerate-config",
+        "Shipped ones: recipes/accelerate/*.yaml (single_gpu, "
+        "multi_gpu, fsdp, deepspeed_zero2, deepspeed_zero3, multi_node, cpu_2proc).",
+    )
     if devices is None:
         devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     notes = []
@@ -263,13 +294,26 @@ def accelerate_command(accelerate_config, config: str, overrides: list[str], ext
         where = "no GPU" if devices == 0 else f"{devices} GPU(s)"
         notes.append(
             f"{path.name} asks for {wanted} processes per machine, and this machine has {where}. "
-            + ("Without GPUs that does not give several processes: run one (no --accelerate-config), or "
-               "several CPU processes with ACCELERATE_USE_CPU=1 and recipes/accelerate/cpu_2proc.yaml."
-               if devices == 0 else
-               f"Set num_processes to {devices} or fewer.")
+            + (
+                "Without GPUs that does not give several processes: run one (no --accelerate-config), or "
+                "several CPU processes with ACCELERATE_USE_CPU=1 and recipes/accelerate/cpu_2proc.yaml."
+                if devices == 0
+                else f"Set num_processes to {devices} or fewer."
+            )
         )
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path),
-           "-m", "hf_transfer", "train", *extra, config, *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(path),
+        "-m",
+        "hf_transfer",
+        "train",
+        *extra,
+        config,
+        *overrides,
+    ]
     return cmd, notes
 
 

@@ -20,12 +20,18 @@ def run_evaluation(accelerator: Accelerator, model, dataloader, task, prefix: st
     was_training = model.training
     model.eval()
     gathered: dict[str, list[np.ndarray]] = {}
-    for batch in tqdm(dataloader, desc=f"Evaluating ({prefix})", leave=False,
-                      disable=not accelerator.is_local_main_process or progress_disabled()):
+    for batch in tqdm(
+        dataloader,
+        desc=f"Evaluating ({prefix})",
+        leave=False,
+        disable=not accelerator.is_local_main_process or progress_disabled(),
+    ):
         outputs = task.eval_outputs(model, batch)
         # Sequence outputs (generated tokens) differ in length between processes: pad first.
-        outputs = {k: accelerator.pad_across_processes(v, dim=1, pad_index=-100) if v.ndim > 1 and k != "logits" else v
-                   for k, v in outputs.items()}
+        outputs = {
+            k: accelerator.pad_across_processes(v, dim=1, pad_index=-100) if v.ndim > 1 and k != "logits" else v
+            for k, v in outputs.items()
+        }
         outputs = accelerator.gather_for_metrics(outputs)
         for k, v in outputs.items():
             gathered.setdefault(k, []).append(v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy())

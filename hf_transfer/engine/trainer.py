@@ -40,8 +40,9 @@ logger = get_logger(__name__)
 LOWER_IS_BETTER = ("loss", "wer", "cer", "rmse", "mae", "mse", "hamming_loss")
 
 
-def new_accelerator(training: TrainingConfig, output_dir: Path, find_unused_parameters: bool = False,
-                    groups: list | None = None) -> Accelerator:
+def new_accelerator(
+    training: TrainingConfig, output_dir: Path, find_unused_parameters: bool = False, groups: list | None = None
+) -> Accelerator:
     """An Accelerator for this run (mixed precision, trackers, DDP settings). With the model's layer
     groups (training), also `training.distributed`'s FSDP / DeepSpeed plugin and the precision
     check (`hf_transfer.engine.distributed`)."""
@@ -135,8 +136,20 @@ class Trainer:
     `_setup_optimizer`, `_prepare`, `_setup_schedule`, `_setup_checkpoints`.
     """
 
-    def __init__(self, training: TrainingConfig, task, model, strategy, groups, train_dataset,
-                 eval_dataset, collate_fn, train_sampler, output_dir, hook: EngineHook | None = None):
+    def __init__(
+        self,
+        training: TrainingConfig,
+        task,
+        model,
+        strategy,
+        groups,
+        train_dataset,
+        eval_dataset,
+        collate_fn,
+        train_sampler,
+        output_dir,
+        hook: EngineHook | None = None,
+    ):
         self.tc = training
         self.task = task
         self.strategy = strategy
@@ -206,9 +219,16 @@ class Trainer:
         param_groups = build_param_groups(model, self.groups, scales, lr, tc.weight_decay)
         extra_modules = hook.extra_modules()
         # First, so the last group stays the model's head (the learning rate the log reports).
-        param_groups[:0] = [{"params": list(module.parameters()), "weight_decay": tc.weight_decay,
-                             "lr": lr * hook.lr_multiplier, "lr_scale": hook.lr_multiplier,
-                             "name": f"hook.{i}"} for i, module in enumerate(extra_modules)]
+        param_groups[:0] = [
+            {
+                "params": list(module.parameters()),
+                "weight_decay": tc.weight_decay,
+                "lr": lr * hook.lr_multiplier,
+                "lr_scale": hook.lr_multiplier,
+                "name": f"hook.{i}",
+            }
+            for i, module in enumerate(extra_modules)
+        ]
         # Fused AdamW where torch has it (the transformers Trainer's default too); ZeRO and FSDP keep
         # torch's default implementation.
         plain = self._deepspeed or dist.uses_fsdp(self.accelerator)
@@ -243,8 +263,13 @@ class Trainer:
         tc = self.tc
         self.steps_per_epoch = max(1, math.ceil(len(self.train_dl) / tc.gradient_accumulation_steps))
         labels = getattr(getattr(self.task, "labels", None), "id2label", None)
-        self.budget = resolve_budget(tc, self.strategy, self.steps_per_epoch, model_type,
-                                     num_classes=len(labels) if isinstance(labels, dict) and labels else None)
+        self.budget = resolve_budget(
+            tc,
+            self.strategy,
+            self.steps_per_epoch,
+            model_type,
+            num_classes=len(labels) if isinstance(labels, dict) and labels else None,
+        )
         self.total_steps = self.budget.total_steps
         self.num_epochs = self.budget.epochs
         self.scheduler = get_scheduler(
@@ -256,8 +281,9 @@ class Trainer:
         self.accelerator.register_for_checkpointing(self.scheduler)
 
     def _setup_checkpoints(self) -> None:
-        self.checkpoints = Checkpoints(self.accelerator, self.ckpt_dir, self.tc.save_total_limit,
-                                       self.check_weights_finite)
+        self.checkpoints = Checkpoints(
+            self.accelerator, self.ckpt_dir, self.tc.save_total_limit, self.check_weights_finite
+        )
 
     # ------------------------------------------------------------------ evaluation
 
@@ -277,13 +303,18 @@ class Trainer:
         return self.checkpoints.save(self.state, self.strategy, self._elapsed)
 
     def load_checkpoint(self, path: Path) -> None:
-        self.state = self.checkpoints.load(path, model=self.model, optimizer=self.optimizer, strategy=self.strategy,
-                                           groups=self.groups)
+        self.state = self.checkpoints.load(
+            path, model=self.model, optimizer=self.optimizer, strategy=self.strategy, groups=self.groups
+        )
 
     def _load_best(self) -> None:
         if self.checkpoints.load_best(self.model):
-            logger.info("Loaded the best model (step %s, %s=%.4f).", self.state.best_step,
-                        self.tc.metric_for_best_model, self.state.best_metric)
+            logger.info(
+                "Loaded the best model (step %s, %s=%.4f).",
+                self.state.best_step,
+                self.tc.metric_for_best_model,
+                self.state.best_metric,
+            )
 
     # ------------------------------------------------------------------ training
 
@@ -339,9 +370,11 @@ class Trainer:
         """The error for a run whose loss or weights stopped being finite, naming the step and the
         learning rate (the usual cause) with where it came from."""
         b = self.budget
-        hint = (f"The likely cause is a learning rate too high for this model and strategy: {b.learning_rate:g} "
-                f"({b.sources.get('learning_rate', 'training.learning_rate')}). Lower training.learning_rate "
-                "(ten times lower, say) and start the run again (--overwrite)")
+        hint = (
+            f"The likely cause is a learning rate too high for this model and strategy: {b.learning_rate:g} "
+            f"({b.sources.get('learning_rate', 'training.learning_rate')}). Lower training.learning_rate "
+            "(ten times lower, say) and start the run again (--overwrite)"
+        )
         if self.tc.mixed_precision == "fp16":
             hint += ", or train without training.mixed_precision=fp16 (float16 overflows)"
         return TrainingError(f"Training diverged at step {self.state.global_step}: {what}. {hint}.")
@@ -385,7 +418,10 @@ class Trainer:
         if patience and self.state.evals_without_improvement >= patience:
             logger.info(
                 "Early stopping: %s has not improved for %d evaluations (best %.4f at step %s).",
-                name, patience, self.state.best_metric, self.state.best_step,
+                name,
+                patience,
+                self.state.best_metric,
+                self.state.best_step,
             )
             self.state.stopped_early = True
             return True
@@ -397,7 +433,9 @@ class Trainer:
         start = self._start = time.time()
         self._samples_seen = 0
         progress = tqdm(
-            total=self.total_steps, initial=self.state.global_step, desc="Training",
+            total=self.total_steps,
+            initial=self.state.global_step,
+            desc="Training",
             disable=not self.accelerator.is_local_main_process or progress_disabled(),
         )
         self.model.train()
@@ -473,8 +511,15 @@ class Trainer:
         progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
         step = self.state.global_step
         if step % max(1, tc.logging_steps) == 0 or step == 1:
-            self._log({"step": step, "epoch": self._epoch_progress(epoch), "loss": loss,
-                       "learning_rate": self.scheduler.get_last_lr()[-1], **self.hook.log_values(self)})
+            self._log(
+                {
+                    "step": step,
+                    "epoch": self._epoch_progress(epoch),
+                    "loss": loss,
+                    "learning_rate": self.scheduler.get_last_lr()[-1],
+                    **self.hook.log_values(self),
+                }
+            )
         if self.eval_dl is not None and tc.eval_strategy == "steps" and step % tc.eval_steps == 0:
             if self._evaluate_and_log(epoch):
                 return True
@@ -506,8 +551,9 @@ class Trainer:
             self._load_best()
         if self.tc.recalibrate_batchnorm:
             self.sampler.set_epoch(self.state.epoch)
-            n = recalibrate_batchnorm(self.unwrapped_model(), self.train_dl,
-                                      lambda batch: self.task.loss(self.model, batch), self.accelerator)
+            n = recalibrate_batchnorm(
+                self.unwrapped_model(), self.train_dl, lambda batch: self.task.loss(self.model, batch), self.accelerator
+            )
             logger.info("Recalibrated the running statistics of %d batch-norm layers over the training data.", n)
         self.hook.on_train_end(self)
 
@@ -523,19 +569,21 @@ class Trainer:
             self.check_weights_finite()  # the run's model is written next: never a NaN one
         except TrainingError as e:
             self._stopped(e)
-        metrics.update({
-            # A resumed run: total over every process that trained it (up to the checkpoint each
-            # stopped at), and this process's part (what the throughput below is measured on).
-            "train_runtime": round(self.state.train_runtime + runtime, 3),
-            "train_runtime_this_process": round(runtime, 3),
-            "train_samples_per_second": round(self._samples_seen / runtime, 3) if runtime > 0 else 0.0,
-            "train_steps": self.state.global_step,
-            "mixed_precision": dist_precision(acc),
-            "gradient_checkpointing": self.gradient_checkpointing,
-            "distributed": acc.distributed_type.value,
-            "budget": self.budget.as_dict(),
-            "epoch": self.state.epoch,
-        })
+        metrics.update(
+            {
+                # A resumed run: total over every process that trained it (up to the checkpoint each
+                # stopped at), and this process's part (what the throughput below is measured on).
+                "train_runtime": round(self.state.train_runtime + runtime, 3),
+                "train_runtime_this_process": round(runtime, 3),
+                "train_samples_per_second": round(self._samples_seen / runtime, 3) if runtime > 0 else 0.0,
+                "train_steps": self.state.global_step,
+                "mixed_precision": dist_precision(acc),
+                "gradient_checkpointing": self.gradient_checkpointing,
+                "distributed": acc.distributed_type.value,
+                "budget": self.budget.as_dict(),
+                "epoch": self.state.epoch,
+            }
+        )
         if self.state.best_step is not None:
             metrics["best_step"] = self.state.best_step
         if self.state.stopped_early:
@@ -547,13 +595,28 @@ class Trainer:
         found = self.checkpoints.found()
         if isinstance(e, TrainingError):
             # Resuming would diverge again (the checkpoint restores the learning rate too).
-            where = ((f"The last checkpoint, '{found[-1]}', holds finite weights and is kept. " if found
-                      else "No checkpoint was saved before it. ") + "No model was written as a finished run.")
+            where = (
+                f"The last checkpoint, '{found[-1]}', holds finite weights and is kept. "
+                if found
+                else "No checkpoint was saved before it. "
+            ) + "No model was written as a finished run."
         else:
-            where = (f"The last checkpoint, '{found[-1]}', is intact. Resume with the same command plus "
-                     "training.resume_from_checkpoint=latest.") if found else "No checkpoint was saved yet."
-        logger.error("Training stopped at step %d by %s: %s. %s", self.state.global_step, type(e).__name__,
-                     str(e).rstrip("."), where, main_process_only=False)
+            where = (
+                (
+                    f"The last checkpoint, '{found[-1]}', is intact. Resume with the same command plus "
+                    "training.resume_from_checkpoint=latest."
+                )
+                if found
+                else "No checkpoint was saved yet."
+            )
+        logger.error(
+            "Training stopped at step %d by %s: %s. %s",
+            self.state.global_step,
+            type(e).__name__,
+            str(e).rstrip("."),
+            where,
+            main_process_only=False,
+        )
         if isinstance(e, HFTransferError):
             raise type(e)(f"{e} {where}") from e
 

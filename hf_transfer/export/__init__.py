@@ -6,9 +6,14 @@ Names load lazily so that `hf-transfer --help` does not import torch.
 """
 
 _NAMES = {
-    "build_card": "card", "validate_card": "card", "RunFolder": "card",
-    "export_run": "export", "verify_export": "export",
-    "push_run": "push", "PushResult": "push", "maybe_push_after_training": "push",
+    "build_card": "card",
+    "validate_card": "card",
+    "RunFolder": "card",
+    "export_run": "export",
+    "verify_export": "export",
+    "push_run": "push",
+    "PushResult": "push",
+    "maybe_push_after_training": "push",
     "check_push_settings": "push",
 }
 

@@ -138,7 +138,7 @@ def _describe_model(name: str, revision: str | None) -> str:
         rev = f" (revision `{revision}`)" if revision else ""
         return f"[`{hub}`](https://huggingface.co/{hub}){rev}"
     if name.startswith(PKG_PREFIX):
-        package = name[len(PKG_PREFIX):].split("/", 1)[0]
+        package = name[len(PKG_PREFIX) :].split("/", 1)[0]
         return f"the checkpoint shipped in the Python package `{package}` (`{name}`; not a Hub repository)"
     return f"a local checkpoint (folder `{Path(name).name}`; not a Hub repository)"
 
@@ -155,19 +155,31 @@ def _describe_source(src: DataSource | None) -> str:
                 parts.append(f"{key} `{getattr(src, key)}`")
         return ", ".join(parts)
     if name.startswith(PKG_PREFIX):
-        package = name[len(PKG_PREFIX):].split("/", 1)[0]
+        package = name[len(PKG_PREFIX) :].split("/", 1)[0]
         return f"local data shipped in the Python package `{package}` (file `{Path(name).name}`), not on the Hub"
     return f"local data (`{Path(name).name}`), not on the Hub"
 
 
 _HPARAMS = (
-    ("training", "epochs"), ("training", "max_steps"), ("training", "learning_rate"),
-    ("training", "batch_size"), ("training", "gradient_accumulation_steps"),
-    ("training", "weight_decay"), ("training", "warmup_ratio"), ("training", "scheduler"),
-    ("training", "max_grad_norm"), ("training", "mixed_precision"), ("training", "label_smoothing"),
-    ("training", "class_weights"), ("training", "early_stopping_patience"),
-    ("training", "metric_for_best_model"), ("training", "seed"), ("data", "max_length"),
-    ("data", "max_train_samples"), ("data", "samples_per_class"), ("data", "eval_samples_per_class"),
+    ("training", "epochs"),
+    ("training", "max_steps"),
+    ("training", "learning_rate"),
+    ("training", "batch_size"),
+    ("training", "gradient_accumulation_steps"),
+    ("training", "weight_decay"),
+    ("training", "warmup_ratio"),
+    ("training", "scheduler"),
+    ("training", "max_grad_norm"),
+    ("training", "mixed_precision"),
+    ("training", "label_smoothing"),
+    ("training", "class_weights"),
+    ("training", "early_stopping_patience"),
+    ("training", "metric_for_best_model"),
+    ("training", "seed"),
+    ("data", "max_length"),
+    ("data", "max_train_samples"),
+    ("data", "samples_per_class"),
+    ("data", "eval_samples_per_class"),
     ("data", "max_audio_seconds"),
 )
 
@@ -198,8 +210,11 @@ _QUIET_STRATEGY_KEYS = {"layer_lr_decay": 1.0, "head_lr_multiplier": 1.0}
 
 
 def _strategy_settings(run: RunFolder) -> list[list[Any]]:
-    rows = [[f"`strategy.{k}`", v] for k, v in dataclasses.asdict(run.config.strategy).items()
-            if k not in ("name", "merge") and v is not None and _QUIET_STRATEGY_KEYS.get(k) != v]
+    rows = [
+        [f"`strategy.{k}`", v]
+        for k, v in dataclasses.asdict(run.config.strategy).items()
+        if k not in ("name", "merge") and v is not None and _QUIET_STRATEGY_KEYS.get(k) != v
+    ]
     ac = run.adapter_config
     if ac:
         for key in ("peft_type", "target_modules", "modules_to_save"):  # r, alpha: strategy.* above
@@ -278,12 +293,20 @@ def _eval_results(run: RunFolder, splits: list[str]) -> list[EvalResult]:
         carved = split == "eval" and run.source("eval") is None
         # huggingface_hub groups eval results by (task, dataset type/config/split/revision), so
         # every split needs its own split name or eval and test scores would merge.
-        split_name = "held-out part of train" if carved else (
-            (src.split if src else None) or ("validation" if split == "eval" else "test"))
+        split_name = (
+            "held-out part of train"
+            if carved
+            else ((src.split if src else None) or ("validation" if split == "eval" else "test"))
+        )
         hub = dataset_hub_id(src.name) if src else None
         if hub:
-            ds = dict(dataset_type=hub, dataset_name=hub, dataset_config=src.config,
-                      dataset_revision=src.revision, dataset_split=split_name)
+            ds = dict(
+                dataset_type=hub,
+                dataset_name=hub,
+                dataset_config=src.config,
+                dataset_revision=src.revision,
+                dataset_split=split_name,
+            )
         else:
             # Local data has no Hub id. The Hub requires dataset.type and dataset.name in a
             # model-index but does not resolve them; `local` names no dataset and no path.
@@ -292,9 +315,16 @@ def _eval_results(run: RunFolder, splits: list[str]) -> list[EvalResult]:
         for m in fam.metrics:
             v = run.metrics.score(split, m)
             if v is not None:
-                results.append(EvalResult(task_type=fam.pipeline_tag, task_name=fam.task_name,
-                                          metric_type=m, metric_value=round(v, 4),
-                                          metric_name=f"{split} {m}", **ds))
+                results.append(
+                    EvalResult(
+                        task_type=fam.pipeline_tag,
+                        task_name=fam.task_name,
+                        metric_type=m,
+                        metric_value=round(v, 4),
+                        metric_name=f"{split} {m}",
+                        **ds,
+                    )
+                )
     return results
 
 
@@ -310,10 +340,12 @@ def _tagging_context(run: RunFolder) -> dict:
     if run.recipe != "token_classification":
         return {}
     tagging = run.config.data.tagging
-    return dict(tag_scheme=run.metrics.raw.get("tag_scheme") or "BIO",
-                entity_types=sorted({t[2:] for t in run.labels if t[:2] in ("B-", "I-", "E-", "S-")}),
-                subword_labels=run.metrics.raw.get("subword_labels") or tagging.subword_labels,
-                strict=tagging.strict)
+    return dict(
+        tag_scheme=run.metrics.raw.get("tag_scheme") or "BIO",
+        entity_types=sorted({t[2:] for t in run.labels if t[:2] in ("B-", "I-", "E-", "S-")}),
+        subword_labels=run.metrics.raw.get("subword_labels") or tagging.subword_labels,
+        strict=tagging.strict,
+    )
 
 
 def _duration(seconds: Any) -> str:
@@ -399,8 +431,7 @@ def build_card(
         base_model_md=_describe_model(run.base_name, run.base_revision),
         base_is_hub=bool(base_hub),
         merged=not adapter,
-        peft_type={"LORA": "LoRA", "ADALORA": "AdaLoRA", "LOHA": "LoHa", "LOKR": "LoKr"}.get(
-            str(peft_type), peft_type),
+        peft_type={"LORA": "LoRA", "ADALORA": "AdaLoRA", "LOHA": "LoHa", "LOKR": "LoKr"}.get(str(peft_type), peft_type),
         auto_class=fam.auto_class,
         strategy=run.strategy_name,
         strategy_summary=str(m.raw.get("strategy_summary") or ""),  # written by Strategy.describe
@@ -412,8 +443,11 @@ def build_card(
         num_labels=len(labels),
         id2label=repr({i: n for i, n in enumerate(labels)}),
         train_source=_describe_source(run.source("train")),
-        eval_source=(_describe_source(run.source("eval")) if run.source("eval")
-                     else "held out from the training data (stratified)"),
+        eval_source=(
+            _describe_source(run.source("eval"))
+            if run.source("eval")
+            else "held out from the training data (stratified)"
+        ),
         test_source=_describe_source(run.source("test")) if run.source("test") else None,
         train_size=m.train_size,
         eval_size=m.eval_size,

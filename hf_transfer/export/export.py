@@ -39,11 +39,24 @@ __all__ = ["export_run", "feature_layout", "merge_setting", "verify_export"]
 WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 MODEL_CONFIG_FILES = ("config.json", "generation_config.json")
 PROCESSOR_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-    "tokenizer.model", "*.tiktoken", "normalizer.json", "preprocessor_config.json",
-    "processor_config.json", "feature_extractor_config.json", "image_processor_config.json",
-    "chat_template.jinja", "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "*.tiktoken",
+    "normalizer.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "feature_extractor_config.json",
+    "image_processor_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
 )
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -102,8 +115,12 @@ def _label_kwargs(run: RunFolder) -> dict:
     if run.recipe == "speech_recognition" or not labels:
         return {}
     id2label = dict(enumerate(labels))
-    return dict(num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-                ignore_mismatched_sizes=True)
+    return dict(
+        num_labels=len(labels),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        ignore_mismatched_sizes=True,
+    )
 
 
 def _load_peft(run: RunFolder, adapter_dir: Path, auto):
@@ -158,8 +175,7 @@ def _eval_texts(run: RunFolder, n: int = 4) -> list[str] | list[tuple[str, str]]
         suffix = path.suffix.lower()
         try:
             if suffix in (".csv", ".tsv"):
-                df = pd.read_csv(path, nrows=n, sep="\t" if suffix == ".tsv" else ",",
-                                 encoding=src.encoding or "utf-8")
+                df = pd.read_csv(path, nrows=n, sep="\t" if suffix == ".tsv" else ",", encoding=src.encoding or "utf-8")
             elif suffix == ".jsonl":
                 df = pd.read_json(path, lines=True, nrows=n)
             elif suffix == ".parquet":
@@ -197,8 +213,9 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
 
             tok = AutoTokenizer.from_pretrained(folder, **_remote(run))
             rows = _eval_texts(run)
-            limit = min(int(run.config.data.max_length or 512),
-                        int(getattr(config, "max_position_embeddings", 0) or 512))
+            limit = min(
+                int(run.config.data.max_length or 512), int(getattr(config, "max_position_embeddings", 0) or 512)
+            )
             if rows and isinstance(rows[0], tuple):
                 a, b = zip(*rows)
                 return dict(tok(list(a), list(b), padding=True, truncation=True, max_length=limit, return_tensors="pt"))
@@ -209,8 +226,10 @@ def _probe_inputs(run: RunFolder, folder: Path, config) -> dict[str, torch.Tenso
             from transformers import AutoImageProcessor
 
             proc = AutoImageProcessor.from_pretrained(folder, **_remote(run))
-            images = [Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)),
-                      Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))).convert("RGB")]
+            images = [
+                Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)),
+                Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))).convert("RGB"),
+            ]
             return {"pixel_values": proc(images, return_tensors="pt")["pixel_values"]}
         from transformers import AutoFeatureExtractor
 
@@ -292,8 +311,10 @@ def verify_export(run_dir: str | Path, export_dir: str | Path, atol: float = DEF
         if unmerged and run.recipe != "speech_recognition":
             saved = json.loads((folder / "adapter_config.json").read_text()).get("modules_to_save")
             if not saved:
-                hint = (" The adapter holds no classification head (its modules_to_save is empty): the "
-                        "new head was not saved with it. Export merged weights instead (drop --no-merge).")
+                hint = (
+                    " The adapter holds no classification head (its modules_to_save is empty): the "
+                    "new head was not saved with it. Export merged weights instead (drop --no-merge)."
+                )
         raise ExportError(
             f"The exported model does not reproduce the run's outputs (largest logit difference "
             f"{diff:.3g}, tolerance {atol:g}).{hint}"
@@ -321,9 +342,16 @@ def _ensure_label_names(config_path: Path, labels: list[str]) -> None:
 #: What a run whose classifier lives beside the model adds to the export: the classifier (tensors +
 #: JSON), the feature description, and the sentence-transformers / SetFit files of the `setfit`
 #: layout (SetFit's `model_head.pkl` too, for SetFit users: hf_transfer never reads it).
-FEATURE_FILES = ("feature_classifier.json", "classifier.safetensors", "classifier.json", "modules.json",
-                 "sentence_bert_config.json", "config_sentence_transformers.json", "config_setfit.json",
-                 "model_head.pkl")
+FEATURE_FILES = (
+    "feature_classifier.json",
+    "classifier.safetensors",
+    "classifier.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "config_setfit.json",
+    "model_head.pkl",
+)
 FEATURE_FOLDERS = ("1_Pooling", "2_Normalize")
 
 
@@ -429,8 +457,10 @@ def export_run(
     if not merge_adapter and adapter is None:
         logger.warning("The run has no PEFT adapter: exporting its full weights (--no-merge has no effect).")
     if _remote(run):
-        logger.warning("model.trust_remote_code=true in the run's config.yaml: the model's own code "
-                       "(its *.py files) will run to check the export, and ships with it.")
+        logger.warning(
+            "model.trust_remote_code=true in the run's config.yaml: the model's own code "
+            "(its *.py files) will run to check the export, and ships with it."
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -455,8 +485,16 @@ def export_run(
         images = run.images()
         for name in images:
             shutil.copyfile(run.path / name, tmp / name)
-        card = build_card(run.path, merged=merged, repo_id=repo_id, model_name=None if repo_id else out.name,
-                          baseline=baseline, license=license, language=language, images=images)
+        card = build_card(
+            run.path,
+            merged=merged,
+            repo_id=repo_id,
+            model_name=None if repo_id else out.name,
+            baseline=baseline,
+            license=license,
+            language=language,
+            images=images,
+        )
         card.save(tmp / "README.md")
         verify_export(run.path, tmp, atol=atol)
         from hf_transfer.files import respect_umask

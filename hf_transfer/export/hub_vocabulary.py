@@ -8,7 +8,8 @@ lists when the Hub adds ids; the Hub checks once more when the commit is created
 import re
 
 #: Licence identifiers the Hub accepts in a card.
-HUB_LICENSES = frozenset("""
+HUB_LICENSES = frozenset(
+    """
 apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0
 bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear
 c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0
@@ -19,10 +20,12 @@ lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple
 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
 deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3
 llama4 gemma unknown other
-""".split())
+""".split()
+)
 
 #: Hub task ids (pipeline tags).
-PIPELINE_TAGS = frozenset("""
+PIPELINE_TAGS = frozenset(
+    """
 text-classification token-classification table-question-answering question-answering
 zero-shot-classification translation summarization feature-extraction text-generation
 text2text-generation fill-mask sentence-similarity text-ranking text-to-speech text-to-audio
@@ -35,7 +38,8 @@ text-retrieval time-series-forecasting text-to-video image-text-to-text visual-q
 document-question-answering zero-shot-image-classification graph-ml mask-generation
 zero-shot-object-detection text-to-3d image-to-3d image-feature-extraction video-text-to-text
 keypoint-detection visual-document-retrieval any-to-any other
-""".split())
+""".split()
+)
 
 #: A data file name is never a Hub id, even though `train.csv` passes the repo-id regex.
 DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow", ".txt", ".zip", ".tar", ".gz")

@@ -70,10 +70,24 @@ FP32_ATOL = 1e-4
 MIN_INT8_AGREEMENT = 0.99
 QUANTIZATIONS = ("int8",)
 INSTALL_HINT = "pip install 'hf-transfer-toolkit[onnx]' (onnx, onnxruntime, onnxscript)"
-_COPY = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-         "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
-         "preprocessor_config.json", "processor_config.json", "feature_extractor_config.json",
-         "image_processor_config.json", "config.yaml")
+_COPY = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "feature_extractor_config.json",
+    "image_processor_config.json",
+    "config.yaml",
+)
 
 
 def require_onnx() -> None:
@@ -164,8 +178,9 @@ class _KNNProba(nn.Module):
     def __init__(self, fit_x, y_index, k: int, n_classes: int):
         super().__init__()
         self.register_buffer("fit_x", torch.tensor(np.array(fit_x, dtype=np.float64)))
-        self.register_buffer("votes", nn.functional.one_hot(torch.as_tensor(np.asarray(y_index, dtype=np.int64)),
-                                                            n_classes).double())
+        self.register_buffer(
+            "votes", nn.functional.one_hot(torch.as_tensor(np.asarray(y_index, dtype=np.int64)), n_classes).double()
+        )
         self.k = int(k)
 
     def forward(self, x):
@@ -213,14 +228,21 @@ def classifier_module(clf, num_labels: int) -> nn.Module:
     name = type(final).__name__
     classes = np.asarray(final.classes_, dtype=np.int64)
     if name == "LogisticRegression":
-        layers.append(_LogProba(_LogisticProba(final.coef_, final.intercept_),
-                                _Expand(classes, num_labels, 0.0), PROBA_FLOOR))
+        layers.append(
+            _LogProba(_LogisticProba(final.coef_, final.intercept_), _Expand(classes, num_labels, 0.0), PROBA_FLOOR)
+        )
     elif name == "KNeighborsClassifier" and final.weights == "uniform" and final.effective_metric_ == "euclidean":
-        layers.append(_LogProba(_KNNProba(final._fit_X, final._y, final.n_neighbors, len(classes)),
-                                _Expand(classes, num_labels, 0.0), PROBA_FLOOR))
+        layers.append(
+            _LogProba(
+                _KNNProba(final._fit_X, final._y, final.n_neighbors, len(classes)),
+                _Expand(classes, num_labels, 0.0),
+                PROBA_FLOOR,
+            )
+        )
     elif name in ("LinearSVC", "RidgeClassifier") or (name == "SVC" and final.kernel == "linear"):
-        coef = np.asarray(final.coef_ if name != "SVC" else final.coef_.toarray() if hasattr(final.coef_, "toarray")
-                          else final.coef_)
+        coef = np.asarray(
+            final.coef_ if name != "SVC" else final.coef_.toarray() if hasattr(final.coef_, "toarray") else final.coef_
+        )
         if name == "SVC" and len(classes) > 2:
             raise ExportError(
                 "A multi-class SVC (one-vs-one) has no ONNX form here; train with svm_kernel: linear (LinearSVC)."
@@ -258,8 +280,11 @@ def _stored_classifier_module(clf, num_labels: int) -> nn.Module:
     classes = np.asarray(t["classes"], dtype=np.int64)
     if clf.form == "knn":
         k = min(int(clf.settings["k"]), len(t["fit_X"]))
-        layers.append(_LogProba(_KNNProba(t["fit_X"], t["fit_y"], k, len(classes)),
-                                _Expand(classes, num_labels, 0.0), PROBA_FLOOR))
+        layers.append(
+            _LogProba(
+                _KNNProba(t["fit_X"], t["fit_y"], k, len(classes)), _Expand(classes, num_labels, 0.0), PROBA_FLOOR
+            )
+        )
     elif clf.form == "linear_decision":
         decision: list[nn.Module] = [_Affine(t["coef"], t["intercept"])]
         if np.asarray(t["coef"]).shape[0] == 1:
@@ -349,13 +374,23 @@ def _trace(graph: nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> Non
     try:
         with torch.no_grad(), contextlib.redirect_stdout(printed), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on its own dynamic-shape internals
-            torch.onnx.export(graph, tuple(example[n] for n in names), str(path), input_names=names,
-                              output_names=["logits"], dynamic_shapes=(_dynamic_shapes(example),), dynamo=True,
-                              external_data=False, verbose=False)
+            torch.onnx.export(
+                graph,
+                tuple(example[n] for n in names),
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_shapes=(_dynamic_shapes(example),),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
     except Exception as e:
         tail = printed.getvalue().strip().splitlines()[-5:]
-        raise ExportError(f"torch.onnx could not export the model: {type(e).__name__}: {str(e)[:2000]}"
-                          + (f"\n{chr(10).join(tail)}" if tail else "")) from None
+        raise ExportError(
+            f"torch.onnx could not export the model: {type(e).__name__}: {str(e)[:2000]}"
+            + (f"\n{chr(10).join(tail)}" if tail else "")
+        ) from None
 
 
 def quantize_int8(src: Path, dest: Path) -> None:
@@ -388,8 +423,9 @@ class OnnxClassifier(nn.Module):
         labels: Label names in id order (default: those in `onnx_export.json`).
     """
 
-    def __init__(self, folder: str | Path, file: str | None = None, threads: int | None = None,
-                 labels: list[str] | None = None):
+    def __init__(
+        self, folder: str | Path, file: str | None = None, threads: int | None = None, labels: list[str] | None = None
+    ):
         super().__init__()
         require_onnx()
         import onnxruntime as ort
@@ -441,8 +477,13 @@ class _Config:
     pad_token_id: int | None = None
 
 
-_NP_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-             "tensor(double)": np.float64, "tensor(bool)": np.bool_}
+_NP_TYPES = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(bool)": np.bool_,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,7 +521,8 @@ def _eval_pass(model, sessions: dict[str, OnnxClassifier], batches: Iterable[tup
             preds[k].append(s.run(inputs).argmax(-1))
         refs.append(np.asarray(labels))
     return {k: np.concatenate(v) if v else np.zeros(0, int) for k, v in preds.items()}, (
-        np.concatenate(refs) if refs else np.zeros(0, int))
+        np.concatenate(refs) if refs else np.zeros(0, int)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,12 +595,19 @@ def export_onnx(
             raise ExportError(f"The ONNX graph's logits have shape {got.shape}, PyTorch's {ref.shape}.")
         diff = float(np.abs(got - ref).max())
         if not diff <= atol:
-            raise ExportError(f"The ONNX graph does not reproduce PyTorch's logits on the sample inputs: largest "
-                              f"difference {diff:.3g}, tolerance {atol:g}. Nothing was written.")
+            raise ExportError(
+                f"The ONNX graph does not reproduce PyTorch's logits on the sample inputs: largest "
+                f"difference {diff:.3g}, tolerance {atol:g}. Nothing was written."
+            )
         logger.info("fp32 parity: largest logit difference %.2g on %d sample rows.", diff, len(ref))
         sessions = {"onnx_fp32": fp32}
-        result = OnnxExport(folder=out, model_file=ONNX_FILE, fp32_max_abs_diff=diff, sample_rows=len(ref),
-                            export_seconds=round(export_seconds, 2))
+        result = OnnxExport(
+            folder=out,
+            model_file=ONNX_FILE,
+            fp32_max_abs_diff=diff,
+            sample_rows=len(ref),
+            export_seconds=round(export_seconds, 2),
+        )
         if quantize == "int8":
             quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)
             sessions["onnx_int8"] = _session(tmp, INT8_FILE)
@@ -580,12 +629,15 @@ def export_onnx(
             if agree < min_agreement:
                 lost = ""
                 if result.accuracy:
-                    lost = (f"; accuracy {result.accuracy['pytorch']:.4f} (PyTorch) vs "
-                            f"{result.accuracy['onnx_int8']:.4f} (int8)")
+                    lost = (
+                        f"; accuracy {result.accuracy['pytorch']:.4f} (PyTorch) vs "
+                        f"{result.accuracy['onnx_int8']:.4f} (int8)"
+                    )
                 raise ExportError(
                     f"The int8 model agrees with PyTorch on {100 * agree:.2f}% of the "
                     f"{'eval' if eval_batches else 'sample'} labels, below the {100 * min_agreement:g}% required"
-                    f"{lost}. Serve the fp32 export (drop --quantize) instead. Nothing was written.")
+                    f"{lost}. Serve the fp32 export (drop --quantize) instead. Nothing was written."
+                )
             logger.info("int8 agreement with PyTorch: %.2f%% of %d labels.", 100 * agree, len(refs))
         for name in _COPY:
             if (run_dir / name).is_file():
@@ -626,15 +678,20 @@ def _session(folder: Path, file: str) -> OnnxClassifier:
 
 #: The card's usage snippet per modality: (loading the processor, building the feed), run in the folder.
 _USAGE = {
-    "text": ("from transformers import AutoTokenizer\ntok = AutoTokenizer.from_pretrained(\".\")",
-                            'feed = dict(tok(["a sentence"], return_tensors="np"))'),
-    "image": ("from PIL import Image\nfrom transformers import AutoImageProcessor\n"
-                             "proc = AutoImageProcessor.from_pretrained(\".\")",
-                             'feed = dict(proc(images=[Image.open("image.jpg").convert("RGB")], return_tensors="np"))'),
-    "audio": ("from transformers import AutoFeatureExtractor\n"
-                             "proc = AutoFeatureExtractor.from_pretrained(\".\")",
-                             "# waveform: a 1-D float32 array at proc.sampling_rate\n"
-                             'feed = dict(proc([waveform], sampling_rate=proc.sampling_rate, return_tensors="np"))'),
+    "text": (
+        'from transformers import AutoTokenizer\ntok = AutoTokenizer.from_pretrained(".")',
+        'feed = dict(tok(["a sentence"], return_tensors="np"))',
+    ),
+    "image": (
+        "from PIL import Image\nfrom transformers import AutoImageProcessor\n"
+        'proc = AutoImageProcessor.from_pretrained(".")',
+        'feed = dict(proc(images=[Image.open("image.jpg").convert("RGB")], return_tensors="np"))',
+    ),
+    "audio": (
+        'from transformers import AutoFeatureExtractor\nproc = AutoFeatureExtractor.from_pretrained(".")',
+        "# waveform: a 1-D float32 array at proc.sampling_rate\n"
+        'feed = dict(proc([waveform], sampling_rate=proc.sampling_rate, return_tensors="np"))',
+    ),
 }
 
 
@@ -647,33 +704,55 @@ def _card(spec: dict, r: OnnxExport) -> str:
         tag = spec["recipe"]
     tags = ["hf-transfer", "onnx", tag] + (["int8"] if r.int8_agreement is not None else [])
     lines = ["---", "library_name: onnx", f"pipeline_tag: {tag}", "tags:"] + [f"- {t}" for t in tags] + ["---", ""]
-    lines += [f"# ONNX export ({tag})", "",
-              f"`{ONNX_FILE}` is the fp32 graph (inputs: {', '.join(f'`{n}`' for n in spec['inputs'])}; output: "
-              "`logits`)" + (f"; `{INT8_FILE}` its dynamic int8 quantization (ONNX Runtime), served by default."
-                             if r.int8_agreement is not None else "."),
-              f"Labels: {', '.join(spec['labels'])}.", "",
-              "## Parity with the PyTorch model", "",
-              "| check | result |", "| --- | --- |",
-              f"| fp32 logits, largest absolute difference on {r.sample_rows} sample rows | {r.fp32_max_abs_diff:.2g} "
-              f"(tolerance {FP32_ATOL:g}) |"]
+    lines += [
+        f"# ONNX export ({tag})",
+        "",
+        f"`{ONNX_FILE}` is the fp32 graph (inputs: {', '.join(f'`{n}`' for n in spec['inputs'])}; output: "
+        "`logits`)"
+        + (
+            f"; `{INT8_FILE}` its dynamic int8 quantization (ONNX Runtime), served by default."
+            if r.int8_agreement is not None
+            else "."
+        ),
+        f"Labels: {', '.join(spec['labels'])}.",
+        "",
+        "## Parity with the PyTorch model",
+        "",
+        "| check | result |",
+        "| --- | --- |",
+        f"| fp32 logits, largest absolute difference on {r.sample_rows} sample rows | {r.fp32_max_abs_diff:.2g} "
+        f"(tolerance {FP32_ATOL:g}) |",
+    ]
     if r.int8_agreement is not None:
         where = f"{r.eval_examples} eval examples" if r.eval_examples else f"{r.sample_rows} sample rows"
         lines.append(f"| int8 predicted labels equal to PyTorch's, {where} | {100 * r.int8_agreement:.2f}% |")
     if r.accuracy:
-        lines += ["", f"## Accuracy on the run's eval split ({r.eval_examples} examples)", "",
-                  "| model | accuracy | difference to PyTorch |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            f"## Accuracy on the run's eval split ({r.eval_examples} examples)",
+            "",
+            "| model | accuracy | difference to PyTorch |",
+            "| --- | --- | --- |",
+        ]
         base = r.accuracy["pytorch"]
         for k, label in (("pytorch", "PyTorch fp32"), ("onnx_fp32", "ONNX fp32"), ("onnx_int8", "ONNX int8")):
             if k in r.accuracy:
                 lines.append(f"| {label} | {r.accuracy[k]:.4f} | {100 * (r.accuracy[k] - base):+.2f} points |")
     load, feed = _USAGE.get(recipe_modality(spec["recipe"]), ("", "feed = {...}  # the processor's tensors"))
-    lines += ["", "## How to use", "", "```python", "import onnxruntime as ort",
-              load,
-              f"session = ort.InferenceSession(\"{r.model_file}\")",
-              feed,
-              "names = {i.name for i in session.get_inputs()}",
-              "logits = session.run([\"logits\"], {k: v for k, v in feed.items() if k in names})[0]",
-              "```", "",
-              "Or with hf-transfer: `hf-transfer predict THIS_FOLDER INPUT...`, "
-              "`hf-transfer evaluate THIS_FOLDER`.", ""]
+    lines += [
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "import onnxruntime as ort",
+        load,
+        f'session = ort.InferenceSession("{r.model_file}")',
+        feed,
+        "names = {i.name for i in session.get_inputs()}",
+        'logits = session.run(["logits"], {k: v for k, v in feed.items() if k in names})[0]',
+        "```",
+        "",
+        "Or with hf-transfer: `hf-transfer predict THIS_FOLDER INPUT...`, `hf-transfer evaluate THIS_FOLDER`.",
+        "",
+    ]
     return "\n".join(lines)

@@ -77,8 +77,7 @@ class PushResult:
     commit_url: str | None = None
 
 
-def _retry_command(run_dir, repo_id, private, revision, merge_adapter, baseline, license, language,
-                   export_dir) -> str:
+def _retry_command(run_dir, repo_id, private, revision, merge_adapter, baseline, license, language, export_dir) -> str:
     parts = ["hf-transfer", "push", str(run_dir), "--repo-id", repo_id]
     if private:
         parts.append("--private")
@@ -126,21 +125,29 @@ def _explain(e: BaseException, repo_id: str, endpoint: str) -> str | None:
         if isinstance(err, OfflineModeIsEnabled):
             return "HF_HUB_OFFLINE=1 is set, so nothing can be pushed. Unset it."
         if isinstance(err, RepositoryNotFoundError):
-            return (f"The Hub does not let this token see or create '{repo_id}' (not found or not "
-                    "allowed). Check the repository id and that your token may write to its namespace.")
+            return (
+                f"The Hub does not let this token see or create '{repo_id}' (not found or not "
+                "allowed). Check the repository id and that your token may write to its namespace."
+            )
         if isinstance(err, HfHubHTTPError):
             status = err.response.status_code if err.response is not None else None
             server = f" ({err.server_message.strip()})" if err.server_message else ""
             if status == 401:
-                return (f"The Hub refused the token (401 Unauthorized){server}: it is invalid or expired. "
-                        "Log in again with `hf auth login` or set HF_TOKEN to a valid token.")
+                return (
+                    f"The Hub refused the token (401 Unauthorized){server}: it is invalid or expired. "
+                    "Log in again with `hf auth login` or set HF_TOKEN to a valid token."
+                )
             if status == 403:
-                return (f"Your token may not write to '{repo_id}' (403 Forbidden){server}. Use a token "
-                        "with write access to that namespace (https://huggingface.co/settings/tokens).")
+                return (
+                    f"Your token may not write to '{repo_id}' (403 Forbidden){server}. Use a token "
+                    "with write access to that namespace (https://huggingface.co/settings/tokens)."
+                )
             return f"The Hub answered HTTP {status}{server} while pushing '{repo_id}'."
         if isinstance(err, transport):
-            return (f"Cannot reach the Hub at {endpoint} ({type(err).__name__}). Check your network or "
-                    "proxy (HTTPS_PROXY) and HF_ENDPOINT.")
+            return (
+                f"Cannot reach the Hub at {endpoint} ({type(err).__name__}). Check your network or "
+                "proxy (HTTPS_PROXY) and HF_ENDPOINT."
+            )
         if isinstance(err, ValueError):  # create_commit's README check, malformed server answers
             return f"The Hub refused the upload: {err}"
     return None
@@ -241,29 +248,37 @@ def push_run(
         raise ExportError(f"--repo-id '{repo_id}' is not a Hub repository id (user/name): {e}") from None
     run = RunFolder.open(run_dir, needs_metrics=True, error=ExportError)
     out = Path(export_dir) if export_dir is not None else run.path / "export"
-    retry = _retry_command(run_dir, repo_id, private, revision, merge_adapter, baseline, license, language,
-                           export_dir)
+    retry = _retry_command(run_dir, repo_id, private, revision, merge_adapter, baseline, license, language, export_dir)
 
     # 1. The card, checked before any time is spent.
     merge_adapter = merge_setting(run, merge_adapter)
     merged = merge_adapter or run.adapter_dir is None
-    problems = validate_card(build_card(run.path, merged=merged, repo_id=repo_id, baseline=baseline,
-                                        license=license, language=language))
+    problems = validate_card(
+        build_card(run.path, merged=merged, repo_id=repo_id, baseline=baseline, license=license, language=language)
+    )
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         note = ""
         if not license and any(p.startswith(("No license", "license")) for p in problems):
             # The retry must carry the licence the card lacks, or it fails the same way.
-            retry = _retry_command(run_dir, repo_id, private, revision, merge_adapter, baseline, "apache-2.0",
-                                   language, export_dir)
+            retry = _retry_command(
+                run_dir, repo_id, private, revision, merge_adapter, baseline, "apache-2.0", language, export_dir
+            )
             note = "\n(apache-2.0 is an example: give the licence the base model and your data allow.)"
         raise ExportError(
             f"The model card would be refused by the Hub, so nothing was exported or uploaded:\n{listed}\n"
             f"Fix it, then run:\n  {retry}{note}"
         )
     # 2. Export and reload check; the written card is checked once more.
-    export_run(run.path, out, merge_adapter=merge_adapter, baseline=baseline, license=license,
-               language=language, repo_id=repo_id)
+    export_run(
+        run.path,
+        out,
+        merge_adapter=merge_adapter,
+        baseline=baseline,
+        license=license,
+        language=language,
+        repo_id=repo_id,
+    )
     problems = validate_card(out / "README.md")
     if problems:
         raise ExportError("The exported model card is invalid: " + "; ".join(problems) + ". Nothing was uploaded.")
@@ -279,7 +294,8 @@ def push_run(
     if leaks:
         raise ExportError(
             "Your Hub token appears in exported files, so nothing was uploaded: "
-            + ", ".join(str(p.relative_to(out)) for p in leaks) + ". Remove it from the run folder, then retry."
+            + ", ".join(str(p.relative_to(out)) for p in leaks)
+            + ". Remove it from the run folder, then retry."
         )
 
     # 4. The network.
@@ -292,13 +308,15 @@ def push_run(
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and revision != hub_constants.DEFAULT_REVISION:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        remote = {f.path: f for f in api.list_repo_tree(repo_id, revision=branch, recursive=True)
-                  if hasattr(f, "blob_id")}
+        remote = {
+            f.path: f for f in api.list_repo_tree(repo_id, revision=branch, recursive=True) if hasattr(f, "blob_id")
+        }
         for name, path in local.items():
             sha256, git_sha1 = _hashes(path)
             r = remote.get(name)
-            same = r is not None and ((r.lfs is not None and r.lfs.sha256 == sha256) or
-                                      (r.lfs is None and r.blob_id == git_sha1))
+            same = r is not None and (
+                (r.lfs is not None and r.lfs.sha256 == sha256) or (r.lfs is None and r.blob_id == git_sha1)
+            )
             (result.unchanged if same else result.uploaded).append(name)
         result.deleted = sorted(p for p in remote if p not in local and _managed(p))
         if not result.uploaded and not result.deleted:
@@ -309,8 +327,9 @@ def push_run(
         ops = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(local[n])) for n in result.uploaded]
         ops += [CommitOperationDelete(path_in_repo=n) for n in result.deleted]
         message = commit_message or f"Upload {repo_id.split('/')[-1]} ({run.strategy_name} transfer, hf-transfer)"
-        logger.info("Uploading %d file(s) to %s@%s: %s", len(result.uploaded), repo_id, branch,
-                    ", ".join(result.uploaded))
+        logger.info(
+            "Uploading %d file(s) to %s@%s: %s", len(result.uploaded), repo_id, branch, ", ".join(result.uploaded)
+        )
         info = api.create_commit(repo_id, ops, commit_message=message, revision=revision)
         result.commit_url = str(info.commit_url)
     logger.info("Pushed to %s", result.commit_url)

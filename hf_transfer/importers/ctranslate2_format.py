@@ -28,7 +28,6 @@ _DTYPES: dict[int, str] = {0: "float32", 1: "int8", 2: "int16", 3: "int32", 4: "
 _ITEM_SIZE = {"float32": 4, "int8": 1, "int16": 2, "int32": 4, "float16": 2, "bfloat16": 2}
 
 
-
 @dataclass
 class CT2Model:
     """What ``model.bin`` holds: format header, variables (aliases resolved) and the alias table."""

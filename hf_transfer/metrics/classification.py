@@ -63,9 +63,7 @@ def _as_label_ids(values: Any, name: str) -> np.ndarray:
     if array.ndim == 2:
         array = array.argmax(axis=-1)
     if array.ndim != 1:
-        raise ValueError(
-            f"{name} must be label ids of shape (n,) or scores of shape (n, K); got shape {array.shape}"
-        )
+        raise ValueError(f"{name} must be label ids of shape (n,) or scores of shape (n, K); got shape {array.shape}")
     if array.size and not np.issubdtype(array.dtype, np.integer):
         # Float ids such as 1.0 are fine; 1.5 is a bug upstream that must not be truncated silently.
         fractional = array[np.mod(array, 1) != 0]
@@ -119,14 +117,11 @@ def compute_classification_metrics(
         bad = array[(array < 0) | (array >= num_labels)]
         if bad.size:
             raise ValueError(
-                f"{name} hold label id {int(bad[0])}, outside 0..{num_labels - 1} "
-                f"for the {num_labels} labels given"
+                f"{name} hold label id {int(bad[0])}, outside 0..{num_labels - 1} for the {num_labels} labels given"
             )
 
     all_labels = list(range(num_labels))
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        refs, preds, average="macro", zero_division=0
-    )
+    precision, recall, f1, _ = precision_recall_fscore_support(refs, preds, average="macro", zero_division=0)
     per_precision, per_recall, per_f1, _ = precision_recall_fscore_support(
         refs, preds, labels=all_labels, average=None, zero_division=0
     )
@@ -224,20 +219,13 @@ def save_confusion_matrix(
     matrix = np.asarray(cm)
     labels = [str(name) for name in label_names]
     if matrix.ndim != 2 or matrix.shape != (len(labels), len(labels)):
-        raise ValueError(
-            f"confusion matrix of shape {matrix.shape} does not match {len(labels)} label names"
-        )
+        raise ValueError(f"confusion matrix of shape {matrix.shape} does not match {len(labels)} label names")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     rows = matrix.astype(int).tolist()
     body = ",\n".join(f"    {json.dumps(row)}" for row in rows)
-    text = (
-        "{\n"
-        f'  "labels": {json.dumps(labels, ensure_ascii=False)},\n'
-        f'  "matrix": [\n{body}\n  ]\n'
-        "}\n"
-    )
+    text = f'{{\n  "labels": {json.dumps(labels, ensure_ascii=False)},\n  "matrix": [\n{body}\n  ]\n}}\n'
     json_path = out / f"{stem}.json"
     json_path.write_text(text, encoding="utf-8")
 

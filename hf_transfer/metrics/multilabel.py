@@ -26,8 +26,16 @@ import numpy as np
 
 from hf_transfer.metrics.classification import label_keys
 
-__all__ = ["THRESHOLD_GRID", "compute_multilabel_metrics", "cross_fitted_predictions", "tune_thresholds",
-           "DEFAULT_THRESHOLD", "THRESHOLD_FOLDS", "MIN_TUNING_POSITIVES", "MIN_TUNING_ROWS"]
+__all__ = [
+    "THRESHOLD_GRID",
+    "compute_multilabel_metrics",
+    "cross_fitted_predictions",
+    "tune_thresholds",
+    "DEFAULT_THRESHOLD",
+    "THRESHOLD_FOLDS",
+    "MIN_TUNING_POSITIVES",
+    "MIN_TUNING_ROWS",
+]
 
 DEFAULT_THRESHOLD = 0.5
 #: Candidate thresholds on the probability.
@@ -53,8 +61,9 @@ def _f1(tp: float, fp: float, fn: float) -> float:
     return 2 * tp / d if d else 0.0
 
 
-def tune_thresholds(probs: np.ndarray, refs: np.ndarray, grid: Sequence[float] = THRESHOLD_GRID,
-                    min_positives: int = 1) -> np.ndarray:
+def tune_thresholds(
+    probs: np.ndarray, refs: np.ndarray, grid: Sequence[float] = THRESHOLD_GRID, min_positives: int = 1
+) -> np.ndarray:
     """Per-label thresholds maximising each label's F1 on `probs` (n, L) against 0/1 `refs` (n, L).
 
     A label with fewer than `min_positives` positive rows keeps `DEFAULT_THRESHOLD`: its F1 curve
@@ -73,8 +82,9 @@ def tune_thresholds(probs: np.ndarray, refs: np.ndarray, grid: Sequence[float] =
     return out
 
 
-def cross_fitted_predictions(probs: np.ndarray, refs: np.ndarray, folds: int = THRESHOLD_FOLDS,
-                             seed: int = 0, min_positives: int = 1) -> tuple[np.ndarray, int]:
+def cross_fitted_predictions(
+    probs: np.ndarray, refs: np.ndarray, folds: int = THRESHOLD_FOLDS, seed: int = 0, min_positives: int = 1
+) -> tuple[np.ndarray, int]:
     """0/1 predictions where each row is thresholded with thresholds tuned on the other rows' folds.
 
     Returns:
@@ -95,8 +105,9 @@ def cross_fitted_predictions(probs: np.ndarray, refs: np.ndarray, folds: int = T
     return pred, k
 
 
-def compute_multilabel_metrics(predictions: np.ndarray, references: np.ndarray, probabilities: np.ndarray | None,
-                               label_names: Sequence[str]) -> dict[str, Any]:
+def compute_multilabel_metrics(
+    predictions: np.ndarray, references: np.ndarray, probabilities: np.ndarray | None, label_names: Sequence[str]
+) -> dict[str, Any]:
     """The module docstring's metrics for 0/1 `predictions` and `references` (n, L)."""
     from sklearn.metrics import hamming_loss, label_ranking_average_precision_score, precision_recall_fscore_support
 
@@ -104,8 +115,13 @@ def compute_multilabel_metrics(predictions: np.ndarray, references: np.ndarray, 
     ref = np.asarray(references) > 0.5
     out: dict[str, Any] = {}
     if len(ref) == 0:
-        return {"f1": float("nan"), "f1_macro": float("nan"), "f1_micro": float("nan"),
-                "subset_accuracy": float("nan"), "accuracy": float("nan")}
+        return {
+            "f1": float("nan"),
+            "f1_macro": float("nan"),
+            "f1_micro": float("nan"),
+            "subset_accuracy": float("nan"),
+            "accuracy": float("nan"),
+        }
     for avg in ("micro", "macro"):
         p, r, f, _ = precision_recall_fscore_support(ref, pred, average=avg, zero_division=0)
         out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)

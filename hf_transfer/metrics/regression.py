@@ -26,10 +26,14 @@ def compute_regression_metrics(predictions: np.ndarray, references: np.ndarray) 
     if len(y) == 0:
         return {k: float("nan") for k in ("rmse", "mae", "mse", "r2", "spearman", "pearson")}
     err = p - y
-    mse = float(np.mean(err ** 2))
+    mse = float(np.mean(err**2))
     sst = float(np.sum((y - y.mean()) ** 2))
-    out = {"rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(err))), "mse": mse,
-           "r2": float(1.0 - np.sum(err ** 2) / sst) if sst > 0 else float("nan")}
+    out = {
+        "rmse": float(np.sqrt(mse)),
+        "mae": float(np.mean(np.abs(err))),
+        "mse": mse,
+        "r2": float(1.0 - np.sum(err**2) / sst) if sst > 0 else float("nan"),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: NaN, said in the docstring
         if len(y) > 1 and np.ptp(p) > 0 and np.ptp(y) > 0:

@@ -56,9 +56,7 @@ def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
     if isinstance(predictions, str) or isinstance(references, str):
         raise TypeError("predictions and references must be sequences of strings, not a single string")
     if len(predictions) != len(references):
-        raise ValueError(
-            f"predictions and references differ in length: {len(predictions)} vs {len(references)}"
-        )
+        raise ValueError(f"predictions and references differ in length: {len(predictions)} vs {len(references)}")
 
 
 def _corpus_rate(edits: int, reference_units: int, hypothesis_units: int) -> float:
@@ -170,9 +168,7 @@ def _load_spelling_mapping(source: SpellingMapping) -> dict[str, str] | None:
         return json.load(handle)
 
 
-def get_normalizer(
-    mode: str = "basic", english_spelling_mapping: SpellingMapping = None
-) -> Callable[[str], str]:
+def get_normalizer(mode: str = "basic", english_spelling_mapping: SpellingMapping = None) -> Callable[[str], str]:
     """Build a text normaliser once, to apply to many transcripts.
 
     Modes:
@@ -204,9 +200,7 @@ def get_normalizer(
     if mode == "basic":
         return _basic_normalize
     if mode != "whisper_english":
-        raise ValueError(
-            f"unknown normalization mode {mode!r}; choose one of {', '.join(NORMALIZATION_MODES)}"
-        )
+        raise ValueError(f"unknown normalization mode {mode!r}; choose one of {', '.join(NORMALIZATION_MODES)}")
 
     try:
         from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer

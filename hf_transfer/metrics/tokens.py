@@ -20,8 +20,9 @@ import numpy as np
 IGNORE = -100
 
 
-def sequences_from_ids(predictions: np.ndarray, references: np.ndarray, names: Sequence[str]
-                       ) -> tuple[list[list[str]], list[list[str]]]:
+def sequences_from_ids(
+    predictions: np.ndarray, references: np.ndarray, names: Sequence[str]
+) -> tuple[list[list[str]], list[list[str]]]:
     """Tag-name sequences per sentence, reading only the positions whose reference is not -100."""
     y_true, y_pred = [], []
     for p, r in zip(np.asarray(predictions), np.asarray(references)):
@@ -31,8 +32,9 @@ def sequences_from_ids(predictions: np.ndarray, references: np.ndarray, names: S
     return y_true, y_pred
 
 
-def entity_metrics(y_true: list[list[str]], y_pred: list[list[str]], scheme: str = "BIO",
-                   strict: bool = False) -> dict[str, Any]:
+def entity_metrics(
+    y_true: list[list[str]], y_pred: list[list[str]], scheme: str = "BIO", strict: bool = False
+) -> dict[str, Any]:
     """`precision`, `recall`, `f1` (micro over entities), `accuracy` (per token), `macro_f1` over
     entity types, and `per_type` {type: {precision, recall, f1, support}}."""
     from seqeval.metrics import classification_report
@@ -46,9 +48,16 @@ def entity_metrics(y_true: list[list[str]], y_pred: list[list[str]], scheme: str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # seqeval warns on sentences without entities
         report = classification_report(y_true, y_pred, output_dict=True, zero_division=0, **kwargs)
-    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]),
-                    "f1": float(v["f1-score"]), "support": int(v["support"])}
-                for k, v in report.items() if not k.endswith(" avg")}
+    per_type = {
+        k: {
+            "precision": float(v["precision"]),
+            "recall": float(v["recall"]),
+            "f1": float(v["f1-score"]),
+            "support": int(v["support"]),
+        }
+        for k, v in report.items()
+        if not k.endswith(" avg")
+    }
     micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
     return {
         "precision": float(micro["precision"]),
@@ -61,8 +70,9 @@ def entity_metrics(y_true: list[list[str]], y_pred: list[list[str]], scheme: str
     }
 
 
-def compute_token_metrics(predictions: np.ndarray, references: np.ndarray, names: Sequence[str],
-                          scheme: str = "BIO", strict: bool = False) -> dict[str, Any]:
+def compute_token_metrics(
+    predictions: np.ndarray, references: np.ndarray, names: Sequence[str], scheme: str = "BIO", strict: bool = False
+) -> dict[str, Any]:
     """`entity_metrics` from id arrays (sentences x positions; -100 where nothing is scored)."""
     from hf_transfer.metrics.classification import label_keys
 

@@ -34,8 +34,9 @@ def find_head(model: nn.Module) -> list[str]:
         head_params = {n for g in layer_groups(base) if g.kind == "head" for n in g.param_names}
     except ModelError:
         return []
-    return [name for name, m in base.named_children()
-            if any(f"{name}.{p}" in head_params for p, _ in m.named_parameters())]
+    return [
+        name for name, m in base.named_children() if any(f"{name}.{p}" in head_params for p, _ in m.named_parameters())
+    ]
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -103,8 +104,12 @@ def locate_head_input(model: nn.Module, pooling: str = "auto", text: bool = True
             "backbone or an output layer tied to the embeddings)."
         )
     base = unwrap_model(model)
-    linears = [n for h in heads for n, m in base.get_submodule(h).named_modules()
-               if any(True for _ in m.parameters(recurse=False))]
+    linears = [
+        n
+        for h in heads
+        for n, m in base.get_submodule(h).named_modules()
+        if any(True for _ in m.parameters(recurse=False))
+    ]
     if len(heads) == 1 and linears == [""] and isinstance(base.get_submodule(heads[0]), nn.Linear):
         return HeadInput([heads[0]], heads[0], pooling, text)
     return HeadInput(heads, None, pooling, text)

@@ -24,10 +24,22 @@ logger = logging.getLogger(__name__)
 #: Bump when the cache layout or the extraction changes: old entries are then never read.
 FEATURE_FORMAT = 2
 # data.* settings that select rows: the split's datasets fingerprint already covers them.
-DATA_SELECTION_KEYS = frozenset({
-    "train", "eval", "test", "filter", "max_train_samples", "max_eval_samples", "samples_per_class",
-    "eval_samples_per_class", "eval_fraction", "group_by_length", "augmentation", "train_indices",
-})
+DATA_SELECTION_KEYS = frozenset(
+    {
+        "train",
+        "eval",
+        "test",
+        "filter",
+        "max_train_samples",
+        "max_eval_samples",
+        "samples_per_class",
+        "eval_samples_per_class",
+        "eval_fraction",
+        "group_by_length",
+        "augmentation",
+        "train_indices",
+    }
+)
 
 
 def cache_root(setting: str | None = None) -> Path:

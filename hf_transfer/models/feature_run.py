@@ -50,38 +50,60 @@ CLASSIFIER_FILE = "classifier.joblib"
 SETFIT_HEAD_FILE = "model_head.pkl"
 SETFIT_CONFIG_FILE = "config_setfit.json"
 #: Our pooling names -> sentence-transformers' legacy config flags, in the order it concatenates them.
-_ST_FLAGS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
-             "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
-             "weightedmean": "pooling_mode_weightedmean_tokens", "last_token": "pooling_mode_lasttoken"}
+_ST_FLAGS = {
+    "cls": "pooling_mode_cls_token",
+    "max": "pooling_mode_max_tokens",
+    "mean": "pooling_mode_mean_tokens",
+    "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+    "last_token": "pooling_mode_lasttoken",
+}
 
 
 def setfit_compatible(extractor: FeatureExtractor) -> bool:
     """Whether a sentence-transformers body reproduces these features (module docstring)."""
     modes = list(extractor.pooling)
-    return (extractor.modality == "text" and extractor.spec.layers == "last" and bool(modes)
-            and all(m in _ST_FLAGS for m in modes)
-            and modes == [m for m in _ST_FLAGS if m in modes])  # sentence-transformers' concatenation order
+    return (
+        extractor.modality == "text"
+        and extractor.spec.layers == "last"
+        and bool(modes)
+        and all(m in _ST_FLAGS for m in modes)
+        and modes == [m for m in _ST_FLAGS if m in modes]
+    )  # sentence-transformers' concatenation order
 
 
 def write_sentence_transformers(out: Path, extractor: FeatureExtractor, dim: int, max_length: int | None) -> None:
     """`modules.json`, `1_Pooling/config.json`, `2_Normalize/`, `sentence_bert_config.json` in `out`
     (the transformers weights and tokenizer are already there)."""
     modes = list(extractor.pooling)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
     if extractor.normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
         (out / "2_Normalize").mkdir(exist_ok=True)
     (out / "modules.json").write_text(json.dumps(modules, indent=2))
     (out / "1_Pooling").mkdir(exist_ok=True)
-    pooling = {"word_embedding_dimension": dim // len(modes), **{flag: m in modes for m, flag in _ST_FLAGS.items()},
-               "include_prompt": True}
+    pooling = {
+        "word_embedding_dimension": dim // len(modes),
+        **{flag: m in modes for m, flag in _ST_FLAGS.items()},
+        "include_prompt": True,
+    }
     (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
     bert = {"do_lower_case": False, **({"max_seq_length": int(max_length)} if max_length else {})}
     (out / "sentence_bert_config.json").write_text(json.dumps(bert, indent=2))
-    (out / "config_sentence_transformers.json").write_text(json.dumps(
-        {"model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
-         "similarity_fn_name": "cosine"}, indent=2))
+    (out / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {
+                "model_type": "SentenceTransformer",
+                "prompts": {},
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine",
+            },
+            indent=2,
+        )
+    )
 
 
 def fit_record(extractor: FeatureExtractor, clf, dim: int) -> dict:
@@ -98,8 +120,18 @@ def fit_record(extractor: FeatureExtractor, clf, dim: int) -> dict:
     }
 
 
-def save_feature_run(out, model: nn.Module, task, clf, extractor: FeatureExtractor, *, head_written: bool,
-                     labels: list[str], max_length: int | None, record: dict) -> str:
+def save_feature_run(
+    out,
+    model: nn.Module,
+    task,
+    clf,
+    extractor: FeatureExtractor,
+    *,
+    head_written: bool,
+    labels: list[str],
+    max_length: int | None,
+    record: dict,
+) -> str:
     """Write the run folder's model, processor, classifier and `feature_classifier.json`.
 
     Returns:
@@ -126,9 +158,19 @@ def save_feature_run(out, model: nn.Module, task, clf, extractor: FeatureExtract
         (out / SETFIT_CONFIG_FILE).write_text(
             json.dumps({"labels": list(labels), "normalize_embeddings": False}, indent=2)
         )
-    (out / SPEC_FILE).write_text(json.dumps({
-        "layout": layout, "classifier": clf.kind, "head_written": head_written,
-        "features": extractor.describe(), **record}, indent=2, default=str))
+    (out / SPEC_FILE).write_text(
+        json.dumps(
+            {
+                "layout": layout,
+                "classifier": clf.kind,
+                "head_written": head_written,
+                "features": extractor.describe(),
+                **record,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return layout
 
 
@@ -138,8 +180,7 @@ def save_classifier(out, clf, labels: list[str]) -> None:
 
     tensors, settings = classifier_state(clf)
     out = Path(out)
-    save_file(tensors, str(out / CLASSIFIER_TENSORS_FILE),
-              metadata={"format": "hf_transfer.feature_classifier"})
+    save_file(tensors, str(out / CLASSIFIER_TENSORS_FILE), metadata={"format": "hf_transfer.feature_classifier"})
     (out / CLASSIFIER_SETTINGS_FILE).write_text(json.dumps({**settings, "labels": list(labels)}, indent=2, default=str))
 
 
@@ -153,8 +194,10 @@ def load_classifier(run_dir) -> StoredClassifier:
         tensors = load_file(str(run_dir / CLASSIFIER_TENSORS_FILE))
         settings = json.loads((run_dir / CLASSIFIER_SETTINGS_FILE).read_text())
     except (OSError, ValueError, SafetensorError) as e:
-        raise ModelError(f"The classifier in '{run_dir}' ({CLASSIFIER_TENSORS_FILE} + {CLASSIFIER_SETTINGS_FILE}) "
-                         f"does not load: {type(e).__name__}: {e}") from None
+        raise ModelError(
+            f"The classifier in '{run_dir}' ({CLASSIFIER_TENSORS_FILE} + {CLASSIFIER_SETTINGS_FILE}) "
+            f"does not load: {type(e).__name__}: {e}"
+        ) from None
     return StoredClassifier(tensors, settings)
 
 
@@ -162,18 +205,22 @@ def _unpickled_classifier(run_dir: Path, layout: str, num_labels: int, kind: str
     """An older run folder's pickled classifier, only when the caller trusts the folder."""
     name = SETFIT_HEAD_FILE if layout == "setfit" else CLASSIFIER_FILE
     if not (run_dir / name).is_file():
-        raise ModelError(f"'{run_dir}' has no classifier: {CLASSIFIER_TENSORS_FILE} and {name} are both missing. "
-                         "Train the run again.")
+        raise ModelError(
+            f"'{run_dir}' has no classifier: {CLASSIFIER_TENSORS_FILE} and {name} are both missing. "
+            "Train the run again."
+        )
     if not allow_pickle:
         raise ModelError(
             f"'{run_dir}' keeps its classifier only as a pickle ({name}, written by an older hf-transfer). "
             "Loading a pickle runs whatever code the file holds, so hf-transfer does not unpickle it on its own. "
             "If you trust where this run folder came from, pass --trust-pickle (Python: allow_pickle=True); "
-            "otherwise train the run again, which stores the classifier as safetensors.")
+            "otherwise train the run again, which stores the classifier as safetensors."
+        )
     import joblib
 
-    logger.warning("Unpickling %s (allowed by --trust-pickle / allow_pickle=True): it runs any code it holds.",
-                   run_dir / name)
+    logger.warning(
+        "Unpickling %s (allowed by --trust-pickle / allow_pickle=True): it runs any code it holds.", run_dir / name
+    )
     est = joblib.load(run_dir / name)
     if not hasattr(est, "classes_"):  # the oldest runs pickled hf_transfer's own classifier objects
         return est
@@ -211,8 +258,9 @@ def _legacy_extractor(model: nn.Module, info: dict) -> FeatureExtractor:
     """Runs written before the layouts: features were the input of the head module `module`."""
     fx = FeatureExtractor(model, modality="text" if info.get("text", True) else "image")
     fx.pooling, fx.source = ("head_input",), "head input (older run folder)"
-    fx._head_input = HeadInput([info["module"]], info.get("linear"), info.get("pooling_setting", "auto"),
-                               info.get("text", True))
+    fx._head_input = HeadInput(
+        [info["module"]], info.get("linear"), info.get("pooling_setting", "auto"), info.get("text", True)
+    )
     return fx
 
 
@@ -235,14 +283,16 @@ def attach_feature_classifier(run_dir, model: nn.Module, allow_pickle: bool = Fa
     if (run_dir / CLASSIFIER_TENSORS_FILE).is_file():
         clf = load_classifier(run_dir)
         if clf.num_labels != int(model.config.num_labels):
-            raise ModelError(f"The classifier in '{run_dir}' has {clf.num_labels} labels, the model "
-                             f"{model.config.num_labels}: the folder's files come from different runs.")
+            raise ModelError(
+                f"The classifier in '{run_dir}' has {clf.num_labels} labels, the model "
+                f"{model.config.num_labels}: the folder's files come from different runs."
+            )
     else:
-        clf = _unpickled_classifier(run_dir, layout, int(model.config.num_labels), str(info.get("classifier")),
-                                    allow_pickle)
+        clf = _unpickled_classifier(
+            run_dir, layout, int(model.config.num_labels), str(info.get("classifier")), allow_pickle
+        )
     if "features" in info:
         fx = FeatureExtractor.from_description(model, info["features"], name_or_path=str(run_dir))
     else:
         fx = _legacy_extractor(model, info)
     return FeatureClassifierModel(model, clf, fx).eval()
-

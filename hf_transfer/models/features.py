@@ -126,8 +126,9 @@ class FeatureExtractor:
         ConfigError: A layer index the model does not have, or a pooling that does not apply.
     """
 
-    def __init__(self, model: nn.Module, *, modality: str, spec: FeatureSpec = FeatureSpec(),
-                 name_or_path: str | None = None):
+    def __init__(
+        self, model: nn.Module, *, modality: str, spec: FeatureSpec = FeatureSpec(), name_or_path: str | None = None
+    ):
         if modality not in ("text", "image", "audio"):
             raise ConfigError(f"modality must be text, image or audio, got {modality!r}.")
         self.model = model
@@ -140,8 +141,9 @@ class FeatureExtractor:
         self.layer_indices = self._check_layers()
         self.sentence_transformers = read_sentence_transformers(folder) if modality == "text" else None
         self.pooling, self.normalize, self.source = self._convention(base, folder)
-        self._head_input = (locate_head_input(base, "auto", modality == "text")
-                            if self.pooling == ("head_input",) else None)
+        self._head_input = (
+            locate_head_input(base, "auto", modality == "text") if self.pooling == ("head_input",) else None
+        )
 
     @staticmethod
     def _local_folder(name_or_path: str | None) -> str | None:
@@ -180,11 +182,17 @@ class FeatureExtractor:
         spec, st = self.spec, self.sentence_transformers
         normalize = spec.normalize
         if st is not None and st["error"]:
-            logger.warning("The sentence-transformers folder %s: %s. Falling back to the mean over real tokens.",
-                           folder, st["error"])
+            logger.warning(
+                "The sentence-transformers folder %s: %s. Falling back to the mean over real tokens.",
+                folder,
+                st["error"],
+            )
         if st is not None and st["dense"]:
-            logger.warning("The sentence-transformers folder %s has a Dense module after pooling; hf_transfer "
-                           "reads the pooled vector before it.", folder)
+            logger.warning(
+                "The sentence-transformers folder %s has a Dense module after pooling; hf_transfer "
+                "reads the pooled vector before it.",
+                folder,
+            )
         if normalize is None:
             normalize = bool(st and st["normalize"] and not st["error"])
         if spec.pooling != "auto":
@@ -207,8 +215,14 @@ class FeatureExtractor:
                 return ("pooler",), normalize, "text classifier checkpoint with a trained pooler"
             return ("mean",), normalize, "text encoder without a trained pooler: mean over real tokens"
         if self.modality == "image":
-            return ("auto",), normalize, ("image: the backbone's pooled output when it has one (CNNs), "
-                                          "else [CLS] after the final norm (ViT/DeiT)")
+            return (
+                ("auto",),
+                normalize,
+                (
+                    "image: the backbone's pooled output when it has one (CNNs), "
+                    "else [CLS] after the final norm (ViT/DeiT)"
+                ),
+            )
         return ("mean",), normalize, "audio: mean over real frames"
 
     @classmethod
@@ -230,8 +244,14 @@ class FeatureExtractor:
     def describe(self) -> dict:
         """What the features are and why: pooling, layers, normalisation, source."""
         layers = self.spec.layers if isinstance(self.spec.layers, str) else list(self.spec.layers)
-        return {"pooling": "+".join(self.pooling), "layers": layers, "combine": self.spec.combine,
-                "normalize": self.normalize, "modality": self.modality, "source": self.source}
+        return {
+            "pooling": "+".join(self.pooling),
+            "layers": layers,
+            "combine": self.spec.combine,
+            "normalize": self.normalize,
+            "modality": self.modality,
+            "source": self.source,
+        }
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -302,8 +322,9 @@ class FeatureExtractor:
         else:
             dims = {p.shape[-1] for p in pooled}
             if len(dims) > 1:
-                raise WidthMismatch(f"strategy.layers: the chosen layers have different widths {sorted(dims)}; "
-                                    "use combine: concat.")
+                raise WidthMismatch(
+                    f"strategy.layers: the chosen layers have different widths {sorted(dims)}; use combine: concat."
+                )
             x = torch.stack(pooled).mean(0)
         x = x.float()
         return nn.functional.normalize(x, p=2, dim=-1) if self.normalize else x
@@ -338,9 +359,18 @@ def key_parts_for(extractor: FeatureExtractor, task, autocast: torch.dtype | Non
     }
 
 
-def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, device=None, cache: bool = True,
-            cache_dir: str | None = None, key_parts: dict | None = None,
-            autocast: torch.dtype | None = None) -> Features:
+def extract(
+    extractor: FeatureExtractor,
+    task,
+    ds,
+    *,
+    batch_size: int = 32,
+    device=None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    key_parts: dict | None = None,
+    autocast: torch.dtype | None = None,
+) -> Features:
     """Features of split `ds` (evaluation preprocessing, no grad), read from or written to the cache.
 
     Args:
@@ -366,16 +396,18 @@ def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, devi
         if cached is not None and len(cached[0]) == len(ds):
             X, y, meta = cached
             logger.info("Features (%d) read from the cache: %s", len(ds), path)
-            return Features(X.float().numpy(), None if y is None else _label_array(y),
-                            {**meta, "cache_path": str(path)}, True)
+            return Features(
+                X.float().numpy(), None if y is None else _label_array(y), {**meta, "cache_path": str(path)}, True
+            )
     device = device if device is not None else default_device()
     t0 = time.time()
     model = extractor.model
     was_training = model.training
     model.eval().to(device)
     data = task.preprocess(ds, train=False)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=task.collate,
-                        generator=torch.Generator())
+    loader = DataLoader(
+        data, batch_size=batch_size, shuffle=False, collate_fn=task.collate, generator=torch.Generator()
+    )
     pick = task.model_inputs
     feats, labels = [], []
     try:
@@ -394,8 +426,15 @@ def extract(extractor: FeatureExtractor, task, ds, *, batch_size: int = 32, devi
     y = torch.cat(labels) if labels and len(labels) == len(feats) else None
     y = y if y is None or y.is_floating_point() else y.long()  # float: label sets, regression targets
     info = {**extractor.describe(), "seconds": round(time.time() - t0, 3), "dim": int(X.shape[1]) if X.ndim == 2 else 0}
-    logger.info("Features: %d x %d in %.1f s (%s, layers %s, %s).", X.shape[0], info["dim"], info["seconds"],
-                info["pooling"], info["layers"], info["source"])
+    logger.info(
+        "Features: %d x %d in %.1f s (%s, layers %s, %s).",
+        X.shape[0],
+        info["dim"],
+        info["seconds"],
+        info["pooling"],
+        info["layers"],
+        info["source"],
+    )
     if path is not None and PartialState().is_main_process:
         fc.save_cached(path, X, y, info)
         info["cache_path"] = str(path)
@@ -417,6 +456,19 @@ def spec_from_settings(settings: Any) -> FeatureSpec:
     return FeatureSpec(**kw)
 
 
-__all__ = ["FeatureSpec", "FeatureExtractor", "Features", "extract", "unwrap_model",
-           "find_head", "backbone_of", "HeadInput", "HeadInputCapture", "locate_head_input", "pool_tokens",
-           "read_sentence_transformers", "has_trained_pooler", "default_device"]
+__all__ = [
+    "FeatureSpec",
+    "FeatureExtractor",
+    "Features",
+    "extract",
+    "unwrap_model",
+    "find_head",
+    "backbone_of",
+    "HeadInput",
+    "HeadInputCapture",
+    "locate_head_input",
+    "pool_tokens",
+    "read_sentence_transformers",
+    "has_trained_pooler",
+    "default_device",
+]

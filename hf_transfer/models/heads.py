@@ -34,8 +34,11 @@ def load_config_checked(name_or_path: str, revision: str | None = None, trust_re
         from pathlib import Path
 
         local = Path(name_or_path).expanduser()
-        where = (f"'{local}' has no config.json" if local.is_dir() else
-                 f"there is no folder '{name_or_path}' in '{Path.cwd()}'")
+        where = (
+            f"'{local}' has no config.json"
+            if local.is_dir()
+            else f"there is no folder '{name_or_path}' in '{Path.cwd()}'"
+        )
         raise ModelError(
             f"Cannot find model '{name_or_path}': {where}, and it is not reachable as a Hub id "
             f"({type(e).__name__}). Check model.name_or_path, model.revision and your network "
@@ -47,14 +50,18 @@ def load_config_checked(name_or_path: str, revision: str | None = None, trust_re
 _MODALITY_TABLES = {
     "text": ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
     "image": ("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",),
-    "audio": ("MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_CTC_MAPPING_NAMES",
-              "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
+    "audio": (
+        "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+        "MODEL_FOR_CTC_MAPPING_NAMES",
+        "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
+    ),
 }
 #: Modality -> the recipe that fits a checkpoint of it, and a shipped config that uses it.
-_FITTING_RECIPE = {"text": ("text_classification", "bert/sst2_full"),
-                   "image": ("image_classification", "vit/beans_full"),
-                   "audio": ("audio_classification (speech_recognition for transcripts)",
-                             "whisper/minds14_intent_partial")}
+_FITTING_RECIPE = {
+    "text": ("text_classification", "bert/sst2_full"),
+    "image": ("image_classification", "vit/beans_full"),
+    "audio": ("audio_classification (speech_recognition for transcripts)", "whisper/minds14_intent_partial"),
+}
 
 
 def checkpoint_modalities(config) -> tuple[str, ...]:
@@ -62,8 +69,11 @@ def checkpoint_modalities(config) -> tuple[str, ...]:
     empty for a model type it does not know (remote code)."""
     from transformers.models.auto import modeling_auto
 
-    return tuple(m for m, tables in _MODALITY_TABLES.items()
-                 if any(config.model_type in getattr(modeling_auto, t, {}) for t in tables))
+    return tuple(
+        m
+        for m, tables in _MODALITY_TABLES.items()
+        if any(config.model_type in getattr(modeling_auto, t, {}) for t in tables)
+    )
 
 
 def check_checkpoint_fits_recipe(config, recipe: str, name_or_path: str) -> None:
@@ -152,10 +162,7 @@ def load_for_classification(
     label2id = {v: k for k, v in id2label.items()}
     config = load_config_checked(name_or_path, revision, trust_remote_code)
     old_labels = dict(getattr(config, "id2label", {}) or {})
-    had_head = any(
-        a.endswith("Classification")
-        for a in (getattr(config, "architectures", None) or [])
-    )
+    had_head = any(a.endswith("Classification") for a in (getattr(config, "architectures", None) or []))
     config.num_labels = len(id2label)
     config.id2label = id2label
     config.label2id = label2id

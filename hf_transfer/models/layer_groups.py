@@ -282,9 +282,7 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
     else:
         backbone_roots = [""]
 
-    towers = [
-        _Tower(path=p, root=p.rpartition(".")[0], blocks=backbone.get_submodule(p)) for p in block_paths
-    ]
+    towers = [_Tower(path=p, root=p.rpartition(".")[0], blocks=backbone.get_submodule(p)) for p in block_paths]
     for tower in towers:
         # Keep every block, in index order, even one without parameters (index = depth).
         tower.block_params = {key: [] for key, _ in tower.blocks.named_children()}
@@ -332,9 +330,7 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
             else:
                 towers[-1].top.append((name, param))
 
-    def make(
-        name: str, kind: str, params: list[tuple[str, nn.Parameter]], modules: list[nn.Module]
-    ) -> LayerGroup:
+    def make(name: str, kind: str, params: list[tuple[str, nn.Parameter]], modules: list[nn.Module]) -> LayerGroup:
         return LayerGroup(
             name=name,
             kind=kind,

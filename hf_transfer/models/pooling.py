@@ -14,11 +14,22 @@ from hf_transfer.errors import ConfigError
 from hf_transfer.models.anatomy import backbone_of, unwrap_model
 
 #: sentence-transformers' pooling mode names -> ours.
-_ST_MODES = {"mean": "mean", "cls": "cls", "max": "max", "lasttoken": "last_token",
-             "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean": "weightedmean"}
-_ST_LEGACY = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-              "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-              "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+_ST_MODES = {
+    "mean": "mean",
+    "cls": "cls",
+    "max": "max",
+    "lasttoken": "last_token",
+    "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "weightedmean": "weightedmean",
+}
+_ST_LEGACY = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
 
 
 def read_sentence_transformers(folder: str | Path | None) -> dict | None:

@@ -72,8 +72,9 @@ class LinearProbe:
 
     OUTPUTS = ("softmax", "sigmoid", "identity")
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, kind: str, selection: dict | None = None,
-                 output: str = "softmax"):
+    def __init__(
+        self, weight: np.ndarray, bias: np.ndarray, kind: str, selection: dict | None = None, output: str = "softmax"
+    ):
         if output not in self.OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(self.OUTPUTS)}, got {output!r}")
         self.weight = np.asarray(weight, dtype=np.float64)
@@ -105,8 +106,10 @@ class LinearProbe:
         if self.output != "softmax":
             from hf_transfer.errors import ModelError
 
-            raise ModelError(f"A {self.kind} ({self.output} outputs) has no scikit-learn single-label form: "
-                             "its run folder keeps it as classifier.safetensors + classifier.json only.")
+            raise ModelError(
+                f"A {self.kind} ({self.output} outputs) has no scikit-learn single-label form: "
+                "its run folder keeps it as classifier.safetensors + classifier.json only."
+            )
         from sklearn.linear_model import LogisticRegression
 
         lr = LogisticRegression()
@@ -191,8 +194,17 @@ def _full_rows(weight: np.ndarray, bias: np.ndarray, classes: np.ndarray, num_la
     return W, b
 
 
-def _out_of_fold_logits(X: np.ndarray, y: np.ndarray, grid, folds: int, *, standardize: bool,
-                        class_weight: dict | None, max_iter: int, seed: int) -> np.ndarray:
+def _out_of_fold_logits(
+    X: np.ndarray,
+    y: np.ndarray,
+    grid,
+    folds: int,
+    *,
+    standardize: bool,
+    class_weight: dict | None,
+    max_iter: int,
+    seed: int,
+) -> np.ndarray:
     """Held-out decision values (len(grid), n, n_classes) of a logistic regression per C.
 
     Within a fold the fits run along the grid in increasing C, each warm-started from the last
@@ -232,8 +244,16 @@ def _clearly_better(gain: np.ndarray) -> bool:
     return float(gain.mean()) > CLEARLY_BETTER_SE * float(gain.std(ddof=1)) / np.sqrt(len(gain))
 
 
-def choose_C(X: np.ndarray, y: np.ndarray, *, standardize: bool = False, class_weight: dict | None = None,
-             max_iter: int = 1000, seed: int = 0, grid: tuple[float, ...] = C_GRID) -> tuple[float, dict]:
+def choose_C(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    standardize: bool = False,
+    class_weight: dict | None = None,
+    max_iter: int = 1000,
+    seed: int = 0,
+    grid: tuple[float, ...] = C_GRID,
+) -> tuple[float, dict]:
     """C for a logistic regression: `DEFAULT_C` unless cross-validation finds a clearly better one
     (module docstring).
 
@@ -248,41 +268,69 @@ def choose_C(X: np.ndarray, y: np.ndarray, *, standardize: bool = False, class_w
     classes, yi, counts = np.unique(y, return_inverse=True, return_counts=True)
     folds = int(min(MAX_FOLDS, counts.min()))
     if folds < 2:
-        return FALLBACK_C, {"C": FALLBACK_C, "C_selection": "default (a class has a single training example)",
-                            "cv_folds": 0}
+        return FALLBACK_C, {
+            "C": FALLBACK_C,
+            "C_selection": "default (a class has a single training example)",
+            "cv_folds": 0,
+        }
     if counts.min() < MIN_PER_CLASS_TO_SELECT:
-        return DEFAULT_C, {"C": DEFAULT_C, "cv_folds": 0, "C_selection": (
-            f"default (the smallest class has {int(counts.min())} training examples, fewer than "
-            f"{MIN_PER_CLASS_TO_SELECT}: cross-validation on so few is too noisy to move C)")}
+        return DEFAULT_C, {
+            "C": DEFAULT_C,
+            "cv_folds": 0,
+            "C_selection": (
+                f"default (the smallest class has {int(counts.min())} training examples, fewer than "
+                f"{MIN_PER_CLASS_TO_SELECT}: cross-validation on so few is too noisy to move C)"
+            ),
+        }
     grid = tuple(float(c) for c in grid)
     if DEFAULT_C not in grid:
         grid = tuple(sorted(grid + (DEFAULT_C,)))
     cw = None if class_weight is None else {int(i): class_weight[c] for i, c in enumerate(classes) if c in class_weight}
-    Z = _out_of_fold_logits(X, yi, grid, folds, standardize=standardize, class_weight=cw, max_iter=max_iter,
-                            seed=seed)
+    Z = _out_of_fold_logits(X, yi, grid, folds, standardize=standardize, class_weight=cw, max_iter=max_iter, seed=seed)
     rows = np.arange(len(yi))
     loss = np.stack([-log_softmax(z, axis=1)[rows, yi] for z in Z])  # (grid, n)
     correct = np.stack([(z.argmax(1) == yi).astype(np.float64) for z in Z])
     mean_loss = loss.mean(1)
     best = int(np.flatnonzero(mean_loss <= mean_loss.min() + 1e-12)[0])  # ties: the smaller C
     default = grid.index(DEFAULT_C)
-    switch = best != default and _clearly_better(loss[default] - loss[best]) \
+    switch = (
+        best != default
+        and _clearly_better(loss[default] - loss[best])
         and _clearly_better(correct[best] - correct[default])
+    )
     chosen = best if switch else default
-    how = (f"{folds}-fold stratified cross-validation: lowest log loss at C={grid[best]:g}, "
-           + (f"better than the default in log loss and accuracy by more than {CLEARLY_BETTER_SE:g} standard errors"
-              if switch else (f"the default C={DEFAULT_C:g}" if best == default else
-                              f"not clearly better than the default C={DEFAULT_C:g} in both log loss and accuracy, "
-                              "so the default is kept")))
+    how = f"{folds}-fold stratified cross-validation: lowest log loss at C={grid[best]:g}, " + (
+        f"better than the default in log loss and accuracy by more than {CLEARLY_BETTER_SE:g} standard errors"
+        if switch
+        else (
+            f"the default C={DEFAULT_C:g}"
+            if best == default
+            else f"not clearly better than the default C={DEFAULT_C:g} in both log loss and accuracy, "
+            "so the default is kept"
+        )
+    )
     return float(grid[chosen]), {
-        "C": float(grid[chosen]), "C_selection": how, "cv_folds": folds, "cv_best_C": float(grid[best]),
-        "cv_log_loss": round(float(mean_loss[chosen]), 4), "cv_accuracy": round(float(correct[chosen].mean()), 4),
+        "C": float(grid[chosen]),
+        "C_selection": how,
+        "cv_folds": folds,
+        "cv_best_C": float(grid[best]),
+        "cv_log_loss": round(float(mean_loss[chosen]), 4),
+        "cv_accuracy": round(float(correct[chosen].mean()), 4),
         "cv_log_loss_default": round(float(mean_loss[default]), 4),
-        "cv_accuracy_default": round(float(correct[default].mean()), 4)}
+        "cv_accuracy_default": round(float(correct[default].mean()), 4),
+    }
 
 
-def fit_classifier(c, X: np.ndarray, y: np.ndarray, num_labels: int, class_weights: np.ndarray | None = None,
-                   seed: int = 0, weight_decay: float = 0.0, label_smoothing: float = 0.0):
+def fit_classifier(
+    c,
+    X: np.ndarray,
+    y: np.ndarray,
+    num_labels: int,
+    class_weights: np.ndarray | None = None,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    label_smoothing: float = 0.0,
+):
     """Fit the classifier `c.classifier` on features `X` (N, d) and labels `y`.
 
     Args:
@@ -366,7 +414,7 @@ def _train_linear(c, Z, y, num_labels, class_weights, seed, weight_decay, label_
         for _ in range(c.epochs):
             order = torch.randperm(len(yt), generator=g)
             for i in range(0, len(yt), c.batch_size):
-                idx = order[i:i + c.batch_size]
+                idx = order[i : i + c.batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss_fn(layer(Zt[idx]), yt[idx]).backward()
                 opt.step()
@@ -424,8 +472,10 @@ def _classifier_state(clf) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
     settings: dict[str, Any] = {"kind": clf.kind, "selection": dict(getattr(clf, "selection", {}) or {})}
     if isinstance(clf, LinearProbe):  # logits = X W^T + b (label sets and numbers too: `output`)
-        return ({"weight": np.asarray(clf.weight, np.float64), "bias": np.asarray(clf.bias, np.float64)},
-                {**settings, "form": "linear", "num_labels": int(clf.weight.shape[0]), "output": clf.output})
+        return (
+            {"weight": np.asarray(clf.weight, np.float64), "bias": np.asarray(clf.bias, np.float64)},
+            {**settings, "form": "linear", "num_labels": int(clf.weight.shape[0]), "output": clf.output},
+        )
     if not isinstance(clf, EstimatorClassifier):
         raise ModelError(f"A {type(clf).__name__} classifier cannot be stored without pickle.")
     from sklearn.linear_model import LogisticRegression
@@ -440,17 +490,21 @@ def _classifier_state(clf) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     settings["num_labels"] = int(clf.num_labels)
 
     def refuse(what: str):
-        raise ModelError(f"The {clf.kind} classifier ({what}) cannot be stored without pickle; "
-                         "use strategy.classifier logistic_regression, linear, svm or knn with their settings.")
+        raise ModelError(
+            f"The {clf.kind} classifier ({what}) cannot be stored without pickle; "
+            "use strategy.classifier logistic_regression, linear, svm or knn with their settings."
+        )
 
     for step in before:
         if not isinstance(step, StandardScaler) or len(before) > 1:
             refuse(f"a {type(step).__name__} step")
         dim = int(step.n_features_in_)
-        tensors["scaler_mean"] = np.asarray(step.mean_ if step.mean_ is not None and step.with_mean else np.zeros(dim),
-                                            np.float64)
-        tensors["scaler_scale"] = np.asarray(step.scale_ if step.scale_ is not None and step.with_std else np.ones(dim),
-                                             np.float64)
+        tensors["scaler_mean"] = np.asarray(
+            step.mean_ if step.mean_ is not None and step.with_mean else np.zeros(dim), np.float64
+        )
+        tensors["scaler_scale"] = np.asarray(
+            step.scale_ if step.scale_ is not None and step.with_std else np.ones(dim), np.float64
+        )
     tensors["classes"] = np.asarray(final.classes_, dtype=np.int64)
     if isinstance(final, (LinearSVC, LogisticRegression)):
         settings["form"] = "linear_decision"
@@ -461,10 +515,12 @@ def _classifier_state(clf) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if final.kernel != "rbf" or final.decision_function_shape != "ovr" or final.probability is True:
             refuse(f"SVC kernel={final.kernel!r}")
         settings.update(form="rbf_svm", gamma=float(final._gamma))
-        tensors.update(support_vectors=np.asarray(final.support_vectors_, np.float64),
-                       dual_coef=np.asarray(final.dual_coef_, np.float64),
-                       intercept=np.asarray(final.intercept_, np.float64),
-                       n_support=np.asarray(final.n_support_, np.int64))
+        tensors.update(
+            support_vectors=np.asarray(final.support_vectors_, np.float64),
+            dual_coef=np.asarray(final.dual_coef_, np.float64),
+            intercept=np.asarray(final.intercept_, np.float64),
+            n_support=np.asarray(final.n_support_, np.int64),
+        )
     elif isinstance(final, KNeighborsClassifier):
         if final.weights != "uniform" or final.effective_metric_ != "euclidean":
             refuse(f"kNN weights={final.weights!r} metric={final.effective_metric_!r}")
@@ -526,7 +582,7 @@ class StoredClassifier:
             d = Z @ self.t["coef"].T + self.t["intercept"]
             return d[:, 0] if d.shape[1] == 1 else d
         sv, dual, b, ns = self.t["support_vectors"], self.t["dual_coef"], self.t["intercept"], self.t["n_support"]
-        sq = (Z ** 2).sum(1)[:, None] + (sv ** 2).sum(1)[None, :] - 2 * Z @ sv.T
+        sq = (Z**2).sum(1)[:, None] + (sv**2).sum(1)[None, :] - 2 * Z @ sv.T
         K = np.exp(-float(self.settings["gamma"]) * np.maximum(sq, 0.0))
         if len(ns) == 2:
             return K @ dual[0] + b[0]
@@ -547,7 +603,7 @@ class StoredClassifier:
             Z = self._scaled(X)
             fit_X, fit_y, classes = self.t["fit_X"], self.t["fit_y"], self.t["classes"]
             k = min(int(self.settings["k"]), len(fit_X))
-            sq = (Z ** 2).sum(1)[:, None] + (fit_X ** 2).sum(1)[None, :] - 2 * Z @ fit_X.T
+            sq = (Z**2).sum(1)[:, None] + (fit_X**2).sum(1)[None, :] - 2 * Z @ fit_X.T
             nearest = np.argsort(sq, axis=1, kind="stable")[:, :k]
             votes = np.zeros((len(Z), len(classes)))
             for col in range(k):

@@ -49,8 +49,9 @@ def _fit_ovr(X: np.ndarray, Y: np.ndarray, C: float, balanced: bool, max_iter: i
         if y.min() == y.max():
             b[j] = CONSTANT_LOGIT if y[0] else -CONSTANT_LOGIT
             continue
-        lr = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced" if balanced else None,
-                                random_state=seed)
+        lr = LogisticRegression(
+            C=C, max_iter=max_iter, class_weight="balanced" if balanced else None, random_state=seed
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             lr.fit(X, y)
@@ -58,8 +59,16 @@ def _fit_ovr(X: np.ndarray, Y: np.ndarray, C: float, balanced: bool, max_iter: i
     return W, b
 
 
-def fit_multilabel(X: np.ndarray, Y: np.ndarray, *, C: float | None = None, balanced: bool = True,
-                   max_iter: int = 1000, seed: int = 0, tune: bool = True) -> tuple[LinearProbe, np.ndarray, dict]:
+def fit_multilabel(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    C: float | None = None,
+    balanced: bool = True,
+    max_iter: int = 1000,
+    seed: int = 0,
+    tune: bool = True,
+) -> tuple[LinearProbe, np.ndarray, dict]:
     """One-vs-rest logistic regression and its per-label thresholds (module docstring).
 
     Returns:
@@ -69,8 +78,11 @@ def fit_multilabel(X: np.ndarray, Y: np.ndarray, *, C: float | None = None, bala
     Y = (np.asarray(Y) > 0.5).astype(int)
     C = 1.0 if C is None else float(C)
     W, b = _fit_ovr(X, Y, C, balanced, max_iter, seed)
-    record = {"C": C, "C_selection": "scikit-learn's default C=1" if C == 1.0 else "given (strategy.C)",
-              "class_weight": "balanced" if balanced else "none"}
+    record = {
+        "C": C,
+        "C_selection": "scikit-learn's default C=1" if C == 1.0 else "given (strategy.C)",
+        "class_weight": "balanced" if balanced else "none",
+    }
     thresholds = np.full(Y.shape[1], 0.5)
     k = int(min(MAX_FOLDS, len(Y) // 2))
     if tune and k >= 2 and len(Y) >= MIN_TUNING_ROWS:
@@ -82,12 +94,15 @@ def fit_multilabel(X: np.ndarray, Y: np.ndarray, *, C: float | None = None, bala
             oof[te] = 1.0 / (1.0 + np.exp(-(X[te] @ Wf.T + bf)))
         thresholds = tune_thresholds(oof, Y, min_positives=MIN_TUNING_POSITIVES)
         tuned = int((Y.sum(0) >= MIN_TUNING_POSITIVES).sum())
-        record["threshold_selection"] = (f"per-label F1 on out-of-fold probabilities of a {k}-fold cross-validation "
-                                         f"over the {len(Y)} training rows, for the {tuned} of {Y.shape[1]} labels with at "
-                                         f"least {MIN_TUNING_POSITIVES} positives (0.5 for the others)")
+        record["threshold_selection"] = (
+            f"per-label F1 on out-of-fold probabilities of a {k}-fold cross-validation "
+            f"over the {len(Y)} training rows, for the {tuned} of {Y.shape[1]} labels with at "
+            f"least {MIN_TUNING_POSITIVES} positives (0.5 for the others)"
+        )
     elif tune:
-        record["threshold_selection"] = (f"default 0.5 ({len(Y)} training rows: thresholds are tuned from "
-                                         f"{MIN_TUNING_ROWS} rows on)")
+        record["threshold_selection"] = (
+            f"default 0.5 ({len(Y)} training rows: thresholds are tuned from {MIN_TUNING_ROWS} rows on)"
+        )
     else:
         record["threshold_selection"] = "fixed"
     return LinearProbe(W, b, "one_vs_rest_logistic_regression", record, output="sigmoid"), thresholds, record
@@ -101,8 +116,11 @@ def fit_ridge(X: np.ndarray, y: np.ndarray, alpha: float | None = None) -> Linea
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     if alpha is None:
         model = RidgeCV(alphas=RIDGE_ALPHAS).fit(X, y)
-        record = {"alpha": float(model.alpha_), "alpha_selection": "leave-one-out cross-validation (RidgeCV) over "
-                  f"{RIDGE_ALPHAS[0]:g}..{RIDGE_ALPHAS[-1]:g}"}
+        record = {
+            "alpha": float(model.alpha_),
+            "alpha_selection": "leave-one-out cross-validation (RidgeCV) over "
+            f"{RIDGE_ALPHAS[0]:g}..{RIDGE_ALPHAS[-1]:g}",
+        }
     else:
         model = Ridge(alpha=float(alpha)).fit(X, y)
         record = {"alpha": float(alpha), "alpha_selection": "given"}

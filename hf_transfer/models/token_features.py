@@ -40,8 +40,9 @@ def token_head_linear(model: nn.Module) -> tuple[str, nn.Linear]:
 
 
 @torch.no_grad()
-def token_features(model: nn.Module, task, ds, *, batch_size: int = 32, label_key: str = "word_labels",
-                   device=None) -> tuple[np.ndarray, np.ndarray]:
+def token_features(
+    model: nn.Module, task, ds, *, batch_size: int = 32, label_key: str = "word_labels", device=None
+) -> tuple[np.ndarray, np.ndarray]:
     """`(X, y)`: the head input of every scored token of split `ds` (tokens x hidden) and its tag id.
 
     Args:

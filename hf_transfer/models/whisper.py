@@ -154,8 +154,13 @@ def cut_encoder_window(model: nn.Module, positions: int) -> bool:
     encoder.config.max_source_positions = positions
     base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     base.config.max_source_positions = positions
-    logger.info("Whisper encoder window cut from %d to %d frames (%.1f s -> %.1f s of audio).",
-                current, positions, current * 2 * HOP_LENGTH / 16000, positions * 2 * HOP_LENGTH / 16000)
+    logger.info(
+        "Whisper encoder window cut from %d to %d frames (%.1f s -> %.1f s of audio).",
+        current,
+        positions,
+        current * 2 * HOP_LENGTH / 16000,
+        positions * 2 * HOP_LENGTH / 16000,
+    )
     return True
 
 

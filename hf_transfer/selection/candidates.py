@@ -28,11 +28,16 @@ logger = logging.getLogger(__name__)
 RANDOM_PREFIX = "random:"
 
 #: Modality -> transformers' table of model types that have a classification head for it.
-_MAPPINGS = {"text": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-             "image": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
-             "audio": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES"}
-_AUTO_CLASSES = {"text": "AutoModelForSequenceClassification", "image": "AutoModelForImageClassification",
-                 "audio": "AutoModelForAudioClassification"}
+_MAPPINGS = {
+    "text": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "image": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "audio": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+}
+_AUTO_CLASSES = {
+    "text": "AutoModelForSequenceClassification",
+    "image": "AutoModelForImageClassification",
+    "audio": "AutoModelForAudioClassification",
+}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".h5", ".msgpack", ".ot", ".onnx", ".ckpt")
 _NON_COMMERCIAL = ("-nc", "noncommercial", "non-commercial")
 
@@ -173,7 +178,8 @@ def materialise_random(source: str, seed: int = 0) -> Path:
         model.save_pretrained(staging)
         (staging / "README.md").write_text(
             f"---\nlicense: {read_licence(source, source)}\n---\n\nRandom initialisation (seed {seed}) of the "
-            f"architecture of {src.resolve()}: a floor that every pretrained candidate should beat.\n")
+            f"architecture of {src.resolve()}: a floor that every pretrained candidate should beat.\n"
+        )
         if not (out / "config.json").is_file():
             shutil.rmtree(out, ignore_errors=True)
             staging.rename(out)
@@ -186,7 +192,7 @@ def resolve_candidate(name: str) -> str:
     from hf_transfer.paths import resolve
 
     if name.startswith(RANDOM_PREFIX):
-        inner = resolve_candidate(name[len(RANDOM_PREFIX):])
+        inner = resolve_candidate(name[len(RANDOM_PREFIX) :])
         if not Path(inner).is_dir():
             raise CandidateError(f"candidate '{name}': random: needs a local folder (or asset:/pkg://), got '{inner}'.")
         return str(materialise_random(inner))
@@ -216,12 +222,29 @@ def inspect_candidate(name: str, recipe: str) -> CandidateInfo:
         kind = " / ".join(mods) if mods else "no classification"
         raise CandidateOfOtherModality(
             f"candidate '{name}' is a {kind} model ({config.model_type}), but recipe '{recipe}' needs a "
-            f"{modality} model: remove it from --candidates.")
+            f"{modality} model: remove it from --candidates."
+        )
     licence = read_licence(path, name)
-    return CandidateInfo(name=name, path=path, family=config.model_type, modalities=mods,
-                         parameters=count_parameters(config, modality), licence=licence,
-                         licence_warning=licence_warning(licence))
+    return CandidateInfo(
+        name=name,
+        path=path,
+        family=config.model_type,
+        modalities=mods,
+        parameters=count_parameters(config, modality),
+        licence=licence,
+        licence_warning=licence_warning(licence),
+    )
 
 
-__all__ = ["CandidateError", "CandidateOfOtherModality", "CandidateInfo", "RANDOM_PREFIX", "inspect_candidate",
-           "licence_warning", "materialise_random", "modalities_of", "read_licence", "resolve_candidate"]
+__all__ = [
+    "CandidateError",
+    "CandidateOfOtherModality",
+    "CandidateInfo",
+    "RANDOM_PREFIX",
+    "inspect_candidate",
+    "licence_warning",
+    "materialise_random",
+    "modalities_of",
+    "read_licence",
+    "resolve_candidate",
+]

@@ -24,9 +24,17 @@ def cmd_rank(args) -> int:
 
     setup_logging()
     cfg = _load(args)
-    report = rank_candidates(cfg, _candidates(args.candidates), metrics=_candidates(args.metrics),
-                             layers=args.layers, max_examples=args.max_examples, repeats=args.repeats,
-                             seed=args.seed, default_metric=args.default_metric, group_column=args.group_column)
+    report = rank_candidates(
+        cfg,
+        _candidates(args.candidates),
+        metrics=_candidates(args.metrics),
+        layers=args.layers,
+        max_examples=args.max_examples,
+        repeats=args.repeats,
+        seed=args.seed,
+        default_metric=args.default_metric,
+        group_column=args.group_column,
+    )
     jpath, mpath = write_report(report, args.output_dir)
     print(report.to_markdown())
     print(f"Wrote {jpath} and {mpath}")
@@ -43,9 +51,17 @@ def cmd_plan(args) -> int:
 
     setup_logging()
     cfg = _load(args)
-    plan = make_plan(cfg, _candidates(args.candidates), pick=args.pick, metric=args.metric,
-                     layers=args.layers, max_examples=args.max_examples, seed=args.seed,
-                     output_dir=args.run_dir, group_column=args.group_column)
+    plan = make_plan(
+        cfg,
+        _candidates(args.candidates),
+        pick=args.pick,
+        metric=args.metric,
+        layers=args.layers,
+        max_examples=args.max_examples,
+        seed=args.seed,
+        output_dir=args.run_dir,
+        group_column=args.group_column,
+    )
     command = "hf-transfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hf-transfer plan"
     out = write_plan(plan, args.output, command)
     write_report(plan.report, Path(args.output).parent / f"{Path(args.output).stem}_rank")
@@ -63,23 +79,37 @@ def add_commands(sub) -> None:
     def common(p):
         p.add_argument("config", help="YAML file or shipped config name: its recipe and data are used")
         add_overrides(p)
-        p.add_argument("--candidates", required=True,
-                       help="comma-separated checkpoints: Hub ids, folders, pkg://..., asset:NAME, random:CANDIDATE")
-        p.add_argument("--layers", choices=["last", "mean"], default="last",
-                       help="features of the last layer, or the mean over every block's pooled output")
-        p.add_argument("--max-examples", type=at_least(1), default=2000,
-                       help="seeded sample of the training split (default 2000)")
+        p.add_argument(
+            "--candidates",
+            required=True,
+            help="comma-separated checkpoints: Hub ids, folders, pkg://..., asset:NAME, random:CANDIDATE",
+        )
+        p.add_argument(
+            "--layers",
+            choices=["last", "mean"],
+            default="last",
+            help="features of the last layer, or the mean over every block's pooled output",
+        )
+        p.add_argument(
+            "--max-examples", type=at_least(1), default=2000, help="seeded sample of the training split (default 2000)"
+        )
         p.add_argument("--seed", type=int, default=0, help="seed of the sample (and of the subsamples)")
-        p.add_argument("--group-column", default=None,
-                       help="training-data column with each example's group (speaker, patient): knn leaves "
-                            "out whole groups, so features that recognise a group do not score as transfer, "
-                            "and is then the default metric")
+        p.add_argument(
+            "--group-column",
+            default=None,
+            help="training-data column with each example's group (speaker, patient): knn leaves "
+            "out whole groups, so features that recognise a group do not score as transfer, "
+            "and is then the default metric",
+        )
 
     r = sub.add_parser("rank", help="rank candidate checkpoints for a config's data from one frozen forward pass each")
     common(r)
     r.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma-separated, from {', '.join(METRICS)}")
-    r.add_argument("--default-metric", default=None,
-                   help="the metric the overall rank follows (default: logme; knn with --group-column)")
+    r.add_argument(
+        "--default-metric",
+        default=None,
+        help="the metric the overall rank follows (default: logme; knn with --group-column)",
+    )
     r.add_argument("--repeats", type=at_least(0), default=5, help="subsamples for the stability table (0 = none)")
     r.add_argument("-o", "--output-dir", default="rank", help="folder for rank.json and rank.md")
     r.set_defaults(func=cmd_rank)
@@ -87,8 +117,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("plan", help="choose checkpoint, strategy, budget and learning rate; write a runnable config")
     common(p)
     p.add_argument("--pick", help="use this candidate instead of the top-ranked one")
-    p.add_argument("--metric", default=None,
-                   help="ranking metric (default: rank's default, logme; knn with --group-column)")
+    p.add_argument(
+        "--metric", default=None, help="ranking metric (default: rank's default, logme; knn with --group-column)"
+    )
     p.add_argument("--run-dir", default=None, help="output_dir of the planned config (default: <output_dir>-planned)")
     p.add_argument("-o", "--output", required=True, help="the planned YAML to write")
     p.set_defaults(func=cmd_plan)

@@ -35,8 +35,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["GROUP_AWARE", "MAX_NOISE_PRECISION", "METRICS", "TARGET_METRICS", "hscore", "hscore_raw", "is_target_array",
-           "knn_loo_accuracy", "logme", "logme_targets", "score"]
+__all__ = [
+    "GROUP_AWARE",
+    "MAX_NOISE_PRECISION",
+    "METRICS",
+    "TARGET_METRICS",
+    "hscore",
+    "hscore_raw",
+    "is_target_array",
+    "knn_loo_accuracy",
+    "logme",
+    "logme_targets",
+    "score",
+]
 
 
 def _prepare(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +77,15 @@ MAX_NOISE_PRECISION = 1e6
 _TINY = float(np.finfo(np.float64).tiny)
 
 
-def _logme_one(vt: np.ndarray, sigma: np.ndarray, Xty: np.ndarray, X: np.ndarray, t: np.ndarray,
-               max_iter: int = 1000, tol: float = 1e-10) -> float:
+def _logme_one(
+    vt: np.ndarray,
+    sigma: np.ndarray,
+    Xty: np.ndarray,
+    X: np.ndarray,
+    t: np.ndarray,
+    max_iter: int = 1000,
+    tol: float = 1e-10,
+) -> float:
     """Maximised log evidence / n for one target column `t` (You et al. 2021, Algorithm 1), with
     beta <= `MAX_NOISE_PRECISION`.
 
@@ -94,8 +112,14 @@ def _logme_one(vt: np.ndarray, sigma: np.ndarray, Xty: np.ndarray, X: np.ndarray
     mm = float(m @ m)
     res = float(np.sum((X @ m - t) ** 2))
     logdet = float(np.sum(np.log(alpha + beta * sigma))) + (d - len(sigma)) * np.log(alpha)
-    evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - beta / 2 * res - alpha / 2 * mm
-                - logdet / 2 - n / 2 * np.log(2 * np.pi))
+    evidence = (
+        d / 2 * np.log(alpha)
+        + n / 2 * np.log(beta)
+        - beta / 2 * res
+        - alpha / 2 * mm
+        - logdet / 2
+        - n / 2 * np.log(2 * np.pi)
+    )
     return float(evidence / n)
 
 
@@ -222,8 +246,10 @@ def knn_loo_accuracy(X: np.ndarray, y: np.ndarray, k: int = 5, groups=None) -> f
             raise ValueError(f"{n} feature rows but {len(groups)} group values")
         _, g = np.unique(np.asarray([str(v) for v in groups]), return_inverse=True)
         if g.max() == 0:
-            raise ValueError("every example is in the same group: leaving a group out leaves nothing to vote; "
-                             "give a column with several groups, or no group column")
+            raise ValueError(
+                "every example is in the same group: leaving a group out leaves nothing to vote; "
+                "give a column with several groups, or no group column"
+            )
         k = max(1, min(k, n - int(np.bincount(g).max())))
     else:
         k = max(1, min(k, n - 1))
@@ -232,11 +258,11 @@ def knn_loo_accuracy(X: np.ndarray, y: np.ndarray, k: int = 5, groups=None) -> f
     correct = 0
     n_classes = int(y.max()) + 1
     for start in range(0, n, 512):  # n x n similarities in blocks: memory stays O(512 n)
-        sim = Z[start:start + 512] @ Z.T
+        sim = Z[start : start + 512] @ Z.T
         rows = np.arange(sim.shape[0])
         sim[rows, start + rows] = -np.inf  # leave the example itself out
         if g is not None:
-            sim[g[start:start + 512, None] == g[None, :]] = -np.inf  # and its whole group
+            sim[g[start : start + 512, None] == g[None, :]] = -np.inf  # and its whole group
         nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
         for i, idx in enumerate(nearest):
             votes = np.bincount(y[idx], minlength=n_classes)
@@ -265,8 +291,10 @@ def score(name: str, X: np.ndarray, y: np.ndarray, groups=None) -> float:
         raise ValueError(f"unknown transferability metric '{name}'; choose from {', '.join(METRICS)}")
     if is_target_array(y):
         if name not in TARGET_METRICS:
-            raise ValueError(f"'{name}' scores class labels; label sets and numeric targets are scored with "
-                             f"{', '.join(TARGET_METRICS)}")
+            raise ValueError(
+                f"'{name}' scores class labels; label sets and numeric targets are scored with "
+                f"{', '.join(TARGET_METRICS)}"
+            )
         return TARGET_METRICS[name](X, y)
     if groups is not None and name in GROUP_AWARE:
         return METRICS[name](X, y, groups=groups)

@@ -72,10 +72,20 @@ def epochs_for(train_size: int, batch_size: int, accumulation: int) -> int:
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch))))
 
 
-def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: str | None = None,
-              metrics: list[str] | tuple[str, ...] | None = None, layers: str = "last", max_examples: int = 2000,
-              repeats: int = 0, seed: int = 0, output_dir: str | None = None,
-              group_column: str | None = None) -> Plan:
+def make_plan(
+    cfg,
+    candidates: list[str],
+    *,
+    pick: str | None = None,
+    metric: str | None = None,
+    metrics: list[str] | tuple[str, ...] | None = None,
+    layers: str = "last",
+    max_examples: int = 2000,
+    repeats: int = 0,
+    seed: int = 0,
+    output_dir: str | None = None,
+    group_column: str | None = None,
+) -> Plan:
     """Rank (unless `pick` is given with a single candidate), choose the strategy and budget, and
     build the planned config as plain data.
 
@@ -99,9 +109,18 @@ def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: st
     metrics = list(metrics or DEFAULT_METRICS)
     if metric and metric not in metrics:
         metrics.append(metric)
-    report = rank_candidates(cfg, candidates, metrics=metrics, layers=layers, max_examples=max_examples,
-                             repeats=repeats, seed=seed, default_metric=metric, keep_features=True,
-                             group_column=group_column)
+    report = rank_candidates(
+        cfg,
+        candidates,
+        metrics=metrics,
+        layers=layers,
+        max_examples=max_examples,
+        repeats=repeats,
+        seed=seed,
+        default_metric=metric,
+        keep_features=True,
+        group_column=group_column,
+    )
     m = report.default_metric
     if pick is not None:
         chosen = next(r for r in report.results if r.name == pick)
@@ -111,8 +130,11 @@ def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: st
     else:
         chosen = report.best()
         runner = report.ranked[1] if len(report.ranked) > 1 else None
-        why_checkpoint = (f"ranked 1st of {len(report.ranked)} by {m} ({chosen.scores[m]:.4f}"
-                          + (f"; next `{runner.name}` {runner.scores[m]:.4f}" if runner else "") + ")")
+        why_checkpoint = (
+            f"ranked 1st of {len(report.ranked)} by {m} ({chosen.scores[m]:.4f}"
+            + (f"; next `{runner.name}` {runner.scores[m]:.4f}" if runner else "")
+            + ")"
+        )
         st = report.stability.get(m)
         if st and st["too_close_to_call"]:
             why_checkpoint += f"; too close to call over {report.repeats} subsamples, top-1 kept {st['top1_kept']:.0%}"
@@ -160,20 +182,35 @@ def make_plan(cfg, candidates: list[str], *, pick: str | None = None, metric: st
         steps = epochs * max(1, math.ceil(train_size / (int(t["batch_size"]) * int(t["gradient_accumulation_steps"]))))
         t["epochs"] = epochs
         t["max_steps"] = None
-        reasons.append(f"budget: {epochs} epochs = {steps} optimizer steps at batch {t['batch_size']} "
-                       f"(aim {TARGET_STEPS} steps, {MIN_EPOCHS}..{MAX_EPOCHS} epochs)")
+        reasons.append(
+            f"budget: {epochs} epochs = {steps} optimizer steps at batch {t['batch_size']} "
+            f"(aim {TARGET_STEPS} steps, {MIN_EPOCHS}..{MAX_EPOCHS} epochs)"
+        )
         t["learning_rate"] = lr
-        reasons.append(f"learning rate: {lr:g} ({choice.name}, {chosen.parameters / 1e6:.0f}M parameters, "
-                       f"{'convolutional' if (chosen.family or '') in CONV_FAMILIES else 'transformer'} family)")
+        reasons.append(
+            f"learning rate: {lr:g} ({choice.name}, {chosen.parameters / 1e6:.0f}M parameters, "
+            f"{'convolutional' if (chosen.family or '') in CONV_FAMILIES else 'transformer'} family)"
+        )
     config_from_dict(copy.deepcopy(raw), "planned config")  # the schema's checks before anything is written
-    return Plan(checkpoint=chosen.name, checkpoint_path=chosen.path, strategy=raw["strategy"], epochs=epochs,
-                learning_rate=lr, reasons=reasons, config=raw, report=report)
+    return Plan(
+        checkpoint=chosen.name,
+        checkpoint_path=chosen.path,
+        strategy=raw["strategy"],
+        epochs=epochs,
+        learning_rate=lr,
+        reasons=reasons,
+        config=raw,
+        report=report,
+    )
 
 
 def render_yaml(plan: Plan, out_path: str | Path, command: str) -> str:
     """The planned config as YAML text, with its comment block."""
-    lines = [f"# hf-transfer train {out_path}",
-             f"# Planned by `{command}` on {datetime.date.today().isoformat()}.", "#"]
+    lines = [
+        f"# hf-transfer train {out_path}",
+        f"# Planned by `{command}` on {datetime.date.today().isoformat()}.",
+        "#",
+    ]
     for reason in plan.reasons:
         words, line = reason.split(" "), "#"
         for w in words:

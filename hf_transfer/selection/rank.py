@@ -99,12 +99,17 @@ class RankReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "recipe": self.recipe, "metrics": self.metrics, "default_metric": self.default_metric,
-            "layers": self.layers, "max_examples": self.max_examples, "repeats": self.repeats,
+            "recipe": self.recipe,
+            "metrics": self.metrics,
+            "default_metric": self.default_metric,
+            "layers": self.layers,
+            "max_examples": self.max_examples,
+            "repeats": self.repeats,
             "best": {m: self.best(m).name for m in self.metrics} if self.ranked else {},
             "candidates": [asdict(r) for r in self.results],
             "stability": self.stability,
-            "group_column": self.group_column, "groups": self.groups,
+            "group_column": self.group_column,
+            "groups": self.groups,
         }
 
     def to_markdown(self) -> str:
@@ -177,10 +182,19 @@ def default_metric_for(metrics, group_column: str | None = None) -> str:
     return preferred if preferred in metrics else list(metrics)[0]
 
 
-def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS,
-                    layers: str = "last", max_examples: int = 2000, repeats: int = 5, seed: int = 0,
-                    default_metric: str | None = None, keep_features: bool = False,
-                    group_column: str | None = None) -> RankReport:
+def rank_candidates(
+    cfg,
+    candidates: list[str],
+    *,
+    metrics: list[str] | tuple[str, ...] = DEFAULT_METRICS,
+    layers: str = "last",
+    max_examples: int = 2000,
+    repeats: int = 5,
+    seed: int = 0,
+    default_metric: str | None = None,
+    keep_features: bool = False,
+    group_column: str | None = None,
+) -> RankReport:
     """Score every candidate on `cfg`'s training data.
 
     Args:
@@ -235,17 +249,26 @@ def rank_candidates(cfg, candidates: list[str], *, metrics: list[str] | tuple[st
         logger.info("rank: %s %s", r.name, {m: round(v, 4) for m, v in r.scores.items()})
 
     ok = _assign_ranks(results, metrics)
-    report = RankReport(recipe=cfg.recipe, metrics=metrics, default_metric=default_metric, layers=str(layers),
-                        max_examples=max_examples, repeats=repeats, results=results,
-                        stability=stability(results, metrics, repeats), features=features, labels=labels,
-                        group_column=group_column, groups=n_groups)
+    report = RankReport(
+        recipe=cfg.recipe,
+        metrics=metrics,
+        default_metric=default_metric,
+        layers=str(layers),
+        max_examples=max_examples,
+        repeats=repeats,
+        results=results,
+        stability=stability(results, metrics, repeats),
+        features=features,
+        labels=labels,
+        group_column=group_column,
+        groups=n_groups,
+    )
     if not ok:
         raise HFTransferError("No candidate could be scored: " + " ".join(r.error for r in results))
     return report
 
 
-def _check_metrics(recipe: str, metrics, default_metric: str | None,
-                   group_column: str | None) -> tuple[list[str], str]:
+def _check_metrics(recipe: str, metrics, default_metric: str | None, group_column: str | None) -> tuple[list[str], str]:
     """The metrics to compute for `recipe` (label sets and numbers: the target metrics when the
     defaults were asked for) and the default one; `HFTransferError` for what cannot be ranked."""
     from hf_transfer.registry import recipe_info
@@ -258,13 +281,17 @@ def _check_metrics(recipe: str, metrics, default_metric: str | None,
             f"Unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}."
         )
     if recipe == "speech_recognition":
-        raise HFTransferError("rank scores class labels; recipe speech_recognition has transcripts. Rank with an "
-                              "audio_classification config over the same audio.")
+        raise HFTransferError(
+            "rank scores class labels; recipe speech_recognition has transcripts. Rank with an "
+            "audio_classification config over the same audio."
+        )
     kind = {"label_set": "multilabel", "number": "regression"}.get(recipe_info(recipe).targets)
     if kind and any(m not in TARGET_METRICS for m in metrics):
         if list(metrics) != list(DEFAULT_METRICS):
-            raise HFTransferError(f"Recipe {recipe} has {kind} targets: rank it with "
-                                  f"--metrics {','.join(TARGET_METRICS)} (the others score class labels).")
+            raise HFTransferError(
+                f"Recipe {recipe} has {kind} targets: rank it with "
+                f"--metrics {','.join(TARGET_METRICS)} (the others score class labels)."
+            )
         metrics = list(TARGET_METRICS)  # the defaults, for label sets and numbers
     if default_metric is None:
         default_metric = default_metric_for(metrics, group_column)
@@ -288,8 +315,16 @@ def _inspect_candidates(candidates: list[str], recipe: str) -> list[CandidateRes
             results.append(CandidateResult(name=name, error=str(e)))
             logger.error("%s", e)
             continue
-        results.append(CandidateResult(name=name, path=info.path, family=info.family, parameters=info.parameters,
-                                       licence=info.licence, licence_warning=info.licence_warning))
+        results.append(
+            CandidateResult(
+                name=name,
+                path=info.path,
+                family=info.family,
+                parameters=info.parameters,
+                licence=info.licence,
+                licence_warning=info.licence_warning,
+            )
+        )
     if wrong:
         raise HFTransferError("Candidates of another modality than the recipe: " + " ".join(wrong))
     return results
@@ -305,8 +340,15 @@ def _candidate_features(cfg, r: CandidateResult, spec, *, max_examples: int, see
     columns = (group_column,) if group_column else ()
 
     def extract(feature_spec):
-        return features_for_config(cfg, ("train",), name_or_path=r.path, spec=feature_spec,
-                                   max_examples=max_examples, seed=seed, columns=columns)["train"]
+        return features_for_config(
+            cfg,
+            ("train",),
+            name_or_path=r.path,
+            spec=feature_spec,
+            max_examples=max_examples,
+            seed=seed,
+            columns=columns,
+        )["train"]
 
     try:
         t0 = time.time()
@@ -343,8 +385,9 @@ def _score_candidate(r: CandidateResult, feats, metrics: list[str], groups, *, r
     rng = np.random.default_rng(seed)
     for _ in range(repeats):
         idx = _subsample(feats.y, rng, SUBSAMPLE_FRACTION)
-        for m, v in score_features(feats.X[idx], feats.y[idx], metrics,
-                                   None if groups is None else groups[idx]).items():
+        for m, v in score_features(
+            feats.X[idx], feats.y[idx], metrics, None if groups is None else groups[idx]
+        ).items():
             r.repeats.setdefault(m, []).append(v)
 
 
@@ -369,17 +412,29 @@ def format_markdown(report: RankReport) -> str:
     ok = report.ranked
     if ok:
         n = ok[0].examples
-        lines += [f"{n} training examples, features from layers `{report.layers}`; higher scores are better, "
-                  f"rank 1 = best. Default metric: `{m0}`.", ""]
+        lines += [
+            f"{n} training examples, features from layers `{report.layers}`; higher scores are better, "
+            f"rank 1 = best. Default metric: `{m0}`.",
+            "",
+        ]
         if report.group_column:
             aware = ", ".join(f"`{m}`" for m in report.metrics if m in GROUP_AWARE) or "no metric asked for"
-            lines += [f"Groups: column `{report.group_column}`, {report.groups} groups; {aware} leaves out each "
-                      "example's whole group, the other metrics use no groups"
-                      + (" (they can score features that merely recognise the group)." if m0 in GROUP_AWARE else
-                         f"; the default metric `{m0}` is not group-aware: it can rank features that merely "
-                         f"recognise the group first (the default with groups is `{DEFAULT_GROUP_METRIC}`)."), ""]
-        head = ["rank", "candidate"] + [f"{m} (rank)" for m in report.metrics] + [
-            "parameters", "s / 1k examples", "licence", "family"]
+            lines += [
+                f"Groups: column `{report.group_column}`, {report.groups} groups; {aware} leaves out each "
+                "example's whole group, the other metrics use no groups"
+                + (
+                    " (they can score features that merely recognise the group)."
+                    if m0 in GROUP_AWARE
+                    else f"; the default metric `{m0}` is not group-aware: it can rank features that merely "
+                    f"recognise the group first (the default with groups is `{DEFAULT_GROUP_METRIC}`)."
+                ),
+                "",
+            ]
+        head = (
+            ["rank", "candidate"]
+            + [f"{m} (rank)" for m in report.metrics]
+            + ["parameters", "s / 1k examples", "licence", "family"]
+        )
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in ok:
             cells = (
@@ -395,9 +450,12 @@ def format_markdown(report: RankReport) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if report.stability:
-        lines += [f"## Stability over {report.repeats} subsamples ({int(SUBSAMPLE_FRACTION * 100)}% each)", "",
-                  "| metric | top-1 | top-1 kept | interval of top-1 | runner-up | interval of runner-up | verdict |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Stability over {report.repeats} subsamples ({int(SUBSAMPLE_FRACTION * 100)}% each)",
+            "",
+            "| metric | top-1 | top-1 kept | interval of top-1 | runner-up | interval of runner-up | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for m, s in report.stability.items():
             lo, hi = s["intervals"][s["top1"]]
             if s["runner_up"]:
@@ -428,5 +486,16 @@ def write_report(report: RankReport, out_dir: str | Path) -> tuple[Path, Path]:
     return jpath, mpath
 
 
-__all__ = ["DEFAULT_GROUP_METRIC", "DEFAULT_METRIC", "DEFAULT_METRICS", "CandidateResult", "RankReport",
-           "default_metric_for", "format_markdown", "rank_candidates", "score_features", "stability", "write_report"]
+__all__ = [
+    "DEFAULT_GROUP_METRIC",
+    "DEFAULT_METRIC",
+    "DEFAULT_METRICS",
+    "CandidateResult",
+    "RankReport",
+    "default_metric_for",
+    "format_markdown",
+    "rank_candidates",
+    "score_features",
+    "stability",
+    "write_report",
+]

@@ -14,6 +14,7 @@ from hf_transfer.strategies import adapter  # noqa: F401
 from hf_transfer.strategies import feature_extraction  # noqa: F401
 from hf_transfer.strategies import contrastive  # noqa: F401
 from hf_transfer.strategies import static  # noqa: F401
+
 # isort: on
 from hf_transfer.strategies.base import (
     RunContext,

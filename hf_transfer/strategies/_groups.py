@@ -146,9 +146,7 @@ class GroupFreezing(Strategy):
         self._groups = groups
         self.validate(groups)
         self._set_epoch(0, model, groups)
-        logger.info(
-            "Strategy %s: trainable groups at epoch 0: %s", self.name, ", ".join(trainable_group_names(groups))
-        )
+        logger.info("Strategy %s: trainable groups at epoch 0: %s", self.name, ", ".join(trainable_group_names(groups)))
         return model
 
     def _set_epoch(self, epoch: int, model: nn.Module, groups: list) -> bool:

@@ -181,8 +181,9 @@ def default_target_modules(model: nn.Module, groups: list, roles: tuple[str, ...
     if not names:
         names = [n for n, role in found if role in ("query", "key", "value", "attention_out")]
         if names:
-            logger.info("No %s layers found by name; adapting every attention linear layer (%d).",
-                        "/".join(roles), len(names))
+            logger.info(
+                "No %s layers found by name; adapting every attention linear layer (%d).", "/".join(roles), len(names)
+            )
     if not names:
         model_type = getattr(getattr(_unwrap(model), "config", None), "model_type", None)
         raise ModelError(
@@ -197,9 +198,14 @@ def top_linear_modules(model: nn.Module, groups: list) -> list[str]:
     """Full names of the linear layers in the groups between the last block and the head (`top`:
     BERT's pooler, ...): the head reads their output."""
     full_names = {id(m): n for n, m in model.named_modules()}
-    return [full_names[id(module)] for group in groups if group.kind == "top"
-            for top in group.modules for module in top.modules()
-            if isinstance(module, nn.Linear) and id(module) in full_names]
+    return [
+        full_names[id(module)]
+        for group in groups
+        if group.kind == "top"
+        for top in group.modules
+        for module in top.modules()
+        if isinstance(module, nn.Linear) and id(module) in full_names
+    ]
 
 
 def head_module_names(model: nn.Module, groups: list) -> tuple[list[str], list[str]]:
@@ -301,8 +307,13 @@ class PeftStrategy(Strategy):
             wrapped = get_peft_model(model, config)
         except ValueError as e:
             raise ConfigError(f"strategy '{self.name}': PEFT cannot apply {sorted(targets)[:6]}...: {e}") from None
-        logger.info("%s on %d modules (%s); trained in full: %s", self.name, len(targets),
-                    ", ".join(sorted({t.rsplit(".", 1)[-1] for t in targets})), ", ".join(heads) or "none")
+        logger.info(
+            "%s on %d modules (%s); trained in full: %s",
+            self.name,
+            len(targets),
+            ", ".join(sorted({t.rsplit(".", 1)[-1] for t in targets})),
+            ", ".join(heads) or "none",
+        )
         return wrapped
 
     def save_model(self, model: nn.Module, out_dir) -> None:
@@ -310,24 +321,31 @@ class PeftStrategy(Strategy):
         out_dir = Path(out_dir)
         adapter_dir = out_dir / ADAPTER_DIR
         model.save_pretrained(adapter_dir)
-        (adapter_dir / ADAPTER_INFO).write_text(json.dumps({
-            "method": self.name,
-            "merge": self.config.merge,
-            "modules_to_save": self.modules_to_save,
-            "note": "Load with PeftModel.from_pretrained(base, this_folder), base being the base "
+        (adapter_dir / ADAPTER_INFO).write_text(
+            json.dumps(
+                {
+                    "method": self.name,
+                    "merge": self.config.merge,
+                    "modules_to_save": self.modules_to_save,
+                    "note": "Load with PeftModel.from_pretrained(base, this_folder), base being the base "
                     "checkpoint loaded with the same head class and labels (config.json of the run).",
-        }, indent=2))
+                },
+                indent=2,
+            )
+        )
         merged_model(model).save_pretrained(out_dir)
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         info = super().describe(model)
-        info.update({
-            "peft_method": self.name,
-            "adapted_modules": len(self.target_modules),
-            "adapted_layer_names": sorted({t.rsplit(".", 1)[-1] for t in self.target_modules}),
-            "modules_to_save": list(self.modules_to_save),
-            "merge": self.config.merge,
-        })
+        info.update(
+            {
+                "peft_method": self.name,
+                "adapted_modules": len(self.target_modules),
+                "adapted_layer_names": sorted({t.rsplit(".", 1)[-1] for t in self.target_modules}),
+                "modules_to_save": list(self.modules_to_save),
+                "merge": self.config.merge,
+            }
+        )
         return info
 
 

@@ -136,9 +136,7 @@ class AutoConfig(StrategyConfig):
         if "auto" in self.race_candidates or not self.race_candidates:
             raise ConfigError("strategy.race_candidates must name at least one strategy, and not auto itself.")
         if not 0.0 <= self.similarity_threshold <= 1.0:
-            raise ConfigError(
-                f"strategy.similarity_threshold must be in [0, 1], got {self.similarity_threshold!r}."
-            )
+            raise ConfigError(f"strategy.similarity_threshold must be in [0, 1], got {self.similarity_threshold!r}.")
         if self.measure_examples < 4:
             raise ConfigError(f"strategy.measure_examples must be >= 4, got {self.measure_examples!r}.")
         if self.measure_batch_size < 1:
@@ -178,8 +176,13 @@ def size_band(train_size: int) -> str:
 NEAR_PERFECT = 0.9
 
 
-def choose_strategy(train_size: int, similarity: str, available: list[str] | None = None,
-                    classes: int | None = None, score: float | None = None) -> AutoChoice:
+def choose_strategy(
+    train_size: int,
+    similarity: str,
+    available: list[str] | None = None,
+    classes: int | None = None,
+    score: float | None = None,
+) -> AutoChoice:
     """The table in the module docstring, as a function.
 
     Args:
@@ -199,27 +202,47 @@ def choose_strategy(train_size: int, similarity: str, available: list[str] | Non
     if band == "small" and similarity == "high" and score is not None and score >= NEAR_PERFECT:
         where += f", frozen features already near-perfectly separable ({score:.2f} >= {NEAR_PERFECT})"
         if "feature_extraction" in available:
-            return AutoChoice("feature_extraction", {}, band, similarity,
-                              f"{where}: frozen features with a classic classifier (feature extraction).")
-        return AutoChoice("freeze", {}, band, similarity,
-                          f"{where}: feature extraction (linear probe on the frozen backbone; "
-                          "feature_extraction is not installed).")
+            return AutoChoice(
+                "feature_extraction",
+                {},
+                band,
+                similarity,
+                f"{where}: frozen features with a classic classifier (feature extraction).",
+            )
+        return AutoChoice(
+            "freeze",
+            {},
+            band,
+            similarity,
+            f"{where}: feature extraction (linear probe on the frozen backbone; feature_extraction is not installed).",
+        )
     if band == "small":
         # With the head started from a probe, light fine-tuning beat the frozen features on
         # fortunes (8 a class, 3 seeds: 0.825 vs 0.801) but not on tweets (0.725 vs 0.755, 3
         # seeds): docs/benchmarks/fewshot.md. Not settled; the race decides on larger sets.
-        return AutoChoice("partial", {"trainable_layers": 2}, band, similarity,
-                          f"{where}: light fine-tuning of the top 2 blocks from a probe-initialised head.")
+        return AutoChoice(
+            "partial",
+            {"trainable_layers": 2},
+            band,
+            similarity,
+            f"{where}: light fine-tuning of the top 2 blocks from a probe-initialised head.",
+        )
     if band == "medium" and similarity == "high":
-        return AutoChoice("partial", {"trainable_fraction": 0.5}, band, similarity,
-                          f"{where}: fine-tune the top half of the blocks.")
+        return AutoChoice(
+            "partial", {"trainable_fraction": 0.5}, band, similarity, f"{where}: fine-tune the top half of the blocks."
+        )
     if band == "medium":
         return AutoChoice("full", {}, band, similarity, f"{where}: fine-tune every layer.")
     if similarity == "high":
         return AutoChoice("full", {}, band, similarity, f"{where}: fine-tune every layer.")
-    return AutoChoice("full", {}, band, similarity,
-                      f"{where}: fine-tune every layer; with this much data from a distant domain, "
-                      "also train strategy.name=scratch and compare (negative transfer).")
+    return AutoChoice(
+        "full",
+        {},
+        band,
+        similarity,
+        f"{where}: fine-tune every layer; with this much data from a distant domain, "
+        "also train strategy.name=scratch and compare (negative transfer).",
+    )
 
 
 # ----------------------------------------------------------------------------------- measuring
@@ -262,8 +285,9 @@ class Measurement:
     classes: int
 
 
-def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed: int = 0,
-                       settings: Any = None) -> Measurement:
+def measure_similarity(
+    ctx, max_examples: int = 400, batch_size: int = 32, seed: int = 0, settings: Any = None
+) -> Measurement:
     """Normalised linear separability of the target labels in the frozen pretrained features.
 
     Args:
@@ -287,9 +311,12 @@ def measure_similarity(ctx, max_examples: int = 400, batch_size: int = 32, seed:
         score, bacc = separability(X[keep].astype(np.float64), labels[keep], seed)
         return Measurement(score, bacc, n, len(np.unique(labels[keep])))
     recipe = getattr(cfg, "recipe", "text_classification")
-    extractor = FeatureExtractor(task.build_model(), modality=recipe_modality(recipe, "text"),
-                                 spec=spec_from_settings(settings),
-                                 name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None))
+    extractor = FeatureExtractor(
+        task.build_model(),
+        modality=recipe_modality(recipe, "text"),
+        spec=spec_from_settings(settings),
+        name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None),
+    )
     feats = extract(extractor, task, sample, batch_size=batch_size)
     del extractor
     labels = np.asarray(list(sample["labels"]))
@@ -351,16 +378,18 @@ class Auto(Strategy):
             m = self.measurement
             if m.score is None:
                 similarity = "high"
-                self.note = (" Similarity could not be measured (a class has fewer than 2 examples); "
-                             "assumed high.")
+                self.note = " Similarity could not be measured (a class has fewer than 2 examples); assumed high."
             else:
                 similarity = "high" if m.score >= c.similarity_threshold else "low"
                 kind = getattr(ctx.task, "target_kind", "")  # label sets and numbers measure otherwise
-                what = {"regression": f"cross-validated ridge R^2 {m.balanced_accuracy:.3f}",
-                        "multilabel": f"mean per-label balanced accuracy {m.balanced_accuracy:.3f}, {m.classes} labels"
-                        }.get(kind, f"balanced accuracy {m.balanced_accuracy:.3f}, {m.classes} classes")
-                self.note = (f" Measured separability {m.score:.3f} ({what}, {m.examples} examples; threshold "
-                             f"{c.similarity_threshold}).")
+                what = {
+                    "regression": f"cross-validated ridge R^2 {m.balanced_accuracy:.3f}",
+                    "multilabel": f"mean per-label balanced accuracy {m.balanced_accuracy:.3f}, {m.classes} labels",
+                }.get(kind, f"balanced accuracy {m.balanced_accuracy:.3f}, {m.classes} classes")
+                self.note = (
+                    f" Measured separability {m.score:.3f} ({what}, {m.examples} examples; threshold "
+                    f"{c.similarity_threshold})."
+                )
         else:
             similarity = c.similarity
             self.note = " Similarity given by strategy.similarity."
@@ -369,8 +398,9 @@ class Auto(Strategy):
         if c.race:
             self._race(ctx)
         self.delegate = build_strategy(self._delegate_config(self.choice))
-        logger.info("auto: chose '%s': %s%s Decided by %s.", self.choice.name, self.choice.reason, self.note,
-                    self.decided_by)
+        logger.info(
+            "auto: chose '%s': %s%s Decided by %s.", self.choice.name, self.choice.reason, self.note, self.decided_by
+        )
         if self.choice.size_band == "large" and similarity == "low":
             logger.warning("auto: %s", self.choice.reason)
         self.delegate.prepare(ctx)
@@ -407,26 +437,45 @@ class Auto(Strategy):
         seed = getattr(getattr(getattr(ctx, "cfg", None), "training", None), "seed", 0)
         train_idx, held_idx = inner_split(labels, c.holdout_fraction, seed)
         if len(held_idx) < c.min_holdout:
-            self.decided_by = (f"prior: the race's held-out part would have {len(held_idx)} examples, fewer than "
-                               f"strategy.min_holdout={c.min_holdout}, too few to tell strategies apart")
+            self.decided_by = (
+                f"prior: the race's held-out part would have {len(held_idx)} examples, fewer than "
+                f"strategy.min_holdout={c.min_holdout}, too few to tell strategies apart"
+            )
             return
         available = available_strategies()
         order = [(self.choice.name, dict(self.choice.settings))]
         order += [(n, {}) for n in c.race_candidates if n != self.choice.name and n in available]
         t0 = time.time()
-        result = run_race(order, lambda n, st: score_on_inner_split(
-            ctx, n, st, train_idx, held_idx, lambda name, settings: self._delegate_config(
-                AutoChoice(name, settings, self.choice.size_band, self.choice.similarity, ""))),
-            train_fraction=len(train_idx) / len(labels), max_cost=c.max_cost)
+        result = run_race(
+            order,
+            lambda n, st: score_on_inner_split(
+                ctx,
+                n,
+                st,
+                train_idx,
+                held_idx,
+                lambda name, settings: self._delegate_config(
+                    AutoChoice(name, settings, self.choice.size_band, self.choice.similarity, "")
+                ),
+            ),
+            train_fraction=len(train_idx) / len(labels),
+            max_cost=c.max_cost,
+        )
         self.race_result, self.race_seconds = result, time.time() - t0
         won = result.entries[result.winner]
         scores = ", ".join(f"{e.name} {e.accuracy:.3f}" for e in result.entries if e.accuracy is not None)
-        self.decided_by = (f"race on {len(train_idx)} training / {len(held_idx)} held-out examples of the training "
-                           f"split: {scores}")
+        self.decided_by = (
+            f"race on {len(train_idx)} training / {len(held_idx)} held-out examples of the training split: {scores}"
+        )
         if won.name != self.choice.name or won.settings != self.choice.settings:
-            self.choice = AutoChoice(won.name, won.settings, self.choice.size_band, self.choice.similarity,
-                                     f"the race's best ({won.name}, held-out accuracy {won.accuracy:.3f}); "
-                                     f"the prior had said: {self.choice.reason}")
+            self.choice = AutoChoice(
+                won.name,
+                won.settings,
+                self.choice.size_band,
+                self.choice.similarity,
+                f"the race's best ({won.name}, held-out accuracy {won.accuracy:.3f}); "
+                f"the prior had said: {self.choice.reason}",
+            )
 
     def _delegate_config(self, choice: AutoChoice) -> StrategyConfig:
         cls = strategy_config_class(choice.name)
@@ -454,17 +503,19 @@ class Auto(Strategy):
         def rounded(x):
             return None if x is None else round(x, 4)
 
-        info.update({
-            "strategy": "auto",
-            "auto_choice": self.choice.name,
-            "auto_reason": self.choice.reason + self.note,
-            "auto_similarity": self.choice.similarity,
-            "auto_similarity_score": rounded(m.score) if m else None,
-            "auto_balanced_accuracy": rounded(m.balanced_accuracy) if m else None,
-            "auto_train_size": self.train_size,
-            "auto_size_band": self.choice.size_band,
-            "auto_decided_by": self.decided_by,
-        })
+        info.update(
+            {
+                "strategy": "auto",
+                "auto_choice": self.choice.name,
+                "auto_reason": self.choice.reason + self.note,
+                "auto_similarity": self.choice.similarity,
+                "auto_similarity_score": rounded(m.score) if m else None,
+                "auto_balanced_accuracy": rounded(m.balanced_accuracy) if m else None,
+                "auto_train_size": self.train_size,
+                "auto_size_band": self.choice.size_band,
+                "auto_decided_by": self.decided_by,
+            }
+        )
         r = self.race_result
         if r is not None:
             info.update(
@@ -477,16 +528,16 @@ class Auto(Strategy):
         return info
 
     def state_dict(self) -> dict[str, Any]:
-        return {"auto_choice": self.choice.name if self.choice else None,
-                "delegate": self._chosen().state_dict()}
+        return {"auto_choice": self.choice.name if self.choice else None, "delegate": self._chosen().state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
         saved = state.get("auto_choice")
         if saved and self.choice is not None and saved != self.choice.name:
-            logger.warning("auto: the checkpoint was trained with '%s', but this run chose '%s'.",
-                           saved, self.choice.name)
+            logger.warning(
+                "auto: the checkpoint was trained with '%s', but this run chose '%s'.", saved, self.choice.name
+            )
         self._chosen().load_state_dict(state.get("delegate") or {})
 
 

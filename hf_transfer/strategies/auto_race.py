@@ -50,9 +50,13 @@ class RaceEntry:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"strategy": self.name, **({"settings": self.settings} if self.settings else {}),
-                "inner_accuracy": None if self.accuracy is None else round(self.accuracy, 4),
-                "seconds": round(self.seconds, 2), **({"note": self.note} if self.note else {})}
+        return {
+            "strategy": self.name,
+            **({"settings": self.settings} if self.settings else {}),
+            "inner_accuracy": None if self.accuracy is None else round(self.accuracy, 4),
+            "seconds": round(self.seconds, 2),
+            **({"note": self.note} if self.note else {}),
+        }
 
 
 @dataclass
@@ -84,9 +88,15 @@ def inner_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
 
 
-def run_race(candidates: list[tuple[str, dict[str, Any]]], score: Callable[[str, dict[str, Any]], float],
-             *, train_fraction: float, max_cost: float, tie: float = 0.0,
-             clock: Callable[[], float] = time.time) -> RaceResult:
+def run_race(
+    candidates: list[tuple[str, dict[str, Any]]],
+    score: Callable[[str, dict[str, Any]], float],
+    *,
+    train_fraction: float,
+    max_cost: float,
+    tie: float = 0.0,
+    clock: Callable[[], float] = time.time,
+) -> RaceResult:
     """Score candidates in order within the cost limit (module docstring).
 
     Args:
@@ -104,8 +114,10 @@ def run_race(candidates: list[tuple[str, dict[str, Any]]], score: Callable[[str,
         if limit is not None:
             estimate = costliest
             if spent + estimate > limit:
-                entry.note = (f"not run: the race had spent {spent:.0f} s of its {limit:.0f} s limit and this "
-                              f"candidate was estimated at {estimate:.0f} s")
+                entry.note = (
+                    f"not run: the race had spent {spent:.0f} s of its {limit:.0f} s limit and this "
+                    f"candidate was estimated at {estimate:.0f} s"
+                )
                 continue
         t0 = clock()
         entry.accuracy = float(score(entry.name, entry.settings))
@@ -115,16 +127,24 @@ def run_race(candidates: list[tuple[str, dict[str, Any]]], score: Callable[[str,
         if i == 0:
             whole_run = entry.seconds / max(train_fraction, 1e-6)
             limit = max(0.0, (max_cost - 1.0)) * whole_run
-            notes.append(f"cost limit {limit:.0f} s = ({max_cost:g} - 1) x {whole_run:.0f} s, the estimated whole "
-                         f"run of the first candidate ({entry.name})")
+            notes.append(
+                f"cost limit {limit:.0f} s = ({max_cost:g} - 1) x {whole_run:.0f} s, the estimated whole "
+                f"run of the first candidate ({entry.name})"
+            )
     ran = [i for i, e in enumerate(entries) if e.accuracy is not None]
     best = max(entries[i].accuracy for i in ran)
     winner = next(i for i in ran if entries[i].accuracy >= best - tie)
     return RaceResult(winner, entries, spent, limit, 0, 0, notes)
 
 
-def score_on_inner_split(ctx, name: str, settings: dict[str, Any], train_idx: np.ndarray, held_idx: np.ndarray,
-                         make_config: Callable[[str, dict[str, Any]], Any]) -> float:
+def score_on_inner_split(
+    ctx,
+    name: str,
+    settings: dict[str, Any],
+    train_idx: np.ndarray,
+    held_idx: np.ndarray,
+    make_config: Callable[[str, dict[str, Any]], Any],
+) -> float:
     """Train strategy `name` on the inner training rows of `ctx.splits.train` and return its
     accuracy on the inner held-out rows; nothing outside a scratch folder is written."""
     import torch
@@ -160,8 +180,18 @@ def score_on_inner_split(ctx, name: str, settings: dict[str, Any], train_idx: np
             train_ds = task.preprocess(splits.train, train=True)
             eval_ds = task.preprocess(splits.eval, train=False)
             sampler = EpochSampler(len(train_ds), tr.seed, None, tr.batch_size)
-            trainer = Trainer(tr, task, adapted, strategy, groups, train_dataset=train_ds, eval_dataset=eval_ds,
-                              collate_fn=task.collate, train_sampler=sampler, output_dir=work)
+            trainer = Trainer(
+                tr,
+                task,
+                adapted,
+                strategy,
+                groups,
+                train_dataset=train_ds,
+                eval_dataset=eval_ds,
+                collate_fn=task.collate,
+                train_sampler=sampler,
+                output_dir=work,
+            )
             metrics = trainer.train()
             trainer.accelerator.free_memory()
         return float(metrics["eval_accuracy"])

@@ -19,8 +19,15 @@ from hf_transfer.engine.optim import layerwise_lr_scales  # noqa: F401  (the str
 from hf_transfer.registry import available_strategies, register_strategy, strategy_class
 from hf_transfer.registry import strategy_settings_class as strategy_config_class
 
-__all__ = ["RunContext", "Strategy", "available_strategies", "build_strategy", "register_strategy", "strategy_class",
-           "strategy_config_class"]
+__all__ = [
+    "RunContext",
+    "Strategy",
+    "available_strategies",
+    "build_strategy",
+    "register_strategy",
+    "strategy_class",
+    "strategy_config_class",
+]
 
 
 @dataclass
@@ -81,9 +88,7 @@ class Strategy:
 
     def lr_scales(self, groups: list) -> list[float]:
         """Learning-rate multiplier per layer group (bottom to top; head last)."""
-        return layerwise_lr_scales(
-            groups, self.config.layer_lr_decay, self.config.head_lr_multiplier
-        )
+        return layerwise_lr_scales(groups, self.config.layer_lr_decay, self.config.head_lr_multiplier)
 
     def fit(self, ctx, model: nn.Module, groups: list) -> dict[str, Any]:
         """Train without the engine (only when `trains_with_engine` is False); returns the metrics.
@@ -119,8 +124,10 @@ class Strategy:
         self.budget = budget
         if getattr(self, "_target_head_ctx", None) is not None and budget.epochs > 1:
             budget.epochs_per_eval = budget.epochs
-            budget.sources["epochs_per_eval"] = ("the last epoch only: the head is fitted again on the trained body "
-                                                 "at its start (strategies.head_init.refit_target_head)")
+            budget.sources["epochs_per_eval"] = (
+                "the last epoch only: the head is fitted again on the trained body "
+                "at its start (strategies.head_init.refit_target_head)"
+            )
 
     def refit_head(self, epoch: int, model: nn.Module) -> bool:
         """`strategies.head_init.refit_target_head` (a no-op unless the head of a label-set target
@@ -160,4 +167,3 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
-

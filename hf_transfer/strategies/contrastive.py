@@ -225,19 +225,25 @@ def check_label_sets(Y: np.ndarray, min_jaccard: float = 0.5) -> None:
         raise DataError("strategy contrastive needs at least two training rows.")
     keys, counts = np.unique(Y, axis=0, return_counts=True)
     if len(keys) < 2:
-        raise DataError("strategy contrastive: every training row has the same label set, so there is no negative "
-                        "pair (two rows whose label sets are disjoint). Check data.train and the label columns.")
+        raise DataError(
+            "strategy contrastive: every training row has the same label set, so there is no negative "
+            "pair (two rows whose label sets are disjoint). Check data.train and the label columns."
+        )
     inter = (keys[:, None, :] & keys[None, :, :]).sum(-1)
     union = (keys[:, None, :] | keys[None, :, :]).sum(-1)
     if not ((inter == 0) & (union > 0)).any():
-        raise DataError("strategy contrastive: no two training rows have disjoint label sets, so there is no "
-                        "negative pair. Use feature_extraction for this data.")
+        raise DataError(
+            "strategy contrastive: no two training rows have disjoint label sets, so there is no "
+            "negative pair. Use feature_extraction for this data."
+        )
     same = (counts >= 2).any()
     jacc = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     np.fill_diagonal(jacc, 0.0)
     if not same and not (jacc >= min_jaccard).any():
-        raise DataError(f"strategy contrastive: no two training rows share a label set or overlap by Jaccard >= "
-                        f"{min_jaccard:g}, so there is no positive pair. Use feature_extraction for this data.")
+        raise DataError(
+            f"strategy contrastive: no two training rows share a label set or overlap by Jaccard >= "
+            f"{min_jaccard:g}, so there is no positive pair. Use feature_extraction for this data."
+        )
 
 
 def sample_label_set_pairs(Y: np.ndarray, num_pairs: int, seed: int = 0, min_jaccard: float = 0.5) -> np.ndarray:
@@ -263,8 +269,10 @@ def sample_label_set_pairs(Y: np.ndarray, num_pairs: int, seed: int = 0, min_jac
         if k == 0:
             return np.empty((0, 2), dtype=np.int64)
         if len(candidates) == 0:
-            raise DataError("strategy contrastive: the training label sets give no "
-                            f"{'positive' if candidates is pos else 'negative'} pair.")
+            raise DataError(
+                "strategy contrastive: the training label sets give no "
+                f"{'positive' if candidates is pos else 'negative'} pair."
+            )
         rounds = [rng.permutation(candidates) for _ in range(math.ceil(k / len(candidates)))]
         return np.concatenate(rounds)[:k]
 
@@ -414,8 +422,11 @@ class Contrastive(Strategy):
         names = list(task.labels.names) if getattr(task, "labels", None) is not None else None
         self._singles = check_labels(labels, names, self.config.single_example_classes)
         if self._singles:
-            logger.warning("contrastive: %d class(es) with a single training example take part in negative "
-                           "pairs only (strategy.single_example_classes=negatives_only).", len(self._singles))
+            logger.warning(
+                "contrastive: %d class(es) with a single training example take part in negative "
+                "pairs only (strategy.single_example_classes=negatives_only).",
+                len(self._singles),
+            )
 
     def trainable_blocks(self, groups: list) -> int:
         return top_blocks(groups, self.config.trainable_layers, self.config.trainable_fraction)
@@ -430,8 +441,9 @@ class Contrastive(Strategy):
                 "(`hf-transfer layers MODEL` lists them)."
             )
         if k == 0:
-            raise ConfigError("strategy.trainable_layers=0 trains nothing with the pairs: that is "
-                              "strategy.name=feature_extraction.")
+            raise ConfigError(
+                "strategy.trainable_layers=0 trains nothing with the pairs: that is strategy.name=feature_extraction."
+            )
         keep_frozen = frozenset(id(p) for p in model.parameters() if not p.requires_grad)
         chosen = {id(g) for g in groups_at_depth(groups, k) if g.kind == "block"}
         set_trainable(model, groups, lambda g: id(g) in chosen, keep_frozen)
@@ -458,14 +470,26 @@ class Contrastive(Strategy):
         multilabel = getattr(task, "target_kind", "") == "multilabel"
         labels = np.asarray(list(ctx.splits.train["labels"]) if multilabel else ctx.splits.train["labels"])
         n_pairs = pair_budget(self.config, len(labels))
-        pairs = (sample_label_set_pairs(labels, n_pairs, seed=cfg.training.seed, min_jaccard=self.config.min_jaccard)
-                 if multilabel else sample_pairs(labels, n_pairs, seed=cfg.training.seed))
-        extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe), spec=spec_from_settings(self.config),
-                                     name_or_path=cfg.model.name_or_path)
+        pairs = (
+            sample_label_set_pairs(labels, n_pairs, seed=cfg.training.seed, min_jaccard=self.config.min_jaccard)
+            if multilabel
+            else sample_pairs(labels, n_pairs, seed=cfg.training.seed)
+        )
+        extractor = FeatureExtractor(
+            model,
+            modality=recipe_modality(cfg.recipe),
+            spec=spec_from_settings(self.config),
+            name_or_path=cfg.model.name_or_path,
+        )
         examples, collate, plan = self._examples(ctx, model, groups)
         trainer = self._trainer(ctx, PairEncoder(model, extractor, plan), pairs, PairCollator(examples, collate))
-        logger.info("contrastive: %d pairs (%d positive) over %d examples, %d optimizer steps.",
-                    n_pairs, int(pairs[:, 2].sum()), len(labels), trainer.total_steps)
+        logger.info(
+            "contrastive: %d pairs (%d positive) over %d examples, %d optimizer steps.",
+            n_pairs,
+            int(pairs[:, 2].sum()),
+            len(labels),
+            trainer.total_steps,
+        )
         train_metrics = trainer.train()
         body_seconds = time.time() - start
 
@@ -479,13 +503,15 @@ class Contrastive(Strategy):
         X, y = feats["train"]
         self._info = self._record(trainer, fx, clf, X.shape[1], pairs, plan)
         self._write_run(ctx, trainer, model, fx, clf)
-        metrics.update({
-            "train_runtime": round(runtime, 3),
-            "contrastive_seconds": round(body_seconds, 3),
-            "train_steps": trainer.state.global_step,
-            "budget": train_metrics.get("budget"),
-            "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
-        })
+        metrics.update(
+            {
+                "train_runtime": round(runtime, 3),
+                "contrastive_seconds": round(body_seconds, 3),
+                "train_steps": trainer.state.global_step,
+                "budget": train_metrics.get("budget"),
+                "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
+            }
+        )
         metrics["_model"] = model
         return metrics
 
@@ -499,9 +525,15 @@ class Contrastive(Strategy):
         examples = task.preprocess(train, train=True)
         if not (self.config.cache_prefix or cfg.training.cache_frozen_prefix):
             return examples, task.collate, None
-        cache = setup_prefix_cache(model, groups, task, lambda: [task.preprocess(train, train=False)],
-                                   batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
-                                   augmentation=cfg.data.augmentation.enabled, log_name="contrastive: ")
+        cache = setup_prefix_cache(
+            model,
+            groups,
+            task,
+            lambda: [task.preprocess(train, train=False)],
+            batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
+            augmentation=cfg.data.augmentation.enabled,
+            log_name="contrastive: ",
+        )
         if cache is None:
             return examples, task.collate, None
         return cache.datasets[0], cache.collate, cache.plan
@@ -515,8 +547,18 @@ class Contrastive(Strategy):
         tc = ctx.cfg.training
         pair_ds = PairDataset(pairs)
         sampler = EpochSampler(len(pair_ds), tc.seed, None, tc.batch_size)
-        return Trainer(tc, PairTask(ctx.task), encoder, self, layer_groups(encoder), pair_ds, None, collator,
-                       sampler, Path(ctx.output_dir))
+        return Trainer(
+            tc,
+            PairTask(ctx.task),
+            encoder,
+            self,
+            layer_groups(encoder),
+            pair_ds,
+            None,
+            collator,
+            sampler,
+            Path(ctx.output_dir),
+        )
 
     def _body_features(self, ctx, model: nn.Module, extractor, device):
         """The trained body's feature extractor and its features per split (never cached: the
@@ -525,10 +567,17 @@ class Contrastive(Strategy):
 
         cfg = ctx.cfg
         model.eval()
-        fx = FeatureExtractor(model, modality=extractor.modality, spec=extractor.spec,
-                              name_or_path=cfg.model.name_or_path)
-        feats, _ = split_features(fx, ctx.task, ctx.splits, device=device, cache=False,
-                                  batch_size=cfg.training.eval_batch_size or cfg.training.batch_size)
+        fx = FeatureExtractor(
+            model, modality=extractor.modality, spec=extractor.spec, name_or_path=cfg.model.name_or_path
+        )
+        feats, _ = split_features(
+            fx,
+            ctx.task,
+            ctx.splits,
+            device=device,
+            cache=False,
+            batch_size=cfg.training.eval_batch_size or cfg.training.batch_size,
+        )
         return fx, feats
 
     def _fit_classifier(self, ctx, model: nn.Module, extractor, device):
@@ -568,8 +617,9 @@ class Contrastive(Strategy):
         acc.wait_for_everyone()
         acc.end_training()
 
-    def _fit_label_sets(self, ctx, model, fx, feats, trainer, train_metrics, pairs, plan, start,
-                        body_seconds) -> dict[str, Any]:
+    def _fit_label_sets(
+        self, ctx, model, fx, feats, trainer, train_metrics, pairs, plan, start, body_seconds
+    ) -> dict[str, Any]:
         """Multi-label: `feature_targets.fit_targets` on the trained body's features (one-vs-rest
         logistic regression, thresholds, the run folder through `models.feature_run`)."""
         import json
@@ -584,7 +634,7 @@ class Contrastive(Strategy):
             "contrastive_pairs": len(pairs),
             "contrastive_positive_pairs": int(pairs[:, 2].sum()),
             "contrastive_pair_rule": f"positive: same label set or Jaccard >= {self.config.min_jaccard:g}; "
-                                     "negative: disjoint label sets",
+            "negative: disjoint label sets",
             "contrastive_steps": trainer.state.global_step,
             "contrastive_first_loss": round(float(losses[0]), 5) if losses else None,
             "contrastive_last_loss": round(float(losses[-1]), 5) if losses else None,
@@ -595,10 +645,12 @@ class Contrastive(Strategy):
         if acc.is_main_process:
             (Path(ctx.output_dir) / "history.json").write_text(json.dumps(history, indent=1))
         acc.end_training()
-        metrics.update({
-            "contrastive_seconds": round(body_seconds, 3),
-            "train_steps": trainer.state.global_step,
-            "budget": train_metrics.get("budget"),
-        })
+        metrics.update(
+            {
+                "contrastive_seconds": round(body_seconds, 3),
+                "train_steps": trainer.state.global_step,
+                "budget": train_metrics.get("budget"),
+            }
+        )
         metrics["_model"] = model
         return metrics

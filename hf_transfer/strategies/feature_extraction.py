@@ -148,16 +148,33 @@ def features_are_head_input(extractor: FeatureExtractor, model: nn.Module, head,
     return x.shape == h.shape and torch.allclose(x, h, rtol=1e-4, atol=1e-5)
 
 
-def split_features(extractor: FeatureExtractor, task, splits, *, batch_size: int, device, cache: bool = True,
-                   cache_dir: str | None = None, autocast=None) -> tuple[dict[str, tuple], list[bool]]:
+def split_features(
+    extractor: FeatureExtractor,
+    task,
+    splits,
+    *,
+    batch_size: int,
+    device,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    autocast=None,
+) -> tuple[dict[str, tuple], list[bool]]:
     """Features of every split there is (`train`, `eval`, `test`): role -> (float64 X, labels),
     and for each whether it came from the feature cache."""
     feats, hits = {}, []
     for role, ds in (("train", splits.train), ("eval", splits.eval), ("test", splits.test)):
         if ds is None:
             continue
-        f = extract(extractor, task, ds, batch_size=batch_size, device=device, cache=cache,
-                    cache_dir=cache_dir, autocast=autocast)
+        f = extract(
+            extractor,
+            task,
+            ds,
+            batch_size=batch_size,
+            device=device,
+            cache=cache,
+            cache_dir=cache_dir,
+            autocast=autocast,
+        )
         feats[role] = (f.X.astype(np.float64), f.y)
         hits.append(f.cache_hit)
     return feats, hits
@@ -168,8 +185,16 @@ def fit_feature_classifier(settings: FeatureExtractionConfig, training, task, X:
     with the task's class weights and `training`'s seed, weight decay and label smoothing."""
     num_labels = len(task.labels) if getattr(task, "labels", None) is not None else int(y.max()) + 1
     cw = getattr(task, "class_weights", None)
-    return fit_classifier(settings, X, y, num_labels, cw.numpy() if cw is not None else None, seed=training.seed,
-                          weight_decay=training.weight_decay, label_smoothing=training.label_smoothing)
+    return fit_classifier(
+        settings,
+        X,
+        y,
+        num_labels,
+        cw.numpy() if cw is not None else None,
+        seed=training.seed,
+        weight_decay=training.weight_decay,
+        label_smoothing=training.label_smoothing,
+    )
 
 
 def held_out_metrics(clf, feats: dict[str, tuple], task) -> dict[str, Any]:
@@ -181,12 +206,21 @@ def held_out_metrics(clf, feats: dict[str, tuple], task) -> dict[str, Any]:
     return metrics
 
 
-def write_feature_run(out, model: nn.Module, task, clf, extractor: FeatureExtractor, data, *, head_written: bool,
-                      record: dict) -> str:
+def write_feature_run(
+    out, model: nn.Module, task, clf, extractor: FeatureExtractor, data, *, head_written: bool, record: dict
+) -> str:
     """`models.feature_run.save_feature_run` with the task's label names and `data.max_length`."""
-    return save_feature_run(Path(out), model, task, clf, extractor, head_written=head_written,
-                            labels=list(task.labels.names), max_length=getattr(data, "max_length", None),
-                            record=record)
+    return save_feature_run(
+        Path(out),
+        model,
+        task,
+        clf,
+        extractor,
+        head_written=head_written,
+        labels=list(task.labels.names),
+        max_length=getattr(data, "max_length", None),
+        record=record,
+    )
 
 
 @register_strategy("feature_extraction", FeatureExtractionConfig)
@@ -234,16 +268,25 @@ class FeatureExtraction(Strategy):
             metrics, self._fitted = fit_token_probe(self, ctx, model)
             return metrics
         start = time.time()
-        extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe), spec=spec_from_settings(c),
-                                     name_or_path=cfg.model.name_or_path)
+        extractor = FeatureExtractor(
+            model, modality=recipe_modality(cfg.recipe), spec=spec_from_settings(c), name_or_path=cfg.model.name_or_path
+        )
         device = default_device()
         autocast = None
         if cfg.training.mixed_precision != "no" and torch.device(device).type != "cpu":
             autocast = torch.bfloat16 if cfg.training.mixed_precision == "bf16" else torch.float16
         bs = cfg.training.eval_batch_size or cfg.training.batch_size
 
-        feats, hits = split_features(extractor, task, splits, batch_size=bs, device=device, cache=c.use_cache,
-                                     cache_dir=c.cache_dir, autocast=autocast)
+        feats, hits = split_features(
+            extractor,
+            task,
+            splits,
+            batch_size=bs,
+            device=device,
+            cache=c.use_cache,
+            cache_dir=c.cache_dir,
+            autocast=autocast,
+        )
         feature_seconds = time.time() - start
 
         if getattr(task, "target_kind", ""):  # label sets or numbers: strategies.feature_targets
@@ -265,29 +308,50 @@ class FeatureExtraction(Strategy):
             head = None
         # Only these features can be the head's input (a mean or a normalised vector never is for
         # a transformers head); a few examples confirm it, so cached runs rarely touch the model.
-        candidate = (extractor.pooling in (("pooler",), ("head_input",), ("auto",)) and not extractor.normalize
-                     and extractor.spec.layers == "last")
-        if (isinstance(clf, LinearProbe) and head is not None and head.linear is not None and candidate
-                and features_are_head_input(extractor, model, head, task, splits.train, device)):
+        candidate = (
+            extractor.pooling in (("pooler",), ("head_input",), ("auto",))
+            and not extractor.normalize
+            and extractor.spec.layers == "last"
+        )
+        if (
+            isinstance(clf, LinearProbe)
+            and head is not None
+            and head.linear is not None
+            and candidate
+            and features_are_head_input(extractor, model, head, task, splits.train, device)
+        ):
             head_written = write_into_head(model.get_submodule(head.linear), clf)
         self._fitted = {"head_written": head_written, **fit_record(extractor, clf, X.shape[1])}
         layout = "head" if head_written else ("setfit" if setfit_compatible(extractor) else "beside")
         self._fitted["run_layout"] = layout
         if layout != "head":
-            logger.info("The %s classifier is saved beside the model (%s layout): hf-transfer evaluate/predict "
-                        "use it%s.", c.classifier, layout,
-                        "; so does setfit.SetFitModel.from_pretrained" if layout == "setfit" else "")
+            logger.info(
+                "The %s classifier is saved beside the model (%s layout): hf-transfer evaluate/predict use it%s.",
+                c.classifier,
+                layout,
+                "; so does setfit.SetFitModel.from_pretrained" if layout == "setfit" else "",
+            )
         if _is_main():
-            write_feature_run(ctx.output_dir, model, task, clf, extractor, cfg.data, head_written=head_written,
-                              record={k: v for k, v in self._fitted.items() if k != "head_written"})
+            write_feature_run(
+                ctx.output_dir,
+                model,
+                task,
+                clf,
+                extractor,
+                cfg.data,
+                head_written=head_written,
+                record={k: v for k, v in self._fitted.items() if k != "head_written"},
+            )
 
-        metrics.update({
-            "train_runtime": round(runtime, 3),
-            "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
-            "feature_seconds": round(feature_seconds, 3),
-            "classifier_seconds": round(classifier_seconds, 3),
-            "feature_cache_hit": bool(hits) and all(hits),
-        })
+        metrics.update(
+            {
+                "train_runtime": round(runtime, 3),
+                "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
+                "feature_seconds": round(feature_seconds, 3),
+                "classifier_seconds": round(classifier_seconds, 3),
+                "feature_cache_hit": bool(hits) and all(hits),
+            }
+        )
         return metrics
 
 

@@ -38,8 +38,10 @@ def fit_targets(strategy, ctx, model, extractor, feats: dict, hits: list, start:
 
     c, cfg, task, splits = strategy.config, ctx.cfg, ctx.task, ctx.splits
     if c.classifier not in SUPPORTED:
-        raise ConfigError(f"strategy.classifier={c.classifier} is not available for recipe {cfg.recipe}: use "
-                          "logistic_regression (one-vs-rest for label sets, ridge for numbers).")
+        raise ConfigError(
+            f"strategy.classifier={c.classifier} is not available for recipe {cfg.recipe}: use "
+            "logistic_regression (one-vs-rest for label sets, ridge for numbers)."
+        )
     feature_seconds = time.time() - start
     X, y = feats["train"]
     t0 = time.time()
@@ -69,33 +71,57 @@ def fit_targets(strategy, ctx, model, extractor, feats: dict, hits: list, start:
         head = locate_head_input(model, "auto", extractor.modality == "text")
     except ModelError:
         head = None
-    candidate = (extractor.pooling in (("pooler",), ("head_input",), ("auto",)) and not extractor.normalize
-                 and extractor.spec.layers == "last")
-    if (head is not None and head.linear is not None and candidate
-            and features_are_head_input(extractor, model, head, task, splits.train, device)):
+    candidate = (
+        extractor.pooling in (("pooler",), ("head_input",), ("auto",))
+        and not extractor.normalize
+        and extractor.spec.layers == "last"
+    )
+    if (
+        head is not None
+        and head.linear is not None
+        and candidate
+        and features_are_head_input(extractor, model, head, task, splits.train, device)
+    ):
         head_written = write_into_head(model.get_submodule(head.linear), probe)
-    fitted = {"head_written": head_written, **fit_record(extractor, probe, X.shape[1]),
-              "run_layout": "head" if head_written else "beside", "classifier": probe.kind}
+    fitted = {
+        "head_written": head_written,
+        **fit_record(extractor, probe, X.shape[1]),
+        "run_layout": "head" if head_written else "beside",
+        "classifier": probe.kind,
+    }
     if refit:
-        fitted["refit"] = (f"fitted again on the {len(y)} training + carved eval rows after the eval split "
-                           "was scored (eval metrics: the fit on the training rows alone)")
+        fitted["refit"] = (
+            f"fitted again on the {len(y)} training + carved eval rows after the eval split "
+            "was scored (eval metrics: the fit on the training rows alone)"
+        )
     strategy._fitted = fitted
     if not head_written:
-        logger.info("The %s is saved beside the model (%s): hf-transfer evaluate/predict use it; "
-                    "plain transformers would not.", probe.kind, CLASSIFIER_TENSORS_FILE)
+        logger.info(
+            "The %s is saved beside the model (%s): hf-transfer evaluate/predict use it; plain transformers would not.",
+            probe.kind,
+            CLASSIFIER_TENSORS_FILE,
+        )
     if _is_main():
         fitted["run_layout"] = save_feature_run(
-            Path(ctx.output_dir), model, task, probe, extractor, head_written=head_written,
+            Path(ctx.output_dir),
+            model,
+            task,
+            probe,
+            extractor,
+            head_written=head_written,
             labels=list(task.labels.names) if multilabel else ["score"],
             max_length=getattr(cfg.data, "max_length", None),
-            record={k: v for k, v in fitted.items() if k not in ("head_written", "run_layout", "classifier")})
-    metrics.update({
-        "train_runtime": round(runtime, 3),
-        "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
-        "feature_seconds": round(feature_seconds, 3),
-        "classifier_seconds": round(classifier_seconds, 3),
-        "feature_cache_hit": bool(hits) and all(hits),
-    })
+            record={k: v for k, v in fitted.items() if k not in ("head_written", "run_layout", "classifier")},
+        )
+    metrics.update(
+        {
+            "train_runtime": round(runtime, 3),
+            "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
+            "feature_seconds": round(feature_seconds, 3),
+            "classifier_seconds": round(classifier_seconds, 3),
+            "feature_cache_hit": bool(hits) and all(hits),
+        }
+    )
     return metrics
 
 
@@ -104,16 +130,20 @@ def _eval_carved(cfg) -> bool:
     training rows are the whole of what is left (no `data.train_indices` / `max_train_samples`
     subsample, which fixes the training rows on purpose)."""
     d = cfg.data
-    return (not (d.eval is not None and d.eval.name) and not getattr(d, "train_indices", None)
-            and getattr(d, "max_train_samples", None) is None)
+    return (
+        not (d.eval is not None and d.eval.name)
+        and not getattr(d, "train_indices", None)
+        and getattr(d, "max_train_samples", None) is None
+    )
 
 
 def _fit(task, c, cfg, X: np.ndarray, y: np.ndarray):
     """The linear model on `(X, y)`; for label sets also the thresholds, set on the task."""
     if task.target_kind == "multilabel":
         fixed = task._fixed()
-        probe, thresholds, record = fit_multilabel(X, y, C=c.C, balanced=True, max_iter=c.max_iter,
-                                                   seed=cfg.training.seed, tune=fixed is None)
+        probe, thresholds, record = fit_multilabel(
+            X, y, C=c.C, balanced=True, max_iter=c.max_iter, seed=cfg.training.seed, tune=fixed is None
+        )
         if fixed is not None:
             thresholds = np.full(len(task.labels), fixed)
         task.thresholds = thresholds

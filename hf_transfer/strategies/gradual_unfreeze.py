@@ -57,9 +57,7 @@ class GradualUnfreezeConfig(StrategyConfig):
             for m in self.milestones:
                 check_non_negative(m, "milestones[]")
             if list(self.milestones) != sorted(set(self.milestones)):
-                raise ConfigError(
-                    f"strategy.milestones must be strictly increasing epochs, got {self.milestones!r}."
-                )
+                raise ConfigError(f"strategy.milestones must be strictly increasing epochs, got {self.milestones!r}.")
 
 
 @register_strategy("gradual_unfreeze", GradualUnfreezeConfig)
@@ -94,8 +92,11 @@ class GradualUnfreeze(GroupFreezing):
 
     def _schedule(self) -> dict[str, Any]:
         c = self.config
-        return {"blocks_per_step": c.blocks_per_step, "unfreeze_every": c.unfreeze_every,
-                "milestones": list(c.milestones or [])}
+        return {
+            "blocks_per_step": c.blocks_per_step,
+            "unfreeze_every": c.unfreeze_every,
+            "milestones": list(c.milestones or []),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "depth": self.depth, "schedule": self._schedule()}
@@ -108,7 +109,8 @@ class GradualUnfreeze(GroupFreezing):
             logger.warning(
                 "gradual_unfreeze: the checkpoint was trained with schedule %s, this run uses %s; "
                 "the freezing follows this run's settings from the resumed epoch on.",
-                saved, self._schedule(),
+                saved,
+                self._schedule(),
             )
         self.epoch = int(state.get("epoch", 0))
         self.depth = state.get("depth", self.depth)

@@ -50,8 +50,9 @@ def _probe_settings() -> SimpleNamespace:
     return SimpleNamespace(classifier="logistic_regression", C=1.0, max_iter=1000, standardize=False)
 
 
-def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT_MAX_EXAMPLES,
-                         batch_size: int | None = None) -> dict[str, Any]:
+def init_head_from_probe(
+    ctx, model: nn.Module, *, max_examples: int = HEAD_INIT_MAX_EXAMPLES, batch_size: int | None = None
+) -> dict[str, Any]:
     """Fit a logistic regression on what the head reads and write it into the head.
 
     Args:
@@ -82,19 +83,30 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
         # Measured worse: on the tweet-confidence benchmark (MiniLM, 200 rows, `full`, seeds 0 and 1)
         # a head started as the ridge regression on its input ended at RMSE 0.195 / 0.205 against
         # 0.184 / 0.182 with the random head (and 0.195 / 0.203 when also fitted again at the last epoch).
-        return {"head_init": "random", "head_init_reason": "a numeric target keeps the random head (a ridge start "
-                                                           "measured worse on the regression benchmark)"}
-    if (not str(recipe).endswith("_classification") or token_level
-            or problem in ("regression", "multi_label_classification")):
-        return {"head_init": "random", "head_init_reason": f"a probe initialises single-label classification heads "
-                                                           f"only (recipe {recipe}, problem type {problem})"}
+        return {
+            "head_init": "random",
+            "head_init_reason": "a numeric target keeps the random head (a ridge start "
+            "measured worse on the regression benchmark)",
+        }
+    if (
+        not str(recipe).endswith("_classification")
+        or token_level
+        or problem in ("regression", "multi_label_classification")
+    ):
+        return {
+            "head_init": "random",
+            "head_init_reason": f"a probe initialises single-label classification heads "
+            f"only (recipe {recipe}, problem type {problem})",
+        }
     try:
         head = locate_head_input(model, "auto", modality == "text")
     except ModelError as e:
         return {"head_init": "random", "head_init_reason": str(e)}
     if head.linear is None:
-        return {"head_init": "random",
-                "head_init_reason": f"the head ({', '.join(head.candidates)}) is not one linear layer"}
+        return {
+            "head_init": "random",
+            "head_init_reason": f"the head ({', '.join(head.candidates)}) is not one linear layer",
+        }
     linear = model.get_submodule(head.linear)
     train = ctx.splits.train
     seed = int(getattr(getattr(cfg, "training", None), "seed", 0) or 0)
@@ -108,8 +120,12 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
     training = getattr(cfg, "training", None)
     bs = batch_size or getattr(training, "eval_batch_size", None) or getattr(training, "batch_size", None) or 32
     t0 = time.time()
-    extractor = FeatureExtractor(model, modality=modality, spec=FeatureSpec(pooling="head_input"),
-                                 name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None))
+    extractor = FeatureExtractor(
+        model,
+        modality=modality,
+        spec=FeatureSpec(pooling="head_input"),
+        name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None),
+    )
     feats = extract(extractor, ctx.task, sample, batch_size=bs)
     X = feats.X.astype(np.float64)
     probe = fit_classifier(_probe_settings(), X, labels, linear.out_features, seed=seed)
@@ -121,10 +137,19 @@ def init_head_from_probe(ctx, model: nn.Module, *, max_examples: int = HEAD_INIT
         }
     accuracy = float(np.mean(probe.predict(X) == labels))
     seconds = round(time.time() - t0, 2)
-    logger.info("Head initialised from a logistic regression on its input (%d training examples, training "
-                "accuracy %.3f, %.1f s).", n, accuracy, seconds)
-    return {"head_init": "probe", "head_init_examples": n, "head_init_train_accuracy": round(accuracy, 4),
-            "head_init_seconds": seconds}
+    logger.info(
+        "Head initialised from a logistic regression on its input (%d training examples, training "
+        "accuracy %.3f, %.1f s).",
+        n,
+        accuracy,
+        seconds,
+    )
+    return {
+        "head_init": "probe",
+        "head_init_examples": n,
+        "head_init_train_accuracy": round(accuracy, 4),
+        "head_init_seconds": seconds,
+    }
 
 
 def _head_linear(model: nn.Module, modality: str) -> tuple[nn.Linear | None, str]:
@@ -148,8 +173,9 @@ def _head_linear(model: nn.Module, modality: str) -> tuple[nn.Linear | None, str
     return model.get_submodule(head.linear), ""
 
 
-def _init_target_head(ctx, model: nn.Module, kind: str, *, max_examples: int,
-                      batch_size: int | None, cache: bool = True) -> dict[str, Any]:
+def _init_target_head(
+    ctx, model: nn.Module, kind: str, *, max_examples: int, batch_size: int | None, cache: bool = True
+) -> dict[str, Any]:
     """Label sets (`tasks.multilabel`): what `feature_extraction` fits for them, on the head's input.
 
     One-vs-rest logistic regression, each label balanced as scikit-learn's
@@ -179,8 +205,12 @@ def _init_target_head(ctx, model: nn.Module, kind: str, *, max_examples: int,
     t0 = time.time()
     # normalize=False: exactly what the linear layer reads (a sentence-transformers checkpoint's
     # convention would L2-normalise the vectors, and the probe would not fit the head's input).
-    extractor = FeatureExtractor(model, modality=modality, spec=FeatureSpec(pooling="head_input", normalize=False),
-                                 name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None))
+    extractor = FeatureExtractor(
+        model,
+        modality=modality,
+        spec=FeatureSpec(pooling="head_input", normalize=False),
+        name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None),
+    )
     X = extract(extractor, ctx.task, sample, batch_size=bs, cache=cache).X.astype(np.float64)
     record: dict[str, Any] = {"head_init": "probe", "head_init_examples": n}
     probe, _, _ = fit_multilabel(X, Y, C=1.0, balanced=True, seed=seed, tune=False)
@@ -188,12 +218,18 @@ def _init_target_head(ctx, model: nn.Module, kind: str, *, max_examples: int,
     record["head_init_probe"] = "one-vs-rest logistic regression (balanced, C=1)"
     record["head_init_train_f1_macro"] = round(float(_macro_f1(P >= 0.5, Y)), 4)
     if not write_into_head(linear, probe):
-        return {"head_init": "random", "head_init_reason": f"the probe {probe.weight.shape} does not fit the head "
-                                                           f"{tuple(linear.weight.shape)}"}
+        return {
+            "head_init": "random",
+            "head_init_reason": f"the probe {probe.weight.shape} does not fit the head {tuple(linear.weight.shape)}",
+        }
     ctx.task.balanced_head = True  # thresholds: 0.5 unless the eval split can move them (tasks.multilabel)
     record["head_init_seconds"] = round(time.time() - t0, 2)
-    logger.info("Head initialised from a %s on its input (%d training examples, %.1f s).",
-                record["head_init_probe"], n, record["head_init_seconds"])
+    logger.info(
+        "Head initialised from a %s on its input (%d training examples, %.1f s).",
+        record["head_init_probe"],
+        n,
+        record["head_init_seconds"],
+    )
     return record
 
 
@@ -255,8 +291,9 @@ def refit_target_head(strategy, epoch: int, model: nn.Module) -> bool:
             p.requires_grad_(False)
             frozen += 1
     strategy._head_refit_froze_body = frozen > 0
-    logger.info("Epoch %d (the last): the head was fitted again on the trained body, which is frozen from here on.",
-                epoch)
+    logger.info(
+        "Epoch %d (the last): the head was fitted again on the trained body, which is frozen from here on.", epoch
+    )
     return frozen > 0
 
 

@@ -55,6 +55,7 @@ class IA3(PeftStrategy):
             roles = dict(block_linear_roles(model, groups))
             feedforward = [n for n in target_modules if roles.get(n) == "ffn_out"]
         return IA3Config(
-            target_modules=target_modules, feedforward_modules=feedforward,
+            target_modules=target_modules,
+            feedforward_modules=feedforward,
             modules_to_save=modules_to_save or None,
         )

@@ -64,8 +64,12 @@ class Lora(PeftStrategy):
 
         c = self.config
         return LoraConfig(
-            r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=target_modules,
-            modules_to_save=modules_to_save or None, bias="none",
+            r=c.r,
+            lora_alpha=c.alpha,
+            lora_dropout=c.dropout,
+            target_modules=target_modules,
+            modules_to_save=modules_to_save or None,
+            bias="none",
             # PEFT's token-classification wrapper: the saved adapter says what it is for
             # (AutoPeftModelForTokenClassification reloads it).
             task_type="TOKEN_CLS" if type(model).__name__.endswith("ForTokenClassification") else None,

@@ -53,7 +53,9 @@ class LinearProbeThenFineTune(GroupFreezing):
         if epochs is not None and self.config.probe_epochs >= epochs:
             logger.warning(
                 "lp_ft: strategy.probe_epochs=%d >= training.epochs=%s, so the full fine-tuning phase "
-                "never starts (this is a plain linear probe).", self.config.probe_epochs, epochs,
+                "never starts (this is a plain linear probe).",
+                self.config.probe_epochs,
+                epochs,
             )
 
     def depth_at(self, epoch: int, groups: list) -> int | None:

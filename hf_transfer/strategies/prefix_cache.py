@@ -74,8 +74,9 @@ def first_trainable_group(groups: list) -> int | None:
     return None
 
 
-def prefix_cache_blocker(model: nn.Module, groups: list, first_trainable: int | None,
-                         augmentation: bool = False) -> str | None:
+def prefix_cache_blocker(
+    model: nn.Module, groups: list, first_trainable: int | None, augmentation: bool = False
+) -> str | None:
     """Why the frozen prefix of `model` cannot be cached, or None when it can (module docstring).
 
     Args:
@@ -196,8 +197,9 @@ class CachedPrefixDataset(Dataset):
 def collate_prefix(features: list[dict]) -> dict[str, torch.Tensor]:
     """Right-pad cached hidden states (zeros) and masks (0) to the batch's longest example."""
     longest = max(f[HIDDEN_KEY].shape[0] for f in features)
-    hidden = torch.stack([nn.functional.pad(f[HIDDEN_KEY], (0, 0, 0, longest - f[HIDDEN_KEY].shape[0]))
-                          for f in features])
+    hidden = torch.stack(
+        [nn.functional.pad(f[HIDDEN_KEY], (0, 0, 0, longest - f[HIDDEN_KEY].shape[0])) for f in features]
+    )
     labels = [f["labels"] for f in features]
     if isinstance(labels[0], (list, tuple)) or getattr(labels[0], "ndim", 0) > 0:  # label sets: one row each
         labels_t = torch.as_tensor(np.asarray([np.asarray(x, dtype=np.float32) for x in labels]))
@@ -211,9 +213,16 @@ def collate_prefix(features: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def build_prefix_cache(model: nn.Module, plan: PrefixPlan, dataset, collate_fn: Callable, batch_size: int = 32,
-                       model_inputs: Callable | None = None, device=None,
-                       storage_dtype: torch.dtype = torch.float32) -> CachedPrefixDataset:
+def build_prefix_cache(
+    model: nn.Module,
+    plan: PrefixPlan,
+    dataset,
+    collate_fn: Callable,
+    batch_size: int = 32,
+    model_inputs: Callable | None = None,
+    device=None,
+    storage_dtype: torch.dtype = torch.float32,
+) -> CachedPrefixDataset:
     """Run the frozen prefix over `dataset` once (eval mode, no grad) and keep its output.
 
     Args:
@@ -236,8 +245,9 @@ def build_prefix_cache(model: nn.Module, plan: PrefixPlan, dataset, collate_fn: 
     try:
         # Its own generator: starting a DataLoader iterator draws a seed, and drawing it from the
         # global RNG would shift every dropout mask of the training that follows.
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
-                            generator=torch.Generator())
+        loader = DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, generator=torch.Generator()
+        )
         for batch in loader:
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in pick(batch).items()}
             states = encode_prefix(model, plan, inputs).to("cpu", storage_dtype)
@@ -316,7 +326,7 @@ def cached_prefix(plan: PrefixPlan, prefix_hidden_states: torch.Tensor):
     def pass_through(*args, **kwargs):
         return _first_tensor(args, kwargs)
 
-    with _patched_forward(plan.stem, from_cache), _patched_forward(plan.blocks[:plan.frozen_blocks], pass_through):
+    with _patched_forward(plan.stem, from_cache), _patched_forward(plan.blocks[: plan.frozen_blocks], pass_through):
         yield
 
 
@@ -365,9 +375,19 @@ class PrefixCache:
         return sum(len(d) for d in self.datasets if d is not None)
 
 
-def setup_prefix_cache(model: nn.Module, groups: list, task, datasets, *, batch_size: int = 32,
-                       augmentation: bool = False, changes_trainable_set: bool = False, device=None,
-                       storage_dtype: torch.dtype = torch.float32, log_name: str = "") -> PrefixCache | None:
+def setup_prefix_cache(
+    model: nn.Module,
+    groups: list,
+    task,
+    datasets,
+    *,
+    batch_size: int = 32,
+    augmentation: bool = False,
+    changes_trainable_set: bool = False,
+    device=None,
+    storage_dtype: torch.dtype = torch.float32,
+    log_name: str = "",
+) -> PrefixCache | None:
     """Run the frozen prefix of `model` once over `datasets` when it can be cached; otherwise log
     why not (`prefix_cache_blocker`) and return None.
 
@@ -385,8 +405,11 @@ def setup_prefix_cache(model: nn.Module, groups: list, task, datasets, *, batch_
         log_name: Prefix of the log lines (e.g. `contrastive: `).
     """
     first = first_trainable_group(groups)
-    reason = ("the trainable set changes during training" if changes_trainable_set
-              else prefix_cache_blocker(model, groups, first, augmentation))
+    reason = (
+        "the trainable set changes during training"
+        if changes_trainable_set
+        else prefix_cache_blocker(model, groups, first, augmentation)
+    )
     if reason is not None:
         logger.info("%sfrozen-prefix cache off: %s.", log_name, reason)
         return None
@@ -398,18 +421,44 @@ def setup_prefix_cache(model: nn.Module, groups: list, task, datasets, *, batch_
     model.to(device)
     start = time.time()
     todo = datasets() if callable(datasets) else datasets
-    cached = [None if ds is None else build_prefix_cache(model, plan, ds, task.collate, batch_size=batch_size,
-                                                         model_inputs=task.model_inputs, device=device,
-                                                         storage_dtype=storage_dtype)
-              for ds in todo]
+    cached = [
+        None
+        if ds is None
+        else build_prefix_cache(
+            model,
+            plan,
+            ds,
+            task.collate,
+            batch_size=batch_size,
+            model_inputs=task.model_inputs,
+            device=device,
+            storage_dtype=storage_dtype,
+        )
+        for ds in todo
+    ]
     out = PrefixCache(plan, cached, time.time() - start)
-    logger.info("%sfrozen prefix (stem + %d of %d blocks) cached for %d examples in %.1f s (%.1f MB).", log_name,
-                plan.frozen_blocks, len(plan.blocks), out.examples, out.seconds, out.nbytes / 1e6)
+    logger.info(
+        "%sfrozen prefix (stem + %d of %d blocks) cached for %d examples in %.1f s (%.1f MB).",
+        log_name,
+        plan.frozen_blocks,
+        len(plan.blocks),
+        out.examples,
+        out.seconds,
+        out.nbytes / 1e6,
+    )
     return out
 
 
-def prefix_cached_training(model: nn.Module, groups: list, train_dataset, eval_dataset, task,
-                           batch_size: int = 32, device=None, storage_dtype: torch.dtype = torch.float32):
+def prefix_cached_training(
+    model: nn.Module,
+    groups: list,
+    train_dataset,
+    eval_dataset,
+    task,
+    batch_size: int = 32,
+    device=None,
+    storage_dtype: torch.dtype = torch.float32,
+):
     """Everything the engine needs to train `model`'s top on cached prefix activations.
 
     Args:
@@ -432,7 +481,14 @@ def prefix_cached_training(model: nn.Module, groups: list, train_dataset, eval_d
         from accelerate.state import PartialState
 
         device = PartialState().device  # where the engine will train (it would move the model anyway)
-    cache = setup_prefix_cache(model, groups, task, [train_dataset, eval_dataset], batch_size=batch_size,
-                               device=device, storage_dtype=storage_dtype)
+    cache = setup_prefix_cache(
+        model,
+        groups,
+        task,
+        [train_dataset, eval_dataset],
+        batch_size=batch_size,
+        device=device,
+        storage_dtype=storage_dtype,
+    )
     train_cached, eval_cached = cache.datasets
     return PrefixCachedModel(model, cache.plan), train_cached, eval_cached, collate_prefix

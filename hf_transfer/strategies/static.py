@@ -92,8 +92,10 @@ def distilled_folder(checkpoint: str, pca_dims: int, cache_dir: str | None = Non
 
     src = Path(checkpoint)
     if not src.is_dir():
-        raise ConfigError(f"strategy.name=static distils a local checkpoint folder; '{checkpoint}' is not one "
-                          "(download the model first and give its folder as model.name_or_path).")
+        raise ConfigError(
+            f"strategy.name=static distils a local checkpoint folder; '{checkpoint}' is not one "
+            "(download the model first and give its folder as model.name_or_path)."
+        )
     weights = sorted(p for p in src.iterdir() if p.suffix in (".safetensors", ".bin"))
     stamp = "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in weights)
     key = hashlib.sha256(f"{src.resolve()}|{stamp}|{pca_dims}".encode()).hexdigest()[:20]
@@ -117,8 +119,13 @@ def distilled_folder(checkpoint: str, pca_dims: int, cache_dir: str | None = Non
         shutil.rmtree(tmp, ignore_errors=True)
         if not (root / "model.safetensors").is_file():
             raise
-    logger.info("static: distilled %s into %d-dimensional static vectors in %.0f s (cached: %s).",
-                src, pca_dims, time.time() - t0, root)
+    logger.info(
+        "static: distilled %s into %d-dimensional static vectors in %.0f s (cached: %s).",
+        src,
+        pca_dims,
+        time.time() - t0,
+        root,
+    )
     return root
 
 
@@ -150,8 +157,14 @@ class StaticClassifier(nn.Module):
     `model(input_ids=..., attention_mask=...).logits`, as a transformers classifier answers.
     """
 
-    def __init__(self, embeddings: torch.Tensor, known: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                 id2label: dict[int, str]):
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        known: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        id2label: dict[int, str],
+    ):
         super().__init__()
         from transformers import PretrainedConfig
 
@@ -161,8 +174,9 @@ class StaticClassifier(nn.Module):
         with torch.no_grad():
             self.head.weight.copy_(weight)
             self.head.bias.copy_(bias)
-        self.config = PretrainedConfig(id2label={int(k): v for k, v in id2label.items()},
-                                       label2id={v: int(k) for k, v in id2label.items()})
+        self.config = PretrainedConfig(
+            id2label={int(k): v for k, v in id2label.items()}, label2id={v: int(k) for k, v in id2label.items()}
+        )
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         ids = input_ids.clamp(0, len(self.embeddings) - 1)
@@ -186,8 +200,13 @@ class StaticClassifier(nn.Module):
         run_dir = Path(run_dir)
         t = load_file(str(run_dir / "model.safetensors"))
         cfg = json.loads((run_dir / "config.json").read_text())
-        return cls(t["embeddings"], t["known"], t["head.weight"], t["head.bias"],
-                   {int(k): v for k, v in cfg["id2label"].items()}).eval()
+        return cls(
+            t["embeddings"],
+            t["known"],
+            t["head.weight"],
+            t["head.bias"],
+            {int(k): v for k, v in cfg["id2label"].items()},
+        ).eval()
 
 
 def is_static_run(run_dir) -> bool:
@@ -250,8 +269,11 @@ class Static(Strategy):
         with torch.no_grad():
             static.head.weight.copy_(torch.as_tensor(clf.weight, dtype=torch.float32))
             static.head.bias.copy_(torch.as_tensor(clf.bias, dtype=torch.float32))
-        metrics: dict[str, Any] = {"train_runtime": round(time.time() - t1, 3),
-                                   "static_distill_seconds": round(distill_s, 2), **clf.selection}
+        metrics: dict[str, Any] = {
+            "train_runtime": round(time.time() - t1, 3),
+            "static_distill_seconds": round(distill_s, 2),
+            **clf.selection,
+        }
         metrics.update(classifier_metrics(clf, X, y, task, "train"))
         for role in ("eval", "test"):
             ds = getattr(splits, role)
@@ -269,22 +291,47 @@ class Static(Strategy):
 
         out = Path(ctx.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"embeddings": static.embeddings.half().contiguous(), "known": static.known.contiguous(),
-                   "head.weight": static.head.weight.detach().contiguous(),
-                   "head.bias": static.head.bias.detach().contiguous()}, str(out / "model.safetensors"))
-        (out / "config.json").write_text(json.dumps({
-            "model_type": STATIC_MODEL_TYPE, "architectures": ["StaticClassifier"],
-            "id2label": {str(k): v for k, v in id2label.items()},
-            "label2id": {v: k for k, v in id2label.items()},
-            "num_labels": len(id2label), "hidden_dim": int(static.embeddings.shape[1]),
-            "vocab_size": int(static.embeddings.shape[0])}, indent=1))
-        (out / STATIC_INFO).write_text(json.dumps({
-            "source": str(ctx.cfg.model.name_or_path), "pca_dims": self.config.pca_dims,
-            "distilled_with": "model2vec.distill", "pooling": "mean of known tokens, L2-normalised",
-            "classifier": self.config.classifier}, indent=1))
+        save_file(
+            {
+                "embeddings": static.embeddings.half().contiguous(),
+                "known": static.known.contiguous(),
+                "head.weight": static.head.weight.detach().contiguous(),
+                "head.bias": static.head.bias.detach().contiguous(),
+            },
+            str(out / "model.safetensors"),
+        )
+        (out / "config.json").write_text(
+            json.dumps(
+                {
+                    "model_type": STATIC_MODEL_TYPE,
+                    "architectures": ["StaticClassifier"],
+                    "id2label": {str(k): v for k, v in id2label.items()},
+                    "label2id": {v: k for k, v in id2label.items()},
+                    "num_labels": len(id2label),
+                    "hidden_dim": int(static.embeddings.shape[1]),
+                    "vocab_size": int(static.embeddings.shape[0]),
+                },
+                indent=1,
+            )
+        )
+        (out / STATIC_INFO).write_text(
+            json.dumps(
+                {
+                    "source": str(ctx.cfg.model.name_or_path),
+                    "pca_dims": self.config.pca_dims,
+                    "distilled_with": "model2vec.distill",
+                    "pooling": "mean of known tokens, L2-normalised",
+                    "classifier": self.config.classifier,
+                },
+                indent=1,
+            )
+        )
         ctx.task.save_processor(out)
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
-        return {"strategy": self.name, "trainable_parameters": sum(p.numel() for p in model.parameters()),
-                "frozen_parameters": n - sum(p.numel() for p in model.parameters())}
+        return {
+            "strategy": self.name,
+            "trainable_parameters": sum(p.numel() for p in model.parameters()),
+            "frozen_parameters": n - sum(p.numel() for p in model.parameters()),
+        }

@@ -34,13 +34,17 @@ logger = logging.getLogger(__name__)
 def check_token_settings(c) -> None:
     """The settings a head-written per-token classifier supports."""
     if c.classifier not in ("logistic_regression", "linear"):
-        raise ConfigError(f"strategy.classifier={c.classifier} is not available for token_classification: the "
-                          "classifier is written into the model's linear head, so it must be logistic_regression "
-                          "or linear.")
+        raise ConfigError(
+            f"strategy.classifier={c.classifier} is not available for token_classification: the "
+            "classifier is written into the model's linear head, so it must be logistic_regression "
+            "or linear."
+        )
     if c.layers != "last" or c.pooling not in ("auto", "head_input") or c.normalize:
-        raise ConfigError("token_classification's feature_extraction reads what the head reads (the last layer, per "
-                          "token, not normalised), so that the classifier can be written into the model: leave "
-                          "strategy.layers, pooling and normalize at their defaults.")
+        raise ConfigError(
+            "token_classification's feature_extraction reads what the head reads (the last layer, per "
+            "token, not normalised), so that the classifier can be written into the model: leave "
+            "strategy.layers, pooling and normalize at their defaults."
+        )
 
 
 @torch.no_grad()
@@ -59,8 +63,9 @@ def _evaluate(model, task, ds, batch_size: int, device, prefix: str) -> dict[str
             arrays[k] = np.concatenate(parts)
         else:
             width = max(p.shape[1] for p in parts)
-            arrays[k] = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-100)
-                                        for p in parts])
+            arrays[k] = np.concatenate(
+                [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-100) for p in parts]
+            )
     return {f"{prefix}_{k}": v for k, v in task.compute_metrics(arrays).items()}
 
 
@@ -77,14 +82,23 @@ def fit_token_probe(strategy, ctx, model: nn.Module) -> tuple[dict[str, Any], di
     feature_seconds = time.time() - start
     settings = c if c.C is not None or c.classifier != "logistic_regression" else dataclasses.replace(c, C=DEFAULT_C)
     t0 = time.time()
-    probe = fit_classifier(settings, X.astype(np.float64), y, len(task.labels), None, seed=cfg.training.seed,
-                           weight_decay=cfg.training.weight_decay, label_smoothing=cfg.training.label_smoothing)
+    probe = fit_classifier(
+        settings,
+        X.astype(np.float64),
+        y,
+        len(task.labels),
+        None,
+        seed=cfg.training.seed,
+        weight_decay=cfg.training.weight_decay,
+        label_smoothing=cfg.training.label_smoothing,
+    )
     classifier_seconds = time.time() - t0
     assert isinstance(probe, LinearProbe)
     name, linear = token_head_linear(model)
     if not write_into_head(linear, probe):
-        raise ConfigError(f"The classifier ({probe.weight.shape}) does not fit the head '{name}' "
-                          f"({tuple(linear.weight.shape)}).")
+        raise ConfigError(
+            f"The classifier ({probe.weight.shape}) does not fit the head '{name}' ({tuple(linear.weight.shape)})."
+        )
     model.to(device).eval()
     metrics: dict[str, Any] = {}
     for role in ("eval", "test"):
@@ -92,12 +106,19 @@ def fit_token_probe(strategy, ctx, model: nn.Module) -> tuple[dict[str, Any], di
         if ds is not None:
             metrics.update(_evaluate(model, task, ds, bs, device, role))
     runtime = time.time() - start
-    record = {"head_written": True, "run_layout": "head", "classifier_parameters": int(linear.weight.numel()
-              + linear.bias.numel()), "feature_dim": int(X.shape[1]), "train_tokens": int(len(y)),
-              "C": float(settings.C) if settings.classifier == "logistic_regression" else None,
-              "C_selection": ("given (strategy.C)" if c.C is not None else
-                              f"default {DEFAULT_C:g} (not cross-validated over tokens)")
-              if settings.classifier == "logistic_regression" else None}
+    record = {
+        "head_written": True,
+        "run_layout": "head",
+        "classifier_parameters": int(linear.weight.numel() + linear.bias.numel()),
+        "feature_dim": int(X.shape[1]),
+        "train_tokens": int(len(y)),
+        "C": float(settings.C) if settings.classifier == "logistic_regression" else None,
+        "C_selection": (
+            "given (strategy.C)" if c.C is not None else f"default {DEFAULT_C:g} (not cross-validated over tokens)"
+        )
+        if settings.classifier == "logistic_regression"
+        else None,
+    }
     from accelerate.state import PartialState
 
     if PartialState().is_main_process:
@@ -105,9 +126,14 @@ def fit_token_probe(strategy, ctx, model: nn.Module) -> tuple[dict[str, Any], di
         model.to("cpu")
         strategy.save_model(model, out)
         task.save_processor(out)
-    metrics.update({"train_runtime": round(runtime, 3),
-                    "train_samples_per_second": round(len(splits.train) / runtime, 3) if runtime > 0 else 0.0,
-                    "feature_seconds": round(feature_seconds, 3), "classifier_seconds": round(classifier_seconds, 3),
-                    "feature_cache_hit": False})
+    metrics.update(
+        {
+            "train_runtime": round(runtime, 3),
+            "train_samples_per_second": round(len(splits.train) / runtime, 3) if runtime > 0 else 0.0,
+            "feature_seconds": round(feature_seconds, 3),
+            "classifier_seconds": round(classifier_seconds, 3),
+            "feature_cache_hit": False,
+        }
+    )
     logger.info("Per-token %s on %d tokens x %d features, written into '%s'.", c.classifier, len(y), X.shape[1], name)
     return metrics, record

@@ -25,8 +25,14 @@ from hf_transfer.study import cells as cells_mod
 
 STUDY_FILE = "study.yaml"
 #: Keys the study sets per cell; the rest of the config is the study's identity.
-CELL_KEYS = (("output_dir",), ("data", "samples_per_class"), ("data", "max_train_samples"),
-             ("data", "train_indices"), ("training", "seed"), ("training", "record_eval_predictions"))
+CELL_KEYS = (
+    ("output_dir",),
+    ("data", "samples_per_class"),
+    ("data", "max_train_samples"),
+    ("data", "train_indices"),
+    ("training", "seed"),
+    ("training", "record_eval_predictions"),
+)
 #: Keys that may differ between a planned cell and the config its run folder saved (cells planned
 #: before the study recorded eval predictions are still finished).
 RUN_KEYS = (("output_dir",), ("training", "resume_from_checkpoint"), ("training", "record_eval_predictions"))
@@ -36,9 +42,9 @@ RUN_KEYS = (("output_dir",), ("training", "resume_from_checkpoint"), ("training"
 class Cell:
     """One run of a study."""
 
-    kind: str            # "train" | "logreg" | "setfit"
-    label: str           # entry of --strategies (or the baseline's name)
-    strategy: str        # strategy.name that runs ("logreg" / "setfit" for baselines)
+    kind: str  # "train" | "logreg" | "setfit"
+    label: str  # entry of --strategies (or the baseline's name)
+    strategy: str  # strategy.name that runs ("logreg" / "setfit" for baselines)
     size: int
     seed: int
     dir: Path
@@ -48,8 +54,15 @@ class Cell:
 
     @property
     def spec(self) -> dict:
-        return {"kind": self.kind, "label": self.label, "strategy": self.strategy, "size": self.size,
-                "seed": self.seed, "settings": self.settings, "data": self.data_fingerprint}
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "strategy": self.strategy,
+            "size": self.size,
+            "seed": self.seed,
+            "settings": self.settings,
+            "data": self.data_fingerprint,
+        }
 
 
 @dataclass

@@ -156,9 +156,14 @@ def _run_logreg(cfg, spec: dict, cell_dir: Path) -> dict[str, Any]:
     train = feats["train"]
     clf.fit(train.X, np.asarray(train.y))
     names = spec["labels"]
-    metrics: dict[str, Any] = {"strategy": "logreg", "labels": names, "train_size": int(len(train.X)),
-                               "logreg_settings": settings, "feature_seconds": round(feature_seconds, 3),
-                               "features": train.info}
+    metrics: dict[str, Any] = {
+        "strategy": "logreg",
+        "labels": names,
+        "train_size": int(len(train.X)),
+        "logreg_settings": settings,
+        "feature_seconds": round(feature_seconds, 3),
+        "features": train.info,
+    }
     for role in roles[1:]:
         f = feats[role]
         metrics[f"{role}_size"] = int(len(f.X))
@@ -187,8 +192,13 @@ def _run_target_baseline(cfg, spec: dict, cell_dir: Path, roles: list[str]) -> d
     feature_seconds = time.perf_counter() - start
     given = dict(spec.get("settings", {}))
     train = feats["train"]
-    metrics: dict[str, Any] = {"strategy": "logreg", "labels": names, "train_size": int(len(train.X)),
-                               "feature_seconds": round(feature_seconds, 3), "features": train.info}
+    metrics: dict[str, Any] = {
+        "strategy": "logreg",
+        "labels": names,
+        "train_size": int(len(train.X)),
+        "feature_seconds": round(feature_seconds, 3),
+        "features": train.info,
+    }
     if task.target_kind == "multilabel":
         from hf_transfer.metrics.multilabel import compute_multilabel_metrics
 
@@ -209,6 +219,7 @@ def _run_target_baseline(cfg, spec: dict, cell_dir: Path, roles: list[str]) -> d
 
         def score(X, y):
             return compute_regression_metrics(reg.predict(X), y)
+
     metrics["logreg_settings"] = settings
     for role in roles[1:]:
         f = feats[role]
@@ -236,17 +247,33 @@ def _run_setfit(cfg, spec: dict, cell_dir: Path) -> dict[str, Any]:
     splits = task.load_splits()
     col = task.input_col
     names = spec["labels"]
-    settings = {"batch_size": cfg.training.batch_size, "num_epochs": 1, "num_iterations": 20,
-                "max_length": cfg.data.max_length, **spec.get("settings", {})}
-    args = TrainingArguments(output_dir=str(cell_dir / "setfit"), seed=cfg.training.seed, report_to="none",
-                             save_strategy="no", show_progress_bar=False, **settings)
-    model = SetFitModel.from_pretrained(resolve(cfg.model.name_or_path), revision=cfg.model.revision,
-                                        trust_remote_code=cfg.model.trust_remote_code)
+    settings = {
+        "batch_size": cfg.training.batch_size,
+        "num_epochs": 1,
+        "num_iterations": 20,
+        "max_length": cfg.data.max_length,
+        **spec.get("settings", {}),
+    }
+    args = TrainingArguments(
+        output_dir=str(cell_dir / "setfit"),
+        seed=cfg.training.seed,
+        report_to="none",
+        save_strategy="no",
+        show_progress_bar=False,
+        **settings,
+    )
+    model = SetFitModel.from_pretrained(
+        resolve(cfg.model.name_or_path), revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+    )
     train = Dataset.from_dict({"text": list(splits.train[col]), "label": list(splits.train["labels"])})
     trainer = Trainer(model=model, args=args, train_dataset=train)
     trainer.train()
-    metrics: dict[str, Any] = {"strategy": "setfit", "labels": names, "train_size": len(train),
-                               "setfit_settings": settings}
+    metrics: dict[str, Any] = {
+        "strategy": "setfit",
+        "labels": names,
+        "train_size": len(train),
+        "setfit_settings": settings,
+    }
     for role, ds in (("eval", splits.eval), ("test", splits.test)):
         if ds is None:
             continue
@@ -267,9 +294,11 @@ def check_baseline_available(name: str, recipe: str, text_pair: bool = False) ->
     import importlib.util
 
     if recipe == "token_classification" and name in ("logreg", "setfit"):
-        raise DataError(f"The {name} baseline classifies whole examples; for token_classification the frozen-feature "
-                        "baseline is the strategy feature_extraction (a per-token logistic regression): add it to "
-                        "--strategies.")
+        raise DataError(
+            f"The {name} baseline classifies whole examples; for token_classification the frozen-feature "
+            "baseline is the strategy feature_extraction (a per-token logistic regression): add it to "
+            "--strategies."
+        )
     if name == "setfit":
         if recipe != "text_classification":
             raise DataError(f"The setfit baseline trains on text only; this config's recipe is {recipe}.")

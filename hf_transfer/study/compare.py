@@ -44,7 +44,20 @@ from hf_transfer.study.planning import (  # noqa: F401
 from hf_transfer.study.runner import run_study  # noqa: F401
 
 __all__ = [
-    "CLASSIFICATION_METRICS", "LOWER_IS_BETTER", "STUDY_FILE", "Cell", "Study", "cell_result", "cell_status",
-    "check_baselines", "check_strategy_labels", "config_differences", "format_command", "parse_int_list",
-    "parse_name_list", "parse_sets", "plan_study", "run_study",
+    "CLASSIFICATION_METRICS",
+    "LOWER_IS_BETTER",
+    "STUDY_FILE",
+    "Cell",
+    "Study",
+    "cell_result",
+    "cell_status",
+    "check_baselines",
+    "check_strategy_labels",
+    "config_differences",
+    "format_command",
+    "parse_int_list",
+    "parse_name_list",
+    "parse_sets",
+    "plan_study",
+    "run_study",
 ]

@@ -38,8 +38,10 @@ LOWER_IS_BETTER = ("loss", "wer", "cer", "rmse", "mae", "mse")
 #: Eval metrics every classification run reports (`eval_<name>` in metrics.json).
 CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "loss")
 #: The same for the multi-label and regression recipes (by their `RecipeInfo.targets`).
-TARGET_STUDY_METRICS = {"multilabel": ("f1", "f1_macro", "f1_micro", "subset_accuracy", "accuracy", "lrap", "loss"),
-                        "regression": ("rmse", "mae", "mse", "r2", "spearman", "pearson", "loss")}
+TARGET_STUDY_METRICS = {
+    "multilabel": ("f1", "f1_macro", "f1_micro", "subset_accuracy", "accuracy", "lrap", "loss"),
+    "regression": ("rmse", "mae", "mse", "r2", "spearman", "pearson", "loss"),
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,8 +91,10 @@ def parse_sets(items: list[str], labels: list[str], baselines: list[str]) -> dic
                 f"--set {item!r} is not LABEL:key=value (e.g. --set scratch:training.learning_rate=3e-4)."
             )
         if label not in known:
-            raise ConfigError(f"--set {item!r} names '{label}', which is not in --strategies or --baselines "
-                              f"({', '.join(known)}).{_did_you_mean(label, known)}")
+            raise ConfigError(
+                f"--set {item!r} names '{label}', which is not in --strategies or --baselines "
+                f"({', '.join(known)}).{_did_you_mean(label, known)}"
+            )
         parse_override(override)
         out.setdefault(label, []).append(override)
     return out
@@ -106,10 +110,15 @@ def check_strategy_labels(labels: list[str], sets: dict[str, list[str]]) -> dict
         named = [parse_override(o)[1] for o in sets.get(label, []) if parse_override(o)[0] == "strategy.name"]
         name = str(named[-1]) if named else label
         if name not in known:
-            hint = (f" '{label}' is a baseline: pass it with --baselines {label}." if label in BASELINES
-                    else _did_you_mean(name, known))
-            raise ConfigError(f"Unknown strategy '{name}' in --strategies.{hint} Available: {', '.join(known)}"
-                              "; a variant needs --set LABEL:strategy.name=NAME.")
+            hint = (
+                f" '{label}' is a baseline: pass it with --baselines {label}."
+                if label in BASELINES
+                else _did_you_mean(name, known)
+            )
+            raise ConfigError(
+                f"Unknown strategy '{name}' in --strategies.{hint} Available: {', '.join(known)}"
+                "; a variant needs --set LABEL:strategy.name=NAME."
+            )
         out[label] = name
     return out
 
@@ -117,8 +126,10 @@ def check_strategy_labels(labels: list[str], sets: dict[str, list[str]]) -> dict
 def check_baselines(baselines: list[str], cfg: TrainConfig) -> None:
     for b in baselines:
         if b not in BASELINES:
-            raise ConfigError(f"Unknown baseline '{b}' in --baselines.{_did_you_mean(b, BASELINES)} "
-                              f"Available: {', '.join(BASELINES)}.")
+            raise ConfigError(
+                f"Unknown baseline '{b}' in --baselines.{_did_you_mean(b, BASELINES)} "
+                f"Available: {', '.join(BASELINES)}."
+            )
         cells_mod.check_baseline_available(b, cfg.recipe, bool(cfg.data.text_pair_column))
 
 
@@ -140,8 +151,16 @@ def _absolute_data_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def _cell_config(base: TrainConfig, strategy: str, sets: list[str], indices: list[int], seed: int,
-                 data_seed: int, out: Path, label: str) -> TrainConfig:
+def _cell_config(
+    base: TrainConfig,
+    strategy: str,
+    sets: list[str],
+    indices: list[int],
+    seed: int,
+    data_seed: int,
+    out: Path,
+    label: str,
+) -> TrainConfig:
     raw = config_to_dict(base)
     if raw["strategy"]["name"] != strategy:
         # Another strategy's settings would be unknown keys: start from its defaults.
@@ -188,11 +207,14 @@ def _load_pool(base: TrainConfig, data_seed: int) -> tuple[np.ndarray, list[str]
         # Tagged sentences have no single class: nested subsamples of sentences at random (one
         # stratum), sizes counted in sentences.
         splits = task.load_splits()
-        pool = {"train_pool": len(splits.train), "train_pool_per_class": {"sentences": len(splits.train)},
-                "train_pool_tokens": int(sum(len(t) for t in splits.train["tokens"])),
-                "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
-                "test_size": int(len(splits.test)) if splits.test is not None else 0,
-                "fingerprint": _data_fingerprint(task, splits, ["sentences"])}
+        pool = {
+            "train_pool": len(splits.train),
+            "train_pool_per_class": {"sentences": len(splits.train)},
+            "train_pool_tokens": int(sum(len(t) for t in splits.train["tokens"])),
+            "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
+            "test_size": int(len(splits.test)) if splits.test is not None else 0,
+            "fingerprint": _data_fingerprint(task, splits, ["sentences"]),
+        }
         return np.zeros(len(splits.train), dtype=np.int64), ["sentences"], pool
     if not isinstance(task, ClassificationTask):
         raise ConfigError(f"hf-transfer compare needs a classification recipe; this config's recipe is {cfg.recipe}.")
@@ -202,10 +224,13 @@ def _load_pool(base: TrainConfig, data_seed: int) -> tuple[np.ndarray, list[str]
     labels = np.asarray(splits.train["labels"])
     names = list(task.labels.names)
     counts = np.bincount(labels, minlength=len(names))
-    pool = {"train_pool": int(len(labels)), "train_pool_per_class": dict(zip(names, counts.tolist())),
-            "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
-            "test_size": int(len(splits.test)) if splits.test is not None else 0,
-            "fingerprint": _data_fingerprint(task, splits, names)}
+    pool = {
+        "train_pool": int(len(labels)),
+        "train_pool_per_class": dict(zip(names, counts.tolist())),
+        "eval_size": int(len(splits.eval)) if splits.eval is not None else 0,
+        "test_size": int(len(splits.test)) if splits.test is not None else 0,
+        "fingerprint": _data_fingerprint(task, splits, names),
+    }
     return labels, names, pool
 
 
@@ -216,8 +241,9 @@ def _data_fingerprint(task, splits, names: list[str]) -> str:
 
     # Columns absent from a split are skipped (tagged sentences have `tokens` and `tags`).
     columns = [getattr(task, "input_col", None), task.cfg.data.text_pair_column, "labels", "tokens", "tags"]
-    parts = [repr(names)] + [content_fingerprint(ds, columns) if ds is not None else "-"
-                             for ds in (splits.train, splits.eval, splits.test)]
+    parts = [repr(names)] + [
+        content_fingerprint(ds, columns) if ds is not None else "-" for ds in (splits.train, splits.eval, splits.test)
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -226,10 +252,29 @@ def _cell_dirname(label: str, size: int, per_class: bool, seed: int) -> str:
     return f"{safe}__n{size}{'pc' if per_class else ''}__seed{seed}"
 
 
-def format_command(config: str, overrides: list[str], strategies: list[str], sizes: list[int], seeds: list[int],
-                   per_class: bool, baselines: list[str], sets: list[str], jobs: int, out_dir: str, metric: str) -> str:
-    parts = ["hf-transfer", "compare", str(config), *overrides, "--strategies", ",".join(strategies),
-             "--sizes", ",".join(map(str, sizes))]
+def format_command(
+    config: str,
+    overrides: list[str],
+    strategies: list[str],
+    sizes: list[int],
+    seeds: list[int],
+    per_class: bool,
+    baselines: list[str],
+    sets: list[str],
+    jobs: int,
+    out_dir: str,
+    metric: str,
+) -> str:
+    parts = [
+        "hf-transfer",
+        "compare",
+        str(config),
+        *overrides,
+        "--strategies",
+        ",".join(strategies),
+        "--sizes",
+        ",".join(map(str, sizes)),
+    ]
     if per_class:
         parts.append("--per-class")
     parts += ["--seeds", ",".join(map(str, seeds))]
@@ -243,10 +288,22 @@ def format_command(config: str, overrides: list[str], strategies: list[str], siz
     return shlex.join(parts)
 
 
-def plan_study(config: str | Path, overrides: list[str] | None = None, *, strategies, sizes, seeds=(0,),
-               per_class: bool = False, baselines=(), sets: list[str] | None = None, jobs: int = 1,
-               out_dir: str | Path | None = None, metric: str = "accuracy", config_name: str | None = None,
-               rerun_changed: bool = False) -> Study:
+def plan_study(
+    config: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    strategies,
+    sizes,
+    seeds=(0,),
+    per_class: bool = False,
+    baselines=(),
+    sets: list[str] | None = None,
+    jobs: int = 1,
+    out_dir: str | Path | None = None,
+    metric: str = "accuracy",
+    config_name: str | None = None,
+    rerun_changed: bool = False,
+) -> Study:
     """Check everything and plan every cell; nothing runs.
 
     Raises:
@@ -281,8 +338,11 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
         else:
             from setfit import TrainingArguments
 
-            unknown = [o.partition("=")[0] for o in by_label.get(b, [])
-                       if o.partition("=")[0] not in TrainingArguments.__dataclass_fields__]
+            unknown = [
+                o.partition("=")[0]
+                for o in by_label.get(b, [])
+                if o.partition("=")[0] not in TrainingArguments.__dataclass_fields__
+            ]
         if unknown:
             raise ConfigError(f"--set {b}:{unknown[0]}=... is not a setting of the {b} baseline.")
     from hf_transfer.registry import recipe_info
@@ -291,12 +351,15 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
     if kind and metric == "accuracy":  # the command's default: macro F1 for label sets, RMSE for numbers
         metric = {"multilabel": "f1", "regression": "rmse"}[kind]
     if kind and per_class:
-        raise ConfigError(f"--per-class counts examples per class; recipe {base.recipe} has {kind} targets. "
-                          "Give --sizes as totals.")
+        raise ConfigError(
+            f"--per-class counts examples per class; recipe {base.recipe} has {kind} targets. Give --sizes as totals."
+        )
     allowed = TARGET_STUDY_METRICS[kind] if kind else CLASSIFICATION_METRICS
     if metric not in allowed:
-        raise ConfigError(f"--metric {metric} is not a metric of recipe {base.recipe}.{_did_you_mean(metric, allowed)} "
-                          f"Available: {', '.join(allowed)}.")
+        raise ConfigError(
+            f"--metric {metric} is not a metric of recipe {base.recipe}.{_did_you_mean(metric, allowed)} "
+            f"Available: {', '.join(allowed)}."
+        )
     out = Path(out_dir) if out_dir else Path("studies") / Path(str(config)).stem
     data_seed = base.data.seed if base.data.seed is not None else base.training.seed
 
@@ -307,8 +370,10 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
 
     pool_labels, names, pool = _load_pool(base, data_seed)
     if per_class and base.recipe == "token_classification":
-        raise ConfigError("--per-class counts examples per class; tagged sentences have none: give --sizes in "
-                          "sentences without --per-class.")
+        raise ConfigError(
+            "--per-class counts examples per class; tagged sentences have none: give --sizes in "
+            "sentences without --per-class."
+        )
     check_sizes(pool_labels, sizes, per_class, names)
     command = format_command(
         config_name or str(config),
@@ -356,12 +421,17 @@ def plan_study(config: str | Path, overrides: list[str] | None = None, *, strate
                     settings = {k: v for k, v in (parse_override(o) for o in by_label.get(label, []))}
                     cell_list.append(Cell(label, label, label, size, seed, d, cfg, settings, pool["fingerprint"]))
                 else:
-                    cfg = _cell_config(base, strategy_of[label], by_label.get(label, []), subsets[size], seed,
-                                       data_seed, d, label)
-                    cell_list.append(Cell("train", label, strategy_of[label], size, seed, d, cfg,
-                                          data_fingerprint=pool["fingerprint"]))
-    study = Study(out, base, labels, baselines, sizes, seeds, per_class, metric, names, pool, cell_list,
-                  command, record)
+                    cfg = _cell_config(
+                        base, strategy_of[label], by_label.get(label, []), subsets[size], seed, data_seed, d, label
+                    )
+                    cell_list.append(
+                        Cell(
+                            "train", label, strategy_of[label], size, seed, d, cfg, data_fingerprint=pool["fingerprint"]
+                        )
+                    )
+    study = Study(
+        out, base, labels, baselines, sizes, seeds, per_class, metric, names, pool, cell_list, command, record
+    )
     for cell in cell_list:
         status, diff = cell_status(cell)
         if status == "changed" and not rerun_changed:
@@ -394,15 +464,19 @@ def _check_study_folder(out: Path, record: dict) -> None:
             "config: choose another -o folder for this one."
         )
     if bool(old.get("per_class")) != record["per_class"]:
-        raise ConfigError(f"'{out}' holds a study with sizes {'per class' if old.get('per_class') else 'in total'}; "
-                          f"this command counts them {'per class' if record['per_class'] else 'in total'}. "
-                          "Choose another -o folder.")
+        raise ConfigError(
+            f"'{out}' holds a study with sizes {'per class' if old.get('per_class') else 'in total'}; "
+            f"this command counts them {'per class' if record['per_class'] else 'in total'}. "
+            "Choose another -o folder."
+        )
     old_pool = dict(old.get("pool") or {})
     old_fingerprint = old_pool.pop("fingerprint", None)  # absent in studies planned before it was recorded
     new_pool = {k: v for k, v in record["pool"].items() if k != "fingerprint"}
     if old_pool and old_pool != new_pool:
-        raise ConfigError(f"The data changed since '{out}' was planned (training pool {old_pool} then, "
-                          f"{new_pool} now). Choose another -o folder.")
+        raise ConfigError(
+            f"The data changed since '{out}' was planned (training pool {old_pool} then, "
+            f"{new_pool} now). Choose another -o folder."
+        )
     if old_fingerprint is not None and old_fingerprint != record["pool"]["fingerprint"]:
         raise ConfigError(
             f"The data changed since '{out}' was planned: the training pool and eval split have the same sizes "

@@ -30,8 +30,16 @@ from hf_transfer.study.cell_state import Cell, Study, cell_result, prepare_cell
 
 INSTALL_HINT = "pip install 'hf-transfer-toolkit[ray]'"
 #: Environment passed from the driver to every cell process (paths and offline switches).
-PASS_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE",
-            "HF_TRANSFER_CACHE", "TRANSFORMERS_OFFLINE", "PYTHONPATH")
+PASS_ENV = (
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_DATASETS_CACHE",
+    "HF_TRANSFER_CACHE",
+    "TRANSFORMERS_OFFLINE",
+    "PYTHONPATH",
+)
 
 
 def require_ray():
@@ -75,9 +83,13 @@ def run_cell_task(cell_dir: str, env: dict[str, str]) -> tuple[int, str]:
     full = dict(os.environ)
     full.update(env)
     with open(Path(cell_dir) / cells_mod.CELL_LOG, "a") as log:
-        proc = subprocess.run([sys.executable, "-m", "hf_transfer.study.cells", cell_dir], stdout=log,
-                              stderr=subprocess.STDOUT, env=full,
-                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "hf_transfer.study.cells", cell_dir],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
     return proc.returncode, socket.gethostname()
 
 
@@ -85,14 +97,31 @@ def cell_env(cpus_per_cell: float) -> dict[str, str]:
     """What every cell process gets: its thread count, the backend name, the driver's HF settings."""
     threads = str(max(1, int(cpus_per_cell)))
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
-    env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
-                "TQDM_DISABLE": "1", cells_mod.BACKEND_ENV: "ray"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "TOKENIZERS_PARALLELISM": "false",
+            "TQDM_DISABLE": "1",
+            cells_mod.BACKEND_ENV: "ray",
+        }
+    )
     return env
 
 
-def run_ray(study: Study, pending: list[Cell], progress, failures: dict[str, str], *,
-            echo: Callable[[str], None] = print, address: str | None = None, cpus_per_cell: float | None = None,
-            gpus_per_cell: float = 0.0, init: dict | None = None, retries: int = 1) -> None:
+def run_ray(
+    study: Study,
+    pending: list[Cell],
+    progress,
+    failures: dict[str, str],
+    *,
+    echo: Callable[[str], None] = print,
+    address: str | None = None,
+    cpus_per_cell: float | None = None,
+    gpus_per_cell: float = 0.0,
+    init: dict | None = None,
+    retries: int = 1,
+) -> None:
     """Submit every pending cell as a Ray task and record each as it finishes (module docstring).
 
     Joins the cluster at `address` (or the one `ray.init` finds: `RAY_ADDRESS`, else a new local
@@ -103,24 +132,37 @@ def run_ray(study: Study, pending: list[Cell], progress, failures: dict[str, str
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     **(init or {}))
+            ray.init(
+                address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **(init or {})
+            )
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError(f"Cannot reach the Ray cluster at {address!r}: {e}. Start it with `ray start --head` "
-                              "(docs/distributed.md) or leave --address out for a local one.") from None
+            raise ConfigError(
+                f"Cannot reach the Ray cluster at {address!r}: {e}. Start it with `ray start --head` "
+                "(docs/distributed.md) or leave --address out for a local one."
+            ) from None
     try:
         total = ray.cluster_resources()
         if total.get("CPU", 0) < cpus or total.get("GPU", 0) < gpus_per_cell:
             raise ConfigError(
                 f"Each cell asks for {cpus:g} CPU(s) and {gpus_per_cell:g} GPU(s), but the Ray cluster has "
                 f"{total.get('CPU', 0):g} CPU(s) and {total.get('GPU', 0):g} GPU(s) in all: lower "
-                "--cpus-per-cell / --gpus-per-cell or add nodes.")
-        progress.jobs = max(1, int(min(total.get("CPU", 1) // cpus,
-                                       total.get("GPU", 0) // gpus_per_cell if gpus_per_cell else float("inf"))))
-        echo(f"Ray: {len(pending)} cell(s) as tasks of {cpus:g} CPU / {gpus_per_cell:g} GPU each on a cluster of "
-             f"{total.get('CPU', 0):g} CPU(s), {total.get('GPU', 0):g} GPU(s), {len(ray.nodes())} node(s).")
-        task = ray.remote(num_cpus=cpus, num_gpus=gpus_per_cell, max_retries=retries,
-                          retry_exceptions=False)(run_cell_task)
+                "--cpus-per-cell / --gpus-per-cell or add nodes."
+            )
+        progress.jobs = max(
+            1,
+            int(
+                min(
+                    total.get("CPU", 1) // cpus, total.get("GPU", 0) // gpus_per_cell if gpus_per_cell else float("inf")
+                )
+            ),
+        )
+        echo(
+            f"Ray: {len(pending)} cell(s) as tasks of {cpus:g} CPU / {gpus_per_cell:g} GPU each on a cluster of "
+            f"{total.get('CPU', 0):g} CPU(s), {total.get('GPU', 0):g} GPU(s), {len(ray.nodes())} node(s)."
+        )
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus_per_cell, max_retries=retries, retry_exceptions=False)(
+            run_cell_task
+        )
         env = cell_env(cpus)
         refs: dict[Any, tuple[Cell, float]] = {}
         for cell in pending:

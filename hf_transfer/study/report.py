@@ -80,8 +80,10 @@ def collect_rows(study) -> list[dict[str, Any]]:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     fixed = ["strategy", "runs", "kind", "size", "per_class", "seed", "train_size", "seconds", "chosen"]
-    metric_keys = sorted({k for r in rows for k in r if k.startswith(("eval_", "test_"))},
-                         key=lambda k: (not k.startswith("eval_"), k.count("_") > 1, k))
+    metric_keys = sorted(
+        {k for r in rows for k in r if k.startswith(("eval_", "test_"))},
+        key=lambda k: (not k.startswith("eval_"), k.count("_") > 1, k),
+    )
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fixed + metric_keys + ["backend", "host", "run_dir"], extrasaction="ignore")
         w.writeheader()
@@ -94,9 +96,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def _values(rows, label, size, key) -> dict[int, float]:
-    return {r["seed"]: float(r[key]) for r in rows
-            if r["strategy"] == label and r["size"] == size and isinstance(r.get(key), (int, float))
-            and not math.isnan(float(r[key]))}
+    return {
+        r["seed"]: float(r[key])
+        for r in rows
+        if r["strategy"] == label
+        and r["size"] == size
+        and isinstance(r.get(key), (int, float))
+        and not math.isnan(float(r[key]))
+    }
 
 
 def _outcomes(rows, label, size) -> dict[int, Outcome | None]:
@@ -112,7 +119,7 @@ def summaries(rows: list[dict], key: str, bootstrap: bool = True) -> dict[tuple[
     examples and seeds when every seed's cell recorded its predictions (else the t-interval over
     seeds, cut to the metric's range)."""
     out = {}
-    metric = key[len("eval_"):] if key.startswith("eval_") else None
+    metric = key[len("eval_") :] if key.startswith("eval_") else None
     for label, size in {(r["strategy"], r["size"]) for r in rows}:
         vals = _values(rows, label, size, key)
         if not vals:
@@ -128,7 +135,7 @@ def summaries(rows: list[dict], key: str, bootstrap: bool = True) -> dict[tuple[
 def _difference(rows, a: str, b: str, size: int, key: str) -> Summary | None:
     """a minus b at `size`, paired by seed: the paired bootstrap over eval examples and seeds when
     both recorded their predictions on the same examples, else the t-interval over seeds."""
-    metric = key[len("eval_"):] if key.startswith("eval_") else None
+    metric = key[len("eval_") :] if key.startswith("eval_") else None
     oa, ob = _outcomes(rows, a, size), _outcomes(rows, b, size)
     common = sorted(set(oa) & set(ob))
     if metric and common and can_bootstrap(metric, [oa[s] for s in common] + [ob[s] for s in common]):
@@ -141,8 +148,13 @@ def _kind(rows, label) -> dict:
     return {"kind": r.get("kind", "train"), "runs": r.get("runs", label)}
 
 
-def verdicts(rows: list[dict], metric: str = "accuracy", higher_is_better: bool = True,
-             scratch_label: str | None = None, frozen_label: str | None = None) -> dict[str, Any]:
+def verdicts(
+    rows: list[dict],
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
+    scratch_label: str | None = None,
+    frozen_label: str | None = None,
+) -> dict[str, Any]:
     """Best per size, transfer against scratch, and negative-transfer alarms.
 
     Args:
@@ -161,8 +173,11 @@ def verdicts(rows: list[dict], metric: str = "accuracy", higher_is_better: bool 
     if scratch_label is None:
         scratch_label = next((lab for lab in labels if info[lab]["runs"] == "scratch"), None)
     if frozen_label is None:
-        frozen_label = ("logreg" if "logreg" in labels else
-                        next((lab for lab in labels if info[lab]["runs"] == "feature_extraction"), None))
+        frozen_label = (
+            "logreg"
+            if "logreg" in labels
+            else next((lab for lab in labels if info[lab]["runs"] == "feature_extraction"), None)
+        )
     stats = summaries(rows, key)
     sizes = sorted({r["size"] for r in rows})
 
@@ -175,9 +190,15 @@ def verdicts(rows: list[dict], metric: str = "accuracy", higher_is_better: bool 
         chosen = {r.get("chosen") for r in rows if r["strategy"] == lab and r["size"] == size} - {"", None}
         return not (chosen and chosen <= set(FROZEN_STRATEGIES))
 
-    out: dict[str, Any] = {"metric": metric, "higher_is_better": higher_is_better, "scratch": scratch_label,
-                           "frozen_reference": frozen_label, "best": [], "transfer_vs_scratch": [],
-                           "negative_transfer": []}
+    out: dict[str, Any] = {
+        "metric": metric,
+        "higher_is_better": higher_is_better,
+        "scratch": scratch_label,
+        "frozen_reference": frozen_label,
+        "best": [],
+        "transfer_vs_scratch": [],
+        "negative_transfer": [],
+    }
     for size in sizes:
         here = {lab: stats[(lab, size)] for lab in labels if (lab, size) in stats}
         if not here:
@@ -194,8 +215,18 @@ def verdicts(rows: list[dict], metric: str = "accuracy", higher_is_better: bool 
                     tied.append(lab)
             elif b.has_interval and s.has_interval and (s.high >= b.low if higher_is_better else s.low <= b.high):
                 tied.append(lab)
-        out["best"].append({"size": size, "strategy": best, "mean": b.mean, "low": _num(b.low),
-                            "high": _num(b.high), "seeds": b.n, "interval": b.method, "tied_within_interval": tied})
+        out["best"].append(
+            {
+                "size": size,
+                "strategy": best,
+                "mean": b.mean,
+                "low": _num(b.low),
+                "high": _num(b.high),
+                "seeds": b.n,
+                "interval": b.method,
+                "tied_within_interval": tied,
+            }
+        )
         scratch = here.get(scratch_label) if scratch_label else None
         for lab in here:
             if not pretrained(lab):
@@ -204,24 +235,48 @@ def verdicts(rows: list[dict], metric: str = "accuracy", higher_is_better: bool 
             if scratch is not None:
                 diff = _difference(rows, lab, scratch_label, size, key)
                 gain = _gain(diff, sign)
-                entry.update({"scratch_mean": scratch.mean, **gain,
-                              "beats_scratch_beyond_interval": gain["gain_low"] is not None and gain["gain_low"] > 0})
+                entry.update(
+                    {
+                        "scratch_mean": scratch.mean,
+                        **gain,
+                        "beats_scratch_beyond_interval": gain["gain_low"] is not None and gain["gain_low"] > 0,
+                    }
+                )
                 out["transfer_vs_scratch"].append(entry)
                 if sign * (here[lab].mean - scratch.mean) < 0:
-                    out["negative_transfer"].append({
-                        "size": size, "strategy": lab, "against": scratch_label, "reason": "worse than scratch",
-                        "mean": here[lab].mean, "reference_mean": scratch.mean, **gain,
-                        "beyond_interval": gain["gain_high"] is not None and gain["gain_high"] < 0})
+                    out["negative_transfer"].append(
+                        {
+                            "size": size,
+                            "strategy": lab,
+                            "against": scratch_label,
+                            "reason": "worse than scratch",
+                            "mean": here[lab].mean,
+                            "reference_mean": scratch.mean,
+                            **gain,
+                            "beyond_interval": gain["gain_high"] is not None and gain["gain_high"] < 0,
+                        }
+                    )
             frozen = here.get(frozen_label) if frozen_label else None
-            if frozen is not None and lab != frozen_label and trains_backbone(lab, size) \
-                    and sign * (here[lab].mean - frozen.mean) <= 0:
+            if (
+                frozen is not None
+                and lab != frozen_label
+                and trains_backbone(lab, size)
+                and sign * (here[lab].mean - frozen.mean) <= 0
+            ):
                 diff = _difference(rows, lab, frozen_label, size, key)
                 gain = _gain(diff, sign)
-                out["negative_transfer"].append({
-                    "size": size, "strategy": lab, "against": frozen_label,
-                    "reason": f"no better than the frozen baseline ({frozen_label})",
-                    "mean": here[lab].mean, "reference_mean": frozen.mean, **gain,
-                    "beyond_interval": gain["gain_high"] is not None and gain["gain_high"] < 0})
+                out["negative_transfer"].append(
+                    {
+                        "size": size,
+                        "strategy": lab,
+                        "against": frozen_label,
+                        "reason": f"no better than the frozen baseline ({frozen_label})",
+                        "mean": here[lab].mean,
+                        "reference_mean": frozen.mean,
+                        **gain,
+                        "beyond_interval": gain["gain_high"] is not None and gain["gain_high"] < 0,
+                    }
+                )
     return out
 
 
@@ -232,11 +287,24 @@ def _num(x: float) -> float | None:
 def _gain(diff: Summary | None, sign: float) -> dict:
     """The paired difference, oriented so that positive means better."""
     if diff is None:
-        return {"gain": None, "gain_low": None, "gain_high": None, "paired_seeds": 0, "interval": None,
-                "too_few_seeds": True}
+        return {
+            "gain": None,
+            "gain_low": None,
+            "gain_high": None,
+            "paired_seeds": 0,
+            "interval": None,
+            "too_few_seeds": True,
+        }
     lo, hi = (diff.low, diff.high) if sign > 0 else (-diff.high, -diff.low)
-    return {"gain": sign * diff.mean, "gain_low": _num(lo), "gain_high": _num(hi), "paired_seeds": diff.n,
-            "interval": diff.method, "eval_examples": diff.examples, "too_few_seeds": diff.n < MIN_SEEDS_TO_JUDGE}
+    return {
+        "gain": sign * diff.mean,
+        "gain_low": _num(lo),
+        "gain_high": _num(hi),
+        "paired_seeds": diff.n,
+        "interval": diff.method,
+        "eval_examples": diff.examples,
+        "too_few_seeds": diff.n < MIN_SEEDS_TO_JUDGE,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,10 +364,17 @@ def markdown(study, rows: list[dict], verdict: dict, table_stats: dict) -> str:
     other = "f1" if metric != "f1" else "accuracy"
     other_stats = summaries(rows, f"eval_{other}", bootstrap=False)
     sec_stats = summaries(rows, "seconds", bootstrap=False)
-    lines += ["", f"## {'macro-F1' if other == 'f1' else other} (mean ± sd) and seconds per run", "",
-              "| strategy | " + " | ".join(f"{_size_name(s, pc)} {'macro-F1' if other == 'f1' else other} | "
-                                           f"{_size_name(s, pc)} s/run" for s in sizes) + " |",
-              "|---|" + "---|---|" * len(sizes)]
+    lines += [
+        "",
+        f"## {'macro-F1' if other == 'f1' else other} (mean ± sd) and seconds per run",
+        "",
+        "| strategy | "
+        + " | ".join(
+            f"{_size_name(s, pc)} {'macro-F1' if other == 'f1' else other} | {_size_name(s, pc)} s/run" for s in sizes
+        )
+        + " |",
+        "|---|" + "---|---|" * len(sizes),
+    ]
     for lab in labels:
         cells = []
         for s in sizes:
@@ -328,11 +403,15 @@ def _eval_split_note(study, rows: list[dict]) -> str:
     unknown = sum(1 for f in seen if not f)
     parts = []
     if other:
-        parts.append(f"**{other} cell(s) ran on other data** (another training pool or eval split): their results "
-                     "are not comparable with the rest")
+        parts.append(
+            f"**{other} cell(s) ran on other data** (another training pool or eval split): their results "
+            "are not comparable with the rest"
+        )
     if unknown or not planned:
-        parts.append(f"{unknown or len(seen)} cell(s) did not record which data they ran on: that they share "
-                     "this eval split is not checked")
+        parts.append(
+            f"{unknown or len(seen)} cell(s) did not record which data they ran on: that they share "
+            "this eval split is not checked"
+        )
     return "; ".join(parts) if parts else "no finished cells"
 
 
@@ -341,11 +420,15 @@ def _interval_note(table_stats: dict) -> str:
     examples = sorted({st.examples for st in table_stats.values() if st.method == "bootstrap"})
     parts = []
     if "bootstrap" in methods:
-        parts.append(f"Intervals: paired bootstrap over the {'/'.join(map(str, examples))} eval examples and the "
-                     "seeds (each replicate redraws both, the same draw for every strategy), 95% percentile.")
+        parts.append(
+            f"Intervals: paired bootstrap over the {'/'.join(map(str, examples))} eval examples and the "
+            "seeds (each replicate redraws both, the same draw for every strategy), 95% percentile."
+        )
     if "t" in methods:
-        parts.append("Cells that did not record per-example predictions: Student-t interval over seeds, cut to "
-                     "the metric's range.")
+        parts.append(
+            "Cells that did not record per-example predictions: Student-t interval over seeds, cut to "
+            "the metric's range."
+        )
     return " ".join(parts) or "No intervals: one seed, and no per-example predictions recorded."
 
 
@@ -355,9 +438,11 @@ def _seeds_line(verdict: dict) -> str | None:
     if not seeds or min(seeds) >= MIN_SEEDS_TO_JUDGE:
         return None
     n = min(seeds)
-    return (f"- **Only {n} seed{'s' if n != 1 else ''}: too few to judge** how much a result moves from one seed "
-            "(subsample and initialisation) to the next. The intervals count the eval examples and these seeds "
-            f"only; run at least {MIN_SEEDS_TO_JUDGE} seeds (e.g. --seeds 0,1,2,3,4) before relying on a verdict.")
+    return (
+        f"- **Only {n} seed{'s' if n != 1 else ''}: too few to judge** how much a result moves from one seed "
+        "(subsample and initialisation) to the next. The intervals count the eval examples and these seeds "
+        f"only; run at least {MIN_SEEDS_TO_JUDGE} seeds (e.g. --seeds 0,1,2,3,4) before relying on a verdict."
+    )
 
 
 def _interval_words(t: dict) -> str:
@@ -374,8 +459,10 @@ def backend_line(rows: list[dict]) -> str:
         b = r.get("backend") or "local"
         counts[b] = counts.get(b, 0) + 1
         hosts.setdefault(b, set()).add(r.get("host") or "?")
-    parts = [f"{b} {n} cell{'s' if n != 1 else ''} on {len(hosts[b])} host{'s' if len(hosts[b]) != 1 else ''}"
-             for b, n in sorted(counts.items())]
+    parts = [
+        f"{b} {n} cell{'s' if n != 1 else ''} on {len(hosts[b])} host{'s' if len(hosts[b]) != 1 else ''}"
+        for b, n in sorted(counts.items())
+    ]
     return (
         "Backends: "
         + ("; ".join(parts) if parts else "no cell finished")
@@ -390,8 +477,11 @@ def verdict_lines(verdict: dict, per_class: bool) -> list[str]:
     if few:
         lines.append(few)
     for b in verdict["best"]:
-        tied = (f"; no clear difference from {', '.join(b['tied_within_interval'])} (the paired interval holds 0)"
-                if b["tied_within_interval"] else "")
+        tied = (
+            f"; no clear difference from {', '.join(b['tied_within_interval'])} (the paired interval holds 0)"
+            if b["tied_within_interval"]
+            else ""
+        )
         lines.append(
             f"- {_size_name(b['size'], per_class)}: best is **{b['strategy']}** ({metric} {_fmt(b['mean'])}){tied}."
         )
@@ -408,10 +498,14 @@ def verdict_lines(verdict: dict, per_class: bool) -> list[str]:
             how = "no clear difference (the interval holds 0)"
         if t["gain_low"] is not None and t.get("too_few_seeds"):
             how += f" (only {t['paired_seeds']} seed{'s' if t['paired_seeds'] != 1 else ''}: see above)"
-        interval = f"[{_signed(t['gain_low'])}, {_signed(t['gain_high'])}] ({_interval_words(t)})" \
-            if t["gain_low"] is not None else f"({t['paired_seeds']} paired seeds)"
-        lines.append(f"- {_size_name(t['size'], per_class)}: {t['strategy']} − scratch = {_signed(t['gain'])} "
-                     f"{interval}: {how}.")
+        interval = (
+            f"[{_signed(t['gain_low'])}, {_signed(t['gain_high'])}] ({_interval_words(t)})"
+            if t["gain_low"] is not None
+            else f"({t['paired_seeds']} paired seeds)"
+        )
+        lines.append(
+            f"- {_size_name(t['size'], per_class)}: {t['strategy']} − scratch = {_signed(t['gain'])} {interval}: {how}."
+        )
     if verdict["negative_transfer"]:
         for n in verdict["negative_transfer"]:
             sure = " (beyond the interval)" if n["beyond_interval"] else " (within the interval: may be noise)"
@@ -425,8 +519,11 @@ def verdict_lines(verdict: dict, per_class: bool) -> list[str]:
             checks.append("every pretrained strategy is above scratch")
         if verdict["frozen_reference"]:
             checks.append(f"every fine-tuning strategy is above the frozen baseline ({verdict['frozen_reference']})")
-        lines.append("- No negative-transfer alarm: " + " and ".join(checks) + "." if checks else
-                     "- Negative transfer not checked: no scratch cells and no frozen baseline.")
+        lines.append(
+            "- No negative-transfer alarm: " + " and ".join(checks) + "."
+            if checks
+            else "- Negative transfer not checked: no scratch cells and no frozen baseline."
+        )
     return lines
 
 
@@ -473,9 +570,18 @@ def write_report(study) -> dict[str, Any]:
     rows = collect_rows(study)
     write_csv(rows, out / "study.csv")
     higher = study.metric not in LOWER_IS_BETTER
-    verdict = verdicts(rows, study.metric, higher) if rows else {"metric": study.metric, "best": [],
-                                                                 "transfer_vs_scratch": [], "negative_transfer": [],
-                                                                 "scratch": None, "frozen_reference": None}
+    verdict = (
+        verdicts(rows, study.metric, higher)
+        if rows
+        else {
+            "metric": study.metric,
+            "best": [],
+            "transfer_vs_scratch": [],
+            "negative_transfer": [],
+            "scratch": None,
+            "frozen_reference": None,
+        }
+    )
     table_stats = summaries(rows, f"eval_{study.metric}")
     (out / "study.md").write_text(markdown(study, rows, verdict, table_stats))
     plot(study, table_stats, out / "study.png")

@@ -59,8 +59,16 @@ class _Progress:
         total = sum(guesses) - sum((running or {}).values())
         return f"ETA {_duration(max(total, 0.0) / self.jobs)}"
 
-    def line(self, cell: Cell, metrics: dict | None, seconds: float | None, remaining: list[Cell],
-             error: str | None = None, running: dict[int, float] | None = None, earlier: bool = False) -> None:
+    def line(
+        self,
+        cell: Cell,
+        metrics: dict | None,
+        seconds: float | None,
+        remaining: list[Cell],
+        error: str | None = None,
+        running: dict[int, float] | None = None,
+        earlier: bool = False,
+    ) -> None:
         self.done += 1
         head = f"[{self.done}/{self.total}] {cell.label} n={cell.size}{self.study.size_unit} seed={cell.seed}"
         if error:
@@ -158,10 +166,19 @@ def _worker_env(jobs: int) -> dict[str, str]:
 BACKENDS = ("local", "ray")
 
 
-def run_study(study: Study, jobs: int = 1, echo: Callable[[str], None] = print,
-              in_process: bool | None = None, *, backend: str = "local", address: str | None = None,
-              cpus_per_cell: float | None = None, gpus_per_cell: float = 0.0,
-              ray_init: dict | None = None, ray_retries: int = 1) -> dict[str, Any]:
+def run_study(
+    study: Study,
+    jobs: int = 1,
+    echo: Callable[[str], None] = print,
+    in_process: bool | None = None,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    cpus_per_cell: float | None = None,
+    gpus_per_cell: float = 0.0,
+    ray_init: dict | None = None,
+    ray_retries: int = 1,
+) -> dict[str, Any]:
     """Run every unfinished cell (one at a time here, or `jobs` worker processes, or as Ray tasks),
     then write the report. Ctrl-C stops the running cells; finished cells stay, and the report
     covers them.
@@ -223,14 +240,24 @@ def run_study(study: Study, jobs: int = 1, echo: Callable[[str], None] = print,
                     if error:
                         failures[cell.dir.name] = error
                     progress.record(cell, (m or {}).get("seconds"))
-                    progress.line(cell, m, (m or {}).get("seconds"), pending[i + 1:], error)
+                    progress.line(cell, m, (m or {}).get("seconds"), pending[i + 1 :], error)
                     if ctrl_c["hit"]:  # pressed while the cell ran, and dropped on the way
                         raise KeyboardInterrupt
             elif backend == "ray":
                 from hf_transfer.study.ray_backend import run_ray
 
-                run_ray(study, pending, progress, failures, echo=echo, address=address,
-                        cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell, init=ray_init, retries=ray_retries)
+                run_ray(
+                    study,
+                    pending,
+                    progress,
+                    failures,
+                    echo=echo,
+                    address=address,
+                    cpus_per_cell=cpus_per_cell,
+                    gpus_per_cell=gpus_per_cell,
+                    init=ray_init,
+                    retries=ray_retries,
+                )
                 if ctrl_c["hit"]:
                     raise KeyboardInterrupt
             else:
@@ -243,13 +270,21 @@ def run_study(study: Study, jobs: int = 1, echo: Callable[[str], None] = print,
         raise KeyboardInterrupt
     report["failed_cells"] = failures
     if failures:
-        echo(f"{len(failures)} cell(s) failed: " + ", ".join(failures) + ". Their cell.log says why; "
-             "run the command again to retry them.")
+        echo(
+            f"{len(failures)} cell(s) failed: " + ", ".join(failures) + ". Their cell.log says why; "
+            "run the command again to retry them."
+        )
     return report
 
 
-def _run_workers(study: Study, pending: list[Cell], jobs: int, progress: _Progress, failures: dict[str, str],
-                 ctrl_c: dict | None = None) -> None:
+def _run_workers(
+    study: Study,
+    pending: list[Cell],
+    jobs: int,
+    progress: _Progress,
+    failures: dict[str, str],
+    ctrl_c: dict | None = None,
+) -> None:
     env = _worker_env(jobs)
     queue = list(pending)
     running: dict[subprocess.Popen, tuple[Cell, float, Any]] = {}
@@ -259,8 +294,12 @@ def _run_workers(study: Study, pending: list[Cell], jobs: int, progress: _Progre
                 cell = queue.pop(0)
                 prepare_cell(cell, study.label_names)
                 log = open(cell.dir / cells_mod.CELL_LOG, "a")
-                proc = subprocess.Popen([sys.executable, "-m", "hf_transfer.study.cells", str(cell.dir)],
-                                        stdout=log, stderr=subprocess.STDOUT, env=env)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "hf_transfer.study.cells", str(cell.dir)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
                 running[proc] = (cell, time.perf_counter(), log)
             time.sleep(0.2)
             if ctrl_c is not None and ctrl_c["hit"]:
@@ -279,8 +318,14 @@ def _run_workers(study: Study, pending: list[Cell], jobs: int, progress: _Progre
                 progress.record(cell, (m or {}).get("seconds"))
                 now = time.perf_counter()
                 elapsed = {id(c): now - t for c, t, _ in running.values()}
-                progress.line(cell, m, (m or {}).get("seconds"), queue + [c for c, _, _ in running.values()],
-                              error, running=elapsed)
+                progress.line(
+                    cell,
+                    m,
+                    (m or {}).get("seconds"),
+                    queue + [c for c, _, _ in running.values()],
+                    error,
+                    running=elapsed,
+                )
     finally:
         for proc in running:
             if proc.poll() is None:

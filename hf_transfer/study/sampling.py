@@ -20,8 +20,10 @@ from hf_transfer.errors import ConfigError
 
 def _class_orders(labels: np.ndarray, seed: int) -> dict[int, np.ndarray]:
     # One generator per (seed, class): a class's order does not depend on the other classes.
-    return {int(c): np.random.default_rng([seed, 0, int(c)]).permutation(np.flatnonzero(labels == c))
-            for c in np.unique(labels)}
+    return {
+        int(c): np.random.default_rng([seed, 0, int(c)]).permutation(np.flatnonzero(labels == c))
+        for c in np.unique(labels)
+    }
 
 
 def stratified_order(labels, seed: int) -> np.ndarray:

@@ -157,8 +157,9 @@ def can_bootstrap(metric: str, outcomes: list[Outcome]) -> bool:
     return metric != "loss" or all(o.losses is not None for o in outcomes)
 
 
-def _replicates(metric: str, sides: list[dict[int, Outcome]], seeds: list, num_labels: int,
-                replicates: int, rng_seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _replicates(
+    metric: str, sides: list[dict[int, Outcome]], seeds: list, num_labels: int, replicates: int, rng_seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per side: the metric per seed on the data as it is, shape (S,), and per replicate
     (examples and seeds resampled, the same draws for every side), shape (R,)."""
     m = len(next(iter(sides[0].values())).references)
@@ -174,7 +175,7 @@ def _replicates(metric: str, sides: list[dict[int, Outcome]], seeds: list, num_l
         weights = np.bincount((np.arange(n)[:, None] * m + draws).ravel(), minlength=n * m).reshape(n, m)
         for i, side in enumerate(sides):
             for j, s in enumerate(seeds):
-                per_seed[i, j, start:start + n] = _metric_of_weights(metric, weights, side[s], num_labels)
+                per_seed[i, j, start : start + n] = _metric_of_weights(metric, weights, side[s], num_labels)
     for i, side in enumerate(sides):
         for j, s in enumerate(seeds):
             point[i, j] = _metric_of_weights(metric, ones, side[s], num_labels)[0]
@@ -187,8 +188,9 @@ def _num_labels(outcomes) -> int:
     return int(max(max(o.predictions.max(), o.references.max()) for o in outcomes)) + 1
 
 
-def bootstrap_summary(metric: str, outcomes: dict[int, Outcome], confidence: float = 0.95,
-                      replicates: int = REPLICATES, rng_seed: int = 0) -> Summary:
+def bootstrap_summary(
+    metric: str, outcomes: dict[int, Outcome], confidence: float = 0.95, replicates: int = REPLICATES, rng_seed: int = 0
+) -> Summary:
     """Mean over seeds of `metric`, sd over seeds, and the percentile interval of the paired
     bootstrap over eval examples and seeds (`outcomes`: seed -> that seed's eval results)."""
     seeds = sorted(outcomes)
@@ -197,12 +199,26 @@ def bootstrap_summary(metric: str, outcomes: dict[int, Outcome], confidence: flo
     alpha = (1 - confidence) / 2
     low, high = np.quantile(reps[0], [alpha, 1 - alpha])
     sd = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-    return Summary(len(seeds), float(values.mean()), sd, float(low), float(high), confidence, "bootstrap",
-                   len(next(iter(outcomes.values())).references))
+    return Summary(
+        len(seeds),
+        float(values.mean()),
+        sd,
+        float(low),
+        float(high),
+        confidence,
+        "bootstrap",
+        len(next(iter(outcomes.values())).references),
+    )
 
 
-def bootstrap_difference(metric: str, a: dict[int, Outcome], b: dict[int, Outcome], confidence: float = 0.95,
-                         replicates: int = REPLICATES, rng_seed: int = 0) -> Summary | None:
+def bootstrap_difference(
+    metric: str,
+    a: dict[int, Outcome],
+    b: dict[int, Outcome],
+    confidence: float = 0.95,
+    replicates: int = REPLICATES,
+    rng_seed: int = 0,
+) -> Summary | None:
     """`metric` of a minus `metric` of b over the seeds both have, paired by seed (the same
     subsample) and by eval example (the same bootstrap draws); None when they share no seed."""
     seeds = sorted(set(a) & set(b))
@@ -215,5 +231,13 @@ def bootstrap_difference(metric: str, a: dict[int, Outcome], b: dict[int, Outcom
     alpha = (1 - confidence) / 2
     low, high = np.quantile(rep_diff, [alpha, 1 - alpha])
     sd = float(diff.std(ddof=1)) if len(diff) > 1 else math.nan
-    return Summary(len(seeds), float(diff.mean()), sd, float(low), float(high), confidence, "bootstrap",
-                   len(next(iter(a.values())).references))
+    return Summary(
+        len(seeds),
+        float(diff.mean()),
+        sd,
+        float(low),
+        float(high),
+        confidence,
+        "bootstrap",
+        len(next(iter(a.values())).references),
+    )

@@ -10,6 +10,7 @@ from hf_transfer.tasks import multilabel  # noqa: F401
 from hf_transfer.tasks import regression  # noqa: F401
 from hf_transfer.tasks import token_classification  # noqa: F401
 from hf_transfer.tasks import masked_lm  # noqa: F401
+
 # isort: on
 from hf_transfer.tasks.base import ClassificationTask, Task, get_task, register_task
 

@@ -81,8 +81,7 @@ class AutoAudioClassifier:
         return AutoModelForAudioClassification.from_pretrained(name_or_path, *args, **kwargs)
 
 
-@register_task("audio_classification", "audio-classification", example_input="path/to/audio.wav",
-               modality="audio")
+@register_task("audio_classification", "audio-classification", example_input="path/to/audio.wav", modality="audio")
 class AudioClassificationTask(ClassificationTask):
     """A clip in, one label out."""
 
@@ -170,8 +169,10 @@ class AudioClassificationTask(ClassificationTask):
     def load_processor(self):
         d = self.cfg.data
         fe = self.checkpoint_processor(
-            AutoFeatureExtractor, "feature extractor",
-            "An audio checkpoint needs a preprocessor_config.json (its sampling rate and features).")
+            AutoFeatureExtractor,
+            "feature extractor",
+            "An audio checkpoint needs a preprocessor_config.json (its sampling rate and features).",
+        )
         rate = int(fe.sampling_rate)
         max_samples, where = None, ""
         if _is_whisper_fe(fe):
@@ -189,8 +190,12 @@ class AudioClassificationTask(ClassificationTask):
     def build_model(self, from_scratch: bool = False):
         m = self.cfg.model
         model = load_for_classification(
-            self.auto_model_cls, m.name_or_path, self.labels.id2label, revision=m.revision,
-            trust_remote_code=m.trust_remote_code, from_scratch=from_scratch,
+            self.auto_model_cls,
+            m.name_or_path,
+            self.labels.id2label,
+            revision=m.revision,
+            trust_remote_code=m.trust_remote_code,
+            from_scratch=from_scratch,
         )
         if getattr(model.config, "model_type", None) == "whisper" and self.whisper_positions is not None:
             cut_encoder_window(model, self.whisper_positions)

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 #: 0-based index in its source (file row, header not counted; image folders: sorted file order).
 SOURCE_ROW = "__source_row__"
 
+
 def get_task(cfg: TrainConfig) -> Task:
     """The task object for `cfg.recipe` (built-in or a plugin's; `ConfigError` if unknown)."""
     return task_class(cfg.recipe)(cfg)
@@ -82,7 +83,8 @@ class Task:
         m = self.cfg.model
         try:
             return auto_cls.from_pretrained(
-                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code)
+                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code
+            )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ModelError(
                 f"Cannot load the {what} of '{m.name_or_path}' ({type(e).__name__}: {e}). {hint}".rstrip()
@@ -173,8 +175,12 @@ class ClassificationTask(Task):
         d = self.cfg.data
         seed = d.seed if d.seed is not None else self.cfg.training.seed
         carved = not (d.eval is not None and d.eval.name)
-        if (self.only_roles is not None and self.known_labels and "train" not in self.only_roles
-                and not ("eval" in self.only_roles and carved)):
+        if (
+            self.only_roles is not None
+            and self.known_labels
+            and "train" not in self.only_roles
+            and not ("eval" in self.only_roles and carved)
+        ):
             return self._load_without_train(seed)
         train = labels_mod.apply_filter(self._load_source(d.train, "train"), d.filter, "train")
         label_col = labels_mod.find_column(
@@ -213,14 +219,20 @@ class ClassificationTask(Task):
         eval_ds = labels_mod.per_class(eval_ds, d.eval_samples_per_class, seed)
         per_class_rows = len(eval_ds)
         eval_ds = labels_mod.subsample(eval_ds, d.max_eval_samples, seed)
-        by = ([f"data.eval_samples_per_class={d.eval_samples_per_class}"] if per_class_rows < before else []) + \
-             ([f"data.max_eval_samples={d.max_eval_samples}"] if len(eval_ds) < per_class_rows else [])
+        by = ([f"data.eval_samples_per_class={d.eval_samples_per_class}"] if per_class_rows < before else []) + (
+            [f"data.max_eval_samples={d.max_eval_samples}"] if len(eval_ds) < per_class_rows else []
+        )
         self.eval_cut = None
         if by:
             self.eval_cut = {"eval_size_before_cut": before, "eval_cut_by": " and ".join(by), "eval_origin": origin}
-            logger.warning("The eval split (%s rows %s) was cut to %s rows by %s: its metrics rest on those %s "
-                           "rows only.", f"{before:,}", origin, f"{len(eval_ds):,}", " and ".join(by),
-                           f"{len(eval_ds):,}")
+            logger.warning(
+                "The eval split (%s rows %s) was cut to %s rows by %s: its metrics rest on those %s rows only.",
+                f"{before:,}",
+                origin,
+                f"{len(eval_ds):,}",
+                " and ".join(by),
+                f"{len(eval_ds):,}",
+            )
         return eval_ds
 
     def _load_without_train(self, seed: int) -> Splits:
@@ -235,12 +247,14 @@ class ClassificationTask(Task):
             ds = labels_mod.apply_filter(self._load_source(source, role), d.filter, role)
             if not hasattr(self, "input_col"):
                 self.label_column = labels_mod.find_column(
-                    ds, d.label_column, labels_mod.LABEL_CANDIDATES, "label", "data.label_column", role)
+                    ds, d.label_column, labels_mod.LABEL_CANDIDATES, "label", "data.label_column", role
+                )
                 self.input_col = self.input_column(ds)
             out[role] = self._encode_other(ds, role)
         if out["eval"] is not None:
             out["eval"] = labels_mod.subsample(
-                labels_mod.per_class(out["eval"], d.eval_samples_per_class, seed), d.max_eval_samples, seed)
+                labels_mod.per_class(out["eval"], d.eval_samples_per_class, seed), d.max_eval_samples, seed
+            )
         return Splits(None, out["eval"], out["test"])
 
     def _load_other(self, source, role):
@@ -279,12 +293,14 @@ class ClassificationTask(Task):
             probs = model(**send_to_device(self.predict_inputs(inputs), device)).logits.float().softmax(-1).cpu()
         for item, p in zip(inputs, probs):
             scores, ids = p.topk(min(top_k, p.numel()))
-            results.append({
-                "input": item,
-                "label": id2label[int(ids[0])],
-                "score": round(float(scores[0]), 4),
-                "top": [{"label": id2label[int(i)], "score": round(float(s), 4)} for s, i in zip(scores, ids)],
-            })
+            results.append(
+                {
+                    "input": item,
+                    "label": id2label[int(ids[0])],
+                    "score": round(float(scores[0]), 4),
+                    "top": [{"label": id2label[int(i)], "score": round(float(s), 4)} for s, i in zip(scores, ids)],
+                }
+            )
         return results
 
     def recount_labels(self, train, skipped: str, kept: str) -> None:

@@ -15,9 +15,18 @@ from hf_transfer.registry import recipe_modality
 from hf_transfer.tasks.base import get_task
 
 
-def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = None, spec: FeatureSpec | None = None,
-                        max_examples: int | None = None, seed: int = 0, extra: dict | None = None,
-                        batch_size: int | None = None, columns: tuple[str, ...] = ()) -> dict[str, Features]:
+def features_for_config(
+    cfg,
+    roles=("train",),
+    *,
+    name_or_path: str | None = None,
+    spec: FeatureSpec | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
+    extra: dict | None = None,
+    batch_size: int | None = None,
+    columns: tuple[str, ...] = (),
+) -> dict[str, Features]:
     """Build the task and the pretrained model of a TrainConfig, and extract features.
 
     Args:
@@ -48,12 +57,17 @@ def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = Non
     splits = task.load_splits()
     model = task.build_model()
     strategy = getattr(cfg, "strategy", None)
-    extractor = FeatureExtractor(model, modality=recipe_modality(cfg.recipe, "text"),
-                                 spec=spec or spec_from_settings(strategy), name_or_path=cfg.model.name_or_path)
+    extractor = FeatureExtractor(
+        model,
+        modality=recipe_modality(cfg.recipe, "text"),
+        spec=spec or spec_from_settings(strategy),
+        name_or_path=cfg.model.name_or_path,
+    )
     bs = batch_size or cfg.training.eval_batch_size or cfg.training.batch_size
     if getattr(task, "token_level", False):
-        return _token_features_for(task, model, splits, roles, extra, spec or spec_from_settings(strategy),
-                                   max_examples, seed, bs, columns)
+        return _token_features_for(
+            task, model, splits, roles, extra, spec or spec_from_settings(strategy), max_examples, seed, bs, columns
+        )
     sets = {role: getattr(splits, role, None) for role in roles}
     sets.update(extra or {})
     out = {}
@@ -70,8 +84,14 @@ def features_for_config(cfg, roles=("train",), *, name_or_path: str | None = Non
                 "dataset, or for an audio folder a metadata.csv with file_name and that column; "
                 "image folders carry no extra columns, use a csv of image paths instead)."
             )
-        out[name] = extract(extractor, task, ds, batch_size=bs, cache=getattr(strategy, "use_cache", True),
-                            cache_dir=getattr(strategy, "cache_dir", None))
+        out[name] = extract(
+            extractor,
+            task,
+            ds,
+            batch_size=bs,
+            cache=getattr(strategy, "use_cache", True),
+            cache_dir=getattr(strategy, "cache_dir", None),
+        )
         out[name].columns = {c: list(ds[c]) for c in columns}
     return out
 
@@ -80,11 +100,15 @@ def _token_features_for(task, model, splits, roles, extra, spec, max_examples, s
     """`features_for_config` for token classification: one row per scored word (the head's input
     and the word's tag) of a seeded sample of at most `max_examples` sentences."""
     if spec.layers != "last" or spec.normalize:
-        raise ConfigError("Token classification features are the last layer's per-token states (what the head "
-                          "reads): leave the layers at `last` and normalize unset.")
+        raise ConfigError(
+            "Token classification features are the last layer's per-token states (what the head "
+            "reads): leave the layers at `last` and normalize unset."
+        )
     if columns:
-        raise DataError(f"Token-level features have one row per word, not per example: columns "
-                        f"{', '.join(repr(c) for c in columns)} cannot come back row for row.")
+        raise DataError(
+            f"Token-level features have one row per word, not per example: columns "
+            f"{', '.join(repr(c) for c in columns)} cannot come back row for row."
+        )
     sets = {role: getattr(splits, role, None) for role in roles}
     sets.update(extra or {})
     out = {}
@@ -95,7 +119,17 @@ def _token_features_for(task, model, splits, roles, extra, spec, max_examples, s
             ds = ds.shuffle(seed=seed).select(range(max_examples))
         t0 = time.time()
         X, y = task.token_features(model, ds, batch_size=batch_size)
-        out[name] = Features(X, y, {"source": "token head input", "pooling": "none (per token)", "layers": "last",
-                                    "seconds": round(time.time() - t0, 3), "dim": int(X.shape[1]),
-                                    "sentences": len(ds)}, False)
+        out[name] = Features(
+            X,
+            y,
+            {
+                "source": "token head input",
+                "pooling": "none (per token)",
+                "layers": "last",
+                "seconds": round(time.time() - t0, 3),
+                "dim": int(X.shape[1]),
+                "sentences": len(ds),
+            },
+            False,
+        )
     return out

@@ -65,8 +65,7 @@ def _resolve_paths(batch: dict, column: str, base: str) -> dict:
     return {column: out}
 
 
-@register_task("image_classification", "image-classification", example_input="path/to/image.jpg",
-               modality="image")
+@register_task("image_classification", "image-classification", example_input="path/to/image.jpg", modality="image")
 class ImageClassificationTask(ClassificationTask):
     """An image in, one label out. Augmentation on the training split only."""
 
@@ -119,8 +118,12 @@ class ImageClassificationTask(ClassificationTask):
             return ds.cast_column(col, datasets.Image(decode=False)) if feature.decode else ds
         if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
             if base is not None:
-                ds = ds.map(_resolve_paths, batched=True, fn_kwargs={"column": col, "base": str(base)},
-                            desc=f"Resolving {role} image paths")
+                ds = ds.map(
+                    _resolve_paths,
+                    batched=True,
+                    fn_kwargs={"column": col, "base": str(base)},
+                    desc=f"Resolving {role} image paths",
+                )
             return ds.cast_column(col, datasets.Image(decode=False))
         raise DataError(
             f"Column '{col}' of the {role} split holds {feature}, not images or image paths. Set "
@@ -160,8 +163,10 @@ class ImageClassificationTask(ClassificationTask):
     # Model ------------------------------------------------------------------------------
     def load_processor(self):
         self.processor = self.checkpoint_processor(
-            AutoImageProcessor, "image processor",
-            "An image checkpoint needs a preprocessor_config.json (its resize and normalisation settings).")
+            AutoImageProcessor,
+            "image processor",
+            "An image checkpoint needs a preprocessor_config.json (its resize and normalisation settings).",
+        )
         # Shapes for a batch in which every image failed to decode (see collate_images).
         self._empty_like = process_image(self.processor, Image.new("RGB", (32, 32)))
         return self.processor
@@ -169,8 +174,12 @@ class ImageClassificationTask(ClassificationTask):
     def build_model(self, from_scratch: bool = False):
         m = self.cfg.model
         model = load_for_classification(
-            self.auto_model_cls, m.name_or_path, self.labels.id2label, revision=m.revision,
-            trust_remote_code=m.trust_remote_code, from_scratch=from_scratch,
+            self.auto_model_cls,
+            m.name_or_path,
+            self.labels.id2label,
+            revision=m.revision,
+            trust_remote_code=m.trust_remote_code,
+            from_scratch=from_scratch,
         )
         if from_scratch:
             fix_scratch_init(model)

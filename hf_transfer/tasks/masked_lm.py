@@ -54,22 +54,32 @@ class MaskedLMTask(Task):
         d = self.cfg.data
         seed = d.seed if d.seed is not None else self.cfg.training.seed
         train = labels_mod.apply_filter(load_split(d.train, "train"), d.filter, "train")
-        self.input_col = labels_mod.find_column(train, d.text_column, labels_mod.TEXT_CANDIDATES, "text",
-                                                "data.text_column")
-        train = train.filter(_has_text, input_columns=[self.input_col],
-                             new_fingerprint=transform_fingerprint(train, "drop_blank_texts", self.input_col))
+        self.input_col = labels_mod.find_column(
+            train, d.text_column, labels_mod.TEXT_CANDIDATES, "text", "data.text_column"
+        )
+        train = train.filter(
+            _has_text,
+            input_columns=[self.input_col],
+            new_fingerprint=transform_fingerprint(train, "drop_blank_texts", self.input_col),
+        )
         if d.eval is not None and d.eval.name:
             eval_ds = labels_mod.apply_filter(load_split(d.eval, "eval"), d.filter, "eval")
-            eval_ds = eval_ds.filter(_has_text, input_columns=[self.input_col],
-                                     new_fingerprint=transform_fingerprint(eval_ds, "drop_blank_texts", self.input_col))
+            eval_ds = eval_ds.filter(
+                _has_text,
+                input_columns=[self.input_col],
+                new_fingerprint=transform_fingerprint(eval_ds, "drop_blank_texts", self.input_col),
+            )
             if len(eval_ds) == 0:
-                raise DataError(f"data.eval ({d.eval.name}) holds no non-blank text in column '{self.input_col}': "
-                                "the masked-LM eval loss would measure nothing.")
+                raise DataError(
+                    f"data.eval ({d.eval.name}) holds no non-blank text in column '{self.input_col}': "
+                    "the masked-LM eval loss would measure nothing."
+                )
         else:
             if len(train) < 2:
                 raise DataError(
                     f"data.train holds {len(train)} non-blank text(s): too few to hold any out for the masked-LM "
-                    "eval loss. Give more texts, or a separate data.eval file.")
+                    "eval loss. Give more texts, or a separate data.eval file."
+                )
             parts = train.train_test_split(test_size=d.eval_fraction, seed=seed)
             train, eval_ds = parts["train"], parts["test"]
             logger.info("No data.eval given: held out %d texts for the masked-LM eval loss.", len(eval_ds))
@@ -88,15 +98,22 @@ class MaskedLMTask(Task):
 
         # Our own fingerprints (hf_transfer.data.fingerprints): hashing these closures would go through
         # datasets' bare `except:`, which swallows Ctrl-C.
-        encoded = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="Tokenizing",
-                         new_fingerprint=transform_fingerprint(ds, "mlm_tokenize", tokenizer_identity(tok),
-                                                               self.input_col, self.cfg.data.max_length),
-                         load_from_cache_file=False)
+        encoded = ds.map(
+            encode,
+            batched=True,
+            remove_columns=ds.column_names,
+            desc="Tokenizing",
+            new_fingerprint=transform_fingerprint(
+                ds, "mlm_tokenize", tokenizer_identity(tok), self.input_col, self.cfg.data.max_length
+            ),
+            load_from_cache_file=False,
+        )
         if train:
             return encoded
         # Fixed masks for evaluation: the same tokens are hidden at every evaluation.
-        collator = DataCollatorForLanguageModeling(tok, mlm_probability=self.cfg.data.mlm_probability,
-                                                   seed=self.cfg.training.seed)
+        collator = DataCollatorForLanguageModeling(
+            tok, mlm_probability=self.cfg.data.mlm_probability, seed=self.cfg.training.seed
+        )
         # A text the random draw left unmasked gets one masked token (seeded): a short held-out
         # split would otherwise measure nothing (eval loss NaN).
         rng = np.random.default_rng(self.cfg.training.seed)
@@ -136,8 +153,10 @@ class MaskedLMTask(Task):
             ),
         )
         if not any(v != -100 for lab in masked["labels"] for v in lab):
-            raise DataError(f"The {len(masked)} held-out text(s) have no token that can be masked (only special "
-                            "tokens): the masked-LM eval loss would measure nothing. Give more (or longer) eval texts.")
+            raise DataError(
+                f"The {len(masked)} held-out text(s) have no token that can be masked (only special "
+                "tokens): the masked-LM eval loss would measure nothing. Give more (or longer) eval texts."
+            )
         return masked
 
     def collate(self, features):
@@ -145,8 +164,9 @@ class MaskedLMTask(Task):
             return self._mlm_collator(features)
         # Already masked (evaluation): pad inputs, and labels with -100.
         labels = [f["labels"] for f in features]
-        batch = self.processor.pad([{k: f[k] for k in ("input_ids", "attention_mask")} for f in features],
-                                   return_tensors="pt")
+        batch = self.processor.pad(
+            [{k: f[k] for k in ("input_ids", "attention_mask")} for f in features], return_tensors="pt"
+        )
         width = batch["input_ids"].shape[1]
         batch["labels"] = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels], dtype=torch.long)
         return batch
@@ -158,17 +178,20 @@ class MaskedLMTask(Task):
     def load_processor(self):
         m = self.cfg.model
         try:
-            self.processor = AutoTokenizer.from_pretrained(resolve(m.name_or_path), revision=m.revision,
-                                                           trust_remote_code=m.trust_remote_code)
+            self.processor = AutoTokenizer.from_pretrained(
+                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code
+            )
         except (OSError, ValueError) as e:
             raise ModelError(f"Cannot load the tokenizer of '{m.name_or_path}': {e}") from None
         if self.processor.mask_token is None:
             raise ModelError(
                 f"The tokenizer of '{m.name_or_path}' has no mask token, so it cannot be trained as a masked "
                 "language model. Continued pretraining needs an encoder checkpoint (BERT, RoBERTa, DistilBERT, "
-                "ELECTRA, MiniLM, ...).")
-        self._mlm_collator = DataCollatorForLanguageModeling(self.processor,
-                                                             mlm_probability=self.cfg.data.mlm_probability)
+                "ELECTRA, MiniLM, ...)."
+            )
+        self._mlm_collator = DataCollatorForLanguageModeling(
+            self.processor, mlm_probability=self.cfg.data.mlm_probability
+        )
         return self.processor
 
     def build_model(self, from_scratch: bool = False):
@@ -180,17 +203,25 @@ class MaskedLMTask(Task):
             if from_scratch:
                 return AutoModelForMaskedLM.from_config(config, trust_remote_code=m.trust_remote_code)
             model, info = AutoModelForMaskedLM.from_pretrained(
-                resolve(m.name_or_path), revision=m.revision, trust_remote_code=m.trust_remote_code,
-                output_loading_info=True)
+                resolve(m.name_or_path),
+                revision=m.revision,
+                trust_remote_code=m.trust_remote_code,
+                output_loading_info=True,
+            )
         except ValueError as e:
             raise ModelError(
                 f"'{m.name_or_path}' ({config.model_type}) has no masked-language-model form in transformers "
                 f"(AutoModelForMaskedLM): {str(e).splitlines()[0]} Continued masked-LM pretraining needs an encoder "
-                "such as BERT, RoBERTa, DistilBERT, ELECTRA or MiniLM.") from None
+                "such as BERT, RoBERTa, DistilBERT, ELECTRA or MiniLM."
+            ) from None
         new = sorted(set(info.get("missing_keys", ())) | {k[0] for k in info.get("mismatched_keys", ())})
         if new:
-            logger.info("Added a masked-LM head to '%s' (the checkpoint has none); new weights: %s. The decoder is "
-                        "tied to the input embeddings.", m.name_or_path, ", ".join(new))
+            logger.info(
+                "Added a masked-LM head to '%s' (the checkpoint has none); new weights: %s. The decoder is "
+                "tied to the input embeddings.",
+                m.name_or_path,
+                ", ".join(new),
+            )
         model.hf_transfer_new_weights = new
         return model
 
@@ -223,9 +254,12 @@ class MaskedLMTask(Task):
     def compute_metrics(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         tokens = float(np.sum(arrays["tokens"]))
         loss = float(np.sum(arrays["loss_sum"]) / tokens) if tokens else float("nan")
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)) if tokens else float("nan"),
-                "accuracy": float(np.sum(arrays["correct"]) / tokens) if tokens else float("nan"),
-                "masked_tokens": int(tokens)}
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)) if tokens else float("nan"),
+            "accuracy": float(np.sum(arrays["correct"]) / tokens) if tokens else float("nan"),
+            "masked_tokens": int(tokens),
+        }
 
     def describe_data(self, splits: Splits) -> dict[str, Any]:
         info = {"train_size": len(splits.train), "mlm_probability": self.cfg.data.mlm_probability}

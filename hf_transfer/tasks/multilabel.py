@@ -91,8 +91,9 @@ class MultiLabelTask(TargetTask):
         if d.label_columns:
             self.label_column = None
             return
-        self.label_column = labels_mod.find_column(ds, d.label_column, labels_mod.LABEL_CANDIDATES + ("tags", "topics"),
-                                                   "label", "data.label_column", role)
+        self.label_column = labels_mod.find_column(
+            ds, d.label_column, labels_mod.LABEL_CANDIDATES + ("tags", "topics"), "label", "data.label_column", role
+        )
 
     def encode(self, ds, role: str, fit: bool):
         d = self.cfg.data
@@ -105,8 +106,10 @@ class MultiLabelTask(TargetTask):
             drop = [c for c in d.label_columns if c != self.input_col]
         else:
             if self.label_column not in ds.column_names:
-                raise DataError(f"Label column '{self.label_column}' (from data.label_column) is not in the {where}. "
-                                f"Its columns are: {', '.join(ds.column_names)}.")
+                raise DataError(
+                    f"Label column '{self.label_column}' (from data.label_column) is not in the {where}. "
+                    f"Its columns are: {', '.join(ds.column_names)}."
+                )
             sets, feature_names = targets_mod.label_sets(ds, self.label_column, d.label_separator)
             if self.labels is None:
                 if d.label_names:
@@ -116,8 +119,10 @@ class MultiLabelTask(TargetTask):
                 else:
                     found = sorted({label for s in sets for label in s})
                     if not found:
-                        raise DataError(f"No row of the {where} has a label in column '{self.label_column}' "
-                                        f"(separator {d.label_separator!r}).")
+                        raise DataError(
+                            f"No row of the {where} has a label in column '{self.label_column}' "
+                            f"(separator {d.label_separator!r})."
+                        )
                     self.labels, self._declared = LabelSpace(found), "the labels of the train split"
             matrix = targets_mod.multi_hot(sets, self.labels.names, where, self._declared or "the run's labels")
             drop = [self.label_column]
@@ -136,19 +141,24 @@ class MultiLabelTask(TargetTask):
         logger.info("Labels (%d; positive examples of each in %d training rows): %s", len(self.labels), len(y), counts)
         absent = [n for n, c in counts.items() if c == 0]
         if absent:
-            logger.warning("No training example has label(s) %s: the model learns never to predict them.",
-                           ", ".join(absent))
+            logger.warning(
+                "No training example has label(s) %s: the model learns never to predict them.", ", ".join(absent)
+            )
         setting = self.cfg.training.class_weights
         if setting == "balanced":
             w = np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1), 1.0)
             self.pos_weight = torch.tensor(w, dtype=torch.float32)
-            logger.info("Positive-example weights (negatives / positives): %s",
-                        dict(zip(self.labels.names, np.round(w, 3).tolist())))
+            logger.info(
+                "Positive-example weights (negatives / positives): %s",
+                dict(zip(self.labels.names, np.round(w, 3).tolist())),
+            )
         elif setting not in (None, "none"):
             w = list(setting)
             if len(w) != len(self.labels):
-                raise DataError(f"training.class_weights has {len(w)} values but there are {len(self.labels)} labels: "
-                                "give one positive-example weight per label, in id order.")
+                raise DataError(
+                    f"training.class_weights has {len(w)} values but there are {len(self.labels)} labels: "
+                    "give one positive-example weight per label, in id order."
+                )
             self.pos_weight = torch.tensor([float(x) for x in w], dtype=torch.float32)
         self.class_weights = None
 
@@ -210,7 +220,8 @@ class MultiLabelTask(TargetTask):
             pred = probs >= DEFAULT_THRESHOLD
             self.threshold_selection = (
                 f"default 0.5 (the eval split's {len(probs)} rows are too few to tune on: thresholds are tuned from "
-                f"{MIN_TUNING_ROWS} rows on, for labels with at least {MIN_TUNING_POSITIVES} positives)")
+                f"{MIN_TUNING_ROWS} rows on, for labels with at least {MIN_TUNING_POSITIVES} positives)"
+            )
         else:
             least = MIN_TUNING_POSITIVES if self.balanced_head else 1
             pred, folds = cross_fitted_predictions(probs, refs, seed=self.cfg.training.seed, min_positives=least)
@@ -218,9 +229,11 @@ class MultiLabelTask(TargetTask):
             self.threshold_selection = (
                 f"per-label F1 on the eval split's {len(probs)} held-out predictions"
                 + (f", for the labels with at least {least} positives there (0.5 for the others" if least > 1 else " (")
-                + f"; eval metrics cross-fitted over {folds} folds)")
-            extra["f1_macro_at_0.5"] = compute_multilabel_metrics(probs >= DEFAULT_THRESHOLD, refs, probs,
-                                                                   self.labels.names)["f1_macro"]
+                + f"; eval metrics cross-fitted over {folds} folds)"
+            )
+            extra["f1_macro_at_0.5"] = compute_multilabel_metrics(
+                probs >= DEFAULT_THRESHOLD, refs, probs, self.labels.names
+            )["f1_macro"]
         metrics = compute_multilabel_metrics(pred, refs, probs, self.labels.names)
         metrics.update(extra)
         metrics["loss"] = float(np.mean(arrays["loss"])) if len(arrays["loss"]) else float("nan")
@@ -243,8 +256,11 @@ class MultiLabelTask(TargetTask):
         if self.only_roles is None:
             t = self.final_thresholds()
             info["thresholds"] = dict(zip(self.labels.names, [round(float(x), 4) for x in t]))
-            info["threshold_selection"] = (f"fixed (training.multilabel_threshold={self._fixed()})"
-                                           if self._fixed() is not None else self.threshold_selection or "default 0.5")
+            info["threshold_selection"] = (
+                f"fixed (training.multilabel_threshold={self._fixed()})"
+                if self._fixed() is not None
+                else self.threshold_selection or "default 0.5"
+            )
         return info
 
     def save_processor(self, out_dir) -> None:
@@ -253,10 +269,14 @@ class MultiLabelTask(TargetTask):
         out = Path(out_dir)
         t = self.final_thresholds()
         thresholds = {n: round(float(x), 4) for n, x in zip(self.labels.names, t)}
-        how = (f"fixed (training.multilabel_threshold={self._fixed()})" if self._fixed() is not None
-               else self.threshold_selection or "default 0.5")
-        (out / THRESHOLDS_FILE).write_text(json.dumps(
-            {"labels": list(self.labels.names), "thresholds": thresholds, "selection": how}, indent=2))
+        how = (
+            f"fixed (training.multilabel_threshold={self._fixed()})"
+            if self._fixed() is not None
+            else self.threshold_selection or "default 0.5"
+        )
+        (out / THRESHOLDS_FILE).write_text(
+            json.dumps({"labels": list(self.labels.names), "thresholds": thresholds, "selection": how}, indent=2)
+        )
         cfg_path = out / "config.json"
         if cfg_path.is_file():
             cfg = json.loads(cfg_path.read_text())
@@ -294,12 +314,14 @@ class MultiLabelTask(TargetTask):
         out = []
         for item, p in zip(inputs, probs):
             order = np.argsort(-p)
-            out.append({
-                "input": item,
-                "labels": [names[j] for j in order if p[j] >= t[j]],
-                "scores": {n: round(float(x), 6) for n, x in zip(names, p)},
-                "top": [{"label": names[j], "score": round(float(p[j]), 6)} for j in order[:max(1, top_k)]],
-            })
+            out.append(
+                {
+                    "input": item,
+                    "labels": [names[j] for j in order if p[j] >= t[j]],
+                    "scores": {n: round(float(x), 6) for n, x in zip(names, p)},
+                    "top": [{"label": names[j], "score": round(float(p[j]), 6)} for j in order[: max(1, top_k)]],
+                }
+            )
         return out
 
 
@@ -311,9 +333,14 @@ def init_bias_to_prior(model, prior: np.ndarray, floor: float = 1e-3) -> bool:
     label. Returns False (and changes nothing) when none is found."""
     from torch import nn
 
-    layers = [m for n, m in model.named_modules()
-              if isinstance(m, nn.Linear) and m.out_features == len(prior) and m.bias is not None
-              and "original_module" not in n]
+    layers = [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+        and m.out_features == len(prior)
+        and m.bias is not None
+        and "original_module" not in n
+    ]
     if not layers:
         return False
     p = np.clip(np.asarray(prior, dtype=np.float64), floor, 1 - floor)
@@ -350,8 +377,14 @@ def separability(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tup
     return float(np.clip(2 * b - 1, 0.0, 1.0)), b
 
 
-@register_task("text_multilabel", "text-classification", example_input="The match was delayed by the election.",
-               metrics=("f1_macro", "f1_micro", "subset_accuracy", "lrap"), modality="text", targets="label_set")
+@register_task(
+    "text_multilabel",
+    "text-classification",
+    example_input="The match was delayed by the election.",
+    metrics=("f1_macro", "f1_micro", "subset_accuracy", "lrap"),
+    modality="text",
+    targets="label_set",
+)
 class TextMultiLabelTask(TextClassificationTask, MultiLabelTask):
     """Tokenised text in, a set of labels out."""
 
@@ -359,8 +392,14 @@ class TextMultiLabelTask(TextClassificationTask, MultiLabelTask):
         return self.configure_model(super().build_model(from_scratch))
 
 
-@register_task("image_multilabel", "image-classification", example_input="path/to/image.jpg",
-               metrics=("f1_macro", "f1_micro", "subset_accuracy", "lrap"), modality="image", targets="label_set")
+@register_task(
+    "image_multilabel",
+    "image-classification",
+    example_input="path/to/image.jpg",
+    metrics=("f1_macro", "f1_micro", "subset_accuracy", "lrap"),
+    modality="image",
+    targets="label_set",
+)
 class ImageMultiLabelTask(ImageClassificationTask, MultiLabelTask):
     """An image in, a set of labels out."""
 

@@ -55,15 +55,22 @@ TARGET_CANDIDATES = ("label", "labels", "score", "target", "rating", "value", "y
 def output_linear(model: nn.Module) -> nn.Linear:
     """The linear layer that produces a one-output model's prediction (the last one with one
     output; under PEFT, the trained copy in `modules_to_save`)."""
-    found = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and m.out_features == 1 and "original_module" not in n]
+    found = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m.out_features == 1 and "original_module" not in n
+    ]
     if not found:
-        raise ModelError("Cannot find the model's one-output linear layer to fold the target scaling into. "
-                         "Set data.standardize_targets=false for this architecture.")
+        raise ModelError(
+            "Cannot find the model's one-output linear layer to fold the target scaling into. "
+            "Set data.standardize_targets=false for this architecture."
+        )
     name, layer = found[-1]
     if hasattr(layer, "lora_A") or "base_layer" in name:
-        raise ModelError(f"The output layer '{name}' carries a LoRA adapter: the target scaling cannot be folded "
-                         "into it. Leave the head out of the LoRA targets, or set data.standardize_targets=false.")
+        raise ModelError(
+            f"The output layer '{name}' carries a LoRA adapter: the target scaling cannot be folded "
+            "into it. Leave the head out of the LoRA targets, or set data.standardize_targets=false."
+        )
     return layer
 
 
@@ -90,15 +97,18 @@ class RegressionTask(TargetTask):
 
     def find_target(self, ds, role: str) -> None:
         d = self.cfg.data
-        self.label_column = labels_mod.find_column(ds, d.label_column, TARGET_CANDIDATES, "target",
-                                                   "data.label_column", role)
+        self.label_column = labels_mod.find_column(
+            ds, d.label_column, TARGET_CANDIDATES, "target", "data.label_column", role
+        )
         self.labels = LabelSpace([self.label_column])
 
     def encode(self, ds, role: str, fit: bool):
         where = self.where(role)
         if self.label_column not in ds.column_names:
-            raise DataError(f"Target column '{self.label_column}' is not in the {where}. Its columns are: "
-                            f"{', '.join(ds.column_names)}.")
+            raise DataError(
+                f"Target column '{self.label_column}' is not in the {where}. Its columns are: "
+                f"{', '.join(ds.column_names)}."
+            )
         y = targets_mod.numeric_targets(ds, self.label_column, where)
         if fit:
             targets_mod.check_not_constant(y, self.label_column, where)
@@ -114,14 +124,27 @@ class RegressionTask(TargetTask):
         y = np.asarray(list(train["labels"]), dtype=np.float64)
         targets_mod.check_not_constant(y, self.label_column, self.where("train") + " (after subsampling)")
         mean, std = float(y.mean()), float(y.std())
-        self.scaling = {"column": self.label_column, "mean": mean, "std": std, "min": float(y.min()),
-                        "max": float(y.max()), "train_rows": int(len(y)),
-                        "standardized": bool(self.cfg.data.standardize_targets)}
+        self.scaling = {
+            "column": self.label_column,
+            "mean": mean,
+            "std": std,
+            "min": float(y.min()),
+            "max": float(y.max()),
+            "train_rows": int(len(y)),
+            "standardized": bool(self.cfg.data.standardize_targets),
+        }
         if self.cfg.data.standardize_targets:
             self.mean, self.std = mean, std
-        logger.info("Target '%s': %d training rows, mean %.4g, std %.4g, range [%.4g, %.4g]%s.", self.label_column,
-                    len(y), mean, std, y.min(), y.max(),
-                    "; the model learns standardised targets" if self.cfg.data.standardize_targets else "")
+        logger.info(
+            "Target '%s': %d training rows, mean %.4g, std %.4g, range [%.4g, %.4g]%s.",
+            self.label_column,
+            len(y),
+            mean,
+            std,
+            y.min(),
+            y.max(),
+            "; the model learns standardised targets" if self.cfg.data.standardize_targets else "",
+        )
 
     def load_run_state(self) -> None:
         run = self.run_dir_of(self.cfg.model.name_or_path)
@@ -162,8 +185,13 @@ class RegressionTask(TargetTask):
         if self.folded or (self.mean == 0.0 and self.std == 1.0):
             return
         fold_scaling(output_linear(model), self.mean, self.std)
-        logger.info("Folded the target scaling (mean %.4g, std %.4g) into the output layer: the saved model outputs "
-                    "'%s' in its own units.", self.mean, self.std, self.label_column)
+        logger.info(
+            "Folded the target scaling (mean %.4g, std %.4g) into the output layer: the saved model outputs "
+            "'%s' in its own units.",
+            self.mean,
+            self.std,
+            self.label_column,
+        )
         self.mean, self.std, self.folded = 0.0, 1.0, True
 
     def describe_data(self, splits) -> dict[str, Any]:
@@ -179,9 +207,15 @@ class RegressionTask(TargetTask):
         if not self.scaling:
             return
         out = Path(out_dir)
-        (out / SCALING_FILE).write_text(json.dumps(
-            {**self.scaling, "note": "The saved model outputs the original units: the scaling is folded into its "
-                                     "output layer."}, indent=2))
+        (out / SCALING_FILE).write_text(
+            json.dumps(
+                {
+                    **self.scaling,
+                    "note": "The saved model outputs the original units: the scaling is folded into its output layer.",
+                },
+                indent=2,
+            )
+        )
         cfg_path = out / "config.json"
         if cfg_path.is_file():
             cfg = json.loads(cfg_path.read_text())
@@ -223,14 +257,22 @@ def separability(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> tu
     if len(y) < 4 or np.ptp(y) == 0:
         return None, None
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
-    pred = cross_val_predict(model, np.asarray(features, dtype=np.float64), y,
-                             cv=KFold(min(5, len(y) // 2), shuffle=True, random_state=seed))
+    pred = cross_val_predict(
+        model, np.asarray(features, dtype=np.float64), y, cv=KFold(min(5, len(y) // 2), shuffle=True, random_state=seed)
+    )
     r2 = float(1 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2))
     return float(np.clip(r2, 0.0, 1.0)), r2
 
 
-@register_task("text_regression", "text-classification", example_input="What a lovely, sunny day.",
-               metrics=("rmse", "mae", "r2", "spearman"), lower_is_better=True, modality="text", targets="number")
+@register_task(
+    "text_regression",
+    "text-classification",
+    example_input="What a lovely, sunny day.",
+    metrics=("rmse", "mae", "r2", "spearman"),
+    lower_is_better=True,
+    modality="text",
+    targets="number",
+)
 class TextRegressionTask(TextClassificationTask, RegressionTask):
     """Tokenised text in, one number out."""
 
@@ -238,8 +280,15 @@ class TextRegressionTask(TextClassificationTask, RegressionTask):
         return self.configure_model(super().build_model(from_scratch))
 
 
-@register_task("image_regression", "image-classification", example_input="path/to/image.jpg",
-               metrics=("rmse", "mae", "r2", "spearman"), lower_is_better=True, modality="image", targets="number")
+@register_task(
+    "image_regression",
+    "image-classification",
+    example_input="path/to/image.jpg",
+    metrics=("rmse", "mae", "r2", "spearman"),
+    lower_is_better=True,
+    modality="image",
+    targets="number",
+)
 class ImageRegressionTask(ImageClassificationTask, RegressionTask):
     """An image in, one number out."""
 

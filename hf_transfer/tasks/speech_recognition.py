@@ -74,8 +74,15 @@ def _generator(model):
     return model
 
 
-@register_task("speech_recognition", "automatic-speech-recognition", metrics=("wer", "cer"),
-               lower_is_better=True, example_input="path/to/audio.wav", modality="audio", targets="text")
+@register_task(
+    "speech_recognition",
+    "automatic-speech-recognition",
+    metrics=("wer", "cer"),
+    lower_is_better=True,
+    example_input="path/to/audio.wav",
+    modality="audio",
+    targets="text",
+)
 class SpeechRecognitionTask(Task):
     """Audio in, transcript out (Whisper encoder-decoder)."""
 
@@ -158,7 +165,8 @@ class SpeechRecognitionTask(Task):
         if language is None:
             logger.warning(
                 "Multilingual Whisper without a language: transcripts are taken to be %s. Set "
-                "data.language (a Whisper language name or code) for other languages.", DEFAULT_LANGUAGE,
+                "data.language (a Whisper language name or code) for other languages.",
+                DEFAULT_LANGUAGE,
             )
             language = DEFAULT_LANGUAGE
         self.language = str(language).strip("<|>").lower()
@@ -262,14 +270,24 @@ class SpeechRecognitionTask(Task):
                 cut += 1
             targets.append(ids)
         if cut:
-            logger.warning("%d transcripts are longer than %d tokens and were cut (data.max_length, and "
-                           "the decoder's max_target_positions).", cut, self.max_label_tokens)
+            logger.warning(
+                "%d transcripts are longer than %d tokens and were cut (data.max_length, and "
+                "the decoder's max_target_positions).",
+                cut,
+                self.max_label_tokens,
+            )
         return audio_mod.AudioDataset(ds, self.audio_col, self._window(), targets)
 
     def features(self, clips: list[np.ndarray]) -> torch.Tensor:
         fe = self.feature_extractor
-        out = fe(clips, sampling_rate=self.window.sampling_rate, return_tensors="pt", padding="max_length",
-                 max_length=fe.n_samples, truncation=True)
+        out = fe(
+            clips,
+            sampling_rate=self.window.sampling_rate,
+            return_tensors="pt",
+            padding="max_length",
+            max_length=fe.n_samples,
+            truncation=True,
+        )
         return out["input_features"]
 
     def collate(self, features):
@@ -340,8 +358,9 @@ class SpeechRecognitionTask(Task):
         return model(input_features=batch["input_features"], decoder_input_ids=decoder_input_ids, use_cache=False)
 
     def _token_losses(self, logits, labels, smoothing: float = 0.0) -> torch.Tensor:
-        per = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
-                              reduction="none", label_smoothing=smoothing)
+        per = F.cross_entropy(
+            logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none", label_smoothing=smoothing
+        )
         return per  # (batch, tokens), 0 where ignored
 
     def loss(self, model, batch) -> torch.Tensor:

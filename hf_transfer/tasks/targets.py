@@ -64,8 +64,12 @@ class TargetTask(ClassificationTask):
         carved = not (d.eval is not None and d.eval.name)
         if self.only_roles is not None:
             self.load_run_state()
-        if (self.only_roles is not None and self.known_labels and "train" not in self.only_roles
-                and not ("eval" in self.only_roles and carved)):
+        if (
+            self.only_roles is not None
+            and self.known_labels
+            and "train" not in self.only_roles
+            and not ("eval" in self.only_roles and carved)
+        ):
             return self._load_without_train(seed)
         train = labels_mod.apply_filter(load_split(d.train, "train"), d.filter, "train")
         self.find_target(train, "train")
@@ -78,8 +82,10 @@ class TargetTask(ClassificationTask):
         else:
             n_eval = max(1, int(round(len(train) * d.eval_fraction)))
             if n_eval >= len(train):
-                raise DataError(f"The train split has {len(train)} rows: too few to carve an eval split from. "
-                                "Give data.eval, or more training data.")
+                raise DataError(
+                    f"The train split has {len(train)} rows: too few to carve an eval split from. "
+                    "Give data.eval, or more training data."
+                )
             parts = train.train_test_split(test_size=n_eval, seed=seed)
             train, eval_ds = parts["train"], parts["test"]
             logger.info("No data.eval given: carved %d random eval rows from train.", len(eval_ds))
@@ -112,8 +118,10 @@ class TargetTask(ClassificationTask):
 
     def _encode_other(self, ds, role):
         if self.input_col not in ds.column_names:
-            raise DataError(f"The {self.where(role)} has no column '{self.input_col}' (the train split's input "
-                            f"column). Its columns are: {', '.join(ds.column_names)}.")
+            raise DataError(
+                f"The {self.where(role)} has no column '{self.input_col}' (the train split's input "
+                f"column). Its columns are: {', '.join(ds.column_names)}."
+            )
         ds = self.drop_unusable_rows(ds, role)
         return self.encode(ds, role, fit=False)
 

@@ -17,8 +17,17 @@ logger = logging.getLogger(__name__)
 
 # Models whose position ids start after the padding index (RoBERTa's convention): the usable
 # length is max_position_embeddings - pad_token_id - 1.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod",
-                     "roberta-prelayernorm", "mpnet", "ibert")
+_OFFSET_POSITIONS = (
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "longformer",
+    "data2vec-text",
+    "xmod",
+    "roberta-prelayernorm",
+    "mpnet",
+    "ibert",
+)
 
 
 def model_max_length(model_cfg, tokenizer=None) -> int | None:
@@ -41,8 +50,9 @@ def model_max_length(model_cfg, tokenizer=None) -> int | None:
     return min(limits) if limits else None
 
 
-@register_task("text_classification", "text-classification", example_input="This was a wonderful film.",
-               modality="text")
+@register_task(
+    "text_classification", "text-classification", example_input="This was a wonderful film.", modality="text"
+)
 class TextClassificationTask(ClassificationTask):
     """Tokenised text in, one label out; dynamic padding and length-grouped batches."""
 
@@ -70,13 +80,22 @@ class TextClassificationTask(ClassificationTask):
             return keep
 
         before = len(ds)
-        out = ds.filter(usable, batched=True, desc=f"Dropping blank {role} texts",
-                        new_fingerprint=transform_fingerprint(ds, "drop_blank_texts", columns))
+        out = ds.filter(
+            usable,
+            batched=True,
+            desc=f"Dropping blank {role} texts",
+            new_fingerprint=transform_fingerprint(ds, "drop_blank_texts", columns),
+        )
         dropped = before - len(out)
         self.blank_rows[role] = dropped
         if dropped:
-            logger.warning("Dropped %d of %d %s rows whose text is blank or missing (column %s).",
-                           dropped, before, role, " / ".join(repr(c) for c in columns))
+            logger.warning(
+                "Dropped %d of %d %s rows whose text is blank or missing (column %s).",
+                dropped,
+                before,
+                role,
+                " / ".join(repr(c) for c in columns),
+            )
         if len(out) == 0:
             raise DataError(f"Every row of the {role} split has a blank or missing text in column '{columns[0]}'.")
         return out
@@ -105,15 +124,24 @@ class TextClassificationTask(ClassificationTask):
         limit = model_max_length(self.cfg.model, self.processor)
         d = self.cfg.data
         if limit is not None and d.max_length > limit:
-            logger.warning("data.max_length=%d is more than '%s' can take (%d positions): using %d.",
-                           d.max_length, self.cfg.model.name_or_path, limit, limit)
+            logger.warning(
+                "data.max_length=%d is more than '%s' can take (%d positions): using %d.",
+                d.max_length,
+                self.cfg.model.name_or_path,
+                limit,
+                limit,
+            )
             d.max_length = limit
 
     def build_model(self, from_scratch: bool = False):
         m = self.cfg.model
         model = load_for_classification(
-            self.auto_model_cls, m.name_or_path, self.labels.id2label, revision=m.revision,
-            trust_remote_code=m.trust_remote_code, from_scratch=from_scratch,
+            self.auto_model_cls,
+            m.name_or_path,
+            self.labels.id2label,
+            revision=m.revision,
+            trust_remote_code=m.trust_remote_code,
+            from_scratch=from_scratch,
         )
         if model.config.pad_token_id is None and self.processor is not None:
             model.config.pad_token_id = self.processor.pad_token_id
@@ -131,5 +159,6 @@ class TextClassificationTask(ClassificationTask):
 
     def predict_inputs(self, texts: list[str]):
         """Tokenised batch for raw texts."""
-        return self.processor(texts, truncation=True, max_length=self.cfg.data.max_length,
-                              padding=True, return_tensors="pt")
+        return self.processor(
+            texts, truncation=True, max_length=self.cfg.data.max_length, padding=True, return_tensors="pt"
+        )

@@ -33,9 +33,14 @@ from hf_transfer.tasks.base import Splits, Task, register_task
 logger = logging.getLogger(__name__)
 
 
-@register_task("token_classification", "token-classification",
-               example_input="My name is Sarah and I live in London.",
-               metrics=("f1", "precision", "recall", "accuracy"), modality="text", targets="tags")
+@register_task(
+    "token_classification",
+    "token-classification",
+    example_input="My name is Sarah and I live in London.",
+    metrics=("f1", "precision", "recall", "accuracy"),
+    modality="text",
+    targets="tags",
+)
 class TokenClassificationTask(Task):
     """Tagged words in, one tag per word out (see the module docstring)."""
 
@@ -53,20 +58,30 @@ class TokenClassificationTask(Task):
         self.reports: dict[str, tok_data.TagReport] = {}
         d = cfg.data
         if cfg.training.class_weights != "none":
-            raise ConfigError("training.class_weights is not available for token_classification (the loss is "
-                              "summed over tokens); leave it at none.")
+            raise ConfigError(
+                "training.class_weights is not available for token_classification (the loss is "
+                "summed over tokens); leave it at none."
+            )
         if d.samples_per_class is not None or d.eval_samples_per_class is not None:
-            raise ConfigError("data.samples_per_class / eval_samples_per_class count examples per class, which "
-                              "sentences with many tags do not have: use data.max_train_samples / max_eval_samples.")
+            raise ConfigError(
+                "data.samples_per_class / eval_samples_per_class count examples per class, which "
+                "sentences with many tags do not have: use data.max_train_samples / max_eval_samples."
+            )
         if d.filter:
-            raise ConfigError("data.filter (a pandas query over columns) does not apply to tagged sentences; "
-                              "filter the files instead.")
+            raise ConfigError(
+                "data.filter (a pandas query over columns) does not apply to tagged sentences; "
+                "filter the files instead."
+            )
         if cfg.strategy.name == "contrastive":
-            raise ConfigError("strategy contrastive trains sentence embeddings on pairs of examples with one label "
-                              "each; token_classification tags words. Use feature_extraction, lora or full.")
+            raise ConfigError(
+                "strategy contrastive trains sentence embeddings on pairs of examples with one label "
+                "each; token_classification tags words. Use feature_extraction, lora or full."
+            )
         if cfg.training.cache_frozen_prefix:
-            raise ConfigError("training.cache_frozen_prefix keeps one label per example; token_classification has one "
-                              "per word: leave it off.")
+            raise ConfigError(
+                "training.cache_frozen_prefix keeps one label per example; token_classification has one "
+                "per word: leave it off."
+            )
         if d.text_pair_column:
             raise ConfigError("data.text_pair_column does not apply to token_classification.")
 
@@ -79,31 +94,42 @@ class TokenClassificationTask(Task):
             raise ModelError(
                 f"The tokenizer of '{self.cfg.model.name_or_path}' is a slow (Python) tokenizer: token "
                 "classification needs a fast one (its word_ids() align tags to subwords). Use a checkpoint "
-                "with a tokenizer.json.")
-        if type(self.processor).__name__.startswith(("Roberta", "GPT2", "Bart", "Longformer")) and \
-                not getattr(self.processor, "add_prefix_space", False):
+                "with a tokenizer.json."
+            )
+        if type(self.processor).__name__.startswith(("Roberta", "GPT2", "Bart", "Longformer")) and not getattr(
+            self.processor, "add_prefix_space", False
+        ):
             # Byte-level BPE tokenizers take pre-split words only with a prefix space.
             from hf_transfer.paths import resolve
 
             m = self.cfg.model
             try:
-                self.processor = AutoTokenizer.from_pretrained(resolve(m.name_or_path), revision=m.revision,
-                                                               add_prefix_space=True)
+                self.processor = AutoTokenizer.from_pretrained(
+                    resolve(m.name_or_path), revision=m.revision, add_prefix_space=True
+                )
             except (OSError, ValueError) as e:
-                raise ModelError(f"The byte-level tokenizer of '{m.name_or_path}' needs add_prefix_space=True for "
-                                 f"pre-split words and did not reload so ({e}).") from None
+                raise ModelError(
+                    f"The byte-level tokenizer of '{m.name_or_path}' needs add_prefix_space=True for "
+                    f"pre-split words and did not reload so ({e})."
+                ) from None
         limit = model_max_length(self.cfg.model, self.processor)
         d = self.cfg.data
         if limit is not None and d.max_length > limit:
-            logger.warning("data.max_length=%d is more than '%s' can take (%d positions): using %d.",
-                           d.max_length, self.cfg.model.name_or_path, limit, limit)
+            logger.warning(
+                "data.max_length=%d is more than '%s' can take (%d positions): using %d.",
+                d.max_length,
+                self.cfg.model.name_or_path,
+                limit,
+                limit,
+            )
             d.max_length = limit
         return self.processor
 
     def _read(self, source, role: str) -> list[tok_data.Sentence]:
         t = self.cfg.data.tagging
-        sentences = tok_data.read_source(source, role, t, self.cfg.data.text_column,
-                                         t.scheme if t.scheme != "auto" else self.scheme)
+        sentences = tok_data.read_source(
+            source, role, t, self.cfg.data.text_column, t.scheme if t.scheme != "auto" else self.scheme
+        )
         tok_data.check_tag_form(sentences)
         return sentences
 
@@ -141,8 +167,10 @@ class TokenClassificationTask(Task):
             random.Random(seed).shuffle(order)
             n_eval = max(1, int(round(len(train) * d.eval_fraction)))
             if len(train) - n_eval < 1:
-                raise DataError(f"The training split has {len(train)} sentence(s): too few to carve an eval split "
-                                "from. Give data.eval.")
+                raise DataError(
+                    f"The training split has {len(train)} sentence(s): too few to carve an eval split "
+                    "from. Give data.eval."
+                )
             eval_ds, train = train.select(sorted(order[:n_eval])), train.select(sorted(order[n_eval:]))
             logger.info("No data.eval given: carved %d eval sentences (seeded) from train.", len(eval_ds))
         if d.test is not None and d.test.name:
@@ -157,15 +185,22 @@ class TokenClassificationTask(Task):
         if eval_ds is not None and d.max_eval_samples is not None and d.max_eval_samples < len(eval_ds):
             eval_ds = eval_ds.shuffle(seed=seed).select(range(d.max_eval_samples))
         counts = np.bincount(np.concatenate([np.asarray(x) for x in train["tags"]]), minlength=len(names))
-        logger.info("Training tags (%d sentences, %d tokens): %s", len(train), int(counts.sum()),
-                    dict(zip(names, counts.tolist())))
+        logger.info(
+            "Training tags (%d sentences, %d tokens): %s",
+            len(train),
+            int(counts.sum()),
+            dict(zip(names, counts.tolist())),
+        )
         if self.only_roles is not None:
             train = train if "train" in self.only_roles else None
         return Splits(train, eval_ds, test_ds)
 
     def describe_data(self, splits: Splits) -> dict[str, Any]:
-        info: dict[str, Any] = {"labels": self.labels.names, "tag_scheme": self.scheme,
-                                "subword_labels": self.cfg.data.tagging.subword_labels}
+        info: dict[str, Any] = {
+            "labels": self.labels.names,
+            "tag_scheme": self.scheme,
+            "subword_labels": self.cfg.data.tagging.subword_labels,
+        }
         for role in ("train", "eval", "test"):
             ds = getattr(splits, role)
             if ds is not None:
@@ -176,8 +211,9 @@ class TokenClassificationTask(Task):
 
     def preprocess(self, ds, train: bool):
         d = self.cfg.data
-        return tok_data.tokenize_and_align(ds, self.processor, d.max_length, d.tagging.subword_labels,
-                                           self.labels.names)
+        return tok_data.tokenize_and_align(
+            ds, self.processor, d.max_length, d.tagging.subword_labels, self.labels.names
+        )
 
     def collate(self, features):
         return tok_data.pad_token_batch(features, self.processor)
@@ -189,8 +225,12 @@ class TokenClassificationTask(Task):
     def build_model(self, from_scratch: bool = False):
         m = self.cfg.model
         model = load_for_classification(
-            self.auto_model_cls, m.name_or_path, self.labels.id2label, revision=m.revision,
-            trust_remote_code=m.trust_remote_code, from_scratch=from_scratch,
+            self.auto_model_cls,
+            m.name_or_path,
+            self.labels.id2label,
+            revision=m.revision,
+            trust_remote_code=m.trust_remote_code,
+            from_scratch=from_scratch,
         )
         if model.config.pad_token_id is None and self.processor is not None:
             model.config.pad_token_id = self.processor.pad_token_id
@@ -208,21 +248,31 @@ class TokenClassificationTask(Task):
 
     def loss(self, model, batch) -> torch.Tensor:
         logits = self.logits(model, batch).float()
-        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum",
-                               label_smoothing=self.cfg.training.label_smoothing)
+        return F.cross_entropy(
+            logits.flatten(0, 1),
+            batch["labels"].flatten(),
+            ignore_index=-100,
+            reduction="sum",
+            label_smoothing=self.cfg.training.label_smoothing,
+        )
 
     def eval_outputs(self, model, batch) -> dict[str, torch.Tensor]:
         logits = self.logits(model, batch).float()
         refs = batch["word_labels"]
         per = F.cross_entropy(logits.transpose(1, 2), refs, ignore_index=-100, reduction="none")  # (B, T)
-        return {"predictions": logits.argmax(-1), "references": refs,
-                "loss_sum": per.sum(1), "loss_count": (refs != -100).sum(1).float()}
+        return {
+            "predictions": logits.argmax(-1),
+            "references": refs,
+            "loss_sum": per.sum(1),
+            "loss_count": (refs != -100).sum(1).float(),
+        }
 
     def compute_metrics(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         from hf_transfer.metrics.tokens import compute_token_metrics
 
-        metrics = compute_token_metrics(arrays["predictions"], arrays["references"], self.labels.names,
-                                        self.scheme, self.cfg.data.tagging.strict)
+        metrics = compute_token_metrics(
+            arrays["predictions"], arrays["references"], self.labels.names, self.scheme, self.cfg.data.tagging.strict
+        )
         count = float(np.sum(arrays["loss_count"]))
         metrics["loss"] = float(np.sum(arrays["loss_sum"]) / count) if count else float("nan")
         return metrics
@@ -236,8 +286,9 @@ class TokenClassificationTask(Task):
 
     # Prediction -------------------------------------------------------------------------
     def predict_inputs(self, texts: list[str]):
-        return self.processor(texts, truncation=True, max_length=self._predict_max_length(), padding=True,
-                              return_tensors="pt")
+        return self.processor(
+            texts, truncation=True, max_length=self._predict_max_length(), padding=True, return_tensors="pt"
+        )
 
     def _predict_max_length(self) -> int | None:
         # transformers' pipeline truncates at the tokenizer's model_max_length: the same here, so
@@ -256,9 +307,16 @@ class TokenClassificationTask(Task):
         device = next(model.parameters()).device
         results = []
         for i in range(0, len(inputs), batch_size):
-            texts = [str(x) for x in inputs[i:i + batch_size]]
-            enc = tok(texts, truncation=True, max_length=self._predict_max_length(), padding=True,
-                      return_tensors="pt", return_offsets_mapping=True, return_special_tokens_mask=True)
+            texts = [str(x) for x in inputs[i : i + batch_size]]
+            enc = tok(
+                texts,
+                truncation=True,
+                max_length=self._predict_max_length(),
+                padding=True,
+                return_tensors="pt",
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+            )
             offsets = enc.pop("offset_mapping")
             special = enc.pop("special_tokens_mask")
             with torch.no_grad():
@@ -308,7 +366,13 @@ def group_entities(tokens: list[dict], tokenizer) -> list[dict]:
         typ = _bio(g[0]["entity"])[1]
         if typ == "O":
             continue
-        out.append({"entity_group": typ, "score": round(float(np.mean([t["score"] for t in g])), 4),
-                    "word": tokenizer.convert_tokens_to_string([t["word"] for t in g]),
-                    "start": g[0]["start"], "end": g[-1]["end"]})
+        out.append(
+            {
+                "entity_group": typ,
+                "score": round(float(np.mean([t["score"] for t in g])), 4),
+                "word": tokenizer.convert_tokens_to_string([t["word"] for t in g]),
+                "start": g[0]["start"],
+                "end": g[-1]["end"],
+            }
+        )
     return out

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 #: `config.model_type`s of convolutional networks: batch-normalised, fine-tuned with learning
 #: rates about ten times a transformer's (`engine.budget`, `selection.plan`).
-CONV_FAMILIES = frozenset({"efficientnet", "resnet", "mobilenet_v1", "mobilenet_v2", "regnet", "convnext",
-                           "convnextv2", "bit"})
+CONV_FAMILIES = frozenset(
+    {"efficientnet", "resnet", "mobilenet_v1", "mobilenet_v2", "regnet", "convnext", "convnextv2", "bit"}
+)
 
 
 def model_type_of(model_or_type) -> str | None:

@@ -83,8 +83,9 @@ def keep_frozen_parameters(model) -> list[str]:
         delattr(module, attr)
         module.register_buffer(attr, value, persistent=True)
     if names:
-        logger.info("Kept %d squeeze-and-excite parameters frozen (as buffers): the converted Lite0 has none.",
-                    len(names))
+        logger.info(
+            "Kept %d squeeze-and-excite parameters frozen (as buffers): the converted Lite0 has none.", len(names)
+        )
     return names
 
 
@@ -133,5 +134,7 @@ def fix_scratch_init(model) -> None:
             elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine:
                 module.weight.fill_(1.0)
                 module.bias.zero_()
-    logger.info("Scratch EfficientNet: He-normal convolutions, batch norms at scale 1 (transformers draws "
-                "both from N(0, 0.02)).")
+    logger.info(
+        "Scratch EfficientNet: He-normal convolutions, batch norms at scale 1 (transformers draws "
+        "both from N(0, 0.02))."
+    )
