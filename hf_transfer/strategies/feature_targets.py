@@ -46,20 +46,20 @@ def fit_targets(strategy, ctx, model, extractor, feats: dict, hits: list, start:
     X, y = feats["train"]
     t0 = time.time()
     multilabel = task.target_kind == "multilabel"
-    probe = _fit(task, c, cfg, X, y)
+    probe = _fit(task, c, cfg.training.seed, X, y)
     classifier_seconds = time.time() - t0
     runtime = time.time() - start
     metrics: dict[str, Any] = {}
     if "eval" in feats:
         metrics.update(_score(task, probe, *feats["eval"], "eval", multilabel))
-    refit = "eval" in feats and _eval_carved(cfg)
+    refit = "eval" in feats and _eval_carved(cfg.data)
     if refit:
         # The eval rows came out of the training data and were scored just above by the model that
         # never saw them; the model kept (and tested) is fitted again on all the rows.
         Xe, ye = feats["eval"]
         X, y = np.concatenate([X, Xe]), np.concatenate([y, ye])
         t0 = time.time()
-        probe = _fit(task, c, cfg, X, y)
+        probe = _fit(task, c, cfg.training.seed, X, y)
         classifier_seconds += time.time() - t0
         runtime = time.time() - start
         metrics["refit_rows"] = int(len(y))
@@ -125,11 +125,11 @@ def fit_targets(strategy, ctx, model, extractor, feats: dict, hits: list, start:
     return metrics
 
 
-def _eval_carved(cfg) -> bool:
-    """Whether the eval split was carved from the training data (no `data.eval` given) and the
-    training rows are the whole of what is left (no `data.train_indices` / `max_train_samples`
-    subsample, which fixes the training rows on purpose)."""
-    d = cfg.data
+def _eval_carved(d) -> bool:
+    """Whether, by the data settings `d`, the eval split was carved from the training data (no
+    `data.eval` given) and the training rows are the whole of what is left (no
+    `data.train_indices` / `max_train_samples` subsample, which fixes the training rows on
+    purpose)."""
     return (
         not (d.eval is not None and d.eval.name)
         and not getattr(d, "train_indices", None)
@@ -137,12 +137,12 @@ def _eval_carved(cfg) -> bool:
     )
 
 
-def _fit(task, c, cfg, X: np.ndarray, y: np.ndarray):
+def _fit(task, c, seed: int, X: np.ndarray, y: np.ndarray):
     """The linear model on `(X, y)`; for label sets also the thresholds, set on the task."""
     if task.target_kind == "multilabel":
         fixed = task._fixed()
         probe, thresholds, record = fit_multilabel(
-            X, y, C=c.C, balanced=True, max_iter=c.max_iter, seed=cfg.training.seed, tune=fixed is None
+            X, y, C=c.C, balanced=True, max_iter=c.max_iter, seed=seed, tune=fixed is None
         )
         if fixed is not None:
             thresholds = np.full(len(task.labels), fixed)
