@@ -134,18 +134,7 @@ class TextClassificationTask(ClassificationTask):
             d.max_length = limit
 
     def build_model(self, from_scratch: bool = False):
-        m = self.cfg.model
-        model = load_for_classification(
-            self.auto_model_cls,
-            m.name_or_path,
-            self.labels.id2label,
-            revision=m.revision,
-            trust_remote_code=m.trust_remote_code,
-            from_scratch=from_scratch,
-        )
-        if model.config.pad_token_id is None and self.processor is not None:
-            model.config.pad_token_id = self.processor.pad_token_id
-        return model
+        return build_text_model(self, from_scratch)
 
     def preprocess(self, ds, train: bool):
         d = self.cfg.data
@@ -162,3 +151,21 @@ class TextClassificationTask(ClassificationTask):
         return self.processor(
             texts, truncation=True, max_length=self.cfg.data.max_length, padding=True, return_tensors="pt"
         )
+
+
+def build_text_model(task, from_scratch: bool = False):
+    """The task's text model with its new head (`models.heads.load_for_classification`), its
+    `pad_token_id` set from the tokenizer when the checkpoint's config has none. Shared by the
+    sequence and token classification tasks."""
+    m = task.cfg.model
+    model = load_for_classification(
+        task.auto_model_cls,
+        m.name_or_path,
+        task.labels.id2label,
+        revision=m.revision,
+        trust_remote_code=m.trust_remote_code,
+        from_scratch=from_scratch,
+    )
+    if model.config.pad_token_id is None and task.processor is not None:
+        model.config.pad_token_id = task.processor.pad_token_id
+    return model

@@ -27,7 +27,6 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from hf_transfer.data import tokens as tok_data
 from hf_transfer.data.labels import LabelSpace
 from hf_transfer.errors import ConfigError, DataError, ModelError
-from hf_transfer.models.heads import load_for_classification
 from hf_transfer.tasks.base import Splits, Task, register_task
 
 logger = logging.getLogger(__name__)
@@ -223,18 +222,9 @@ class TokenClassificationTask(Task):
 
     # Model ------------------------------------------------------------------------------
     def build_model(self, from_scratch: bool = False):
-        m = self.cfg.model
-        model = load_for_classification(
-            self.auto_model_cls,
-            m.name_or_path,
-            self.labels.id2label,
-            revision=m.revision,
-            trust_remote_code=m.trust_remote_code,
-            from_scratch=from_scratch,
-        )
-        if model.config.pad_token_id is None and self.processor is not None:
-            model.config.pad_token_id = self.processor.pad_token_id
-        return model
+        from hf_transfer.tasks.text_classification import build_text_model
+
+        return build_text_model(self, from_scratch)
 
     # Engine hooks -----------------------------------------------------------------------
     def num_items(self, batch) -> int:
