@@ -181,7 +181,9 @@ def run_setfit(train_csv: Path, eval_csv: Path, seed: int) -> dict:
     return {"accuracy": accuracy, "time": time.time() - start}
 
 
-def run_strategy(strategy: str, train_csv: Path, eval_csv: Path, seed: int, out: Path) -> dict:
+def run_strategy(
+    strategy: str, train_csv: Path, eval_csv: Path, seed: int, out: Path, overrides: list[str] | None = None
+) -> dict:
     from hf_transfer.config import load_config
     from hf_transfer.run import train
 
@@ -203,6 +205,7 @@ def run_strategy(strategy: str, train_csv: Path, eval_csv: Path, seed: int, out:
             "training.load_best_model_at_end=false",
             "training.metric_for_best_model=accuracy",
             f"output_dir={out}",
+            *(overrides or []),
         ],
     )
     start = time.time()
@@ -217,12 +220,21 @@ def run_strategy(strategy: str, train_csv: Path, eval_csv: Path, seed: int, out:
     }
 
 
-def run_method(method: str, train_csv: Path, eval_csv: Path, seed: int, out: Path) -> dict:
+def run_method(
+    method: str, train_csv: Path, eval_csv: Path, seed: int, out: Path, overrides: list[str] | None = None
+) -> dict:
     if method == "baseline":
         return run_baseline(train_csv, eval_csv, seed)
     if method == "setfit":
         return run_setfit(train_csv, eval_csv, seed)
-    return run_strategy(method, train_csv, eval_csv, seed, out)
+    return run_strategy(method, train_csv, eval_csv, seed, out, overrides)
+
+
+def method_label(method: str, overrides: list[str]) -> str:
+    """The method's name in the results: with `--set`, the overrides in brackets (a variant)."""
+    if not overrides or method in ("baseline", "setfit"):
+        return method
+    return f"{method}[{','.join(o.removeprefix('strategy.') for o in overrides)}]"
 
 
 LABELS = {"baseline": "frozen mean-pooled + LogisticRegression (plain code)", "setfit": "SetFit 1.2.0"}
@@ -231,6 +243,7 @@ LABELS = {"baseline": "frozen mean-pooled + LogisticRegression (plain code)", "s
 def print_table(results: dict) -> None:
     sets = sorted({(d, n) for d, n, _ in results}, key=lambda k: (list(DATASETS).index(k[0]), k[1]))
     methods = [m for m in METHODS if any(k[2] == m for k in results)]
+    methods += sorted({k[2] for k in results} - set(methods))  # variants (--set), after the defaults
     print("\n| method | " + " | ".join(f"{d} {n}/class: accuracy | s/run | x SetFit time" for d, n in sets) + " |")
     print("|---|" + "---|---|---|" * len(sets))
     for method in methods:
@@ -274,6 +287,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", "--strategies", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--quick", action="store_true", help="8 per class, seed 0")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for the hf_transfer strategies (e.g. strategy.trainable_layers=6); "
+        "the results record the method as a variant, e.g. contrastive[trainable_layers=6]",
+    )
     p.add_argument("--json", help="write raw results here (updated after every run)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --json files")
     p.add_argument(
@@ -318,14 +339,16 @@ def main() -> None:
             for n in args.sizes:
                 for seed in args.seeds:
                     for method in args.methods:
-                        r = run_method(method, paths[(n, seed)], paths["eval"], seed, work / f"{d}-{n}-{seed}-{method}")
+                        r = run_method(
+                            method, paths[(n, seed)], paths["eval"], seed, work / f"{d}-{n}-{seed}-{method}", args.set
+                        )
                         r["seed"] = seed
-                        results.setdefault((d, n, method), []).append(r)
+                        label = method_label(method, args.set)
+                        results.setdefault((d, n, label), []).append(r)
                         extra = f" chose={r['choice']}" if r.get("choice") else ""
                         extra += f" steps={r['steps']} lr={r['lr']}" if r.get("steps") else ""
                         print(
-                            f"[{d} {n}/class seed={seed} {method}] acc={r['accuracy']:.3f} "
-                            f"time={r['time']:.1f}s{extra}",
+                            f"[{d} {n}/class seed={seed} {label}] acc={r['accuracy']:.3f} time={r['time']:.1f}s{extra}",
                             file=sys.stderr,
                             flush=True,
                         )

@@ -51,6 +51,37 @@ def test_head_weights_equal_the_probe_after_init(text_overrides, tmp_path, one_t
     assert record["head_init_train_accuracy"] == pytest.approx(float(np.mean(lr.predict(X) == y)), abs=1e-3)
 
 
+def test_probe_reads_the_raw_head_input_of_a_sentence_transformers_checkpoint(
+    text_overrides, tiny_bert_dir, tmp_path, one_torch_thread
+):
+    """A sentence-transformers folder L2-normalises its features by convention; the head reads the
+    raw pooler output, so the probe must be fitted on that (else every logit is off by |x|)."""
+    from conftest import NEGATIVE, POSITIVE
+    from sklearn.linear_model import LogisticRegression
+    from tiny_models import save_related_bert, sentence_transformers_copy
+
+    from hf_transfer.strategies import RunContext
+    from hf_transfer.strategies.base import build_strategy
+    from hf_transfer.tasks import get_task
+
+    related = save_related_bert(tmp_path / "related", POSITIVE, NEGATIVE)  # features that separate
+    st = sentence_transformers_copy(related, tmp_path)
+    cfg = load_config(None, text_overrides + ["strategy.name=full", f"model.name_or_path={st}"])
+    task = get_task(cfg)
+    task.load_processor()
+    splits = task.load_splits()
+    model = task.build_model()
+    record = build_strategy(cfg.strategy).init_head(RunContext(cfg, task, splits, tmp_path), model)
+    lr, X, y = _head_input_probe(cfg)
+    assert record["head_init_train_accuracy"] > 0.8  # the probe learned something
+    unit = LogisticRegression(max_iter=1000).fit(X / np.linalg.norm(X, axis=1, keepdims=True), y)
+    assert not np.allclose(unit.coef_[0], lr.coef_[0], rtol=0.05)  # the two fits are told apart
+    w = model.classifier.weight.detach().double().numpy()
+    b = model.classifier.bias.detach().double().numpy()
+    np.testing.assert_allclose(w[1] - w[0], lr.coef_[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(b[1] - b[0], lr.intercept_[0], rtol=1e-3, atol=1e-4)
+
+
 def test_random_head_init_leaves_the_head_alone(text_overrides, tmp_path, one_torch_thread):
     from hf_transfer.strategies import RunContext
     from hf_transfer.strategies.base import build_strategy

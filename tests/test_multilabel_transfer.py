@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from test_multilabel_regression import _overrides, topic_rows, topics  # noqa: F401  (the topics fixture)
+from tiny_models import sentence_transformers_copy
 
 from conftest import write_csv
 from hf_transfer import load_config
@@ -334,36 +335,12 @@ def test_thresholds_are_tuned_from_enough_rows_only():
 # ----------------------------------------------------------------------------- refit at the last epoch
 
 
-def _sentence_transformers_copy(tiny_bert_dir, tmp_path):
-    """The tiny BERT as a sentence-transformers folder (mean pooling + Normalize), whose frozen
-    features are L2-normalised by convention: the head's input is not."""
-    import shutil
-
-    out = tmp_path / "st"
-    shutil.copytree(tiny_bert_dir, out)
-    (out / "modules.json").write_text(
-        json.dumps(
-            [
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-            ]
-        )
-    )
-    (out / "1_Pooling").mkdir()
-    (out / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
-    )
-    (out / "2_Normalize").mkdir()
-    return out
-
-
 def test_probe_fits_the_raw_head_input_of_a_sentence_transformers_checkpoint(tiny_bert_dir, topics, tmp_path):  # noqa: F811
     from hf_transfer.models.target_probe import fit_multilabel
     from hf_transfer.run import RunContext
     from hf_transfer.strategies.base import build_strategy
 
-    st = _sentence_transformers_copy(tiny_bert_dir, tmp_path)
+    st = sentence_transformers_copy(tiny_bert_dir, tmp_path)
     cfg = load_config(None, _overrides("text_multilabel", st, topics, tmp_path / "run", "strategy.name=full"))
     task, splits, model = _built(cfg)
     assert (

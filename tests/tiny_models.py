@@ -9,6 +9,7 @@ drawn (None: the caller's random state, unseeded).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -264,4 +265,26 @@ def save_whisper(out: Path, multilingual: bool = False, seed: int = 0) -> Path:
     fe = WhisperFeatureExtractor(feature_size=16, sampling_rate=WHISPER_RATE, hop_length=160, chunk_length=1, n_fft=400)
     WhisperProcessor(feature_extractor=fe, tokenizer=tokenizer).save_pretrained(out)
     fe.save_pretrained(out)
+    return out
+
+
+def sentence_transformers_copy(tiny_bert_dir, tmp_path):
+    """The tiny BERT as a sentence-transformers folder (mean pooling + Normalize), whose frozen
+    features are L2-normalised by convention: the head's input is not."""
+    out = tmp_path / "st"
+    shutil.copytree(tiny_bert_dir, out)
+    (out / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            ]
+        )
+    )
+    (out / "1_Pooling").mkdir()
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
+    )
+    (out / "2_Normalize").mkdir()
     return out

@@ -120,10 +120,13 @@ def init_head_from_probe(
     training = getattr(cfg, "training", None)
     bs = batch_size or getattr(training, "eval_batch_size", None) or getattr(training, "batch_size", None) or 32
     t0 = time.time()
+    # normalize=False: exactly what the linear layer reads. A sentence-transformers checkpoint's
+    # convention L2-normalises vectors; a probe fitted on unit vectors and written into a head that
+    # reads raw ones scales every logit by the input's length.
     extractor = FeatureExtractor(
         model,
         modality=modality,
-        spec=FeatureSpec(pooling="head_input"),
+        spec=FeatureSpec(pooling="head_input", normalize=False),
         name_or_path=getattr(getattr(cfg, "model", None), "name_or_path", None),
     )
     feats = extract(extractor, ctx.task, sample, batch_size=bs)
