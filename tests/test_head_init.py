@@ -56,13 +56,13 @@ def test_probe_reads_the_raw_head_input_of_a_sentence_transformers_checkpoint(
 ):
     """A sentence-transformers folder L2-normalises its features by convention; the head reads the
     raw pooler output, so the probe must be fitted on that (else every logit is off by |x|)."""
-    from conftest import NEGATIVE, POSITIVE
     from sklearn.linear_model import LogisticRegression
-    from tiny_models import save_related_bert, sentence_transformers_copy
 
+    from conftest import NEGATIVE, POSITIVE
     from hf_transfer.strategies import RunContext
     from hf_transfer.strategies.base import build_strategy
     from hf_transfer.tasks import get_task
+    from tiny_models import save_related_bert, sentence_transformers_copy
 
     related = save_related_bert(tmp_path / "related", POSITIVE, NEGATIVE)  # features that separate
     st = sentence_transformers_copy(related, tmp_path)

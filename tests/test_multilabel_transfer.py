@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from test_multilabel_regression import _overrides, topic_rows, topics  # noqa: F401  (the topics fixture)
-from tiny_models import sentence_transformers_copy
 
 from conftest import write_csv
 from hf_transfer import load_config
 from hf_transfer.errors import ConfigError, DataError
+from tiny_models import sentence_transformers_copy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
