@@ -428,6 +428,33 @@ def test_auto_table(n, sim, name, settings):
     assert choose_strategy(50, "high", available=["feature_extraction"], score=0.8).name == "partial"
 
 
+@pytest.mark.parametrize("sim", ["high", "low"])
+def test_auto_table_picks_contrastive_for_few_text_examples_per_class(sim):
+    both = ["contrastive", "partial", "full", "feature_extraction"]
+    assert choose_strategy(64, sim, available=both, pairs=True).name == "contrastive"
+    assert choose_strategy(64, sim, available=both, pairs=False).name == "partial"  # data contrastive cannot pair
+    assert choose_strategy(64, sim, available=["partial", "full"], pairs=True).name == "partial"  # not installed
+    assert choose_strategy(100, sim, available=both, pairs=True).name != "contrastive"  # medium: the table and race
+    assert choose_strategy(64, "high", available=both, pairs=True, score=0.95).name == "feature_extraction"
+
+
+def test_pairs_fit_needs_text_single_labels_and_two_examples_a_class():
+    from hf_transfer.strategies.auto import pairs_fit
+
+    def ctx(recipe, **task):
+        return SimpleNamespace(cfg=SimpleNamespace(recipe=recipe), task=SimpleNamespace(**task))
+
+    two_each = np.array([0, 0, 1, 1, 2, 2])
+    assert pairs_fit(ctx("text_classification"), two_each)
+    assert not pairs_fit(ctx("text_classification"), np.array([0, 0, 1, 1, 2]))  # a class with one example
+    assert not pairs_fit(ctx("text_classification"), np.array([0, 0, 0]))  # one class
+    assert not pairs_fit(ctx("image_classification"), two_each)  # measured on text only
+    assert not pairs_fit(ctx("text_classification", target_kind="multilabel"), two_each)
+    assert not pairs_fit(ctx("token_classification", token_level=True), two_each)
+    assert not pairs_fit(ctx("text_regression"), np.array([0.5, 0.1, 0.3]))  # numbers
+    assert not pairs_fit(SimpleNamespace(cfg=None), two_each)
+
+
 def test_separability_score():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 40)
@@ -492,16 +519,17 @@ def test_auto_measures_low_similarity_on_random_labels(related_bert_dir, tmp_pat
         r["label"] = rng.choice(["negative", "positive"])
     s, task = auto_prepare(related_bert_dir, write_csv(tmp_path / "random.csv", rows), tmp_path)
     assert s.choice.similarity == "low" and s.measurement.score < 0.5
-    assert (s.choice.name, s.choice.settings) == ("partial", {"trainable_layers": 2})
-    # Delegation: the chosen partial strategy does the freezing and the LR scales.
+    # 96 single-label texts, two classes: few examples per class, so contrastive pairs.
+    assert s.choice.name == "contrastive"
+    # Delegation: the chosen contrastive strategy does the freezing (the blocks only) and the fit.
     model = task.build_model()
     groups = layer_groups(model)
     s.apply(model, groups)
-    assert trainable_groups(groups) == {1, 2, 3, 4}
+    assert trainable_groups(groups) == {1, 2}
     assert s.lr_scales(groups) == s.delegate.lr_scales(groups)
     assert s.on_epoch_start(1, model, groups) is False
-    assert s.changes_trainable_set is False and s.from_scratch is False and s.trains_with_engine is True
-    assert s.state_dict()["auto_choice"] == "partial"
+    assert s.changes_trainable_set is False and s.from_scratch is False and s.trains_with_engine is False
+    assert s.state_dict()["auto_choice"] == "contrastive"
 
 
 def test_auto_similarity_override_skips_measuring(tmp_path):
@@ -583,8 +611,8 @@ def test_auto_end_to_end(similarity, text_overrides, toy_text_data, related_bert
     written = json.loads((out / "metrics.json").read_text())
     assert written["strategy"] == "auto" and written["auto_train_size"] == 96
     if similarity == "low":
-        assert written["auto_choice"] == "partial" and written["auto_similarity_score"] is None
-        moving = ("bert.encoder.", "bert.pooler.")  # top 2 blocks of 2 + pooler train
+        assert written["auto_choice"] == "contrastive" and written["auto_similarity_score"] is None
+        moving = ("bert.encoder.",)  # the pairs train the blocks (both of 2), not the pooler
     else:
         assert written["auto_choice"] == "feature_extraction" and written["auto_similarity_score"] >= 0.9
         moving = ()

@@ -6,8 +6,8 @@ checkpoint's domain is to the target task):
 
 | training examples          | similarity | choice                                                   |
 | -------------------------- | ---------- | -------------------------------------------------------- |
-| small, < 100               | high       | `partial`, top 2 blocks; `feature_extraction` (else `freeze`) when the measured separability is >= 0.9 |
-| small, < 100               | low        | `partial`, top 2 blocks (light fine-tuning)              |
+| small, < 100               | high       | `contrastive` (text, one class per example, 2+ examples each), else `partial`, top 2 blocks; `feature_extraction` (else `freeze`) when the measured separability is >= 0.9 |
+| small, < 100               | low        | `contrastive` (as above), else `partial`, top 2 blocks (light fine-tuning) |
 | medium, 100 .. 10,000      | high       | `partial`, top half of the blocks                        |
 | medium, 100 .. 10,000      | low        | `full`                                                   |
 | large, > 10,000            | high       | `full`                                                   |
@@ -182,6 +182,7 @@ def choose_strategy(
     available: list[str] | None = None,
     classes: int | None = None,
     score: float | None = None,
+    pairs: bool = False,
 ) -> AutoChoice:
     """The table in the module docstring, as a function.
 
@@ -189,7 +190,11 @@ def choose_strategy(
         train_size: Labelled training examples.
         similarity: `high` or `low`.
         available: Registered strategy names (defaults to `available_strategies()`); decides
-            whether `feature_extraction` can be chosen.
+            whether `feature_extraction` and `contrastive` can be chosen.
+        classes: Number of classes (None: unknown).
+        score: The measured separability (None: not measured).
+        pairs: The data suits `contrastive`: text with one class per example and at least two
+            examples in every class (`pairs_fit`).
 
     Returns:
         The choice, with its reason.
@@ -216,10 +221,18 @@ def choose_strategy(
             similarity,
             f"{where}: feature extraction (linear probe on the frozen backbone; feature_extraction is not installed).",
         )
+    if band == "small" and pairs and "contrastive" in available:
+        # Measured (docs/benchmarks/fewshot.md, MiniLM, 8 a class, 3 seeds on 2-, 4- and 24-class
+        # sets): contrastive pairs were the best or within 0.01 of the best strategy on each set,
+        # where light fine-tuning (`partial`) lost 0.03 to the frozen features on one of them.
+        return AutoChoice(
+            "contrastive",
+            {},
+            band,
+            similarity,
+            f"{where}: few examples per class: contrastive pairs shape the encoder, then a classifier on its features.",
+        )
     if band == "small":
-        # With the head started from a probe, light fine-tuning beat the frozen features on
-        # fortunes (8 a class, 3 seeds: 0.825 vs 0.801) but not on tweets (0.725 vs 0.755, 3
-        # seeds): docs/benchmarks/fewshot.md. Not settled; the race decides on larger sets.
         return AutoChoice(
             "partial",
             {"trainable_layers": 2},
@@ -243,6 +256,21 @@ def choose_strategy(
         f"{where}: fine-tune every layer; with this much data from a distant domain, "
         "also train strategy.name=scratch and compare (negative transfer).",
     )
+
+
+def pairs_fit(ctx, labels: np.ndarray | None) -> bool:
+    """Whether `contrastive` suits this run: a text recipe with one class id per example (no label
+    sets, numbers or tags) and at least two training examples in every class (a positive pair)."""
+    cfg = getattr(ctx, "cfg", None)
+    if cfg is None or labels is None or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        return False
+    task = getattr(ctx, "task", None)
+    if getattr(task, "token_level", False) or getattr(task, "target_kind", None) in ("multilabel", "regression"):
+        return False
+    if recipe_modality(getattr(cfg, "recipe", "")) != "text":  # measured on text only
+        return False
+    _, counts = np.unique(labels, return_counts=True)
+    return len(counts) >= 2 and int(counts.min()) >= 2
 
 
 # ----------------------------------------------------------------------------------- measuring
@@ -394,7 +422,8 @@ class Auto(Strategy):
             similarity = c.similarity
             self.note = " Similarity given by strategy.similarity."
         score = self.measurement.score if self.measurement is not None else None
-        self.choice = choose_strategy(self.train_size, similarity, classes=self._classes(ctx), score=score)
+        pairs = pairs_fit(ctx, self._labels(ctx))
+        self.choice = choose_strategy(self.train_size, similarity, classes=self._classes(ctx), score=score, pairs=pairs)
         if c.race:
             self._race(ctx)
         self.delegate = build_strategy(self._delegate_config(self.choice))
