@@ -54,27 +54,6 @@ def test_budget_is_capped_whatever_the_data_size_and_class_count():
     assert len(pairs) == c.max_pairs
 
 
-def test_in_batch_loss_weighs_every_pair_positives_and_negatives_half_each():
-    from hf_transfer.strategies.contrastive import in_batch_pair_loss
-
-    torch.manual_seed(0)
-    emb = torch.randn(5, 8)
-    labels = torch.tensor([0, 0, 1, 1, 1])
-    unit = torch.nn.functional.normalize(emb, dim=-1)
-    pos, neg = [], []
-    for a in range(5):
-        for b in range(a + 1, 5):
-            cos = float(unit[a] @ unit[b])
-            (pos if labels[a] == labels[b] else neg).append((cos - float(labels[a] == labels[b])) ** 2)
-    assert len(pos) == 4 and len(neg) == 6  # every two distinct rows, not sampled pairs
-    expected = (np.mean(pos) + np.mean(neg)) / 2
-    assert float(in_batch_pair_loss(emb, labels)) == pytest.approx(expected, rel=1e-5)
-    # A batch with a single class has no negative pair: the positives alone count.
-    same = torch.tensor([2, 2, 2, 2, 2])
-    only_pos = np.mean([(float(unit[a] @ unit[b]) - 1) ** 2 for a in range(5) for b in range(a + 1, 5)])
-    assert float(in_batch_pair_loss(emb, same)) == pytest.approx(only_pos, rel=1e-5)
-
-
 def test_single_example_class_and_single_class_are_clear_errors():
     with pytest.raises(DataError, match="'rare'.*single training example.*negatives_only"):
         check_labels(np.array([0, 0, 1, 1, 2]), ["a", "b", "rare"])

@@ -105,9 +105,6 @@ class ContrastiveConfig(FeatureExtractionConfig):
         min_jaccard: Multi-label recipes: two rows make a positive pair when their label sets are
             the same or overlap by at least this Jaccard index (shared labels / labels of either);
             a negative pair when they share no label.
-        pair_loss: `sampled` (default): the loss reads the sampled pairs only, as SetFit's does.
-            `in_batch`: every two distinct examples in a batch of pairs form a pair (same class:
-            positive), the positive and negative pairs weighing half each; single-label recipes.
     """
 
     name: str = "contrastive"
@@ -120,7 +117,6 @@ class ContrastiveConfig(FeatureExtractionConfig):
     single_example_classes: Literal["error", "negatives_only"] = "error"
     cache_prefix: bool = True
     min_jaccard: float = 0.5
-    pair_loss: Literal["sampled", "in_batch"] = "sampled"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -329,10 +325,9 @@ class PairCollator:
     """A batch of pairs -> the distinct examples it touches (collated by the task's collator,
     labels dropped) plus `pair_left`, `pair_right` (positions among them) and `pair_target`."""
 
-    def __init__(self, examples, collate, labels: np.ndarray | None = None):
+    def __init__(self, examples, collate):
         self.examples = examples
         self.collate = collate
-        self.labels = None if labels is None else np.asarray(labels)
 
     def __call__(self, items: list[tuple[int, int, float]]) -> dict[str, torch.Tensor]:
         uniq = sorted({i for a, b, _ in items for i in (a, b)})
@@ -342,8 +337,6 @@ class PairCollator:
         batch["pair_left"] = torch.tensor([where[a] for a, _, _ in items], dtype=torch.long)
         batch["pair_right"] = torch.tensor([where[b] for _, b, _ in items], dtype=torch.long)
         batch["pair_target"] = torch.tensor([t for _, _, t in items], dtype=torch.float32)
-        if self.labels is not None:  # pair_loss=in_batch: every two distinct examples form a pair
-            batch["pair_labels"] = torch.as_tensor(self.labels[uniq], dtype=torch.long)
         return batch
 
 
@@ -392,31 +385,11 @@ class PairTask:
     num_examples = num_items
 
     def loss(self, model, batch) -> torch.Tensor:
-        """Summed squared error between cos(left, right) and the target (1 same class, 0 not).
-
-        With `pair_labels` (`pair_loss: in_batch`), every two distinct examples of the batch are a
-        pair: the mean squared error over its positive pairs and the mean over its negative pairs
-        count half each (SetFit's balance), scaled by the batch's sampled pairs so that the
-        gradient's size matches the sampled loss."""
+        """Summed squared error between cos(left, right) and the target (1 same class, 0 not)."""
         inputs = {k: v for k, v in batch.items() if not k.startswith("pair_")}
         emb = model(**inputs).float()
-        target = batch["pair_target"]
-        if "pair_labels" in batch:
-            return in_batch_pair_loss(emb, batch["pair_labels"]) * target.shape[0]
         cos = nn.functional.cosine_similarity(emb[batch["pair_left"]], emb[batch["pair_right"]], dim=-1)
-        return ((cos - target.to(cos.dtype)) ** 2).sum()
-
-
-def in_batch_pair_loss(emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cosine-similarity loss over every two distinct rows of `emb`: target 1 for the same label,
-    0 otherwise; the positives' mean and the negatives' mean weigh half each (a side with no pair
-    in the batch drops out)."""
-    unit = nn.functional.normalize(emb, dim=-1)
-    i, j = torch.triu_indices(len(unit), len(unit), offset=1, device=unit.device)
-    cos = (unit[i] * unit[j]).sum(-1)
-    same = labels[i] == labels[j]
-    parts = [((cos[m] - t) ** 2).mean() for m, t in ((same, 1.0), (~same, 0.0)) if bool(m.any())]
-    return torch.stack(parts).mean()
+        return ((cos - batch["pair_target"].to(cos.dtype)) ** 2).sum()
 
 
 # ----------------------------------------------------------------------------------- strategy
@@ -509,14 +482,7 @@ class Contrastive(Strategy):
             name_or_path=cfg.model.name_or_path,
         )
         examples, collate, plan = self._examples(ctx, model, groups)
-        if multilabel and self.config.pair_loss == "in_batch":
-            raise ConfigError(
-                "strategy.pair_loss=in_batch needs one class per example; for label sets use "
-                "strategy.pair_loss=sampled (pairs by label-set overlap)."
-            )
-        in_batch = labels if self.config.pair_loss == "in_batch" else None
-        collator = PairCollator(examples, collate, in_batch)
-        trainer = self._trainer(ctx, PairEncoder(model, extractor, plan), pairs, collator)
+        trainer = self._trainer(ctx, PairEncoder(model, extractor, plan), pairs, PairCollator(examples, collate))
         logger.info(
             "contrastive: %d pairs (%d positive) over %d examples, %d optimizer steps.",
             n_pairs,
