@@ -41,13 +41,13 @@ def num_blocks(groups: list) -> int:
     return sum(1 for g in groups if g.kind == "block")
 
 
-def top_blocks(groups: list, trainable_layers: int, trainable_fraction: float | None = None) -> int:
-    """How many blocks, counted from the top, train: `trainable_layers`, or with a
-    `trainable_fraction` f the top `ceil(f * blocks)` (at least 1). Used by `partial` and
+def top_blocks(groups: list, trainable_layers: int | None, trainable_fraction: float | None = None) -> int:
+    """How many blocks, counted from the top, train: `trainable_layers` (None: every block), or
+    with a `trainable_fraction` f the top `ceil(f * blocks)` (at least 1). Used by `partial` and
     `contrastive`."""
     if trainable_fraction is not None:
         return max(1, math.ceil(trainable_fraction * num_blocks(groups)))
-    return trainable_layers
+    return num_blocks(groups) if trainable_layers is None else trainable_layers
 
 
 def has_head(groups: list) -> bool:
