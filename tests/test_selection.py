@@ -470,7 +470,9 @@ def test_rank_and_plan_commands_write_their_files_and_the_plan_trains(
     for word in ("checkpoint:", "similarity:", "strategy:"):
         assert f"# {word}" in text
     raw = yaml.safe_load(text)
-    assert raw["strategy"]["name"] in ("feature_extraction", "partial", "full", "freeze")
+    # 96 texts in 2 classes: few examples per class, as auto chooses; its budget is left to it
+    assert raw["strategy"]["name"] == "contrastive"
+    assert "# budget: contrastive's own" in text and raw["training"].get("learning_rate") is None
     assert main(["train", str(planned)]) == 0
     assert (tmp_path / "run-planned" / "metrics.json").is_file()
 

@@ -19,8 +19,10 @@ import datetime
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import yaml
 
 from hf_transfer.errors import HFTransferError
@@ -101,7 +103,7 @@ def make_plan(
     """
     from hf_transfer.config import config_from_dict, config_to_dict
     from hf_transfer.selection.rank import DEFAULT_METRICS
-    from hf_transfer.strategies.auto import AutoConfig, choose_strategy, separability
+    from hf_transfer.strategies.auto import AutoConfig, choose_strategy, pairs_fit, separability
     from hf_transfer.tasks import get_task
 
     if pick is not None and pick not in candidates:
@@ -156,8 +158,15 @@ def make_plan(
 
     task = get_task(cfg)
     task.load_processor()
-    train_size = len(task.load_splits().train)
-    choice = choose_strategy(train_size, similarity, score=score)
+    train = task.load_splits().train
+    train_size = len(train)
+    try:
+        labels = np.asarray(train["labels"])
+    except (KeyError, TypeError, ValueError):
+        labels = None
+    classes = len(np.unique(labels)) if labels is not None and labels.ndim == 1 else None
+    pairs = pairs_fit(SimpleNamespace(cfg=cfg, task=task), labels)
+    choice = choose_strategy(train_size, similarity, classes=classes, score=score, pairs=pairs)
     strategy = {"name": choice.name, **choice.settings}
     raw = copy.deepcopy(config_to_dict(cfg))
     raw["model"]["name_or_path"] = chosen.path
@@ -177,6 +186,13 @@ def make_plan(
     if choice.name == "feature_extraction":
         reasons.append("budget: frozen features once + a scikit-learn classifier; no epochs or learning rate apply")
         epochs = t.get("epochs")
+    elif choice.name == "contrastive":
+        # Its budget is a number of pairs (one pass), not epochs over the examples: left to it.
+        reasons.append(
+            "budget: contrastive's own: one pass over its pairs (20 per example, 256 to 2,000) at its "
+            "default learning rate, then a classifier on the trained features"
+        )
+        epochs, lr = t.get("epochs"), t.get("learning_rate")
     else:
         epochs = epochs_for(train_size, int(t["batch_size"]), int(t["gradient_accumulation_steps"]))
         steps = epochs * max(1, math.ceil(train_size / (int(t["batch_size"]) * int(t["gradient_accumulation_steps"]))))
