@@ -296,7 +296,13 @@ def main() -> None:
         "the results record the method as a variant, e.g. contrastive[trainable_layers=6]",
     )
     p.add_argument("--json", help="write raw results here (updated after every run)")
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --json files")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="print one table from earlier --json files; FILE@OLD:NEW reads FILE's method OLD as NEW "
+        "(runs of an earlier default shown as a variant, or a variant that became the default)",
+    )
     p.add_argument(
         "--later-wins",
         action="store_true",
@@ -314,9 +320,12 @@ def main() -> None:
     args = p.parse_args()
     results: dict = {}
     if args.merge:
-        for path in args.merge:
+        for spec in args.merge:
+            path, *renames = spec.split("@")
+            rename = dict(r.split(":", 1) for r in renames)
             for key, runs in json.loads(Path(path).read_text()).items():
                 d, n, m = key.split("|")
+                m = rename.get(m, m)
                 if args.merge_seeds is not None:
                     runs = [r for i, r in enumerate(runs) if r.get("seed", i) in args.merge_seeds]
                     if not runs:
