@@ -434,10 +434,10 @@ def test_auto_table_picks_contrastive_for_few_text_examples_per_class(sim):
     assert choose_strategy(64, sim, available=both, pairs=True).name == "contrastive"
     assert choose_strategy(64, sim, available=both, pairs=False).name == "partial"  # data contrastive cannot pair
     assert choose_strategy(64, sim, available=["partial", "full"], pairs=True).name == "partial"  # not installed
-    # medium: contrastive while there are at most FEW_PER_CLASS (64) examples a class
-    assert choose_strategy(256, sim, available=both, pairs=True, classes=4).name == "contrastive"
-    assert choose_strategy(260, sim, available=both, pairs=True, classes=4).name != "contrastive"
-    assert choose_strategy(20_000, sim, available=both, pairs=True, classes=400).name == "full"  # large
+    # medium and large: the table (contrastive measured below full and lora at 64 a class)
+    assert choose_strategy(256, sim, available=both, pairs=True, classes=4).name != "contrastive"
+    assert choose_strategy(20_000, sim, available=both, pairs=True, classes=400).name == "full"
+    assert "16 per class" in choose_strategy(64, sim, available=both, pairs=True, classes=4).reason
     assert choose_strategy(64, "high", available=both, pairs=True, score=0.95).name == "feature_extraction"
 
 
