@@ -301,7 +301,8 @@ def main() -> None:
         nargs="+",
         metavar="JSON",
         help="print one table from earlier --json files; FILE@OLD:NEW reads FILE's method OLD as NEW "
-        "(runs of an earlier default shown as a variant, or a variant that became the default)",
+        "(runs of an earlier default shown as a variant, or a variant that became the default), "
+        "FILE@OLD: leaves them out",
     )
     p.add_argument(
         "--later-wins",
@@ -326,6 +327,8 @@ def main() -> None:
             for key, runs in json.loads(Path(path).read_text()).items():
                 d, n, m = key.split("|")
                 m = rename.get(m, m)
+                if not m:  # FILE@OLD: (nothing after the colon) leaves OLD out
+                    continue
                 if args.merge_seeds is not None:
                     runs = [r for i, r in enumerate(runs) if r.get("seed", i) in args.merge_seeds]
                     if not runs:
