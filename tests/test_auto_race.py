@@ -38,6 +38,30 @@ def test_a_clear_winner_is_chosen_and_the_race_stops_at_its_cost_limit():
     assert r.seconds == pytest.approx(53.0)
 
 
+def test_known_work_keeps_an_expensive_candidate_out_before_it_runs():
+    """With each candidate's work known, a candidate 8x the first's work is not started when it
+    cannot fit; cheaper ones after it still run (the old estimate, the costliest seen, let it start)."""
+    clock = FakeClock()
+    table = {"partial": (30, 0.60), "feature_extraction": (3, 0.62), "contrastive": (240, 0.81), "full": (40, 0.70)}
+    order = [(n, {}) for n in table]
+    work = [1200.0, 130.0, 9600.0, 1500.0]  # contrastive: 8x partial's work; full 1.25x
+    r = run_race(order, _scorer(clock, table), train_fraction=0.75, max_cost=3.0, clock=clock, work=work)
+    assert [e.accuracy for e in r.entries] == [0.60, 0.62, None, 0.70]
+    assert "estimated at 240 s" in r.entries[2].note and r.entries[r.winner].name == "full"
+    assert r.seconds == pytest.approx(73.0) and r.seconds <= r.limit_seconds == pytest.approx(80.0)
+
+
+def test_estimated_work_follows_the_default_budgets():
+    from hf_transfer.strategies.auto_race import estimated_work
+    from hf_transfer.strategies.contrastive import ContrastiveConfig
+
+    assert estimated_work("full", None, 400, 16, 4) == 3 * 400  # 3 epochs
+    assert estimated_work("full", None, 192, 16, 4) == 50 * 16  # at least 50 steps of 16
+    assert estimated_work("lp_ft", None, 100, 16, 24) == 4 * 24 * 16  # 4 steps a class
+    assert estimated_work("contrastive", ContrastiveConfig(), 192, 16, 4) == 2 * 2000  # pairs capped at 2,000
+    assert estimated_work("feature_extraction", None, 192, 16, 4) == 64
+
+
 def test_ties_go_to_the_prior_order_and_the_first_candidate_always_runs():
     clock = FakeClock()
     table = {"feature_extraction": (2, 0.70), "full": (40, 0.70)}
@@ -113,4 +137,4 @@ def test_auto_without_enough_held_out_examples_keeps_the_prior(text_overrides, t
 
     cfg = load_config(None, text_overrides + ["strategy.name=auto", "training.save_strategy=no", "training.epochs=1"])
     metrics = train(cfg)
-    assert "fewer than strategy.min_holdout=64" in metrics["auto_decided_by"] and "auto_race" not in metrics
+    assert "fewer than strategy.min_holdout=128" in metrics["auto_decided_by"] and "auto_race" not in metrics

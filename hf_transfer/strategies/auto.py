@@ -36,7 +36,7 @@ skips the measurement.
 `strategy.race: true` (default), once the table has picked, the pick and `race_candidates` are
 trained on three quarters of the training split and scored on the remaining quarter (stratified,
 seeded; the eval split is never read), within `max_cost` (3) times the estimated run of the pick
-(`strategies.auto_race`). Only when that quarter holds at least `min_holdout` (64) examples: on
+(`strategies.auto_race`). Only when that quarter holds at least `min_holdout` (128) examples: on
 fewer, the scores are noise and the table decides alone. `auto_decided_by`, `auto_race`,
 `auto_race_seconds` and `auto_race_limit_seconds` record which and what it cost.
 
@@ -122,7 +122,7 @@ class AutoConfig(StrategyConfig):
     race_candidates: list[str] = dataclasses.field(default_factory=lambda: list(RACE_CANDIDATES))
     max_cost: float = 3.0
     holdout_fraction: float = 0.25
-    min_holdout: int = 64
+    min_holdout: int = 128
 
     def __post_init__(self) -> None:
         if self.max_cost < 1.0:
@@ -478,6 +478,7 @@ class Auto(Strategy):
         available = available_strategies()
         order = [(self.choice.name, dict(self.choice.settings))]
         order += [(n, {}) for n in c.race_candidates if n != self.choice.name and n in available]
+        work = self._race_work(ctx, order, len(train_idx), len(np.unique(labels)))
         t0 = time.time()
         result = run_race(
             order,
@@ -493,6 +494,7 @@ class Auto(Strategy):
             ),
             train_fraction=len(train_idx) / len(labels),
             max_cost=c.max_cost,
+            work=work,
         )
         self.race_result, self.race_seconds = result, time.time() - t0
         won = result.entries[result.winner]
@@ -509,6 +511,23 @@ class Auto(Strategy):
                 f"the race's best ({won.name}, held-out accuracy {won.accuracy:.3f}); "
                 f"the prior had said: {self.choice.reason}",
             )
+
+    def _race_work(self, ctx, order: list, examples: int, classes: int) -> list[float | None]:
+        """Each candidate's estimated work on the inner training part (`auto_race.estimated_work`);
+        None for the engine strategies when the user set their budget (epochs or steps)."""
+        from hf_transfer.strategies.auto_race import estimated_work
+
+        training = getattr(getattr(ctx, "cfg", None), "training", None)
+        batch = int(getattr(training, "batch_size", None) or 16)
+        explicit = training is not None and (training.epochs is not None or (training.max_steps or 0) > 0)
+        work: list[float | None] = []
+        for name, settings in order:
+            if explicit and name not in ("feature_extraction", "contrastive"):
+                work.append(None)
+                continue
+            choice = AutoChoice(name, settings, self.choice.size_band, self.choice.similarity, "")
+            work.append(estimated_work(name, self._delegate_config(choice), examples, batch, classes))
+        return work
 
     def _delegate_config(self, choice: AutoChoice) -> StrategyConfig:
         cls = strategy_config_class(choice.name)
