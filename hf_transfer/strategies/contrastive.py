@@ -446,6 +446,11 @@ class Contrastive(Strategy):
                 f"strategy.trainable_layers={k}, but this model has only {total} blocks. Use 1 to {total} "
                 "(`hf-transfer layers MODEL` lists them)."
             )
+        if k == 0 and total == 0:
+            raise ConfigError(
+                "strategy contrastive trains the model's blocks, and this model has none that hf_transfer "
+                "recognises (`hf-transfer layers MODEL` lists its groups). Use strategy.name=feature_extraction."
+            )
         if k == 0:
             raise ConfigError(
                 "strategy.trainable_layers=0 trains nothing with the pairs: that is strategy.name=feature_extraction."
