@@ -514,7 +514,7 @@ class Auto(Strategy):
 
     def _race_work(self, ctx, order: list, examples: int, classes: int) -> list[float | None]:
         """Each candidate's estimated work on the inner training part (`auto_race.estimated_work`);
-        None for the engine strategies when the user set their budget (epochs or steps)."""
+        None for the trained ones when the user set the budget (epochs or steps)."""
         from hf_transfer.strategies.auto_race import estimated_work
 
         training = getattr(getattr(ctx, "cfg", None), "training", None)
@@ -522,7 +522,7 @@ class Auto(Strategy):
         explicit = training is not None and (training.epochs is not None or (training.max_steps or 0) > 0)
         work: list[float | None] = []
         for name, settings in order:
-            if explicit and name not in ("feature_extraction", "contrastive"):
+            if explicit and name != "feature_extraction":
                 work.append(None)
                 continue
             choice = AutoChoice(name, settings, self.choice.size_band, self.choice.similarity, "")

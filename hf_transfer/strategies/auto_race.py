@@ -150,9 +150,10 @@ def run_race(
     return RaceResult(winner, entries, spent, limit, 0, 0, notes)
 
 
-def estimated_work(name: str, config, examples: int, batch_size: int, classes: int) -> float | None:
+def estimated_work(name: str, config, examples: int, batch_size: int, classes: int) -> float:
     """Examples passed forward and backward by a candidate's default run on `examples` training
-    examples (None: not known, e.g. an explicit budget): what the race's cost estimates scale by.
+    examples: what the race's cost estimates scale by (`auto` passes None instead where the user
+    set the budget, which the default does not describe).
 
     The strategies that train on the engine run `engine.budget`'s default (3 epochs, at least 50
     steps or 4 a class); `contrastive` encodes each side of its pairs (`pair_budget`, at most 2
