@@ -138,3 +138,20 @@ def test_auto_without_enough_held_out_examples_keeps_the_prior(text_overrides, t
     cfg = load_config(None, text_overrides + ["strategy.name=auto", "training.save_strategy=no", "training.epochs=1"])
     metrics = train(cfg)
     assert "fewer than strategy.min_holdout=128" in metrics["auto_decided_by"] and "auto_race" not in metrics
+
+
+def test_auto_gives_the_race_each_candidates_work_unless_the_budget_is_set():
+    from types import SimpleNamespace
+
+    from hf_transfer.strategies.auto import AutoChoice
+    from hf_transfer.strategies.base import build_strategy, strategy_config_class
+
+    auto = build_strategy(strategy_config_class("auto")(name="auto"))
+    auto.choice = AutoChoice("partial", {"trainable_fraction": 0.5}, "medium", "high", "")
+    order = [("partial", {"trainable_fraction": 0.5}), ("feature_extraction", {}), ("contrastive", {}), ("full", {})]
+    training = SimpleNamespace(batch_size=16, epochs=None, max_steps=None)
+    work = auto._race_work(SimpleNamespace(cfg=SimpleNamespace(training=training)), order, 400, 4)
+    assert work == [1200.0, 400 / 3, 4000.0, 1200.0]  # 3 epochs; one forward; 2,000 pairs x 2
+    training.epochs = 5.0  # a budget the defaults do not describe: only feature extraction is known
+    work = auto._race_work(SimpleNamespace(cfg=SimpleNamespace(training=training)), order, 400, 4)
+    assert work == [None, 400 / 3, None, None]
