@@ -43,6 +43,31 @@ def test_pairs_respect_the_budget_and_balance_classes():
     assert (sample_pairs(labels, 301, seed=0) == pairs).all()  # seeded
 
 
+def test_grouped_pairs_keep_each_batch_on_a_few_examples_and_the_sampler_keeps_batches_whole():
+    from hf_transfer.data.text import EpochSampler
+    from hf_transfer.strategies.contrastive import sample_grouped_pairs
+
+    labels = np.repeat(np.arange(24), 8)
+    pairs = sample_grouped_pairs(labels, 2000, 16, seed=0)
+    i, j, t = pairs[:, 0].astype(int), pairs[:, 1].astype(int), pairs[:, 2]
+    assert (labels[i] == labels[j])[t == 1].all() and (labels[i] != labels[j])[t == 0].all() and (i != j).all()
+    assert t.sum() == 1000  # half positive, batch by batch
+    for b in range(0, 2000, 16):
+        batch = pairs[b : b + 16, :2].astype(int)
+        assert len(np.unique(batch)) <= 12 and len(np.unique(labels[batch])) <= 4
+    assert (sample_grouped_pairs(labels, 2000, 16, seed=0) == pairs).all()  # seeded
+    spread = sample_pairs(labels, 2000, seed=0)
+    assert np.mean([len(np.unique(spread[b : b + 16, :2])) for b in range(0, 2000, 16)]) > 25
+    with pytest.raises(DataError, match="pair_batches=spread"):
+        sample_grouped_pairs(np.array([0, 0, 1]), 16, 16)  # one class with two examples
+    # The sampler shuffles whole batches: each batch of 16 keeps its pairs together.
+    order = list(EpochSampler(100, seed=3, batch_size=16, keep_batches=True))
+    assert sorted(order) == list(range(100))
+    runs = [order[k : k + 16] for k in range(0, 100, 16)]
+    assert all(r == list(range(r[0], r[0] + len(r))) and r[0] % 16 == 0 for r in runs[:-1] if len(r) == 16)
+    assert order != list(range(100)) and order == list(EpochSampler(100, seed=3, batch_size=16, keep_batches=True))
+
+
 def test_budget_is_capped_whatever_the_data_size_and_class_count():
     c = ContrastiveConfig()
     assert pair_budget(c, 16) == 320  # 20 per example
@@ -143,8 +168,9 @@ def test_run_folder_loads_with_setfit_and_predicts_like_hf_transfer(text_overrid
 
 
 @pytest.mark.slow
-def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, crash_at_step):
-    extra = ("training.save_strategy=steps", "training.save_steps=3")
+@pytest.mark.parametrize("batches", ["spread", "grouped"])
+def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, crash_at_step, batches):
+    extra = ("training.save_strategy=steps", "training.save_steps=3", f"strategy.pair_batches={batches}")
     with crash_at_step(4):
         train(cfg_for(text_overrides, tmp_path, "run", *extra))
     assert (tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.json").is_file()
@@ -156,6 +182,7 @@ def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, c
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     assert resumed["eval_accuracy"] == straight["eval_accuracy"]
+    assert straight["contrastive_pair_batches"] == batches
 
 
 @pytest.mark.slow

@@ -54,11 +54,19 @@ class EpochSampler(Sampler[int]):
     the batches between processes.
     """
 
-    def __init__(self, num_samples: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1):
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        lengths: list[int] | None = None,
+        batch_size: int = 1,
+        keep_batches: bool = False,
+    ):
         self.num_samples = num_samples
         self.seed = seed
         self.lengths = lengths
         self.batch_size = batch_size
+        self.keep_batches = keep_batches  # shuffle whole runs of `batch_size` items, not items
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -73,4 +81,9 @@ class EpochSampler(Sampler[int]):
         if self.lengths is not None:
             # transformers' megabatch grouping: sort within chunks of 50 batches, longest first.
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+        if self.keep_batches:  # whole batches shuffled; a short last one stays last, so batches stay aligned
+            full = self.num_samples // self.batch_size
+            starts = (torch.randperm(full, generator=g) * self.batch_size).tolist()
+            order = [i for b in starts for i in range(b, b + self.batch_size)]
+            return iter(order + list(range(full * self.batch_size, self.num_samples)))
         return iter(torch.randperm(self.num_samples, generator=g).tolist())
