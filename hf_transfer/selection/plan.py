@@ -103,7 +103,7 @@ def make_plan(
     """
     from hf_transfer.config import config_from_dict, config_to_dict
     from hf_transfer.selection.rank import DEFAULT_METRICS
-    from hf_transfer.strategies.auto import AutoConfig, choose_strategy, pairs_fit, separability
+    from hf_transfer.strategies.auto import AutoConfig, choose_strategy, pairs_fit, separability, train_labels
     from hf_transfer.tasks import get_task
 
     if pick is not None and pick not in candidates:
@@ -160,10 +160,7 @@ def make_plan(
     task.load_processor()
     train = task.load_splits().train
     train_size = len(train)
-    try:
-        labels = np.asarray(train["labels"])
-    except (KeyError, TypeError, ValueError):
-        labels = None
+    labels = train_labels(train)
     classes = len(np.unique(labels)) if labels is not None and labels.ndim == 1 else None
     pairs = pairs_fit(SimpleNamespace(cfg=cfg, task=task), labels)
     choice = choose_strategy(train_size, similarity, classes=classes, score=score, pairs=pairs)

@@ -262,6 +262,14 @@ def choose_strategy(
     )
 
 
+def train_labels(train) -> np.ndarray | None:
+    """The training split's `labels` column as an array, or None when it has none."""
+    try:
+        return np.asarray(train["labels"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def pairs_fit(ctx, labels: np.ndarray | None) -> bool:
     """Whether `contrastive` suits this run: a text recipe with one class id per example (no label
     sets, numbers or tags) and at least two training examples in every class (a positive pair)."""
@@ -440,10 +448,7 @@ class Auto(Strategy):
 
     @staticmethod
     def _labels(ctx) -> np.ndarray | None:
-        try:
-            return np.asarray(ctx.splits.train["labels"])
-        except (KeyError, TypeError, ValueError):
-            return None
+        return train_labels(ctx.splits.train)
 
     def _classes(self, ctx) -> int | None:
         labels = self._labels(ctx)
@@ -514,20 +519,17 @@ class Auto(Strategy):
 
     def _race_work(self, ctx, order: list, examples: int, classes: int) -> list[float | None]:
         """Each candidate's estimated work on the inner training part (`auto_race.estimated_work`);
-        None for the trained ones when the user set the budget (epochs or steps)."""
+        None for all when the run has no training settings."""
         from hf_transfer.strategies.auto_race import estimated_work
 
         training = getattr(getattr(ctx, "cfg", None), "training", None)
-        batch = int(getattr(training, "batch_size", None) or 16)
-        explicit = training is not None and (training.epochs is not None or (training.max_steps or 0) > 0)
-        work: list[float | None] = []
-        for name, settings in order:
-            if explicit and name != "feature_extraction":
-                work.append(None)
-                continue
-            choice = AutoChoice(name, settings, self.choice.size_band, self.choice.similarity, "")
-            work.append(estimated_work(name, self._delegate_config(choice), examples, batch, classes))
-        return work
+        if training is None:
+            return [None] * len(order)
+        strategies = [
+            build_strategy(self._delegate_config(AutoChoice(n, st, self.choice.size_band, self.choice.similarity, "")))
+            for n, st in order
+        ]
+        return [estimated_work(s, training, examples, classes) for s in strategies]
 
     def _delegate_config(self, choice: AutoChoice) -> StrategyConfig:
         cls = strategy_config_class(choice.name)

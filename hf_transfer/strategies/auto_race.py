@@ -13,7 +13,7 @@ candidate, the time spent is compared with the cost limit, `(max_cost - 1)` time
 whole-run time of the prior's first pick (its inner run's seconds divided by the inner training
 fraction); the next candidate runs only if its estimate still fits: the first candidate's
 seconds scaled by the two candidates' work (`estimated_work`: examples passed through the model
-by each one's default budget), or, when that is not known, the most expensive candidate seen.
+by each one's budget), or, when that is not known, the most expensive candidate seen.
 The winner is the best inner accuracy; a tie (within
 `tie`) goes to the candidate earlier in the prior order, which is also the cheaper one when the
 prior lists cheap candidates first.
@@ -150,27 +150,29 @@ def run_race(
     return RaceResult(winner, entries, spent, limit, 0, 0, notes)
 
 
-def estimated_work(name: str, config, examples: int, batch_size: int, classes: int) -> float:
-    """Examples passed forward and backward by a candidate's default run on `examples` training
-    examples: what the race's cost estimates scale by (`auto` passes None instead where the user
-    set the budget, which the default does not describe).
+def estimated_work(strategy, training, examples: int, classes: int) -> float:
+    """Examples a candidate passes through the model on `examples` training examples, by the
+    budget its run would get (`engine.budget.resolve_budget`: the user's epochs or steps, else the
+    strategy's defaults): what the race's cost estimates scale by.
 
-    The strategies that train on the engine run `engine.budget`'s default (3 epochs, at least 50
-    steps or 4 a class); `contrastive` encodes each side of its pairs (`pair_budget`, at most 2
-    per pair); `feature_extraction` one forward pass per example, about a third of a training
-    pass. Measured on MiniLM at 64 a class (docs/benchmarks/fewshot.md): `contrastive` took 7-9x
-    `partial`'s time and 4-5x `full`'s; "costliest seen so far" had let it start a race it then
-    overran by 3x."""
-    from hf_transfer.engine.budget import DEFAULT_EPOCHS, DEFAULT_MIN_STEPS, DEFAULT_MIN_STEPS_PER_CLASS
+    `contrastive` encodes at most two examples per pair; `feature_extraction` makes one forward
+    pass per example, about a third of a training pass. Measured on MiniLM at 64 a class
+    (docs/benchmarks/fewshot.md): `contrastive` took 7-9x `partial`'s time and 4-5x `full`'s;
+    "costliest seen so far" had let it start a race it then overran by 3x."""
+    import math
 
-    if name == "feature_extraction":
+    from hf_transfer.engine.budget import resolve_budget
+
+    if strategy.name == "feature_extraction":
         return examples / 3.0
-    if name == "contrastive":
+    batch = max(1, int(training.batch_size) * int(training.gradient_accumulation_steps))
+    per_step = batch
+    if strategy.name == "contrastive":
         from hf_transfer.strategies.contrastive import pair_budget
 
-        return 2.0 * pair_budget(config, examples)
-    min_steps = max(DEFAULT_MIN_STEPS, DEFAULT_MIN_STEPS_PER_CLASS * classes)
-    return float(max(DEFAULT_EPOCHS * examples, min_steps * batch_size))
+        examples, per_step = pair_budget(strategy.config, examples), 2 * batch
+    steps = resolve_budget(training, strategy, math.ceil(examples / batch), num_classes=classes).total_steps
+    return float(steps * per_step)
 
 
 def score_on_inner_split(
