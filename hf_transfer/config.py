@@ -237,7 +237,11 @@ class TrainingConfig:
         warmup_ratio: Fraction of steps spent warming the learning rate up, in [0, 1).
         scheduler: Learning-rate schedule after warm-up.
         max_grad_norm: Gradient clipping norm (0 = off).
-        mixed_precision: `no`, `fp16` or `bf16` (bf16 also runs on CPU).
+        mixed_precision: `no`, `fp16`, `bf16` (bf16 also runs on CPU) or `auto`: bf16 where the
+            device computes it natively (a GPU with bf16; a CPU with AMX or AVX512-BF16), `no`
+            elsewhere. Unset: the strategy's default, `no` except for `contrastive`'s pair
+            training, which is `auto` (measured: the same accuracy in half the time on a CPU with
+            AMX; docs/benchmarks/fewshot.md). metrics.json's `mixed_precision` says what ran.
         seed: Seeds data order, dropout and the new head's initialisation.
         early_stopping_patience: Stop after this many evaluations without improvement (0 = off).
         early_stopping_threshold: Minimum improvement that counts.
@@ -294,7 +298,7 @@ class TrainingConfig:
     warmup_ratio: float = 0.1
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_grad_norm: float = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] | None = None
     seed: int = 42
     early_stopping_patience: int = 0
     early_stopping_threshold: float = 0.0

@@ -167,6 +167,20 @@ def test_run_folder_loads_with_setfit_and_predicts_like_hf_transfer(text_overrid
     assert list(model.predict(texts)) == ours
 
 
+def test_pair_training_takes_bf16_where_the_hardware_has_it_unless_told(text_overrides, tmp_path, monkeypatch):
+    """Unset `training.mixed_precision`: bf16 autocast on a device with native bf16, fp32 on one
+    without; `training.mixed_precision=no` is kept. The classifier's features are fp32 either way."""
+    from hf_transfer.engine import distributed as dist
+
+    monkeypatch.setattr(dist, "native_bf16", lambda device_type: True)
+    fast = train(cfg_for(text_overrides, tmp_path, "native"))
+    assert fast["mixed_precision"] == "bf16"
+    assert json.loads((tmp_path / "native" / "metrics.json").read_text())["mixed_precision"] == "bf16"
+    assert train(cfg_for(text_overrides, tmp_path, "asked", "training.mixed_precision=no"))["mixed_precision"] == "no"
+    monkeypatch.setattr(dist, "native_bf16", lambda device_type: False)
+    assert train(cfg_for(text_overrides, tmp_path, "emulated"))["mixed_precision"] == "no"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("batches", ["spread", "grouped"])
 def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, crash_at_step, batches):

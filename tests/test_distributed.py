@@ -145,6 +145,27 @@ def test_fp16_without_gpu_is_a_config_error(text_overrides, tmp_path, monkeypatc
     dist.check_mixed_precision("bf16", "cpu")
 
 
+def test_unset_precision_is_the_strategys_default_and_auto_follows_the_hardware(monkeypatch):
+    from hf_transfer.strategies.base import StrategyConfig
+    from hf_transfer.strategies.contrastive import Contrastive, ContrastiveConfig
+    from hf_transfer.strategies.full import FullFineTuning as Full
+
+    contrastive, full = Contrastive(ContrastiveConfig()), Full(StrategyConfig(name="full"))
+    seen = []
+    monkeypatch.setattr(dist, "native_bf16", lambda device_type: seen.append(device_type) or device_type == "cuda")
+    assert dist.resolve_mixed_precision(None, full, "cuda") == "no"  # full's default: fp32
+    assert dist.resolve_mixed_precision(None, contrastive, "cuda") == "bf16"  # contrastive's: auto
+    assert dist.resolve_mixed_precision(None, contrastive, "cpu") == "no"  # no native bf16 here
+    assert dist.resolve_mixed_precision("auto", full, "cuda") == "bf16"
+    assert dist.resolve_mixed_precision("no", contrastive, "cuda") == "no"  # what the user set wins
+    assert dist.resolve_mixed_precision("bf16", contrastive, "cpu") == "bf16"
+    assert dist.resolve_mixed_precision(None, None, "cuda") == "no"
+    assert seen == ["cuda", "cpu", "cuda"]
+    monkeypatch.undo()
+    assert dist.native_bf16("mps") is False
+    assert dist.native_bf16("cuda") == (torch.cuda.is_available() and torch.cuda.is_bf16_supported(False))
+
+
 def test_bf16_on_cpu_runs_under_autocast(text_overrides, tmp_path, tiny_bert_dir):
     from hf_transfer.engine.trainer import new_accelerator
 
@@ -193,6 +214,13 @@ def test_bf16_run_records_the_precision_that_ran(text_overrides, tmp_path):
     (out / "metrics.json").write_text(json.dumps(saved))
     card = str(build_card(out, repo_id="me/tiny", license="apache-2.0"))
     assert "| `training.mixed_precision` | no (fp16 requested) |" in card
+    # Unset: the card shows what ran.
+    conf["training"]["mixed_precision"] = None
+    (out / "config.yaml").write_text(yaml.safe_dump(conf))
+    saved["mixed_precision"] = "bf16"
+    (out / "metrics.json").write_text(json.dumps(saved))
+    card = str(build_card(out, repo_id="me/tiny", license="apache-2.0"))
+    assert "| `training.mixed_precision` | bf16 |" in card
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ one machine or several), and keeps the transfer strategies correct under them:
   run's settings (`deepspeed_config`, in `engine.deepspeed_config`). The `deepspeed` package is
   optional.
 * **Mixed precision**: `fp16` needs a GPU (Accelerate silently runs fp32 on CPU); `bf16` on CPU runs
-  under `torch.autocast`. `precision_that_ran` is what `metrics.json` and the card record.
+  under `torch.autocast`; unset or `auto` resolves to a concrete precision per strategy and device
+  (`resolve_mixed_precision`). `precision_that_ran` is what `metrics.json` and the card record.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ __all__ = [
     "accelerator_plugins",
     "block_class_names",
     "check_mixed_precision",
+    "native_bf16",
+    "resolve_mixed_precision",
+    "with_resolved_precision",
     "deepspeed_config",
     "deepspeed_plugin",
     "enable_fsdp_on_cpu",
@@ -176,15 +180,62 @@ def check_mixed_precision(requested: str, device_type: str | None = None) -> Non
     """
     if requested != "fp16":
         return
-    if device_type is None:
-        has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-        device_type = "cpu" if _cpu_forced() or not has_gpu else "gpu"
-    if device_type == "cpu":
+    if (device_type or training_device_type()) == "cpu":
         raise ConfigError(
             "training.mixed_precision=fp16 needs a GPU, and this run trains on the CPU (fp16 autocast "
             "and loss scaling are GPU features; Accelerate would silently run in fp32). Use "
             "training.mixed_precision=bf16 (runs under autocast on CPU) or training.mixed_precision=no."
         )
+
+
+def training_device_type() -> str:
+    """The device a run trains on when Accelerate picks it: `cuda` (or `xpu`) unless there is none
+    or `ACCELERATE_USE_CPU` is set, else `cpu`."""
+    if _cpu_forced():
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return "xpu"
+    return "cpu"
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether `device_type` computes bf16 matrix products in hardware: a CUDA GPU with bf16
+    (Ampere or later; not emulated), a CPU with AMX or AVX512-BF16 (oneDNN's fast bf16 paths)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def resolve_mixed_precision(requested: str | None, strategy=None, device_type: str | None = None) -> str:
+    """The precision a run trains in: `no`, `fp16` or `bf16`.
+
+    Args:
+        requested: `training.mixed_precision`; None takes the strategy's `default_mixed_precision`
+            (`no` without a strategy).
+        strategy: The run's strategy, for its default.
+        device_type: The training device; None to work it out (`training_device_type`).
+
+    `auto` is bf16 where the device computes it natively (`native_bf16`), `no` elsewhere.
+    """
+    if requested is None:
+        requested = getattr(strategy, "default_mixed_precision", None) or "no"
+    if requested != "auto":
+        return requested
+    return "bf16" if native_bf16(device_type or training_device_type()) else "no"
+
+
+def with_resolved_precision(training, strategy=None):
+    """A copy of `training` whose `mixed_precision` is concrete (`resolve_mixed_precision`)."""
+    import copy
+
+    resolved = copy.copy(training)
+    resolved.mixed_precision = resolve_mixed_precision(training.mixed_precision, strategy)
+    return resolved
 
 
 def precision_that_ran(accelerator) -> str:

@@ -46,9 +46,9 @@ def new_accelerator(
     """An Accelerator for this run (mixed precision, trackers, DDP settings). With the model's layer
     groups (training), also `training.distributed`'s FSDP / DeepSpeed plugin and the precision
     check (`hf_transfer.engine.distributed`)."""
-    from hf_transfer.engine.distributed import accelerator_plugins, finish_accelerator
+    from hf_transfer.engine.distributed import accelerator_plugins, finish_accelerator, with_resolved_precision
 
-    tc = training
+    tc = with_resolved_precision(training)  # unset: `no`; `auto`: by device (the Trainer resolves per strategy)
 
     # Accelerate keeps process-wide state; a second run in the same process (tests, sweeps) may
     # use another precision, so the non-distributed part is reset.
@@ -150,7 +150,10 @@ class Trainer:
         output_dir,
         hook: EngineHook | None = None,
     ):
-        self.tc = training
+        from hf_transfer.engine.distributed import with_resolved_precision
+
+        # `training.mixed_precision` unset or `auto`: the concrete precision for this strategy and device.
+        self.tc = with_resolved_precision(training, strategy)
         self.task = task
         self.strategy = strategy
         self.groups = groups

@@ -191,7 +191,9 @@ def _hyperparameters(run: RunFolder) -> list[list[Any]]:
             continue
         value = getattr(getattr(run.config, section), key)
         ran = run.metrics.raw.get("mixed_precision") if key == "mixed_precision" else None
-        if ran is not None and ran != value:  # the precision that ran, from metrics.json
+        if ran is not None and value is None:  # unset: the strategy's default, as it ran
+            value = ran
+        elif ran is not None and ran != value:  # the precision that ran, from metrics.json
             value = f"{ran} ({value} requested)"
         if value is None or value == "none" or (key == "early_stopping_patience" and value == 0):
             continue

@@ -71,6 +71,8 @@ class Strategy:
     #: What trains changes between epochs (`on_epoch_start`): DDP must then wrap every parameter
     #: that will ever train, and the frozen-prefix cache cannot be used.
     changes_trainable_set: ClassVar[bool] = False
+    #: `training.mixed_precision` when the user leaves it unset (`engine.distributed.resolve_mixed_precision`).
+    default_mixed_precision: ClassVar[str] = "no"
 
     def __init__(self, config: StrategyConfig):
         self.config = config

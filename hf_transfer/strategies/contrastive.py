@@ -19,6 +19,12 @@ changes that make it cost a fraction of SetFit's time:
    fraction of SetFit's).
 3. **Each distinct example in a batch of pairs is encoded once**: a batch of 16 pairs needs at
    most 32 encodings, often far fewer when the data is small.
+4. **bf16 where the hardware has it.** With `training.mixed_precision` unset, the pair training
+   runs under bf16 autocast on a device that computes bf16 natively (a GPU with bf16, a CPU with
+   AMX or AVX512-BF16; `engine.distributed.resolve_mixed_precision`), in fp32 elsewhere; the
+   features the classifier is fitted on are computed in fp32 afterwards. Measured (MiniLM, 8
+   examples a class, 3 seeds, a 2-core Xeon with AMX, one thread): tweets 0.783 against 0.787 in
+   fp32, fortunes 0.817 against 0.817, at 7 s against 11 s and 21 s against 36 s a run.
 
 The loss is SetFit's `CosineSimilarityLoss`: the squared difference between the cosine of the two
 pooled embeddings and the target (1 for a positive pair, 0 for a negative one). Embeddings follow
@@ -464,6 +470,8 @@ class Contrastive(Strategy):
     default_epochs = 1.0
     default_min_steps = 0
     default_learning_rate = 1e-4
+    #: bf16 where the hardware computes it natively (module docstring, point 4).
+    default_mixed_precision = "auto"
 
     def __init__(self, config: ContrastiveConfig):
         super().__init__(config)
@@ -578,6 +586,7 @@ class Contrastive(Strategy):
                 "contrastive_seconds": round(body_seconds, 3),
                 "train_steps": trainer.state.global_step,
                 "budget": train_metrics.get("budget"),
+                "mixed_precision": train_metrics.get("mixed_precision"),
                 "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
             }
         )
@@ -720,6 +729,7 @@ class Contrastive(Strategy):
                 "contrastive_seconds": round(body_seconds, 3),
                 "train_steps": trainer.state.global_step,
                 "budget": train_metrics.get("budget"),
+                "mixed_precision": train_metrics.get("mixed_precision"),
             }
         )
         metrics["_model"] = model

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hf_transfer.engine.distributed import resolve_mixed_precision
 from hf_transfer.errors import ConfigError, ModelError
 from hf_transfer.models.feature_cache import cache_root, load_cached, save_cached  # noqa: F401  (re-exported)
 from hf_transfer.models.feature_run import (  # noqa: F401  (re-exported: older imports, pickles)
@@ -273,8 +274,9 @@ class FeatureExtraction(Strategy):
         )
         device = default_device()
         autocast = None
-        if cfg.training.mixed_precision != "no" and torch.device(device).type != "cpu":
-            autocast = torch.bfloat16 if cfg.training.mixed_precision == "bf16" else torch.float16
+        precision = resolve_mixed_precision(cfg.training.mixed_precision, self)
+        if precision != "no" and torch.device(device).type != "cpu":
+            autocast = torch.bfloat16 if precision == "bf16" else torch.float16
         bs = cfg.training.eval_batch_size or cfg.training.batch_size
 
         feats, hits = split_features(
