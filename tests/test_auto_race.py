@@ -51,6 +51,33 @@ def test_known_work_keeps_an_expensive_candidate_out_before_it_runs():
     assert r.seconds == pytest.approx(73.0) and r.seconds <= r.limit_seconds == pytest.approx(80.0)
 
 
+def test_the_whole_run_is_estimated_by_work_and_time_before_the_race_counts():
+    """A first candidate whose budget barely grows with the data (inner work 3000, whole 3200) is
+    estimated at 32 s for the whole run, not 30 / 0.75 = 40 s; the 10 s spent measuring before
+    the race count against the limit. Either alone would have let the third candidate start."""
+    clock = FakeClock()
+    table = {"full": (30, 0.60), "feature_extraction": (3, 0.62), "lora": (30, 0.70)}
+    order = [(n, {}) for n in table]
+    work = [3000.0, 300.0, 2400.0]
+    r = run_race(
+        order,
+        _scorer(clock, table),
+        train_fraction=0.75,
+        max_cost=3.0,
+        clock=clock,
+        work=work,
+        whole_work=3200.0,
+        spent_before=10.0,
+    )
+    assert r.limit_seconds == pytest.approx(64.0)  # (3 - 1) x 30 x 3200 / 3000
+    assert [e.accuracy for e in r.entries] == [0.60, 0.62, None]  # 10 + 33 + 24 = 67 > 64
+    assert "spent 43 s" in r.entries[2].note and "spent before the race" in r.notes[0]
+    assert r.seconds == pytest.approx(33.0)  # the race's own seconds
+    clock = FakeClock()
+    r = run_race(order, _scorer(clock, table), train_fraction=0.75, max_cost=3.0, clock=clock, work=work)
+    assert r.limit_seconds == pytest.approx(80.0) and r.entries[2].accuracy == 0.70  # 33 + 24 <= 80
+
+
 def test_estimated_work_follows_the_run_budget():
     from hf_transfer.config import TrainingConfig
     from hf_transfer.strategies.auto_race import estimated_work

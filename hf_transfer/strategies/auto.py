@@ -382,6 +382,7 @@ class Auto(Strategy):
         self.note = ""
         self.decided_by = "prior: strategy.race=false"
         self.race_result = None
+        self._started: float | None = None  # when `prepare` began: the measurement counts against the race
         self.race_seconds = 0.0
 
     # Class-level flags the engine and run.py read come from the chosen strategy.
@@ -410,6 +411,9 @@ class Auto(Strategy):
         return getattr(delegate, name)
 
     def prepare(self, ctx) -> None:
+        import time
+
+        self._started = time.time()
         c = self.config
         self.train_size = len(ctx.splits.train)
         if c.similarity == "measure":
@@ -483,7 +487,9 @@ class Auto(Strategy):
         available = available_strategies()
         order = [(self.choice.name, dict(self.choice.settings))]
         order += [(n, {}) for n in c.race_candidates if n != self.choice.name and n in available]
-        work = self._race_work(ctx, order, len(train_idx), len(np.unique(labels)))
+        classes = len(np.unique(labels))
+        work = self._race_work(ctx, order, len(train_idx), classes)
+        whole = self._race_work(ctx, order[:1], len(labels), classes)[0]
         t0 = time.time()
         result = run_race(
             order,
@@ -500,6 +506,8 @@ class Auto(Strategy):
             train_fraction=len(train_idx) / len(labels),
             max_cost=c.max_cost,
             work=work,
+            whole_work=whole,
+            spent_before=t0 - self._started if self._started else 0.0,
         )
         self.race_result, self.race_seconds = result, time.time() - t0
         won = result.entries[result.winner]

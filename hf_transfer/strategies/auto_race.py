@@ -11,7 +11,9 @@ Candidates run in the order of the prior (the data-size x similarity table and t
 rule in `auto`), so the race can stop early without losing the prior's pick: after each
 candidate, the time spent is compared with the cost limit, `(max_cost - 1)` times the estimated
 whole-run time of the prior's first pick (its inner run's seconds divided by the inner training
-fraction); the next candidate runs only if its estimate still fits: the first candidate's
+fraction, or scaled by its work on the whole split against the inner part when known; the
+seconds `auto` spent before the race, measuring similarity, count against the limit); the next
+candidate runs only if its estimate still fits: the first candidate's
 seconds scaled by the two candidates' work (`estimated_work`: examples passed through the model
 by each one's budget), or, when that is not known, the most expensive candidate seen.
 The winner is the best inner accuracy; a tie (within
@@ -103,6 +105,8 @@ def run_race(
     tie: float = 0.0,
     clock: Callable[[], float] = time.time,
     work: list[float | None] | None = None,
+    whole_work: float | None = None,
+    spent_before: float = 0.0,
 ) -> RaceResult:
     """Score candidates in order within the cost limit (module docstring).
 
@@ -116,10 +120,16 @@ def run_race(
         work: Per candidate, its estimated work (`estimated_work`; None: unknown). A candidate is
             estimated at the first one's seconds scaled by their work; an unknown one at the
             most expensive seen.
+        whole_work: The first candidate's estimated work on the whole training split: its whole
+            run is then estimated at its inner seconds x `whole_work / work[0]` (a budget need
+            not grow with the examples: a capped pair budget, a minimum step count), else at its
+            inner seconds / `train_fraction`.
+        spent_before: Seconds `auto` spent before the race (the similarity measurement): they
+            count against the limit.
     """
     entries = [RaceEntry(n, dict(s)) for n, s in candidates]
     work = list(work) if work is not None else [None] * len(entries)
-    spent, limit, costliest, first_seconds = 0.0, None, 0.0, 0.0
+    spent, limit, costliest, first_seconds = float(spent_before), None, 0.0, 0.0
     notes: list[str] = []
     for i, entry in enumerate(entries):
         if limit is not None:
@@ -138,16 +148,20 @@ def run_race(
         costliest = max(costliest, entry.seconds)
         if i == 0:
             first_seconds = entry.seconds
-            whole_run = entry.seconds / max(train_fraction, 1e-6)
+            if whole_work and work[0]:
+                whole_run = entry.seconds * whole_work / work[0]
+            else:
+                whole_run = entry.seconds / max(train_fraction, 1e-6)
             limit = max(0.0, (max_cost - 1.0)) * whole_run
             notes.append(
                 f"cost limit {limit:.0f} s = ({max_cost:g} - 1) x {whole_run:.0f} s, the estimated whole "
                 f"run of the first candidate ({entry.name})"
+                + (f"; {spent_before:.0f} s spent before the race count against it" if spent_before else "")
             )
     ran = [i for i, e in enumerate(entries) if e.accuracy is not None]
     best = max(entries[i].accuracy for i in ran)
     winner = next(i for i in ran if entries[i].accuracy >= best - tie)
-    return RaceResult(winner, entries, spent, limit, 0, 0, notes)
+    return RaceResult(winner, entries, spent - spent_before, limit, 0, 0, notes)
 
 
 def estimated_work(strategy, training, examples: int, classes: int) -> float:
