@@ -139,6 +139,17 @@ def test_auto_races_on_training_data_only_and_records_it(text_overrides, tmp_pat
         return real(ctx, name, settings, train_idx, held_idx, make_config)
 
     monkeypatch.setattr(auto_race, "score_on_inner_split", spy)
+    from hf_transfer.data import text as text_data
+
+    samplers = []
+    real_sampler = text_data.EpochSampler
+
+    class SpySampler(real_sampler):
+        def __init__(self, num_samples, seed, lengths=None, *args, **kwargs):
+            samplers.append((num_samples, lengths is not None))
+            super().__init__(num_samples, seed, lengths, *args, **kwargs)
+
+    monkeypatch.setattr(text_data, "EpochSampler", SpySampler)
     cfg = load_config(
         None,
         text_overrides
@@ -163,6 +174,8 @@ def test_auto_races_on_training_data_only_and_records_it(text_overrides, tmp_pat
     ran = [e for e in saved["auto_race"] if e["inner_accuracy"] is not None]
     assert saved["auto_choice"] == max(ran, key=lambda e: e["inner_accuracy"])["strategy"]
     assert saved["auto_race_seconds"] > 0 and metrics["auto_choice"] == saved["auto_choice"]
+    # `freeze` trained in the race batched as a real run: grouped by length (data.group_by_length).
+    assert (72, True) in samplers
 
 
 def test_auto_without_enough_held_out_examples_keeps_the_prior(text_overrides, tmp_path, one_torch_thread):

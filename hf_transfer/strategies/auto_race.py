@@ -231,7 +231,10 @@ def score_on_inner_split(
         else:
             train_ds = task.preprocess(splits.train, train=True)
             eval_ds = task.preprocess(splits.eval, train=False)
-            sampler = EpochSampler(len(train_ds), tr.seed, None, tr.batch_size)
+            # Batched as the real run batches (`steps.train_with_engine`): grouped by length when
+            # `data.group_by_length`, which also sets the pace the cost estimates scale from.
+            lengths = task.lengths(train_ds) if cfg.data.group_by_length else None
+            sampler = EpochSampler(len(train_ds), tr.seed, lengths, tr.batch_size)
             trainer = Trainer(
                 tr,
                 task,
