@@ -437,6 +437,11 @@ def test_auto_table_picks_contrastive_for_few_text_examples_per_class(sim):
     # medium and large: the table (contrastive measured below full and lora at 64 a class)
     assert choose_strategy(256, sim, available=both, pairs=True, classes=4).name != "contrastive"
     assert choose_strategy(20_000, sim, available=both, pairs=True, classes=400).name == "full"
+    # Few a class whatever the total: 24 classes x 8 is 192 rows (medium) and still few-shot; x 64 is not.
+    assert choose_strategy(192, sim, available=both, pairs=True, classes=24).name == "contrastive"
+    assert "8 per class" in choose_strategy(192, sim, available=both, pairs=True, classes=24).reason
+    assert choose_strategy(192, sim, available=both, pairs=False, classes=24).name != "contrastive"
+    assert choose_strategy(1536, sim, available=both, pairs=True, classes=24).name != "contrastive"
     assert "16 per class" in choose_strategy(64, sim, available=both, pairs=True, classes=4).reason
     assert choose_strategy(64, "high", available=both, pairs=True, score=0.95).name == "feature_extraction"
 

@@ -8,6 +8,7 @@ checkpoint's domain is to the target task):
 | -------------------------- | ---------- | -------------------------------------------------------- |
 | small, < 100               | high       | `contrastive` (text, one class per example, 2+ examples each), else `partial`, top 2 blocks; `feature_extraction` (else `freeze`) when the measured separability is >= 0.9 |
 | small, < 100               | low        | `contrastive` (as above), else `partial`, top 2 blocks (light fine-tuning) |
+| any size, <= 16 a class    | any        | `contrastive` (text, one class per example, 2+ examples each); otherwise the row for the size |
 | medium, 100 .. 10,000      | high       | `partial`, top half of the blocks                        |
 | medium, 100 .. 10,000      | low        | `full`                                                   |
 | large, > 10,000            | high       | `full`                                                   |
@@ -174,6 +175,9 @@ def size_band(train_size: int) -> str:
 
 #: Measured separability at or above which a small set's frozen features are left as they are.
 NEAR_PERFECT = 0.9
+#: At most this many training examples per class (on average) is few-shot: `contrastive` for text
+#: that pairs, whatever the total size (24 classes x 8 examples is 192 rows, the medium band).
+FEW_PER_CLASS = 16
 
 
 def choose_strategy(
@@ -221,12 +225,13 @@ def choose_strategy(
             similarity,
             f"{where}: feature extraction (linear probe on the frozen backbone; feature_extraction is not installed).",
         )
-    if band == "small" and pairs and "contrastive" in available:
+    few_per_class = bool(classes) and train_size / classes <= FEW_PER_CLASS
+    if (band == "small" or few_per_class) and pairs and "contrastive" in available:
         # Measured (docs/benchmarks/fewshot.md, MiniLM, 8 a class, 3 seeds on 2-, 4- and 24-class
         # sets of real text): contrastive pairs were the best strategy on two sets and 0.011 below
         # it on the third, where light fine-tuning (`partial`) lost 0.03 to the frozen features on
-        # one. At 64 a class (medium) they were not: on fortunes, seed 0, 0.854 against `lora`
-        # 0.879 and `full` 0.871, at 5x their time; the medium rows stay as they were.
+        # one. At 64 a class they were not (fortunes: 0.868 against `lp_ft` 0.881; fortunes24,
+        # seed 0: 0.592 against `full` 0.625): above FEW_PER_CLASS a class the table decides.
         if classes:
             where += f", {train_size / classes:.0f} per class"
         return AutoChoice(
