@@ -52,7 +52,18 @@ import pandas as pd  # noqa: E402
 
 from hf_transfer.paths import FORTUNES_DIR  # noqa: E402
 
-STRATEGIES = ["feature_extraction", "contrastive", "static", "full", "partial", "lora", "lp_ft", "freeze", "auto"]
+STRATEGIES = [
+    "feature_extraction",
+    "contrastive",
+    "static",
+    "full",
+    "partial",
+    "lora",
+    "lp_ft",
+    "freeze",
+    "scratch",
+    "auto",
+]
 METHODS = ["baseline", "setfit"] + STRATEGIES
 FORTUNE_CLASSES = ("computers", "food", "politics", "sports")
 MAX_LENGTH = 64

@@ -172,7 +172,9 @@ def estimated_work(strategy, training, examples: int, classes: int) -> float:
     `contrastive` encodes at most two examples per pair; `feature_extraction` makes one forward
     pass per example, about a third of a training pass. Measured on MiniLM at 64 a class
     (docs/benchmarks/fewshot.md): `contrastive` took 7-9x `partial`'s time and 4-5x `full`'s;
-    "costliest seen so far" had let it start a race it then overran by 3x."""
+    "costliest seen so far" had let it start a race it then overran by 3x. Precision is not
+    counted: where `contrastive` trains in bf16 and the others in fp32 (its default on hardware
+    with native bf16), its estimate is about twice its real cost, which errs on the safe side."""
     import math
 
     from hf_transfer.engine.budget import resolve_budget
