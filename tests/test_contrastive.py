@@ -181,6 +181,77 @@ def test_pair_training_takes_bf16_where_the_hardware_has_it_unless_told(text_ove
     assert train(cfg_for(text_overrides, tmp_path, "emulated"))["mixed_precision"] == "no"
 
 
+def test_length_groups_split_right_padded_rows_by_length_and_refuse_left_padding():
+    from hf_transfer.strategies.contrastive import length_groups
+
+    lengths = torch.tensor([3, 9, 1, 7, 5, 2, 8, 4])
+    mask = (torch.arange(10)[None, :] < lengths[:, None]).long()
+    groups = length_groups(mask, 4)
+    assert [g.tolist() for g in groups] == [[2, 5], [0, 7], [4, 3], [6, 1]]  # shortest first
+    assert length_groups(mask, 1) is None and length_groups(mask[:7], 4) is None  # one group; < 2 rows a group
+    assert length_groups(mask.flip(1), 4) is None  # left padding: cutting columns would drop tokens
+    assert length_groups(torch.ones(8, 5, dtype=torch.long), 4) is None  # no padding to save
+
+
+def test_grouped_forward_gives_the_whole_batch_embeddings_and_gradients(tiny_bert_dir):
+    """Rows of similar length run together, each group cut to its longest row: the embeddings and
+    the gradients are those of the one padded batch, and no group runs at the batch's width."""
+    from transformers import AutoTokenizer, BertModel
+
+    from hf_transfer.models.features import FeatureExtractor
+    from hf_transfer.strategies.contrastive import PairEncoder
+
+    torch.manual_seed(0)
+    model = BertModel.from_pretrained(tiny_bert_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    texts = [" ".join(["good"] * n + ["film"]) for n in (1, 12, 3, 7, 2, 20, 5, 9, 4, 15)]
+    batch = dict(tok(texts, padding=True, return_tensors="pt"))
+    widths = []
+    extractor = FeatureExtractor(model, modality="text", name_or_path=str(tiny_bert_dir))
+
+    def spy(inputs):
+        widths.append(inputs["input_ids"].shape[1])
+        return extractor(inputs)
+
+    results = {}
+    for buckets in (1, 4):
+        model.zero_grad()
+        widths.clear()
+        emb = PairEncoder(model, spy, None, buckets)(**batch)
+        (emb**2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[buckets] = (emb.detach(), grads, list(widths))
+    (one, g1, w1), (four, g4, w4) = results[1], results[4]
+    assert w1 == [batch["input_ids"].shape[1]] and len(w4) == 4 and max(w4[:-1]) < w1[0]
+    assert torch.allclose(one, four, atol=1e-5)
+    assert g1.keys() == g4.keys() and all(torch.allclose(g1[k], g4[k], atol=1e-4) for k in g1)
+
+
+def test_grouped_pair_training_trains_the_same_body(text_overrides, tiny_bert_dir, tmp_path):
+    """A whole run (cached prefix, engine, classifier) with grouped rows against one padded batch:
+    the same losses and the same body (dropout off: its masks follow the shapes)."""
+    import shutil
+
+    quiet = shutil.copytree(tiny_bert_dir, tmp_path / "no-dropout")
+    config = json.loads((quiet / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (quiet / "config.json").write_text(json.dumps(config))
+    extra = (f"model.name_or_path={quiet}", "training.mixed_precision=no")  # bf16 rounds by shape
+    grouped = train(cfg_for(text_overrides, tmp_path, "grouped", "strategy.length_buckets=4", *extra))
+    padded = train(cfg_for(text_overrides, tmp_path, "padded", "strategy.length_buckets=1", *extra))
+    assert grouped["contrastive_prefix_cached"] is True
+    losses = [
+        [r["loss"] for r in json.loads((tmp_path / d / "history.json").read_text()) if "loss" in r]
+        for d in ("grouped", "padded")
+    ]
+    assert len(losses[0]) == 6 and np.allclose(losses[0], losses[1], rtol=1e-5)
+    a = load_file(str(tmp_path / "grouped" / "model.safetensors"))
+    b = load_file(str(tmp_path / "padded" / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    assert grouped["eval_accuracy"] == padded["eval_accuracy"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("batches", ["spread", "grouped"])
 def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, crash_at_step, batches):

@@ -120,6 +120,10 @@ class ContrastiveConfig(FeatureExtractionConfig):
             (single-label): each batch's pairs come from a few examples of a few classes
             (`sample_grouped_pairs`), so a batch encodes fewer distinct examples: faster with
             many classes, a little less accurate (measured in `sample_grouped_pairs`).
+        length_buckets: Text: the distinct examples of a batch run through the model in this many
+            groups of similar length, each padded to its own longest (`PairEncoder`): the same
+            embeddings, less padding. Unset: 4 on a CPU, where the cost follows the padded length,
+            1 (one padded batch) on a GPU.
     """
 
     name: str = "contrastive"
@@ -133,6 +137,7 @@ class ContrastiveConfig(FeatureExtractionConfig):
     cache_prefix: bool = True
     min_jaccard: float = 0.5
     pair_batches: Literal["spread", "grouped"] = "spread"
+    length_buckets: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -141,6 +146,8 @@ class ContrastiveConfig(FeatureExtractionConfig):
         if self.trainable_layers is not None:
             check_non_negative(self.trainable_layers, "trainable_layers")
         check_fraction(self.trainable_fraction, "trainable_fraction")
+        if self.length_buckets is not None:
+            check_positive(self.length_buckets, "length_buckets")
         for key in ("pairs_per_example", "min_pairs", "max_pairs"):
             check_positive(getattr(self, key), key)
         if self.num_pairs is not None:
@@ -406,18 +413,42 @@ class PairCollator:
         return batch
 
 
+#: `length_buckets` unset: groups per batch on a CPU (on a GPU, one).
+CPU_LENGTH_BUCKETS = 4
+
+
+def length_groups(mask: torch.Tensor, buckets: int) -> list[torch.Tensor] | None:
+    """Rows of a right-padded batch split into `buckets` groups of similar length (row indices,
+    shortest first), or None when grouping cannot help or is unsafe: one group, too few rows, a
+    mask that is not right-padded (a left-padding tokenizer), or no padding to save."""
+    if buckets < 2 or mask.dim() != 2 or mask.shape[0] < 2 * buckets:
+        return None
+    lengths = mask.sum(1)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    if not torch.equal(mask.bool(), positions[None, :] < lengths[:, None]):
+        return None
+    if int(lengths.min()) == mask.shape[1]:
+        return None
+    return list(torch.tensor_split(torch.argsort(lengths, stable=True), buckets))
+
+
 class PairEncoder(nn.Module):
     """The model as the engine trains it: inputs -> pooled embeddings (B, d).
 
     With a prefix plan, `prefix_hidden_states` (cached outputs of the frozen blocks) enter above
-    the cut (`prefix_cache.cached_prefix`); otherwise the whole model runs.
+    the cut (`prefix_cache.cached_prefix`); otherwise the whole model runs. With `length_buckets`
+    above 1 (`ContrastiveConfig`), a text batch's rows run in groups of similar length, each cut to
+    its own longest row (`length_groups`), and the embeddings come back in the batch's order:
+    attention masks the padding, so the embeddings are those of the whole batch, at the cost of the
+    real tokens instead of the padded ones.
     """
 
-    def __init__(self, model: nn.Module, extractor, plan=None):
+    def __init__(self, model: nn.Module, extractor, plan=None, length_buckets: int | None = None):
         super().__init__()
         self.model = model
         self.extractor = extractor
         self.plan = plan
+        self.length_buckets = length_buckets
 
     def get_base_model(self) -> nn.Module:
         return self.model
@@ -427,8 +458,34 @@ class PairEncoder(nn.Module):
         return self.model.config
 
     def forward(self, **inputs) -> torch.Tensor:
+        mask = inputs.get("attention_mask")
+        groups = None
+        if mask is not None and (self.plan is None or self.plan.text):
+            buckets = self.length_buckets
+            if buckets is None:
+                buckets = CPU_LENGTH_BUCKETS if mask.device.type == "cpu" else 1
+            groups = length_groups(mask, buckets)
+        if groups is None:
+            return self._encode(inputs)
+        rows, width = mask.shape
+        parts = []
+        for idx in groups:
+            longest = int(mask[idx].sum(1).max())
+            part = {}
+            for key, value in inputs.items():
+                if torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == rows:
+                    value = value[idx]
+                    if value.dim() >= 2 and value.shape[1] == width:
+                        value = value[:, :longest]
+                part[key] = value
+            parts.append(self._encode(part))
+        order = torch.cat(groups)
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def _encode(self, inputs: dict) -> torch.Tensor:
         from hf_transfer.strategies.prefix_cache import HIDDEN_KEY, cached_prefix
 
+        inputs = dict(inputs)
         hidden = inputs.pop(HIDDEN_KEY, None)
         if hidden is None:
             return self.extractor(inputs)
@@ -558,7 +615,11 @@ class Contrastive(Strategy):
         )
         examples, collate, plan = self._examples(ctx, model, groups)
         trainer = self._trainer(
-            ctx, PairEncoder(model, extractor, plan), pairs, PairCollator(examples, collate), keep_batches=grouped
+            ctx,
+            PairEncoder(model, extractor, plan, self.config.length_buckets),
+            pairs,
+            PairCollator(examples, collate),
+            keep_batches=grouped,
         )
         logger.info(
             "contrastive: %d pairs (%d positive) over %d examples, %d optimizer steps.",
