@@ -122,7 +122,7 @@ class ContrastiveConfig(FeatureExtractionConfig):
             many classes, a little less accurate (measured in `sample_grouped_pairs`).
         length_buckets: Text: the distinct examples of a batch run through the model in this many
             groups of similar length, each padded to its own longest (`PairEncoder`): the same
-            embeddings, less padding. Unset: 4 on a CPU, where the cost follows the padded length,
+            embeddings, less padding. Unset: 2 on a CPU, where the cost follows the padded length,
             1 (one padded batch) on a GPU.
     """
 
@@ -414,7 +414,7 @@ class PairCollator:
 
 
 #: `length_buckets` unset: groups per batch on a CPU (on a GPU, one).
-CPU_LENGTH_BUCKETS = 4
+CPU_LENGTH_BUCKETS = 2
 
 
 def length_groups(mask: torch.Tensor, buckets: int) -> list[torch.Tensor] | None:
