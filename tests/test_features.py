@@ -288,3 +288,30 @@ def test_extract_caches_by_content_and_spec_and_allows_unlabelled_data(tmp_path,
     assert not third.cache_hit and len(list(tmp_path.glob("*.safetensors"))) == 2
     unlabelled = extract(fx, task, ds.remove_columns("labels"), batch_size=2, device="cpu", cache=False)
     assert unlabelled.y is None and np.allclose(unlabelled.X, first.X, atol=1e-6)
+
+
+@torch.no_grad()
+def test_extract_batches_texts_by_length_and_returns_them_in_the_split_order(monkeypatch):
+    """Shortest first, so each batch pads to about its own length; the rows and labels come back in
+    the split's order, and they are the features of each text on its own."""
+    import datasets
+
+    tok = T.AutoTokenizer.from_pretrained(ASSETS / "tiny-bert")
+    task = _ToyTask(tok)
+    texts = [" ".join(["good"] * n + ["film"]) for n in (9, 1, 5, 2, 12, 3)]
+    ds = datasets.Dataset.from_dict({"text": texts, "labels": [0, 1, 0, 1, 0, 1]})
+    fx = FeatureExtractor(_bert(T.BertForSequenceClassification, num_labels=2), modality="text")
+    widths = []
+    original = FeatureExtractor.__call__
+
+    def spy(self, inputs):
+        widths.append(inputs["input_ids"].shape[1])
+        return original(self, inputs)
+
+    monkeypatch.setattr(FeatureExtractor, "__call__", spy)
+    got = extract(fx, task, ds, batch_size=2, device="cpu", cache=False)
+    monkeypatch.undo()
+    assert widths == sorted(widths) and widths[0] < widths[-1]  # shortest first
+    one_by_one = np.concatenate([fx(dict(tok([t], return_tensors="pt"))).numpy() for t in texts])
+    assert np.allclose(got.X, one_by_one, atol=1e-5)
+    assert got.y.tolist() == [0, 1, 0, 1, 0, 1]

@@ -385,7 +385,7 @@ def extract(
         autocast: Mixed-precision dtype on accelerators (part of the key).
     """
     from accelerate.state import PartialState
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     fingerprint = getattr(ds, "_fingerprint", None)
     path = None
@@ -405,8 +405,13 @@ def extract(
     was_training = model.training
     model.eval().to(device)
     data = task.preprocess(ds, train=False)
+    order = length_order(data)
     loader = DataLoader(
-        data, batch_size=batch_size, shuffle=False, collate_fn=task.collate, generator=torch.Generator()
+        data if order is None else Subset(data, order.tolist()),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=task.collate,
+        generator=torch.Generator(),
     )
     pick = task.model_inputs
     feats, labels = [], []
@@ -424,6 +429,10 @@ def extract(
         model.train(was_training)
     X = torch.cat(feats) if feats else torch.zeros(0, 0)
     y = torch.cat(labels) if labels and len(labels) == len(feats) else None
+    if order is not None:  # back to the split's order
+        back = torch.as_tensor(np.argsort(order, kind="stable"))
+        X = X[back]
+        y = None if y is None else y[back]
     y = y if y is None or y.is_floating_point() else y.long()  # float: label sets, regression targets
     info = {**extractor.describe(), "seconds": round(time.time() - t0, 3), "dim": int(X.shape[1]) if X.ndim == 2 else 0}
     logger.info(
@@ -439,6 +448,26 @@ def extract(
         fc.save_cached(path, X, y, info)
         info["cache_path"] = str(path)
     return Features(X.numpy(), None if y is None else y.numpy(), info, False)
+
+
+def length_order(data) -> np.ndarray | None:
+    """Token sequences: the example order, shortest first, in which `extract` batches them, so a
+    batch pads to about its own length (the features come back in the split's order; padding is
+    masked, so they are the same features). None (the split's order) for images, audio, or data
+    without `input_ids`."""
+    if len(data) < 2:
+        return None
+    try:
+        first = data[0]
+    except (IndexError, KeyError, TypeError):
+        return None
+    if not isinstance(first, dict) or "input_ids" not in first:
+        return None
+    column = data["input_ids"] if hasattr(data, "column_names") else [row["input_ids"] for row in data]
+    lengths = np.fromiter((len(ids) for ids in column), dtype=np.int64, count=len(data))
+    if lengths.min() == lengths.max():
+        return None
+    return np.argsort(lengths, kind="stable")
 
 
 def _label_array(y: torch.Tensor) -> np.ndarray:
