@@ -186,7 +186,7 @@ def make_plan(
     elif choice.name == "contrastive":
         # Its budget is a number of pairs (one pass), not epochs over the examples: left to it.
         reasons.append(
-            "budget: contrastive's own: one pass over its pairs (20 per example, 256 to 2,000) at its "
+            "budget: contrastive's own: one pass over its pairs (20 per example, 256 to 1,600) at its "
             "default learning rate, then a classifier on the trained features"
         )
         epochs, lr = t.get("epochs"), t.get("learning_rate")
