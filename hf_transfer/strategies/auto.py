@@ -230,8 +230,8 @@ def choose_strategy(
         # Measured (docs/benchmarks/fewshot.md, MiniLM, 8 a class, 3 seeds on 2-, 4- and 24-class
         # sets of real text): contrastive pairs were the best strategy on two sets and 0.011 below
         # it on the third, where light fine-tuning (`partial`) lost 0.03 to the frozen features on
-        # one. At 64 a class they were not (fortunes: 0.868 against `lp_ft` 0.881; fortunes24,
-        # seed 0: 0.592 against `full` 0.625): above FEW_PER_CLASS a class the table decides.
+        # one. At 64 a class they were not (3 seeds, fortunes: 0.856 against `lp_ft` 0.881;
+        # fortunes24: 0.605 against `full` 0.628): above FEW_PER_CLASS a class the table decides.
         if classes:
             where += f", {train_size / classes:.0f} per class"
         return AutoChoice(
