@@ -129,6 +129,30 @@ def pair_loss(run_dir, cfg, state: dict) -> float:
     return float(((torch.cosine_similarity(emb[i], emb[j]) - t.float()) ** 2).mean())
 
 
+def test_default_trains_the_top_two_thirds_of_the_blocks():
+    from hf_transfer.strategies.contrastive import default_trainable_blocks
+
+    assert [default_trainable_blocks(b) for b in (0, 1, 2, 3, 6, 12, 24)] == [0, 1, 2, 2, 4, 8, 16]
+
+
+def test_default_run_leaves_the_lowest_third_of_the_blocks_frozen(text_overrides, tmp_path):
+    from transformers import BertModel
+
+    from tiny_models import save_bert
+
+    three = save_bert(tmp_path / "three-blocks", num_hidden_layers=3)
+    overrides = [o for o in text_overrides if not o.startswith("model.name_or_path=")]
+    cfg = cfg_for([*overrides, f"model.name_or_path={three}"], tmp_path, "run", "strategy.num_pairs=64")
+    metrics = train(cfg)
+    assert metrics["trainable_groups"] == ["encoder.layer.1", "encoder.layer.2"]
+    before = {f"bert.{k}": v for k, v in BertModel.from_pretrained(three).state_dict().items()}
+    after = load_file(str(tmp_path / "run" / "model.safetensors"))
+    moved = {k for k in before if k in after and not torch.equal(before[k], after[k])}
+    assert any(k.startswith("bert.encoder.layer.1.") for k in moved)
+    assert any(k.startswith("bert.encoder.layer.2.") for k in moved)
+    assert not any(k.startswith(("bert.encoder.layer.0.", "bert.embeddings.")) for k in moved)
+
+
 @pytest.mark.slow
 def test_only_the_chosen_top_blocks_move_and_the_loss_falls(text_overrides, tiny_bert_dir, tmp_path):
     from transformers import BertModel

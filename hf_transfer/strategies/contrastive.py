@@ -12,14 +12,18 @@ changes that make it cost a fraction of SetFit's time:
    `max_pairs`, so many classes or many examples never blow up the number of pairs. The cap is
    1600 (it was 2000): measured at 64 examples a class (MiniLM, 3 seeds) 0.850 against 0.852 on
    tweets, 0.856 against 0.858 on fortunes, 0.605 against 0.605 on fortunes24, and 0.515 against
-   0.506 on fortunes24 at 8 a class (192 examples), at 0.8x the time where the cap binds.
-2. **The blocks train, the embeddings do not** (every block by default; `trainable_layers`
-   or `trainable_fraction` keep the lower ones frozen, as in `partial`), and the frozen prefix
-   runs **once per example** (`cache_prefix`, on by default; the frozen-prefix cache of
-   `training.cache_frozen_prefix`). Every block against the top 2 (MiniLM, 8 examples a class,
-   3 seeds, docs/benchmarks/fewshot.md): tweets 0.787 against 0.753, fortunes 0.817 against
-   0.822, fortunes24 (24 classes) higher too, at about 3x the top 2's time (still a small
-   fraction of SetFit's).
+   0.506 on fortunes24 at 8 a class (192 examples), at 0.8x the time where the cap binds. Ten
+   pairs per example beyond the cap (15,360 on fortunes24's 1,536 examples) scored 0.606 against
+   0.598 there, at 6x the time: not kept.
+2. **The top two thirds of the blocks train**, the lower third and the embeddings do not
+   (ceil(2/3 x blocks): 4 of MiniLM's 6, 8 of BERT-base's 12; `trainable_layers` or
+   `trainable_fraction` choose others, as in `partial`), and the frozen prefix runs **once per
+   example** (`cache_prefix`, on by default; the frozen-prefix cache of
+   `training.cache_frozen_prefix`). Measured (MiniLM, 3 seeds, docs/benchmarks/fewshot.md, fifth
+   round), top 4 of 6 blocks against every block: at 8 examples a class tweets 0.783 against 0.787,
+   fortunes 0.832 against 0.815, fortunes24 0.509 against 0.506; at 64 a class tweets 0.853 against
+   0.850 and fortunes 0.876 against 0.855, at 0.8x the time. Top 5 and top 3 were each worse on one
+   set (fortunes 0.822; tweets 0.767).
 3. **Each distinct example in a batch of pairs is encoded once**: a batch of 16 pairs needs at
    most 32 encodings, often far fewer when the data is small. On a CPU those examples run in two
    groups of similar length, each padded to its own longest (`length_buckets`, `PairEncoder`):
@@ -109,7 +113,7 @@ class ContrastiveConfig(FeatureExtractionConfig):
     Attributes:
         name: `contrastive`.
         trainable_layers: Blocks, counted from the top, that the pairs train (as in `partial`);
-            unset: every block.
+            unset (and no `trainable_fraction`): the top two thirds, ceil(2/3 x blocks).
         trainable_fraction: When set (0 < f <= 1), the top `ceil(f * blocks)` blocks train instead.
         num_pairs: Pairs to sample. Unset: `pairs_per_example` x training examples, clipped to
             [`min_pairs`, `max_pairs`].
@@ -161,6 +165,17 @@ class ContrastiveConfig(FeatureExtractionConfig):
             check_positive(self.num_pairs, "num_pairs")
         if self.min_pairs > self.max_pairs:
             raise ConfigError(f"strategy.min_pairs={self.min_pairs} is above strategy.max_pairs={self.max_pairs}.")
+
+
+#: Unset `trainable_layers` / `trainable_fraction`: the top two thirds of the blocks train
+#: (module docstring, point 2).
+DEFAULT_TRAINABLE_SHARE = (2, 3)
+
+
+def default_trainable_blocks(blocks: int) -> int:
+    """The blocks `contrastive` trains by default: the top ceil(2/3 x blocks) (6 -> 4, 12 -> 8)."""
+    num, den = DEFAULT_TRAINABLE_SHARE
+    return max(1, -(-num * blocks // den)) if blocks else 0
 
 
 # ----------------------------------------------------------------------------------- pairs
@@ -564,7 +579,12 @@ class Contrastive(Strategy):
             )
 
     def trainable_blocks(self, groups: list) -> int:
-        return top_blocks(groups, self.config.trainable_layers, self.config.trainable_fraction)
+        """`trainable_layers` or `trainable_fraction` when set, else the top two thirds (module
+        docstring, point 2)."""
+        c = self.config
+        if c.trainable_layers is None and c.trainable_fraction is None:
+            return default_trainable_blocks(num_blocks(groups))
+        return top_blocks(groups, c.trainable_layers, c.trainable_fraction)
 
     def apply(self, model: nn.Module, groups: list) -> nn.Module:
         """Train the top `trainable_layers` blocks only: the head and the pooler are not in the loss."""
