@@ -22,8 +22,8 @@ changes that make it cost a fraction of SetFit's time:
    `training.cache_frozen_prefix`). Measured (MiniLM, 3 seeds, docs/benchmarks/fewshot.md, fifth
    round), top 4 of 6 blocks against every block: at 8 examples a class tweets 0.783 against 0.787,
    fortunes 0.832 against 0.815, fortunes24 0.509 against 0.515; at 64 a class tweets 0.853 against
-   0.850, fortunes 0.876 against 0.855, fortunes24 0.598 against 0.605; at 0.86-1.0x the time
-   (the lower third's forward and backward are a small share of a step here). Top 5 and top 3
+   0.850, fortunes 0.876 against 0.855, fortunes24 0.598 against 0.605; at 0.72x the time
+   (tweets at 64 a class, each run twice in the same conditions). Top 5 and top 3
    were each worse on one set (fortunes 0.822; tweets 0.767).
 3. **Each distinct example in a batch of pairs is encoded once**: a batch of 16 pairs needs at
    most 32 encodings, often far fewer when the data is small. On a CPU those examples run in two
