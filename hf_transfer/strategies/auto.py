@@ -94,7 +94,7 @@ class AutoConfig(StrategyConfig):
         race_candidates: The strategies raced, after the prior's pick (which always runs first).
         max_cost: The race and the final run together cost at most this many times the estimated
             whole run of the prior's pick. 2.5 leaves room under 3x for estimates that miss and
-            for machine load (measured at 3.0, `auto` took 2.7-3.0x `full` on fortunes24).
+            for machine load (measured at 3.0, `auto` took 2.7-3.2x `full` per seed on fortunes24).
         holdout_fraction: Share of each class held out for the race.
         min_holdout: Race only when the held-out part has at least this many examples.
         similarity: `measure` (default) estimates how well the frozen pretrained features separate
