@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_transfer.config import load_config
-from hf_transfer.errors import DataError
+from hf_transfer.errors import ConfigError, DataError
 from hf_transfer.run import predict, train
 from hf_transfer.strategies.contrastive import ContrastiveConfig, check_labels, pair_budget, sample_pairs
 
@@ -130,9 +130,19 @@ def pair_loss(run_dir, cfg, state: dict) -> float:
 
 
 def test_default_trains_the_top_two_thirds_of_the_blocks():
-    from hf_transfer.strategies.contrastive import default_trainable_blocks
+    from types import SimpleNamespace
 
-    assert [default_trainable_blocks(b) for b in (0, 1, 2, 3, 6, 12, 24)] == [0, 1, 2, 2, 4, 8, 16]
+    from hf_transfer.strategies.contrastive import Contrastive
+
+    def blocks(n):
+        return [SimpleNamespace(kind="stem")] + [SimpleNamespace(kind="block")] * n + [SimpleNamespace(kind="head")]
+
+    default = Contrastive(ContrastiveConfig())
+    assert [default.trainable_blocks(blocks(b)) for b in (0, 1, 2, 3, 6, 12, 24)] == [0, 1, 2, 2, 4, 8, 16]
+    assert Contrastive(ContrastiveConfig(trainable_layers=6)).trainable_blocks(blocks(6)) == 6  # set: kept
+    assert Contrastive(ContrastiveConfig(trainable_fraction=0.5)).trainable_blocks(blocks(6)) == 3
+    with pytest.raises(ConfigError, match="none that hf_transfer recognises"):  # not "only 0 blocks"
+        default.apply(None, blocks(0))
 
 
 def test_default_run_leaves_the_lowest_third_of_the_blocks_frozen(text_overrides, tmp_path):

@@ -168,15 +168,9 @@ class ContrastiveConfig(FeatureExtractionConfig):
             raise ConfigError(f"strategy.min_pairs={self.min_pairs} is above strategy.max_pairs={self.max_pairs}.")
 
 
-#: Unset `trainable_layers` / `trainable_fraction`: the top two thirds of the blocks train
-#: (module docstring, point 2).
-DEFAULT_TRAINABLE_SHARE = (2, 3)
-
-
-def default_trainable_blocks(blocks: int) -> int:
-    """The blocks `contrastive` trains by default: the top ceil(2/3 x blocks) (6 -> 4, 12 -> 8)."""
-    num, den = DEFAULT_TRAINABLE_SHARE
-    return max(1, -(-num * blocks // den)) if blocks else 0
+#: Unset `trainable_layers` / `trainable_fraction`: the top two thirds of the blocks train, as
+#: `trainable_fraction` would (module docstring, point 2).
+DEFAULT_TRAINABLE_FRACTION = 2 / 3
 
 
 # ----------------------------------------------------------------------------------- pairs
@@ -584,7 +578,8 @@ class Contrastive(Strategy):
         docstring, point 2)."""
         c = self.config
         if c.trainable_layers is None and c.trainable_fraction is None:
-            return default_trainable_blocks(num_blocks(groups))
+            # A model without blocks gets 0, so `apply` names the real problem.
+            return top_blocks(groups, None, DEFAULT_TRAINABLE_FRACTION) if num_blocks(groups) else 0
         return top_blocks(groups, c.trainable_layers, c.trainable_fraction)
 
     def apply(self, model: nn.Module, groups: list) -> nn.Module:
