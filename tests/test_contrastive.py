@@ -12,7 +12,13 @@ from safetensors.torch import load_file
 from hf_transfer.config import load_config
 from hf_transfer.errors import ConfigError, DataError
 from hf_transfer.run import predict, train
-from hf_transfer.strategies.contrastive import ContrastiveConfig, check_labels, pair_budget, sample_pairs
+from hf_transfer.strategies.contrastive import (
+    Contrastive,
+    ContrastiveConfig,
+    check_labels,
+    pair_budget,
+    sample_pairs,
+)
 
 FAST = ["strategy.name=contrastive", "strategy.C=1.0", "strategy.num_pairs=96"]
 
@@ -163,6 +169,50 @@ def test_default_run_leaves_the_lowest_third_of_the_blocks_frozen(text_overrides
     assert not any(k.startswith(("bert.encoder.layer.0.", "bert.embeddings.")) for k in moved)
 
 
+def test_end_to_end_pass_trains_the_same_blocks_with_a_probe_head_and_lowers_its_loss(text_overrides, tmp_path):
+    """After the pairs, the same top blocks and a linear head started as a probe train with
+    cross-entropy: the lowest block and the embeddings stay byte-identical, the top blocks end
+    elsewhere than after the pairs alone, the pass's loss falls, and the pass is recorded."""
+    from transformers import BertModel
+
+    from tiny_models import save_bert
+
+    three = save_bert(tmp_path / "three-blocks", num_hidden_layers=3)
+    overrides = [o for o in text_overrides if not o.startswith("model.name_or_path=")]
+    overrides.append(f"model.name_or_path={three}")
+    e2e = ("strategy.num_pairs=64", "strategy.end_to_end_epochs=3", "strategy.end_to_end_learning_rate=0.001")
+    m = train(cfg_for(overrides, tmp_path, "e2e", *e2e))
+    pairs_only = train(cfg_for(overrides, tmp_path, "pairs", "strategy.num_pairs=64", "strategy.end_to_end_epochs=0"))
+    assert m["end_to_end_steps"] == 3 * 6  # 96 examples, batches of 16
+    assert m["train_steps"] == 4 + 18 and pairs_only["train_steps"] == 4
+    assert "end_to_end_steps" not in pairs_only
+    assert m["end_to_end_learning_rate"] == 0.001 and m["end_to_end_probe_train_accuracy"] > 0.5
+    history = json.loads((tmp_path / "e2e" / "history.json").read_text())
+    phase = [r["loss"] for r in history if r.get("phase") == "end_to_end" and "loss" in r]
+    assert len(phase) == 18 and np.mean(phase[-3:]) < np.mean(phase[:3])
+    before = {f"bert.{k}": v for k, v in BertModel.from_pretrained(three).state_dict().items()}
+    after = load_file(str(tmp_path / "e2e" / "model.safetensors"))
+    alone = load_file(str(tmp_path / "pairs" / "model.safetensors"))
+    moved = {k for k in before if k in after and not torch.equal(after[k], alone[k])}
+    assert any(k.startswith("bert.encoder.layer.2.") for k in moved)  # the pass trained the top
+    assert not any(k.startswith(("bert.encoder.layer.0.", "bert.embeddings.")) for k in moved)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("bert.encoder.layer.0."))
+
+
+def test_end_to_end_settings_are_checked():
+    default = Contrastive(ContrastiveConfig())
+    # Unset: from 81 examples (20 pairs each would pass the 1600-pair cap), single labels only.
+    assert [default.end_to_end_epochs(n) for n in (16, 80, 81, 1536)] == [0.0, 0.0, 2.0, 2.0]
+    assert default.end_to_end_epochs(1536, multilabel=True) == 0.0
+    assert Contrastive(ContrastiveConfig(max_pairs=3200)).end_to_end_epochs(81) == 0.0  # the cap moves it
+    assert Contrastive(ContrastiveConfig(end_to_end_epochs=0.5)).end_to_end_epochs(16) == 0.5  # set: kept
+    assert Contrastive(ContrastiveConfig(end_to_end_epochs=0)).end_to_end_epochs(1536) == 0.0
+    with pytest.raises(ConfigError, match="end_to_end_epochs must be a number of passes >= 0"):
+        ContrastiveConfig(end_to_end_epochs=-1)
+    with pytest.raises(ConfigError, match="end_to_end_learning_rate must be in"):
+        ContrastiveConfig(end_to_end_learning_rate=2)
+
+
 @pytest.mark.slow
 def test_only_the_chosen_top_blocks_move_and_the_loss_falls(text_overrides, tiny_bert_dir, tmp_path):
     from transformers import BertModel
@@ -173,6 +223,7 @@ def test_only_the_chosen_top_blocks_move_and_the_loss_falls(text_overrides, tiny
         "run",
         "strategy.trainable_layers=1",
         "strategy.num_pairs=480",
+        "strategy.end_to_end_epochs=0",  # the pairs alone: their loss is what this test measures
         "training.learning_rate=0.003",
     )
     metrics = train(cfg)
@@ -278,7 +329,8 @@ def test_grouped_pair_training_trains_the_same_body(text_overrides, tiny_bert_di
         [r["loss"] for r in json.loads((tmp_path / d / "history.json").read_text()) if "loss" in r]
         for d in ("grouped", "padded")
     ]
-    assert len(losses[0]) == 6 and np.allclose(losses[0], losses[1], rtol=1e-5)
+    # 6 pair steps, then 12 of the end-to-end pass (its batches are grouped the same way)
+    assert len(losses[0]) == 18 and np.allclose(losses[0], losses[1], rtol=1e-5)
     a = load_file(str(tmp_path / "grouped" / "model.safetensors"))
     b = load_file(str(tmp_path / "padded" / "model.safetensors"))
     for k in a:
@@ -289,7 +341,12 @@ def test_grouped_pair_training_trains_the_same_body(text_overrides, tiny_bert_di
 @pytest.mark.slow
 @pytest.mark.parametrize("batches", ["spread", "grouped"])
 def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, crash_at_step, batches):
-    extra = ("training.save_strategy=steps", "training.save_steps=3", f"strategy.pair_batches={batches}")
+    extra = (
+        "training.save_strategy=steps",
+        "training.save_steps=3",
+        f"strategy.pair_batches={batches}",
+        "strategy.end_to_end_epochs=0",  # the pairs alone (the pass's resume: the next test)
+    )
     with crash_at_step(4):
         train(cfg_for(text_overrides, tmp_path, "run", *extra))
     assert (tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.json").is_file()
@@ -302,6 +359,26 @@ def test_interrupted_contrastive_run_resumes_exactly(text_overrides, tmp_path, c
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     assert resumed["eval_accuracy"] == straight["eval_accuracy"]
     assert straight["contrastive_pair_batches"] == batches
+
+
+@pytest.mark.slow
+def test_run_interrupted_in_the_end_to_end_pass_resumes_exactly(text_overrides, tmp_path, crash_at_step):
+    """6 pair steps, then 12 steps of the pass: a crash at the pass's step 8 resumes from the
+    pass's own checkpoint (the pairs are not trained again) and ends where a straight run does."""
+    extra = ("training.save_strategy=steps", "training.save_steps=3")
+    with crash_at_step(8):
+        train(cfg_for(text_overrides, tmp_path, "run", *extra))
+    assert (tmp_path / "run" / "checkpoints" / "step_6" / "trainer_state.json").is_file()
+    assert (tmp_path / "run" / "end_to_end" / "checkpoints" / "step_6" / "trainer_state.json").is_file()
+    resumed = train(cfg_for(text_overrides, tmp_path, "run", *extra, "training.resume_from_checkpoint=latest"))
+    straight = train(cfg_for(text_overrides, tmp_path, "straight", *extra))
+    assert resumed["end_to_end_steps"] == straight["end_to_end_steps"] == 12
+    assert resumed["train_steps"] == straight["train_steps"] == 18
+    a = load_file(str(tmp_path / "run" / "model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert resumed["eval_accuracy"] == straight["eval_accuracy"]
 
 
 @pytest.mark.slow

@@ -136,6 +136,13 @@ class ContrastiveConfig(FeatureExtractionConfig):
             groups of similar length, each padded to its own longest (`PairEncoder`): the same
             embeddings, less padding. Unset: 2 on a CPU, where the cost follows the padded length,
             1 (one padded batch) on a GPU.
+        end_to_end_epochs: Passes over the training examples of the end-to-end pass after the
+            pairs (`strategies.end_to_end`: the same blocks and a probe-initialised linear head
+            trained with cross-entropy); 0: none. Unset: `DEFAULT_END_TO_END_EPOCHS` (2) for single
+            labels when the pair budget is capped (more than `max_pairs / pairs_per_example`
+            training examples: 80 by default), else none (and none for label sets).
+        end_to_end_learning_rate: The body's learning rate in the end-to-end pass (the head's is
+            `end_to_end.HEAD_LR_MULTIPLIER` times it).
     """
 
     name: str = "contrastive"
@@ -150,6 +157,8 @@ class ContrastiveConfig(FeatureExtractionConfig):
     min_jaccard: float = 0.5
     pair_batches: Literal["spread", "grouped"] = "spread"
     length_buckets: int | None = None
+    end_to_end_epochs: float | None = None
+    end_to_end_learning_rate: float = 2e-5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -164,6 +173,14 @@ class ContrastiveConfig(FeatureExtractionConfig):
             check_positive(getattr(self, key), key)
         if self.num_pairs is not None:
             check_positive(self.num_pairs, "num_pairs")
+        e2e = self.end_to_end_epochs
+        if e2e is not None and (isinstance(e2e, bool) or not isinstance(e2e, (int, float)) or not 0 <= e2e < 1000):
+            raise ConfigError(
+                f"strategy.end_to_end_epochs must be a number of passes >= 0 (0: no end-to-end pass), got {e2e!r}."
+            )
+        lr = self.end_to_end_learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
+            raise ConfigError(f"strategy.end_to_end_learning_rate must be in (0, 1) (2e-5 is usual), got {lr!r}.")
         if self.min_pairs > self.max_pairs:
             raise ConfigError(f"strategy.min_pairs={self.min_pairs} is above strategy.max_pairs={self.max_pairs}.")
 
@@ -171,6 +188,10 @@ class ContrastiveConfig(FeatureExtractionConfig):
 #: Unset `trainable_layers` / `trainable_fraction`: the top two thirds of the blocks train, as
 #: `trainable_fraction` would (module docstring, point 2).
 DEFAULT_TRAINABLE_FRACTION = 2 / 3
+
+#: Unset `end_to_end_epochs`, single labels, pair budget capped: passes of the end-to-end pass
+#: (module docstring, point 5).
+DEFAULT_END_TO_END_EPOCHS = 2.0
 
 
 # ----------------------------------------------------------------------------------- pairs
@@ -561,6 +582,11 @@ class Contrastive(Strategy):
     def prepare(self, ctx) -> None:
         task, splits = ctx.task, ctx.splits
         if getattr(task, "target_kind", "") == "multilabel":
+            if self.config.end_to_end_epochs:
+                raise ConfigError(
+                    "strategy.end_to_end_epochs: the end-to-end pass trains a single-label head, and this "
+                    "recipe has label sets. Leave it unset (or 0) for label sets."
+                )
             check_label_sets(np.asarray(list(splits.train["labels"])), self.config.min_jaccard)
             return
         labels = np.asarray(splits.train["labels"])
@@ -661,17 +687,22 @@ class Contrastive(Strategy):
         if multilabel:  # one-vs-rest logistic regression, as feature_extraction fits for label sets
             fx, feats = self._body_features(ctx, model, extractor, trainer.accelerator.device)
             return self._fit_label_sets(ctx, model, fx, feats, trainer, train_metrics, pairs, plan, start, body_seconds)
+        history, last, e2e = list(trainer.state.history), trainer, {}
+        if self.end_to_end_epochs(len(labels), multilabel) > 0:
+            last, e2e = self._end_to_end(ctx, model, extractor, examples, collate, plan, trainer.accelerator.device)
+            model = last.unwrapped_model().model
+            history += [{**r, "phase": "end_to_end"} for r in last.state.history]
         fx, clf, feats = self._fit_classifier(ctx, model, extractor, trainer.accelerator.device)
         metrics = held_out_metrics(clf, feats, task)
         runtime = time.time() - start
         X, y = feats["train"]
-        self._info = self._record(trainer, fx, clf, X.shape[1], pairs, plan)
-        self._write_run(ctx, trainer, model, fx, clf)
+        self._info = {**self._record(trainer, fx, clf, X.shape[1], pairs, plan), **e2e}
+        self._write_run(ctx, last, model, fx, clf, history)
         metrics.update(
             {
                 "train_runtime": round(runtime, 3),
                 "contrastive_seconds": round(body_seconds, 3),
-                "train_steps": trainer.state.global_step,
+                "train_steps": trainer.state.global_step + int(e2e.get("end_to_end_steps", 0)),
                 "budget": train_metrics.get("budget"),
                 "mixed_precision": train_metrics.get("mixed_precision"),
                 "train_samples_per_second": round(len(y) / runtime, 3) if runtime > 0 else 0.0,
@@ -679,6 +710,35 @@ class Contrastive(Strategy):
         )
         metrics["_model"] = model
         return metrics
+
+    def end_to_end_epochs(self, num_examples: int, multilabel: bool = False) -> float:
+        """Passes of the end-to-end pass: `end_to_end_epochs` when set; unset,
+        `DEFAULT_END_TO_END_EPOCHS` for single labels when the pair budget is capped (more than
+        `max_pairs / pairs_per_example` training examples, 80 by default), else none (module
+        docstring, point 5)."""
+        e = self.config.end_to_end_epochs
+        if e is not None:
+            return float(e)
+        c = self.config
+        capped = c.pairs_per_example * num_examples > c.max_pairs
+        return DEFAULT_END_TO_END_EPOCHS if capped and not multilabel else 0.0
+
+    def _end_to_end(self, ctx, model: nn.Module, extractor, examples, collate, plan, device):
+        """The end-to-end pass (`strategies.end_to_end`) on the pair-trained body: its head starts
+        as a probe on the body's training features. Returns the pass's trainer and its record."""
+        from hf_transfer.models.features import FeatureExtractor, extract
+        from hf_transfer.strategies.end_to_end import run_end_to_end
+
+        cfg = ctx.cfg
+        model.eval()
+        fx = FeatureExtractor(
+            model, modality=extractor.modality, spec=extractor.spec, name_or_path=cfg.model.name_or_path
+        )
+        bs = cfg.training.eval_batch_size or cfg.training.batch_size
+        f = extract(fx, ctx.task, ctx.splits.train, batch_size=bs, device=device, cache=False)
+        encoder = PairEncoder(model, extractor, plan, self.config.length_buckets)
+        X, y = f.X.astype(np.float64), np.asarray(f.y)
+        return run_end_to_end(self, ctx, encoder, examples, collate, X, y, self.end_to_end_epochs(len(y)))
 
     def _examples(self, ctx, model: nn.Module, groups: list):
         """The training examples the pairs point into, their collator, and the prefix plan: the
@@ -770,16 +830,16 @@ class Contrastive(Strategy):
             "run_layout": "setfit" if setfit_compatible(fx) else "beside",
         }
 
-    def _write_run(self, ctx, trainer, model: nn.Module, fx, clf) -> None:
+    def _write_run(self, ctx, trainer, model: nn.Module, fx, clf, history: list) -> None:
         """The run folder (a feature-extraction run, the classifier beside the body) and the
-        training history, by the main process; then the trainer's processes end."""
+        training `history`, by the main process; then the trainer's processes end."""
         acc = trainer.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
             out = Path(ctx.output_dir)
             record = {k: v for k, v in self._info.items() if not k.startswith("contrastive_")}
             write_feature_run(out, model, ctx.task, clf, fx, ctx.cfg.data, head_written=False, record=record)
-            (out / "history.json").write_text(json.dumps(trainer.state.history, indent=1))
+            (out / "history.json").write_text(json.dumps(history, indent=1))
         acc.wait_for_everyone()
         acc.end_training()
 
