@@ -90,7 +90,9 @@ def test_estimated_work_follows_the_run_budget():
     assert estimated_work(strategy("full"), training, 400, 4) == 75 * 16  # 3 epochs of 25 steps
     assert estimated_work(strategy("full"), training, 192, 4) == 60 * 16  # raised to 50 steps: 5 epochs of 12
     assert estimated_work(strategy("lp_ft"), training, 100, 24) == 98 * 16  # 4 a class: 96, 14 epochs of 7
-    assert estimated_work(strategy("contrastive"), training, 192, 4) == 100 * 32  # 1,600 pairs (the cap), once
+    # 1,600 pairs (the cap), once, then the end-to-end pass: 2 epochs of 12 steps of 16 examples.
+    assert estimated_work(strategy("contrastive"), training, 192, 4) == 100 * 32 + 24 * 16
+    assert estimated_work(strategy("contrastive"), training, 64, 4) == 80 * 32  # 1,280 pairs, no pass
     assert estimated_work(strategy("feature_extraction"), training, 192, 4) == 64
     # The user's budget, not the defaults: 5 epochs.
     assert estimated_work(strategy("full"), TrainingConfig(batch_size=16, epochs=5), 400, 4) == 125 * 16
@@ -198,7 +200,8 @@ def test_auto_gives_the_race_each_candidates_work():
     auto.choice = AutoChoice("partial", {"trainable_fraction": 0.5}, "medium", "high", "")
     order = [("partial", {"trainable_fraction": 0.5}), ("feature_extraction", {}), ("contrastive", {}), ("full", {})]
     ctx = SimpleNamespace(cfg=SimpleNamespace(training=TrainingConfig(batch_size=16)))
-    assert auto._race_work(ctx, order, 400, 4) == [1200.0, 400 / 3, 3200.0, 1200.0]  # contrastive: 1,600 pairs
-    ctx.cfg.training = TrainingConfig(batch_size=16, max_steps=10)  # the user's budget counts
-    assert auto._race_work(ctx, order, 400, 4) == [160.0, 400 / 3, 320.0, 160.0]
+    # contrastive: 1,600 pairs, then its end-to-end pass (2 epochs of 25 steps of 16)
+    assert auto._race_work(ctx, order, 400, 4) == [1200.0, 400 / 3, 3200.0 + 800.0, 1200.0]
+    ctx.cfg.training = TrainingConfig(batch_size=16, max_steps=10)  # the user's budget counts (not in the pass)
+    assert auto._race_work(ctx, order, 400, 4) == [160.0, 400 / 3, 320.0 + 800.0, 160.0]
     assert auto._race_work(SimpleNamespace(cfg=None), order, 400, 4) == [None] * 4

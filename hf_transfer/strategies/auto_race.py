@@ -169,7 +169,8 @@ def estimated_work(strategy, training, examples: int, classes: int) -> float:
     budget its run would get (`engine.budget.resolve_budget`: the user's epochs or steps, else the
     strategy's defaults): what the race's cost estimates scale by.
 
-    `contrastive` encodes at most two examples per pair; `feature_extraction` makes one forward
+    `contrastive` encodes at most two examples per pair, then its end-to-end pass (when it has
+    one) passes every example once per epoch; `feature_extraction` makes one forward
     pass per example, about a third of a training pass. Measured on MiniLM at 64 a class
     (docs/benchmarks/fewshot.md): `contrastive` took 7-9x `partial`'s time and 4-5x `full`'s;
     "costliest seen so far" had let it start a race it then overran by 3x. Precision is not
@@ -183,12 +184,16 @@ def estimated_work(strategy, training, examples: int, classes: int) -> float:
         return examples / 3.0
     batch = max(1, int(training.batch_size) * int(training.gradient_accumulation_steps))
     per_step = batch
+    extra = 0.0
     if strategy.name == "contrastive":
         from hf_transfer.strategies.contrastive import pair_budget
 
+        # The end-to-end pass after the pairs: one training pass per example per epoch.
+        epochs = strategy.end_to_end_epochs(examples) if hasattr(strategy, "end_to_end_epochs") else 0.0
+        extra = math.ceil(epochs * math.ceil(examples / batch)) * batch
         examples, per_step = pair_budget(strategy.config, examples), 2 * batch
     steps = resolve_budget(training, strategy, math.ceil(examples / batch), num_classes=classes).total_steps
-    return float(steps * per_step)
+    return float(steps * per_step + extra)
 
 
 def score_on_inner_split(

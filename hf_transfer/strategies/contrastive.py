@@ -37,6 +37,16 @@ changes that make it cost a fraction of SetFit's time:
    features the classifier is fitted on are computed in fp32 afterwards. Measured (MiniLM, 8
    examples a class, 3 seeds, a 2-core Xeon with AMX, one thread): tweets 0.783 against 0.787 in
    fp32, fortunes 0.817 against 0.817, at 7 s against 11 s and 21 s against 36 s a run.
+5. **An end-to-end pass when the pair budget is capped** (`strategies.end_to_end`, SetFit's
+   differentiable head): with more than `max_pairs / pairs_per_example` training examples (80 by
+   default) the capped pairs see each example only a few times, so after them the same blocks and
+   a linear head started as a probe train together with cross-entropy for `end_to_end_epochs` (2)
+   passes at `end_to_end_learning_rate` (2e-5); the classifier is then fitted on the final
+   features as before. Measured (MiniLM, 3 seeds, docs/benchmarks/fewshot.md, sixth round):
+   fortunes24 at 64 a class 0.628 against 0.598 without it (SetFit 0.625 on seed 0), at 8 a
+   class 0.516 against 0.509; fortunes at 64 a class 0.879 against 0.876, tweets 0.852 against
+   0.853. Below the cap it is off: there it is a handful of steps, and measured +0.004 on tweets
+   and -0.008 on fortunes at 8 a class.
 
 The loss is SetFit's `CosineSimilarityLoss`: the squared difference between the cosine of the two
 pooled embeddings and the target (1 for a positive pair, 0 for a negative one). Embeddings follow
