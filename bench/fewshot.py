@@ -322,7 +322,7 @@ def main() -> None:
         metavar="JSON",
         help="print one table from earlier --json files; FILE@OLD:NEW reads FILE's method OLD as NEW "
         "(runs of an earlier default shown as a variant, or a variant that became the default), "
-        "FILE@OLD: leaves them out, FILE#D1,D2 reads only those data sets",
+        "FILE@OLD: leaves them out, FILE#D1,D2 reads only those data sets (D:N: data set D at N a class)",
     )
     p.add_argument(
         "--later-wins",
@@ -347,7 +347,7 @@ def main() -> None:
             rename = dict(r.split(":", 1) for r in renames)
             for key, runs in json.loads(Path(path).read_text()).items():
                 d, n, m = key.split("|")
-                if only and d not in only.split(","):
+                if only and d not in only.split(",") and f"{d}:{n}" not in only.split(","):
                     continue
                 m = rename.get(m, m)
                 if not m:  # FILE@OLD: (nothing after the colon) leaves OLD out

@@ -324,6 +324,28 @@ def test_every_strategy_runs(strategy, tiny_vit_dir, image_folder, tmp_path, mon
     assert again["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-4, abs=1e-5)
 
 
+def test_contrastive_end_to_end_pass_runs_on_images(tiny_vit_dir, image_folder, tmp_path):
+    """The end-to-end pass after the pairs on a ViT (pooled image features, a probe head): it
+    trains, is recorded, and the run folder scores what the run scored."""
+    from hf_transfer.run import evaluate, train
+
+    overrides = _overrides(
+        tiny_vit_dir,
+        image_folder,
+        tmp_path,
+        "strategy.name=contrastive",
+        "strategy.num_pairs=32",
+        "strategy.end_to_end_epochs=1",
+        "training.eval_strategy=no",
+        "training.metric_for_best_model=accuracy",
+    )
+    metrics = train(_cfg(tmp_path, overrides))
+    assert metrics["end_to_end_steps"] >= 1 and metrics["end_to_end_last_loss"] > 0
+    assert metrics["train_steps"] == metrics["contrastive_steps"] + metrics["end_to_end_steps"]
+    again = evaluate(tmp_path / "run", split="eval")
+    assert again["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-9)
+
+
 def test_scratch_lite0_is_neutralised_and_se_stays_frozen(image_folder, tmp_path):
     """A (tiny) converted-Lite0-style checkpoint: SE identity in scratch too, and never trainable;
     batch norms get a PyTorch-convention momentum (transformers passes TF's 0.99 through) and, from

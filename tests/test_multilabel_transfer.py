@@ -207,6 +207,25 @@ def test_contrastive_is_refused_for_numbers_only(tiny_bert_dir, topics, tmp_path
         )
 
 
+def test_contrastive_end_to_end_pass_is_refused_for_label_sets(tiny_bert_dir, topics, tmp_path):  # noqa: F811
+    from hf_transfer.run import train
+
+    cfg = load_config(
+        None,
+        _overrides(
+            "text_multilabel",
+            tiny_bert_dir,
+            topics,
+            tmp_path / "con",
+            "strategy.name=contrastive",
+            "strategy.end_to_end_epochs=2",
+        ),
+    )
+    with pytest.raises(ConfigError, match="end_to_end_epochs.*single-label head"):
+        train(cfg)
+    assert not (tmp_path / "con" / "model.safetensors").exists()  # refused before training
+
+
 def test_contrastive_multilabel_run_round_trip(tiny_bert_dir, topics, tmp_path):  # noqa: F811
     from hf_transfer.run import evaluate, predict, train
 
@@ -226,6 +245,7 @@ def test_contrastive_multilabel_run_round_trip(tiny_bert_dir, topics, tmp_path):
         )
     )
     assert metrics["contrastive_pairs"] == 64 and metrics["contrastive_positive_pairs"] == 32
+    assert "end_to_end_steps" not in metrics  # label sets: no end-to-end pass
     assert "Jaccard >= 0.5" in metrics["contrastive_pair_rule"]
     assert metrics["classifier"] == "one_vs_rest_logistic_regression"
     assert 0.0 <= metrics["test_f1_macro"] <= 1.0
