@@ -43,10 +43,11 @@ changes that make it cost a fraction of SetFit's time:
    a linear head started as a probe train together with cross-entropy for `end_to_end_epochs` (2)
    passes at `end_to_end_learning_rate` (2e-5); the classifier is then fitted on the final
    features as before. Measured (MiniLM, 3 seeds, docs/benchmarks/fewshot.md, sixth round):
-   fortunes24 at 64 a class 0.628 against 0.598 without it (SetFit 0.625 on seed 0), at 8 a
-   class 0.516 against 0.509; fortunes at 64 a class 0.879 against 0.876, tweets 0.852 against
-   0.853. Below the cap it is off: there it is a handful of steps, and measured +0.004 on tweets
-   and -0.008 on fortunes at 8 a class.
+   fortunes24 at 64 a class 0.628 against 0.598 without it (seeds 0-1: 0.631 against SetFit's
+   0.612), at 8 a class 0.516 against 0.509; over the seven cells above the cap +0.010 on average
+   (-0.001 to +0.030, more with more examples), at 1.2-1.7x the time of the pairs alone. Below the
+   cap it is off: a handful of steps there, measured as noise (five cells, -0.008 to +0.010, mean
+   +0.001).
 
 The loss is SetFit's `CosineSimilarityLoss`: the squared difference between the cosine of the two
 pooled embeddings and the target (1 for a positive pair, 0 for a negative one). Embeddings follow
