@@ -85,20 +85,6 @@ class HeadHook(EngineHook):
         self.task.head = modules[0]
 
 
-class EndToEndPhase:
-    """The strategy as the engine sees it during the pass: no minimum of steps, not a changing
-    trainable set; everything else (name, freezing hooks, mixed precision) is the strategy's."""
-
-    changes_trainable_set = False
-    default_min_steps = 0
-
-    def __init__(self, strategy):
-        self._strategy = strategy
-
-    def __getattr__(self, name: str):
-        return getattr(self._strategy, name)
-
-
 def probe_head(X: np.ndarray, y: np.ndarray, num_labels: int, seed: int) -> tuple[nn.Linear, float]:
     """A linear head holding scikit-learn's default logistic regression on `X`, and the probe's
     training accuracy."""
@@ -113,7 +99,8 @@ def probe_head(X: np.ndarray, y: np.ndarray, num_labels: int, seed: int) -> tupl
 
 def phase_training(training, output_dir: Path, epochs: float, learning_rate: float):
     """The run's `training` settings for the pass: its own epochs and learning rate (not the pair
-    phase's), no step count or minimum, resuming only from checkpoints of the pass."""
+    phase's; with `epochs` set, `engine.budget` adds no minimum of steps), no step count,
+    resuming only from checkpoints of the pass."""
     folder = Path(output_dir) / PHASE_DIR / "checkpoints"
     has_ckpt = folder.is_dir() and any(p.name.startswith("step_") for p in folder.iterdir())
     resume = training.resume_from_checkpoint if training.resume_from_checkpoint == "latest" and has_ckpt else None
@@ -146,7 +133,7 @@ def run_end_to_end(
         tc,
         head_task,
         encoder,
-        EndToEndPhase(strategy),
+        strategy,  # its hooks; the pass's epochs and learning rate are in `tc` (no default minimum then)
         layer_groups(encoder),
         examples,
         None,
